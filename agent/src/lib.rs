@@ -1,0 +1,1 @@
+//! Kiln agent (being built).

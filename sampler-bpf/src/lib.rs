@@ -1,0 +1,190 @@
+//! Kiln's eBPF sampler: the object file and the record it emits.
+//!
+//! The kernel side is `src/sampler.bpf.c`; the contract is `include/kiln_sample.h`. Each ring-buffer
+//! record is a [`SampleHeader`] followed by `stack_copy_len` bytes of user stack, parsed by
+//! [`RawSample::parse`].
+
+/// The compiled eBPF object (built from `src/sampler.bpf.c` by build.rs, or the checked-in copy).
+pub static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sampler.bpf.o"));
+
+pub const MAX_STACK_DEPTH: usize = 127;
+pub const MAX_STACK_COPY: usize = 32768;
+pub const COMM_LEN: usize = 16;
+
+/// `user_ip/sp/bp` are valid.
+pub const FLAG_USER_REGS: u32 = 1;
+/// The CPU was in kernel mode when sampled.
+pub const FLAG_IN_KERNEL: u32 = 2;
+
+/// Mirror of `struct kiln_sample_header`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SampleHeader {
+    pub time_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub flags: u32,
+    pub comm: [u8; COMM_LEN],
+    pub user_ip: u64,
+    pub user_sp: u64,
+    pub user_bp: u64,
+    pub kernel_stack_bytes: i32,
+    pub user_stack_bytes: i32,
+    pub stack_copy_len: u32,
+    pub reserved: u32,
+    pub kernel_stack: [u64; MAX_STACK_DEPTH],
+    pub user_stack: [u64; MAX_STACK_DEPTH],
+}
+
+/// Must equal `KILN_SAMPLE_HEADER_SIZE` in the C header (which `_Static_assert`s it there).
+pub const SAMPLE_HEADER_SIZE: usize = 2120;
+const _: () = assert!(std::mem::size_of::<SampleHeader>() == SAMPLE_HEADER_SIZE);
+
+/// Registers of the user-space context at the moment of the sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// One sample, decoded from a ring-buffer record.
+#[derive(Clone, Debug)]
+pub struct RawSample {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub time_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub in_kernel: bool,
+    /// Kernel return addresses, leaf first (empty for samples taken in user mode).
+    pub kernel_stack: Vec<u64>,
+    /// User return addresses by frame pointers, leaf first (the first is the sampled ip).
+    pub user_stack: Vec<u64>,
+    /// `None` for kernel threads, which have no user context.
+    pub user_regs: Option<UserRegs>,
+    /// Bytes of user stack starting at `user_regs.sp`.
+    pub stack_copy: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("record of {0} bytes is shorter than the {SAMPLE_HEADER_SIZE}-byte sample header")]
+    Short(usize),
+    #[error("record says {claimed} stack bytes follow but {present} do")]
+    StackCopy { claimed: usize, present: usize },
+}
+
+impl RawSample {
+    /// Decodes one ring-buffer record.
+    pub fn parse(record: &[u8]) -> Result<RawSample, ParseError> {
+        if record.len() < SAMPLE_HEADER_SIZE {
+            return Err(ParseError::Short(record.len()));
+        }
+        // SAFETY: the slice holds at least size_of::<SampleHeader>() bytes, every bit pattern is a valid
+        // SampleHeader (plain integers and arrays), and read_unaligned tolerates any alignment.
+        let h: SampleHeader =
+            unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<SampleHeader>()) };
+        let copy = &record[SAMPLE_HEADER_SIZE..];
+        let claimed = h.stack_copy_len as usize;
+        if claimed > copy.len() {
+            return Err(ParseError::StackCopy {
+                claimed,
+                present: copy.len(),
+            });
+        }
+        let frames = |bytes: i32, stack: &[u64; MAX_STACK_DEPTH]| -> Vec<u64> {
+            let n = (bytes.max(0) as usize / 8).min(MAX_STACK_DEPTH);
+            stack[..n].iter().copied().filter(|&a| a != 0).collect()
+        };
+        let comm_len = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        Ok(RawSample {
+            time_ns: h.time_ns,
+            tgid: h.tgid,
+            tid: h.tid,
+            cpu: h.cpu,
+            comm: String::from_utf8_lossy(&h.comm[..comm_len]).into_owned(),
+            cgroup_id: h.cgroup_id,
+            in_kernel: h.flags & FLAG_IN_KERNEL != 0,
+            kernel_stack: frames(h.kernel_stack_bytes, &h.kernel_stack),
+            user_stack: frames(h.user_stack_bytes, &h.user_stack),
+            user_regs: (h.flags & FLAG_USER_REGS != 0).then_some(UserRegs {
+                ip: h.user_ip,
+                sp: h.user_sp,
+                bp: h.user_bp,
+            }),
+            stack_copy: copy[..claimed].to_vec(),
+        })
+    }
+}
+
+/// Global variables the agent sets before loading (names as in `sampler.bpf.c`).
+pub mod globals {
+    /// `u32`: bytes of user stack to copy per sample (≤ [`super::MAX_STACK_COPY`]).
+    pub const STACK_COPY_BYTES: &str = "kiln_stack_copy_bytes";
+    /// `u32`: the agent's own tgid, never sampled.
+    pub const SELF_TGID: &str = "kiln_self_tgid";
+}
+
+/// Map and program names (as in `sampler.bpf.c`).
+pub mod names {
+    pub const PROGRAM: &str = "kiln_sample";
+    pub const RING_BUFFER: &str = "kiln_samples";
+    /// Per-CPU `u64` array, index 0: samples lost because the ring buffer was full.
+    pub const DROPS: &str = "kiln_drops";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(copy: &[u8], claimed: u32) -> Vec<u8> {
+        let mut h: SampleHeader = unsafe { std::mem::zeroed() };
+        h.tgid = 42;
+        h.tid = 43;
+        h.comm[..4].copy_from_slice(b"test");
+        h.flags = FLAG_USER_REGS;
+        h.user_ip = 0x1000;
+        h.user_stack[0] = 0x1000;
+        h.user_stack[1] = 0x2000;
+        h.user_stack_bytes = 16;
+        h.kernel_stack_bytes = -14;
+        h.stack_copy_len = claimed;
+        let mut v = vec![0u8; SAMPLE_HEADER_SIZE];
+        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast::<SampleHeader>(), h) };
+        v.extend_from_slice(copy);
+        v
+    }
+
+    #[test]
+    fn parses_a_record() {
+        let s = RawSample::parse(&record(&[1, 2, 3], 3)).unwrap();
+        assert_eq!((s.tgid, s.tid, s.comm.as_str()), (42, 43, "test"));
+        assert_eq!(s.user_stack, vec![0x1000, 0x2000]);
+        assert!(
+            s.kernel_stack.is_empty(),
+            "a negative errno means no frames"
+        );
+        assert_eq!(s.user_regs.unwrap().ip, 0x1000);
+        assert_eq!(s.stack_copy, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn rejects_short_and_lying_records() {
+        assert_eq!(
+            RawSample::parse(&[0; 10]).unwrap_err(),
+            ParseError::Short(10)
+        );
+        assert!(matches!(
+            RawSample::parse(&record(&[1], 5)),
+            Err(ParseError::StackCopy {
+                claimed: 5,
+                present: 1
+            })
+        ));
+    }
+}

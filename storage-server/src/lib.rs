@@ -1,0 +1,1 @@
+//! Kiln storage server (being built).
