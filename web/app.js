@@ -1,0 +1,1 @@
+// Kiln UI (being built)
