@@ -25,7 +25,7 @@ fn main() {
 
     let clang = env::var("KILN_BPF_CLANG").unwrap_or_else(|_| "clang".into());
     let have_headers = Path::new("/usr/include/bpf/bpf_helpers.h").exists();
-    if have_headers && compile(&clang, &source, &manifest.join("include"), &out) {
+    if have_headers && compile(&clang, &manifest, &out) {
         strip(&out);
         if env::var_os("KILN_UPDATE_PREBUILT").is_some() {
             std::fs::copy(&out, &prebuilt)
@@ -47,8 +47,11 @@ fn main() {
         .expect("sampler-bpf/prebuilt/sampler.bpf.o is missing and clang is unavailable");
 }
 
-fn compile(clang: &str, source: &Path, include: &Path, out: &Path) -> bool {
+fn compile(clang: &str, manifest: &Path, out: &Path) -> bool {
+    // Relative paths from the crate directory: BTF line info records source file names, and the
+    // object must be byte-identical wherever the repository is checked out.
     let status = Command::new(clang)
+        .current_dir(manifest)
         .args([
             "-O2",
             "-g",
@@ -59,16 +62,16 @@ fn compile(clang: &str, source: &Path, include: &Path, out: &Path) -> bool {
             "-Wall",
             "-Werror",
         ])
-        .arg("-I")
-        .arg(include)
-        .arg("-c")
-        .arg(source)
-        .arg("-o")
+        .arg("-fdebug-compilation-dir=.")
+        .arg("-Iinclude")
+        // <linux/types.h> includes <asm/types.h>, which Debian keeps under the multiarch directory.
+        .arg("-I/usr/include/x86_64-linux-gnu")
+        .args(["-c", "src/sampler.bpf.c", "-o"])
         .arg(out)
         .status();
     match status {
         Ok(s) if s.success() => true,
-        Ok(s) => panic!("clang failed to compile {} ({s})", source.display()),
+        Ok(s) => panic!("clang failed to compile sampler-bpf/src/sampler.bpf.c ({s})"),
         Err(_) => false,
     }
 }

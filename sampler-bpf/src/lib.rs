@@ -126,8 +126,6 @@ impl RawSample {
 pub mod globals {
     /// `u32`: bytes of user stack to copy per sample (≤ [`super::MAX_STACK_COPY`]).
     pub const STACK_COPY_BYTES: &str = "kiln_stack_copy_bytes";
-    /// `u32`: the agent's own tgid, never sampled.
-    pub const SELF_TGID: &str = "kiln_self_tgid";
 }
 
 /// Map and program names (as in `sampler.bpf.c`).
@@ -136,6 +134,8 @@ pub mod names {
     pub const RING_BUFFER: &str = "kiln_samples";
     /// Per-CPU `u64` array, index 0: samples lost because the ring buffer was full.
     pub const DROPS: &str = "kiln_drops";
+    /// Array with one scratch slot per possible CPU (its max_entries is set at load time).
+    pub const SCRATCH: &str = "kiln_scratch_map";
 }
 
 #[cfg(test)]

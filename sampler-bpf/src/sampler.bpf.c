@@ -1,1 +1,153 @@
-// placeholder
+// SPDX-License-Identifier: GPL-2.0
+/* Kiln's sampler: runs on every cpu-clock tick of every CPU and emits one record per sample.
+ *
+ * A record (include/kiln_sample.h) carries who was running (tgid, tid, comm, cgroup), both stacks
+ * as the kernel unwinds them (kernel stack; user stack by frame pointers), and — for code built
+ * without frame pointers — the user registers plus a copy of the top of the user stack, which the
+ * agent unwinds with .eh_frame.
+ *
+ * Records go out with BPF_RB_NO_WAKEUP: the agent drains the ring on a timer instead of being woken
+ * for every sample, so its own wake-ups do not line up with the sampling timer and inflate its share. */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#include "kiln_sample.h"
+
+#define PF_KTHREAD 0x00200000
+#define PAGE_SIZE 4096
+
+/* Only the kernel fields read here are declared; CO-RE relocates them against this kernel's BTF. */
+struct mm_struct;
+struct task_struct {
+	unsigned int flags;
+	struct mm_struct *mm;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long bp;
+	unsigned long ip;
+	unsigned long sp;
+} __attribute__((preserve_access_index));
+
+/* The perf-event context is `bpf_user_pt_regs_t`, the uapi x86-64 register layout: every field is
+ * 8 bytes there (unlike the kernel's pt_regs, whose `cs` is 16-bit and fails the context check). */
+struct kiln_uapi_regs {
+	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+/* Set by the agent before loading. */
+const volatile __u32 kiln_stack_copy_bytes = 8192;
+
+/* A sample is assembled here (it is too large for the 512-byte BPF stack), then copied into the
+ * ring with its exact length. One slot per CPU, indexed by CPU number: a plain array because per-CPU
+ * map values are limited to 32 KiB. Perf-event programs do not migrate or nest on a CPU, so a slot
+ * has one writer at a time. The agent sets max_entries to the number of possible CPUs. */
+struct kiln_scratch {
+	struct kiln_sample_header h;
+	__u8 stack[KILN_MAX_STACK_COPY];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kiln_scratch);
+} kiln_scratch_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} kiln_samples SEC(".maps");
+
+/* Index 0: samples lost because the ring buffer was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} kiln_drops SEC(".maps");
+
+/* Copies up to `want` bytes of user stack from `sp`. A copy that would run past the top of the
+ * stack mapping faults as a whole, so it falls back to the bytes up to the end of sp's page. */
+static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp, __u32 want)
+{
+	if (want > KILN_MAX_STACK_COPY)
+		want = KILN_MAX_STACK_COPY;
+	if (want == 0 || sp == 0)
+		return 0;
+	if (bpf_probe_read_user(dst, want, (const void *)sp) == 0)
+		return want;
+	__u32 to_page_end = PAGE_SIZE - (sp & (PAGE_SIZE - 1));
+	if (to_page_end > want)
+		to_page_end = want;
+	if (bpf_probe_read_user(dst, to_page_end, (const void *)sp) == 0)
+		return to_page_end;
+	return 0;
+}
+
+SEC("perf_event")
+int kiln_sample(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	/* The idle task: the CPU had nothing to run. */
+	if (tgid == 0)
+		return 0;
+
+	__u32 zero = 0;
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct kiln_scratch *s = bpf_map_lookup_elem(&kiln_scratch_map, &cpu);
+	if (!s)
+		return 0;
+	struct kiln_sample_header *h = &s->h;
+
+	h->time_ns = bpf_ktime_get_ns();
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->tgid = tgid;
+	h->tid = (__u32)pid_tgid;
+	h->cpu = cpu;
+	h->flags = 0;
+	h->reserved = 0;
+	h->user_ip = h->user_sp = h->user_bp = 0;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+
+	const struct kiln_uapi_regs *regs = ctx;
+	int user_mode = (regs->cs & 3) == 3;
+	if (!user_mode)
+		h->flags |= KILN_SAMPLE_IN_KERNEL;
+
+	h->kernel_stack_bytes = user_mode ? 0 : bpf_get_stack(ctx, h->kernel_stack, sizeof(h->kernel_stack), 0);
+	h->user_stack_bytes = bpf_get_stack(ctx, h->user_stack, sizeof(h->user_stack), BPF_F_USER_STACK);
+
+	__u32 copied = 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (!(task->flags & PF_KTHREAD) && task->mm) {
+		if (user_mode) {
+			h->user_ip = regs->ip;
+			h->user_sp = regs->sp;
+			h->user_bp = regs->bp;
+		} else {
+			/* In the kernel on behalf of a process: its user registers were saved on entry. */
+			struct pt_regs *uregs = (struct pt_regs *)bpf_task_pt_regs(task);
+			h->user_ip = BPF_CORE_READ(uregs, ip);
+			h->user_sp = BPF_CORE_READ(uregs, sp);
+			h->user_bp = BPF_CORE_READ(uregs, bp);
+		}
+		h->flags |= KILN_SAMPLE_USER_REGS;
+		copied = copy_user_stack(s->stack, h->user_sp, kiln_stack_copy_bytes);
+	}
+	h->stack_copy_len = copied;
+
+	if (copied > KILN_MAX_STACK_COPY)
+		copied = KILN_MAX_STACK_COPY;
+	if (bpf_ringbuf_output(&kiln_samples, s, sizeof(*h) + copied, BPF_RB_NO_WAKEUP) != 0) {
+		__u64 *drops = bpf_map_lookup_elem(&kiln_drops, &zero);
+		if (drops)
+			*drops += 1;
+	}
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,329 @@
+//! The sampling stage: loads Kiln's eBPF sampler into the kernel, attaches it to the cpu-clock
+//! event of every online CPU, and drains its ring buffer into [`RawSample`]s.
+//!
+//! The ring buffer is drained on a timer (see [`DRAIN_INTERVAL`]) rather than on wake-ups: the BPF
+//! side submits with `BPF_RB_NO_WAKEUP`, so the agent's own scheduling does not synchronise with the
+//! sampling timer and it is charged its true share of CPU.
+
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::PerfEvent;
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::{Ebpf, EbpfLoader};
+use kiln_sampler_bpf::{MAX_STACK_COPY, RawSample, globals, names};
+
+/// How often the ring buffer is drained. At 19 Hz on 64 CPUs that is ~30 records per drain.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+
+/// What the sampler needs to know before it is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct SamplerConfig {
+    /// Samples per second per CPU.
+    pub frequency_hz: u64,
+    /// Bytes of user stack copied per sample (0..=32768), for unwinding code without frame pointers.
+    pub stack_copy_bytes: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error(
+        "loading eBPF needs privileges this process lacks: run as root, or grant CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_RESOURCE (in Kubernetes: a privileged DaemonSet, see deploy/)"
+    )]
+    NotPrivileged,
+    #[error(
+        "this kernel exposes no BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y is required for the CO-RE sampler)"
+    )]
+    NoBtf,
+    #[error("frequency must be between 1 and 10000 Hz, got {0}")]
+    BadFrequency(u64),
+    #[error("stack copy size must be at most {MAX_STACK_COPY} bytes, got {0}")]
+    BadStackCopy(u32),
+    #[error("the kernel refused the eBPF sampler: {0}")]
+    Load(String),
+    #[error("the eBPF object lacks {0} (is sampler-bpf/prebuilt/sampler.bpf.o stale?)")]
+    Missing(&'static str),
+    #[error("the kernel refused the sampler program: {}", error_chain(.0))]
+    Program(#[source] aya::programs::ProgramError),
+    #[error("could not open the sampler's map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("could not list online CPUs: {0}")]
+    Cpus(String),
+    #[error(
+        "perf_event_open on CPU {cpu} failed: {source} (perf events may be restricted: see \
+         /proc/sys/kernel/perf_event_paranoid, or run as root)"
+    )]
+    Attach {
+        cpu: u32,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// A loaded, attached sampler. Detaches (the kernel closes its links) when dropped.
+pub struct Sampler {
+    // Keeps programs and links alive.
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+    cpus: usize,
+}
+
+/// Counts from one [`Sampler::drain`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainStats {
+    pub records: u64,
+    /// Records that did not parse (a stale object; never expected).
+    pub malformed: u64,
+}
+
+impl Sampler {
+    /// Checks the preconditions, then loads and attaches the sampler on every online CPU.
+    pub fn load(config: SamplerConfig) -> Result<Sampler, SamplerError> {
+        if !(1..=10_000).contains(&config.frequency_hz) {
+            return Err(SamplerError::BadFrequency(config.frequency_hz));
+        }
+        if config.stack_copy_bytes as usize > MAX_STACK_COPY {
+            return Err(SamplerError::BadStackCopy(config.stack_copy_bytes));
+        }
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(SamplerError::NoBtf);
+        }
+        if !privileged() {
+            return Err(SamplerError::NotPrivileged);
+        }
+        raise_memlock_limit();
+
+        let possible =
+            aya::util::nr_cpus().map_err(|(what, e)| SamplerError::Cpus(format!("{what}: {e}")))?;
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries(names::SCRATCH, possible as u32)
+            .override_global(globals::STACK_COPY_BYTES, &config.stack_copy_bytes, true)
+            .load(kiln_sampler_bpf::OBJECT)
+            .map_err(|e| match &e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    SamplerError::NotPrivileged
+                }
+                _ => SamplerError::Load(error_chain(&e)),
+            })?;
+
+        let program: &mut PerfEvent = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or(SamplerError::Missing(names::PROGRAM))?
+            .try_into()
+            .map_err(SamplerError::Program)?;
+        program.load().map_err(SamplerError::Program)?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| SamplerError::Cpus(format!("{what}: {e}")))?;
+        for &cpu in &cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(config.frequency_hz),
+                    false,
+                )
+                .map_err(|source| SamplerError::Attach { cpu, source })?;
+        }
+
+        let ring_map = ebpf
+            .take_map(names::RING_BUFFER)
+            .ok_or(SamplerError::Missing(names::RING_BUFFER))?;
+        let ring = RingBuf::try_from(ring_map).map_err(|source| SamplerError::Map {
+            name: names::RING_BUFFER,
+            source,
+        })?;
+        let drops_map = ebpf
+            .take_map(names::DROPS)
+            .ok_or(SamplerError::Missing(names::DROPS))?;
+        let drops = PerCpuArray::try_from(drops_map).map_err(|source| SamplerError::Map {
+            name: names::DROPS,
+            source,
+        })?;
+        tracing::info!(
+            cpus = cpus.len(),
+            frequency_hz = config.frequency_hz,
+            stack_copy_bytes = config.stack_copy_bytes,
+            "eBPF sampler attached"
+        );
+        Ok(Sampler {
+            _ebpf: ebpf,
+            ring,
+            drops,
+            cpus: cpus.len(),
+        })
+    }
+
+    /// Number of CPUs sampled.
+    pub fn cpus(&self) -> usize {
+        self.cpus
+    }
+
+    /// Hands every record waiting in the ring buffer to `sink`.
+    pub fn drain(&mut self, mut sink: impl FnMut(RawSample)) -> DrainStats {
+        let mut stats = DrainStats::default();
+        while let Some(item) = self.ring.next() {
+            stats.records += 1;
+            match RawSample::parse(&item) {
+                Ok(sample) => sink(sample),
+                Err(e) => {
+                    stats.malformed += 1;
+                    tracing::warn!(error = %e, "malformed sample record");
+                }
+            }
+        }
+        stats
+    }
+
+    /// Samples the kernel could not deliver because the ring buffer was full, since load.
+    pub fn ring_drops(&self) -> u64 {
+        match self.drops.get(&0, 0) {
+            Ok(per_cpu) => per_cpu.iter().sum(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the sampler's drop counter");
+                0
+            }
+        }
+    }
+}
+
+/// `error: cause: cause…`, so that the kernel's reason (errno, verifier log) reaches the user.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Root, or the capabilities that loading a perf-event BPF program needs.
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    // CAP_BPF = 39, CAP_PERFMON = 38, CAP_SYS_ADMIN = 21, from the effective set in /proc/self/status.
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    has(21) || (has(38) && has(39))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer kernels).
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        // SAFETY: no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn rejects_bad_config_before_touching_the_kernel() {
+        assert!(matches!(
+            Sampler::load(SamplerConfig {
+                frequency_hz: 0,
+                stack_copy_bytes: 0
+            }),
+            Err(SamplerError::BadFrequency(0))
+        ));
+        assert!(matches!(
+            Sampler::load(SamplerConfig {
+                frequency_hz: 19,
+                stack_copy_bytes: 1 << 20
+            }),
+            Err(SamplerError::BadStackCopy(_))
+        ));
+    }
+
+    /// Loads the real sampler into this kernel and checks that a busy thread of this process is
+    /// sampled with its registers, a frame-pointer stack and a stack copy.
+    #[test]
+    fn samples_this_process_from_the_kernel() {
+        if !root() {
+            eprintln!(
+                "SKIP samples_this_process_from_the_kernel: needs root to load eBPF (CI runs as root)"
+            );
+            return;
+        }
+        let mut sampler = match Sampler::load(SamplerConfig {
+            frequency_hz: 999,
+            stack_copy_bytes: 4096,
+        }) {
+            Ok(s) => s,
+            Err(e) => panic!("sampler failed to load as root: {e}"),
+        };
+        let me = std::process::id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                x
+            })
+        };
+        let mut mine = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while mine.len() < 20 && std::time::Instant::now() < deadline {
+            std::thread::sleep(DRAIN_INTERVAL);
+            sampler.drain(|s| {
+                if s.tgid == me {
+                    mine.push(s)
+                }
+            });
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = spinner.join();
+        assert!(
+            mine.len() >= 20,
+            "only {} samples of this process in 10 s at 999 Hz",
+            mine.len()
+        );
+        let user: Vec<_> = mine.iter().filter(|s| !s.in_kernel).collect();
+        assert!(
+            !user.is_empty(),
+            "no user-mode samples of a spinning thread"
+        );
+        for s in &user {
+            let regs = s.user_regs.expect("a user-mode sample has user registers");
+            assert_eq!(
+                s.user_stack.first(),
+                Some(&regs.ip),
+                "the FP stack starts at the sampled ip"
+            );
+            assert!(!s.stack_copy.is_empty(), "the stack copy is present");
+            assert!(s.comm.len() > 0);
+        }
+    }
+}
