@@ -1,0 +1,41 @@
+/* A workload with a known call chain for Kiln's end-to-end test: main -> alpha -> beta -> hot, where
+ * hot burns nearly all of the CPU. Built by the test with frame pointers and without inlining or
+ * tail calls, so every frame is on the stack when a sample lands. Usage: callchain SECONDS */
+#include <stdlib.h>
+#include <time.h>
+
+volatile unsigned long sink;
+
+__attribute__((noinline)) void hot(void)
+{
+	for (unsigned long i = 0; i < 20000000UL; i++)
+		sink += i * i;
+}
+
+__attribute__((noinline)) void beta(void)
+{
+	hot();
+	sink++;
+}
+
+__attribute__((noinline)) void alpha(void)
+{
+	beta();
+	sink++;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+	double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+	double end = now() + seconds;
+	while (now() < end)
+		alpha();
+	return 0;
+}
