@@ -2,27 +2,11 @@
 //!
 //! API CONTRACT (the storage server codes against this; the implementation is being written):
 
-use std::path::PathBuf;
+mod build_id;
+mod store;
 
-/// A GNU build ID, lowercase hex, 2..=128 hex digits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BuildId(String);
-
-impl BuildId {
-    /// Validates and normalizes (lowercases) a hex build ID.
-    pub fn parse(s: &str) -> Result<BuildId, Error> {
-        let ok = (2..=128).contains(&s.len())
-            && s.len() % 2 == 0
-            && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if !ok {
-            return Err(Error::BadBuildId(s.to_owned()));
-        }
-        Ok(BuildId(s.to_ascii_lowercase()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+pub use build_id::{BuildId, read_build_id};
+pub use store::DebugInfoStore;
 
 /// One frame at an address; an address yields several when functions were inlined.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,32 +39,6 @@ pub enum Error {
     Symbolize(String),
     #[error("debuginfo store I/O: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// ELF files stored on disk by build ID (`<root>/<id[0..2]>/<id[2..]>.elf`).
-pub struct DebugInfoStore {
-    #[allow(dead_code)]
-    root: PathBuf,
-}
-
-impl DebugInfoStore {
-    pub fn open(root: impl Into<PathBuf>) -> Result<DebugInfoStore, Error> {
-        let _ = root;
-        todo!()
-    }
-    pub fn contains(&self, _id: &BuildId) -> bool {
-        todo!()
-    }
-    /// Streams an (already decompressed) ELF into the store; atomically visible once complete.
-    /// Fails (storing nothing) above `max_bytes`, on non-ELF input, or on a build ID mismatch.
-    pub fn insert_from_reader(
-        &self,
-        _id: &BuildId,
-        _reader: impl std::io::Read,
-        _max_bytes: u64,
-    ) -> Result<(), Error> {
-        todo!()
-    }
 }
 
 /// Symbolizes addresses in stored ELF files, with a bounded cache.
