@@ -1,23 +1,18 @@
 //! Kiln's symbolizer: (build ID, file offset) -> function, file, line and inlined frames.
 //!
-//! API CONTRACT (the storage server codes against this; the implementation is being written):
+//! - [`DebugInfoStore`] keeps uploaded ELF files by build ID on disk, verified and written
+//!   atomically.
+//! - [`Symbolizer`] turns file offsets in those files into frames (demangled names, files, lines,
+//!   inlined calls) with blazesym, caching results per (build ID, offset).
 
 mod build_id;
+mod cache;
 mod store;
+mod symbolize;
 
 pub use build_id::{BuildId, read_build_id};
 pub use store::DebugInfoStore;
-
-/// One frame at an address; an address yields several when functions were inlined.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// Demangled function name.
-    pub function: String,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    /// True for frames inlined into the next (outer) one.
-    pub inlined: bool,
-}
+pub use symbolize::{Frame, Symbolizer, SymbolizerOptions, SymbolizerStats};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -39,26 +34,4 @@ pub enum Error {
     Symbolize(String),
     #[error("debuginfo store I/O: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Symbolizes addresses in stored ELF files, with a bounded cache.
-pub struct Symbolizer {}
-
-impl Symbolizer {
-    pub fn new(_store: std::sync::Arc<DebugInfoStore>, _cache_entries: usize) -> Symbolizer {
-        todo!()
-    }
-    /// For each file offset in the ELF with build ID `id`: its frames, innermost (inlined) first, or
-    /// `None` when no symbol covers it. `Err(Error::Missing)` when no debuginfo is stored.
-    pub fn symbolize(
-        &self,
-        _id: &BuildId,
-        _file_offsets: &[u64],
-    ) -> Result<Vec<Option<Vec<Frame>>>, Error> {
-        todo!()
-    }
-    /// Forgets cached results for `id` (new debuginfo arrived).
-    pub fn invalidate(&self, _id: &BuildId) {
-        todo!()
-    }
 }
