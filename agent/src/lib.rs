@@ -1,1 +1,8 @@
-//! Kiln agent (being built).
+//! Kiln's node agent: samples with eBPF, resolves mappings, aggregates into pprof per process and
+//! window, and ships to the server (with debuginfo uploads for server-side symbolization).
+
+pub mod buildid;
+pub mod config;
+pub mod kallsyms;
+pub mod metrics;
+pub mod procmaps;

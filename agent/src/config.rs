@@ -1,0 +1,263 @@
+//! The agent's configuration: one plain struct with documented fields and defaults, checked once by
+//! [`AgentConfig::validate`] before anything starts. CLI flags and env vars are converted at the edge.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use kiln_proto::push::PUSH_PATH;
+
+/// Where the server listens unless told otherwise (Pyroscope's conventional port).
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:4040";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("server URL {0:?} must start with http:// or https:// and name a host")]
+    ServerUrl(String),
+    #[error("server URL {0:?} must not carry a query string or fragment")]
+    ServerUrlQuery(String),
+    #[error("frequency of {0} Hz is above the supported maximum of {MAX_FREQUENCY_HZ} Hz")]
+    Frequency(u32),
+    #[error("window of {0:?} is outside 1 s ..= 1 h")]
+    Window(Duration),
+    #[error("stack copy of {0} bytes exceeds the sampler's maximum of {max}", max = kiln_sampler_bpf::MAX_STACK_COPY)]
+    StackCopy(u32),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+/// Highest sampling frequency we accept: above it the observer effect dominates (see the notes on
+/// overhead) and periods stop being meaningful.
+pub const MAX_FREQUENCY_HZ: u32 = 10_000;
+
+/// The server's base URL (`http(s)://host[:port][/prefix]`), validated on construction so that joining
+/// endpoint paths to it cannot fail later.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerUrl(String);
+
+impl ServerUrl {
+    /// Validates `url`: http or https, a host, no query or fragment. A trailing `/` is dropped.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| ConfigError::ServerUrl(url.to_owned()))?;
+        let host = rest.split('/').next().unwrap_or("");
+        if host.is_empty() || url.chars().any(char::is_whitespace) {
+            return Err(ConfigError::ServerUrl(url.to_owned()));
+        }
+        if url.contains(['?', '#']) {
+            return Err(ConfigError::ServerUrlQuery(url.to_owned()));
+        }
+        // reqwest must accept it too, or every request would fail at run time instead of now.
+        reqwest::Url::parse(url).map_err(|_| ConfigError::ServerUrl(url.to_owned()))?;
+        Ok(ServerUrl(url.trim_end_matches('/').to_owned()))
+    }
+
+    /// The base URL without a trailing slash.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `{base}/push.v1.PusherService/Push`.
+    pub fn push_url(&self) -> String {
+        format!("{}{PUSH_PATH}", self.0)
+    }
+
+    /// `{base}/debuginfo/v1/{build_id_hex}`.
+    pub fn debuginfo_url(&self, build_id_hex: &str) -> String {
+        format!("{}/debuginfo/v1/{build_id_hex}", self.0)
+    }
+}
+
+impl Default for ServerUrl {
+    fn default() -> Self {
+        // A constant known to be valid (a test checks it against `parse`).
+        ServerUrl(DEFAULT_SERVER_URL.to_owned())
+    }
+}
+
+impl FromStr for ServerUrl {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        ServerUrl::parse(s)
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerUrl({:?})", self.0)
+    }
+}
+
+/// Everything the agent's pipeline needs to know. Build it with `AgentConfig { field, ..Default::default() }`.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Base URL of the Kiln (or Pyroscope) server that receives pushes and debuginfo.
+    pub server_url: ServerUrl,
+    /// Samples per second per CPU. 19 Hz by default: a prime, so sampling does not lock step with
+    /// periodic work, and cheap enough to leave on everywhere.
+    pub frequency_hz: NonZeroU32,
+    /// Length of one aggregation window; one profile per process is pushed per window.
+    pub window: Duration,
+    /// The `node` label on every series. Defaults to the host name.
+    pub node_name: String,
+    /// Bytes of user stack the sampler copies per sample (for DWARF unwinding).
+    pub stack_copy_bytes: u32,
+    /// Where to serve `/metrics` and `/healthz`; `None` disables the listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// ELF files larger than this are not uploaded for symbolization (skipped, logged and counted).
+    pub max_upload_bytes: u64,
+    /// Whether to upload ELF files the server lacks so it can symbolize them.
+    pub upload_debuginfo: bool,
+    /// Most push requests waiting to be sent; beyond it the oldest is dropped (and counted).
+    pub queue_capacity: usize,
+    /// Most bytes (compressed) of push requests waiting to be sent; the same oldest-first dropping.
+    pub queue_max_bytes: usize,
+    /// Largest encoded push request; a window with more profiles is split into several requests.
+    pub max_request_bytes: usize,
+    /// Timeout of one HTTP request to the server.
+    pub request_timeout: Duration,
+    /// How long shutdown may spend delivering what is still queued.
+    pub shutdown_flush_timeout: Duration,
+    /// Most processes whose mappings are cached at once.
+    pub max_cached_processes: usize,
+    /// Most processes in one window; samples of further processes are dropped (and counted).
+    pub max_processes_per_window: usize,
+    /// Most distinct stacks per process per window; samples with further stacks are dropped (and counted).
+    pub max_stacks_per_process: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            server_url: ServerUrl::default(),
+            frequency_hz: NonZeroU32::new(19).unwrap_or(NonZeroU32::MIN),
+            window: Duration::from_secs(10),
+            node_name: hostname(),
+            stack_copy_bytes: 8192,
+            metrics_listen: None,
+            max_upload_bytes: 512 << 20,
+            upload_debuginfo: true,
+            queue_capacity: 256,
+            queue_max_bytes: 64 << 20,
+            max_request_bytes: 4 << 20,
+            request_timeout: Duration::from_secs(30),
+            shutdown_flush_timeout: Duration::from_secs(5),
+            max_cached_processes: 8192,
+            max_processes_per_window: 4096,
+            max_stacks_per_process: 16_384,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks the ranges the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.frequency_hz.get() > MAX_FREQUENCY_HZ {
+            return Err(ConfigError::Frequency(self.frequency_hz.get()));
+        }
+        if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(3600) {
+            return Err(ConfigError::Window(self.window));
+        }
+        if self.stack_copy_bytes as usize > kiln_sampler_bpf::MAX_STACK_COPY {
+            return Err(ConfigError::StackCopy(self.stack_copy_bytes));
+        }
+        for (name, v) in [
+            ("queue_capacity", self.queue_capacity),
+            ("queue_max_bytes", self.queue_max_bytes),
+            ("max_request_bytes", self.max_request_bytes),
+            ("max_cached_processes", self.max_cached_processes),
+            ("max_processes_per_window", self.max_processes_per_window),
+            ("max_stacks_per_process", self.max_stacks_per_process),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Nanoseconds of CPU one sample stands for: `1e9 / frequency`.
+    pub fn period_nanos(&self) -> i64 {
+        1_000_000_000 / i64::from(self.frequency_hz.get())
+    }
+}
+
+/// The kernel's host name (the node name on Kubernetes), or `unknown` if it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = AgentConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.frequency_hz.get(), 19);
+        assert_eq!(c.period_nanos(), 52_631_578);
+        assert_eq!(ServerUrl::parse(DEFAULT_SERVER_URL).unwrap(), c.server_url);
+        assert!(!c.node_name.is_empty());
+    }
+
+    #[test]
+    fn server_url_validation_and_joining() {
+        let u = ServerUrl::parse("http://kiln:4040/prefix/").unwrap();
+        assert_eq!(
+            u.push_url(),
+            "http://kiln:4040/prefix/push.v1.PusherService/Push"
+        );
+        assert_eq!(
+            u.debuginfo_url("abcd"),
+            "http://kiln:4040/prefix/debuginfo/v1/abcd"
+        );
+        assert!(matches!(
+            ServerUrl::parse("kiln:4040"),
+            Err(ConfigError::ServerUrl(_))
+        ));
+        assert!(matches!(
+            ServerUrl::parse("http://"),
+            Err(ConfigError::ServerUrl(_))
+        ));
+        assert!(matches!(
+            ServerUrl::parse("http://x/?a=1"),
+            Err(ConfigError::ServerUrlQuery(_))
+        ));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let c = AgentConfig {
+            window: Duration::from_millis(10),
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::Window(_))));
+        let c = AgentConfig {
+            stack_copy_bytes: 1 << 20,
+            ..Default::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::StackCopy(1 << 20)));
+        let c = AgentConfig {
+            queue_capacity: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Zero("queue_capacity")));
+    }
+}

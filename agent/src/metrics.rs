@@ -1,0 +1,369 @@
+//! The agent's own Prometheus metrics (one [`AgentMetrics`] handle cloned into every stage) and the
+//! `/metrics` + `/healthz` HTTP listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Why a sample never made it into a profile.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum SampleDropReason {
+    /// The kernel's ring buffer was full (counted by the BPF program).
+    RingBufferFull,
+    /// The window already held the maximum number of processes.
+    ProcessLimit,
+    /// The process already had the maximum number of distinct stacks this window.
+    StackLimit,
+    /// Idle-task samples without kernel frames (pure idle, not CPU work).
+    Idle,
+    /// The record could not be parsed.
+    Malformed,
+}
+
+/// Why a push request was given up.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PushDropReason {
+    /// The queue was full and this was the oldest request.
+    QueueFull,
+    /// The server answered 4xx (other than 429): retrying cannot help.
+    Rejected,
+    /// Still queued when the shutdown deadline passed.
+    Shutdown,
+}
+
+/// What a failed push attempt ran into.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PushFailure {
+    /// Connection refused/reset, timeout, DNS…
+    Transport,
+    /// 5xx.
+    ServerError,
+    /// 429.
+    RateLimited,
+    /// Other 4xx.
+    Rejected,
+}
+
+/// How one debuginfo candidate ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UploadOutcome {
+    /// Uploaded and stored (201).
+    Uploaded,
+    /// The server already had it (GET 200, or PUT 200).
+    AlreadyPresent,
+    /// Larger than the configured maximum: not sent.
+    TooLarge,
+    /// The server refused it (400/413).
+    Rejected,
+    /// A transport or server error; retried later with backoff.
+    Failed,
+    /// The file could not be opened (process gone, no permission).
+    Unreadable,
+    /// The bounded set of pending uploads was full; offered again in a later window.
+    QueueFull,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SampleDropLabel {
+    pub reason: SampleDropReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushDropLabel {
+    pub reason: PushDropReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushFailureLabel {
+    pub kind: PushFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: UploadOutcome,
+}
+
+/// Every metric the agent exports. Cheap to clone: all clones update the same values.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub samples_received: Counter,
+    pub samples_dropped: Family<SampleDropLabel, Counter>,
+    pub profiles_built: Counter,
+    pub push_attempts: Counter,
+    pub push_success: Counter,
+    pub push_failures: Family<PushFailureLabel, Counter>,
+    pub push_retries: Counter,
+    pub push_dropped: Family<PushDropLabel, Counter>,
+    pub queue_depth: Gauge,
+    pub queue_bytes: Gauge,
+    pub push_latency_seconds: Histogram,
+    pub debuginfo_uploads: Family<OutcomeLabel, Counter>,
+    pub process_cache_size: Gauge,
+    /// Last cumulative ring-buffer drop total seen from BPF, to turn it into counter increments.
+    ringbuf_seen: Arc<AtomicU64>,
+}
+
+impl AgentMetrics {
+    /// Creates the metrics and registers them under the `kiln_agent_` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::unregistered();
+        let r = registry.sub_registry_with_prefix("kiln_agent");
+        r.register(
+            "samples_received",
+            "Samples read from the sampler",
+            m.samples_received.clone(),
+        );
+        r.register(
+            "samples_dropped",
+            "Samples lost or discarded, by reason",
+            m.samples_dropped.clone(),
+        );
+        r.register(
+            "profiles_built",
+            "pprof profiles built (one per process per window)",
+            m.profiles_built.clone(),
+        );
+        r.register(
+            "push_attempts",
+            "HTTP push attempts (including retries)",
+            m.push_attempts.clone(),
+        );
+        r.register(
+            "push_success",
+            "Push requests the server accepted",
+            m.push_success.clone(),
+        );
+        r.register(
+            "push_failures",
+            "Failed push attempts, by kind",
+            m.push_failures.clone(),
+        );
+        r.register(
+            "push_retries",
+            "Push attempts that were retries",
+            m.push_retries.clone(),
+        );
+        r.register(
+            "push_dropped",
+            "Push requests given up, by reason",
+            m.push_dropped.clone(),
+        );
+        r.register(
+            "push_queue_depth",
+            "Push requests waiting to be sent",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "push_queue_bytes",
+            "Compressed bytes of push requests waiting to be sent",
+            m.queue_bytes.clone(),
+        );
+        r.register(
+            "push_latency_seconds",
+            "Time from sending a push request to the server's answer",
+            m.push_latency_seconds.clone(),
+        );
+        r.register(
+            "debuginfo_uploads",
+            "Debuginfo candidates by outcome",
+            m.debuginfo_uploads.clone(),
+        );
+        r.register(
+            "process_cache_size",
+            "Processes whose mappings are cached",
+            m.process_cache_size.clone(),
+        );
+        m
+    }
+
+    /// Metrics that no registry exports (tests, or when metrics are off).
+    pub fn unregistered() -> Self {
+        AgentMetrics {
+            samples_received: Counter::default(),
+            samples_dropped: Family::default(),
+            profiles_built: Counter::default(),
+            push_attempts: Counter::default(),
+            push_success: Counter::default(),
+            push_failures: Family::default(),
+            push_retries: Counter::default(),
+            push_dropped: Family::default(),
+            queue_depth: Gauge::default(),
+            queue_bytes: Gauge::default(),
+            // 5 ms .. ~41 s.
+            push_latency_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            debuginfo_uploads: Family::default(),
+            process_cache_size: Gauge::default(),
+            ringbuf_seen: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The drop counter for `reason` (a handle sharing the family's value).
+    pub fn sample_dropped(&self, reason: SampleDropReason) -> Counter {
+        self.samples_dropped
+            .get_or_create(&SampleDropLabel { reason })
+            .clone()
+    }
+
+    pub fn push_failed(&self, kind: PushFailure) -> Counter {
+        self.push_failures
+            .get_or_create(&PushFailureLabel { kind })
+            .clone()
+    }
+
+    pub fn push_drop(&self, reason: PushDropReason) -> Counter {
+        self.push_dropped
+            .get_or_create(&PushDropLabel { reason })
+            .clone()
+    }
+
+    pub fn upload(&self, outcome: UploadOutcome) -> Counter {
+        self.debuginfo_uploads
+            .get_or_create(&OutcomeLabel { outcome })
+            .clone()
+    }
+
+    /// Feeds the BPF program's cumulative "ring buffer full" count (summed over CPUs); the counter
+    /// grows by the difference since the last call. A smaller total (the program was reloaded) is
+    /// taken as a fresh start.
+    pub fn record_ringbuf_drops_total(&self, total: u64) {
+        let prev = self.ringbuf_seen.swap(total, Ordering::Relaxed);
+        let delta = if total >= prev { total - prev } else { total };
+        if delta > 0 {
+            self.sample_dropped(SampleDropReason::RingBufferFull)
+                .inc_by(delta);
+        }
+    }
+}
+
+/// The `/metrics` and `/healthz` routes over `registry`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(registry)
+}
+
+async fn metrics_handler(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed").into_response(),
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` completes.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MetricsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    serve_metrics_on(listener, registry, shutdown).await
+}
+
+/// Like [`serve_metrics`] on an already bound listener (lets tests bind port 0).
+pub async fn serve_metrics_on(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MetricsError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
+    axum::serve(listener, router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(MetricsError::Serve)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ringbuf_totals_become_increments() {
+        let m = AgentMetrics::unregistered();
+        m.record_ringbuf_drops_total(5);
+        m.record_ringbuf_drops_total(5);
+        m.record_ringbuf_drops_total(12);
+        assert_eq!(m.sample_dropped(SampleDropReason::RingBufferFull).get(), 12);
+        m.record_ringbuf_drops_total(3); // reloaded program: counts from zero again
+        assert_eq!(m.sample_dropped(SampleDropReason::RingBufferFull).get(), 15);
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_health() {
+        let mut registry = Registry::default();
+        let m = AgentMetrics::register(&mut registry);
+        m.samples_received.inc_by(7);
+        m.sample_dropped(SampleDropReason::StackLimit).inc();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_metrics_on(listener, Arc::new(registry), async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let health = client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        assert_eq!(health.text().await.unwrap(), "ok");
+        let text = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains("kiln_agent_samples_received_total 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kiln_agent_samples_dropped_total{reason="StackLimit"} 1"#),
+            "{text}"
+        );
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
