@@ -83,6 +83,31 @@ pub struct MappedFile<'a> {
     pub inode: u64,
 }
 
+/// An object file seen mapped by a live process: its build ID and where to open it. This is what
+/// the aggregator hands to the debuginfo uploader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub build_id: BuildId,
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
+    /// The path as the process sees it.
+    pub path: PathBuf,
+    pub inode: u64,
+}
+
+impl ObjectRef {
+    pub fn mapped(&self) -> MappedFile<'_> {
+        MappedFile {
+            pid: self.pid,
+            start: self.start,
+            end: self.end,
+            path: &self.path,
+            inode: self.inode,
+        }
+    }
+}
+
 /// Opens the file behind a mapping. `/proc/PID/map_files/<start>-<end>` is the mapped file itself
 /// (right even if the path was replaced since, and across mount namespaces) but needs privileges;
 /// `/proc/PID/root/<path>` is the fallback, accepted only if its inode is still the mapped one.

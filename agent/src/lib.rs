@@ -6,3 +6,4 @@ pub mod config;
 pub mod kallsyms;
 pub mod metrics;
 pub mod procmaps;
+pub mod profile;

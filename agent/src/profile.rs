@@ -1,0 +1,647 @@
+//! The aggregation stage: [`Aggregator`] turns [`RawSample`]s into one pprof [`Profile`] per process
+//! per window, with kernel frames named from kallsyms and user frames left as addresses in mappings
+//! (with build IDs) for the server to symbolize.
+//!
+//! Decisions:
+//! * **pid 0** (the idle task) should not reach us (the sampler skips it), but if it does, a sample
+//!   with kernel frames (interrupt or softirq work done on the idle task) is kept under a `swapper`
+//!   series; one without kernel frames says nothing about CPU use and is dropped as `Idle`.
+//! * **Kernel threads** (no user registers) get kernel frames only.
+//! * A process's series labels are fixed when it is first seen in a window; an `exec` mid-window
+//!   shows up under the new labels from the next window on.
+//! * The leaf frame keeps its address; every other frame (kernel and user) is a return address and is
+//!   moved back by one byte so it symbolizes to the call, not to the line after it.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kiln_proto::ProfileBuilder;
+use kiln_proto::pprof::Profile;
+use kiln_proto::push::{LabelPair, RawProfileSeries};
+use kiln_sampler_bpf::RawSample;
+
+use crate::buildid::{BuildId, FileId, ObjectRef};
+use crate::config::AgentConfig;
+use crate::kallsyms::Kallsyms;
+use crate::metrics::{AgentMetrics, SampleDropReason};
+use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
+
+/// The pprof mapping kernel frames belong to (the name `perf` uses, which the server recognizes).
+pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
+/// Series name of CPU profiles (Pyroscope's convention).
+pub const PROFILE_NAME: &str = "process_cpu";
+/// Longest label value kept; longer ones are cut (at a character boundary).
+pub const MAX_LABEL_VALUE_LEN: usize = 512;
+const MAX_LABEL_NAME_LEN: usize = 128;
+
+/// What the aggregator needs from [`AgentConfig`].
+#[derive(Clone, Debug)]
+pub struct AggregatorConfig {
+    pub frequency_hz: NonZeroU32,
+    pub node_name: String,
+    pub max_processes_per_window: usize,
+    pub max_stacks_per_process: usize,
+}
+
+impl From<&AgentConfig> for AggregatorConfig {
+    fn from(c: &AgentConfig) -> Self {
+        AggregatorConfig {
+            frequency_hz: c.frequency_hz,
+            node_name: c.node_name.clone(),
+            max_processes_per_window: c.max_processes_per_window,
+            max_stacks_per_process: c.max_stacks_per_process,
+        }
+    }
+}
+
+/// One process's profile for one window.
+#[derive(Clone, Debug)]
+pub struct ProcessProfile {
+    pub pid: u32,
+    /// Series labels, sorted by name, sanitized.
+    pub labels: Vec<LabelPair>,
+    pub profile: Profile,
+    /// Object files with build IDs that this profile's frames point into (for debuginfo upload).
+    pub objects: Vec<ObjectRef>,
+}
+
+impl ProcessProfile {
+    /// The push series for this profile: its labels and the gzipped pprof.
+    pub fn to_series(&self) -> RawProfileSeries {
+        RawProfileSeries {
+            labels: self.labels.clone(),
+            samples: vec![kiln_proto::push::RawSample {
+                raw_profile: kiln_proto::encode_profile_gzip(&self.profile),
+                id: random_uuid(),
+            }],
+        }
+    }
+}
+
+/// A random (v4) UUID, as Pyroscope's SDKs put in `RawSample.ID`.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Identifies a mapping within a window (the same file mapped at the same place).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct MappingKey {
+    start: u64,
+    end: u64,
+    offset: u64,
+    file: FileId,
+}
+
+struct ProcessWindow {
+    labels: Vec<LabelPair>,
+    builder: ProfileBuilder,
+    mappings: HashMap<MappingKey, u64>,
+    kernel_mapping: Option<u64>,
+    objects: HashMap<BuildId, ObjectRef>,
+    /// Hashes of the (adjusted) address stacks seen, to enforce the distinct-stack limit before
+    /// interning anything for a stack that will be dropped.
+    stacks: HashSet<u64>,
+}
+
+/// Groups samples per process over a window; [`Aggregator::flush`] ends the window.
+///
+/// The caller drives the windows (calls `flush` every `window`), so profile times are wall-clock
+/// times of the flushes rather than derived from the samples' monotonic timestamps.
+pub struct Aggregator {
+    config: AggregatorConfig,
+    period_nanos: i64,
+    processes: ProcessCache,
+    kallsyms: Arc<Kallsyms>,
+    metrics: AgentMetrics,
+    window_start: SystemTime,
+    window_started: Instant,
+    windows: HashMap<u32, ProcessWindow>,
+}
+
+impl Aggregator {
+    pub fn new(
+        config: AggregatorConfig,
+        processes: ProcessCache,
+        kallsyms: Arc<Kallsyms>,
+        metrics: AgentMetrics,
+    ) -> Self {
+        Aggregator {
+            period_nanos: 1_000_000_000 / i64::from(config.frequency_hz.get()),
+            config,
+            processes,
+            kallsyms,
+            metrics,
+            window_start: SystemTime::now(),
+            window_started: Instant::now(),
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Adds one sample to the current window.
+    pub fn add(&mut self, s: &RawSample) {
+        self.metrics.samples_received.inc();
+        if s.tgid == 0 && s.kernel_stack.is_empty() {
+            self.metrics.sample_dropped(SampleDropReason::Idle).inc();
+            return;
+        }
+        // Kernel threads have no user context: whatever the user stack says is meaningless.
+        let user: &[u64] = if s.user_regs.is_some() {
+            &s.user_stack
+        } else {
+            &[]
+        };
+        let kernel = adjusted(&s.kernel_stack);
+        let user = adjusted(user);
+
+        let process = if s.tgid == 0 {
+            None
+        } else {
+            // A sample on the thread-group leader carries the process's own comm: a change means exec.
+            let leader_comm = (s.tid == s.tgid).then_some(s.comm.as_str());
+            self.processes.resolve(s.tgid, leader_comm, &user)
+        };
+        self.metrics
+            .process_cache_size
+            .set(self.processes.len() as i64);
+
+        if !self.windows.contains_key(&s.tgid) {
+            if self.windows.len() >= self.config.max_processes_per_window {
+                self.metrics
+                    .sample_dropped(SampleDropReason::ProcessLimit)
+                    .inc();
+                return;
+            }
+            let labels = series_labels(s, process.as_deref(), &self.config.node_name);
+            self.windows.insert(
+                s.tgid,
+                ProcessWindow {
+                    labels,
+                    builder: ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]),
+                    mappings: HashMap::new(),
+                    kernel_mapping: None,
+                    objects: HashMap::new(),
+                    stacks: HashSet::new(),
+                },
+            );
+        }
+        let Some(w) = self.windows.get_mut(&s.tgid) else {
+            return;
+        };
+
+        let mut h = DefaultHasher::new();
+        kernel.hash(&mut h);
+        user.hash(&mut h);
+        let stack_hash = h.finish();
+        if !w.stacks.contains(&stack_hash) {
+            if w.stacks.len() >= self.config.max_stacks_per_process {
+                self.metrics
+                    .sample_dropped(SampleDropReason::StackLimit)
+                    .inc();
+                return;
+            }
+            w.stacks.insert(stack_hash);
+        }
+
+        let mut locations = Vec::with_capacity(kernel.len() + user.len());
+        for &addr in &kernel {
+            let kmap = *w.kernel_mapping.get_or_insert_with(|| {
+                let id = w.builder.mapping(0, u64::MAX, 0, KERNEL_MAPPING, "");
+                w.builder.mark_symbolized(id);
+                id
+            });
+            let loc = match self.kallsyms.lookup(addr) {
+                Some(sym) => {
+                    let f = w.builder.function(sym.name, "");
+                    w.builder.symbolized_location(kmap, addr, &[(f, 0)])
+                }
+                None => w.builder.raw_location(kmap, addr),
+            };
+            locations.push(loc);
+        }
+        for &addr in &user {
+            let mapping = process.as_deref().and_then(|p| p.find(addr));
+            let mapping_id = match mapping {
+                Some(m) => window_mapping(w, m, s.tgid),
+                None => 0,
+            };
+            locations.push(w.builder.raw_location(mapping_id, addr));
+        }
+        w.builder
+            .add_sample(&locations, &[1, self.period_nanos], &[]);
+    }
+
+    /// Ends the window: returns one profile per process seen (sorted by pid) and starts the next
+    /// window. Afterwards the process cache drops processes that exited.
+    pub fn flush(&mut self) -> Vec<ProcessProfile> {
+        let now = SystemTime::now();
+        let elapsed = self.window_started.elapsed();
+        let start_nanos = self
+            .window_start
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos();
+        let start_nanos = i64::try_from(start_nanos).unwrap_or(i64::MAX);
+        let duration_nanos = i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX);
+
+        let mut out: Vec<ProcessProfile> = self
+            .windows
+            .drain()
+            .map(|(pid, mut w)| {
+                w.builder
+                    .period("cpu", "nanoseconds", self.period_nanos)
+                    .time(start_nanos, duration_nanos);
+                let mut objects: Vec<ObjectRef> = w.objects.into_values().collect();
+                objects.sort_by(|a, b| a.build_id.cmp(&b.build_id));
+                ProcessProfile {
+                    pid,
+                    labels: w.labels,
+                    profile: w.builder.finish(),
+                    objects,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.pid);
+        self.metrics.profiles_built.inc_by(out.len() as u64);
+        self.window_start = now;
+        self.window_started = Instant::now();
+        self.processes.sweep();
+        self.metrics
+            .process_cache_size
+            .set(self.processes.len() as i64);
+        out
+    }
+
+    /// Processes with samples in the current window.
+    pub fn processes_in_window(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+/// Leaf first: the leaf stays, every other frame is a return address and moves back one byte.
+fn adjusted(stack: &[u64]) -> Vec<u64> {
+    stack
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+        .collect()
+}
+
+fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32) -> u64 {
+    let key = MappingKey {
+        start: m.start,
+        end: m.end,
+        offset: m.offset,
+        file: m.file,
+    };
+    if let Some(&id) = w.mappings.get(&key) {
+        return id;
+    }
+    let build_id = m.build_id.as_ref().map(BuildId::to_hex).unwrap_or_default();
+    let id = w
+        .builder
+        .mapping(m.start, m.end, m.offset, &m.filename(), &build_id);
+    w.mappings.insert(key, id);
+    if let (Some(b), MappingKind::File { path, .. }) = (&m.build_id, &m.kind) {
+        w.objects.entry(b.clone()).or_insert_with(|| ObjectRef {
+            build_id: b.clone(),
+            pid,
+            start: m.start,
+            end: m.end,
+            path: path.clone(),
+            inode: m.file.inode,
+        });
+    }
+    id
+}
+
+/// The series labels of a process (sorted by name; empty values left out).
+fn series_labels(s: &RawSample, p: Option<&Process>, node: &str) -> Vec<LabelPair> {
+    let (service, comm, exe, cgroup) = match p {
+        _ if s.tgid == 0 => ("swapper".to_owned(), "swapper".to_owned(), None, None),
+        Some(p) => (
+            p.service_name().to_owned(),
+            p.comm.clone(),
+            p.exe.as_ref().map(|e| e.to_string_lossy().into_owned()),
+            p.cgroup.clone(),
+        ),
+        // The process is gone (or unreadable): what the sample itself says.
+        None => (s.comm.clone(), s.comm.clone(), None, None),
+    };
+    let pid = s.tgid.to_string();
+    let mut labels: Vec<LabelPair> = [
+        ("__name__", Some(PROFILE_NAME)),
+        ("service_name", Some(service.as_str())),
+        ("node", Some(node)),
+        ("pid", Some(pid.as_str())),
+        ("comm", Some(comm.as_str())),
+        ("executable", exe.as_deref()),
+        ("cgroup", cgroup.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| {
+        let v = sanitize_label_value(v?);
+        (!v.is_empty()).then(|| LabelPair {
+            name: sanitize_label_name(k),
+            value: v,
+        })
+    })
+    .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    labels
+}
+
+/// A Prometheus-style label name: `[a-zA-Z_][a-zA-Z0-9_]*`, other characters become `_`, capped.
+pub fn sanitize_label_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(MAX_LABEL_NAME_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// A label value without control characters, at most [`MAX_LABEL_VALUE_LEN`] bytes.
+pub fn sanitize_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(MAX_LABEL_VALUE_LEN));
+    for c in value.chars() {
+        let c = if c.is_control() { '_' } else { c };
+        if out.len() + c.len_utf8() > MAX_LABEL_VALUE_LEN {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::procmaps::ProcessCacheConfig;
+    use kiln_sampler_bpf::UserRegs;
+
+    #[inline(never)]
+    fn leaf_fn() -> u64 {
+        std::hint::black_box(1)
+    }
+
+    #[inline(never)]
+    fn caller_fn() -> u64 {
+        std::hint::black_box(2)
+    }
+
+    const KSYMS: &str = "\
+ffffffff81000000 T _stext
+ffffffff81100000 T do_syscall_64
+ffffffff81200000 T vfs_read
+ffffffff81300000 t ext4_file_read_iter
+";
+
+    fn aggregator(max_processes: usize, max_stacks: usize) -> (Aggregator, AgentMetrics) {
+        let metrics = AgentMetrics::unregistered();
+        let agg = Aggregator::new(
+            AggregatorConfig {
+                frequency_hz: NonZeroU32::new(100).unwrap(),
+                node_name: "node-a".into(),
+                max_processes_per_window: max_processes,
+                max_stacks_per_process: max_stacks,
+            },
+            ProcessCache::new(ProcessCacheConfig::default()),
+            Arc::new(Kallsyms::parse(KSYMS)),
+            metrics.clone(),
+        );
+        (agg, metrics)
+    }
+
+    fn sample(tgid: u32, kernel: Vec<u64>, user: Vec<u64>) -> RawSample {
+        RawSample {
+            time_ns: 123,
+            tgid,
+            tid: tgid,
+            cpu: 0,
+            comm: "sampled-comm".into(),
+            cgroup_id: 1,
+            in_kernel: !kernel.is_empty(),
+            kernel_stack: kernel,
+            user_regs: (!user.is_empty()).then_some(UserRegs {
+                ip: user.first().copied().unwrap_or(0),
+                sp: 0,
+                bp: 0,
+            }),
+            user_stack: user,
+            stack_copy: Vec::new(),
+        }
+    }
+
+    fn label<'a>(p: &'a ProcessProfile, name: &str) -> Option<&'a str> {
+        p.labels
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.as_str())
+    }
+
+    #[test]
+    fn builds_a_profile_with_kernel_and_user_frames() {
+        let leaf = leaf_fn as *const () as usize as u64;
+        let ret = caller_fn as *const () as usize as u64 + 4;
+        let pid = std::process::id();
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        let (mut agg, metrics) = aggregator(16, 16);
+        let kernel = vec![0xffffffff81200010, 0xffffffff81100020];
+        let s = sample(pid, kernel.clone(), vec![leaf, ret]);
+        agg.add(&s);
+        agg.add(&s);
+        agg.add(&sample(pid, vec![], vec![leaf]));
+        std::thread::sleep(Duration::from_millis(20));
+        let out = agg.flush();
+        assert_eq!(out.len(), 1);
+        let pp = &out[0];
+        let p = &pp.profile;
+
+        let types: Vec<_> = p
+            .sample_type
+            .iter()
+            .map(|t| (p.str(t.r#type), p.str(t.unit)))
+            .collect();
+        assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+        let pt = p.period_type.unwrap();
+        assert_eq!((p.str(pt.r#type), p.str(pt.unit)), ("cpu", "nanoseconds"));
+        assert_eq!(p.period, 10_000_000);
+        assert!(p.time_nanos >= before, "window start is wall-clock time");
+        assert!(p.duration_nanos >= 20_000_000);
+
+        // Labels.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let names: Vec<_> = pp.labels.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "__name__",
+                "cgroup",
+                "comm",
+                "executable",
+                "node",
+                "pid",
+                "service_name"
+            ]
+        );
+        assert_eq!(label(pp, "__name__"), Some("process_cpu"));
+        assert_eq!(label(pp, "pid"), Some(pid.to_string().as_str()));
+        assert_eq!(label(pp, "node"), Some("node-a"));
+        assert_eq!(label(pp, "executable"), exe.to_str());
+        assert_eq!(label(pp, "service_name"), exe.file_name().unwrap().to_str());
+
+        // Samples: the kernel+user stack twice, the user-only one once.
+        assert_eq!(p.sample.len(), 2);
+        let full = &p.sample[0];
+        assert_eq!(full.value, vec![2, 20_000_000]);
+        assert_eq!(p.sample[1].value, vec![1, 10_000_000]);
+        let locs: Vec<_> = full
+            .location_id
+            .iter()
+            .map(|&id| &p.location[id as usize - 1])
+            .collect();
+        assert_eq!(locs.len(), 4);
+        // Leaf first: kernel frames, named, in the kernel mapping.
+        let fname = |l: &kiln_proto::pprof::Location| {
+            let f = &p.function[l.line[0].function_id as usize - 1];
+            p.str(f.name).to_owned()
+        };
+        assert_eq!(fname(locs[0]), "vfs_read");
+        assert_eq!(locs[0].address, kernel[0]);
+        assert_eq!(fname(locs[1]), "do_syscall_64");
+        assert_eq!(locs[1].address, kernel[1] - 1, "return address moved back");
+        let kmap = &p.mapping[locs[0].mapping_id as usize - 1];
+        assert_eq!(p.str(kmap.filename), KERNEL_MAPPING);
+        // Then user frames, unsymbolized, in the test binary's mapping with its build ID.
+        assert!(locs[2].line.is_empty());
+        assert_eq!(locs[2].address, leaf, "the user leaf keeps its address");
+        assert_eq!(locs[3].address, ret - 1, "return address moved back");
+        let umap = &p.mapping[locs[2].mapping_id as usize - 1];
+        assert_eq!(p.str(umap.filename), exe.to_str().unwrap());
+        assert!(umap.memory_start <= leaf && leaf < umap.memory_limit);
+        let bytes = std::fs::read("/proc/self/exe").unwrap();
+        let expected = object::Object::build_id(&object::File::parse(&*bytes).unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.str(umap.build_id), hex::encode(expected));
+        assert_eq!(pp.objects.len(), 1);
+        assert_eq!(pp.objects[0].build_id.as_bytes(), expected);
+
+        assert_eq!(metrics.samples_received.get(), 3);
+        assert_eq!(metrics.profiles_built.get(), 1);
+        // The next window starts empty.
+        assert!(agg.flush().is_empty());
+    }
+
+    #[test]
+    fn unknown_frames_kernel_threads_and_idle() {
+        let (mut agg, metrics) = aggregator(16, 16);
+        let pid = std::process::id();
+        // An address nothing maps: a location without a mapping.
+        agg.add(&sample(pid, vec![], vec![0x10]));
+        // pid 0 without kernel frames: dropped; with: kept as swapper.
+        agg.add(&sample(0, vec![], vec![]));
+        agg.add(&sample(0, vec![0xffffffff81000010], vec![]));
+        // A kernel thread: user stack ignored without user registers.
+        let mut kthread = sample(pid, vec![0xffffffff81300005], vec![]);
+        kthread.user_stack = vec![0x1234];
+        agg.add(&kthread);
+        let out = agg.flush();
+        assert_eq!(out.len(), 2);
+        let swapper = &out[0];
+        assert_eq!(label(swapper, "service_name"), Some("swapper"));
+        assert_eq!(label(swapper, "executable"), None);
+        let me = &out[1].profile;
+        let raw = &me.location[me.sample[0].location_id[0] as usize - 1];
+        assert_eq!((raw.mapping_id, raw.address), (0, 0x10));
+        assert_eq!(me.sample[1].location_id.len(), 1, "kernel frame only");
+        assert_eq!(metrics.sample_dropped(SampleDropReason::Idle).get(), 1);
+    }
+
+    #[test]
+    fn limits_are_enforced_and_counted() {
+        let (mut agg, metrics) = aggregator(1, 2);
+        let pid = std::process::id();
+        for a in [0x10, 0x20, 0x30, 0x10] {
+            agg.add(&sample(pid, vec![], vec![a]));
+        }
+        agg.add(&sample(
+            std::os::unix::process::parent_id(),
+            vec![],
+            vec![0x10],
+        ));
+        assert_eq!(agg.processes_in_window(), 1);
+        let out = agg.flush();
+        assert_eq!(out[0].profile.sample.len(), 2);
+        assert_eq!(
+            out[0]
+                .profile
+                .sample
+                .iter()
+                .map(|s| s.value[0])
+                .sum::<i64>(),
+            3
+        );
+        assert_eq!(
+            metrics.sample_dropped(SampleDropReason::StackLimit).get(),
+            1
+        );
+        assert_eq!(
+            metrics.sample_dropped(SampleDropReason::ProcessLimit).get(),
+            1
+        );
+    }
+
+    #[test]
+    fn gone_process_uses_the_sample_comm_and_series_encode() {
+        let (mut agg, _) = aggregator(4, 4);
+        // pid_max is at most 2^22: this pid cannot exist.
+        agg.add(&sample(u32::MAX - 1, vec![], vec![0x10]));
+        let out = agg.flush();
+        assert_eq!(label(&out[0], "service_name"), Some("sampled-comm"));
+        assert_eq!(label(&out[0], "cgroup"), None);
+        let series = out[0].to_series();
+        assert_eq!(series.labels, out[0].labels);
+        let decoded = kiln_proto::decode_profile(&series.samples[0].raw_profile, 1 << 20).unwrap();
+        assert_eq!(decoded, out[0].profile);
+        assert_eq!(series.samples[0].id.len(), 36);
+    }
+
+    #[test]
+    fn labels_are_sanitized() {
+        assert_eq!(sanitize_label_name("k8s.pod-name"), "k8s_pod_name");
+        assert_eq!(sanitize_label_name("1abc"), "_1abc");
+        assert_eq!(sanitize_label_value("a\nb\tc"), "a_b_c");
+        let long = "é".repeat(1000);
+        let v = sanitize_label_value(&long);
+        assert!(v.len() <= MAX_LABEL_VALUE_LEN && v.len() >= MAX_LABEL_VALUE_LEN - 1);
+    }
+}
