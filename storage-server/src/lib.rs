@@ -1,1 +1,149 @@
-//! Kiln storage server (being built).
+//! Kiln's storage server: ingests profiles (Pyroscope push API), stores them durably, symbolizes
+//! at query time with uploaded debuginfo, and serves queries, metrics and the web UI.
+//!
+//! [`router`] builds the whole HTTP service from an [`AppState`] (tests drive it in-process);
+//! [`serve`] / [`Server`] bind it to a socket.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod debuginfo;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod query;
+pub mod store;
+mod web;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+pub use config::{Limits, ServerConfig, StoreConfig};
+use debuginfo::DebugInfo;
+pub use error::ApiError;
+use metrics::Metrics;
+use store::{LocalStore, SharedStore};
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServerConfig>,
+    pub store: SharedStore,
+    pub debuginfo: Arc<DebugInfo>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Opens the local store under `config.data_dir` (scanning its segments: blocking).
+    pub fn open(config: ServerConfig) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(config.tmp_dir())?;
+        let store = LocalStore::open(
+            config.segments_dir(),
+            config.store.clone(),
+            config.limits.max_decompressed_bytes,
+        )?;
+        Ok(AppState::with_store(config, Arc::new(store)))
+    }
+
+    /// State over any [`store::Store`] implementation.
+    pub fn with_store(config: ServerConfig, store: SharedStore) -> AppState {
+        let debuginfo = DebugInfo::new(config.debuginfo_dir(), config.symbolizer_cache_entries);
+        AppState {
+            config: Arc::new(config),
+            store,
+            debuginfo: Arc::new(debuginfo),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
+/// The whole HTTP API (see docs/API.md).
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route(
+            kiln_proto::push::PUSH_PATH,
+            axum::routing::post(ingest::push::push),
+        )
+        .route(
+            "/debuginfo/v1/{build_id}",
+            get(debuginfo::get_debuginfo)
+                // Uploads are streamed to disk under their own (much larger) limit.
+                .put(debuginfo::put_debuginfo)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/profile_types", get(query::labels::profile_types))
+        .route("/api/v1/labels", get(query::labels::label_names))
+        .route(
+            "/api/v1/labels/{name}/values",
+            get(query::labels::label_values),
+        )
+        .route("/api/v1/flamegraph", get(query::flamegraph_handler))
+        .route("/api/v1/top", get(query::top_handler))
+        .route("/api/v1/pprof", get(query::pprof_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics_handler))
+        .route("/", get(web::index))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/style.css", get(web::style_css))
+        .fallback(|| async { ApiError::NotFound("no such endpoint (see docs/API.md)".into()) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Opens the data directory and binds `config.listen`.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
+        let listen = config.listen;
+        let state = tokio::task::spawn_blocking(move || AppState::open(config)).await??;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(
+            url = %format!("http://{addr}/"),
+            data_dir = %self.state.config.data_dir.display(),
+            "kiln server listening"
+        );
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("kiln server stopped");
+        Ok(())
+    }
+}
+
+/// Binds `config.listen` and serves until `shutdown` completes.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Server::bind(config).await?.run(shutdown).await
+}

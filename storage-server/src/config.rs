@@ -1,0 +1,118 @@
+//! Server configuration: where to listen, where data lives, and the limits that keep hostile or
+//! buggy clients from exhausting memory or disk.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the server needs to start. `Default` gives a working local setup.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds to.
+    pub listen: SocketAddr,
+    /// Root of all durable state: `segments/` (profiles), `debuginfo/` (ELF files), `tmp/`.
+    pub data_dir: PathBuf,
+    /// Request and profile size limits.
+    pub limits: Limits,
+    /// Segment log rotation.
+    pub store: StoreConfig,
+    /// How many symbolization results the symbolizer keeps cached.
+    pub symbolizer_cache_entries: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4040)),
+            data_dir: PathBuf::from("kiln-data"),
+            limits: Limits::default(),
+            store: StoreConfig::default(),
+            symbolizer_cache_entries: 100_000,
+        }
+    }
+}
+
+/// Input limits. Each one is enforced while reading, before anything is stored.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest request body accepted on ingest and query routes (as sent, possibly compressed).
+    pub max_body_bytes: usize,
+    /// Largest size a gzip body or a raw profile may inflate to.
+    pub max_decompressed_bytes: usize,
+    /// Most samples one profile may carry.
+    pub max_samples_per_profile: usize,
+    /// Most locations one sample's stack may have.
+    pub max_stack_depth: usize,
+    /// Most labels one series may carry (including `__name__` and `service_name`).
+    pub max_labels_per_series: usize,
+    pub max_label_name_len: usize,
+    pub max_label_value_len: usize,
+    /// Largest compressed debuginfo upload.
+    pub debuginfo_max_upload_bytes: u64,
+    /// Largest decompressed debuginfo (ELF) file.
+    pub debuginfo_max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+            max_samples_per_profile: 1_000_000,
+            max_stack_depth: 2048,
+            max_labels_per_series: 32,
+            max_label_name_len: 256,
+            max_label_value_len: 2048,
+            debuginfo_max_upload_bytes: 1 << 30,
+            debuginfo_max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// When the segment log starts a new file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// Rotate once the active segment reaches this size.
+    pub max_segment_bytes: u64,
+    /// Rotate once the active segment is this old (seconds).
+    pub max_segment_age_secs: u64,
+}
+
+impl StoreConfig {
+    pub fn max_segment_age(&self) -> Duration {
+        Duration::from_secs(self.max_segment_age_secs)
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_segment_bytes: 64 << 20,
+            max_segment_age_secs: 3600,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A config for `data_dir` with every other field defaulted.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            ..ServerConfig::default()
+        }
+    }
+    pub fn segments_dir(&self) -> PathBuf {
+        self.data_dir.join("segments")
+    }
+    pub fn debuginfo_dir(&self) -> PathBuf {
+        self.data_dir.join("debuginfo")
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+}

@@ -1,0 +1,282 @@
+//! Checks shared by every ingest format: series labels and pprof structure, so that nothing stored
+//! can later trip a query.
+
+use std::collections::HashSet;
+
+use kiln_proto::pprof::Profile;
+
+use crate::config::Limits;
+use crate::store::Labels;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LabelError {
+    #[error("series has no __name__ label (e.g. __name__=\"process_cpu\")")]
+    MissingName,
+    #[error("series has {count} labels, more than the limit of {limit}")]
+    TooMany { count: usize, limit: usize },
+    #[error("invalid label name {0:?}: must match [a-zA-Z_][a-zA-Z0-9_.]*")]
+    BadName(String),
+    #[error("label name {name:?}… is longer than {limit} bytes")]
+    NameTooLong { name: String, limit: usize },
+    #[error("value of label {name:?} is longer than {limit} bytes")]
+    ValueTooLong { name: String, limit: usize },
+    #[error("label {0:?} appears more than once")]
+    Duplicate(String),
+}
+
+/// Validates a series' labels and normalizes them: empty values are dropped (an empty value means
+/// "absent", as in Prometheus) and `service_name` defaults to `unknown`.
+pub fn validate_labels(
+    pairs: impl IntoIterator<Item = (String, String)>,
+    limits: &Limits,
+) -> Result<Labels, LabelError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (name, value) in pairs {
+        if name.len() > limits.max_label_name_len {
+            let mut cut = limits.max_label_name_len.min(64);
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            return Err(LabelError::NameTooLong {
+                name: name[..cut].to_owned(),
+                limit: limits.max_label_name_len,
+            });
+        }
+        if !valid_label_name(&name) {
+            return Err(LabelError::BadName(name));
+        }
+        if value.len() > limits.max_label_value_len {
+            return Err(LabelError::ValueTooLong {
+                name,
+                limit: limits.max_label_value_len,
+            });
+        }
+        if !seen.insert(name.clone()) {
+            return Err(LabelError::Duplicate(name));
+        }
+        if !value.is_empty() {
+            out.push((name, value));
+        }
+    }
+    if !out.iter().any(|(k, _)| k == "__name__") {
+        return Err(LabelError::MissingName);
+    }
+    if !out.iter().any(|(k, _)| k == "service_name") {
+        out.push(("service_name".to_owned(), "unknown".to_owned()));
+    }
+    if out.len() > limits.max_labels_per_series {
+        return Err(LabelError::TooMany {
+            count: out.len(),
+            limit: limits.max_labels_per_series,
+        });
+    }
+    Ok(Labels::new(out))
+}
+
+fn valid_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProfileError {
+    #[error("profile has no sample types")]
+    NoSampleTypes,
+    #[error("profile has a sample type with an empty name")]
+    EmptySampleType,
+    #[error("profile has {count} samples, more than the limit of {limit}")]
+    TooManySamples { count: usize, limit: usize },
+    #[error("sample {index} has {got} values but the profile has {want} sample types")]
+    ValueCount {
+        index: usize,
+        got: usize,
+        want: usize,
+    },
+    #[error("sample {index} has a stack of {depth} frames, more than the limit of {limit}")]
+    StackTooDeep {
+        index: usize,
+        depth: usize,
+        limit: usize,
+    },
+    #[error("sample {index} references unknown location id {id}")]
+    UnknownLocation { index: usize, id: u64 },
+    #[error("location {location} references unknown mapping id {id}")]
+    UnknownMapping { location: u64, id: u64 },
+    #[error("location {location} references unknown function id {id}")]
+    UnknownFunction { location: u64, id: u64 },
+    #[error("string index {0} is outside the string table")]
+    BadString(i64),
+}
+
+/// Checks that every reference in `p` resolves and sizes are within limits; returns its
+/// `type:unit` profile types.
+pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, ProfileError> {
+    if p.sample_type.is_empty() {
+        return Err(ProfileError::NoSampleTypes);
+    }
+    let string = |i: i64| {
+        usize::try_from(i)
+            .ok()
+            .filter(|&i| i < p.string_table.len())
+            .map(|i| p.string_table[i].as_str())
+            .ok_or(ProfileError::BadString(i))
+    };
+    let mut types = Vec::with_capacity(p.sample_type.len());
+    for st in &p.sample_type {
+        let (ty, unit) = (string(st.r#type)?, string(st.unit)?);
+        if ty.is_empty() {
+            return Err(ProfileError::EmptySampleType);
+        }
+        types.push(format!("{ty}:{unit}"));
+    }
+    if p.sample.len() > limits.max_samples_per_profile {
+        return Err(ProfileError::TooManySamples {
+            count: p.sample.len(),
+            limit: limits.max_samples_per_profile,
+        });
+    }
+    let mappings: HashSet<u64> = p.mapping.iter().map(|m| m.id).collect();
+    let functions: HashSet<u64> = p.function.iter().map(|f| f.id).collect();
+    for f in &p.function {
+        string(f.name)?;
+        string(f.system_name)?;
+        string(f.filename)?;
+    }
+    for m in &p.mapping {
+        string(m.filename)?;
+        string(m.build_id)?;
+    }
+    let mut locations = HashSet::with_capacity(p.location.len());
+    for l in &p.location {
+        locations.insert(l.id);
+        if l.mapping_id != 0 && !mappings.contains(&l.mapping_id) {
+            return Err(ProfileError::UnknownMapping {
+                location: l.id,
+                id: l.mapping_id,
+            });
+        }
+        if let Some(line) = l
+            .line
+            .iter()
+            .find(|line| !functions.contains(&line.function_id))
+        {
+            return Err(ProfileError::UnknownFunction {
+                location: l.id,
+                id: line.function_id,
+            });
+        }
+    }
+    for (index, s) in p.sample.iter().enumerate() {
+        if s.value.len() != p.sample_type.len() {
+            return Err(ProfileError::ValueCount {
+                index,
+                got: s.value.len(),
+                want: p.sample_type.len(),
+            });
+        }
+        if s.location_id.len() > limits.max_stack_depth {
+            return Err(ProfileError::StackTooDeep {
+                index,
+                depth: s.location_id.len(),
+                limit: limits.max_stack_depth,
+            });
+        }
+        if let Some(&id) = s.location_id.iter().find(|id| !locations.contains(id)) {
+            return Err(ProfileError::UnknownLocation { index, id });
+        }
+    }
+    Ok(types)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_proto::ProfileBuilder;
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn labels_normalized() {
+        let l = validate_labels(
+            pairs(&[("__name__", "process_cpu"), ("pod", ""), ("a.b", "x")]),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(l.get("service_name"), Some("unknown"));
+        assert_eq!(l.get("pod"), None);
+        assert_eq!(l.get("a.b"), Some("x"));
+    }
+
+    #[test]
+    fn labels_rejected() {
+        let lim = Limits::default();
+        assert_eq!(
+            validate_labels(pairs(&[("service_name", "x")]), &lim),
+            Err(LabelError::MissingName)
+        );
+        assert_eq!(
+            validate_labels(pairs(&[("__name__", "x"), ("1a", "x")]), &lim),
+            Err(LabelError::BadName("1a".into()))
+        );
+        assert_eq!(
+            validate_labels(pairs(&[("__name__", "x"), ("__name__", "y")]), &lim),
+            Err(LabelError::Duplicate("__name__".into()))
+        );
+        let many: Vec<_> = (0..40).map(|i| (format!("l{i}"), "v".to_owned())).collect();
+        let mut many = many;
+        many.push(("__name__".into(), "x".into()));
+        assert!(matches!(
+            validate_labels(many, &lim),
+            Err(LabelError::TooMany { limit: 32, .. })
+        ));
+        let long = "v".repeat(lim.max_label_value_len + 1);
+        assert!(matches!(
+            validate_labels(pairs(&[("__name__", &long)]), &lim),
+            Err(LabelError::ValueTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn profile_references_checked() {
+        let lim = Limits::default();
+        let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")]);
+        let f = b.function("main", "m.c");
+        let l = b.symbolized_location(0, 1, &[(f, 1)]);
+        b.add_sample(&[l], &[5], &[]);
+        let p = b.finish();
+        assert_eq!(validate_profile(&p, &lim).unwrap(), vec!["cpu:nanoseconds"]);
+
+        let mut bad = p.clone();
+        bad.sample[0].location_id.push(99);
+        assert_eq!(
+            validate_profile(&bad, &lim),
+            Err(ProfileError::UnknownLocation { index: 0, id: 99 })
+        );
+        let mut bad = p.clone();
+        bad.sample[0].value.push(1);
+        assert!(matches!(
+            validate_profile(&bad, &lim),
+            Err(ProfileError::ValueCount { .. })
+        ));
+        let mut bad = p.clone();
+        bad.location[0].line[0].function_id = 7;
+        assert!(matches!(
+            validate_profile(&bad, &lim),
+            Err(ProfileError::UnknownFunction { .. })
+        ));
+        let mut bad = p;
+        bad.sample_type[0].unit = 1000;
+        assert_eq!(
+            validate_profile(&bad, &lim),
+            Err(ProfileError::BadString(1000))
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! Metadata endpoints: profile types, label names and label values of the selected series.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde_json::json;
+
+use super::{Params, params};
+use crate::AppState;
+use crate::error::ApiError;
+
+/// `GET /api/v1/profile_types`.
+pub async fn profile_types(
+    State(state): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let started = Instant::now();
+    let sel = params(q)?.selection()?;
+    let store = state.store.clone();
+    let types =
+        tokio::task::spawn_blocking(move || store.profile_types(&sel.selector, sel.range)).await?;
+    state
+        .metrics
+        .observe_query("profile_types", started.elapsed());
+    Ok(Json(json!({ "profile_types": types })))
+}
+
+/// `GET /api/v1/labels`.
+pub async fn label_names(
+    State(state): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let started = Instant::now();
+    let sel = params(q)?.selection()?;
+    let store = state.store.clone();
+    let names =
+        tokio::task::spawn_blocking(move || store.label_names(&sel.selector, sel.range)).await?;
+    state.metrics.observe_query("labels", started.elapsed());
+    Ok(Json(json!({ "names": names })))
+}
+
+/// `GET /api/v1/labels/{name}/values`.
+pub async fn label_values(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let started = Instant::now();
+    let sel = params(q)?.selection()?;
+    let store = state.store.clone();
+    let values =
+        tokio::task::spawn_blocking(move || store.label_values(&name, &sel.selector, sel.range))
+            .await?;
+    state
+        .metrics
+        .observe_query("label_values", started.elapsed());
+    Ok(Json(json!({ "values": values })))
+}

@@ -1,0 +1,194 @@
+//! Merges stored profiles into one call tree of named frames, for one sample type.
+
+use std::collections::HashMap;
+
+use kiln_proto::pprof::Profile;
+
+use super::symbolize::{Resolved, Resolver};
+
+/// Index of the root node, named `total`.
+pub const ROOT: u32 = 0;
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: u32,
+    pub parent: u32,
+    pub total: i64,
+    pub self_value: i64,
+}
+
+/// A call tree in an arena: a node's parent always has a smaller index than the node.
+#[derive(Debug)]
+pub struct Tree {
+    pub names: Vec<String>,
+    name_ids: HashMap<String, u32>,
+    pub nodes: Vec<Node>,
+    children: HashMap<(u32, u32), u32>,
+    /// Profiles merged in.
+    pub profiles: usize,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+impl Tree {
+    pub fn new() -> Tree {
+        let mut t = Tree {
+            names: Vec::new(),
+            name_ids: HashMap::new(),
+            nodes: Vec::new(),
+            children: HashMap::new(),
+            profiles: 0,
+        };
+        let name = t.intern("total");
+        t.nodes.push(Node {
+            name,
+            parent: ROOT,
+            total: 0,
+            self_value: 0,
+        });
+        t
+    }
+
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.name_ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_owned());
+        self.name_ids.insert(name.to_owned(), id);
+        id
+    }
+
+    pub fn total(&self) -> i64 {
+        self.nodes[ROOT as usize].total
+    }
+
+    /// Adds `value` along `path` (name ids, root first).
+    pub fn add(&mut self, path: impl IntoIterator<Item = u32>, value: i64) {
+        let mut node = ROOT;
+        self.nodes[ROOT as usize].total = self.nodes[ROOT as usize].total.saturating_add(value);
+        for name in path {
+            node = match self.children.get(&(node, name)) {
+                Some(&child) => child,
+                None => {
+                    let child = self.nodes.len() as u32;
+                    self.nodes.push(Node {
+                        name,
+                        parent: node,
+                        total: 0,
+                        self_value: 0,
+                    });
+                    self.children.insert((node, name), child);
+                    child
+                }
+            };
+            let n = &mut self.nodes[node as usize];
+            n.total = n.total.saturating_add(value);
+        }
+        let n = &mut self.nodes[node as usize];
+        n.self_value = n.self_value.saturating_add(value);
+    }
+
+    /// Children of every node, by parent index.
+    pub fn child_lists(&self) -> Vec<Vec<u32>> {
+        let mut lists = vec![Vec::new(); self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            lists[n.parent as usize].push(i as u32);
+        }
+        lists
+    }
+
+    /// Merges the `type:unit` values of `p` into the tree, naming frames with `resolver`.
+    /// Returns false (and adds nothing) when `p` lacks that sample type.
+    pub fn merge_profile(
+        &mut self,
+        p: &Profile,
+        profile_type: &str,
+        resolver: &mut Resolver<'_>,
+    ) -> bool {
+        let Some(vi) = p
+            .sample_type
+            .iter()
+            .position(|st| format!("{}:{}", p.str(st.r#type), p.str(st.unit)) == profile_type)
+        else {
+            return false;
+        };
+        let resolved = resolver.resolve(p);
+        // Per location: its frame names as tree name ids, outermost first.
+        let mut loc_names: HashMap<u64, Vec<u32>> = HashMap::with_capacity(resolved.len());
+        for (id, r) in resolved {
+            let names = match r {
+                Resolved::Frames { frames, .. } => frames
+                    .iter()
+                    .rev()
+                    .map(|f| self.intern(&f.display()))
+                    .collect(),
+                Resolved::Raw(name) => vec![self.intern(&name)],
+            };
+            loc_names.insert(id, names);
+        }
+        let unknown = self.intern("(unknown)");
+        let mut path = Vec::new();
+        for s in &p.sample {
+            let value = s.value.get(vi).copied().unwrap_or(0);
+            if value == 0 {
+                continue;
+            }
+            path.clear();
+            // Stacks are stored leaf first.
+            for loc in s.location_id.iter().rev() {
+                match loc_names.get(loc) {
+                    Some(names) => path.extend_from_slice(names),
+                    None => path.push(unknown),
+                }
+            }
+            self.add(path.iter().copied(), value);
+        }
+        self.profiles += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_proto::ProfileBuilder;
+
+    #[test]
+    fn merges_stacks_and_inlined_frames() {
+        let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+        let main = b.function("main", "m.c");
+        let a = b.function("alpha", "m.c");
+        let inl = b.function("inlined_into_alpha", "m.c");
+        let hot = b.function("hot", "m.c");
+        let l_main = b.symbolized_location(0, 1, &[(main, 1)]);
+        // Innermost first: `inlined_into_alpha` was inlined into `alpha`.
+        let l_a = b.symbolized_location(0, 2, &[(inl, 5), (a, 2)]);
+        let l_hot = b.symbolized_location(0, 3, &[(hot, 3)]);
+        b.add_sample(&[l_hot, l_a, l_main], &[1, 10], &[]);
+        b.add_sample(&[l_a, l_main], &[1, 5], &[]);
+        b.add_sample(&[l_main], &[1, 0], &[]);
+        let p = b.finish();
+        let mut t = Tree::new();
+        assert!(t.merge_profile(&p, "cpu:nanoseconds", &mut Resolver::new(None)));
+        assert!(!t.merge_profile(&p, "wall:nanoseconds", &mut Resolver::new(None)));
+        assert_eq!(t.total(), 15);
+        assert_eq!(t.profiles, 1);
+        let names: Vec<&str> = t
+            .nodes
+            .iter()
+            .map(|n| t.names[n.name as usize].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["total", "main", "alpha", "inlined_into_alpha", "hot"]
+        );
+        assert_eq!(t.nodes[3].self_value, 5);
+        assert_eq!(t.nodes[3].total, 15);
+        assert_eq!(t.nodes[4].total, 10);
+    }
+}

@@ -1,0 +1,214 @@
+//! Query: selection parameters shared by every endpoint, and one module per output (flame graph,
+//! top table, pprof, labels).
+
+pub mod flamegraph;
+pub mod labels;
+pub mod merge;
+pub mod pprof;
+pub mod selector;
+pub mod symbolize;
+pub mod time;
+pub mod top;
+
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::ReadRequest;
+use merge::Tree;
+use selector::Selector;
+use symbolize::Resolver;
+use time::TimeRange;
+
+pub const DEFAULT_PROFILE_TYPE: &str = "cpu:nanoseconds";
+
+/// Raw query-string parameters; parsed by hand so every error is a JSON 400 naming the parameter.
+#[derive(Debug, Default, Deserialize)]
+pub struct Params {
+    pub query: Option<String>,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    pub profile_type: Option<String>,
+    pub max_nodes: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// Validated selection.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub selector: Selector,
+    pub range: TimeRange,
+    pub profile_type: String,
+}
+
+pub fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+}
+
+impl Params {
+    pub fn selection(&self) -> Result<Selection, ApiError> {
+        let selector = Selector::parse(self.query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+        let range = TimeRange::parse(
+            self.from.as_deref(),
+            self.until.as_deref(),
+            time::now_nanos(),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let profile_type = match self.profile_type.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_PROFILE_TYPE.to_owned(),
+            Some(t)
+                if t.split_once(':')
+                    .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty()) =>
+            {
+                t.to_owned()
+            }
+            Some(t) => {
+                return Err(ApiError::bad_request(format!(
+                    "profile_type {t:?} must be <type>:<unit>, e.g. cpu:nanoseconds"
+                )));
+            }
+        };
+        Ok(Selection {
+            selector,
+            range,
+            profile_type,
+        })
+    }
+
+    fn positive(
+        &self,
+        name: &str,
+        value: Option<&String>,
+        default: usize,
+    ) -> Result<usize, ApiError> {
+        match value.map(|s| s.trim()) {
+            None | Some("") => Ok(default),
+            Some(s) => s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                ApiError::bad_request(format!("{name} must be a positive integer, got {s:?}"))
+            }),
+        }
+    }
+}
+
+/// Reads and merges the selection into a tree (blocking: call from `spawn_blocking`).
+fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiError> {
+    let mut tree = Tree::new();
+    let mut resolver = Resolver::new(Some(&state.debuginfo));
+    state
+        .store
+        .read(
+            ReadRequest {
+                selector: &sel.selector,
+                range: sel.range,
+                profile_type: Some(&sel.profile_type),
+            },
+            &mut |stored| {
+                tree.merge_profile(&stored.profile, &sel.profile_type, &mut resolver);
+            },
+        )
+        .map_err(ApiError::internal)?;
+    Ok(tree)
+}
+
+/// `GET /api/v1/flamegraph`.
+pub async fn flamegraph_handler(
+    State(state): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let p = params(q)?;
+    let sel = p.selection()?;
+    let max_nodes = p.positive(
+        "max_nodes",
+        p.max_nodes.as_ref(),
+        flamegraph::DEFAULT_MAX_NODES,
+    )?;
+    let st = state.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let tree = build_tree(&st, &sel)?;
+        Ok::<_, ApiError>(flamegraph::render(&tree, max_nodes, &sel.profile_type))
+    })
+    .await??;
+    state.metrics.observe_query("flamegraph", started.elapsed());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /api/v1/top`.
+pub async fn top_handler(
+    State(state): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let p = params(q)?;
+    let sel = p.selection()?;
+    let limit = p.positive("limit", p.limit.as_ref(), top::DEFAULT_LIMIT)?;
+    let st = state.clone();
+    let resp = tokio::task::spawn_blocking(move || {
+        let tree = build_tree(&st, &sel)?;
+        let unit = sel
+            .profile_type
+            .split_once(':')
+            .map_or("", |(_, u)| u)
+            .to_owned();
+        Ok::<_, ApiError>(top::TopResponse {
+            total: tree.total(),
+            unit,
+            profiles: tree.profiles,
+            functions: top::top(&tree, limit),
+            profile_type: sel.profile_type,
+        })
+    })
+    .await??;
+    state.metrics.observe_query("top", started.elapsed());
+    Ok(axum::Json(resp).into_response())
+}
+
+/// `GET /api/v1/pprof`: all sample types of the selection, merged, symbolized and gzipped.
+pub async fn pprof_handler(
+    State(state): State<AppState>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let p = params(q)?;
+    let sel = p.selection()?;
+    let preferred = p.profile_type.clone().filter(|t| !t.trim().is_empty());
+    let st = state.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let types = st.store.profile_types(&sel.selector, sel.range);
+        let mut merger = pprof::PprofMerger::new(&types);
+        let mut resolver = Resolver::new(Some(&st.debuginfo));
+        st.store
+            .read(
+                ReadRequest {
+                    selector: &sel.selector,
+                    range: sel.range,
+                    profile_type: None,
+                },
+                &mut |stored| merger.add(&stored.profile, stored.time_nanos, &mut resolver),
+            )
+            .map_err(ApiError::internal)?;
+        let profile = merger.finish(preferred.as_deref());
+        Ok::<_, ApiError>(kiln_proto::encode_profile_gzip(&profile))
+    })
+    .await??;
+    state.metrics.observe_query("pprof", started.elapsed());
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=kiln.pb.gz",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

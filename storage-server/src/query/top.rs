@@ -1,0 +1,103 @@
+//! The top-functions table: self and total per function name from the merged tree.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::merge::{ROOT, Tree};
+
+pub const DEFAULT_LIMIT: usize = 100;
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct TopFunction {
+    pub name: String,
+    #[serde(rename = "self")]
+    pub self_value: i64,
+    pub total: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopResponse {
+    pub total: i64,
+    pub unit: String,
+    pub profile_type: String,
+    pub profiles: usize,
+    pub functions: Vec<TopFunction>,
+}
+
+/// Functions sorted by self descending. A function's total counts each stack once, even when it
+/// recurses: only nodes with no ancestor of the same name contribute.
+pub fn top(tree: &Tree, limit: usize) -> Vec<TopFunction> {
+    let mut acc: HashMap<u32, (i64, i64)> = HashMap::new();
+    for node in tree.nodes.iter().skip(1) {
+        let e = acc.entry(node.name).or_default();
+        e.0 = e.0.saturating_add(node.self_value);
+        let mut up = node.parent;
+        let mut recursive = false;
+        while up != ROOT {
+            let p = &tree.nodes[up as usize];
+            if p.name == node.name {
+                recursive = true;
+                break;
+            }
+            up = p.parent;
+        }
+        if !recursive {
+            e.1 = e.1.saturating_add(node.total);
+        }
+    }
+    let mut out: Vec<TopFunction> = acc
+        .into_iter()
+        .map(|(name, (self_value, total))| TopFunction {
+            name: tree.names[name as usize].clone(),
+            self_value,
+            total,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.self_value
+            .cmp(&a.self_value)
+            .then(b.total.cmp(&a.total))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    out.truncate(limit);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursion_counted_once() {
+        let mut t = Tree::new();
+        let main = t.intern("main");
+        let rec = t.intern("rec");
+        let hot = t.intern("hot");
+        t.add([main, rec, rec, rec, hot], 10);
+        t.add([main, rec], 5);
+        t.add([main, hot], 1);
+        let top = top(&t, 10);
+        assert_eq!(
+            top,
+            vec![
+                TopFunction {
+                    name: "hot".into(),
+                    self_value: 11,
+                    total: 11
+                },
+                TopFunction {
+                    name: "rec".into(),
+                    self_value: 5,
+                    total: 15
+                },
+                TopFunction {
+                    name: "main".into(),
+                    self_value: 0,
+                    total: 16
+                },
+            ]
+        );
+        assert_eq!(super::top(&t, 1).len(), 1);
+    }
+}

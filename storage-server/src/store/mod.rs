@@ -1,0 +1,120 @@
+//! Durable profile storage behind the [`Store`] trait: what ingest writes to and queries read from.
+//!
+//! [`LocalStore`] is the on-disk implementation (an append-only segment log plus an in-memory index);
+//! an object-storage backend can implement the same trait later.
+
+mod local;
+mod segment;
+
+use std::sync::Arc;
+
+use kiln_proto::pprof::Profile;
+
+use crate::query::selector::Selector;
+use crate::query::time::TimeRange;
+
+pub use local::LocalStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt record in segment {segment} at offset {offset}: {reason}")]
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        reason: String,
+    },
+    #[error("record too large to store ({0} bytes)")]
+    RecordTooLarge(usize),
+}
+
+/// A series' label set: sorted by name, names unique.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    /// Sorts by name; for a duplicated name the last value wins (callers validate before this).
+    pub fn new(mut pairs: Vec<(String, String)>) -> Labels {
+        pairs.reverse();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs.dedup_by(|a, b| a.0 == b.0);
+        Labels(pairs)
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One profile to append.
+#[derive(Clone, Debug)]
+pub struct NewProfile {
+    pub labels: Labels,
+    pub time_nanos: i64,
+    /// `type:unit` for each sample type, so queries can filter without decoding.
+    pub profile_types: Vec<String>,
+    /// The encoded (uncompressed) pprof `Profile`.
+    pub pprof: Vec<u8>,
+}
+
+/// One profile read back.
+#[derive(Clone, Debug)]
+pub struct StoredProfile {
+    pub labels: Arc<Labels>,
+    pub time_nanos: i64,
+    pub profile: Profile,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub bytes: u64,
+    pub segments: u64,
+    pub series: u64,
+    pub profiles: u64,
+}
+
+/// Which profiles a read wants.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadRequest<'a> {
+    pub selector: &'a Selector,
+    pub range: TimeRange,
+    /// Only profiles with this `type:unit` sample type; `None` for all.
+    pub profile_type: Option<&'a str>,
+}
+
+/// Storage for profiles. Methods block (disk I/O): call them from `spawn_blocking`.
+pub trait Store: Send + Sync + 'static {
+    /// Durably appends all of `profiles` (on disk before this returns `Ok`), or none of them.
+    fn append(&self, profiles: Vec<NewProfile>) -> Result<(), StoreError>;
+    /// Sorted label names of series with a profile in range.
+    fn label_names(&self, selector: &Selector, range: TimeRange) -> Vec<String>;
+    /// Sorted values of label `name` among selected series with a profile in range.
+    fn label_values(&self, name: &str, selector: &Selector, range: TimeRange) -> Vec<String>;
+    /// Sorted `type:unit` profile types present among selected profiles in range.
+    fn profile_types(&self, selector: &Selector, range: TimeRange) -> Vec<String>;
+    /// Calls `visit` for every selected profile; returns how many were visited.
+    fn read(
+        &self,
+        req: ReadRequest<'_>,
+        visit: &mut dyn FnMut(StoredProfile),
+    ) -> Result<usize, StoreError>;
+    fn stats(&self) -> StoreStats;
+}
+
+pub type SharedStore = Arc<dyn Store>;
