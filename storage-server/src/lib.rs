@@ -40,14 +40,22 @@ pub struct AppState {
 
 impl AppState {
     /// Opens the local store under `config.data_dir` (scanning its segments: blocking).
+    /// Also opens the debuginfo store now, so a bad data directory fails at startup.
     pub fn open(config: ServerConfig) -> anyhow::Result<AppState> {
-        std::fs::create_dir_all(config.tmp_dir())?;
+        clean_tmp_dir(&config.tmp_dir())?;
         let store = LocalStore::open(
             config.segments_dir(),
             config.store.clone(),
             config.limits.max_decompressed_bytes,
         )?;
-        Ok(AppState::with_store(config, Arc::new(store)))
+        let state = AppState::with_store(config, Arc::new(store));
+        state.debuginfo.get().map_err(|e| {
+            anyhow::anyhow!(
+                "opening debuginfo store {}: {e}",
+                state.config.debuginfo_dir().display()
+            )
+        })?;
+        Ok(state)
     }
 
     /// State over any [`store::Store`] implementation.
@@ -60,6 +68,18 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
         }
     }
+}
+
+/// Creates `dir` and removes uploads left behind by a crash: nothing is in flight at startup.
+fn clean_tmp_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove stale upload");
+        }
+    }
+    Ok(())
 }
 
 /// The whole HTTP API (see docs/API.md).

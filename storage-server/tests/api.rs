@@ -669,26 +669,30 @@ async fn torn_tail_is_cut_and_earlier_records_survive() {
 }
 
 #[tokio::test]
-async fn segments_rotate_by_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::with_data_dir(dir.path());
-    config.store.max_segment_bytes = 1;
-    {
-        let app = open_with(config.clone());
-        for i in 0..3 {
-            let s = format!("s{i}");
-            let (status, _) = push(
-                &app,
-                &[("__name__", "process_cpu"), ("service_name", &s)],
-                &simple_profile(&s, 1),
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK);
+async fn segments_rotate_by_size_and_age() {
+    for by_age in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::with_data_dir(dir.path());
+        if by_age {
+            config.store.max_segment_age_secs = 0;
+        } else {
+            config.store.max_segment_bytes = 1;
         }
+        {
+            let app = open_with(config.clone());
+            for i in 0..3 {
+                let s = format!("s{i}");
+                let labels = [("__name__", "process_cpu"), ("service_name", s.as_str())];
+                let (status, _) = push(&app, &labels, &simple_profile(&s, 1)).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+        assert_eq!(segment_files(dir.path()).len(), 3, "by_age={by_age}");
+        let app = open_with(config);
+        assert_eq!(services(&app).await, serde_json::json!(["s0", "s1", "s2"]));
+        let (_, fg) = get(&app, "/api/v1/flamegraph").await;
+        assert_eq!(fg["total"], 3);
     }
-    assert_eq!(segment_files(dir.path()).len(), 3);
-    let app = open_with(config);
-    assert_eq!(services(&app).await, serde_json::json!(["s0", "s1", "s2"]));
 }
 
 #[tokio::test]
