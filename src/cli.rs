@@ -1,0 +1,133 @@
+//! Command-line flags (each with an environment variable), parsed in one place and turned into the
+//! server's and agent's configuration structs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Kiln: a continuous, cluster-wide CPU profiler.
+///
+/// The agent samples every CPU with eBPF and ships pprof profiles to the server, which symbolizes,
+/// stores and serves them as flame graphs (web UI), top-function tables and pprof downloads.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server and an agent together on this machine (needs root for eBPF), then open the
+    /// printed URL.
+    Up {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+    /// Run the central server: ingest (Pyroscope push API), storage, query API and web UI.
+    Server(ServerArgs),
+    /// Run the node agent: sample every CPU with eBPF and push profiles to a server (needs root).
+    Agent {
+        /// Where the server listens.
+        #[arg(long, env = "KILN_SERVER_URL", default_value = "http://127.0.0.1:4040")]
+        server_url: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Address for the HTTP API, the web UI, /metrics and /healthz.
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:4040")]
+    pub listen: SocketAddr,
+    /// Directory for stored profiles and uploaded debuginfo (created if missing).
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "./kiln-data")]
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, in bytes (compressed, as sent).
+    #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest decompressed body or profile, in bytes.
+    #[arg(long, env = "KILN_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 20)]
+    pub max_decompressed_bytes: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Samples per second per CPU (a prime such as 19 or 97 avoids lockstep with periodic work).
+    #[arg(long, env = "KILN_FREQUENCY", default_value_t = 19)]
+    pub frequency: u64,
+    /// Time covered by one pushed profile, e.g. 10s, 500ms, 1m.
+    #[arg(long, env = "KILN_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub window: Duration,
+    /// Value of the `node` label (default: this machine's hostname).
+    #[arg(long, env = "KILN_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Bytes of user stack copied per sample, for unwinding code built without frame pointers.
+    #[arg(long, env = "KILN_STACK_COPY_BYTES", default_value_t = 8192)]
+    pub stack_copy_bytes: u32,
+    /// Address of the agent's own /metrics and /healthz, or `off`.
+    #[arg(long, env = "KILN_METRICS_LISTEN", default_value = "127.0.0.1:4041", value_parser = parse_optional_addr)]
+    pub metrics_listen: OptionalAddr,
+}
+
+/// A listen address that can be switched off.
+#[derive(Clone, Copy, Debug)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse().map(|a| OptionalAddr(Some(a))).map_err(|e| format!("{e}: expected HOST:PORT or `off`"))
+}
+
+/// `10s`, `500ms`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from(["kiln", "up", "--listen", "127.0.0.1:5000", "--frequency", "99", "--metrics-listen", "off"])
+            .unwrap();
+        let Command::Up { server, agent } = cli.command else { panic!("not up") };
+        assert_eq!(server.listen.port(), 5000);
+        assert_eq!(agent.frequency, 99);
+        assert!(agent.metrics_listen.0.is_none());
+        assert!(Cli::try_parse_from(["kiln", "agent", "--window", "forever"]).is_err());
+    }
+}
