@@ -7,3 +7,4 @@ pub mod kallsyms;
 pub mod metrics;
 pub mod procmaps;
 pub mod profile;
+pub mod ship;
