@@ -193,7 +193,7 @@ async function load({ keepChoices = false } = {}) {
     state.top = null;
     state.zoomPath = [];
     showError(e instanceof ApiError ? e.message : `unexpected error: ${e.message}`);
-    setStatus("error", "");
+    setStatus("error", "query failed");
     showTruncated(0);
     applySearch();
     renderTop();
@@ -530,20 +530,35 @@ function renderNow() {
   ctx.font = `12px ui-monospace, "DejaVu Sans Mono", Menlo, monospace`;
   ctx.textBaseline = "middle";
   const searching = !!state.matcher;
-  const matchColor = cssVar("--match") || "#d63af9";
+  const pal = {
+    match: cssVar("--match") || "#d63af9",
+    dim: cssVar("--frame-dim") || "#e4e4e7",
+    dimText: cssVar("--frame-dim-text") || "#6b6b73",
+    collapsed: cssVar("--frame-collapsed") || "#d4d4d8",
+    collapsedText: cssVar("--fg") || "#111111",
+  };
   const charW = ctx.measureText("m").width || 7;
   for (const f of frames) {
     const isRoot = f.path.length === 0;
-    let fill = frameColor(f.name, isRoot);
-    if (f.highlighted) fill = matchColor;
-    ctx.globalAlpha = f.collapsed ? 0.55 : searching && !f.highlighted && !isRoot ? 0.35 : 1;
+    let fill, textColor = "#111111";
+    if (f.highlighted) {
+      fill = pal.match;
+      textColor = "#ffffff";
+    } else if (f.collapsed && !isRoot) {
+      fill = pal.collapsed;
+      textColor = pal.collapsedText;
+    } else if (searching && !isRoot) {
+      fill = pal.dim;
+      textColor = pal.dimText;
+    } else {
+      fill = frameColor(f.name, isRoot);
+    }
     ctx.fillStyle = fill;
     // 1px gap right/bottom separates neighbours without hiding tiny frames.
     const gap = f.w > 3 ? 1 : 0;
     ctx.fillRect(f.x, f.y, Math.max(f.w - gap, 0.5), ROW_H - 1);
     if (f.w >= TEXT_MIN_W) {
-      ctx.globalAlpha = f.collapsed ? 0.8 : searching && !f.highlighted && !isRoot ? 0.55 : 1;
-      ctx.fillStyle = f.highlighted ? "#ffffff" : "#111111";
+      ctx.fillStyle = textColor;
       const label = isRoot ? rootLabel() : f.name;
       const text = fitText(ctx, label, f.w - 6, charW);
       if (text) ctx.fillText(text, f.x + 3, f.y + ROW_H / 2);
@@ -558,6 +573,11 @@ function renderNow() {
       ctx.strokeRect(h.x + 0.5, h.y + 0.5, Math.max(h.w - 2, 1), ROW_H - 2);
     }
   }
+  els.container.dataset.placeholder = frames.length ? "" : {
+    loading: "Loading…",
+    empty: "Try a longer time range or another process, or check that an agent is sending profiles.",
+    error: "No flame graph: see the error above.",
+  }[state.status] ?? "";
   renderBreadcrumbs();
   renderSummary();
 }

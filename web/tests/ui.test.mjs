@@ -1,0 +1,341 @@
+// Real-browser test of Kiln's web UI against a running Kiln server.
+//
+//   cd web && npm ci                       # once: installs playwright-core (no browser download)
+//   KILN_URL=http://127.0.0.1:4100 [CHROMIUM=/usr/bin/chromium] [KILN_SCREENSHOT=/tmp/kiln-ui.png] \
+//     node web/tests/ui.test.mjs
+//
+// The test pushes testdata/pprof/go-runtime-pprof-cpu.pb.gz itself (Pyroscope push API, JSON
+// encoding) under a fresh service_name, then drives the page in headless Chromium.
+//
+// Time range: a Go CPU profile carries its own time_nanos and the server files it under that
+// timestamp (docs/API.md), not under "now". The page is therefore opened with a custom range
+// (?from=&until=, Unix seconds) around the profile's time_nanos, read from the file itself, so the
+// test does not depend on when it runs relative to when the profile was recorded.
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import zlib from "node:zlib";
+import crypto from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const PROFILE = path.join(here, "..", "..", "testdata", "pprof", "go-runtime-pprof-cpu.pb.gz");
+const KILN_URL = (process.env.KILN_URL || "").replace(/\/+$/, "");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SCREENSHOT = process.env.KILN_SCREENSHOT || "";
+const SERVICE = `ui-test-${crypto.randomBytes(4).toString("hex")}`;
+
+// Known from `go tool pprof -top testdata/pprof/go-runtime-pprof-cpu.pb.gz`:
+//   main.fib   flat 2060ms cum 2310ms (65.44%) | main.workB flat 1110ms cum 1220ms
+//   runtime.asyncPreempt flat 360ms | main.main, main.workA, runtime.main: cum only. Total 3530ms.
+const TOTAL_NS = 3530e6;
+const FIB_CUM_PCT = (100 * 2310) / 3530;
+
+if (!KILN_URL) {
+  console.error("KILN_URL is not set: point it at a running Kiln server, e.g. KILN_URL=http://127.0.0.1:4100");
+  process.exit(2);
+}
+
+// ---------------------------------------------------------------- helpers
+
+function readVarint(buf, pos) {
+  let v = 0n, shift = 0n;
+  for (;;) {
+    const b = buf[pos++];
+    v |= BigInt(b & 0x7f) << shift;
+    if (!(b & 0x80)) return [v, pos];
+    shift += 7n;
+  }
+}
+
+/** time_nanos (pprof Profile field 9) of a gzipped pprof, as a BigInt. */
+function profileTimeNanos(gz) {
+  const buf = zlib.gunzipSync(gz);
+  let pos = 0, time = 0n;
+  while (pos < buf.length) {
+    let key;
+    [key, pos] = readVarint(buf, pos);
+    const field = Number(key >> 3n), wire = Number(key & 7n);
+    if (wire === 0) {
+      let v;
+      [v, pos] = readVarint(buf, pos);
+      if (field === 9) time = v;
+    } else if (wire === 2) {
+      let len;
+      [len, pos] = readVarint(buf, pos);
+      pos += Number(len);
+    } else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else throw new Error(`unexpected wire type ${wire} in pprof`);
+  }
+  return time;
+}
+
+async function api(pathAndQuery) {
+  const res = await fetch(KILN_URL + pathAndQuery);
+  return { status: res.status, body: await res.json().catch(() => null) };
+}
+
+const quote = (v) => '"' + v.replace(/\\/g, "\\\\").replace(/"/g, '\\"') + '"';
+
+/** Waits until the page has finished its current load and painted. */
+async function settle(page) {
+  await page.waitForFunction(() => window.kiln && !["idle", "loading"].includes(window.kiln.status()));
+  await page.evaluate(() => window.kiln.idle());
+}
+
+const frames = (page) => page.evaluate(() => window.kiln.frames());
+const canvasWidth = (page) => page.evaluate(() => document.getElementById("flamegraph").clientWidth);
+
+/** Centre of the widest non-collapsed frame with this name, canvas-relative. */
+async function frameCenter(page, name) {
+  const fs_ = (await frames(page)).filter((f) => f.name === name && !f.collapsed);
+  assert.ok(fs_.length, `frame ${name} is laid out`);
+  const f = fs_.reduce((a, b) => (b.w > a.w ? b : a));
+  return { f, pos: { x: f.x + f.w / 2, y: f.y + f.h / 2 } };
+}
+
+// ---------------------------------------------------------------- setup
+
+let browser, page, from, until, profileSecs;
+const pageErrors = [];
+
+before(async () => {
+  const gz = fs.readFileSync(PROFILE);
+  const tn = profileTimeNanos(gz);
+  assert.ok(tn > 0n, "profile has time_nanos");
+  profileSecs = Number(tn / 1_000_000_000n);
+  from = profileSecs - 600;
+  until = profileSecs + 600;
+
+  const body = {
+    series: [{
+      labels: [{ name: "__name__", value: "process_cpu" }, { name: "service_name", value: SERVICE }],
+      samples: [{ rawProfile: gz.toString("base64") }],
+    }],
+  };
+  const res = await fetch(`${KILN_URL}/push.v1.PusherService/Push`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  assert.equal(res.status, 200, `push accepted: ${text}`);
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 2 });
+  page = await ctx.newPage();
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+// ---------------------------------------------------------------- the walk-through
+// One browser page, steps in order (each builds on the previous view).
+
+test("Kiln web UI in a real browser", async (t) => {
+  const url = `${KILN_URL}/?value=${encodeURIComponent(SERVICE)}&from=${from}&until=${until}`;
+
+  await t.test("page loads the pushed profile and paints frames", async () => {
+    await page.goto(url);
+    await settle(page);
+    const status = await page.evaluate(() => window.kiln.status());
+    const err = await page.locator("#error").textContent();
+    assert.equal(status, "ok", `page status (error box: ${err})`);
+    const fr = await frames(page);
+    assert.ok(fr.length > 3, `frames laid out: ${fr.length}`);
+    const names = new Set(fr.map((f) => f.name));
+    for (const n of ["main.fib", "main.workB", "main.main", "runtime.main"]) assert.ok(names.has(n), `frame ${n} painted`);
+    // Root on top spans the width; icicle: children below their parent.
+    const root = fr.find((f) => f.depth === 0);
+    const cw = await canvasWidth(page);
+    assert.ok(Math.abs(root.w - cw) < 1 && root.y === 0, "root spans the canvas on top");
+    assert.equal(root.total, TOTAL_NS, "root total equals the profile's total CPU time");
+    const rm = fr.find((f) => f.name === "runtime.main");
+    assert.ok(rm.y > root.y, "children are drawn below their parent");
+    // Selection is reflected in the controls and the canvas really has pixels (hi-DPI backing store).
+    assert.equal(await page.locator("#label-name").inputValue(), "service_name");
+    assert.equal(await page.locator("#label-value").inputValue(), SERVICE);
+    assert.equal(await page.locator("#range").inputValue(), "custom");
+    const px = await page.evaluate(() => {
+      const c = document.getElementById("flamegraph");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let painted = 0;
+      for (let i = 3; i < d.length; i += 4 * 16) if (d[i] > 0) painted++;
+      return { painted, backing: c.width, css: c.clientWidth };
+    });
+    assert.ok(px.painted > 100, `canvas has painted pixels (${px.painted})`);
+    assert.equal(px.backing, px.css * 2, "canvas backing store follows devicePixelRatio");
+  });
+
+  await t.test("hovering a frame shows a tooltip with name, total, self and %", async () => {
+    const { pos } = await frameCenter(page, "main.workB");
+    await page.locator("#flamegraph").hover({ position: pos });
+    const tip = page.locator("#tooltip");
+    await tip.waitFor({ state: "visible" });
+    const text = await tip.innerText();
+    assert.match(text, /main\.workB/);
+    assert.match(text, /Total\s+1\.22 s/, `tooltip total formatted in seconds: ${text}`);
+    assert.match(text, /Self\s+1\.11 s/, `tooltip self: ${text}`);
+    assert.match(text, /% of total\s+34\.\d%/, `tooltip share: ${text}`);
+  });
+
+  await t.test("clicking a frame zooms into it; Esc resets", async () => {
+    const { pos } = await frameCenter(page, "main.workA");
+    await page.locator("#flamegraph").click({ position: pos });
+    await page.evaluate(() => window.kiln.idle());
+    const cw = await canvasWidth(page);
+    const fr = await frames(page);
+    const z = fr.find((f) => f.name === "main.workA" && !f.collapsed);
+    assert.ok(z && z.x === 0 && Math.abs(z.w - cw) < 1, `zoomed frame spans the full width: ${JSON.stringify(z)}`);
+    assert.deepEqual(await page.evaluate(() => window.kiln.zoomPath()), ["runtime.main", "main.main", "main.workA"]);
+    const collapsed = fr.filter((f) => f.collapsed).map((f) => f.name);
+    assert.deepEqual(collapsed, ["total", "runtime.main", "main.main"], "ancestors shown collapsed on top");
+    assert.ok(!fr.some((f) => f.name === "main.workB"), "siblings of the zoomed frame are gone");
+    assert.match(await page.locator("#breadcrumbs").innerText(), /main\.workA/);
+
+    await page.keyboard.press("Escape");
+    await page.evaluate(() => window.kiln.idle());
+    assert.deepEqual(await page.evaluate(() => window.kiln.zoomPath()), []);
+    const fr2 = await frames(page);
+    const a = fr2.find((f) => f.name === "main.workA");
+    assert.ok(a.w < cw * 0.9, "after Esc main.workA is back to its share of the width");
+    assert.ok(fr2.some((f) => f.name === "main.workB"), "siblings are back");
+  });
+
+  await t.test("search highlights matching frames and shows the matched share", async () => {
+    await page.locator("#search").fill("FIB");
+    await page.waitForFunction(() => window.kiln.selection().search === "FIB");
+    await page.evaluate(() => window.kiln.idle());
+    const fr = await frames(page);
+    const hl = fr.filter((f) => f.highlighted);
+    assert.ok(hl.length > 0, "some frames highlighted");
+    assert.ok(hl.every((f) => /fib/i.test(f.name)), "only matching frames are highlighted");
+    assert.ok(fr.filter((f) => f.name === "main.fib").every((f) => f.highlighted), "all main.fib frames highlighted");
+    const out = await page.locator("#search-match").innerText();
+    assert.match(out, /\d+(\.\d+)?%/, `share shown: ${out}`);
+    const pct = Number(await page.locator("#search-match").getAttribute("data-percent"));
+    assert.ok(Math.abs(pct - FIB_CUM_PCT) < 0.05, `matched share ${pct}% ≈ main.fib cumulative ${FIB_CUM_PCT.toFixed(2)}%`);
+    assert.ok(out.includes(pct.toFixed(1)), `the displayed text carries the share: ${out}`);
+    if (SCREENSHOT) {
+      const { pos } = await frameCenter(page, "main.workB");
+      await page.locator("#flamegraph").hover({ position: pos });
+      await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    }
+    // Regex, case-insensitive.
+    await page.locator("#search").fill("^MAIN\\.work[ab]$");
+    await page.waitForFunction(() => window.kiln.selection().search.startsWith("^MAIN"));
+    await page.evaluate(() => window.kiln.idle());
+    const names = new Set((await frames(page)).filter((f) => f.highlighted).map((f) => f.name));
+    assert.deepEqual([...names].sort(), ["main.workA", "main.workB"]);
+    assert.ok(new URL(page.url()).searchParams.get("search").startsWith("^MAIN"), "search kept in the URL");
+  });
+
+  await t.test("top table lists known functions; sorting; a row click highlights it", async () => {
+    const row = page.locator('#top-table tbody tr[data-name="main.fib"]');
+    await row.waitFor();
+    assert.ok(Number(await row.getAttribute("data-self")) > 0, "main.fib has non-zero self");
+    const cells = await row.locator("td").allInnerTexts();
+    assert.equal(cells[0], "main.fib");
+    assert.match(cells[1], /^2\.06 s$/, `self: ${cells}`);
+    assert.match(cells[2], /58\.4%/, `self %: ${cells}`);
+    assert.match(cells[3], /^2\.31 s$/, `total: ${cells}`);
+    assert.match(cells[4], /65\.4%/, `total %: ${cells}`);
+    // Default order: self descending.
+    let order = await page.locator("#top-table tbody tr").evaluateAll((rs) => rs.map((r) => r.dataset.name));
+    assert.deepEqual(order.slice(0, 3), ["main.fib", "main.workB", "runtime.asyncPreempt"]);
+    // Sort by name, ascending.
+    await page.locator('#top-table th[data-key="name"] button').click();
+    order = await page.locator("#top-table tbody tr").evaluateAll((rs) => rs.map((r) => r.dataset.name));
+    assert.deepEqual(order, [...order].sort((a, b) => a.localeCompare(b)), "sorted by name");
+    assert.equal(await page.locator('#top-table th[data-key="name"]').getAttribute("aria-sort"), "ascending");
+    // Sort by total, descending.
+    await page.locator('#top-table th[data-key="total"] button').click();
+    const totals = await page.locator("#top-table tbody tr").evaluateAll((rs) => rs.map((r) => Number(r.dataset.total)));
+    assert.deepEqual(totals, [...totals].sort((a, b) => b - a), "sorted by total");
+
+    await page.locator('#top-table tbody tr[data-name="main.workB"]').click();
+    assert.equal(await page.locator("#search").inputValue(), "^main\\.workB$");
+    await page.evaluate(() => window.kiln.idle());
+    const hl = (await frames(page)).filter((f) => f.highlighted).map((f) => f.name);
+    assert.ok(hl.length >= 1 && hl.every((n) => n === "main.workB"), `only main.workB highlighted: ${hl}`);
+  });
+
+  await t.test("Download pprof link fetches a gzipped pprof of the selection", async () => {
+    const href = await page.locator("#download-pprof").evaluate((a) => a.href);
+    const u = new URL(href);
+    assert.equal(u.pathname, "/api/v1/pprof");
+    assert.equal(u.searchParams.get("query"), `{service_name=${quote(SERVICE)}}`);
+    assert.equal(u.searchParams.get("from"), String(from));
+    assert.equal(u.searchParams.get("until"), String(until));
+    const res = await page.request.get(href);
+    assert.equal(res.status(), 200);
+    const body = await res.body();
+    assert.ok(body.length > 20 && body[0] === 0x1f && body[1] === 0x8b, `gzip magic: ${body.subarray(0, 2).toString("hex")}`);
+    zlib.gunzipSync(body); // well-formed gzip
+  });
+
+  await t.test("a link with the selection reproduces the view", async () => {
+    const p2 = await browser.newPage();
+    await p2.goto(page.url());
+    await settle(p2);
+    assert.equal(await p2.evaluate(() => window.kiln.status()), "ok");
+    assert.equal(await p2.locator("#search").inputValue(), "^main\\.workB$");
+    assert.equal(await p2.locator("#label-value").inputValue(), SERVICE);
+    await p2.close();
+  });
+
+  await t.test("the window resizing re-lays out the flame graph", async () => {
+    await page.setViewportSize({ width: 900, height: 800 });
+    await page.waitForFunction((w) => {
+      const r = window.kiln.frames().find((f) => f.depth === 0);
+      return r && Math.abs(r.w - document.getElementById("flamegraph").clientWidth) < 1 && r.w < w;
+    }, 1000);
+    await page.setViewportSize({ width: 1280, height: 900 });
+  });
+
+  await t.test("a range without samples shows the empty state", async () => {
+    await page.goto(`${KILN_URL}/?value=${encodeURIComponent(SERVICE)}&from=${profileSecs - 7200}&until=${profileSecs - 3600}`);
+    await settle(page);
+    assert.equal(await page.evaluate(() => window.kiln.status()), "empty");
+    assert.match(await page.locator("#status").innerText(), /no samples in this range — is the agent running\?/i);
+    assert.equal((await frames(page)).length, 0);
+  });
+
+  await t.test("a bad selector shows the server's error message", async () => {
+    await page.goto(url);
+    await settle(page);
+    const bad = `{service_name=${quote(SERVICE)}`; // missing closing brace
+    const direct = await api(`/api/v1/flamegraph?${new URLSearchParams({ query: bad, from: String(from), until: String(until) })}`);
+    assert.ok(direct.status >= 400 && direct.status < 500, `server rejects the selector (HTTP ${direct.status})`);
+    assert.equal(typeof direct.body?.error, "string", "server answers {\"error\": ...}");
+    await page.locator("#query").fill(bad);
+    await page.locator("#query").press("Enter");
+    await settle(page);
+    assert.equal(await page.evaluate(() => window.kiln.status()), "error");
+    const box = page.locator("#error");
+    await box.waitFor({ state: "visible" });
+    const text = await box.innerText();
+    assert.ok(text.includes(direct.body.error), `error box shows the server's message.\n box: ${text}\n server: ${direct.body.error}`);
+    assert.equal((await frames(page)).length, 0, "no stale flame graph under an error");
+    assert.equal(new URL(page.url()).searchParams.get("query"), bad, "typed selector kept in the URL");
+    // Clearing the selector returns to the dropdowns' selection.
+    await page.locator("#query").fill("");
+    await page.locator("#query").press("Enter");
+    await settle(page);
+    assert.equal(await page.evaluate(() => window.kiln.status()), "ok");
+    assert.equal(await box.isVisible(), false);
+  });
+
+  await t.test("no uncaught errors in the page", () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
