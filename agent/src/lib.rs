@@ -3,6 +3,7 @@
 
 pub mod buildid;
 pub mod config;
+pub mod debuginfo;
 pub mod kallsyms;
 pub mod metrics;
 pub mod procmaps;

@@ -671,7 +671,8 @@ garbage line
         let deadline = Instant::now() + Duration::from_secs(5);
         let p = loop {
             let p = Process::load(pid, &mut BuildIdCache::new(4), 64).unwrap();
-            if p.comm == "sleep" || Instant::now() > deadline {
+            // comm changes early in exec, before the new executable is mapped: wait for both.
+            if (p.comm == "sleep" && !p.mappings.is_empty()) || Instant::now() > deadline {
                 break p;
             }
             std::thread::sleep(Duration::from_millis(10));
