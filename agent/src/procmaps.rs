@@ -373,6 +373,15 @@ impl Default for ProcessCacheConfig {
     }
 }
 
+impl From<&crate::config::AgentConfig> for ProcessCacheConfig {
+    fn from(c: &crate::config::AgentConfig) -> Self {
+        ProcessCacheConfig {
+            max_processes: c.max_cached_processes,
+            ..Default::default()
+        }
+    }
+}
+
 struct Entry {
     process: Arc<Process>,
     loaded_at: Instant,
