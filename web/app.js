@@ -133,12 +133,15 @@ async function loadChoices(signal) {
   const { from, until } = timeRange();
   const range = new URLSearchParams({ from, until });
   const [types, names, values] = await Promise.all([
-    getJson("api/v1/profile_types", signal).catch(() => null),
+    // Types present in the selection (the server takes the selection here too).
+    getJson(`api/v1/profile_types?${new URLSearchParams({ query: selector(), from, until })}`, signal).catch(() => null),
     getJson(`api/v1/labels?${range}`, signal).catch(() => null),
     getJson(`api/v1/labels/${encodeURIComponent(state.sel.label)}/values?${range}`, signal).catch(() => null),
   ]);
-  fillSelect(els.profileType, types?.profile_types ?? [], state.sel.type, null);
-  const nameList = (names?.names ?? []).filter((n) => n !== "__name__");
+  const typeList = [...(types?.profile_types ?? [])];
+  if (!typeList.includes(DEFAULTS.type)) typeList.unshift(DEFAULTS.type);
+  fillSelect(els.profileType, typeList, state.sel.type, null);
+  const nameList = [...(names?.names ?? [])];
   for (const n of ["service_name", "comm", "pid", "node"]) if (!nameList.includes(n)) nameList.push(n);
   nameList.sort();
   fillSelect(els.labelName, nameList, state.sel.label, null);
@@ -477,12 +480,14 @@ function layout(width) {
   const scale = width / zoomed.total;
   const base = chain.length - 1;
   const zoomNames = chain.slice(1).map((x) => x.name);
+  // Browsers cap a canvas at ~32k device px per side: very deep stacks are cut (zoom in to see them).
+  const maxDepth = Math.floor(30000 / (window.devicePixelRatio || 1) / ROW_H);
   // Iterative DFS to survive very deep stacks.
   const stack = [{ n: zoomed, x: 0, d: base, path: zoomNames }];
   while (stack.length) {
     const { n, x, d, path } = stack.pop();
     const w = n.total * scale;
-    if (w < MIN_W) continue;
+    if (w < MIN_W || d >= maxDepth) continue;
     frames.push(mkFrame(n, path, x, d * ROW_H, w, d, false));
     let cx = x;
     const kids = [];

@@ -293,6 +293,62 @@ test("Kiln web UI in a real browser", async (t) => {
     await p2.close();
   });
 
+  await t.test("profile type and label selectors, refresh and auto-refresh", async () => {
+    // Profile types come from the server; samples:count is formatted as samples.
+    const types = await page.locator("#profile-type option").evaluateAll((os) => os.map((o) => o.value));
+    assert.ok(types.includes("cpu:nanoseconds") && types.includes("samples:count"), `profile types: ${types}`);
+    await page.locator("#profile-type").selectOption("samples:count");
+    await settle(page);
+    assert.equal(new URL(page.url()).searchParams.get("type"), "samples:count");
+    const root = (await frames(page)).find((f) => f.depth === 0);
+    assert.equal(root.total, 353, "3530 ms at 10 ms per sample = 353 samples");
+    const cells = await page.locator('#top-table tbody tr[data-name="main.fib"] td').allInnerTexts();
+    assert.equal(cells[1], "206 samples");
+    const { pos } = await frameCenter(page, "main.workB");
+    await page.locator("#flamegraph").hover({ position: pos });
+    assert.match(await page.locator("#tooltip").innerText(), /Total\s+122 samples/);
+    await page.locator("#profile-type").selectOption("cpu:nanoseconds");
+    await settle(page);
+    assert.equal((await frames(page)).find((f) => f.depth === 0).total, TOTAL_NS);
+
+    // Label names come from /api/v1/labels; choosing one lists its values.
+    const names = await page.locator("#label-name option").evaluateAll((os) => os.map((o) => o.value));
+    assert.ok(names.includes("service_name") && names.includes("__name__"), `label names: ${names}`);
+    const values = await page.locator("#label-value option").evaluateAll((os) => os.map((o) => o.value));
+    assert.ok(values.includes(SERVICE) && values.includes(""), `service values include ours and "all": ${values}`);
+    await page.locator("#label-name").selectOption("__name__");
+    await settle(page);
+    assert.equal(await page.locator("#label-value").inputValue(), "", "value resets to all");
+    assert.equal(await page.locator("#query").inputValue(), "{}");
+    await page.waitForFunction(() => [...document.querySelectorAll("#label-value option")].some((o) => o.value === "process_cpu"));
+    await page.locator("#label-value").selectOption("process_cpu");
+    await settle(page);
+    assert.equal(await page.locator("#query").inputValue(), '{__name__="process_cpu"}');
+    assert.notEqual(await page.evaluate(() => window.kiln.status()), "error");
+    await page.locator("#label-name").selectOption("service_name");
+    await settle(page);
+    await page.locator("#label-value").selectOption(SERVICE);
+    await settle(page);
+    assert.equal((await frames(page)).find((f) => f.depth === 0).total, TOTAL_NS);
+
+    // Refresh re-queries; auto-refresh re-queries by itself (every 10 s).
+    let queries = 0;
+    const count = (r) => { if (r.url().includes("/api/v1/flamegraph")) queries++; };
+    page.on("request", count);
+    await page.locator("#refresh").click();
+    await settle(page);
+    assert.equal(queries, 1, "refresh queried the flame graph");
+    await page.locator("#auto-refresh").check();
+    assert.equal(new URL(page.url()).searchParams.get("auto"), "1");
+    const t0 = Date.now();
+    while (queries < 2 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 200));
+    assert.ok(queries >= 2, "auto-refresh queried again within 15 s");
+    await page.locator("#auto-refresh").uncheck();
+    page.off("request", count);
+    await settle(page);
+    assert.equal(await page.evaluate(() => window.kiln.status()), "ok");
+  });
+
   await t.test("the window resizing re-lays out the flame graph", async () => {
     await page.setViewportSize({ width: 900, height: 800 });
     await page.waitForFunction((w) => {
