@@ -53,6 +53,7 @@ function readUrl() {
     query: p.get("query") || "", // raw selector override (typed by the user)
     search: p.get("search") || "",
     auto: p.get("auto") === "1",
+    maxNodes: p.get("max_nodes") || "", // advanced, URL only: the server's node budget
   };
   if (sel.value === "all") sel.value = "";
   if (!sel.range) sel.range = sel.from || sel.until ? "custom" : DEFAULTS.range;
@@ -75,6 +76,7 @@ function writeUrl() {
   } else if (s.range !== DEFAULTS.range) p.set("range", s.range);
   if (s.search) p.set("search", s.search);
   if (s.auto) p.set("auto", "1");
+  if (s.maxNodes) p.set("max_nodes", s.maxNodes);
   const qs = p.toString();
   const url = location.pathname + (qs ? "?" + qs : "") + location.hash;
   if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
@@ -172,7 +174,7 @@ async function load({ keepChoices = false } = {}) {
     const choices = keepChoices ? null : loadChoices(ctl.signal);
     const type = state.sel.type;
     const [fg, top] = await Promise.all([
-      getJson(apiUrl("api/v1/flamegraph", { profile_type: type }), ctl.signal),
+      getJson(apiUrl("api/v1/flamegraph", { profile_type: type, ...(state.sel.maxNodes ? { max_nodes: state.sel.maxNodes } : {}) }), ctl.signal),
       getJson(apiUrl("api/v1/top", { profile_type: type, limit: String(TOP_LIMIT) }), ctl.signal),
     ]);
     await choices;

@@ -129,7 +129,7 @@ before(async () => {
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 2 });
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 2, timezoneId: "UTC" });
   page = await ctx.newPage();
   page.on("pageerror", (e) => pageErrors.push(e.message));
 });
@@ -366,9 +366,20 @@ test("Kiln web UI in a real browser", async (t) => {
     assert.equal((await frames(page)).length, 0);
   });
 
-  await t.test("a bad selector shows the server's error message", async () => {
+  await t.test("nodes folded by the server into (other) are noted", async () => {
+    await page.goto(`${url}&max_nodes=4`);
+    await settle(page);
+    assert.equal(await page.evaluate(() => window.kiln.status()), "ok");
+    const note = page.locator("#truncated-note");
+    assert.ok(await note.isVisible(), "truncated note shown");
+    assert.match(await note.innerText(), /\d+ small nodes were folded into "\(other\)"/);
+    assert.ok((await frames(page)).some((f) => f.name === "(other)"), "(other) frame drawn");
     await page.goto(url);
     await settle(page);
+    assert.equal(await note.isVisible(), false, "no note without truncation");
+  });
+
+  await t.test("a bad selector shows the server's error message", async () => {
     const bad = `{service_name=${quote(SERVICE)}`; // missing closing brace
     const direct = await api(`/api/v1/flamegraph?${new URLSearchParams({ query: bad, from: String(from), until: String(until) })}`);
     assert.ok(direct.status >= 400 && direct.status < 500, `server rejects the selector (HTTP ${direct.status})`);
@@ -389,6 +400,34 @@ test("Kiln web UI in a real browser", async (t) => {
     await settle(page);
     assert.equal(await page.evaluate(() => window.kiln.status()), "ok");
     assert.equal(await box.isVisible(), false);
+  });
+
+  await t.test("time range: presets and custom from/until inputs", async () => {
+    await page.goto(url);
+    await settle(page);
+    await page.locator("#range").selectOption("24h");
+    await settle(page);
+    let u = new URL(page.url());
+    assert.equal(u.searchParams.get("range"), "24h");
+    assert.equal(u.searchParams.get("from"), null);
+    assert.equal(await page.locator("#custom-range").isVisible(), false);
+    const dl = new URL(await page.locator("#download-pprof").evaluate((a) => a.href));
+    assert.equal(dl.searchParams.get("from"), "now-24h");
+    assert.ok(["ok", "empty"].includes(await page.evaluate(() => window.kiln.status())));
+    await page.locator("#range").selectOption("custom");
+    await settle(page);
+    assert.ok(await page.locator("#from").isVisible(), "custom inputs shown");
+    // datetime-local, in the page's time zone (UTC in this context).
+    const local = (s) => new Date(s * 1000).toISOString().slice(0, 19);
+    await page.locator("#from").fill(local(profileSecs - 120));
+    await page.locator("#until").fill(local(profileSecs + 120));
+    await page.locator("#until").dispatchEvent("change");
+    await page.waitForFunction((f) => new URL(location.href).searchParams.get("from") === f, String(profileSecs - 120));
+    await settle(page);
+    u = new URL(page.url());
+    assert.equal(u.searchParams.get("until"), String(profileSecs + 120));
+    assert.equal(await page.evaluate(() => window.kiln.status()), "ok");
+    assert.equal((await frames(page)).find((f) => f.depth === 0).total, TOTAL_NS);
   });
 
   await t.test("no uncaught errors in the page", () => {
