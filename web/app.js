@@ -663,7 +663,8 @@ els.canvas.addEventListener("mousemove", (e) => {
     hideTooltip();
     return;
   }
-  const changed = !state.hover || state.hover !== f;
+  const key = (x) => `${x.collapsed ? 1 : 0}\u0000${x.path.join("\u0000")}`;
+  const changed = !state.hover || key(state.hover) !== key(f);
   state.hover = f;
   showTooltip(f, p);
   if (changed) render();
