@@ -83,15 +83,21 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(OptionalAddr(None));
     }
-    s.parse().map(|a| OptionalAddr(Some(a))).map_err(|e| format!("{e}: expected HOST:PORT or `off`"))
+    s.parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|e| format!("{e}: expected HOST:PORT or `off`"))
 }
 
 /// `10s`, `500ms`, `2m`, `1h`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 500ms or 2m"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
@@ -122,9 +128,20 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let cli = Cli::try_parse_from(["kiln", "up", "--listen", "127.0.0.1:5000", "--frequency", "99", "--metrics-listen", "off"])
-            .unwrap();
-        let Command::Up { server, agent } = cli.command else { panic!("not up") };
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "up",
+            "--listen",
+            "127.0.0.1:5000",
+            "--frequency",
+            "99",
+            "--metrics-listen",
+            "off",
+        ])
+        .unwrap();
+        let Command::Up { server, agent } = cli.command else {
+            panic!("not up")
+        };
         assert_eq!(server.listen.port(), 5000);
         assert_eq!(agent.frequency, 99);
         assert!(agent.metrics_listen.0.is_none());

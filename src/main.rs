@@ -1,1 +1,161 @@
-fn main() {}
+//! `kiln`: the one binary. `up` runs the server and an agent on this machine; `server` and `agent`
+//! run one each (as on a Kubernetes cluster: see deploy/).
+
+mod cli;
+
+use std::num::NonZeroU32;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+
+use cli::{AgentArgs, Cli, Command, ServerArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    match command {
+        Command::Server(server) => {
+            kiln_storage_server::serve(server_config(&server), wait(shutdown)).await
+        }
+        Command::Agent { server_url, agent } => {
+            let config = agent_config(&agent, &server_url)?;
+            kiln_agent::run(config, wait(shutdown)).await
+        }
+        Command::Up { server, agent } => up(server, agent, shutdown).await,
+    }
+}
+
+/// Server and agent in one process: the agent pushes to the server over loopback HTTP, exactly as
+/// it would across a cluster.
+async fn up(
+    server: ServerArgs,
+    agent: AgentArgs,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // Check what the agent needs before starting anything, so a missing privilege is the first and
+    // only thing the user reads.
+    kiln_agent::check_privileges().context("the agent cannot sample this machine")?;
+
+    let bound = kiln_storage_server::Server::bind(server_config(&server)).await?;
+    let addr = bound.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!("http://{host}:{}", addr.port());
+    let agent_config = agent_config(&agent, &url)?;
+
+    let server_task = tokio::spawn(bound.run(wait(shutdown.clone())));
+    let mut agent_task = tokio::spawn(kiln_agent::run(agent_config, wait(shutdown.clone())));
+    println!("Kiln is up: open {url}/ (Ctrl-C to stop)");
+
+    // The agent ends on Ctrl-C (after flushing) or on a failure; either way the server follows.
+    let agent_result = tokio::select! {
+        r = &mut agent_task => r,
+        _ = wait(shutdown) => agent_task.await,
+    };
+    trigger_shutdown();
+    let agent_result = agent_result.context("agent task panicked").and_then(|r| r);
+    let server_result = server_task
+        .await
+        .context("server task panicked")
+        .and_then(|r| r);
+    agent_result.and(server_result)
+}
+
+fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig {
+    let mut config = kiln_storage_server::config::ServerConfig::with_data_dir(&args.data_dir);
+    config.listen = args.listen;
+    config.limits.max_body_bytes = args.max_body_bytes;
+    config.limits.max_decompressed_bytes = args.max_decompressed_bytes;
+    config
+}
+
+fn agent_config(
+    args: &AgentArgs,
+    server_url: &str,
+) -> anyhow::Result<kiln_agent::config::AgentConfig> {
+    let mut config = kiln_agent::config::AgentConfig {
+        server_url: kiln_agent::config::ServerUrl::parse(server_url)?,
+        frequency_hz: NonZeroU32::new(u32::try_from(args.frequency).unwrap_or(u32::MAX))
+            .context("--frequency must be at least 1 Hz")?,
+        window: args.window,
+        stack_copy_bytes: args.stack_copy_bytes,
+        metrics_listen: args.metrics_listen.0,
+        ..Default::default()
+    };
+    if let Some(node) = &args.node_name {
+        config.node_name = node.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+static SHUTDOWN: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+
+fn trigger_shutdown() {
+    if let Some(tx) = SHUTDOWN.get() {
+        let _ = tx.send(true);
+    }
+}
+
+/// Flips to `true` on Ctrl-C or SIGTERM (what Kubernetes sends), or when [`trigger_shutdown`] is called.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let _ = SHUTDOWN.set(tx);
+    tokio::spawn(async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("Ctrl-C: stopping"),
+            _ = term => tracing::info!("SIGTERM: stopping"),
+        }
+        trigger_shutdown();
+    });
+    rx
+}
+
+/// A future that completes when shutdown is signalled.
+async fn wait(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

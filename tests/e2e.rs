@@ -41,7 +41,11 @@ fn is_root() -> bool {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn build_workload(dir: &Path) -> PathBuf {
@@ -49,7 +53,7 @@ fn build_workload(dir: &Path) -> PathBuf {
     // The name is what the agent reports as comm and service_name.
     let bin = dir.join("kiln-e2e-work");
     let status = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-o"])
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
         .arg(&bin)
         .arg(&src)
         .status()
@@ -83,24 +87,41 @@ fn find_chain<'a>(node: &'a Value, chain: &[&str]) -> Option<&'a Value> {
 }
 
 fn follow<'a>(node: &'a Value, rest: &[&str]) -> Option<&'a Value> {
-    let Some((first, tail)) = rest.split_first() else { return Some(node) };
-    let child = node["children"].as_array()?.iter().find(|c| c["name"] == *first)?;
+    let Some((first, tail)) = rest.split_first() else {
+        return Some(node);
+    };
+    let child = node["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == *first)?;
     follow(child, tail)
 }
 
 #[test]
 fn kiln_up_profiles_a_known_call_chain() {
     if !is_root() {
-        eprintln!("SKIP kiln_up_profiles_a_known_call_chain: needs root to load the eBPF sampler (CI runs as root)");
+        eprintln!(
+            "SKIP kiln_up_profiles_a_known_call_chain: needs root to load the eBPF sampler (CI runs as root)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let workload = build_workload(dir.path());
     let port = free_port();
+    let metrics_port = free_port();
     let base = format!("http://127.0.0.1:{port}");
 
     let kiln = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--frequency", "99", "--window", "2s"])
+        .args([
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--frequency",
+            "99",
+            "--window",
+            "2s",
+        ])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "info")
@@ -111,18 +132,36 @@ fn kiln_up_profiles_a_known_call_chain() {
     let _kiln = KillOnDrop(kiln);
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::blocking::get(format!("{base}/healthz")).map(|r| r.status().is_success()).ok() != Some(true) {
-        assert!(Instant::now() < deadline, "kiln up did not become healthy within 60 s");
+    while reqwest::blocking::get(format!("{base}/healthz"))
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "kiln up did not become healthy within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let status = Command::new(&workload).arg("6").status().expect("workload runs");
+    let status = Command::new(&workload)
+        .arg("6")
+        .status()
+        .expect("workload runs");
     assert!(status.success());
 
     // Wait for the agent's window to close, the push to land and the debuginfo upload to finish.
     let query = r#"{service_name="kiln-e2e-work"}"#;
-    let enc = |s: &str| s.replace('{', "%7B").replace('}', "%7D").replace('"', "%22").replace('=', "%3D");
-    let flame_url = format!("{base}/api/v1/flamegraph?query={}&from=now-10m&until=now", enc(query));
+    let enc = |s: &str| {
+        s.replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('"', "%22")
+            .replace('=', "%3D")
+    };
+    let flame_url = format!(
+        "{base}/api/v1/flamegraph?query={}&from=now-10m&until=now",
+        enc(query)
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let (flame, hot) = loop {
         let flame = get_json(&flame_url);
@@ -145,16 +184,37 @@ fn kiln_up_profiles_a_known_call_chain() {
     let total = flame["total"].as_u64().unwrap();
     let hot_total = hot["total"].as_u64().unwrap();
     eprintln!("workload: {total} ns sampled, {hot_total} ns in main->alpha->beta->hot");
-    assert!(hot_total as f64 / total as f64 > 0.8, "hot should hold most of the workload's samples");
+    assert!(
+        hot_total as f64 / total as f64 > 0.8,
+        "hot should hold most of the workload's samples"
+    );
     // The workload ran for 6 s of one CPU: 99 Hz * 6 s = ~594 samples of ~10.1 ms each.
-    assert!(total <= 8_000_000_000, "more CPU time than the workload could burn: {total} ns");
+    assert!(
+        total <= 8_000_000_000,
+        "more CPU time than the workload could burn: {total} ns"
+    );
 
-    let values = get_json(&format!("{base}/api/v1/labels/service_name/values?from=now-10m"));
-    assert!(values["values"].as_array().unwrap().iter().any(|v| v == "kiln-e2e-work"), "{values}");
+    let values = get_json(&format!(
+        "{base}/api/v1/labels/service_name/values?from=now-10m"
+    ));
+    assert!(
+        values["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "kiln-e2e-work"),
+        "{values}"
+    );
 
-    let top = get_json(&format!("{base}/api/v1/top?query={}&from=now-10m", enc(query)));
+    let top = get_json(&format!(
+        "{base}/api/v1/top?query={}&from=now-10m",
+        enc(query)
+    ));
     let first = &top["functions"][0];
-    assert_eq!(first["name"], "hot", "hot should top the self-time table: {top}");
+    assert_eq!(
+        first["name"], "hot",
+        "hot should top the self-time table: {top}"
+    );
 
     // The pprof download, read by Go's own pprof tool.
     let pprof_url = format!("{base}/api/v1/pprof?query={}&from=now-10m", enc(query));
@@ -163,10 +223,45 @@ fn kiln_up_profiles_a_known_call_chain() {
     if Command::new("go").arg("version").output().is_err() {
         panic!("`go` is not installed: .ci/run installs Debian's golang-go for this step");
     }
-    let out = Command::new("go").args(["tool", "pprof", "-top", &pprof_url]).output().expect("go tool pprof runs");
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", &pprof_url])
+        .output()
+        .expect("go tool pprof runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "go tool pprof failed: {}", String::from_utf8_lossy(&out.stderr));
-    let hot_line = stdout.lines().find(|l| l.split_whitespace().last() == Some("hot"));
-    assert!(hot_line.is_some(), "go tool pprof -top does not list hot:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hot_line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("hot"));
+    assert!(
+        hot_line.is_some(),
+        "go tool pprof -top does not list hot:\n{stdout}"
+    );
     eprintln!("go tool pprof -top:\n{stdout}");
+
+    // Both components report their throughput.
+    let agent_metrics = reqwest::blocking::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let received = agent_metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln_agent_samples_received_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        received >= 500.0,
+        "agent /metrics should count the samples it received:\n{agent_metrics}"
+    );
+    let server_metrics = reqwest::blocking::get(format!("{base}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        server_metrics.contains("kiln_"),
+        "server /metrics:\n{server_metrics}"
+    );
 }

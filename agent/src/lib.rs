@@ -8,4 +8,8 @@ pub mod kallsyms;
 pub mod metrics;
 pub mod procmaps;
 pub mod profile;
+mod run;
+pub mod sampling;
 pub mod ship;
+
+pub use run::{check_privileges, run};

@@ -91,18 +91,13 @@ impl Sampler {
         if config.stack_copy_bytes as usize > MAX_STACK_COPY {
             return Err(SamplerError::BadStackCopy(config.stack_copy_bytes));
         }
-        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            return Err(SamplerError::NoBtf);
-        }
-        if !privileged() {
-            return Err(SamplerError::NotPrivileged);
-        }
+        check_preconditions()?;
         raise_memlock_limit();
 
         let possible =
             aya::util::nr_cpus().map_err(|(what, e)| SamplerError::Cpus(format!("{what}: {e}")))?;
         let mut ebpf = EbpfLoader::new()
-            .set_max_entries(names::SCRATCH, possible as u32)
+            .map_max_entries(names::SCRATCH, possible as u32)
             .override_global(globals::STACK_COPY_BYTES, &config.stack_copy_bytes, true)
             .load(kiln_sampler_bpf::OBJECT)
             .map_err(|e| match &e {
@@ -192,6 +187,17 @@ impl Sampler {
             }
         }
     }
+}
+
+/// What loading the sampler needs from the machine: BTF, and root or the BPF capabilities.
+pub fn check_preconditions() -> Result<(), SamplerError> {
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(SamplerError::NoBtf);
+    }
+    if !privileged() {
+        return Err(SamplerError::NotPrivileged);
+    }
+    Ok(())
 }
 
 /// `error: cause: cause…`, so that the kernel's reason (errno, verifier log) reaches the user.

@@ -1,6 +1,7 @@
 /* A workload with a known call chain for Kiln's end-to-end test: main -> alpha -> beta -> hot, where
- * hot burns nearly all of the CPU. Built by the test with frame pointers and without inlining or
- * tail calls, so every frame is on the stack when a sample lands. Usage: callchain SECONDS */
+ * hot burns nearly all of the CPU. Built by the test at -O0 with frame pointers: gcc 12 omits the
+ * frame of a leaf function like hot even with -fno-omit-frame-pointer at -O1, and a frame-pointer
+ * unwinder then skips its caller (beta). -O0 gives every function a frame. Usage: callchain SECONDS */
 #include <stdlib.h>
 #include <time.h>
 

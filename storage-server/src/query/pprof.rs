@@ -103,7 +103,15 @@ impl PprofMerger {
                         .collect();
                     b.symbolized_location(mapping, loc.address, &lines)
                 }
-                _ => b.raw_location(mapping, loc.address),
+                // No name to be had: keep the name the flame graph shows as the function, so that
+                // the export is complete. A location without lines would make `go tool pprof`
+                // fetching this over HTTP ask the server's `/symbolz`, which Kiln has no use for:
+                // the server already symbolized all it could.
+                Some(Resolved::Raw(name)) => {
+                    let f = b.function(name, "");
+                    b.symbolized_location(mapping, loc.address, &[(f, 0)])
+                }
+                None => b.raw_location(mapping, loc.address),
             };
             locations.insert(loc.id, id);
         }
@@ -149,6 +157,11 @@ impl PprofMerger {
             .map(|(ty, _)| ty.to_owned());
         let default_idx = default_type.map(|t| self.builder.string(&t));
         let mut p = self.builder.finish();
+        // Every location carries its final name (see `add`): say so, or pprof tools try to
+        // symbolize the mappings themselves.
+        for m in &mut p.mapping {
+            m.has_functions = true;
+        }
         if let Some(i) = default_idx {
             p.default_sample_type = i;
         }
