@@ -79,10 +79,13 @@ fn compile(clang: &str, manifest: &Path, out: &Path) -> bool {
 /// Drops DWARF (keeps BTF) so the object is small and byte-for-byte reproducible across paths.
 fn strip(obj: &Path) {
     for tool in ["llvm-strip", "llvm-strip-14", "llvm-strip-19"] {
-        if let Ok(s) = Command::new(tool).arg("-g").arg(obj).status() {
-            if s.success() {
-                return;
-            }
+        if Command::new(tool)
+            .arg("-g")
+            .arg(obj)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return;
         }
     }
     println!("cargo:warning=llvm-strip not found: the object keeps its DWARF");

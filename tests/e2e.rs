@@ -74,10 +74,10 @@ fn get_json(url: &str) -> Value {
 fn find_chain<'a>(node: &'a Value, chain: &[&str]) -> Option<&'a Value> {
     let children = node["children"].as_array()?;
     for child in children {
-        if child["name"] == chain[0] {
-            if let Some(found) = follow(child, &chain[1..]) {
-                return Some(found);
-            }
+        if child["name"] == chain[0]
+            && let Some(found) = follow(child, &chain[1..])
+        {
+            return Some(found);
         }
         if let Some(found) = find_chain(child, chain) {
             return Some(found);

@@ -329,7 +329,7 @@ mod tests {
                 "the FP stack starts at the sampled ip"
             );
             assert!(!s.stack_copy.is_empty(), "the stack copy is present");
-            assert!(s.comm.len() > 0);
+            assert!(!s.comm.is_empty());
         }
     }
 }
