@@ -74,7 +74,11 @@ async fn up(
     let url = format!("http://{host}:{}", addr.port());
     let agent_config = agent_config(&agent, &url)?;
 
-    let server_task = tokio::spawn(bound.run(wait(shutdown.clone())));
+    // The server outlives the agent so that the agent's last window, flushed on Ctrl-C, lands.
+    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(bound.run(async {
+        let _ = server_stop_rx.await;
+    }));
     let mut agent_task = tokio::spawn(kiln_agent::run(agent_config, wait(shutdown.clone())));
     println!("Kiln is up: open {url}/ (Ctrl-C to stop)");
 
@@ -83,7 +87,7 @@ async fn up(
         r = &mut agent_task => r,
         _ = wait(shutdown) => agent_task.await,
     };
-    trigger_shutdown();
+    let _ = server_stop_tx.send(());
     let agent_result = agent_result.context("agent task panicked").and_then(|r| r);
     let server_result = server_task
         .await
@@ -120,20 +124,10 @@ fn agent_config(
     Ok(config)
 }
 
-static SHUTDOWN: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
-
-fn trigger_shutdown() {
-    if let Some(tx) = SHUTDOWN.get() {
-        let _ = tx.send(true);
-    }
-}
-
-/// Flips to `true` on Ctrl-C or SIGTERM (what Kubernetes sends), or when [`trigger_shutdown`] is called.
+/// Flips to `true` on Ctrl-C or on SIGTERM (what Kubernetes sends).
 fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
-    let _ = SHUTDOWN.set(tx);
-    tokio::spawn(async {
-        let ctrl_c = tokio::signal::ctrl_c();
+    tokio::spawn(async move {
         let term = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut s) => {
@@ -143,10 +137,10 @@ fn shutdown_signal() -> watch::Receiver<bool> {
             }
         };
         tokio::select! {
-            _ = ctrl_c => tracing::info!("Ctrl-C: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
             _ = term => tracing::info!("SIGTERM: stopping"),
         }
-        trigger_shutdown();
+        let _ = tx.send(true);
     });
     rx
 }
