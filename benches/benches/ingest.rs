@@ -6,37 +6,12 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kiln_proto::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
-use kiln_proto::{ProfileBuilder, decode_profile, encode_profile_gzip};
+use kiln_proto::{decode_profile, encode_profile_gzip};
 use prost::Message;
 use tower::ServiceExt;
 
-fn synthetic(stacks: usize, depth: usize) -> kiln_proto::pprof::Profile {
-    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
-    b.period("cpu", "nanoseconds", 52_631_578);
-    let mapping = b.mapping(
-        0x40_0000,
-        0x80_0000,
-        0,
-        "/usr/bin/app",
-        "0123456789abcdef0123456789abcdef01234567",
-    );
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..stacks {
-        let stack: Vec<u64> = (0..depth)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                b.raw_location(mapping, 0x40_0000 + (rng % 2048) * 64)
-            })
-            .collect();
-        b.add_sample(&stack, &[1, 52_631_578], &[]);
-    }
-    b.finish()
-}
-
 fn bench(c: &mut Criterion) {
-    let profile = synthetic(10_000, 24);
+    let profile = kiln_benches::synthetic_profile(10_000, 24);
     let gz = encode_profile_gzip(&profile);
     let push = PushRequest {
         series: vec![RawProfileSeries {
