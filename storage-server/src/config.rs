@@ -21,6 +21,9 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// How many symbolization results the symbolizer keeps cached.
     pub symbolizer_cache_entries: usize,
+    /// When set, every ingest and query request must carry `Authorization: Bearer <token>`
+    /// (`/healthz`, `/metrics` and the UI's static files stay open).
+    pub auth_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +34,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             store: StoreConfig::default(),
             symbolizer_cache_entries: 100_000,
+            auth_token: None,
         }
     }
 }
@@ -73,27 +77,53 @@ impl Default for Limits {
     }
 }
 
-/// When the segment log starts a new file.
+/// The embedded storage engine: write-ahead log rotation, head flushes into blocks, compaction and
+/// retention.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct StoreConfig {
-    /// Rotate once the active segment reaches this size.
+    /// Rotate the active WAL segment (and flush the sealed ones into blocks) once it reaches this
+    /// size. This bounds the un-flushed head, and with it the index memory it needs.
     pub max_segment_bytes: u64,
-    /// Rotate once the active segment is this old (seconds).
+    /// Rotate (and flush) once the active segment is this old (seconds).
     pub max_segment_age_secs: u64,
+    /// Delete blocks whose newest profile is older than this (seconds); 0 disables.
+    pub retention_age_secs: u64,
+    /// Delete the oldest blocks while blocks + WAL exceed this many bytes; 0 disables.
+    pub retention_bytes: u64,
+    /// How often the background thread rotates, flushes, compacts and applies retention (seconds).
+    pub maintenance_interval_secs: u64,
+    /// Blocks of one time partition are merged while their sum stays below this size.
+    pub max_block_bytes: u64,
 }
 
 impl StoreConfig {
     pub fn max_segment_age(&self) -> Duration {
         Duration::from_secs(self.max_segment_age_secs)
     }
+    pub fn retention_age(&self) -> Option<Duration> {
+        (self.retention_age_secs > 0).then(|| Duration::from_secs(self.retention_age_secs))
+    }
+    pub fn maintenance_interval(&self) -> Duration {
+        Duration::from_secs(self.maintenance_interval_secs.max(1))
+    }
 }
+
+/// Default age retention: 30 days.
+pub const DEFAULT_RETENTION_AGE_SECS: u64 = 30 * 24 * 3600;
+/// Default size retention: 10 GiB.
+pub const DEFAULT_RETENTION_BYTES: u64 = 10 << 30;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             max_segment_bytes: 64 << 20,
-            max_segment_age_secs: 3600,
+            // Short enough that the head (WAL not yet in blocks) stays small on a quiet server.
+            max_segment_age_secs: 900,
+            retention_age_secs: DEFAULT_RETENTION_AGE_SECS,
+            retention_bytes: DEFAULT_RETENTION_BYTES,
+            maintenance_interval_secs: 10,
+            max_block_bytes: 1 << 30,
         }
     }
 }

@@ -1,8 +1,12 @@
 //! Durable profile storage behind the [`Store`] trait: what ingest writes to and queries read from.
 //!
-//! [`LocalStore`] is the on-disk implementation (an append-only segment log plus an in-memory index);
-//! an object-storage backend can implement the same trait later.
+//! [`LocalStore`] is the embedded engine: a write-ahead log of CRC-framed segments (fsync'd before a
+//! push is acknowledged) whose sealed segments are flushed in the background into immutable,
+//! hour-partitioned, columnar blocks with deduplicated symbols and stacks ([`block`]); blocks of
+//! one hour are compacted together and deleted by age and total size (retention). An
+//! object-storage backend can implement the same trait later.
 
+pub mod block;
 mod local;
 mod segment;
 
@@ -31,6 +35,8 @@ pub enum StoreError {
     },
     #[error("record too large to store ({0} bytes)")]
     RecordTooLarge(usize),
+    #[error("bad block {path}: {reason}")]
+    Block { path: String, reason: String },
 }
 
 /// A series' label set: sorted by name, names unique.
@@ -83,8 +89,12 @@ pub struct StoredProfile {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
+    /// Bytes on disk: WAL segments plus blocks.
     pub bytes: u64,
+    /// WAL segment files (the head not yet flushed into blocks).
     pub segments: u64,
+    /// Immutable blocks.
+    pub blocks: u64,
     pub series: u64,
     pub profiles: u64,
 }
@@ -115,6 +125,17 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(StoredProfile),
     ) -> Result<usize, StoreError>;
     fn stats(&self) -> StoreStats;
+    /// Moves everything appended so far out of the head into long-term storage (blocks) and
+    /// truncates the WAL behind it. Implementations without a head do nothing. The engine also
+    /// does this by itself in the background; this is for tests, benchmarks and shutdown.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Runs compaction and retention (as of `now_nanos`) now, as the background thread would.
+    fn maintain(&self, now_nanos: i64) -> Result<(), StoreError> {
+        let _ = now_nanos;
+        Ok(())
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

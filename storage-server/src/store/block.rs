@@ -1,0 +1,1020 @@
+//! Immutable, time-partitioned blocks: the long-term home of profiles once they leave the WAL.
+//!
+//! A block holds the profiles of one time partition (one hour of profile time) as columns instead
+//! of pprof blobs:
+//! - a **symbol table** shared by all its series: strings, functions, mappings, locations and
+//!   sample-label sets, each stored once however many profiles use it;
+//! - a **stacks table**: stack id → location ids, each distinct stack stored once;
+//! - per series, a **profiles** section (time, sample types, period… of each profile) and a
+//!   **rows** section (stack id deltas, values column by column, label set ids).
+//!
+//! Every section is zstd-compressed and CRC'd on its own, so a read decompresses the symbol and
+//! stack tables plus only the series it selects. The file ends with a footer: the [`BlockMeta`]
+//! (series labels, time bounds, section offsets, provenance), its length, its CRC and a magic.
+//! A block is written once, to a temporary name, fsync'd and renamed: it is either complete or
+//! absent, never modified.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use kiln_proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use kiln_proto::push::LabelPair;
+use prost::Message;
+
+use super::{Labels, StoreError};
+
+pub const BLOCK_MAGIC: &[u8; 8] = b"KILNBLK1";
+/// Length of the fixed trailer: meta length (u64), meta CRC (u32), magic.
+const TRAILER_LEN: u64 = 8 + 4 + 8;
+/// Blocks are written once in the background, so a slower, tighter level pays off.
+const ZSTD_LEVEL: i32 = 9;
+/// One time partition: blocks never straddle an hour of profile time.
+pub const PARTITION_NANOS: i64 = 3600 * 1_000_000_000;
+
+/// Where a compressed section lives in the block file.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SectionRef {
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    #[prost(uint64, tag = "2")]
+    pub len: u64,
+    #[prost(uint32, tag = "3")]
+    pub crc: u32,
+    /// Decompressed length, checked against the read limit before inflating.
+    #[prost(uint64, tag = "4")]
+    pub raw_len: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SeriesMeta {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<LabelPair>,
+    #[prost(int64, tag = "2")]
+    pub min_time: i64,
+    #[prost(int64, tag = "3")]
+    pub max_time: i64,
+    #[prost(uint64, tag = "4")]
+    pub profiles: u64,
+    #[prost(uint64, tag = "5")]
+    pub rows: u64,
+    /// Union of the `type:unit` profile types of the series' profiles in this block.
+    #[prost(string, repeated, tag = "6")]
+    pub profile_types: Vec<String>,
+    #[prost(message, optional, tag = "7")]
+    pub profiles_section: Option<SectionRef>,
+    #[prost(message, optional, tag = "8")]
+    pub rows_section: Option<SectionRef>,
+}
+
+impl SeriesMeta {
+    pub fn labels(&self) -> Labels {
+        Labels::new(
+            self.labels
+                .iter()
+                .map(|l| (l.name.clone(), l.value.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// The block footer: everything needed to decide what to read, and where the block came from.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BlockMeta {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(int64, tag = "2")]
+    pub partition_start: i64,
+    #[prost(int64, tag = "3")]
+    pub min_time: i64,
+    #[prost(int64, tag = "4")]
+    pub max_time: i64,
+    /// Blocks written by one head flush share a flush id; `flush_parts` says how many there are,
+    /// so a start-up after a crash mid-flush can tell a complete flush from a partial one.
+    #[prost(uint64, tag = "5")]
+    pub flush_id: u64,
+    #[prost(uint32, tag = "6")]
+    pub flush_parts: u32,
+    /// WAL segments whose records this block (with its flush siblings) holds.
+    #[prost(uint64, repeated, tag = "7")]
+    pub sources: Vec<u64>,
+    /// Blocks this one was compacted from (deleted once this one is durable).
+    #[prost(uint64, repeated, tag = "8")]
+    pub replaces: Vec<u64>,
+    #[prost(message, optional, tag = "9")]
+    pub symbols: Option<SectionRef>,
+    #[prost(message, optional, tag = "10")]
+    pub stacks: Option<SectionRef>,
+    #[prost(message, repeated, tag = "11")]
+    pub series: Vec<SeriesMeta>,
+    #[prost(uint64, tag = "12")]
+    pub rows: u64,
+    #[prost(uint64, tag = "13")]
+    pub profiles: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LabelSet {
+    #[prost(message, repeated, tag = "1")]
+    labels: Vec<Label>,
+}
+
+/// Deduplicated symbols; ids inside (string, function, mapping) are block-wide, 1-based for
+/// functions/mappings/locations (0 = none), as in pprof.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Symbols {
+    #[prost(string, repeated, tag = "1")]
+    strings: Vec<String>,
+    #[prost(message, repeated, tag = "2")]
+    functions: Vec<Function>,
+    #[prost(message, repeated, tag = "3")]
+    mappings: Vec<Mapping>,
+    #[prost(message, repeated, tag = "4")]
+    locations: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    label_sets: Vec<LabelSet>,
+}
+
+/// Stack id `i` is `locations[sum(lengths[..i])..][..lengths[i]]`, leaf first.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Stacks {
+    #[prost(uint32, repeated, tag = "1")]
+    lengths: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    locations: Vec<u32>,
+}
+
+/// A profile's own fields (string ids are block-wide); its samples are `rows` rows of the series.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProfileMeta {
+    #[prost(int64, tag = "1")]
+    pub time_nanos: i64,
+    #[prost(int64, tag = "2")]
+    duration_nanos: i64,
+    #[prost(int64, tag = "3")]
+    period: i64,
+    #[prost(message, optional, tag = "4")]
+    period_type: Option<ValueType>,
+    #[prost(message, repeated, tag = "5")]
+    sample_types: Vec<ValueType>,
+    #[prost(int64, tag = "6")]
+    default_sample_type: i64,
+    #[prost(int64, tag = "7")]
+    drop_frames: i64,
+    #[prost(int64, tag = "8")]
+    keep_frames: i64,
+    #[prost(int64, repeated, tag = "9")]
+    comments: Vec<i64>,
+    #[prost(string, repeated, tag = "10")]
+    pub profile_types: Vec<String>,
+    #[prost(uint32, tag = "11")]
+    rows: u32,
+    /// The pprof's own `time_nanos` (the store's time is `time_nanos`).
+    #[prost(int64, tag = "12")]
+    pprof_time_nanos: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SeriesProfiles {
+    #[prost(message, repeated, tag = "1")]
+    pub profiles: Vec<ProfileMeta>,
+}
+
+/// Rows of all profiles of a series, profile after profile. Within a profile rows are sorted by
+/// stack id and the ids delta-encoded; values are column-major (all rows' first value, then all
+/// second values…): both make long runs of small, repeating numbers that zstd squeezes well.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SeriesRows {
+    #[prost(uint32, repeated, tag = "1")]
+    stack_deltas: Vec<u32>,
+    #[prost(sint64, repeated, tag = "2")]
+    values: Vec<i64>,
+    #[prost(uint32, repeated, tag = "3")]
+    label_sets: Vec<u32>,
+}
+
+pub fn partition_of(time_nanos: i64) -> i64 {
+    time_nanos.div_euclid(PARTITION_NANOS) * PARTITION_NANOS
+}
+
+pub fn block_path(dir: &Path, partition_start: i64, id: u64) -> PathBuf {
+    // Partition first so a directory listing reads oldest first; the offset keeps names positive.
+    let p = (partition_start / 1_000_000_000).wrapping_add(1 << 40);
+    dir.join(format!("{p:016}-{id:020}.blk"))
+}
+
+pub fn is_block_name(name: &str) -> bool {
+    name.ends_with(".blk")
+}
+
+fn block_err(path: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError::Block {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[derive(Default)]
+struct SeriesBuild {
+    profiles: Vec<ProfileMeta>,
+    rows: SeriesRows,
+    min_time: i64,
+    max_time: i64,
+    types: BTreeSet<String>,
+}
+
+type FunctionKey = (u32, u32, u32, i64);
+type MappingKey = (u64, u64, u64, u32, u32, [bool; 4]);
+type LocationKey = (u32, u64, Vec<(u32, i64)>, bool);
+
+/// Accumulates profiles into one block's tables, deduplicating symbols and stacks as they come.
+pub struct BlockBuilder {
+    strings: Vec<String>,
+    string_ids: HashMap<String, u32>,
+    functions: Vec<Function>,
+    function_ids: HashMap<FunctionKey, u32>,
+    mappings: Vec<Mapping>,
+    mapping_ids: HashMap<MappingKey, u32>,
+    locations: Vec<Location>,
+    location_ids: HashMap<LocationKey, u32>,
+    label_sets: Vec<LabelSet>,
+    label_set_ids: HashMap<Vec<Label>, u32>,
+    stacks: Stacks,
+    stack_ids: HashMap<Vec<u32>, u32>,
+    series: BTreeMap<Labels, SeriesBuild>,
+    min_time: i64,
+    max_time: i64,
+    rows: u64,
+    profiles: u64,
+}
+
+impl Default for BlockBuilder {
+    fn default() -> Self {
+        BlockBuilder::new()
+    }
+}
+
+impl BlockBuilder {
+    pub fn new() -> BlockBuilder {
+        let mut b = BlockBuilder {
+            strings: Vec::new(),
+            string_ids: HashMap::new(),
+            functions: Vec::new(),
+            function_ids: HashMap::new(),
+            mappings: Vec::new(),
+            mapping_ids: HashMap::new(),
+            locations: Vec::new(),
+            location_ids: HashMap::new(),
+            label_sets: Vec::new(),
+            label_set_ids: HashMap::new(),
+            stacks: Stacks::default(),
+            stack_ids: HashMap::new(),
+            series: BTreeMap::new(),
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            rows: 0,
+            profiles: 0,
+        };
+        // pprof (and every reader) expects string 0 to be "".
+        b.string("");
+        b
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles == 0
+    }
+
+    /// Rough in-memory size, to decide when to stop merging.
+    pub fn profiles(&self) -> u64 {
+        self.profiles
+    }
+
+    fn string(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.string_ids.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(s.to_owned());
+        self.string_ids.insert(s.to_owned(), id);
+        id
+    }
+
+    /// Adds one profile of series `labels`, stored at `time_nanos`.
+    pub fn add(&mut self, labels: &Labels, time_nanos: i64, profile_types: &[String], p: &Profile) {
+        // Profile string index → block string id, filled on first use.
+        let mut smap: Vec<Option<u32>> = vec![None; p.string_table.len()];
+        let mut s = |b: &mut BlockBuilder, i: i64| -> u32 {
+            let Ok(idx) = usize::try_from(i) else {
+                return 0;
+            };
+            match smap.get(idx) {
+                Some(Some(id)) => *id,
+                Some(None) => {
+                    let id = b.string(&p.string_table[idx]);
+                    smap[idx] = Some(id);
+                    id
+                }
+                None => 0,
+            }
+        };
+        let mut fmap: HashMap<u64, u32> = HashMap::with_capacity(p.function.len());
+        for f in &p.function {
+            let key = (
+                s(self, f.name),
+                s(self, f.system_name),
+                s(self, f.filename),
+                f.start_line,
+            );
+            let id = match self.function_ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    self.functions.push(Function {
+                        id: 0,
+                        name: i64::from(key.0),
+                        system_name: i64::from(key.1),
+                        filename: i64::from(key.2),
+                        start_line: key.3,
+                    });
+                    let id = self.functions.len() as u32;
+                    self.function_ids.insert(key, id);
+                    id
+                }
+            };
+            fmap.insert(f.id, id);
+        }
+        let mut mmap: HashMap<u64, u32> = HashMap::with_capacity(p.mapping.len());
+        for m in &p.mapping {
+            let key = (
+                m.memory_start,
+                m.memory_limit,
+                m.file_offset,
+                s(self, m.filename),
+                s(self, m.build_id),
+                [
+                    m.has_functions,
+                    m.has_filenames,
+                    m.has_line_numbers,
+                    m.has_inline_frames,
+                ],
+            );
+            let id = match self.mapping_ids.get(&key) {
+                Some(&id) => id,
+                None => {
+                    self.mappings.push(Mapping {
+                        id: 0,
+                        memory_start: key.0,
+                        memory_limit: key.1,
+                        file_offset: key.2,
+                        filename: i64::from(key.3),
+                        build_id: i64::from(key.4),
+                        has_functions: key.5[0],
+                        has_filenames: key.5[1],
+                        has_line_numbers: key.5[2],
+                        has_inline_frames: key.5[3],
+                    });
+                    let id = self.mappings.len() as u32;
+                    self.mapping_ids.insert(key, id);
+                    id
+                }
+            };
+            mmap.insert(m.id, id);
+        }
+        let mut lmap: HashMap<u64, u32> = HashMap::with_capacity(p.location.len());
+        for l in &p.location {
+            let key: LocationKey = (
+                mmap.get(&l.mapping_id).copied().unwrap_or(0),
+                l.address,
+                l.line
+                    .iter()
+                    .map(|ln| (fmap.get(&ln.function_id).copied().unwrap_or(0), ln.line))
+                    .collect(),
+                l.is_folded,
+            );
+            let id = self.location(key);
+            lmap.insert(l.id, id);
+        }
+
+        let n = p.sample_type.len();
+        let mut rows: Vec<(u32, u32, &Sample)> = Vec::with_capacity(p.sample.len());
+        let mut stack = Vec::new();
+        for sample in &p.sample {
+            stack.clear();
+            for loc in &sample.location_id {
+                let id = match lmap.get(loc) {
+                    Some(&id) => id,
+                    // A dangling id (ingest validates, but be total): an empty location keeps depth.
+                    None => self.location((0, 0, Vec::new(), false)),
+                };
+                stack.push(id);
+            }
+            let stack_id = self.stack(&stack);
+            let label_set = if sample.label.is_empty() {
+                0
+            } else {
+                let set: Vec<Label> = sample
+                    .label
+                    .iter()
+                    .map(|l| Label {
+                        key: i64::from(s(self, l.key)),
+                        str: i64::from(s(self, l.str)),
+                        num: l.num,
+                        num_unit: i64::from(s(self, l.num_unit)),
+                    })
+                    .collect();
+                self.label_set(set)
+            };
+            rows.push((stack_id, label_set, sample));
+        }
+        rows.sort_by_key(|r| (r.0, r.1));
+
+        let meta = ProfileMeta {
+            time_nanos,
+            duration_nanos: p.duration_nanos,
+            period: p.period,
+            period_type: p.period_type.map(|vt| ValueType {
+                r#type: i64::from(s(self, vt.r#type)),
+                unit: i64::from(s(self, vt.unit)),
+            }),
+            sample_types: p
+                .sample_type
+                .iter()
+                .map(|vt| ValueType {
+                    r#type: i64::from(s(self, vt.r#type)),
+                    unit: i64::from(s(self, vt.unit)),
+                })
+                .collect(),
+            default_sample_type: i64::from(s(self, p.default_sample_type)),
+            drop_frames: i64::from(s(self, p.drop_frames)),
+            keep_frames: i64::from(s(self, p.keep_frames)),
+            comments: p.comment.iter().map(|&c| i64::from(s(self, c))).collect(),
+            profile_types: profile_types.to_vec(),
+            rows: rows.len() as u32,
+            pprof_time_nanos: p.time_nanos,
+        };
+        let series = self
+            .series
+            .entry(labels.clone())
+            .or_insert_with(|| SeriesBuild {
+                min_time: i64::MAX,
+                max_time: i64::MIN,
+                ..SeriesBuild::default()
+            });
+        let mut prev = 0;
+        for (stack_id, label_set, _) in &rows {
+            series.rows.stack_deltas.push(stack_id - prev);
+            prev = *stack_id;
+            series.rows.label_sets.push(*label_set);
+        }
+        for col in 0..n {
+            for (_, _, sample) in &rows {
+                series
+                    .rows
+                    .values
+                    .push(sample.value.get(col).copied().unwrap_or(0));
+            }
+        }
+        series.min_time = series.min_time.min(time_nanos);
+        series.max_time = series.max_time.max(time_nanos);
+        series.types.extend(profile_types.iter().cloned());
+        series.profiles.push(meta);
+        self.min_time = self.min_time.min(time_nanos);
+        self.max_time = self.max_time.max(time_nanos);
+        self.rows += rows.len() as u64;
+        self.profiles += 1;
+    }
+
+    fn location(&mut self, key: LocationKey) -> u32 {
+        if let Some(&id) = self.location_ids.get(&key) {
+            return id;
+        }
+        self.locations.push(Location {
+            id: 0,
+            mapping_id: u64::from(key.0),
+            address: key.1,
+            line: key
+                .2
+                .iter()
+                .map(|&(f, line)| Line {
+                    function_id: u64::from(f),
+                    line,
+                })
+                .collect(),
+            is_folded: key.3,
+        });
+        let id = self.locations.len() as u32;
+        self.location_ids.insert(key, id);
+        id
+    }
+
+    fn stack(&mut self, locations: &[u32]) -> u32 {
+        if let Some(&id) = self.stack_ids.get(locations) {
+            return id;
+        }
+        let id = self.stacks.lengths.len() as u32;
+        self.stacks.lengths.push(locations.len() as u32);
+        self.stacks.locations.extend_from_slice(locations);
+        self.stack_ids.insert(locations.to_vec(), id);
+        id
+    }
+
+    fn label_set(&mut self, labels: Vec<Label>) -> u32 {
+        if let Some(&id) = self.label_set_ids.get(&labels) {
+            return id;
+        }
+        self.label_sets.push(LabelSet {
+            labels: labels.clone(),
+        });
+        let id = self.label_sets.len() as u32;
+        self.label_set_ids.insert(labels, id);
+        id
+    }
+
+    /// Writes the block atomically (temp file, fsync, rename, fsync directory) and returns its
+    /// footer and size.
+    pub fn write(
+        self,
+        dir: &Path,
+        provenance: Provenance,
+    ) -> Result<(BlockMeta, PathBuf, u64), StoreError> {
+        let partition_start = partition_of(self.min_time);
+        let path = block_path(dir, partition_start, provenance.id);
+        let tmp = path.with_extension("tmp");
+        let mut w = SectionWriter {
+            buf: Vec::with_capacity(1 << 20),
+        };
+        w.buf.extend_from_slice(BLOCK_MAGIC);
+        let symbols = w.section(
+            &Symbols {
+                strings: self.strings,
+                functions: self.functions,
+                mappings: self.mappings,
+                locations: self.locations,
+                label_sets: self.label_sets,
+            }
+            .encode_to_vec(),
+        )?;
+        let stacks = w.section(&self.stacks.encode_to_vec())?;
+        let mut series = Vec::with_capacity(self.series.len());
+        for (labels, s) in self.series {
+            let profiles_section = w.section(
+                &SeriesProfiles {
+                    profiles: s.profiles.clone(),
+                }
+                .encode_to_vec(),
+            )?;
+            let rows_section = w.section(&s.rows.encode_to_vec())?;
+            series.push(SeriesMeta {
+                labels: labels
+                    .iter()
+                    .map(|(name, value)| LabelPair {
+                        name: name.to_owned(),
+                        value: value.to_owned(),
+                    })
+                    .collect(),
+                min_time: s.min_time,
+                max_time: s.max_time,
+                profiles: s.profiles.len() as u64,
+                rows: s.rows.stack_deltas.len() as u64,
+                profile_types: s.types.into_iter().collect(),
+                profiles_section: Some(profiles_section),
+                rows_section: Some(rows_section),
+            });
+        }
+        let meta = BlockMeta {
+            id: provenance.id,
+            partition_start,
+            min_time: self.min_time,
+            max_time: self.max_time,
+            flush_id: provenance.flush_id,
+            flush_parts: provenance.flush_parts,
+            sources: provenance.sources,
+            replaces: provenance.replaces,
+            symbols: Some(symbols),
+            stacks: Some(stacks),
+            series,
+            rows: self.rows,
+            profiles: self.profiles,
+        };
+        let meta_bytes = meta.encode_to_vec();
+        w.buf.extend_from_slice(&meta_bytes);
+        w.buf
+            .extend_from_slice(&(meta_bytes.len() as u64).to_le_bytes());
+        w.buf
+            .extend_from_slice(&crc32fast::hash(&meta_bytes).to_le_bytes());
+        w.buf.extend_from_slice(BLOCK_MAGIC);
+
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        file.write_all(&w.buf).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(dir)?;
+        Ok((meta, path, w.buf.len() as u64))
+    }
+}
+
+/// Where a block comes from: recorded in its footer so start-up can finish or undo interrupted
+/// flushes and compactions.
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    pub id: u64,
+    pub flush_id: u64,
+    pub flush_parts: u32,
+    pub sources: Vec<u64>,
+    pub replaces: Vec<u64>,
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+struct SectionWriter {
+    buf: Vec<u8>,
+}
+
+impl SectionWriter {
+    fn section(&mut self, raw: &[u8]) -> Result<SectionRef, StoreError> {
+        let z = zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(|source| StoreError::Io {
+            path: "zstd".to_owned(),
+            source,
+        })?;
+        let r = SectionRef {
+            offset: self.buf.len() as u64,
+            len: z.len() as u64,
+            crc: crc32fast::hash(&z),
+            raw_len: raw.len() as u64,
+        };
+        self.buf.extend_from_slice(&z);
+        Ok(r)
+    }
+}
+
+/// Reads a block's footer.
+pub fn read_meta(path: &Path) -> Result<(BlockMeta, File, u64), StoreError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    if size < BLOCK_MAGIC.len() as u64 + TRAILER_LEN {
+        return Err(block_err(path, "shorter than a block"));
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    file.read_exact_at(&mut trailer, size - TRAILER_LEN)
+        .map_err(io_err(path))?;
+    if &trailer[12..] != BLOCK_MAGIC {
+        return Err(block_err(path, "bad trailer magic"));
+    }
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&trailer[..8]);
+    let meta_len = u64::from_le_bytes(len8);
+    let mut crc4 = [0u8; 4];
+    crc4.copy_from_slice(&trailer[8..12]);
+    let crc = u32::from_le_bytes(crc4);
+    if meta_len > size - TRAILER_LEN - BLOCK_MAGIC.len() as u64 {
+        return Err(block_err(path, "implausible footer length"));
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    file.read_exact_at(&mut meta, size - TRAILER_LEN - meta_len)
+        .map_err(io_err(path))?;
+    if crc32fast::hash(&meta) != crc {
+        return Err(block_err(path, "footer CRC mismatch"));
+    }
+    let meta =
+        BlockMeta::decode(meta.as_slice()).map_err(|e| block_err(path, format!("footer: {e}")))?;
+    Ok((meta, file, size))
+}
+
+fn read_section(
+    file: &File,
+    path: &Path,
+    r: Option<&SectionRef>,
+    limit: usize,
+) -> Result<Vec<u8>, StoreError> {
+    let r = r.ok_or_else(|| block_err(path, "missing section"))?;
+    if r.raw_len > limit as u64 {
+        return Err(block_err(
+            path,
+            format!("section inflates to {} bytes, over the limit", r.raw_len),
+        ));
+    }
+    let mut z = vec![0u8; r.len as usize];
+    file.read_exact_at(&mut z, r.offset).map_err(io_err(path))?;
+    if crc32fast::hash(&z) != r.crc {
+        return Err(block_err(
+            path,
+            format!("section at {} fails its CRC", r.offset),
+        ));
+    }
+    zstd::bulk::decompress(&z, r.raw_len as usize)
+        .map_err(|e| block_err(path, format!("zstd: {e}")))
+}
+
+/// A block's symbol and stack tables, decompressed: what every profile read from it needs.
+pub struct Tables {
+    symbols: Symbols,
+    stack_starts: Vec<usize>,
+    stack_locations: Vec<u32>,
+}
+
+impl Tables {
+    pub fn load(
+        file: &File,
+        path: &Path,
+        meta: &BlockMeta,
+        limit: usize,
+    ) -> Result<Tables, StoreError> {
+        let symbols = read_section(file, path, meta.symbols.as_ref(), limit)?;
+        let symbols = Symbols::decode(symbols.as_slice())
+            .map_err(|e| block_err(path, format!("symbols: {e}")))?;
+        let stacks = read_section(file, path, meta.stacks.as_ref(), limit)?;
+        let stacks = Stacks::decode(stacks.as_slice())
+            .map_err(|e| block_err(path, format!("stacks: {e}")))?;
+        let mut stack_starts = Vec::with_capacity(stacks.lengths.len() + 1);
+        let mut at = 0usize;
+        stack_starts.push(0);
+        for &l in &stacks.lengths {
+            at += l as usize;
+            stack_starts.push(at);
+        }
+        if at != stacks.locations.len() {
+            return Err(block_err(path, "stack table lengths disagree"));
+        }
+        Ok(Tables {
+            symbols,
+            stack_starts,
+            stack_locations: stacks.locations,
+        })
+    }
+
+    fn stack(&self, id: u32) -> &[u32] {
+        let i = id as usize;
+        match (self.stack_starts.get(i), self.stack_starts.get(i + 1)) {
+            (Some(&a), Some(&b)) => &self.stack_locations[a..b],
+            _ => &[],
+        }
+    }
+}
+
+/// One series' profiles and rows, decompressed.
+pub struct SeriesData {
+    pub profiles: Vec<ProfileMeta>,
+    rows: SeriesRows,
+}
+
+/// Only the profile table of a series (cheap: no rows), for exact time checks.
+pub fn load_series_profiles(
+    file: &File,
+    path: &Path,
+    series: &SeriesMeta,
+    limit: usize,
+) -> Result<Vec<ProfileMeta>, StoreError> {
+    let raw = read_section(file, path, series.profiles_section.as_ref(), limit)?;
+    SeriesProfiles::decode(raw.as_slice())
+        .map(|p| p.profiles)
+        .map_err(|e| block_err(path, format!("series profiles: {e}")))
+}
+
+impl SeriesData {
+    pub fn load(
+        file: &File,
+        path: &Path,
+        series: &SeriesMeta,
+        limit: usize,
+    ) -> Result<SeriesData, StoreError> {
+        let profiles = load_series_profiles(file, path, series, limit)?;
+        let raw = read_section(file, path, series.rows_section.as_ref(), limit)?;
+        let rows = SeriesRows::decode(raw.as_slice())
+            .map_err(|e| block_err(path, format!("series rows: {e}")))?;
+        let want_rows: usize = profiles.iter().map(|p| p.rows as usize).sum();
+        let want_values: usize = profiles
+            .iter()
+            .map(|p| p.rows as usize * p.sample_types.len())
+            .sum();
+        if rows.stack_deltas.len() != want_rows
+            || rows.label_sets.len() != want_rows
+            || rows.values.len() != want_values
+        {
+            return Err(block_err(path, "series rows disagree with its profiles"));
+        }
+        Ok(SeriesData { profiles, rows })
+    }
+
+    /// Rebuilds each profile as a pprof (with only the symbols it uses), calling `visit` for those
+    /// `keep` accepts.
+    pub fn for_each(
+        &self,
+        tables: &Tables,
+        mut keep: impl FnMut(&ProfileMeta) -> bool,
+        mut visit: impl FnMut(&ProfileMeta, Profile),
+    ) {
+        let mut row = 0usize;
+        let mut value = 0usize;
+        for meta in &self.profiles {
+            let n = meta.rows as usize;
+            let cols = meta.sample_types.len();
+            if keep(meta) {
+                let p = rebuild(
+                    tables,
+                    meta,
+                    &self.rows.stack_deltas[row..row + n],
+                    &self.rows.label_sets[row..row + n],
+                    &self.rows.values[value..value + n * cols],
+                );
+                visit(meta, p);
+            }
+            row += n;
+            value += n * cols;
+        }
+    }
+}
+
+/// Remaps block-wide ids to a fresh, dense id space for one pprof.
+struct Rebuilder<'a> {
+    t: &'a Tables,
+    p: Profile,
+    strings: HashMap<u32, i64>,
+    functions: HashMap<u64, u64>,
+    mappings: HashMap<u64, u64>,
+    locations: HashMap<u32, u64>,
+}
+
+impl Rebuilder<'_> {
+    fn string(&mut self, id: i64) -> i64 {
+        let id = u32::try_from(id).unwrap_or(0);
+        if id == 0 {
+            return 0;
+        }
+        if let Some(&i) = self.strings.get(&id) {
+            return i;
+        }
+        let i = self.p.string_table.len() as i64;
+        let s = self
+            .t
+            .symbols
+            .strings
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_default();
+        self.p.string_table.push(s);
+        self.strings.insert(id, i);
+        i
+    }
+
+    fn function(&mut self, id: u64) -> u64 {
+        if id == 0 {
+            return 0;
+        }
+        if let Some(&i) = self.functions.get(&id) {
+            return i;
+        }
+        let Some(f) = self.t.symbols.functions.get(id as usize - 1).cloned() else {
+            return 0;
+        };
+        let new = self.p.function.len() as u64 + 1;
+        let f = Function {
+            id: new,
+            name: self.string(f.name),
+            system_name: self.string(f.system_name),
+            filename: self.string(f.filename),
+            start_line: f.start_line,
+        };
+        self.p.function.push(f);
+        self.functions.insert(id, new);
+        new
+    }
+
+    fn mapping(&mut self, id: u64) -> u64 {
+        if id == 0 {
+            return 0;
+        }
+        if let Some(&i) = self.mappings.get(&id) {
+            return i;
+        }
+        let Some(m) = self.t.symbols.mappings.get(id as usize - 1).cloned() else {
+            return 0;
+        };
+        let new = self.p.mapping.len() as u64 + 1;
+        let m = Mapping {
+            id: new,
+            filename: self.string(m.filename),
+            build_id: self.string(m.build_id),
+            ..m
+        };
+        self.p.mapping.push(m);
+        self.mappings.insert(id, new);
+        new
+    }
+
+    fn location(&mut self, id: u32) -> u64 {
+        if let Some(&i) = self.locations.get(&id) {
+            return i;
+        }
+        let l = id
+            .checked_sub(1)
+            .and_then(|i| self.t.symbols.locations.get(i as usize))
+            .cloned()
+            .unwrap_or_default();
+        let new = self.p.location.len() as u64 + 1;
+        let l = Location {
+            id: new,
+            mapping_id: self.mapping(l.mapping_id),
+            address: l.address,
+            line: l
+                .line
+                .iter()
+                .map(|ln| Line {
+                    function_id: self.function(ln.function_id),
+                    line: ln.line,
+                })
+                .collect(),
+            is_folded: l.is_folded,
+        };
+        self.p.location.push(l);
+        self.locations.insert(id, new);
+        new
+    }
+}
+
+fn rebuild(
+    t: &Tables,
+    meta: &ProfileMeta,
+    deltas: &[u32],
+    label_sets: &[u32],
+    values: &[i64],
+) -> Profile {
+    let mut r = Rebuilder {
+        t,
+        p: Profile {
+            string_table: vec![String::new()],
+            ..Profile::default()
+        },
+        strings: HashMap::new(),
+        functions: HashMap::new(),
+        mappings: HashMap::new(),
+        locations: HashMap::new(),
+    };
+    r.p.sample_type = meta
+        .sample_types
+        .iter()
+        .map(|vt| ValueType {
+            r#type: r.string(vt.r#type),
+            unit: r.string(vt.unit),
+        })
+        .collect();
+    r.p.period_type = meta.period_type.map(|vt| ValueType {
+        r#type: r.string(vt.r#type),
+        unit: r.string(vt.unit),
+    });
+    r.p.period = meta.period;
+    r.p.time_nanos = meta.pprof_time_nanos;
+    r.p.duration_nanos = meta.duration_nanos;
+    r.p.default_sample_type = r.string(meta.default_sample_type);
+    r.p.drop_frames = r.string(meta.drop_frames);
+    r.p.keep_frames = r.string(meta.keep_frames);
+    r.p.comment = meta.comments.iter().map(|&c| r.string(c)).collect();
+    let n = deltas.len();
+    let cols = meta.sample_types.len();
+    let mut stack_id = 0u32;
+    r.p.sample.reserve(n);
+    for (i, (&d, &ls)) in deltas.iter().zip(label_sets).enumerate() {
+        stack_id = stack_id.wrapping_add(d);
+        let location_id = t.stack(stack_id).iter().map(|&l| r.location(l)).collect();
+        let label = match ls
+            .checked_sub(1)
+            .and_then(|i| t.symbols.label_sets.get(i as usize))
+        {
+            Some(set) => set
+                .labels
+                .iter()
+                .map(|l| Label {
+                    key: r.string(l.key),
+                    str: r.string(l.str),
+                    num: l.num,
+                    num_unit: r.string(l.num_unit),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let value = (0..cols).map(|c| values[c * n + i]).collect();
+        r.p.sample.push(Sample {
+            location_id,
+            value,
+            label,
+        });
+    }
+    r.p
+}
