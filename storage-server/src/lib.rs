@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod auth;
 pub mod config;
 pub mod debuginfo;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod store;
+pub mod tenant;
 mod web;
 
 use std::future::Future;
@@ -90,6 +92,8 @@ pub fn router(state: AppState) -> Router {
             kiln_proto::push::PUSH_PATH,
             axum::routing::post(ingest::push::push),
         )
+        .route("/ingest", axum::routing::post(ingest::legacy::ingest))
+        .route("/pyroscope/ingest", axum::routing::post(ingest::legacy::ingest))
         .route(
             "/debuginfo/v1/{build_id}",
             get(debuginfo::get_debuginfo)
@@ -113,6 +117,11 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/style.css", get(web::style_css))
         .fallback(|| async { ApiError::NotFound("no such endpoint (see docs/API.md)".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost: an unauthenticated request is turned away before its body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .with_state(state)
 }
 

@@ -292,7 +292,9 @@ async fn go_and_nodejs_fixtures_keep_their_sample_types() {
     )
     .await;
     assert_eq!(fg["total"], sum_values(&node, "wall:nanoseconds"));
-    assert_eq!(fg["profiles"], 1);
+    // The Node profile's dynamic tag (sample label `phase`) splits it into two series, as in
+    // Pyroscope: samples with `phase=loop` and samples without.
+    assert_eq!(fg["profiles"], 2);
     let (_, fg) = get(
         &app,
         &format!("/api/v1/flamegraph?{ALL_TIME}&profile_type=samples:count"),
@@ -302,7 +304,7 @@ async fn go_and_nodejs_fixtures_keep_their_sample_types() {
         fg["total"],
         sum_values(&go, "samples:count") + sum_values(&node, "samples:count")
     );
-    assert_eq!(fg["profiles"], 2);
+    assert_eq!(fg["profiles"], 3);
 }
 
 #[tokio::test]

@@ -2,7 +2,12 @@
 //!
 //! [`NewProfile`]: crate::store::NewProfile
 
+pub mod folded;
+pub mod legacy;
+pub mod multipart;
+pub mod name;
 pub mod push;
+pub mod series;
 mod validate;
 
 pub use validate::{ProfileError, validate_labels, validate_profile};

@@ -13,12 +13,14 @@ use kiln_proto::push::{PushRequest, PushResponse};
 use prost::Message;
 use serde::Deserialize;
 
+use super::series::{self, TooManySeries};
 use super::validate::{LabelError, ProfileError, validate_labels, validate_profile};
 use crate::AppState;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::query::time::now_nanos;
 use crate::store::{NewProfile, StoreError};
+use crate::tenant::Tenant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -56,6 +58,12 @@ pub enum PushError {
         sample: usize,
         err: ProfileError,
     },
+    #[error("series {series}, sample {sample}: {err}")]
+    Split {
+        series: usize,
+        sample: usize,
+        err: TooManySeries,
+    },
     #[error("storing profiles: {0}")]
     Store(#[from] StoreError),
 }
@@ -83,6 +91,7 @@ impl PushError {
                 ..
             } => "profile_too_large",
             PushError::Profile { .. } => "bad_profile",
+            PushError::Split { .. } => "profile_too_large",
             PushError::Store(_) => "store",
         }
     }
@@ -101,7 +110,8 @@ impl From<PushError> for ApiError {
             | PushError::Profile {
                 err: ProfileError::TooManySamples { .. },
                 ..
-            } => ApiError::PayloadTooLarge(msg),
+            }
+            | PushError::Split { .. } => ApiError::PayloadTooLarge(msg),
             PushError::ContentType(_) | PushError::ContentEncoding(_) => {
                 ApiError::UnsupportedMediaType(msg)
             }
@@ -152,6 +162,7 @@ struct JsonSample {
 /// `POST /push.v1.PusherService/Push`.
 pub async fn push(
     State(state): State<AppState>,
+    tenant: Tenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -174,7 +185,7 @@ pub async fn push(
         let gzipped = content_encoding_gzip(&headers)?;
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || {
-            let profiles = decode_request(&body, format, gzipped, &limits, now_nanos())?;
+            let profiles = decode_request(&body, format, gzipped, &limits, &tenant, now_nanos())?;
             let counts = (profiles.len(), profiles.iter().map(|p| p.1).sum::<usize>());
             store.append(profiles.into_iter().map(|p| p.0).collect())?;
             Ok::<_, PushError>((format, counts))
@@ -256,6 +267,7 @@ fn decode_request(
     format: Format,
     gzipped: bool,
     limits: &Limits,
+    tenant: &Tenant,
     now: i64,
 ) -> Result<Vec<(NewProfile, usize)>, PushError> {
     let body = if gzipped {
@@ -303,9 +315,9 @@ fn decode_request(
     };
 
     let mut out = Vec::new();
-    for (si, (labels, raws)) in series.into_iter().enumerate() {
-        let labels =
-            validate_labels(labels, limits).map_err(|err| PushError::Labels { series: si, err })?;
+    for (si, (pairs, raws)) in series.into_iter().enumerate() {
+        let labels_err = |err| PushError::Labels { series: si, err };
+        let labels = validate_labels(pairs.iter().cloned(), limits).map_err(labels_err)?;
         for (pi, raw) in raws.iter().enumerate() {
             let codec_err = |err| PushError::ProfileCodec {
                 series: si,
@@ -326,15 +338,41 @@ fn decode_request(
             } else {
                 now
             };
-            out.push((
-                NewProfile {
-                    labels: labels.clone(),
-                    time_nanos,
-                    profile_types,
-                    pprof: raw.into_owned(),
-                },
-                profile.sample.len(),
-            ));
+            let samples = profile.sample.len();
+            let split = series::split(profile, limits.max_decompressed_bytes).map_err(|err| {
+                PushError::Split {
+                    series: si,
+                    sample: pi,
+                    err,
+                }
+            })?;
+            match split {
+                series::Split::Whole(_) => out.push((
+                    NewProfile {
+                        labels: tenant.label(labels.clone()),
+                        time_nanos,
+                        profile_types,
+                        pprof: raw.into_owned(),
+                    },
+                    samples,
+                )),
+                // Tags sent as sample labels become series labels, as in Pyroscope.
+                series::Split::Parts(parts) => {
+                    for part in parts {
+                        let merged = series::merge_labels(pairs.iter().cloned(), &part.labels);
+                        let labels = validate_labels(merged, limits).map_err(labels_err)?;
+                        out.push((
+                            NewProfile {
+                                labels: tenant.label(labels),
+                                time_nanos,
+                                profile_types: profile_types.clone(),
+                                pprof: part.profile.encode_to_vec(),
+                            },
+                            part.profile.sample.len(),
+                        ));
+                    }
+                }
+            }
         }
     }
     Ok(out)

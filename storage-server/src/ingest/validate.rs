@@ -22,6 +22,10 @@ pub enum LabelError {
     ValueTooLong { name: String, limit: usize },
     #[error("label {0:?} appears more than once")]
     Duplicate(String),
+    #[error(
+        "label {0:?} is reserved: the server sets it (the tenant comes from the X-Scope-OrgID header)"
+    )]
+    Reserved(String),
 }
 
 /// Validates a series' labels and normalizes them: empty values are dropped (an empty value means
@@ -45,6 +49,9 @@ pub fn validate_labels(
         }
         if !valid_label_name(&name) {
             return Err(LabelError::BadName(name));
+        }
+        if name == crate::tenant::TENANT_LABEL {
+            return Err(LabelError::Reserved(name));
         }
         if value.len() > limits.max_label_value_len {
             return Err(LabelError::ValueTooLong {
@@ -229,6 +236,10 @@ mod tests {
         assert_eq!(
             validate_labels(pairs(&[("__name__", "x"), ("__name__", "y")]), &lim),
             Err(LabelError::Duplicate("__name__".into()))
+        );
+        assert_eq!(
+            validate_labels(pairs(&[("__name__", "x"), ("__tenant__", "other")]), &lim),
+            Err(LabelError::Reserved("__tenant__".into()))
         );
         let many: Vec<_> = (0..40).map(|i| (format!("l{i}"), "v".to_owned())).collect();
         let mut many = many;

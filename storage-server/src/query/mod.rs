@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::store::ReadRequest;
+use crate::tenant::Tenant;
 use merge::Tree;
 use selector::Selector;
 use symbolize::Resolver;
@@ -45,6 +46,15 @@ pub struct Selection {
     pub selector: Selector,
     pub range: TimeRange,
     pub profile_type: String,
+}
+
+impl Selection {
+    /// Restricts the selection to `tenant`'s series (see [`crate::tenant`]). Every query path
+    /// calls this on its selection: the one place tenants are kept apart on reads.
+    pub fn for_tenant(mut self, tenant: &Tenant) -> Selection {
+        self.selector.matchers.push(tenant.matcher());
+        self
+    }
 }
 
 pub fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
@@ -121,11 +131,12 @@ fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiError> {
 /// `GET /api/v1/flamegraph`.
 pub async fn flamegraph_handler(
     State(state): State<AppState>,
+    tenant: Tenant,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let p = params(q)?;
-    let sel = p.selection()?;
+    let sel = p.selection()?.for_tenant(&tenant);
     let max_nodes = p.positive(
         "max_nodes",
         p.max_nodes.as_ref(),
@@ -144,11 +155,12 @@ pub async fn flamegraph_handler(
 /// `GET /api/v1/top`.
 pub async fn top_handler(
     State(state): State<AppState>,
+    tenant: Tenant,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let p = params(q)?;
-    let sel = p.selection()?;
+    let sel = p.selection()?.for_tenant(&tenant);
     let limit = p.positive("limit", p.limit.as_ref(), top::DEFAULT_LIMIT)?;
     let st = state.clone();
     let resp = tokio::task::spawn_blocking(move || {
@@ -174,11 +186,12 @@ pub async fn top_handler(
 /// `GET /api/v1/pprof`: all sample types of the selection, merged, symbolized and gzipped.
 pub async fn pprof_handler(
     State(state): State<AppState>,
+    tenant: Tenant,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let p = params(q)?;
-    let sel = p.selection()?;
+    let sel = p.selection()?.for_tenant(&tenant);
     let preferred = p.profile_type.clone().filter(|t| !t.trim().is_empty());
     let st = state.clone();
     let body = tokio::task::spawn_blocking(move || {

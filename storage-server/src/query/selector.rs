@@ -64,6 +64,16 @@ impl Matcher {
         })
     }
 
+    /// `name = "value"`: the one operator that cannot fail to build.
+    pub fn equal(name: &str, value: &str) -> Matcher {
+        Matcher {
+            name: name.to_owned(),
+            op: MatchOp::Eq,
+            value: value.to_owned(),
+            regex: None,
+        }
+    }
+
     /// Matches like Prometheus: a missing label has the empty value.
     pub fn matches(&self, labels: &Labels) -> bool {
         let v = labels.get(&self.name).unwrap_or("");
