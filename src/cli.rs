@@ -35,6 +35,9 @@ pub enum Command {
         /// Where the server listens.
         #[arg(long, env = "KILN_SERVER_URL", default_value = "http://127.0.0.1:4040")]
         server_url: String,
+        /// Bearer token sent with every request, for a server started with --auth-token.
+        #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
+        auth_token: Option<String>,
         #[command(flatten)]
         agent: AgentArgs,
     },
@@ -48,6 +51,10 @@ pub struct ServerArgs {
     /// Directory for stored profiles and uploaded debuginfo (created if missing).
     #[arg(long, env = "KILN_DATA_DIR", default_value = "./kiln-data")]
     pub data_dir: PathBuf,
+    /// Require `Authorization: Bearer <token>` on ingest and query (not on /healthz, /metrics or
+    /// the UI's files). `kiln up` gives the same token to its agent.
+    #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
     /// Largest accepted request body, in bytes (compressed, as sent).
     #[arg(long, env = "KILN_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,

@@ -45,8 +45,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Server(server) => {
             kiln_storage_server::serve(server_config(&server), wait(shutdown)).await
         }
-        Command::Agent { server_url, agent } => {
-            let config = agent_config(&agent, &server_url)?;
+        Command::Agent {
+            server_url,
+            auth_token,
+            agent,
+        } => {
+            let mut config = agent_config(&agent, &server_url)?;
+            config.auth_token = auth_token;
             kiln_agent::run(config, wait(shutdown)).await
         }
         Command::Up { server, agent } => up(server, agent, shutdown).await,
@@ -72,7 +77,8 @@ async fn up(
         addr.ip().to_string()
     };
     let url = format!("http://{host}:{}", addr.port());
-    let agent_config = agent_config(&agent, &url)?;
+    let mut agent_config = agent_config(&agent, &url)?;
+    agent_config.auth_token = server.auth_token.clone();
 
     // The server outlives the agent so that the agent's last window, flushed on Ctrl-C, lands.
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -99,6 +105,7 @@ async fn up(
 fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig {
     let mut config = kiln_storage_server::config::ServerConfig::with_data_dir(&args.data_dir);
     config.listen = args.listen;
+    config.auth_token = args.auth_token.clone().filter(|t| !t.is_empty());
     config.limits.max_body_bytes = args.max_body_bytes;
     config.limits.max_decompressed_bytes = args.max_decompressed_bytes;
     config

@@ -104,6 +104,8 @@ impl fmt::Debug for ServerUrl {
 pub struct AgentConfig {
     /// Base URL of the Kiln (or Pyroscope) server that receives pushes and debuginfo.
     pub server_url: ServerUrl,
+    /// Sent as `Authorization: Bearer <token>` on every request, for a server with `auth_token`.
+    pub auth_token: Option<String>,
     /// Samples per second per CPU. 19 Hz by default: a prime, so sampling does not lock step with
     /// periodic work, and cheap enough to leave on everywhere.
     pub frequency_hz: NonZeroU32,
@@ -141,6 +143,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             server_url: ServerUrl::default(),
+            auth_token: None,
             frequency_hz: NonZeroU32::new(19).unwrap_or(NonZeroU32::MIN),
             window: Duration::from_secs(10),
             node_name: hostname(),

@@ -55,7 +55,7 @@ pub async fn run(
         metrics.clone(),
     );
 
-    let client = ship::http_client(config.request_timeout)?;
+    let client = ship::http_client(config.request_timeout, config.auth_token.as_deref())?;
     let shipper = Shipper::spawn(
         ShipperConfig::from(&config),
         client.clone(),

@@ -22,6 +22,8 @@ use crate::metrics::{AgentMetrics, PushDropReason, PushFailure};
 pub enum ShipError {
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
+    #[error("the auth token is not a valid HTTP header value (visible ASCII only)")]
+    AuthToken,
 }
 
 /// Most bytes of a server's error message we log.
@@ -56,9 +58,22 @@ impl From<&AgentConfig> for ShipperConfig {
 }
 
 /// The HTTP client the agent uses for the server (plain HTTP/1.1; a request timeout so a stuck
-/// server cannot stall shipping forever).
-pub fn http_client(request_timeout: Duration) -> Result<reqwest::Client, ShipError> {
+/// server cannot stall shipping forever). With `auth_token`, every request (pushes and debuginfo
+/// uploads alike) carries `Authorization: Bearer <token>`.
+pub fn http_client(
+    request_timeout: Duration,
+    auth_token: Option<&str>,
+) -> Result<reqwest::Client, ShipError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = auth_token {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ShipError::AuthToken)?;
+        // Keeps the secret out of debug output.
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(request_timeout)
         .connect_timeout(request_timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("kiln-agent/", env!("CARGO_PKG_VERSION")))
