@@ -866,3 +866,52 @@ async fn bad_ingest_input_is_rejected_and_nothing_stored_is_lost() {
     // And after a restart.
     check(open_with(config)).await;
 }
+
+#[tokio::test]
+async fn captured_sdk_push_lands_in_its_tenant_with_sample_labels_as_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = open(dir.path());
+    // The body pyroscope-io 1.4.0 sent, replayed as tenant `py`.
+    let req = Request::post(PUSH_PATH)
+        .header(header::CONTENT_TYPE, "application/proto")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .header("X-Scope-OrgID", "py")
+        .body(Body::from(fixture(
+            "pyroscope-io-1.4.0-push-request.bin.gz",
+        )))
+        .unwrap();
+    let (status, body) = send(&app, req).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let (_, v) = get_as(&app, Some("py"), &format!("/api/v1/labels?{ALL_TIME}")).await;
+    let label_names = strings(&v["names"]);
+    for n in ["__name__", "service_name", "process.runtime.name"] {
+        assert!(label_names.contains(&n.to_owned()), "{label_names:?}");
+    }
+    let (_, v) = get_as(&app, None, &format!("/api/v1/labels?{ALL_TIME}")).await;
+    assert_eq!(strings(&v["names"]), Vec::<String>::new());
+
+    // Push API: sample labels (dynamic tags) become series labels too.
+    let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")]);
+    let f = b.function("handler", "app.py");
+    let l = b.symbolized_location(0, 0, &[(f, 1)]);
+    b.add_sample(&[l], &[5], &[("endpoint", "/a")]);
+    b.add_sample(&[l], &[7], &[("endpoint", "/b"), ("span_id", "42")]);
+    b.add_sample(&[l], &[11], &[]);
+    b.time(kiln_storage_server::query::time::now_nanos(), 1);
+    let labels = [("__name__", "process_cpu"), ("service_name", "tagged")];
+    let (status, v) = push_as(&app, None, &labels, &b.finish()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let v = get(&app, &format!("/api/v1/labels/endpoint/values?{ALL_TIME}")).await;
+    assert_eq!(strings(&v["values"]), ["/a", "/b"]);
+    for (query, total) in [
+        (r#"{endpoint="/b"}"#, 7),
+        (r#"{endpoint=""}"#, 11),
+        (r#"{service_name="tagged"}"#, 23),
+    ] {
+        let fg = flamegraph(&app, None, query, "cpu:nanoseconds").await;
+        assert_eq!(fg["total"], total, "{query}");
+    }
+    // Per-request IDs stay on samples rather than making a series each.
+    let v = get(&app, &format!("/api/v1/labels?{ALL_TIME}")).await;
+    assert!(!strings(&v["names"]).contains(&"span_id".to_owned()));
+}
