@@ -61,6 +61,20 @@ pub struct ServerArgs {
     /// Largest decompressed body or profile, in bytes.
     #[arg(long, env = "KILN_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 20)]
     pub max_decompressed_bytes: usize,
+    /// Delete stored profiles older than this, e.g. 30d, 12h; `off` keeps them forever.
+    #[arg(long, env = "KILN_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub retention: Duration,
+    /// Delete the oldest stored profiles while storage exceeds this size, e.g. 10GiB, 500MB;
+    /// `off` for no limit.
+    #[arg(long, env = "KILN_RETENTION_BYTES", default_value = "10GiB", value_parser = parse_bytes)]
+    pub retention_bytes: u64,
+    /// Size at which the write-ahead log starts a new segment and the full one is flushed into a
+    /// block; bounds the data (and memory) not yet in blocks.
+    #[arg(long, env = "KILN_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub wal_segment_bytes: u64,
+    /// How often the storage engine flushes, compacts and applies retention (tests shorten it).
+    #[arg(long, env = "KILN_STORE_MAINTENANCE_INTERVAL", default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub store_maintenance_interval: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -95,7 +109,51 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
         .map_err(|e| format!("{e}: expected HOST:PORT or `off`"))
 }
 
-/// `10s`, `500ms`, `2m`, `1h`; a bare number is seconds.
+/// A retention age: a duration, or `off` / `0` (returned as zero) to disable.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "off" | "0" => Ok(Duration::ZERO),
+        s => parse_duration(s),
+    }
+}
+
+/// A size: `10GiB`, `512MiB`, `500MB`, `4096` (bytes); `off` / `0` (returned as zero) to disable.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s == "off" {
+        return Ok(0);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 10GiB, 500MB or 4096"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}: use B, KB, MB, GB, KiB, MiB, GiB…"
+            ));
+        }
+    };
+    let bytes = n * mult;
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, `30d`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -110,7 +168,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1e3,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("{s:?} must be a positive duration"));
@@ -131,6 +194,42 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+    }
+
+    #[test]
+    fn retention_flags() {
+        assert_eq!(parse_bytes("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("off"), Ok(0));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert_eq!(parse_retention("off"), Ok(Duration::ZERO));
+        let cli = Cli::try_parse_from(["kiln", "server"]).unwrap();
+        let Command::Server(server) = cli.command else {
+            panic!("not server")
+        };
+        assert_eq!(
+            server.retention,
+            Duration::from_secs(30 * 86400),
+            "on by default"
+        );
+        assert_eq!(server.retention_bytes, 10 << 30, "on by default");
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "server",
+            "--retention",
+            "7d",
+            "--retention-bytes",
+            "1GB",
+        ])
+        .unwrap();
+        let Command::Server(server) = cli.command else {
+            panic!("not server")
+        };
+        assert_eq!(server.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(server.retention_bytes, 1_000_000_000);
     }
 
     #[test]

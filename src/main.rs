@@ -108,6 +108,10 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
     config.auth_token = args.auth_token.clone().filter(|t| !t.is_empty());
     config.limits.max_body_bytes = args.max_body_bytes;
     config.limits.max_decompressed_bytes = args.max_decompressed_bytes;
+    config.store.retention_age_secs = args.retention.as_secs();
+    config.store.retention_bytes = args.retention_bytes;
+    config.store.max_segment_bytes = args.wal_segment_bytes;
+    config.store.maintenance_interval_secs = args.store_maintenance_interval.as_secs().max(1);
     config
 }
 

@@ -1,0 +1,191 @@
+//! Durability under `kill -9`: a `kiln server` receives pushes and is SIGKILLed right after one is
+//! acknowledged (while its storage engine is rotating the WAL and flushing it into blocks every
+//! second); after a restart every acknowledged profile is there exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_proto::{ProfileBuilder, encode_profile_gzip};
+use serde_json::Value;
+
+/// Kills (SIGKILL) the server if a check fails midway.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        // Every push gets its own WAL segment and the engine flushes each second, so kills land
+        // before, during and after flushes into blocks.
+        .args([
+            "--wal-segment-bytes",
+            "1",
+            "--store-maintenance-interval",
+            "1s",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("kiln server starts");
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    while Instant::now() < deadline {
+        if reqwest::blocking::get(&url).is_ok_and(|r| r.status().is_success()) {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("kiln server did not become healthy");
+}
+
+/// Protobuf length-delimited field.
+fn field(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    varint(out, u64::from(tag << 3 | 2));
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A Pyroscope `PushRequest` with one series and one gzipped pprof, encoded by hand (the root
+/// package has no protobuf dependency of its own).
+fn push_body(service: &str, gz: &[u8]) -> Vec<u8> {
+    let mut series = Vec::new();
+    for (name, value) in [("__name__", "process_cpu"), ("service_name", service)] {
+        let mut pair = Vec::new();
+        field(&mut pair, 1, name.as_bytes());
+        field(&mut pair, 2, value.as_bytes());
+        field(&mut series, 1, &pair);
+    }
+    let mut sample = Vec::new();
+    field(&mut sample, 1, gz);
+    field(&mut series, 2, &sample);
+    let mut req = Vec::new();
+    field(&mut req, 1, &series);
+    req
+}
+
+/// Profile `i`: one stack whose leaf is the unique function `f{i}`, worth `i + 1`.
+fn profile(i: u64) -> Vec<u8> {
+    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+    let main = b.function("main", "main.c");
+    let leaf = b.function(&format!("f{i}"), "leaf.c");
+    let l_main = b.symbolized_location(0, 0x10, &[(main, 1)]);
+    let l_leaf = b.symbolized_location(0, 0x20 + i, &[(leaf, 2)]);
+    let v = i as i64 + 1;
+    b.add_sample(&[l_leaf, l_main], &[v, v * 1000], &[]);
+    encode_profile_gzip(&b.finish())
+}
+
+/// Pushes profiles `from..` until `deadline`, returning the acknowledged ones. Returns right after
+/// a 200 so that the caller's SIGKILL follows an acknowledgement immediately.
+fn push_until(port: u16, from: u64, deadline: Instant) -> Vec<u64> {
+    let client = reqwest::blocking::Client::new();
+    let url = format!("http://127.0.0.1:{port}/push.v1.PusherService/Push");
+    let mut acked = Vec::new();
+    let mut i = from;
+    loop {
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/proto")
+            .body(push_body(&format!("svc{}", i % 3), &profile(i)))
+            .send()
+            .expect("server up while pushing");
+        assert!(resp.status().is_success(), "push {i}: {}", resp.status());
+        acked.push(i);
+        i += 1;
+        if Instant::now() >= deadline {
+            return acked;
+        }
+    }
+}
+
+/// Self value of every `f{i}` function in the stored data.
+fn stored(port: u16) -> BTreeMap<u64, i64> {
+    let url = format!(
+        "http://127.0.0.1:{port}/api/v1/top?from=0&until=now&profile_type=samples:count&limit=100000"
+    );
+    let v: Value = reqwest::blocking::get(url).unwrap().json().unwrap();
+    v["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| {
+            let i = f["name"].as_str()?.strip_prefix('f')?.parse().ok()?;
+            Some((i, f["self"].as_i64()?))
+        })
+        .collect()
+}
+
+fn block_files(dir: &Path) -> usize {
+    let blocks = dir.join("segments/blocks");
+    std::fs::read_dir(blocks).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "blk"))
+            .count()
+    })
+}
+
+#[test]
+fn acknowledged_pushes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = Vec::new();
+    let mut next = 0;
+    for round in 0..3 {
+        let port = free_port();
+        let mut server = start(dir.path(), port);
+        let got = push_until(port, next, Instant::now() + Duration::from_millis(1500));
+        // SIGKILL, right after the last 200.
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+        next = got.last().map_or(next, |l| l + 1);
+        acked.extend(got);
+        eprintln!(
+            "round {round}: {} acknowledged so far, {} block files",
+            acked.len(),
+            block_files(dir.path())
+        );
+    }
+    let port = free_port();
+    let _server = start(dir.path(), port);
+    let stored = stored(port);
+    for &i in &acked {
+        assert_eq!(
+            stored.get(&i),
+            Some(&(i as i64 + 1)),
+            "profile {i} acknowledged but missing or duplicated after kill -9"
+        );
+    }
+    assert_eq!(stored.len(), acked.len(), "nothing unacknowledged appears");
+    assert!(
+        block_files(dir.path()) > 0,
+        "the engine flushed into blocks during the test"
+    );
+}
