@@ -110,6 +110,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/flamegraph", get(query::flamegraph_handler))
         .route("/api/v1/top", get(query::top_handler))
         .route("/api/v1/pprof", get(query::pprof_handler))
+        .route("/api/v1/series", get(query::series::series_handler))
+        .route("/api/v1/diff", get(query::diff::diff_handler))
+        // `go tool pprof http://host:port` (a bare host) fetches this path.
+        .route("/debug/pprof/profile", get(query::debug_profile_handler))
+        .route(
+            &format!("{}/{{method}}", kiln_proto::querier::SERVICE_PATH),
+            axum::routing::post(query::querier::connect_handler),
+        )
+        .route("/pyroscope/render", get(query::render::render_handler))
+        .route(
+            "/pyroscope/render-diff",
+            get(query::render::render_diff_handler),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics_handler))
         .route("/", get(web::index))

@@ -1,11 +1,15 @@
 //! The flame-graph JSON: the merged tree, children by total descending, cut to `max_nodes` with the
 //! rest folded into `(other)` nodes so every total still adds up.
 //!
+//! The cut is computed once into a [`View`] (the nodes shown, with their `(other)` nodes), which
+//! every flame-graph output shares: this JSON, Pyroscope's level encoding ([`super::flamebearer`])
+//! and the diff ([`super::diff`]). So all of them hide exactly the same nodes.
+//!
 //! The JSON is written iteratively: stacks can be thousands of frames deep and a recursive
 //! serializer would risk the thread's stack.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt::Write as _;
 
 use super::merge::{ROOT, Tree};
@@ -13,10 +17,16 @@ use super::merge::{ROOT, Tree};
 pub const DEFAULT_MAX_NODES: usize = 8192;
 pub const OTHER: &str = "(other)";
 
-/// Which nodes to show: the largest-total ones, as a connected tree from the root, such that shown
-/// nodes plus the `(other)` nodes they need fit in `max_nodes` (the root is always shown).
-fn select(tree: &Tree, children: &[Vec<u32>], max_nodes: usize) -> Vec<bool> {
-    let n = tree.nodes.len();
+/// Which nodes of an arena (parents before children, node 0 the root) to show: the largest-weight
+/// ones, as a connected tree from the root, such that shown nodes plus the `(other)` nodes they need
+/// fit in `max_nodes` (the root is always shown).
+pub(crate) fn select(
+    parent: impl Fn(u32) -> u32,
+    weight: impl Fn(u32) -> i64,
+    children: &[Vec<u32>],
+    max_nodes: usize,
+) -> Vec<bool> {
+    let n = children.len();
     let mut included = vec![false; n];
     let mut order = Vec::with_capacity(n.min(max_nodes.saturating_add(1)));
     let mut remaining: Vec<u32> = children.iter().map(|c| c.len() as u32).collect();
@@ -28,7 +38,7 @@ fn select(tree: &Tree, children: &[Vec<u32>], max_nodes: usize) -> Vec<bool> {
                        others: &mut usize| {
         order.push(node);
         if node != ROOT {
-            let parent = tree.nodes[node as usize].parent as usize;
+            let parent = parent(node) as usize;
             remaining[parent] -= 1;
             if remaining[parent] == 0 {
                 *others -= 1;
@@ -38,7 +48,7 @@ fn select(tree: &Tree, children: &[Vec<u32>], max_nodes: usize) -> Vec<bool> {
             *others += 1;
         }
         for &c in &children[node as usize] {
-            heap.push((tree.nodes[c as usize].total, Reverse(c)));
+            heap.push((weight(c), Reverse(c)));
         }
     };
     include(ROOT, &mut order, &mut heap, &mut others);
@@ -58,85 +68,175 @@ fn select(tree: &Tree, children: &[Vec<u32>], max_nodes: usize) -> Vec<bool> {
     included
 }
 
-enum Item {
-    Node(u32),
-    Other(i64),
+/// What a flame-graph node carries: self and total, or one such pair per side of a diff.
+pub trait NodeValue: Copy + Default {
+    /// How wide the node is, for ordering siblings and choosing what to show.
+    fn weight(&self) -> i64;
+    /// Folds a hidden child into an `(other)` node (whose self is its total: nothing is below it).
+    fn fold(&mut self, hidden: &Self);
 }
 
-fn push_json_str(out: &mut String, s: &str) {
+/// Self and total of one node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Values {
+    pub self_value: i64,
+    pub total: i64,
+}
+
+impl NodeValue for Values {
+    fn weight(&self) -> i64 {
+        self.total
+    }
+    fn fold(&mut self, hidden: &Self) {
+        self.total = self.total.saturating_add(hidden.total);
+        self.self_value = self.total;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ViewNode<V> {
+    /// Index into [`View::names`].
+    pub name: u32,
+    pub value: V,
+    /// Shown children, widest first (an `(other)` node among them by its width).
+    pub children: Vec<u32>,
+}
+
+/// The shown part of a tree. Node 0 is the root; names hold only names that are shown.
+#[derive(Clone, Debug)]
+pub struct View<V> {
+    pub names: Vec<String>,
+    pub nodes: Vec<ViewNode<V>>,
+    /// Nodes of the full tree left out (stood for by `(other)` nodes).
+    pub truncated: usize,
+}
+
+/// Builds the view of an arena (parents before children, node 0 the root) of `n` nodes.
+pub(crate) fn build_view<'a, V: NodeValue>(
+    n: usize,
+    parent: impl Fn(u32) -> u32,
+    name: impl Fn(u32) -> &'a str,
+    value: impl Fn(u32) -> V,
+    max_nodes: usize,
+) -> View<V> {
+    let mut children = vec![Vec::new(); n];
+    for i in 1..n as u32 {
+        children[parent(i) as usize].push(i);
+    }
+    for list in &mut children {
+        list.sort_by(|&a, &b| {
+            value(b)
+                .weight()
+                .cmp(&value(a).weight())
+                .then_with(|| name(a).cmp(name(b)))
+        });
+    }
+    let included = select(&parent, |i| value(i).weight(), &children, max_nodes);
+    let truncated = included.iter().filter(|&&i| !i).count();
+
+    let mut names: Vec<String> = Vec::new();
+    let mut name_ids: HashMap<&str, u32> = HashMap::new();
+    let mut intern = |s: &'a str, names: &mut Vec<String>| -> u32 {
+        *name_ids.entry(s).or_insert_with(|| {
+            names.push(s.to_owned());
+            (names.len() - 1) as u32
+        })
+    };
+    let mut nodes = vec![ViewNode {
+        name: intern(name(ROOT), &mut names),
+        value: value(ROOT),
+        children: Vec::new(),
+    }];
+    // (tree node, its view node)
+    let mut stack = vec![(ROOT, 0usize)];
+    while let Some((node, at)) = stack.pop() {
+        let mut other: Option<V> = None;
+        let mut shown = Vec::new();
+        for &c in &children[node as usize] {
+            if included[c as usize] {
+                shown.push(c);
+            } else {
+                other.get_or_insert_with(V::default).fold(&value(c));
+            }
+        }
+        let mut kids = Vec::with_capacity(shown.len() + 1);
+        for c in shown {
+            let idx = nodes.len();
+            nodes.push(ViewNode {
+                name: intern(name(c), &mut names),
+                value: value(c),
+                children: Vec::new(),
+            });
+            kids.push(idx as u32);
+            stack.push((c, idx));
+        }
+        if let Some(o) = other {
+            let idx = nodes.len() as u32;
+            nodes.push(ViewNode {
+                name: intern(OTHER, &mut names),
+                value: o,
+                children: Vec::new(),
+            });
+            // Keep the children ordered by width with `(other)` among them.
+            let at = kids
+                .iter()
+                .position(|&k| nodes[k as usize].value.weight() < o.weight())
+                .unwrap_or(kids.len());
+            kids.insert(at, idx);
+        }
+        nodes[at].children = kids;
+    }
+    View {
+        names,
+        nodes,
+        truncated,
+    }
+}
+
+/// The view of a merged tree.
+pub fn view(tree: &Tree, max_nodes: usize) -> View<Values> {
+    build_view(
+        tree.nodes.len(),
+        |i| tree.nodes[i as usize].parent,
+        |i| tree.names[tree.nodes[i as usize].name as usize].as_str(),
+        |i| {
+            let n = &tree.nodes[i as usize];
+            Values {
+                self_value: n.self_value,
+                total: n.total,
+            }
+        },
+        max_nodes,
+    )
+}
+
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
     match serde_json::to_string(s) {
         Ok(q) => out.push_str(&q),
         Err(_) => out.push_str("\"?\""),
     }
 }
 
-/// Renders the `/api/v1/flamegraph` response body.
-pub fn render(tree: &Tree, max_nodes: usize, profile_type: &str) -> String {
-    let mut children = tree.child_lists();
-    for list in &mut children {
-        list.sort_by(|&a, &b| {
-            let (na, nb) = (&tree.nodes[a as usize], &tree.nodes[b as usize]);
-            nb.total
-                .cmp(&na.total)
-                .then_with(|| tree.names[na.name as usize].cmp(&tree.names[nb.name as usize]))
-        });
-    }
-    let included = select(tree, &children, max_nodes);
-    let truncated = included.iter().filter(|&&i| !i).count();
-    let unit = profile_type.split_once(':').map_or("", |(_, u)| u);
-
-    let mut out = String::with_capacity(64 + tree.nodes.len().min(max_nodes) * 64);
-    let _ = write!(out, "{{\"total\":{},\"unit\":", tree.total());
-    push_json_str(&mut out, unit);
-    out.push_str(",\"profile_type\":");
-    push_json_str(&mut out, profile_type);
-    let _ = write!(out, ",\"profiles\":{}", tree.profiles);
-    if truncated > 0 {
-        let _ = write!(out, ",\"truncated_nodes\":{truncated}");
-    }
-    out.push_str(",\"root\":");
-
-    let items_of = |node: u32| -> Vec<Item> {
-        let mut items = Vec::new();
-        let mut other = 0i64;
-        for &c in &children[node as usize] {
-            if included[c as usize] {
-                items.push(Item::Node(c));
-            } else {
-                other = other.saturating_add(tree.nodes[c as usize].total);
-            }
-        }
-        if other != 0
-            || children[node as usize]
-                .iter()
-                .any(|&c| !included[c as usize])
-        {
-            // Keep the children ordered by total with `(other)` among them.
-            let at = items
-                .iter()
-                .position(|i| matches!(i, Item::Node(c) if tree.nodes[*c as usize].total < other))
-                .unwrap_or(items.len());
-            items.insert(at, Item::Other(other));
-        }
-        items
-    };
-
-    // Each stack entry: a node's child items and how many have been written.
-    let mut stack: Vec<(Vec<Item>, usize)> = Vec::new();
+/// Writes `view` as nested `{"name": .., <fields>, "children": [..]}` objects, iteratively.
+/// `fields` writes a node's value fields, each preceded by a comma.
+pub(crate) fn write_tree_json<V>(
+    out: &mut String,
+    view: &View<V>,
+    fields: impl Fn(&mut String, &V),
+) {
     let open = |out: &mut String, node: u32| {
-        let n = &tree.nodes[node as usize];
+        let n = &view.nodes[node as usize];
         out.push_str("{\"name\":");
-        push_json_str(out, &tree.names[n.name as usize]);
-        let _ = write!(
-            out,
-            ",\"self\":{},\"total\":{},\"children\":[",
-            n.self_value, n.total
-        );
+        push_json_str(out, &view.names[n.name as usize]);
+        fields(out, &n.value);
+        out.push_str(",\"children\":[");
     };
-    open(&mut out, ROOT);
-    stack.push((items_of(ROOT), 0));
-    while let Some((items, next)) = stack.last_mut() {
-        if *next == items.len() {
+    // Each entry: a node and how many of its children have been written.
+    let mut stack: Vec<(u32, usize)> = vec![(ROOT, 0)];
+    open(out, ROOT);
+    while let Some((node, next)) = stack.last_mut() {
+        let kids = &view.nodes[*node as usize].children;
+        if *next == kids.len() {
             out.push_str("]}");
             stack.pop();
             continue;
@@ -144,21 +244,30 @@ pub fn render(tree: &Tree, max_nodes: usize, profile_type: &str) -> String {
         if *next > 0 {
             out.push(',');
         }
-        let item = &items[*next];
+        let child = kids[*next];
         *next += 1;
-        match *item {
-            Item::Other(total) => {
-                out.push_str("{\"name\":");
-                push_json_str(&mut out, OTHER);
-                let _ = write!(out, ",\"self\":{total},\"total\":{total},\"children\":[]}}");
-            }
-            Item::Node(c) => {
-                open(&mut out, c);
-                let items = items_of(c);
-                stack.push((items, 0));
-            }
-        }
+        open(out, child);
+        stack.push((child, 0));
     }
+}
+
+/// Renders the `/api/v1/flamegraph` response body.
+pub fn render(tree: &Tree, max_nodes: usize, profile_type: &str) -> String {
+    let view = view(tree, max_nodes);
+    let unit = profile_type.split_once(':').map_or("", |(_, u)| u);
+    let mut out = String::with_capacity(64 + view.nodes.len() * 64);
+    let _ = write!(out, "{{\"total\":{},\"unit\":", tree.total());
+    push_json_str(&mut out, unit);
+    out.push_str(",\"profile_type\":");
+    push_json_str(&mut out, profile_type);
+    let _ = write!(out, ",\"profiles\":{}", tree.profiles);
+    if view.truncated > 0 {
+        let _ = write!(out, ",\"truncated_nodes\":{}", view.truncated);
+    }
+    out.push_str(",\"root\":");
+    write_tree_json(&mut out, &view, |out, v| {
+        let _ = write!(out, ",\"self\":{},\"total\":{}", v.self_value, v.total);
+    });
     out.push('}');
     out
 }

@@ -1,11 +1,17 @@
 //! Query: selection parameters shared by every endpoint, and one module per output (flame graph,
-//! top table, pprof, labels).
+//! top table, pprof, labels, series, diff), plus Pyroscope's query surfaces (the Connect
+//! `querier.v1` service and the legacy `/pyroscope/render`).
 
+pub mod diff;
+pub mod flamebearer;
 pub mod flamegraph;
 pub mod labels;
 pub mod merge;
 pub mod pprof;
+pub mod querier;
+pub mod render;
 pub mod selector;
+pub mod series;
 pub mod symbolize;
 pub mod time;
 pub mod top;
@@ -38,6 +44,14 @@ pub struct Params {
     pub profile_type: Option<String>,
     pub max_nodes: Option<String>,
     pub limit: Option<String>,
+    /// `/api/v1/series`: comma-separated label names.
+    pub group_by: Option<String>,
+    /// `/api/v1/series`: bucket width in seconds.
+    pub step: Option<String>,
+    /// `/api/v1/series`: `sum` (default) or `avg`.
+    pub aggregation: Option<String>,
+    /// pprof: the last N seconds when `from` is absent (what `go tool pprof -seconds N` sends).
+    pub seconds: Option<String>,
 }
 
 /// Validated selection.
@@ -99,17 +113,22 @@ impl Params {
         value: Option<&String>,
         default: usize,
     ) -> Result<usize, ApiError> {
-        match value.map(|s| s.trim()) {
-            None | Some("") => Ok(default),
-            Some(s) => s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                ApiError::bad_request(format!("{name} must be a positive integer, got {s:?}"))
-            }),
-        }
+        positive(name, value.map(String::as_str), default)
+    }
+}
+
+/// Parses an optional positive integer parameter named `name`.
+pub(crate) fn positive(name: &str, value: Option<&str>, default: usize) -> Result<usize, ApiError> {
+    match value.map(|s| s.trim()) {
+        None | Some("") => Ok(default),
+        Some(s) => s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            ApiError::bad_request(format!("{name} must be a positive integer, got {s:?}"))
+        }),
     }
 }
 
 /// Reads and merges the selection into a tree (blocking: call from `spawn_blocking`).
-fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiError> {
+pub(crate) fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiError> {
     let mut tree = Tree::new();
     let mut resolver = Resolver::new(Some(&state.debuginfo));
     state
@@ -183,32 +202,80 @@ pub async fn top_handler(
     Ok(axum::Json(resp).into_response())
 }
 
+/// Merges every selected profile into one symbolized pprof (blocking: call from `spawn_blocking`).
+/// With `only_type` (a `type:unit`), just that sample type; else all the selection has, with
+/// `preferred` as the default sample type when present.
+pub(crate) fn merged_pprof(
+    state: &AppState,
+    sel: &Selection,
+    only_type: Option<&str>,
+    preferred: Option<&str>,
+) -> Result<kiln_proto::pprof::Profile, ApiError> {
+    let types = match only_type {
+        Some(t) => vec![t.to_owned()],
+        None => state.store.profile_types(&sel.selector, sel.range),
+    };
+    let mut merger = pprof::PprofMerger::new(&types);
+    let mut resolver = Resolver::new(Some(&state.debuginfo));
+    state
+        .store
+        .read(
+            ReadRequest {
+                selector: &sel.selector,
+                range: sel.range,
+                profile_type: only_type,
+            },
+            &mut |stored| merger.add(&stored.profile, stored.time_nanos, &mut resolver),
+        )
+        .map_err(ApiError::internal)?;
+    Ok(merger.finish(preferred.or(only_type)))
+}
+
 /// `GET /api/v1/pprof`: all sample types of the selection, merged, symbolized and gzipped.
+/// `seconds=N` without `from` selects the last N seconds (`go tool pprof -seconds N` appends it).
 pub async fn pprof_handler(
     State(state): State<AppState>,
     tenant: Tenant,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    pprof_response(state, tenant, params(q)?).await
+}
+
+/// Seconds served by `/debug/pprof/profile` without `?seconds=`: Go's own default.
+pub const DEFAULT_PROFILE_SECONDS: usize = 30;
+
+/// `GET /debug/pprof/profile?seconds=N`: what `go tool pprof http://host:port` fetches (a bare
+/// host becomes this path). Kiln profiles continuously, so instead of sampling for N seconds now it
+/// answers at once with everything stored for the last N seconds (default 30).
+pub async fn debug_profile_handler(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let mut p = params(q)?;
+    if p.seconds.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        p.seconds = Some(DEFAULT_PROFILE_SECONDS.to_string());
+    }
+    pprof_response(state, tenant, p).await
+}
+
+async fn pprof_response(
+    state: AppState,
+    tenant: Tenant,
+    mut p: Params,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let p = params(q)?;
+    if p.seconds.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+        let secs = positive("seconds", p.seconds.as_deref(), DEFAULT_PROFILE_SECONDS)?;
+        if p.from.as_deref().is_none_or(str::is_empty) {
+            p.from = Some(format!("now-{secs}s"));
+        }
+    }
     let sel = p.selection()?.for_tenant(&tenant);
     let preferred = p.profile_type.clone().filter(|t| !t.trim().is_empty());
     let st = state.clone();
     let body = tokio::task::spawn_blocking(move || {
-        let types = st.store.profile_types(&sel.selector, sel.range);
-        let mut merger = pprof::PprofMerger::new(&types);
-        let mut resolver = Resolver::new(Some(&st.debuginfo));
-        st.store
-            .read(
-                ReadRequest {
-                    selector: &sel.selector,
-                    range: sel.range,
-                    profile_type: None,
-                },
-                &mut |stored| merger.add(&stored.profile, stored.time_nanos, &mut resolver),
-            )
-            .map_err(ApiError::internal)?;
-        let profile = merger.finish(preferred.as_deref());
+        let profile = merged_pprof(&st, &sel, None, preferred.as_deref())?;
         Ok::<_, ApiError>(kiln_proto::encode_profile_gzip(&profile))
     })
     .await??;
