@@ -598,6 +598,13 @@ async fn connect_errors_use_connect_codes() {
             "invalid_argument",
         ),
         (
+            "ProfileTypes",
+            "application/json",
+            br#"{"start": "2000", "end": "1000"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
             "SelectHeatmap",
             "application/proto",
             Vec::new(),
@@ -612,6 +619,25 @@ async fn connect_errors_use_connect_codes() {
         assert_eq!(v["code"], code, "{method}: {v}");
         assert!(!v["message"].as_str().unwrap().is_empty());
     }
+
+    // Another tenant sees none of the default tenant's data.
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/querier.v1.QuerierService/LabelValues")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("X-Scope-OrgID", "someone-else")
+                .body(Body::from(r#"{"name": "service_name"}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["names"], serde_json::json!([]), "{v}");
 }
 
 // ---------------------------------------------------------------------------------------------

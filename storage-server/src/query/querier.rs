@@ -35,7 +35,6 @@ use super::diff::DiffTree;
 use super::flamegraph::{DEFAULT_MAX_NODES, view};
 use super::selector::Matcher;
 use super::series::{self, Aggregation, SeriesQuery};
-use super::time::TimeRange;
 use super::{Params, Selection, build_tree, flamebearer, merged_pprof};
 use crate::AppState;
 use crate::error::ApiError;
@@ -390,7 +389,7 @@ pub fn period_for(sample_type: &str, unit: &str) -> (String, String) {
 
 /// A selection from a Pyroscope label selector and millisecond range. The selector and tenant go
 /// through [`Params::selection`] like every other query; the exact range replaces the parsed one
-/// (both 0 = the default range).
+/// (a 0 `start` or `end` keeps that end of the default range: the last hour).
 fn selection(
     label_selector: &str,
     start_ms: i64,
@@ -403,17 +402,16 @@ fn selection(
     }
     .selection()?
     .for_tenant(tenant);
-    if start_ms != 0 || end_ms != 0 {
-        let range = TimeRange {
-            from: start_ms.saturating_mul(NS_PER_MS),
-            until: end_ms.saturating_mul(NS_PER_MS),
-        };
-        if range.from > range.until {
-            return Err(ConnectError::invalid(format!(
-                "start ({start_ms}) is after end ({end_ms})"
-            )));
-        }
-        sel.range = range;
+    if start_ms != 0 {
+        sel.range.from = start_ms.saturating_mul(NS_PER_MS);
+    }
+    if end_ms != 0 {
+        sel.range.until = end_ms.saturating_mul(NS_PER_MS);
+    }
+    if sel.range.from > sel.range.until {
+        return Err(ConnectError::invalid(format!(
+            "start ({start_ms}) is after end ({end_ms})"
+        )));
     }
     Ok(sel)
 }
