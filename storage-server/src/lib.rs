@@ -93,7 +93,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(ingest::push::push),
         )
         .route("/ingest", axum::routing::post(ingest::legacy::ingest))
-        .route("/pyroscope/ingest", axum::routing::post(ingest::legacy::ingest))
+        .route(
+            "/pyroscope/ingest",
+            axum::routing::post(ingest::legacy::ingest),
+        )
         .route(
             "/debuginfo/v1/{build_id}",
             get(debuginfo::get_debuginfo)
