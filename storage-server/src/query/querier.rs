@@ -372,9 +372,12 @@ pub fn parse_profile_type_id(id: &str) -> Result<(&str, String), ConnectError> {
     }
 }
 
-/// The period Pyroscope reports with a sample type (Kiln stores periods but does not index them).
-pub fn period_for(sample_type: &str, unit: &str) -> (String, String) {
+/// The period Pyroscope reports with a sample type of profile `name` (Kiln stores periods but
+/// does not index them).
+pub fn period_for(name: &str, sample_type: &str, unit: &str) -> (String, String) {
     let (t, u) = match (sample_type, unit) {
+        // Wall-clock profiles (Node.js) count samples per wall-time period.
+        ("samples", "count") if name == "wall" => ("wall", "nanoseconds"),
         ("cpu", "nanoseconds") | ("samples", "count") => ("cpu", "nanoseconds"),
         ("wall", _) => ("wall", "nanoseconds"),
         ("alloc_objects" | "alloc_space" | "inuse_objects" | "inuse_space", _) => {
@@ -478,7 +481,7 @@ fn profile_types(
             let Some((ty, unit)) = t.split_once(':') else {
                 continue;
             };
-            let (pt, pu) = period_for(ty, unit);
+            let (pt, pu) = period_for(&name, ty, unit);
             out.push(ProfileType {
                 id: format!("{name}:{ty}:{unit}:{pt}:{pu}"),
                 name: name.clone(),
@@ -598,14 +601,21 @@ mod tests {
         assert!(parse_profile_type_id("cpu:nanoseconds").is_err());
         assert!(parse_profile_type_id("a::b:c:d").is_err());
         assert_eq!(
-            period_for("samples", "count"),
+            period_for("process_cpu", "samples", "count"),
             ("cpu".into(), "nanoseconds".into())
         );
         assert_eq!(
-            period_for("inuse_space", "bytes"),
+            period_for("wall", "samples", "count"),
+            ("wall".into(), "nanoseconds".into())
+        );
+        assert_eq!(
+            period_for("memory", "inuse_space", "bytes"),
             ("space".into(), "bytes".into())
         );
-        assert_eq!(period_for("odd", "units"), ("odd".into(), "units".into()));
+        assert_eq!(
+            period_for("x", "odd", "units"),
+            ("odd".into(), "units".into())
+        );
     }
 
     #[test]
