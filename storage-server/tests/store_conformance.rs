@@ -258,11 +258,75 @@ pub fn conformance<S: Store>(make: impl Fn(&Path, &StoreConfig) -> S) {
         profile_types(&make, stage);
         label_names_and_values(&make, stage);
         reopen_durability(&make, stage);
+        merged_reads_match(&make, stage);
     }
     torn_wal_tail(&make);
     retention_by_age_drops_oldest(&make);
     retention_by_size_drops_oldest(&make);
     compaction_preserves_totals(&make);
+}
+
+/// `read_merged` covers the same profiles and sums to the same values per stack as `read`.
+fn merged_reads_match<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, stage: Stage) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = make(dir.path(), &config());
+    let t = base();
+    for i in 0..6i64 {
+        let svc = ["m1", "m2"][i as usize % 2];
+        store
+            .append(vec![
+                new_profile(series(svc), t + i * SEC, &cpu_profile(i + 1, t + i * SEC)),
+                new_profile(series("w"), t + i * SEC, &wall_profile(t + i * SEC)),
+            ])
+            .unwrap();
+        if i == 3 {
+            settle(&store, stage);
+        }
+    }
+    for (q, range, ty) in [
+        ("", TimeRange::ALL, "cpu:nanoseconds"),
+        ("", TimeRange::ALL, "wall:nanoseconds"),
+        (r#"{service_name="m1"}"#, TimeRange::ALL, "samples:count"),
+        (
+            "",
+            TimeRange {
+                from: t + SEC,
+                until: t + 4 * SEC,
+            },
+            "samples:count",
+        ),
+    ] {
+        let selector = sel(q);
+        let req = ReadRequest {
+            selector: &selector,
+            range,
+            profile_type: Some(ty),
+        };
+        // Per stack (frame names, leaf first): summed values.
+        let stacks = |p: &Profile, acc: &mut BTreeMap<Vec<String>, i64>| {
+            let i = types_of(p).iter().position(|x| x == ty).unwrap();
+            let c = canonical(p);
+            for ((stack, _), v) in c.samples {
+                *acc.entry(stack).or_default() += v[i];
+            }
+        };
+        let mut plain = BTreeMap::new();
+        let n_plain = store
+            .read(req, &mut |p| stacks(&p.profile, &mut plain))
+            .unwrap();
+        let mut merged = BTreeMap::new();
+        let mut covered = 0;
+        let n_merged = store
+            .read_merged(req, &mut |m| {
+                covered += m.profiles;
+                stacks(&m.profile, &mut merged)
+            })
+            .unwrap();
+        assert_eq!(merged, plain, "{q} {ty} {stage:?}");
+        assert_eq!(n_merged, n_plain, "{q} {ty} {stage:?}");
+        assert_eq!(covered, n_plain, "{q} {ty} {stage:?}");
+        assert!(n_plain > 0);
+    }
 }
 
 fn round_trip<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, stage: Stage) {

@@ -760,6 +760,54 @@ impl Tables {
         })
     }
 
+    fn str(&self, id: i64) -> &str {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.symbols.strings.get(i))
+            .map_or("", String::as_str)
+    }
+
+    /// Which value column of a profile holds `profile_type` (`type:unit`).
+    fn value_index(&self, meta: &ProfileMeta, profile_type: &str) -> Option<usize> {
+        let (ty, unit) = profile_type.split_once(':')?;
+        meta.sample_types
+            .iter()
+            .position(|vt| self.str(vt.r#type) == ty && self.str(vt.unit) == unit)
+    }
+
+    /// A pprof with the single sample type `profile_type` and one sample per stack of `stacks`
+    /// (block stack id → summed value): what a merge of the profiles they came from would see.
+    pub fn merged_profile(&self, profile_type: &str, stacks: &HashMap<u32, i64>) -> Profile {
+        let mut r = Rebuilder {
+            t: self,
+            p: Profile {
+                string_table: vec![String::new()],
+                ..Profile::default()
+            },
+            strings: HashMap::new(),
+            functions: HashMap::new(),
+            mappings: HashMap::new(),
+            locations: HashMap::new(),
+        };
+        let (ty, unit) = profile_type.split_once(':').unwrap_or((profile_type, ""));
+        r.p.string_table.push(ty.to_owned());
+        r.p.string_table.push(unit.to_owned());
+        r.p.sample_type = vec![ValueType { r#type: 1, unit: 2 }];
+        let mut ids: Vec<(&u32, &i64)> = stacks.iter().collect();
+        // Deterministic output whatever the hash order.
+        ids.sort_unstable();
+        r.p.sample.reserve(ids.len());
+        for (&stack, &value) in ids {
+            let location_id = self.stack(stack).iter().map(|&l| r.location(l)).collect();
+            r.p.sample.push(Sample {
+                location_id,
+                value: vec![value],
+                label: Vec::new(),
+            });
+        }
+        r.p
+    }
+
     fn stack(&self, id: u32) -> &[u32] {
         let i = id as usize;
         match (self.stack_starts.get(i), self.stack_starts.get(i + 1)) {
@@ -811,6 +859,42 @@ impl SeriesData {
             return Err(block_err(path, "series rows disagree with its profiles"));
         }
         Ok(SeriesData { profiles, rows })
+    }
+
+    /// Adds the `profile_type` values of the profiles `keep` accepts into `acc` (by stack id),
+    /// without rebuilding any pprof; returns how many profiles had that type.
+    pub fn aggregate(
+        &self,
+        tables: &Tables,
+        mut keep: impl FnMut(&ProfileMeta) -> bool,
+        profile_type: &str,
+        acc: &mut HashMap<u32, i64>,
+    ) -> usize {
+        let mut row = 0usize;
+        let mut value = 0usize;
+        let mut merged = 0;
+        for meta in &self.profiles {
+            let n = meta.rows as usize;
+            let cols = meta.sample_types.len();
+            if keep(meta)
+                && let Some(col) = tables.value_index(meta, profile_type)
+            {
+                merged += 1;
+                let deltas = &self.rows.stack_deltas[row..row + n];
+                let values = &self.rows.values[value + col * n..value + (col + 1) * n];
+                let mut stack = 0u32;
+                for (&d, &v) in deltas.iter().zip(values) {
+                    stack = stack.wrapping_add(d);
+                    if v != 0 {
+                        let e = acc.entry(stack).or_insert(0);
+                        *e = e.saturating_add(v);
+                    }
+                }
+            }
+            row += n;
+            value += n * cols;
+        }
+        merged
     }
 
     /// Rebuilds each profile as a pprof (with only the symbols it uses), calling `visit` for those

@@ -31,7 +31,9 @@ use prost::Message;
 
 use super::block::{self, BlockBuilder, BlockMeta, Provenance, SeriesData, SeriesMeta, Tables};
 use super::segment::{self, FRAME_HEADER_LEN, FrameError, SEGMENT_MAGIC};
-use super::{Labels, NewProfile, ReadRequest, Store, StoreError, StoreStats, StoredProfile};
+use super::{
+    Labels, MergedProfile, NewProfile, ReadRequest, Store, StoreError, StoreStats, StoredProfile,
+};
 use crate::config::StoreConfig;
 use crate::query::selector::Selector;
 use crate::query::time::{self, TimeRange};
@@ -1017,6 +1019,84 @@ impl Store for LocalStore {
                         labels: r.labels,
                         time_nanos: r.entry.time_nanos,
                         profile,
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "skipping unreadable profile"),
+            }
+        }
+        Ok(n)
+    }
+
+    fn read_merged(
+        &self,
+        req: ReadRequest<'_>,
+        visit: &mut dyn FnMut(MergedProfile),
+    ) -> Result<usize, StoreError> {
+        let Some(profile_type) = req.profile_type else {
+            return self.read(req, &mut |p| {
+                visit(MergedProfile {
+                    profile: p.profile,
+                    profiles: 1,
+                })
+            });
+        };
+        let wants_type = |types: &[String]| types.iter().any(|p| p == profile_type);
+        let (head, blocks) = self.inner.snapshot(|l, e| {
+            req.range.contains(e.time_nanos)
+                && wants_type(&e.profile_types)
+                && req.selector.matches(l)
+        });
+        let mut n = 0;
+        for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
+            let series: Vec<&SeriesMeta> = b
+                .candidates(req.selector, req.range)
+                .filter(|(_, s)| wants_type(&s.profile_types))
+                .map(|(_, s)| s)
+                .collect();
+            if series.is_empty() {
+                continue;
+            }
+            let tables = match Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping unreadable block");
+                    continue;
+                }
+            };
+            let mut acc = HashMap::new();
+            let mut merged = 0;
+            for s in series {
+                match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
+                    Ok(data) => {
+                        merged += data.aggregate(
+                            &tables,
+                            |meta| req.range.contains(meta.time_nanos),
+                            profile_type,
+                            &mut acc,
+                        );
+                    }
+                    Err(e) => tracing::error!(error = %e, "skipping unreadable series"),
+                }
+            }
+            if merged > 0 {
+                n += merged;
+                visit(MergedProfile {
+                    profile: tables.merged_profile(profile_type, &acc),
+                    profiles: merged,
+                });
+            }
+        }
+        for r in head {
+            let profile = match &r.file {
+                Some(f) => self.inner.read_entry(&r.entry, f),
+                None => continue,
+            };
+            match profile {
+                Ok(profile) => {
+                    n += 1;
+                    visit(MergedProfile {
+                        profile,
+                        profiles: 1,
                     });
                 }
                 Err(e) => tracing::error!(error = %e, "skipping unreadable profile"),

@@ -87,6 +87,14 @@ pub struct StoredProfile {
     pub profile: Profile,
 }
 
+/// Stored profiles merged by the store for one profile type: `profile` holds (at least) that
+/// sample type and stands for `profiles` stored profiles. Merging it is equivalent to merging each.
+#[derive(Clone, Debug)]
+pub struct MergedProfile {
+    pub profile: Profile,
+    pub profiles: usize,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Bytes on disk: WAL segments plus blocks.
@@ -125,6 +133,23 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(StoredProfile),
     ) -> Result<usize, StoreError>;
     fn stats(&self) -> StoreStats;
+    /// Like [`Store::read`] for flame graphs and tables: calls `visit` with the selection already
+    /// merged where the store can do it cheaply (the local engine sums each block's rows by stack
+    /// id, so the caller resolves every stack once per block instead of once per profile). Sample
+    /// labels are not kept. Returns how many stored profiles were covered. The default passes
+    /// each profile through unmerged.
+    fn read_merged(
+        &self,
+        req: ReadRequest<'_>,
+        visit: &mut dyn FnMut(MergedProfile),
+    ) -> Result<usize, StoreError> {
+        self.read(req, &mut |p| {
+            visit(MergedProfile {
+                profile: p.profile,
+                profiles: 1,
+            })
+        })
+    }
     /// Moves everything appended so far out of the head into long-term storage (blocks) and
     /// truncates the WAL behind it. Implementations without a head do nothing. The engine also
     /// does this by itself in the background; this is for tests, benchmarks and shutdown.
