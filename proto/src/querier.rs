@@ -111,6 +111,14 @@ pub struct LabelNamesResponse {
     pub names: Vec<String>,
 }
 
+/// `types.v1.Labels`: one label set.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Labels {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<LabelPair>,
+}
+
 /// `types.v1.TimeSeriesAggregationType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
@@ -140,6 +148,33 @@ pub struct ProfileTypesResponse {
     #[prost(message, repeated, tag = "1")]
     #[serde(alias = "profile_types")]
     pub profile_types: Vec<ProfileType>,
+}
+
+/// The label sets of the selected series (with Pyroscope's `__profile_type__` and friends).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SeriesRequest {
+    /// Label selectors; a series matching any of them counts. Empty: all.
+    #[prost(string, repeated, tag = "1")]
+    pub matchers: Vec<String>,
+    /// Only these labels of each set (distinct sets after projection); empty: all labels.
+    #[prost(string, repeated, tag = "2")]
+    #[serde(alias = "label_names")]
+    pub label_names: Vec<String>,
+    #[prost(int64, tag = "3")]
+    #[serde(with = "int64")]
+    pub start: i64,
+    #[prost(int64, tag = "4")]
+    #[serde(with = "int64")]
+    pub end: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SeriesResponse {
+    #[prost(message, repeated, tag = "2")]
+    #[serde(alias = "labels_set")]
+    pub labels_set: Vec<Labels>,
 }
 
 /// `querier.v1.ProfileFormat`.

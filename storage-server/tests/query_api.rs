@@ -395,6 +395,41 @@ async fn connect_querier_proto_and_json() {
         .await;
         assert_eq!(resp.names, ["2", "3"], "{codec:?}");
 
+        // Series: label sets with Pyroscope's synthetic profile-type labels, projected.
+        let resp: SeriesResponse = connect(
+            &app,
+            codec,
+            "Series",
+            &SeriesRequest {
+                matchers: vec!["{service_name=\"b\"}".into()],
+                label_names: vec!["service_name".into(), "__profile_type__".into()],
+                start,
+                end,
+            },
+        )
+        .await;
+        let sets: Vec<Vec<(String, String)>> = resp
+            .labels_set
+            .iter()
+            .map(|l| {
+                l.labels
+                    .iter()
+                    .map(|p| (p.name.clone(), p.value.clone()))
+                    .collect()
+            })
+            .collect();
+        let set = |t: &str| {
+            vec![
+                ("__profile_type__".to_owned(), t.to_owned()),
+                ("service_name".to_owned(), "b".to_owned()),
+            ]
+        };
+        assert_eq!(
+            sets,
+            [set(CPU), set("process_cpu:samples:count:cpu:nanoseconds")],
+            "{codec:?}"
+        );
+
         // SelectMergeStacktraces: the levels decode into exactly Kiln's own flame graph, whole
         // and truncated.
         for max_nodes in [None, Some(4)] {

@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use kiln_proto::pprof::Profile;
 use kiln_proto::querier::{
     DiffRequest, DiffResponse, LabelNamesRequest, LabelNamesResponse, LabelPair,
-    LabelValuesRequest, LabelValuesResponse, Point, ProfileType, ProfileTypesRequest,
+    LabelValuesRequest, LabelValuesResponse, Labels, Point, ProfileType, ProfileTypesRequest,
     ProfileTypesResponse, SelectMergeProfileRequest, SelectMergeStacktracesRequest,
     SelectMergeStacktracesResponse, SelectSeriesRequest, SelectSeriesResponse, Series,
-    TimeSeriesAggregationType,
+    SeriesRequest, SeriesResponse, TimeSeriesAggregationType,
 };
 use prost::Message;
 use serde::Serialize;
@@ -38,6 +38,7 @@ use super::series::{self, Aggregation, SeriesQuery};
 use super::{Params, Selection, build_tree, flamebearer, merged_pprof};
 use crate::AppState;
 use crate::error::ApiError;
+use crate::store::ReadRequest;
 use crate::tenant::{TENANT_LABEL, Tenant};
 
 const NS_PER_MS: i64 = 1_000_000;
@@ -290,6 +291,11 @@ async fn dispatch(
             .await?;
             codec.reply(&resp)
         }
+        "Series" => {
+            let req: SeriesRequest = codec.decode(&body)?;
+            let resp = blocking(move || series_labels(&st, &tenant, &req)).await?;
+            codec.reply(&resp)
+        }
         "SelectSeries" => {
             let req: SelectSeriesRequest = codec.decode(&body)?;
             let resp = blocking(move || select_series(&st, &tenant, &req)).await?;
@@ -462,6 +468,80 @@ fn max_nodes(requested: Option<i64>) -> usize {
         .filter(|&n| n > 0)
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(DEFAULT_MAX_NODES)
+}
+
+/// `Series`: the distinct label sets of the selected series, one per profile type, with
+/// Pyroscope's synthetic labels (`__profile_type__`, `__type__`, `__unit__`, `__period_type__`,
+/// `__period_unit__`), projected onto `label_names` when given. Kiln keeps no series index apart
+/// from the profiles, so this reads the selected profiles (like a flame-graph query does).
+fn series_labels(
+    state: &AppState,
+    tenant: &Tenant,
+    req: &SeriesRequest,
+) -> Result<SeriesResponse, ConnectError> {
+    let all = [String::new()];
+    let matchers = if req.matchers.is_empty() {
+        &all[..]
+    } else {
+        &req.matchers[..]
+    };
+    let mut sets: BTreeSet<Vec<(String, String)>> = BTreeSet::new();
+    for m in matchers {
+        let sel = selection(m, req.start, req.end, tenant)?;
+        state
+            .store
+            .read(
+                ReadRequest {
+                    selector: &sel.selector,
+                    range: sel.range,
+                    profile_type: None,
+                },
+                &mut |stored| {
+                    let p = &stored.profile;
+                    let name = stored.labels.get("__name__").unwrap_or("");
+                    for st in &p.sample_type {
+                        let (ty, unit) = (p.str(st.r#type), p.str(st.unit));
+                        let (pt, pu) = match &p.period_type {
+                            Some(v) if !p.str(v.r#type).is_empty() => {
+                                (p.str(v.r#type).to_owned(), p.str(v.unit).to_owned())
+                            }
+                            _ => period_for(name, ty, unit),
+                        };
+                        let synthetic = [
+                            ("__profile_type__", format!("{name}:{ty}:{unit}:{pt}:{pu}")),
+                            ("__type__", ty.to_owned()),
+                            ("__unit__", unit.to_owned()),
+                            ("__period_type__", pt),
+                            ("__period_unit__", pu),
+                        ];
+                        let mut set: Vec<(String, String)> = stored
+                            .labels
+                            .iter()
+                            .filter(|(k, _)| *k != TENANT_LABEL)
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .chain(synthetic.into_iter().map(|(k, v)| (k.to_owned(), v)))
+                            .filter(|(k, _)| {
+                                req.label_names.is_empty() || req.label_names.contains(k)
+                            })
+                            .collect();
+                        set.sort();
+                        sets.insert(set);
+                    }
+                },
+            )
+            .map_err(ApiError::internal)?;
+    }
+    Ok(SeriesResponse {
+        labels_set: sets
+            .into_iter()
+            .map(|set| Labels {
+                labels: set
+                    .into_iter()
+                    .map(|(name, value)| LabelPair { name, value })
+                    .collect(),
+            })
+            .collect(),
+    })
 }
 
 fn profile_types(
