@@ -133,14 +133,19 @@ pub(crate) fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiE
     let mut resolver = Resolver::new(Some(&state.debuginfo));
     state
         .store
-        .read(
+        // Pre-merged by the store where it can (blocks summed by stack id), so each stack is
+        // resolved once per block rather than once per stored profile.
+        .read_merged(
             ReadRequest {
                 selector: &sel.selector,
                 range: sel.range,
                 profile_type: Some(&sel.profile_type),
             },
-            &mut |stored| {
-                tree.merge_profile(&stored.profile, &sel.profile_type, &mut resolver);
+            &mut |merged| {
+                if tree.merge_profile(&merged.profile, &sel.profile_type, &mut resolver) {
+                    // One merged profile can stand for many stored ones.
+                    tree.profiles += merged.profiles.saturating_sub(1);
+                }
             },
         )
         .map_err(ApiError::internal)?;
