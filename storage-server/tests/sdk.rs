@@ -43,6 +43,10 @@ struct Sdk {
     profile_type: &'static str,
     /// A substring of the busy function's frame name.
     function: &'static str,
+    /// The `__name__`s its uploads get.
+    metrics: &'static [&'static str],
+    /// Profile types (one per pprof sample type) that must be queryable.
+    types: &'static [&'static str],
 }
 
 fn sdks() -> Vec<Sdk> {
@@ -58,6 +62,8 @@ fn sdks() -> Vec<Sdk> {
             sdk_tag: "python-1",
             profile_type: "cpu:nanoseconds",
             function: "kiln_busy_work",
+            metrics: &["process_cpu"],
+            types: &["cpu:nanoseconds"],
         },
         Sdk {
             app: "kiln-sdk-py08",
@@ -67,6 +73,8 @@ fn sdks() -> Vec<Sdk> {
             sdk_tag: "python-0",
             profile_type: "cpu:nanoseconds",
             function: "kiln_busy_work",
+            metrics: &["process_cpu"],
+            types: &["cpu:nanoseconds"],
         },
         Sdk {
             app: "kiln-sdk-node",
@@ -76,6 +84,15 @@ fn sdks() -> Vec<Sdk> {
             sdk_tag: "nodejs",
             profile_type: "wall:nanoseconds",
             function: "kilnBusyWork",
+            // Its wall profile (with cpu time) and its heap profile.
+            metrics: &["memory", "wall"],
+            types: &[
+                "cpu:nanoseconds",
+                "inuse_objects:count",
+                "inuse_space:bytes",
+                "samples:count",
+                "wall:nanoseconds",
+            ],
         },
     ]
 }
@@ -261,6 +278,26 @@ async fn real_pyroscope_sdks_round_trip() {
                 )
             }
         };
+        assert_eq!(values("__name__").await, s.metrics, "{}", s.app);
+        let types = query(
+            &app,
+            s.tenant,
+            &format!("/api/v1/profile_types?{all}&query={}", enc(&sel(""))),
+        )
+        .await;
+        assert_eq!(strings(&types["profile_types"]), s.types, "{}", s.app);
+        for ty in s.types {
+            let fg = query(
+                &app,
+                s.tenant,
+                &format!(
+                    "/api/v1/flamegraph?{all}&profile_type={ty}&query={}",
+                    enc(&sel(""))
+                ),
+            )
+            .await;
+            assert!(fg["total"].as_i64().unwrap() > 0, "{} {ty}: {fg}", s.app);
+        }
         assert_eq!(values("sdk").await, [s.sdk_tag], "{}", s.app);
         assert_eq!(values("region").await, ["test-eu"], "{}", s.app);
         // The dynamic tag (tag_wrapper / wrapWithLabels) became a series label too.

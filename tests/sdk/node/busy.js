@@ -27,9 +27,13 @@ async function main() {
     wall: { collectCpuTime: true },
   });
   Pyroscope.start();
-  Pyroscope.wrapWithLabels({ phase: 'spin' }, () => {
-    kilnBusyWork(Date.now() + Number(seconds) * 1000);
-  });
+  // Spin in short slices and yield in between, as a real server would, so the SDK's flush timer
+  // fires and uploads its wall and heap profiles while the work goes on.
+  const end = Date.now() + Number(seconds) * 1000;
+  while (Date.now() < end) {
+    Pyroscope.wrapWithLabels({ phase: 'spin' }, () => kilnBusyWork(Date.now() + 50));
+    await new Promise((resolve) => setImmediate(resolve));
+  }
   await Pyroscope.stop();
   console.log('@pyroscope/nodejs: done');
 }
