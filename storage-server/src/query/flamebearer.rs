@@ -241,6 +241,57 @@ mod tests {
         assert_eq!(&fg.levels[3].values[..3], &[55, 30, 30]);
     }
 
+    /// The view as the decoder's tree type.
+    fn as_decoded(v: &View<Values>, node: u32) -> Decoded {
+        let n = &v.nodes[node as usize];
+        Decoded {
+            name: v.names[n.name as usize].clone(),
+            self_value: n.value.self_value,
+            total: n.value.total,
+            children: n.children.iter().map(|&c| as_decoded(v, c)).collect(),
+        }
+    }
+
+    #[test]
+    fn random_trees_round_trip_at_every_cut() {
+        // A small LCG: deterministic, no dependency.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for round in 0..30 {
+            let mut t = Tree::new();
+            let names: Vec<u32> = (0..6).map(|i| t.intern(&format!("f{i}"))).collect();
+            for _ in 0..(5 + round) {
+                let depth = 1 + next(6) as usize;
+                let path: Vec<u32> = (0..depth).map(|_| names[next(6) as usize]).collect();
+                t.add(path, 1 + next(1000) as i64);
+            }
+            for max_nodes in [1, 2, 3, 5, 8, 13, 1000] {
+                let v = view(&t, max_nodes);
+                let fg = encode(&v);
+                assert_eq!(fg.total, t.total());
+                assert_eq!(
+                    decode(&fg).unwrap(),
+                    as_decoded(&v, ROOT),
+                    "round {round} max {max_nodes}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_selection_is_a_lone_root() {
+        let fg = encode(&view(&Tree::new(), 100));
+        assert_eq!(fg.names, ["total"]);
+        assert_eq!(fg.levels.len(), 1);
+        assert_eq!(fg.levels[0].values, [0, 0, 0, 0]);
+        assert_eq!(decode(&fg).unwrap().children, []);
+    }
+
     #[test]
     fn decode_inverts_encode() {
         let fg = encode(&view(&tree(), 100));
