@@ -15,7 +15,7 @@ const els = {
   labelName: $("label-name"), labelValue: $("label-value"), profileType: $("profile-type"),
   range: $("range"), customRange: $("custom-range"), from: $("from"), until: $("until"),
   refresh: $("refresh"), auto: $("auto-refresh"), download: $("download-pprof"),
-  query: $("query"), search: $("search"), searchMatch: $("search-match"),
+  query: $("query"), compare: $("compare"), search: $("search"), searchMatch: $("search-match"),
   status: $("status"), error: $("error"), truncated: $("truncated-note"),
   breadcrumbs: $("breadcrumbs"), summary: $("summary"),
   container: $("flame-container"), canvas: $("flamegraph"), tooltip: $("tooltip"),
@@ -54,6 +54,10 @@ function readUrl() {
     search: p.get("search") || "",
     auto: p.get("auto") === "1",
     maxNodes: p.get("max_nodes") || "", // advanced, URL only: the server's node budget
+    // Diff mode: a baseline selector, and optionally its own range (URL only).
+    compare: p.get("compare") || "",
+    compareFrom: p.get("compare_from") || "",
+    compareUntil: p.get("compare_until") || "",
   };
   if (sel.value === "all") sel.value = "";
   if (!sel.range) sel.range = sel.from || sel.until ? "custom" : DEFAULTS.range;
@@ -77,6 +81,9 @@ function writeUrl() {
   if (s.search) p.set("search", s.search);
   if (s.auto) p.set("auto", "1");
   if (s.maxNodes) p.set("max_nodes", s.maxNodes);
+  if (s.compare) p.set("compare", s.compare);
+  if (s.compareFrom) p.set("compare_from", s.compareFrom);
+  if (s.compareUntil) p.set("compare_until", s.compareUntil);
   const qs = p.toString();
   const url = location.pathname + (qs ? "?" + qs : "") + location.hash;
   if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
@@ -173,13 +180,17 @@ async function load({ keepChoices = false } = {}) {
   try {
     const choices = keepChoices ? null : loadChoices(ctl.signal);
     const type = state.sel.type;
+    const maxNodes = state.sel.maxNodes ? { max_nodes: state.sel.maxNodes } : {};
+    const fgUrl = state.sel.compare
+      ? diffUrl({ profile_type: type, ...maxNodes })
+      : apiUrl("api/v1/flamegraph", { profile_type: type, ...maxNodes });
     const [fg, top] = await Promise.all([
-      getJson(apiUrl("api/v1/flamegraph", { profile_type: type, ...(state.sel.maxNodes ? { max_nodes: state.sel.maxNodes } : {}) }), ctl.signal),
+      getJson(fgUrl, ctl.signal),
       getJson(apiUrl("api/v1/top", { profile_type: type, limit: String(TOP_LIMIT) }), ctl.signal),
     ]);
     await choices;
     if (seq !== state.loadSeq) return;
-    state.data = normalize(fg);
+    state.data = state.sel.compare ? normalizeDiff(fg) : normalize(fg);
     state.top = top;
     const hasSamples = state.data.root.total > 0;
     if (hasSamples) {
@@ -219,6 +230,55 @@ function normalize(fg) {
   return { total: Number(fg.total) || root.total, unit: fg.unit || unitOf(state.sel.type), profiles: fg.profiles, root };
 }
 
+// /api/v1/diff: the baseline (`compare`, left) against the page's selection (right).
+function diffUrl(extra) {
+  const { from, until } = timeRange();
+  const s = state.sel;
+  const p = new URLSearchParams({
+    left_query: s.compare, left_from: s.compareFrom || from, left_until: s.compareUntil || until,
+    right_query: selector(), right_from: from, right_until: until, ...extra,
+  });
+  return `api/v1/diff?${p}`;
+}
+
+// A diff tree drawn like a flame graph: a frame is as wide as baseline + current together, and
+// `diff` keeps both sides for colour and tooltip.
+function normalizeDiff(d) {
+  const root = d.root ?? { name: "total", left_total: 0, right_total: 0, children: [] };
+  const stack = [root];
+  while (stack.length) {
+    const n = stack.pop();
+    n.diff = {
+      leftTotal: Number(n.left_total) || 0, leftSelf: Number(n.left_self) || 0,
+      rightTotal: Number(n.right_total) || 0, rightSelf: Number(n.right_self) || 0,
+    };
+    n.total = n.diff.leftTotal + n.diff.rightTotal;
+    n.self = n.diff.leftSelf + n.diff.rightSelf;
+    n.children = Array.isArray(n.children) ? n.children : [];
+    stack.push(...n.children);
+  }
+  return {
+    total: root.total, unit: d.unit || unitOf(state.sel.type), profiles: null, root,
+    diff: { left: Number(d.left?.total) || 0, right: Number(d.right?.total) || 0 },
+  };
+}
+
+// Change of a frame's share of its side's total: > 0 grew (red), < 0 shrank (green).
+function shareChange(diff) {
+  const t = state.data.diff;
+  const l = t.left > 0 ? diff.leftTotal / t.left : 0;
+  const r = t.right > 0 ? diff.rightTotal / t.right : 0;
+  return r - l;
+}
+
+function diffColor(diff) {
+  const c = shareChange(diff);
+  // Saturates at a 20-point change in share; near zero is a neutral grey.
+  const m = Math.min(1, Math.abs(c) / 0.2);
+  if (m < 0.02) return "hsl(220, 6%, 78%)";
+  return `hsl(${c > 0 ? 0 : 130}, ${40 + m * 45}%, ${82 - m * 30}%)`;
+}
+
 const unitOf = (type) => type.split(":")[1] || "";
 
 function setStatus(st, text) {
@@ -253,6 +313,7 @@ function syncControls() {
   els.from.value = toLocalInput(s.from);
   els.until.value = toLocalInput(s.until);
   els.query.value = selector();
+  els.compare.value = s.compare;
   els.auto.checked = s.auto;
   if (els.search.value !== s.search) els.search.value = s.search;
   els.labelName.disabled = els.labelValue.disabled = !!s.query;
@@ -316,6 +377,11 @@ els.query.addEventListener("keydown", (e) => {
   // An empty box (or the selector the dropdowns would build anyway) returns control to the dropdowns.
   const built = state.sel.value ? `{${state.sel.label}=${quote(state.sel.value)}}` : "{}";
   changeSel({ query: q && q !== built ? q : "" });
+});
+els.compare.addEventListener("keydown", (e) => {
+  if (e.key !== "Enter") return;
+  e.preventDefault();
+  changeSel({ compare: els.compare.value.trim() });
 });
 els.refresh.addEventListener("click", () => load());
 els.auto.addEventListener("change", () => {
@@ -557,6 +623,8 @@ function renderNow() {
     } else if (searching && !isRoot) {
       fill = pal.dim;
       textColor = pal.dimText;
+    } else if (state.data.diff && !isRoot) {
+      fill = diffColor(f.node.diff);
     } else {
       fill = frameColor(f.name, isRoot);
     }
@@ -591,6 +659,7 @@ function renderNow() {
 
 function rootLabel() {
   const d = state.data;
+  if (d.diff) return `baseline ${fmtValue(d.diff.left, d.unit)} → current ${fmtValue(d.diff.right, d.unit)}`;
   return `total — ${fmtValue(d.root.total, d.unit)}${d.profiles != null ? ` in ${d.profiles} profile${d.profiles === 1 ? "" : "s"}` : ""}`;
 }
 
@@ -632,7 +701,9 @@ function renderSummary() {
     els.summary.textContent = "";
     return;
   }
-  const parts = [`${state.sel.type}`, `total ${fmtValue(d.root.total, d.unit)}`];
+  const parts = d.diff
+    ? [`${state.sel.type}`, `diff: baseline ${fmtValue(d.diff.left, d.unit)}, current ${fmtValue(d.diff.right, d.unit)}`]
+    : [`${state.sel.type}`, `total ${fmtValue(d.root.total, d.unit)}`];
   if (d.profiles != null) parts.push(`${d.profiles} profile${d.profiles === 1 ? "" : "s"}`);
   if (state.zoomPath.length) {
     const z = zoomChain().at(-1);
@@ -681,11 +752,20 @@ function showTooltip(f, p) {
   const d = state.data;
   const t = els.tooltip;
   const pct = d.root.total > 0 ? (100 * f.total) / d.root.total : 0;
-  const rows = [
-    ["Total", `${fmtValue(f.total, d.unit)}`],
-    ["Self", `${fmtValue(f.self, d.unit)}`],
-    ["% of total", fmtPct(pct)],
-  ];
+  const x = f.node?.diff;
+  const share = (v, t) => (t > 0 ? ` (${fmtPct((100 * v) / t)})` : "");
+  const rows = x && d.diff
+    ? [
+      ["Baseline", `${fmtValue(x.leftTotal, d.unit)}${share(x.leftTotal, d.diff.left)}`],
+      ["Current", `${fmtValue(x.rightTotal, d.unit)}${share(x.rightTotal, d.diff.right)}`],
+      ["Self (base → cur)", `${fmtValue(x.leftSelf, d.unit)} → ${fmtValue(x.rightSelf, d.unit)}`],
+      ["Share change", `${shareChange(x) >= 0 ? "+" : "−"}${fmtPct(Math.abs(100 * shareChange(x)))} points`],
+    ]
+    : [
+      ["Total", `${fmtValue(f.total, d.unit)}`],
+      ["Self", `${fmtValue(f.self, d.unit)}`],
+      ["% of total", fmtPct(pct)],
+    ];
   if (state.zoomPath.length && !f.collapsed) {
     const z = zoomChain().at(-1);
     rows.push(["% of zoomed", fmtPct((100 * f.total) / z.total)]);
@@ -871,8 +951,8 @@ function fmtPct(p) {
 
 window.kiln = {
   /** Laid-out rectangles of the last render, canvas-relative CSS px. */
-  frames: () => state.frames.map(({ name, x, y, w, h, total, self, depth, collapsed, highlighted }) =>
-    ({ name, x, y, w, h, total, self, depth, collapsed, highlighted })),
+  frames: () => state.frames.map(({ name, x, y, w, h, total, self, depth, collapsed, highlighted, node }) =>
+    ({ name, x, y, w, h, total, self, depth, collapsed, highlighted, ...(node?.diff ? { diff: { ...node.diff } } : {}) })),
   status: () => state.status,
   zoomPath: () => [...state.zoomPath],
   selection: () => ({ ...state.sel, selector: selector(), ...timeRange() }),

@@ -430,6 +430,43 @@ test("Kiln web UI in a real browser", async (t) => {
     assert.equal((await frames(page)).find((f) => f.depth === 0).total, TOTAL_NS);
   });
 
+  await t.test("compare with a baseline: diff colours, both sides in frames and tooltip", async () => {
+    // A baseline with no samples: everything is new in the current selection.
+    const none = `{service_name=${quote(SERVICE + "-nothing")}}`;
+    await page.goto(`${url}&compare=${encodeURIComponent(none)}`);
+    await settle(page);
+    assert.equal(await page.evaluate(() => window.kiln.status()), "ok");
+    assert.equal(await page.locator("#compare").inputValue(), none);
+    let fs_ = await frames(page);
+    const root = fs_.find((f) => f.depth === 0);
+    assert.deepEqual(root.diff, { leftTotal: 0, leftSelf: 0, rightTotal: TOTAL_NS, rightSelf: 0 });
+    const fib = fs_.find((f) => f.name === "main.fib" && !f.collapsed);
+    assert.ok(fib && fib.diff.rightTotal > 0 && fib.diff.leftTotal === 0, "main.fib only in the current side");
+    const { pos } = await frameCenter(page, "main.fib");
+    await page.locator("#flamegraph").hover({ position: pos });
+    await page.locator("#tooltip").waitFor({ state: "visible" });
+    const tip = await page.locator("#tooltip").innerText();
+    assert.match(tip, /Baseline/);
+    assert.match(tip, /Current/);
+    assert.match(tip, /Share change\s+\+/);
+    // The same selection as baseline: nothing changed.
+    const same = `{service_name=${quote(SERVICE)}}`;
+    await page.locator("#compare").fill(same);
+    await page.locator("#compare").press("Enter");
+    await settle(page);
+    assert.equal(new URL(page.url()).searchParams.get("compare"), same);
+    fs_ = await frames(page);
+    assert.ok(fs_.length > 1);
+    for (const f of fs_) assert.equal(f.diff.leftTotal, f.diff.rightTotal, f.name);
+    // Empty + Enter leaves diff mode.
+    await page.locator("#compare").fill("");
+    await page.locator("#compare").press("Enter");
+    await settle(page);
+    assert.equal(new URL(page.url()).searchParams.get("compare"), null);
+    assert.equal((await frames(page)).find((f) => f.depth === 0).total, TOTAL_NS);
+    assert.equal((await frames(page)).find((f) => f.depth === 0).diff, undefined);
+  });
+
   await t.test("no uncaught errors in the page", () => {
     assert.deepEqual(pageErrors, []);
   });
