@@ -13,7 +13,7 @@ const web = path.join(here, "..");
 const repo = path.join(web, "..");
 const port = Number(process.argv[2] || process.env.PORT || 4199);
 
-function tree() {
+function tree(workBSelf = 1110e6) {
   const n = (name, self, children = []) => {
     const total = self + children.reduce((s, c) => s + c.total, 0);
     return { name, self, total, children: children.sort((a, b) => b.total - a.total) };
@@ -26,7 +26,7 @@ function tree() {
     n("runtime.main", 0, [
       n("main.main", 0, [
         n("main.workA", 0, [fib]),
-        n("main.workB", 1110e6, [n("runtime.asyncPreempt", 110e6)]),
+        n("main.workB", workBSelf, [n("runtime.asyncPreempt", 110e6)]),
         n("main.many", 0, other),
       ]),
     ]),
@@ -34,6 +34,19 @@ function tree() {
     n("libfoo.so+0x1a2b3", 80e6, [n("0x7f00deadbeef", 30e6)]),
     n("(other)", 12e6),
   ]);
+}
+
+// Two trees laid over each other by path of names, shaped like /api/v1/diff's root.
+function diffOf(l, r) {
+  const name = (l ?? r).name;
+  const none = { self: 0, total: 0, children: [] };
+  l ??= none;
+  r ??= none;
+  const names = [...new Set([...l.children, ...r.children].map((c) => c.name))];
+  const children = names
+    .map((nm) => diffOf(l.children.find((c) => c.name === nm), r.children.find((c) => c.name === nm)))
+    .sort((a, b) => Math.max(b.left_total, b.right_total) - Math.max(a.left_total, a.right_total));
+  return { name, left_self: l.self, left_total: l.total, right_self: r.self, right_total: r.total, children };
 }
 
 function topOf(root) {
@@ -87,6 +100,11 @@ http.createServer((req, res) => {
   const root = empty ? { name: "total", self: 0, total: 0, children: [] } : scaleTree(tree());
   if (u.pathname === "/api/v1/flamegraph") {
     return setTimeout(() => json(200, { total: root.total, unit, profile_type: pt, profiles: empty ? 0 : 3, root, ...(empty ? {} : { truncated_nodes: 17 }) }), 150);
+  }
+  if (u.pathname === "/api/v1/diff") {
+    // Baseline: main.workB a third as heavy, so the current selection shows it grown.
+    const d = diffOf(scaleTree(tree(370e6)), root);
+    return json(200, { unit, profile_type: pt, left: { total: d.left_total, profiles: 3 }, right: { total: d.right_total, profiles: 3 }, root: d });
   }
   if (u.pathname === "/api/v1/top") return json(200, { total: root.total, unit, functions: empty ? [] : topOf(root) });
   if (u.pathname === "/api/v1/pprof") {
