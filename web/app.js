@@ -653,6 +653,9 @@ function renderNow() {
     empty: "Try a longer time range or another process, or check that an agent is sending profiles.",
     error: "No flame graph: see the error above.",
   }[state.status] ?? "";
+  const diffMode = !!state.data?.diff;
+  $("legend").hidden = diffMode;
+  $("legend-diff").hidden = !diffMode;
   renderBreadcrumbs();
   renderSummary();
 }
