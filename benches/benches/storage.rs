@@ -67,7 +67,7 @@ fn stack_pool(rng: &mut Rng) -> Vec<Stack> {
             user.push(0x40_0000 + (rng.next() % 8192) * 16);
         }
         user.truncate(48);
-        let kernel = if rng.next() % 5 == 0 {
+        let kernel = if rng.next().is_multiple_of(5) {
             KERNEL[..2 + (rng.next() % 4) as usize].to_vec()
         } else {
             Vec::new()
