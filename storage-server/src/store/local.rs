@@ -124,9 +124,40 @@ struct Block {
     size: u64,
 }
 
+/// One shared copy of each label set across blocks: a series spans many hourly blocks.
+#[derive(Default)]
+struct Interner(HashSet<Arc<Labels>>);
+
+impl Interner {
+    fn get(&mut self, labels: Labels) -> Arc<Labels> {
+        if let Some(l) = self.0.get(&labels) {
+            return l.clone();
+        }
+        let l = Arc::new(labels);
+        self.0.insert(l.clone());
+        l
+    }
+    /// Forgets label sets no block uses any more (after retention or compaction).
+    fn prune(&mut self) {
+        self.0.retain(|l| Arc::strong_count(l) > 1);
+    }
+}
+
 impl Block {
-    fn new(mut meta: BlockMeta, path: PathBuf, file: File, size: u64) -> Block {
-        let labels = meta.series.iter().map(|s| Arc::new(s.labels())).collect();
+    fn new(
+        mut meta: BlockMeta,
+        path: PathBuf,
+        file: File,
+        size: u64,
+        interner: &Mutex<Interner>,
+    ) -> Block {
+        let labels = {
+            let mut interner = lock(interner);
+            meta.series
+                .iter()
+                .map(|s| interner.get(s.labels()))
+                .collect()
+        };
         for s in &mut meta.series {
             s.labels = Vec::new();
         }
@@ -215,6 +246,7 @@ struct Inner {
     maintenance: Mutex<()>,
     /// Next block / flush id.
     next_id: AtomicU64,
+    interner: Mutex<Interner>,
 }
 
 /// The embedded storage engine. Dropping it stops its background thread.
@@ -319,7 +351,8 @@ impl Inner {
             }
         }
 
-        let blocks = load_blocks(&blocks_dir, &mut seg_ids, &dir)?;
+        let interner = Mutex::new(Interner::default());
+        let blocks = load_blocks(&blocks_dir, &mut seg_ids, &dir, &interner)?;
         let mut next_id = 1;
         let mut seg_floor = 0;
         for b in &blocks {
@@ -422,6 +455,7 @@ impl Inner {
             sealed: Mutex::new(sealed),
             maintenance: Mutex::new(()),
             next_id: AtomicU64::new(next_id),
+            interner,
         })
     }
 
@@ -476,14 +510,15 @@ impl Inner {
     /// snapshot (a concurrent flush either has or has not happened for all of it).
     fn snapshot(
         &self,
-        mut keep: impl FnMut(&Labels, &Entry) -> bool,
+        series: impl Fn(&Labels) -> bool,
+        mut keep: impl FnMut(&Entry) -> bool,
     ) -> (Vec<HeadRead>, Vec<Arc<Block>>) {
         let state = read_lock(&self.state);
         let readers = read_lock(&self.readers);
         let mut head = Vec::new();
-        for s in &state.head.series {
+        for s in state.head.series.iter().filter(|s| series(&s.labels)) {
             for e in &s.entries {
-                if keep(&s.labels, e) {
+                if keep(e) {
                     head.push(HeadRead {
                         labels: s.labels.clone(),
                         entry: e.clone(),
@@ -498,8 +533,17 @@ impl Inner {
     fn maintain(&self, now_nanos: i64, force_flush: bool) -> Result<(), StoreError> {
         let _m = lock(&self.maintenance);
         self.flush(force_flush)?;
-        self.compact()?;
-        self.apply_retention(now_nanos)
+        self.compact_and_expire(now_nanos)
+    }
+
+    /// Compaction, then retention, then forgetting label sets of deleted blocks. Caller holds
+    /// `maintenance`.
+    fn compact_and_expire(&self, now_nanos: i64) -> Result<(), StoreError> {
+        let result = self
+            .compact()
+            .and_then(|()| self.apply_retention(now_nanos));
+        lock(&self.interner).prune();
+        result
     }
 
     /// Flushes sealed segments into blocks (sealing the active one first if `force` or due), then
@@ -521,7 +565,7 @@ impl Inner {
             return Ok(());
         }
         let started = Instant::now();
-        let (records, _) = self.snapshot(|_, e| sealed.contains(&e.segment));
+        let (records, _) = self.snapshot(|_| true, |e| sealed.contains(&e.segment));
         let n_records = records.len();
         let mut builders: BTreeMap<i64, BlockBuilder> = BTreeMap::new();
         for r in records {
@@ -558,7 +602,7 @@ impl Inner {
                 },
             )?;
             let file = File::open(&path).map_err(io_err(&path))?;
-            new_blocks.push(Arc::new(Block::new(meta, path, file, size)));
+            new_blocks.push(Arc::new(Block::new(meta, path, file, size, &self.interner)));
         }
         {
             let mut state = write_lock(&self.state);
@@ -652,7 +696,7 @@ impl Inner {
             },
         )?;
         let file = File::open(&path).map_err(io_err(&path))?;
-        let merged = Arc::new(Block::new(meta, path, file, size));
+        let merged = Arc::new(Block::new(meta, path, file, size, &self.interner));
         {
             let mut state = write_lock(&self.state);
             state.blocks.retain(|b| !replaces.contains(&b.meta.id));
@@ -743,6 +787,7 @@ fn load_blocks(
     dir: &Path,
     seg_ids: &mut BTreeSet<u64>,
     seg_dir: &Path,
+    interner: &Mutex<Interner>,
 ) -> Result<Vec<Block>, StoreError> {
     let mut blocks = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -761,7 +806,7 @@ fn load_blocks(
             continue;
         }
         match block::read_meta(&path) {
-            Ok((meta, file, size)) => blocks.push(Block::new(meta, path, file, size)),
+            Ok((meta, file, size)) => blocks.push(Block::new(meta, path, file, size, interner)),
             Err(e) => {
                 // Keep the bytes for inspection, out of the way of future starts.
                 tracing::error!(error = %e, "setting aside an unreadable block");
@@ -859,7 +904,7 @@ impl LocalStore {
     ) {
         let (head, blocks) = self
             .inner
-            .snapshot(|l, e| range.contains(e.time_nanos) && selector.matches(l));
+            .snapshot(|l| selector.matches(l), |e| range.contains(e.time_nanos));
         for r in &head {
             f(&r.labels, &mut r.entry.profile_types.iter().cloned());
         }
@@ -959,11 +1004,10 @@ impl Store for LocalStore {
                 .is_none_or(|t| types.iter().any(|p| p == t))
         };
         // Collect under the locks, read files without them so appends are not blocked.
-        let (head, blocks) = self.inner.snapshot(|l, e| {
-            req.range.contains(e.time_nanos)
-                && wants_type(&e.profile_types)
-                && req.selector.matches(l)
-        });
+        let (head, blocks) = self.inner.snapshot(
+            |l| req.selector.matches(l),
+            |e| req.range.contains(e.time_nanos) && wants_type(&e.profile_types),
+        );
         let mut n = 0;
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
             let series: Vec<(usize, &SeriesMeta)> = b
@@ -1041,11 +1085,10 @@ impl Store for LocalStore {
             });
         };
         let wants_type = |types: &[String]| types.iter().any(|p| p == profile_type);
-        let (head, blocks) = self.inner.snapshot(|l, e| {
-            req.range.contains(e.time_nanos)
-                && wants_type(&e.profile_types)
-                && req.selector.matches(l)
-        });
+        let (head, blocks) = self.inner.snapshot(
+            |l| req.selector.matches(l),
+            |e| req.range.contains(e.time_nanos) && wants_type(&e.profile_types),
+        );
         let mut n = 0;
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
             let series: Vec<&SeriesMeta> = b
@@ -1134,7 +1177,6 @@ impl Store for LocalStore {
 
     fn maintain(&self, now_nanos: i64) -> Result<(), StoreError> {
         let _m = lock(&self.inner.maintenance);
-        self.inner.compact()?;
-        self.inner.apply_retention(now_nanos)
+        self.inner.compact_and_expire(now_nanos)
     }
 }
