@@ -158,10 +158,11 @@ fn acknowledged_pushes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked = Vec::new();
     let mut next = 0;
-    for round in 0..3 {
+    // Different lengths so the kills fall at different points of the once-a-second flush cycle.
+    for (round, millis) in [1300, 1700, 2500].into_iter().enumerate() {
         let port = free_port();
         let mut server = start(dir.path(), port);
-        let got = push_until(port, next, Instant::now() + Duration::from_millis(1500));
+        let got = push_until(port, next, Instant::now() + Duration::from_millis(millis));
         // SIGKILL, right after the last 200.
         server.0.kill().unwrap();
         server.0.wait().unwrap();

@@ -202,3 +202,33 @@ fn segment_ids_never_repeat_after_the_wal_is_emptied() {
     let store = open(dir.path());
     assert_eq!(contents(&store), [(t, 1), (t + 1, 2)]);
 }
+
+/// Nobody calls flush or maintain: the background thread flushes the WAL into blocks and applies
+/// the default age retention by itself.
+#[test]
+fn background_thread_flushes_and_expires_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        maintenance_interval_secs: 1,
+        max_segment_age_secs: 0,
+        ..StoreConfig::default()
+    };
+    let store = LocalStore::open(dir.path(), config, 64 << 20).unwrap();
+    let now = now_nanos();
+    append(&store, now - 40 * 24 * HOUR, 1);
+    append(&store, now - HOUR, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stats = store.stats();
+        if stats.blocks > 0 && contents(&store) == [(now - HOUR, 2)] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background maintenance did not run: {stats:?} {:?}",
+            contents(&store)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(files(dir.path(), "seg").len() <= 2, "flushed WAL deleted");
+}
