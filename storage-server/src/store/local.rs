@@ -556,14 +556,35 @@ impl Inner {
             }
             active.id
         };
-        let sealed: BTreeSet<u64> = read_lock(&self.readers)
+        let mut sealed: Vec<u64> = read_lock(&self.readers)
             .keys()
             .copied()
             .filter(|&id| id != active_id)
             .collect();
-        if sealed.is_empty() {
-            return Ok(());
+        sealed.sort_unstable();
+        // A few segments at a time, oldest first, so that a long backlog (say, after an outage)
+        // never has to fit in memory at once.
+        let budget = self.config.max_segment_bytes.saturating_mul(4).max(1);
+        let sizes = lock(&self.sealed).clone();
+        let mut batch = BTreeSet::new();
+        let mut bytes = 0u64;
+        for id in sealed {
+            if bytes >= budget {
+                self.flush_segments(&batch)?;
+                batch.clear();
+                bytes = 0;
+            }
+            bytes += sizes.get(&id).copied().unwrap_or(0);
+            batch.insert(id);
         }
+        if !batch.is_empty() {
+            self.flush_segments(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the records of `sealed` into blocks, then deletes those segments.
+    fn flush_segments(&self, sealed: &BTreeSet<u64>) -> Result<(), StoreError> {
         let started = Instant::now();
         let (records, _) = self.snapshot(|_| true, |e| sealed.contains(&e.segment));
         let n_records = records.len();
@@ -606,14 +627,14 @@ impl Inner {
         }
         {
             let mut state = write_lock(&self.state);
-            state.head = state.head.without(&sealed);
+            state.head = state.head.without(sealed);
             state.blocks.extend(new_blocks.iter().cloned());
         }
         // Only now, with every block durable, may the WAL behind them go.
         {
             let mut readers = write_lock(&self.readers);
             let mut sizes = lock(&self.sealed);
-            for id in &sealed {
+            for id in sealed {
                 readers.remove(id);
                 sizes.remove(id);
                 let path = segment::segment_path(&self.dir, *id);
