@@ -93,7 +93,9 @@ pub struct StoreConfig {
     pub retention_bytes: u64,
     /// How often the background thread rotates, flushes, compacts and applies retention (seconds).
     pub maintenance_interval_secs: u64,
-    /// Blocks of one time partition are merged while their sum stays below this size.
+    /// Blocks of one time partition are merged while their sum stays below this size. Merging
+    /// decodes the inputs in memory (several times their compressed size), so this bounds
+    /// compaction's memory too.
     pub max_block_bytes: u64,
 }
 
@@ -123,7 +125,7 @@ impl Default for StoreConfig {
             retention_age_secs: DEFAULT_RETENTION_AGE_SECS,
             retention_bytes: DEFAULT_RETENTION_BYTES,
             maintenance_interval_secs: 10,
-            max_block_bytes: 1 << 30,
+            max_block_bytes: 128 << 20,
         }
     }
 }
