@@ -67,7 +67,12 @@ fn get_json(url: &str) -> Value {
     let status = resp.status();
     let text = resp.text().unwrap();
     assert!(status.is_success(), "GET {url} -> {status}: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+    // Whole-machine flame graphs nest deeper than serde_json's default limit of 128 levels (each
+    // frame is two: an object in a `children` array; kernel + user stacks reach ~250 frames).
+    let mut de = serde_json::Deserializer::from_str(&text);
+    de.disable_recursion_limit();
+    serde::Deserialize::deserialize(&mut de)
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
 }
 
 /// Finds `chain` as consecutive frames somewhere in the tree; returns the node of its last frame.
@@ -192,6 +197,23 @@ fn kiln_up_profiles_a_known_call_chain() {
     assert!(
         total <= 8_000_000_000,
         "more CPU time than the workload could burn: {total} ns"
+    );
+
+    // The whole machine, split by process: the workload is one of the top-level frames.
+    let by_process = get_json(&format!(
+        "{base}/api/v1/flamegraph?group_by=service_name&from=now-10m"
+    ));
+    let workload_node = by_process["root"]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "service_name=kiln-e2e-work")
+        .unwrap_or_else(|| {
+            panic!("no service_name=kiln-e2e-work frame under the root: {by_process}")
+        });
+    assert!(
+        find_chain(workload_node, &["main", "alpha", "beta", "hot"]).is_some(),
+        "the workload's frame should hold its chain: {workload_node}"
     );
 
     let values = get_json(&format!(

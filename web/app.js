@@ -183,7 +183,12 @@ async function load({ keepChoices = false } = {}) {
     const maxNodes = state.sel.maxNodes ? { max_nodes: state.sel.maxNodes } : {};
     const fgUrl = state.sel.compare
       ? diffUrl({ profile_type: type, ...maxNodes })
-      : apiUrl("api/v1/flamegraph", { profile_type: type, ...maxNodes });
+      // With no value picked ("all"), split the graph by the chosen label: processes on top,
+      // their functions below.
+      : apiUrl("api/v1/flamegraph", {
+        profile_type: type, ...maxNodes,
+        ...(!state.sel.value && !state.sel.query ? { group_by: state.sel.label } : {}),
+      });
     const [fg, top] = await Promise.all([
       getJson(fgUrl, ctl.signal),
       getJson(apiUrl("api/v1/top", { profile_type: type, limit: String(TOP_LIMIT) }), ctl.signal),

@@ -110,6 +110,18 @@ impl Tree {
         profile_type: &str,
         resolver: &mut Resolver<'_>,
     ) -> bool {
+        self.merge_profile_under(p, profile_type, resolver, &[])
+    }
+
+    /// Like [`Tree::merge_profile`], with every stack placed under the frames `prefix` (root first):
+    /// how a flame graph is split by process (`service_name=nginx`) above the functions.
+    pub fn merge_profile_under(
+        &mut self,
+        p: &Profile,
+        profile_type: &str,
+        resolver: &mut Resolver<'_>,
+        prefix: &[&str],
+    ) -> bool {
         let Some(vi) = p
             .sample_type
             .iter()
@@ -132,6 +144,7 @@ impl Tree {
             loc_names.insert(id, names);
         }
         let unknown = self.intern("(unknown)");
+        let prefix: Vec<u32> = prefix.iter().map(|n| self.intern(n)).collect();
         let mut path = Vec::new();
         for s in &p.sample {
             let value = s.value.get(vi).copied().unwrap_or(0);
@@ -139,6 +152,7 @@ impl Tree {
                 continue;
             }
             path.clear();
+            path.extend_from_slice(&prefix);
             // Stacks are stored leaf first.
             for loc in s.location_id.iter().rev() {
                 match loc_names.get(loc) {
@@ -190,5 +204,31 @@ mod tests {
         assert_eq!(t.nodes[3].self_value, 5);
         assert_eq!(t.nodes[3].total, 15);
         assert_eq!(t.nodes[4].total, 10);
+    }
+
+    #[test]
+    fn prefixes_group_stacks() {
+        let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")]);
+        let main = b.function("main", "m.c");
+        let l_main = b.symbolized_location(0, 1, &[(main, 1)]);
+        b.add_sample(&[l_main], &[10], &[]);
+        let p = b.finish();
+        let mut t = Tree::new();
+        let mut r = Resolver::new(None);
+        assert!(t.merge_profile_under(&p, "cpu:nanoseconds", &mut r, &["service_name=a"]));
+        assert!(t.merge_profile_under(&p, "cpu:nanoseconds", &mut r, &["service_name=b"]));
+        assert!(t.merge_profile_under(&p, "cpu:nanoseconds", &mut r, &["service_name=a"]));
+        let kids = t.child_lists();
+        let top: Vec<(&str, i64)> = kids[ROOT as usize]
+            .iter()
+            .map(|&c| {
+                (
+                    t.names[t.nodes[c as usize].name as usize].as_str(),
+                    t.nodes[c as usize].total,
+                )
+            })
+            .collect();
+        assert_eq!(top, [("service_name=a", 20), ("service_name=b", 10)]);
+        assert_eq!(t.total(), 30);
     }
 }

@@ -152,6 +152,42 @@ pub(crate) fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiE
     Ok(tree)
 }
 
+/// Like [`build_tree`], with each profile's stacks under one frame per `group_by` label
+/// (`name=value`, `name=` when the series lacks it): the flame graph by process. Reads stored
+/// profiles one by one, since the store's pre-merged read drops series labels.
+pub(crate) fn build_grouped_tree(
+    state: &AppState,
+    sel: &Selection,
+    group_by: &[String],
+) -> Result<Tree, ApiError> {
+    let mut tree = Tree::new();
+    let mut resolver = Resolver::new(Some(&state.debuginfo));
+    state
+        .store
+        .read(
+            ReadRequest {
+                selector: &sel.selector,
+                range: sel.range,
+                profile_type: Some(&sel.profile_type),
+            },
+            &mut |stored| {
+                let frames: Vec<String> = group_by
+                    .iter()
+                    .map(|name| format!("{name}={}", stored.labels.get(name).unwrap_or("")))
+                    .collect();
+                let prefix: Vec<&str> = frames.iter().map(String::as_str).collect();
+                tree.merge_profile_under(
+                    &stored.profile,
+                    &sel.profile_type,
+                    &mut resolver,
+                    &prefix,
+                );
+            },
+        )
+        .map_err(ApiError::internal)?;
+    Ok(tree)
+}
+
 /// `GET /api/v1/flamegraph`.
 pub async fn flamegraph_handler(
     State(state): State<AppState>,
@@ -166,9 +202,27 @@ pub async fn flamegraph_handler(
         p.max_nodes.as_ref(),
         flamegraph::DEFAULT_MAX_NODES,
     )?;
+    let group_by: Vec<String> = p
+        .group_by
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if group_by.len() > 4 {
+        return Err(ApiError::bad_request(
+            "group_by takes at most 4 label names",
+        ));
+    }
     let st = state.clone();
     let body = tokio::task::spawn_blocking(move || {
-        let tree = build_tree(&st, &sel)?;
+        let tree = if group_by.is_empty() {
+            build_tree(&st, &sel)?
+        } else {
+            build_grouped_tree(&st, &sel, &group_by)?
+        };
         Ok::<_, ApiError>(flamegraph::render(&tree, max_nodes, &sel.profile_type))
     })
     .await??;
