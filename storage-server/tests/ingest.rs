@@ -627,6 +627,18 @@ async fn bad_ingest_input_is_rejected_and_nothing_stored_is_lost() {
     let many: Vec<u8> = (0..1001)
         .flat_map(|i| format!("main;f{i} 1\n").into_bytes())
         .collect();
+    let mut wide = ProfileBuilder::new(&[("cpu", "nanoseconds")]);
+    let mut tall = ProfileBuilder::new(&[("cpu", "nanoseconds")]);
+    let mut stack = Vec::new();
+    for i in 0..1001 {
+        let f = wide.function(&format!("f{i}"), "");
+        let l = wide.symbolized_location(0, 0, &[(f, 0)]);
+        wide.add_sample(&[l], &[1], &[]);
+        let f = tall.function(&format!("f{i}"), "");
+        stack.push(tall.symbolized_location(0, 0, &[(f, 0)]));
+    }
+    tall.add_sample(&stack[..65], &[1], &[]);
+    let (wide, tall) = (wide.finish().encode_to_vec(), tall.finish().encode_to_vec());
     let mut bad_ref = profile("bad", 1);
     bad_ref.sample[0].location_id.push(99);
     let octet = ("Content-Type", "application/octet-stream");
@@ -722,12 +734,36 @@ async fn bad_ingest_input_is_rejected_and_nothing_stored_is_lost() {
             "decompressed",
         ),
         (
+            "form bomb",
+            "name=a",
+            vec![FORM],
+            form(&[("profile", &bomb)]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "decompressed",
+        ),
+        (
             "folded bomb",
             "name=a",
             vec![],
             bomb,
             StatusCode::PAYLOAD_TOO_LARGE,
             "decompressed",
+        ),
+        (
+            "pprof samples",
+            "name=a&format=pprof",
+            vec![octet],
+            wide,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "1001 samples",
+        ),
+        (
+            "pprof stack",
+            "name=a&format=pprof",
+            vec![octet],
+            tall,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "65 frames",
         ),
         (
             "deep stack",
