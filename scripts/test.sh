@@ -18,3 +18,6 @@ cargo test --workspace --all-targets --locked
 
 echo "--- the web UI in a real browser"
 scripts/ui-test.sh
+
+echo "--- fuzz each parser briefly (pprof, push, folded/lines ingest, label selectors)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} scripts/fuzz.sh

@@ -6,7 +6,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(profile) = kiln_proto::decode_profile(data, 1 << 20) {
-        let _ = kiln_storage_server::ingest::validate_profile(&profile, &kiln_storage_server::Limits::default());
+        let _ = kiln_storage_server::ingest::validate_profile(
+            &profile,
+            &kiln_storage_server::Limits::default(),
+        );
         for s in &profile.sample {
             for l in &s.label {
                 let _ = profile.str(l.key);

@@ -19,10 +19,19 @@ fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = kiln_storage_server::AppState::open(kiln_storage_server::ServerConfig::with_data_dir(dir.path()))
-            .expect("server state");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        Harness { rt, app: kiln_storage_server::router(state), _dir: dir }
+        let state = kiln_storage_server::AppState::open(
+            kiln_storage_server::ServerConfig::with_data_dir(dir.path()),
+        )
+        .expect("server state");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Harness {
+            rt,
+            app: kiln_storage_server::router(state),
+            _dir: dir,
+        }
     })
 }
 
@@ -32,11 +41,18 @@ fuzz_target!(|data: &[u8]| {
         Some((flag, rest)) => (flag & 1 == 1, rest.to_vec()),
         None => (false, Vec::new()),
     };
-    let mut req = Request::post(kiln_proto::push::PUSH_PATH).header(header::CONTENT_TYPE, "application/proto");
+    let mut req = Request::post(kiln_proto::push::PUSH_PATH)
+        .header(header::CONTENT_TYPE, "application/proto");
     if gzip {
         req = req.header(header::CONTENT_ENCODING, "gzip");
     }
     let req = req.body(Body::from(body)).expect("request");
-    let resp = h.rt.block_on(h.app.clone().oneshot(req)).expect("infallible");
-    assert!(!resp.status().is_server_error(), "5xx on fuzz input: {}", resp.status());
+    let resp =
+        h.rt.block_on(h.app.clone().oneshot(req))
+            .expect("infallible");
+    assert!(
+        !resp.status().is_server_error(),
+        "5xx on fuzz input: {}",
+        resp.status()
+    );
 });
