@@ -11,5 +11,6 @@ pub mod profile;
 mod run;
 pub mod sampling;
 pub mod ship;
+pub mod unwind;
 
 pub use run::{check_privileges, run};

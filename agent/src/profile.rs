@@ -11,6 +11,10 @@
 //!   shows up under the new labels from the next window on.
 //! * The leaf frame keeps its address; every other frame (kernel and user) is a return address and is
 //!   moved back by one byte so it symbolizes to the call, not to the line after it.
+//! * User stacks come from [`Unwinder`] (DWARF CFI over the sampled registers and stack copy) when
+//!   the sample has both, chosen against the kernel's frame-pointer walk by [`unwind::choose`]; a
+//!   stack that stops short of a root ends in a pseudo-frame named after the reason (mapping
+//!   [`PSEUDO_MAPPING`]), so the server shows `[truncated: stack copy exhausted]` rather than nothing.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -29,9 +33,12 @@ use crate::config::AgentConfig;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::{AgentMetrics, SampleDropReason};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
+use crate::unwind::{self, StackEnd, Unwinder};
 
 /// The pprof mapping kernel frames belong to (the name `perf` uses, which the server recognizes).
 pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
+/// The pprof mapping of Kiln's pseudo-frames (truncation markers), symbolized by the agent.
+pub const PSEUDO_MAPPING: &str = "[kiln]";
 /// Series name of CPU profiles (Pyroscope's convention).
 pub const PROFILE_NAME: &str = "process_cpu";
 /// Longest label value kept; longer ones are cut (at a character boundary).
@@ -131,6 +138,7 @@ pub struct Aggregator {
     window_start: SystemTime,
     window_started: Instant,
     windows: HashMap<u32, ProcessWindow>,
+    unwinder: Unwinder,
 }
 
 impl Aggregator {
@@ -149,7 +157,14 @@ impl Aggregator {
             window_start: SystemTime::now(),
             window_started: Instant::now(),
             windows: HashMap::new(),
+            unwinder: Unwinder::default(),
         }
+    }
+
+    /// Replaces the user-stack unwinder (e.g. with another table budget).
+    pub fn with_unwinder(mut self, unwinder: Unwinder) -> Self {
+        self.unwinder = unwinder;
+        self
     }
 
     /// Adds one sample to the current window.
@@ -166,14 +181,23 @@ impl Aggregator {
             &[]
         };
         let kernel = adjusted(&s.kernel_stack);
-        let user = adjusted(user);
+        let fp_user = adjusted(user);
 
         let process = if s.tgid == 0 {
             None
         } else {
             // A sample on the thread-group leader carries the process's own comm: a change means exec.
             let leader_comm = (s.tid == s.tgid).then_some(s.comm.as_str());
-            self.processes.resolve(s.tgid, leader_comm, &user)
+            self.processes.resolve(s.tgid, leader_comm, &fp_user)
+        };
+        let (user, end) = match (&process, s.user_regs) {
+            (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
+                let dwarf = self.unwinder.unwind(p, regs, &s.stack_copy);
+                let (u, _) = unwind::choose(dwarf, user);
+                (adjusted(&u.frames), u.end)
+            }
+            // No copy (or no process to find tables in): the kernel's walk is all there is.
+            _ => (fp_user, StackEnd::Complete),
         };
         self.metrics
             .process_cache_size
@@ -206,6 +230,7 @@ impl Aggregator {
         let mut h = DefaultHasher::new();
         kernel.hash(&mut h);
         user.hash(&mut h);
+        end.hash(&mut h);
         let stack_hash = h.finish();
         if !w.stacks.contains(&stack_hash) {
             if w.stacks.len() >= self.config.max_stacks_per_process {
@@ -240,6 +265,13 @@ impl Aggregator {
                 None => 0,
             };
             locations.push(w.builder.raw_location(mapping_id, addr));
+        }
+        if let StackEnd::Truncated(why) = end {
+            let pmap = w.builder.mapping(0, 0, 0, PSEUDO_MAPPING, "");
+            w.builder.mark_symbolized(pmap);
+            let f = w.builder.function(why.frame_name(), "");
+            // Address 0 in the pseudo-mapping: the name is the whole identity of this frame.
+            locations.push(w.builder.symbolized_location(pmap, 0, &[(f, 0)]));
         }
         w.builder
             .add_sample(&locations, &[1, self.period_nanos], &[]);
@@ -280,6 +312,7 @@ impl Aggregator {
         self.window_start = now;
         self.window_started = Instant::now();
         self.processes.sweep();
+        self.unwinder.end_window();
         self.metrics
             .process_cache_size
             .set(self.processes.len() as i64);

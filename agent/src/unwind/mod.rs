@@ -1,0 +1,335 @@
+//! The unwinding stage: user stacks rebuilt from the sampled registers and the copy of the top of
+//! the user stack, with the objects' DWARF CFI (`.eh_frame`, or `.debug_frame`), through framehop.
+//!
+//! framehop (rather than gimli + object by hand) because it already does what a sampling unwinder
+//! needs: lazy `.eh_frame_hdr` lookups, a rule cache, frame-pointer fallback where an object has no
+//! CFI (JIT code, the vDSO), and a stack-reading callback that lets us stop exactly at the end of
+//! the copy. Tables are read once per object ([`tables::TableCache`], keyed by build ID, bounded by
+//! bytes); each process gets a framehop unwinder made of its mappings' modules, rebuilt when its
+//! mappings change.
+//!
+//! Every stack ends in a [`StackEnd`]: complete (a root was reached: `_start`/`clone`, whose CFI
+//! marks the return address undefined, or a zero frame pointer) or truncated with a reason that the
+//! aggregator turns into a named pseudo-frame — never a guessed frame.
+
+pub mod tables;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{Error as FramehopError, FrameAddress, Unwinder as _};
+use kiln_sampler_bpf::UserRegs;
+
+use crate::procmaps::{MappingKind, Process};
+use tables::{SectionBytes, TableCache};
+
+/// Most frames kept per stack (as many as the kernel's frame-pointer walk gives).
+pub const MAX_FRAMES: usize = kiln_sampler_bpf::MAX_STACK_DEPTH;
+/// Default budget of the unwind-table cache. glibc's tables are ~60 KiB, a large Rust or C++
+/// program's a few MiB; 64 MiB holds the tables of hundreds of distinct binaries.
+pub const DEFAULT_TABLE_BUDGET_BYTES: usize = 64 << 20;
+/// Reads further than this above the sampled sp are not "the copy was too short" but a wrong
+/// unwind (8 MiB is the usual main-thread stack limit).
+const PLAUSIBLE_STACK_BYTES: u64 = 8 << 20;
+
+/// Why a stack stopped before a root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Truncation {
+    /// The next frame lies above the bytes the sampler copied.
+    CopyExhausted,
+    /// More than [`MAX_FRAMES`] frames.
+    TooDeep,
+    /// The unwinder could not go on.
+    Failed(UnwindFailure),
+}
+
+/// Unwind errors, by kind (a closed set, so they intern as a handful of pseudo-frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnwindFailure {
+    /// A read below the sampled sp or implausibly far above it.
+    BadStackRead,
+    /// Frame pointers led downwards.
+    FramePointerBackwards,
+    /// Neither pc nor sp changed.
+    NoProgress,
+    /// Arithmetic overflowed (garbage registers).
+    Overflow,
+    /// A return address of zero where no root was expected.
+    NullReturnAddress,
+}
+
+impl Truncation {
+    /// The name of the pseudo-frame that ends such a stack.
+    pub fn frame_name(self) -> &'static str {
+        match self {
+            Truncation::CopyExhausted => "[truncated: stack copy exhausted]",
+            Truncation::TooDeep => "[truncated: too many frames]",
+            Truncation::Failed(f) => match f {
+                UnwindFailure::BadStackRead => "[unwind failed: read outside the stack]",
+                UnwindFailure::FramePointerBackwards => {
+                    "[unwind failed: frame pointer moved backwards]"
+                }
+                UnwindFailure::NoProgress => "[unwind failed: no progress]",
+                UnwindFailure::Overflow => "[unwind failed: address overflow]",
+                UnwindFailure::NullReturnAddress => "[unwind failed: null return address]",
+            },
+        }
+    }
+}
+
+/// How a stack ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StackEnd {
+    Complete,
+    Truncated(Truncation),
+}
+
+/// An unwound user stack: the sampled ip then return addresses (not yet moved back into the call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unwound {
+    pub frames: Vec<u64>,
+    pub end: StackEnd,
+}
+
+/// Where a stack came from, after [`choose`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Dwarf,
+    FramePointers,
+}
+
+/// Unwinds one stack with a ready framehop unwinder. Public for the tests and the benchmark.
+pub fn unwind_with(
+    unwinder: &UnwinderX86_64<SectionBytes>,
+    cache: &mut CacheX86_64,
+    regs: UserRegs,
+    stack: &[u8],
+) -> Unwound {
+    let sp = regs.sp;
+    let copy_end = sp.saturating_add(stack.len() as u64);
+    let mut read = |addr: u64| -> Result<u64, ()> {
+        let off = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+        let bytes = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(word))
+    };
+    let mut frames = Vec::with_capacity(32);
+    let mut it = unwinder.iter_frames(
+        regs.ip,
+        UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
+        cache,
+        &mut read,
+    );
+    let end = loop {
+        match it.next() {
+            Ok(Some(f)) => {
+                if frames.len() == MAX_FRAMES {
+                    break StackEnd::Truncated(Truncation::TooDeep);
+                }
+                frames.push(match f {
+                    FrameAddress::InstructionPointer(a) => a,
+                    FrameAddress::ReturnAddress(a) => a.get(),
+                });
+            }
+            Ok(None) => break StackEnd::Complete,
+            Err(e) => {
+                break StackEnd::Truncated(match e {
+                    FramehopError::CouldNotReadStack(a)
+                        if a >= copy_end && a - sp < PLAUSIBLE_STACK_BYTES =>
+                    {
+                        Truncation::CopyExhausted
+                    }
+                    FramehopError::CouldNotReadStack(_) => {
+                        Truncation::Failed(UnwindFailure::BadStackRead)
+                    }
+                    FramehopError::FramepointerUnwindingMovedBackwards => {
+                        Truncation::Failed(UnwindFailure::FramePointerBackwards)
+                    }
+                    FramehopError::DidNotAdvance => Truncation::Failed(UnwindFailure::NoProgress),
+                    FramehopError::IntegerOverflow => Truncation::Failed(UnwindFailure::Overflow),
+                    FramehopError::ReturnAddressIsNull => {
+                        Truncation::Failed(UnwindFailure::NullReturnAddress)
+                    }
+                });
+            }
+        }
+    };
+    Unwound { frames, end }
+}
+
+/// Picks between the DWARF stack and the kernel's frame-pointer walk (`fp`, same shape).
+///
+/// A complete DWARF stack wins. A truncated one is replaced by the FP walk only when the FP walk is
+/// longer *and* agrees with every frame DWARF found: then the FP chain is provably the same stack
+/// (code built with frame pointers, whose chain goes on beyond the copy), and it is what the
+/// kernel read from the full stack. An FP walk through code without frame pointers skips or
+/// invents callers, so it disagrees with DWARF early and is never taken over it.
+pub fn choose(dwarf: Unwound, fp: &[u64]) -> (Unwound, Source) {
+    let extends = fp.len() > dwarf.frames.len() && fp.starts_with(&dwarf.frames);
+    match dwarf.end {
+        StackEnd::Truncated(_) if extends => (
+            Unwound {
+                frames: fp.to_vec(),
+                // The kernel's walk ends at a zero frame pointer (a root) or at its depth limit.
+                end: if fp.len() >= MAX_FRAMES {
+                    StackEnd::Truncated(Truncation::TooDeep)
+                } else {
+                    StackEnd::Complete
+                },
+            },
+            Source::FramePointers,
+        ),
+        _ => (dwarf, Source::Dwarf),
+    }
+}
+
+/// A process's unwinder, valid for one snapshot of its mappings.
+struct ProcessUnwinder {
+    process: Arc<Process>,
+    unwinder: UnwinderX86_64<SectionBytes>,
+    used: bool,
+}
+
+/// Unwinds samples of many processes, sharing one table cache and one rule cache.
+pub struct Unwinder {
+    tables: TableCache,
+    rules: CacheX86_64,
+    processes: HashMap<u32, ProcessUnwinder>,
+}
+
+impl Default for Unwinder {
+    fn default() -> Self {
+        Self::new(DEFAULT_TABLE_BUDGET_BYTES)
+    }
+}
+
+impl Unwinder {
+    pub fn new(table_budget_bytes: usize) -> Self {
+        Unwinder {
+            tables: TableCache::new(table_budget_bytes),
+            rules: CacheX86_64::new(),
+            processes: HashMap::new(),
+        }
+    }
+
+    /// Unwinds one sample of `process`.
+    pub fn unwind(&mut self, process: &Arc<Process>, regs: UserRegs, stack: &[u8]) -> Unwound {
+        let stale = self
+            .processes
+            .get(&process.pid)
+            .is_none_or(|p| !Arc::ptr_eq(&p.process, process));
+        if stale {
+            let unwinder = self.build(process);
+            self.processes.insert(
+                process.pid,
+                ProcessUnwinder {
+                    process: process.clone(),
+                    unwinder,
+                    used: false,
+                },
+            );
+        }
+        let Some(p) = self.processes.get_mut(&process.pid) else {
+            return Unwound {
+                frames: vec![regs.ip],
+                end: StackEnd::Truncated(Truncation::Failed(UnwindFailure::NoProgress)),
+            };
+        };
+        p.used = true;
+        unwind_with(&p.unwinder, &mut self.rules, regs, stack)
+    }
+
+    fn build(&mut self, process: &Process) -> UnwinderX86_64<SectionBytes> {
+        let mut u = UnwinderX86_64::new();
+        for m in &process.mappings {
+            if !matches!(m.kind, MappingKind::File { .. }) {
+                continue;
+            }
+            let Some(t) = self.tables.get(process.pid, m) else {
+                continue;
+            };
+            if let Some(module) = t.module(m.start..m.end, m.offset) {
+                u.add_module(module);
+            }
+        }
+        u
+    }
+
+    /// Drops the unwinders of processes not sampled since the last call (called once per window),
+    /// so evicted tables and exited processes do not stay alive through them.
+    pub fn end_window(&mut self) {
+        self.processes.retain(|_, p| std::mem::take(&mut p.used));
+    }
+
+    /// Bytes held by the table cache (approximate).
+    pub fn table_bytes(&self) -> usize {
+        self.tables.used_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dwarf(frames: &[u64], end: StackEnd) -> Unwound {
+        Unwound {
+            frames: frames.to_vec(),
+            end,
+        }
+    }
+
+    #[test]
+    fn complete_dwarf_stack_wins_over_a_longer_fp_walk() {
+        let (u, src) = choose(dwarf(&[1, 2, 3], StackEnd::Complete), &[1, 2, 3, 4]);
+        assert_eq!((u.frames, src), (vec![1, 2, 3], Source::Dwarf));
+    }
+
+    #[test]
+    fn truncated_dwarf_stack_is_extended_by_an_agreeing_fp_walk() {
+        let cut = StackEnd::Truncated(Truncation::CopyExhausted);
+        let (u, src) = choose(dwarf(&[1, 2], cut), &[1, 2, 3, 4]);
+        assert_eq!(src, Source::FramePointers);
+        assert_eq!(u.frames, vec![1, 2, 3, 4]);
+        assert_eq!(u.end, StackEnd::Complete);
+    }
+
+    #[test]
+    fn disagreeing_fp_walk_is_not_taken() {
+        // No-FP code: the kernel's walk skipped frame 2 and went on with garbage.
+        let cut = StackEnd::Truncated(Truncation::CopyExhausted);
+        let (u, src) = choose(dwarf(&[1, 2, 3], cut), &[1, 3, 99, 98, 97]);
+        assert_eq!(src, Source::Dwarf);
+        assert_eq!(u.end, cut);
+        assert_eq!(u.frames, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn reads_outside_the_copy_stop_the_unwind() {
+        // No modules: framehop walks frame pointers. bp points into the copy, whose saved bp points
+        // past its end: the first caller is found, the next read is outside the copy.
+        let sp = 0x7fff_0000u64;
+        let mut stack = vec![0u8; 64];
+        stack[16..24].copy_from_slice(&(sp + 4096).to_le_bytes()); // saved bp, beyond the copy
+        stack[24..32].copy_from_slice(&0x40_1234u64.to_le_bytes()); // return address
+        let u = UnwinderX86_64::<SectionBytes>::new();
+        let mut cache = CacheX86_64::new();
+        let out = unwind_with(
+            &u,
+            &mut cache,
+            UserRegs {
+                ip: 0x40_1000,
+                sp,
+                bp: sp + 16,
+            },
+            &stack,
+        );
+        assert_eq!(out.frames, vec![0x40_1000, 0x40_1234]);
+        assert_eq!(out.end, StackEnd::Truncated(Truncation::CopyExhausted));
+        assert_eq!(
+            Truncation::CopyExhausted.frame_name(),
+            "[truncated: stack copy exhausted]"
+        );
+    }
+}

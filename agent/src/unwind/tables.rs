@@ -1,0 +1,336 @@
+//! Per-object unwind tables (`.eh_frame` + `.eh_frame_hdr`, or `.debug_frame`) read once per file
+//! and kept in a cache bounded by approximate bytes, evicting the least recently used.
+
+use std::collections::HashMap;
+use std::ops::{Deref, Range};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use framehop::{ExplicitModuleSectionInfo, Module};
+use object::read::ReadCache;
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::buildid::{BuildId, BuildIdError, FileId, MappedFile, open_mapped_file};
+use crate::procmaps::Mapping;
+
+/// Why an object's unwind tables could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TableError {
+    #[error(transparent)]
+    Open(#[from] BuildIdError),
+    #[error("cannot parse {path} as an object file: {source}")]
+    Parse {
+        path: PathBuf,
+        source: object::read::Error,
+    },
+    #[error("{0} has neither .eh_frame nor .debug_frame")]
+    NoUnwindInfo(PathBuf),
+}
+
+/// Section bytes shared between the cache and every process's framehop module (cheap to clone).
+#[derive(Clone, Debug, Default)]
+pub struct SectionBytes(Arc<[u8]>);
+
+impl Deref for SectionBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A `PT_LOAD` segment: where file bytes land in the object's own (stated) address space.
+#[derive(Clone, Copy, Debug)]
+struct LoadSegment {
+    file_offset: u64,
+    file_size: u64,
+    vaddr: u64,
+}
+
+/// The unwind information of one object file.
+#[derive(Debug)]
+pub struct ObjectTables {
+    name: String,
+    /// `.eh_frame` with its stated address range (pointer encodings are relative to it).
+    eh_frame: Option<(Range<u64>, SectionBytes)>,
+    eh_frame_hdr: Option<(Range<u64>, SectionBytes)>,
+    /// Only read when there is no `.eh_frame` (framehop uses one or the other).
+    debug_frame: Option<SectionBytes>,
+    text_svma: Option<Range<u64>>,
+    got_svma: Option<Range<u64>>,
+    segments: Vec<LoadSegment>,
+}
+
+impl ObjectTables {
+    /// Reads the tables of the file behind `m` (only the sections needed, not the whole file).
+    pub fn load(pid: u32, m: &Mapping) -> Result<ObjectTables, TableError> {
+        let path = m.path().map(PathBuf::from).unwrap_or_default();
+        let (file, opened) = open_mapped_file(&MappedFile {
+            pid,
+            start: m.start,
+            end: m.end,
+            path: &path,
+            inode: m.file.inode,
+        })?;
+        let cache = ReadCache::new(&file);
+        let obj = object::File::parse(&cache).map_err(|source| TableError::Parse {
+            path: opened.clone(),
+            source,
+        })?;
+        Self::from_object(&obj, path.to_string_lossy().into_owned())
+            .ok_or(TableError::NoUnwindInfo(opened))
+    }
+
+    /// Extracts the tables from a parsed object; `None` when it has no CFI at all.
+    pub fn from_object<'d, R: object::ReadRef<'d>>(
+        obj: &object::File<'d, R>,
+        name: String,
+    ) -> Option<ObjectTables> {
+        let section = |n: &str| -> Option<(Range<u64>, SectionBytes)> {
+            let s = obj.section_by_name(n)?;
+            let data = s.data().ok()?;
+            if data.is_empty() {
+                return None;
+            }
+            Some((
+                s.address()..s.address() + s.size(),
+                SectionBytes(Arc::from(data)),
+            ))
+        };
+        let range = |n: &str| {
+            obj.section_by_name(n)
+                .map(|s| s.address()..s.address() + s.size())
+        };
+        let eh_frame = section(".eh_frame");
+        let eh_frame_hdr = eh_frame.as_ref().and_then(|_| section(".eh_frame_hdr"));
+        let debug_frame = match eh_frame {
+            Some(_) => None,
+            None => section(".debug_frame").map(|(_, d)| d),
+        };
+        if eh_frame.is_none() && debug_frame.is_none() {
+            return None;
+        }
+        let segments = obj
+            .segments()
+            .map(|s| {
+                let (file_offset, file_size) = s.file_range();
+                LoadSegment {
+                    file_offset,
+                    file_size,
+                    vaddr: s.address(),
+                }
+            })
+            .collect();
+        Some(ObjectTables {
+            name,
+            eh_frame,
+            eh_frame_hdr,
+            debug_frame,
+            // The text bytes would let framehop analyse prologues/epilogues of functions without
+            // CFI, but they are the bulk of a binary: compilers emit asynchronous CFI (exact at every
+            // instruction) for x86-64, so the agent does not keep them.
+            text_svma: range(".text"),
+            got_svma: range(".got"),
+            segments,
+        })
+    }
+
+    /// Approximate heap bytes (what the cache's budget counts).
+    pub fn approx_bytes(&self) -> usize {
+        let len = |s: &Option<(Range<u64>, SectionBytes)>| s.as_ref().map_or(0, |(_, d)| d.len());
+        len(&self.eh_frame)
+            + len(&self.eh_frame_hdr)
+            + self.debug_frame.as_ref().map_or(0, |d| d.len())
+            + self.segments.len() * std::mem::size_of::<LoadSegment>()
+            + self.name.len()
+            + std::mem::size_of::<Self>()
+    }
+
+    /// The framehop module for this object mapped at `avma` (which maps file offset `offset`).
+    /// `None` when no load segment contains that offset (not the file we think it is).
+    pub fn module(&self, avma: Range<u64>, offset: u64) -> Option<Module<SectionBytes>> {
+        let seg = self.segments.iter().find(|s| {
+            s.file_size > 0 && (s.file_offset..s.file_offset + s.file_size).contains(&offset)
+        })?;
+        // The stated address of the mapping's first byte; the difference to where it really is
+        // (the load bias) is what framehop calls the base AVMA (ELF images state base 0).
+        let svma = seg.vaddr.checked_add(offset - seg.file_offset)?;
+        let base_avma = avma.start.wrapping_sub(svma);
+        let info = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: self.text_svma.clone(),
+            got_svma: self.got_svma.clone(),
+            eh_frame_svma: self.eh_frame.as_ref().map(|(r, _)| r.clone()),
+            eh_frame: self.eh_frame.as_ref().map(|(_, d)| d.clone()),
+            eh_frame_hdr_svma: self.eh_frame_hdr.as_ref().map(|(r, _)| r.clone()),
+            eh_frame_hdr: self.eh_frame_hdr.as_ref().map(|(_, d)| d.clone()),
+            debug_frame: self.debug_frame.clone(),
+            ..Default::default()
+        };
+        Some(Module::new(self.name.clone(), avma, base_avma, info))
+    }
+}
+
+/// What identifies an object's tables: its build ID, or (device, inode) for files without one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TableKey {
+    BuildId(BuildId),
+    File(FileId),
+}
+
+impl TableKey {
+    pub fn of(m: &Mapping) -> TableKey {
+        match &m.build_id {
+            Some(b) => TableKey::BuildId(b.clone()),
+            None => TableKey::File(m.file),
+        }
+    }
+}
+
+struct Entry {
+    /// `None` remembers a failure, so a file without CFI is not re-read on every sample.
+    tables: Option<Arc<ObjectTables>>,
+    bytes: usize,
+    last_used: u64,
+}
+
+/// Unwind tables by object, bounded by approximate bytes (LRU eviction).
+///
+/// Evicting an entry frees its bytes once no per-process unwinder still holds the module built
+/// from it; those are rebuilt at most once per window (see `unwind::Unwinder`), so the bound holds
+/// within a window's worth of processes.
+pub struct TableCache {
+    entries: HashMap<TableKey, Entry>,
+    budget_bytes: usize,
+    used_bytes: usize,
+    clock: u64,
+}
+
+/// What a failed entry counts against the budget (so failures cannot grow the map unboundedly).
+const FAILED_ENTRY_BYTES: usize = 256;
+
+impl TableCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        TableCache {
+            entries: HashMap::new(),
+            budget_bytes,
+            used_bytes: 0,
+            clock: 0,
+        }
+    }
+
+    /// The tables for `m`, loading them on first use.
+    pub fn get(&mut self, pid: u32, m: &Mapping) -> Option<Arc<ObjectTables>> {
+        self.clock += 1;
+        let key = TableKey::of(m);
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.last_used = self.clock;
+            return e.tables.clone();
+        }
+        let tables = match ObjectTables::load(pid, m) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "no unwind tables; frame pointers only there");
+                None
+            }
+        };
+        self.insert(key, tables.clone());
+        tables
+    }
+
+    /// Adds an entry, evicting the least recently used until the budget holds.
+    pub fn insert(&mut self, key: TableKey, tables: Option<Arc<ObjectTables>>) {
+        let bytes = tables
+            .as_ref()
+            .map_or(FAILED_ENTRY_BYTES, |t| t.approx_bytes());
+        // An object larger than the whole budget is still used for this sample but not kept.
+        if bytes > self.budget_bytes {
+            return;
+        }
+        while self.used_bytes + bytes > self.budget_bytes && !self.entries.is_empty() {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(e) = self.entries.remove(&oldest) {
+                self.used_bytes -= e.bytes;
+            }
+        }
+        self.used_bytes += bytes;
+        self.entries.insert(
+            key,
+            Entry {
+                tables,
+                bytes,
+                last_used: self.clock,
+            },
+        );
+    }
+
+    pub fn used_bytes(&self) -> usize {
+        self.used_bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(bytes: usize) -> Arc<ObjectTables> {
+        Arc::new(ObjectTables {
+            name: String::new(),
+            eh_frame: Some((0..bytes as u64, SectionBytes(Arc::from(vec![0u8; bytes])))),
+            eh_frame_hdr: None,
+            debug_frame: None,
+            text_svma: None,
+            got_svma: None,
+            segments: Vec::new(),
+        })
+    }
+
+    fn key(inode: u64) -> TableKey {
+        TableKey::File(FileId {
+            major: 1,
+            minor: 2,
+            inode,
+        })
+    }
+
+    #[test]
+    fn evicts_least_recently_used_by_bytes() {
+        let overhead = fake(0).approx_bytes();
+        let mut c = TableCache::new(3 * (1000 + overhead));
+        for i in 0..3 {
+            c.clock += 1;
+            c.insert(key(i), Some(fake(1000)));
+        }
+        assert_eq!(c.len(), 3);
+        // Touch 0 so that 1 is the oldest.
+        c.clock += 1;
+        if let Some(e) = c.entries.get_mut(&key(0)) {
+            e.last_used = c.clock;
+        }
+        c.clock += 1;
+        c.insert(key(3), Some(fake(1000)));
+        assert_eq!(c.len(), 3);
+        assert!(c.entries.contains_key(&key(0)));
+        assert!(!c.entries.contains_key(&key(1)));
+        assert!(c.used_bytes() <= 3 * (1000 + overhead));
+        // Bigger than the whole budget: not kept, and nothing evicted for it.
+        c.insert(key(9), Some(fake(10_000)));
+        assert!(!c.entries.contains_key(&key(9)));
+        assert_eq!(c.len(), 3);
+    }
+}
