@@ -214,8 +214,9 @@ impl Unwinder {
         }
     }
 
-    /// Unwinds one sample of `process`.
-    pub fn unwind(&mut self, process: &Arc<Process>, regs: UserRegs, stack: &[u8]) -> Unwound {
+    /// Builds `process`'s unwinder now (reading its objects' tables through `/proc/PID`, so it
+    /// must still be alive) unless it is up to date; [`Unwinder::unwind`] does this on demand.
+    pub fn prepare(&mut self, process: &Arc<Process>) {
         let stale = self
             .processes
             .get(&process.pid)
@@ -231,6 +232,11 @@ impl Unwinder {
                 },
             );
         }
+    }
+
+    /// Unwinds one sample of `process`.
+    pub fn unwind(&mut self, process: &Arc<Process>, regs: UserRegs, stack: &[u8]) -> Unwound {
+        self.prepare(process);
         let Some(p) = self.processes.get_mut(&process.pid) else {
             return Unwound {
                 frames: vec![regs.ip],

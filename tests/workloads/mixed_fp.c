@@ -1,0 +1,36 @@
+/* Mixed-unwinding workload, frame-pointer half (built with -O2 -fno-omit-frame-pointer):
+ * main -> a (FP) -> b (no FP, mixed_nofp.c) -> c (FP) -> hot (no FP). */
+#include <stdlib.h>
+#include <time.h>
+
+unsigned long b(unsigned long x);
+unsigned long hot(unsigned long x);
+
+__attribute__((noinline)) unsigned long c(unsigned long x)
+{
+	unsigned long r = hot(x);
+	return r + 3;
+}
+
+__attribute__((noinline)) unsigned long a(unsigned long x)
+{
+	unsigned long r = b(x);
+	return r + 1;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+	double seconds = argc > 1 ? atof(argv[1]) : 5;
+	double end = now() + seconds;
+	unsigned long x = 1;
+	while (now() < end)
+		x += a(x);
+	return (int)(x & 1);
+}
