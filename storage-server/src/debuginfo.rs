@@ -15,8 +15,12 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use kiln_symbolizer::{BuildId, DebugInfoStore, Symbolizer};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::AppState;
 use crate::error::ApiError;
+use crate::metrics::ReasonLabels;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -29,6 +33,9 @@ pub struct DebugInfo {
     root: PathBuf,
     cache_entries: usize,
     opened: Mutex<Option<Arc<Opened>>>,
+    /// Locations resolved at query time, by outcome (`symbolized` or a reason); registered in
+    /// the server's metrics as `kiln_server_symbolization_frames_total`.
+    pub frame_outcomes: Family<ReasonLabels, Counter>,
 }
 
 pub struct Opened {
@@ -42,7 +49,19 @@ impl DebugInfo {
             root,
             cache_entries,
             opened: Mutex::new(None),
+            frame_outcomes: Family::default(),
         }
+    }
+
+    /// Counts one location resolved with `outcome` (`symbolized` or a [`Reason`] name).
+    ///
+    /// [`Reason`]: crate::query::symbolize::Reason
+    pub fn count_frame(&self, outcome: &str) {
+        self.frame_outcomes
+            .get_or_create(&ReasonLabels {
+                reason: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The opened store and symbolizer. Blocking: call from `spawn_blocking`.

@@ -63,11 +63,13 @@ impl AppState {
     /// State over any [`store::Store`] implementation.
     pub fn with_store(config: ServerConfig, store: SharedStore) -> AppState {
         let debuginfo = DebugInfo::new(config.debuginfo_dir(), config.symbolizer_cache_entries);
+        let mut metrics = Metrics::new();
+        metrics.register_symbolization(debuginfo.frame_outcomes.clone());
         AppState {
             config: Arc::new(config),
             store,
             debuginfo: Arc::new(debuginfo),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
         }
     }
 }
@@ -115,6 +117,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pprof", get(query::pprof_handler))
         .route("/api/v1/series", get(query::series::series_handler))
         .route("/api/v1/diff", get(query::diff::diff_handler))
+        .route(
+            "/api/v1/symbolization",
+            get(query::symbolize::symbolization_handler),
+        )
         // `go tool pprof http://host:port` (a bare host) fetches this path.
         .route("/debug/pprof/profile", get(query::debug_profile_handler))
         .route(

@@ -114,6 +114,16 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Registers the query-time symbolization counter (owned by [`crate::debuginfo::DebugInfo`],
+    /// which the resolver reaches; the metrics registry is not).
+    pub fn register_symbolization(&mut self, frames: Family<ReasonLabels, Counter>) {
+        self.registry.register(
+            "symbolization_frames",
+            "Locations resolved at query time, by outcome (symbolized, or why not)",
+            frames,
+        );
+    }
+
     pub fn ingest_ok(&self, body_bytes: usize, profiles: usize, samples: usize) {
         self.ingest_bytes.inc_by(body_bytes as u64);
         self.ingest_requests

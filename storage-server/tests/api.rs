@@ -720,7 +720,8 @@ async fn web_ui_health_and_metrics() {
     assert_eq!((status, body.as_ref()), (StatusCode::OK, b"ok".as_ref()));
 }
 
-/// Unsymbolized user frames without debuginfo are named `<mapping basename>+0x<file offset>`.
+/// Unsymbolized user frames without debuginfo are named `<mapping basename>+0x<file offset>`,
+/// followed by the reason they have no name.
 #[tokio::test]
 async fn unsymbolized_frames_are_named_by_mapping_and_offset() {
     let dir = tempfile::tempdir().unwrap();
@@ -755,12 +756,19 @@ async fn unsymbolized_frames_are_named_by_mapping_and_offset() {
         path_to(&fg["root"], "entry_SYSCALL_64 [k]").unwrap(),
         [
             "total",
-            "server+0x1100",
-            "server+0x1200",
+            "server+0x1100 (no symbols: debuginfo not uploaded)",
+            "server+0x1200 (no symbols: debuginfo not uploaded)",
             "entry_SYSCALL_64 [k]"
         ]
     );
-    assert!(find(&fg["root"], "0x4242").is_some());
+    assert!(
+        find(
+            &fg["root"],
+            "0x4242 (no symbols: address in no known mapping (process exited?))"
+        )
+        .is_some(),
+        "{fg}"
+    );
 }
 
 /// Compiles a small C program; returns its path.

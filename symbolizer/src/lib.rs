@@ -12,7 +12,7 @@ mod symbolize;
 
 pub use build_id::{BuildId, read_build_id};
 pub use store::DebugInfoStore;
-pub use symbolize::{Frame, Symbolizer, SymbolizerOptions, SymbolizerStats};
+pub use symbolize::{Frame, Frames, Symbolizer, SymbolizerOptions, SymbolizerStats, Unsymbolized};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use blazesym::symbolize::{self as bz, CodeInfo, Input, Symbolized, source};
+use blazesym::symbolize::{self as bz, CodeInfo, Input, Reason, Symbolized, source};
 
 use crate::Error;
 use crate::build_id::BuildId;
@@ -39,8 +39,33 @@ pub struct Frame {
     pub inlined: bool,
 }
 
-/// Symbolization result for one offset: frames innermost first, or `None` when nothing covers it.
-type Frames = Option<Vec<Frame>>;
+/// Why an offset in a stored file got no frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Unsymbolized {
+    /// The file has neither a symbol table nor DWARF (stripped) and no separate debuginfo was
+    /// stored for it: nothing could name any address in it.
+    NoSymbols,
+    /// The file has symbols, but none covers this offset (e.g. code between functions, or a
+    /// stripped file whose only symbols are the few exported ones).
+    UnknownAddress,
+    /// The offset lies in no loadable segment of the file: the profile's mapping does not match it.
+    InvalidOffset,
+}
+
+impl Unsymbolized {
+    /// A short machine-readable name (API field values, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unsymbolized::NoSymbols => "stripped",
+            Unsymbolized::UnknownAddress => "unknown_address",
+            Unsymbolized::InvalidOffset => "invalid_offset",
+        }
+    }
+}
+
+/// Symbolization result for one offset: frames innermost first, or why there are none.
+pub type Frames = Result<Vec<Frame>, Unsymbolized>;
 
 /// Tuning for [`Symbolizer::with_options`].
 #[derive(Clone, Debug)]
@@ -147,7 +172,24 @@ impl Symbolizer {
     /// For each file offset in the ELF with build ID `id`: its frames, innermost (inlined) first, or
     /// `None` when no symbol covers it. `Err(Error::Missing)` when no debuginfo is stored.
     /// Blocks while uncached offsets are symbolized (call it from a blocking context).
-    pub fn symbolize(&self, id: &BuildId, file_offsets: &[u64]) -> Result<Vec<Frames>, Error> {
+    pub fn symbolize(
+        &self,
+        id: &BuildId,
+        file_offsets: &[u64],
+    ) -> Result<Vec<Option<Vec<Frame>>>, Error> {
+        Ok(self
+            .symbolize_detailed(id, file_offsets)?
+            .into_iter()
+            .map(Result::ok)
+            .collect())
+    }
+
+    /// Like [`Symbolizer::symbolize`], with the reason for each offset left without frames.
+    pub fn symbolize_detailed(
+        &self,
+        id: &BuildId,
+        file_offsets: &[u64],
+    ) -> Result<Vec<Frames>, Error> {
         let mut out: Vec<Option<Frames>> = vec![None; file_offsets.len()];
         let mut misses = Vec::new();
         let generation = {
@@ -165,7 +207,7 @@ impl Symbolizer {
         self.misses
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
         if misses.is_empty() {
-            return Ok(out.into_iter().map(Option::flatten).collect());
+            return Ok(out.into_iter().map(unwrap_filled).collect());
         }
 
         misses.sort_unstable();
@@ -199,7 +241,7 @@ impl Symbolizer {
             }
         }
         // Every slot is filled: hits from the cache, misses from `results` (same sorted offsets).
-        Ok(out.into_iter().map(Option::flatten).collect())
+        Ok(out.into_iter().map(unwrap_filled).collect())
     }
 
     /// Forgets cached results and parsed state for `id` (new debuginfo arrived).
@@ -286,6 +328,12 @@ impl Drop for Symbolizer {
     }
 }
 
+/// A slot of `symbolize_detailed`'s output; every slot is filled by then, but an unfilled one
+/// (a bug) must not panic a query: it reads as an address nothing covered.
+fn unwrap_filled(slot: Option<Frames>) -> Frames {
+    slot.unwrap_or(Err(Unsymbolized::UnknownAddress))
+}
+
 fn new_blazesym() -> bz::Symbolizer {
     bz::Symbolizer::builder()
         .enable_code_info(true)
@@ -367,6 +415,7 @@ fn symbolize_batch(
     path: &Path,
     offsets: &[u64],
 ) -> Result<Vec<Frames>, Error> {
+    let has_symbols = has_symbols(path);
     let src = source::Source::Elf(source::Elf::new(path));
     let results = symbolizer
         .symbolize(&src, Input::FileOffset(offsets))
@@ -378,11 +427,28 @@ fn symbolize_batch(
     Ok(results
         .into_iter()
         .zip(offsets)
-        .map(|(s, &off)| to_frames(s, off))
+        .map(|(s, &off)| to_frames(s, off, has_symbols))
         .collect())
 }
 
-fn to_frames(symbolized: Symbolized<'_>, offset: u64) -> Frames {
+/// Whether the ELF at `path` has a symbol table or DWARF. blazesym answers "unknown address" for
+/// a stripped executable's local functions (it still has `.dynsym`), which would hide the real
+/// reason; this tells the two apart. Reads only the section headers. Unreadable: assume symbols,
+/// so the answer degrades to "unknown address" rather than a wrong "stripped".
+fn has_symbols(path: &Path) -> bool {
+    use object::{Object, ObjectSection};
+    let Ok(file) = std::fs::File::open(path) else {
+        return true;
+    };
+    let cache = object::read::ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return true;
+    };
+    elf.sections()
+        .any(|s| matches!(s.name(), Ok(".symtab" | ".debug_info" | ".zdebug_info")) && s.size() > 0)
+}
+
+fn to_frames(symbolized: Symbolized<'_>, offset: u64, has_symbols: bool) -> Frames {
     match symbolized {
         Symbolized::Sym(sym) => {
             let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
@@ -402,11 +468,16 @@ fn to_frames(symbolized: Symbolized<'_>, offset: u64) -> Frames {
                 line: sym.code_info.as_ref().and_then(|c| c.line),
                 inlined: false,
             });
-            Some(frames)
+            Ok(frames)
         }
         Symbolized::Unknown(reason) => {
             tracing::trace!(offset = format_args!("{offset:#x}"), %reason, "offset not symbolized");
-            None
+            Err(match reason {
+                Reason::InvalidFileOffset => Unsymbolized::InvalidOffset,
+                _ if !has_symbols => Unsymbolized::NoSymbols,
+                Reason::MissingSyms => Unsymbolized::NoSymbols,
+                _ => Unsymbolized::UnknownAddress,
+            })
         }
     }
 }

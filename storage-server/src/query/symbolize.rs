@@ -1,12 +1,13 @@
 //! Query-time symbolization: gives every location of a stored profile its frames, asking the
 //! symbolizer (in batches, per build ID) for raw user-space addresses the agent could not name.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use kiln_proto::pprof::{Function, Location, Mapping, Profile};
-use kiln_symbolizer::{BuildId, Frame};
+use kiln_symbolizer::{BuildId, Frame, Unsymbolized};
+use serde::Serialize;
 
 use crate::debuginfo::DebugInfo;
 
@@ -42,18 +43,102 @@ pub enum Resolved {
         frames: Vec<FrameInfo>,
         from_symbolizer: bool,
     },
-    /// No name: `<mapping basename>+0x<file offset>` or `0x<address>`.
+    /// No name: `<mapping basename>+0x<file offset>` or `0x<address>`, followed by why there is no
+    /// name (`" (no symbols: debuginfo not uploaded)"`, see [`Reason::describe`]) when known. The
+    /// reason is part of the name so that every output (flame graph, top, pprof, diff) shows it.
     Raw(String),
 }
+
+/// Why a frame has no name. Every unnamed user frame gets one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The address lies in no mapping the agent knew: typically the process exited (or exec'd)
+    /// before the agent read its `/proc/PID/maps`, or the code is anonymous memory (JIT).
+    NoMapping,
+    /// The mapping has no GNU build ID, so no debuginfo can be looked up for it.
+    NoBuildId,
+    /// No debuginfo has been uploaded for the build ID (yet: the agent uploads in the background).
+    NoDebuginfo,
+    /// Debuginfo is stored, but it is stripped: no symbol table, no DWARF.
+    Stripped,
+    /// The stored file has symbols, but none covers the address.
+    UnknownAddress,
+    /// The address lies outside the stored file's segments: the mapping does not match the file.
+    InvalidOffset,
+    /// The symbolizer failed on this file (corrupt upload, parser error) or is unavailable.
+    SymbolizerError,
+}
+
+impl Reason {
+    /// Machine-readable name (API field values, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoMapping => "no_mapping",
+            Reason::NoBuildId => "no_build_id",
+            Reason::NoDebuginfo => "no_debuginfo",
+            Reason::Stripped => "stripped",
+            Reason::UnknownAddress => "unknown_address",
+            Reason::InvalidOffset => "invalid_offset",
+            Reason::SymbolizerError => "symbolizer_error",
+        }
+    }
+
+    /// What a person reading the flame graph should be told.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::NoMapping => "no symbols: address in no known mapping (process exited?)",
+            Reason::NoBuildId => "no symbols: binary has no build ID",
+            Reason::NoDebuginfo => "no symbols: debuginfo not uploaded",
+            Reason::Stripped => "no symbols: stripped, no debuginfo",
+            Reason::UnknownAddress => "no symbols: address not covered by any symbol",
+            Reason::InvalidOffset => "no symbols: address outside the binary's segments",
+            Reason::SymbolizerError => "no symbols: symbolizer error",
+        }
+    }
+
+    fn from_symbolizer(u: Unsymbolized) -> Reason {
+        match u {
+            Unsymbolized::NoSymbols => Reason::Stripped,
+            Unsymbolized::InvalidOffset => Reason::InvalidOffset,
+            // Future variants: the address is there but unnamed.
+            _ => Reason::UnknownAddress,
+        }
+    }
+}
+
+/// Symbolization counts for one binary (build ID + mapped file name).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BinaryStats {
+    /// Distinct locations (addresses) with names.
+    pub frames_symbolized: u64,
+    /// Distinct locations without, by reason.
+    pub frames_unsymbolized: BTreeMap<Reason, u64>,
+    /// Sample values (of the queried profile type) over stacks, counted once per frame occurrence:
+    /// how much of the profile's weight passes through named vs unnamed frames of this binary.
+    pub samples_symbolized: i64,
+    pub samples_unsymbolized: BTreeMap<Reason, i64>,
+}
+
+/// Key for [`BinaryStats`]: (mapped file, build ID); both may be empty.
+pub type BinaryKey = (String, String);
+
+/// Per-query cache entry: frames, or why there are none.
+type Cached = Result<Arc<[Frame]>, Reason>;
 
 /// Symbolizes across the profiles of one query, remembering answers and failures as it goes.
 pub struct Resolver<'a> {
     debuginfo: Option<&'a DebugInfo>,
-    cache: HashMap<(BuildId, u64), Option<Arc<[Frame]>>>,
-    /// Build IDs the symbolizer could not help with in this query (no debuginfo, or an error).
-    failed: HashSet<BuildId>,
+    cache: HashMap<(BuildId, u64), Cached>,
+    /// Build IDs the symbolizer could not help with in this query, and why (no debuginfo, error).
+    failed: HashMap<BuildId, Reason>,
     /// Set once the symbolizer itself is unusable, to stop asking.
     unavailable: bool,
+    /// Per-binary counts, kept only when asked for ([`Resolver::with_stats`]): counting samples
+    /// costs a pass over every stack, which flame-graph queries should not pay.
+    stats: Option<BTreeMap<BinaryKey, BinaryStats>>,
+    /// `type:unit` of the value the sample counts weigh by.
+    stats_type: String,
 }
 
 fn is_kernel(m: &Mapping, p: &Profile) -> bool {
@@ -87,9 +172,26 @@ impl<'a> Resolver<'a> {
         Resolver {
             debuginfo,
             cache: HashMap::new(),
-            failed: HashSet::new(),
+            failed: HashMap::new(),
             unavailable: false,
+            stats: None,
+            stats_type: String::new(),
         }
+    }
+
+    /// Like [`Resolver::new`], also counting per binary what was named and what not (see
+    /// [`Resolver::into_stats`]), samples weighed by the `profile_type` (`type:unit`) value.
+    pub fn with_stats(debuginfo: Option<&'a DebugInfo>, profile_type: &str) -> Resolver<'a> {
+        Resolver {
+            stats: Some(BTreeMap::new()),
+            stats_type: profile_type.to_owned(),
+            ..Resolver::new(debuginfo)
+        }
+    }
+
+    /// The per-binary counts gathered so far (empty unless made by [`Resolver::with_stats`]).
+    pub fn into_stats(self) -> BTreeMap<BinaryKey, BinaryStats> {
+        self.stats.unwrap_or_default()
     }
 
     /// Resolves every location of `p`, by location id. Blocking (symbolizer I/O).
@@ -97,10 +199,79 @@ impl<'a> Resolver<'a> {
         let mappings: HashMap<u64, &Mapping> = p.mapping.iter().map(|m| (m.id, m)).collect();
         let functions: HashMap<u64, &Function> = p.function.iter().map(|f| (f.id, f)).collect();
         self.symbolize_missing(p, &mappings);
-        p.location
+        let mut outcomes: HashMap<u64, Option<Reason>> = HashMap::new();
+        let resolved: HashMap<u64, Resolved> = p
+            .location
             .iter()
-            .map(|loc| (loc.id, self.resolve_one(p, &mappings, &functions, loc)))
-            .collect()
+            .map(|loc| {
+                let (r, reason) = self.resolve_one(p, &mappings, &functions, loc);
+                // Kernel frames and frames already named by the agent are not the
+                // symbolizer's to count.
+                let counted = match &r {
+                    Resolved::Frames {
+                        from_symbolizer, ..
+                    } => *from_symbolizer,
+                    Resolved::Raw(_) => true,
+                };
+                if counted {
+                    outcomes.insert(loc.id, reason);
+                    if let Some(debuginfo) = self.debuginfo {
+                        debuginfo.count_frame(reason.map_or("symbolized", Reason::as_str));
+                    }
+                }
+                (loc.id, r)
+            })
+            .collect();
+        if self.stats.is_some() {
+            self.count(p, &mappings, &outcomes);
+        }
+        resolved
+    }
+
+    fn count(
+        &mut self,
+        p: &Profile,
+        mappings: &HashMap<u64, &Mapping>,
+        outcomes: &HashMap<u64, Option<Reason>>,
+    ) {
+        let value_index = p
+            .sample_type
+            .iter()
+            .position(|t| format!("{}:{}", p.str(t.r#type), p.str(t.unit)) == self.stats_type)
+            .unwrap_or(0);
+        let Some(stats) = self.stats.as_mut() else {
+            return;
+        };
+        let locations: HashMap<u64, &Location> = p.location.iter().map(|l| (l.id, l)).collect();
+        let key = |loc_id: u64| -> BinaryKey {
+            let m = locations
+                .get(&loc_id)
+                .and_then(|l| mappings.get(&l.mapping_id));
+            match m {
+                Some(m) => (p.str(m.filename).to_owned(), p.str(m.build_id).to_owned()),
+                None => (String::new(), String::new()),
+            }
+        };
+        for (&loc_id, reason) in outcomes {
+            let s = stats.entry(key(loc_id)).or_default();
+            match reason {
+                None => s.frames_symbolized += 1,
+                Some(r) => *s.frames_unsymbolized.entry(*r).or_default() += 1,
+            }
+        }
+        for sample in &p.sample {
+            let weight = sample.value.get(value_index).copied().unwrap_or(0);
+            for loc_id in &sample.location_id {
+                let Some(reason) = outcomes.get(loc_id) else {
+                    continue;
+                };
+                let s = stats.entry(key(*loc_id)).or_default();
+                match reason {
+                    None => s.samples_symbolized += weight,
+                    Some(r) => *s.samples_unsymbolized.entry(*r).or_default() += weight,
+                }
+            }
+        }
     }
 
     /// What to ask the symbolizer about this location: (build ID, file offset).
@@ -123,7 +294,7 @@ impl<'a> Resolver<'a> {
         let mut batches: HashMap<BuildId, Vec<u64>> = HashMap::new();
         for loc in &p.location {
             if let Some(key) = Self::wants(p, mappings.get(&loc.mapping_id), loc)
-                && !self.failed.contains(&key.0)
+                && !self.failed.contains_key(&key.0)
                 && !self.cache.contains_key(&key)
             {
                 batches.entry(key.0).or_default().push(key.1);
@@ -150,15 +321,17 @@ impl<'a> Resolver<'a> {
             offsets.sort_unstable();
             offsets.dedup();
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                opened.symbolizer.symbolize(&id, &offsets)
+                opened.symbolizer.symbolize_detailed(&id, &offsets)
             }));
             match result {
                 Ok(Ok(frames)) if frames.len() == offsets.len() => {
                     for (off, f) in offsets.into_iter().zip(frames) {
-                        self.cache.insert(
-                            (id.clone(), off),
-                            f.map(Arc::from).filter(|f: &Arc<[Frame]>| !f.is_empty()),
-                        );
+                        let cached = match f {
+                            Ok(f) if !f.is_empty() => Ok(Arc::from(f)),
+                            Ok(_) => Err(Reason::UnknownAddress),
+                            Err(u) => Err(Reason::from_symbolizer(u)),
+                        };
+                        self.cache.insert((id.clone(), off), cached);
                     }
                 }
                 Ok(Ok(frames)) => {
@@ -168,22 +341,22 @@ impl<'a> Resolver<'a> {
                         got = frames.len(),
                         "symbolizer answered the wrong number of addresses"
                     );
-                    self.failed.insert(id);
+                    self.failed.insert(id, Reason::SymbolizerError);
                 }
                 Ok(Err(kiln_symbolizer::Error::Missing(_))) => {
                     tracing::debug!(
                         build_id = id.as_str(),
                         "no debuginfo; frames stay unsymbolized"
                     );
-                    self.failed.insert(id);
+                    self.failed.insert(id, Reason::NoDebuginfo);
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(build_id = id.as_str(), error = %e, "symbolization failed");
-                    self.failed.insert(id);
+                    self.failed.insert(id, Reason::SymbolizerError);
                 }
                 Err(_) => {
                     tracing::error!(build_id = id.as_str(), "symbolizer panicked");
-                    self.failed.insert(id);
+                    self.failed.insert(id, Reason::SymbolizerError);
                 }
             }
         }
@@ -195,7 +368,7 @@ impl<'a> Resolver<'a> {
         mappings: &HashMap<u64, &Mapping>,
         functions: &HashMap<u64, &Function>,
         loc: &Location,
-    ) -> Resolved {
+    ) -> (Resolved, Option<Reason>) {
         let m = mappings.get(&loc.mapping_id).copied();
         let kernel = m.is_some_and(|m| is_kernel(m, p));
         if !loc.line.is_empty() {
@@ -217,16 +390,20 @@ impl<'a> Resolver<'a> {
                 })
                 .collect();
             if !frames.is_empty() {
-                return Resolved::Frames {
-                    frames,
-                    from_symbolizer: false,
-                };
+                return (
+                    Resolved::Frames {
+                        frames,
+                        from_symbolizer: false,
+                    },
+                    None,
+                );
             }
         }
-        if let Some(key) = Self::wants(p, mappings.get(&loc.mapping_id), loc)
-            && let Some(Some(frames)) = self.cache.get(&key)
+        let wanted = Self::wants(p, mappings.get(&loc.mapping_id), loc);
+        if let Some(key) = &wanted
+            && let Some(Ok(frames)) = self.cache.get(key)
         {
-            return Resolved::Frames {
+            let resolved = Resolved::Frames {
                 frames: frames
                     .iter()
                     .map(|f| FrameInfo {
@@ -238,9 +415,107 @@ impl<'a> Resolver<'a> {
                     .collect(),
                 from_symbolizer: true,
             };
+            return (resolved, None);
         }
-        Resolved::Raw(raw_name(p, m, loc.address))
+        let reason = self.reason(p, m, wanted.as_ref());
+        let name = raw_name(p, m, loc.address);
+        let name = match reason {
+            Some(r) => format!("{name} ({})", r.describe()),
+            None => name,
+        };
+        (Resolved::Raw(name), reason)
     }
+
+    /// Why an unnamed location has no name; `None` when this resolver cannot tell (no symbolizer).
+    fn reason(
+        &self,
+        p: &Profile,
+        m: Option<&Mapping>,
+        wanted: Option<&(BuildId, u64)>,
+    ) -> Option<Reason> {
+        let Some(m) = m else {
+            return Some(Reason::NoMapping);
+        };
+        let Some(key) = wanted else {
+            // A user mapping we would not ask about: no (valid) build ID, or the address lies
+            // outside it; kernel frames the agent could not name are out of our reach too.
+            return Some(if BuildId::parse(p.str(m.build_id)).is_err() {
+                Reason::NoBuildId
+            } else {
+                Reason::InvalidOffset
+            });
+        };
+        if let Some(Err(r)) = self.cache.get(key) {
+            return Some(*r);
+        }
+        if let Some(r) = self.failed.get(&key.0) {
+            return Some(*r);
+        }
+        if self.unavailable {
+            return Some(Reason::SymbolizerError);
+        }
+        // Without a symbolizer (tests, tools) we did not look: say nothing rather than guess.
+        self.debuginfo.map(|_| Reason::SymbolizerError)
+    }
+}
+
+/// `GET /api/v1/symbolization`: per binary (mapped file + build ID), how many distinct frames and
+/// how much sample weight of the selection are named, and why the rest are not.
+pub async fn symbolization_handler(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    tenant: crate::tenant::Tenant,
+    q: Result<axum::extract::Query<super::Params>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, crate::error::ApiError> {
+    use axum::response::IntoResponse;
+    let started = std::time::Instant::now();
+    let p = super::params(q)?;
+    let sel = p.selection()?.for_tenant(&tenant);
+    let st = state.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut resolver = Resolver::with_stats(Some(&st.debuginfo), &sel.profile_type);
+        let mut profiles = 0u64;
+        st.store
+            .read(
+                crate::store::ReadRequest {
+                    selector: &sel.selector,
+                    range: sel.range,
+                    profile_type: Some(&sel.profile_type),
+                },
+                &mut |stored| {
+                    profiles += 1;
+                    resolver.resolve(&stored.profile);
+                },
+            )
+            .map_err(crate::error::ApiError::internal)?;
+        let binaries: Vec<serde_json::Value> = resolver
+            .into_stats()
+            .into_iter()
+            .map(|((file, build_id), s)| {
+                serde_json::json!({
+                    "file": file,
+                    "build_id": build_id,
+                    "frames": {
+                        "symbolized": s.frames_symbolized,
+                        "unsymbolized": s.frames_unsymbolized,
+                    },
+                    "samples": {
+                        "symbolized": s.samples_symbolized,
+                        "unsymbolized": s.samples_unsymbolized,
+                    },
+                })
+            })
+            .collect();
+        Ok::<_, crate::error::ApiError>(serde_json::json!({
+            "profile_type": sel.profile_type,
+            "profiles": profiles,
+            "binaries": binaries,
+        }))
+    })
+    .await??;
+    state
+        .metrics
+        .observe_query("symbolization", started.elapsed());
+    Ok(axum::Json(body).into_response())
 }
 
 #[cfg(test)]
@@ -262,7 +537,12 @@ mod tests {
         let p = b.finish();
         let r = Resolver::new(None).resolve(&p);
         assert_eq!(r[&raw], Resolved::Raw("app+0x2234".into()));
-        assert_eq!(r[&nomap], Resolved::Raw("0xdead".into()));
+        assert_eq!(
+            r[&nomap],
+            Resolved::Raw(
+                "0xdead (no symbols: address in no known mapping (process exited?))".into()
+            )
+        );
         match &r[&k] {
             Resolved::Frames { frames, .. } => assert_eq!(frames[0].display(), "do_syscall_64 [k]"),
             other => panic!("{other:?}"),

@@ -1,0 +1,304 @@
+//! Symbolization through the HTTP API: every unnamed frame says why, per-binary counts
+//! (`/api/v1/symbolization`, `/metrics`), and stored profiles re-symbolized when debuginfo arrives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode, header};
+use kiln_proto::ProfileBuilder;
+use kiln_proto::pprof::Profile;
+use kiln_proto::push::{LabelPair, PUSH_PATH, PushRequest, RawProfileSeries, RawSample};
+use kiln_storage_server::{AppState, ServerConfig, router};
+use prost::Message;
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn open(dir: &Path) -> Router {
+    router(AppState::open(ServerConfig::with_data_dir(dir)).unwrap())
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Bytes) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, body)
+}
+
+async fn get(app: &Router, uri: &str) -> Value {
+    let (status, body) = send(app, Request::get(uri).body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{uri}: {body:?}");
+    serde_json::from_slice(&body).unwrap()
+}
+
+async fn push(app: &Router, profile: &Profile) {
+    let req = PushRequest {
+        series: vec![RawProfileSeries {
+            labels: [("__name__", "process_cpu"), ("service_name", "app")]
+                .iter()
+                .map(|(n, v)| LabelPair {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            samples: vec![RawSample {
+                raw_profile: profile.encode_to_vec(),
+                id: String::new(),
+            }],
+        }],
+    };
+    let req = Request::post(PUSH_PATH)
+        .header(header::CONTENT_TYPE, "application/proto")
+        .body(Body::from(req.encode_to_vec()))
+        .unwrap();
+    let (status, body) = send(app, req).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+}
+
+async fn put_debuginfo(app: &Router, id: &str, elf: &[u8]) -> StatusCode {
+    let req = Request::put(format!("/debuginfo/v1/{id}"))
+        .header(header::CONTENT_ENCODING, "zstd")
+        .body(Body::from(zstd::encode_all(elf, 3).unwrap()))
+        .unwrap();
+    send(app, req).await.0
+}
+
+/// Every node name in the flame graph.
+fn names(node: &Value, out: &mut Vec<String>) {
+    if let Some(n) = node["name"].as_str() {
+        out.push(n.to_owned());
+    }
+    for c in node["children"].as_array().into_iter().flatten() {
+        names(c, out);
+    }
+}
+
+async fn flame_names(app: &Router) -> Vec<String> {
+    let fg = get(app, "/api/v1/flamegraph").await;
+    let mut out = Vec::new();
+    names(&fg["root"], &mut out);
+    out
+}
+
+/// gcc -g a small program with `main -> alpha -> hot`; `None` (test skipped) without gcc.
+fn compile(dir: &Path) -> Option<PathBuf> {
+    let src = dir.join("app.c");
+    std::fs::write(
+        &src,
+        "__attribute__((noinline)) int hot(int n) { volatile int s = 0; for (int i = 0; i < n; i++) s += i; return s; }\n\
+         __attribute__((noinline)) int alpha(int n) { return hot(n) + 1; }\n\
+         int main(int argc, char **argv) { (void)argv; return alpha(argc * 1000) & 1; }\n",
+    )
+    .unwrap();
+    let out = dir.join("app");
+    let ok = Command::new("gcc")
+        .args(["-g", "-O0", "-fno-inline", "-Wl,--build-id=sha1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(out)
+}
+
+struct Elf {
+    build_id: String,
+    /// (memory start, memory limit, file offset) of the text segment, "loaded" somewhere.
+    mapping: (u64, u64, u64),
+    /// A runtime address inside each of main, alpha, hot.
+    addrs: HashMap<String, u64>,
+}
+
+fn inspect(path: &Path) -> Elf {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let bytes = std::fs::read(path).unwrap();
+    let file = object::File::parse(bytes.as_slice()).unwrap();
+    let build_id: String = file
+        .build_id()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = 0x5555_5555_0000u64;
+    let mut mapping = None;
+    let mut addrs = HashMap::new();
+    for sym in file.symbols() {
+        let name = sym.name().unwrap_or("");
+        if !["main", "alpha", "hot"].contains(&name) {
+            continue;
+        }
+        let vaddr = sym.address() + 4;
+        let seg = file
+            .segments()
+            .find(|s| s.address() <= vaddr && vaddr < s.address() + s.size())
+            .unwrap();
+        let (seg_off, _) = seg.file_range();
+        let page_off = seg_off & !0xfff;
+        let start = base + (seg.address() & !0xfff);
+        mapping = Some((start, start + seg.size() + 0x1000, page_off));
+        addrs.insert(
+            name.to_owned(),
+            start + (vaddr - seg.address() + seg_off - page_off),
+        );
+    }
+    assert_eq!(addrs.len(), 3, "{addrs:?}");
+    Elf {
+        build_id,
+        mapping: mapping.unwrap(),
+        addrs,
+    }
+}
+
+/// What the agent sends for a process running `exe`: raw addresses, one mapping with the build ID;
+/// plus one frame in no mapping (as when a process exits before its maps are read).
+fn agent_profile(exe: &Path, elf: &Elf) -> Profile {
+    let (start, limit, offset) = elf.mapping;
+    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+    let m = b.mapping(start, limit, offset, exe.to_str().unwrap(), &elf.build_id);
+    let l = |b: &mut ProfileBuilder, f: &str| b.raw_location(m, elf.addrs[f]);
+    let (lm, la, lh) = (l(&mut b, "main"), l(&mut b, "alpha"), l(&mut b, "hot"));
+    let orphan = b.raw_location(0, 0x7f00_dead_0000);
+    b.add_sample(&[lh, la, lm], &[9, 90], &[]);
+    b.add_sample(&[la, lm], &[1, 10], &[]);
+    b.add_sample(&[orphan], &[2, 20], &[]);
+    b.finish()
+}
+
+/// The `/api/v1/symbolization` entry for `build_id`.
+fn binary<'a>(v: &'a Value, build_id: &str) -> &'a Value {
+    v["binaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["build_id"] == build_id)
+        .unwrap_or_else(|| panic!("no {build_id} in {v}"))
+}
+
+/// Issue 3 ("truthful stacks"): a profile pushed before its binary's debuginfo shows why its
+/// frames are unnamed; once the debuginfo is uploaded, the same stored profile shows the names.
+#[tokio::test]
+async fn stored_profile_is_resymbolized_when_debuginfo_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = compile(dir.path()) else {
+        eprintln!("SKIPPED: gcc is not available to build the test program");
+        return;
+    };
+    let elf = inspect(&exe);
+    let app = open(&dir.path().join("data"));
+    push(&app, &agent_profile(&exe, &elf)).await;
+
+    let before = flame_names(&app).await;
+    let unnamed: Vec<&String> = before.iter().filter(|n| n.starts_with("app+0x")).collect();
+    assert_eq!(unnamed.len(), 3, "{before:?}");
+    for n in &unnamed {
+        assert!(
+            n.ends_with(" (no symbols: debuginfo not uploaded)"),
+            "{n:?}"
+        );
+    }
+    assert!(
+        before.contains(
+            &"0x7f00dead0000 (no symbols: address in no known mapping (process exited?))"
+                .to_owned()
+        ),
+        "{before:?}"
+    );
+    for f in ["main", "alpha", "hot"] {
+        assert!(!before.contains(&f.to_owned()), "{before:?}");
+    }
+
+    let stats = get(&app, "/api/v1/symbolization").await;
+    assert_eq!(stats["profiles"], 1, "{stats}");
+    let b = binary(&stats, &elf.build_id);
+    assert_eq!(b["file"], exe.to_str().unwrap());
+    assert_eq!(b["frames"]["symbolized"], 0, "{b}");
+    assert_eq!(b["frames"]["unsymbolized"]["no_debuginfo"], 3, "{b}");
+    // cpu ns through the binary's frames: main 100 + alpha 100 + hot 90.
+    assert_eq!(b["samples"]["unsymbolized"]["no_debuginfo"], 290, "{b}");
+    let orphan = binary(&stats, "");
+    assert_eq!(
+        orphan["frames"]["unsymbolized"]["no_mapping"], 1,
+        "{orphan}"
+    );
+    assert_eq!(
+        orphan["samples"]["unsymbolized"]["no_mapping"], 20,
+        "{orphan}"
+    );
+
+    assert_eq!(
+        put_debuginfo(&app, &elf.build_id, &std::fs::read(&exe).unwrap()).await,
+        StatusCode::CREATED
+    );
+
+    let after = flame_names(&app).await;
+    for f in ["main", "alpha", "hot"] {
+        assert!(after.contains(&f.to_owned()), "{after:?}");
+    }
+    assert!(
+        !after.iter().any(|n| n.contains("debuginfo not uploaded")),
+        "{after:?}"
+    );
+    let stats = get(&app, "/api/v1/symbolization").await;
+    let b = binary(&stats, &elf.build_id);
+    assert_eq!(b["frames"]["symbolized"], 3, "{b}");
+    assert_eq!(b["samples"]["symbolized"], 290, "{b}");
+    assert_eq!(b["frames"]["unsymbolized"], serde_json::json!({}), "{b}");
+
+    // The outcomes are counted for Prometheus too.
+    let (_, metrics) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    for line in [
+        "kiln_server_symbolization_frames_total{reason=\"no_debuginfo\"}",
+        "kiln_server_symbolization_frames_total{reason=\"symbolized\"}",
+        "kiln_server_symbolization_frames_total{reason=\"no_mapping\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+}
+
+/// A stripped binary uploaded without separate debuginfo: its frames say so.
+#[tokio::test]
+async fn stripped_binary_frames_say_stripped() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = compile(dir.path()) else {
+        eprintln!("SKIPPED: gcc is not available to build the test program");
+        return;
+    };
+    let elf = inspect(&exe);
+    let stripped = dir.path().join("app.stripped");
+    let ok = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&exe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: strip (binutils) is not available");
+        return;
+    }
+    let app = open(&dir.path().join("data"));
+    assert_eq!(
+        put_debuginfo(&app, &elf.build_id, &std::fs::read(&stripped).unwrap()).await,
+        StatusCode::CREATED
+    );
+    push(&app, &agent_profile(&exe, &elf)).await;
+    let names = flame_names(&app).await;
+    let unnamed: Vec<&String> = names.iter().filter(|n| n.starts_with("app+0x")).collect();
+    assert_eq!(unnamed.len(), 3, "{names:?}");
+    for n in unnamed {
+        assert!(
+            n.ends_with(" (no symbols: stripped, no debuginfo)"),
+            "{n:?}"
+        );
+    }
+    let stats = get(&app, "/api/v1/symbolization").await;
+    let b = binary(&stats, &elf.build_id);
+    assert_eq!(b["frames"]["unsymbolized"]["stripped"], 3, "{b}");
+}
