@@ -70,7 +70,11 @@ struct {
 } kiln_drops SEC(".maps");
 
 /* Copies up to `want` bytes of user stack from `sp`. A copy that would run past the top of the
- * stack mapping faults as a whole, so it falls back to the bytes up to the end of sp's page. */
+ * stack mapping faults as a whole; then the longest copy that ends on a page boundary below `want`
+ * is found by binary search over the number of whole pages after sp's page (reads up to the top of
+ * the mapping succeed, reads past it fail), so stacks near the top (main, thread starts) are copied
+ * up to the mapping's end instead of being cut at the end of sp's page. Every size is clamped to a
+ * constant bound for the verifier. */
 static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp, __u32 want)
 {
 	if (want > KILN_MAX_STACK_COPY)
@@ -79,11 +83,33 @@ static __always_inline __u32 copy_user_stack(__u8 *dst, __u64 sp, __u32 want)
 		return 0;
 	if (bpf_probe_read_user(dst, want, (const void *)sp) == 0)
 		return want;
-	__u32 to_page_end = PAGE_SIZE - (sp & (PAGE_SIZE - 1));
-	if (to_page_end > want)
-		to_page_end = want;
-	if (bpf_probe_read_user(dst, to_page_end, (const void *)sp) == 0)
-		return to_page_end;
+	__u32 first = PAGE_SIZE - (sp & (PAGE_SIZE - 1));
+	if (first >= want)
+		return 0;
+	/* Invariant: `first + lo * PAGE_SIZE` bytes are readable (assumed for lo = 0: sp's own page),
+	 * `first + hi * PAGE_SIZE` are not (hi's length is >= want, which just failed). */
+	__u32 lo = 0, hi = (want - first + PAGE_SIZE - 1) / PAGE_SIZE;
+#pragma unroll
+	for (int i = 0; i < 4; i++) { /* 2^4 pages > KILN_MAX_STACK_COPY / PAGE_SIZE */
+		if (hi - lo > 1) {
+			__u32 mid = (lo + hi) / 2;
+			__u32 len = first + mid * PAGE_SIZE;
+			if (len > KILN_MAX_STACK_COPY)
+				len = KILN_MAX_STACK_COPY;
+			if (bpf_probe_read_user(dst, len, (const void *)sp) == 0)
+				lo = mid;
+			else
+				hi = mid;
+		}
+	}
+	__u32 len = first + lo * PAGE_SIZE;
+	if (len > KILN_MAX_STACK_COPY)
+		len = KILN_MAX_STACK_COPY;
+	if (len == 0)
+		return 0;
+	/* A failed probe read zeroes the buffer: read the winner again. */
+	if (bpf_probe_read_user(dst, len, (const void *)sp) == 0)
+		return len;
 	return 0;
 }
 
