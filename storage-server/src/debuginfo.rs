@@ -83,26 +83,56 @@ impl DebugInfo {
     }
 }
 
+/// Which file of a build ID a request is about (`?kind=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The mapped ELF itself (`?kind=executable`, the default): its segments place addresses.
+    #[default]
+    Executable,
+    /// Its separate debug file (`?kind=debuginfo`: `/usr/lib/debug/.build-id/xx/y.debug`, a
+    /// `.gnu_debuglink` target, debuginfod's answer): names and lines for a stripped executable.
+    Debuginfo,
+}
+
+/// Query parameters of the debuginfo endpoints.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct KindParam {
+    #[serde(default)]
+    pub kind: Kind,
+}
+
+fn kind_of(
+    q: Result<axum::extract::Query<KindParam>, axum::extract::rejection::QueryRejection>,
+) -> Result<Kind, ApiError> {
+    q.map(|axum::extract::Query(k)| k.kind).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad query string (kind is executable or debuginfo): {}",
+            e.body_text()
+        ))
+    })
+}
+
 fn parse_build_id(s: &str) -> Result<BuildId, ApiError> {
     BuildId::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// `GET /debuginfo/v1/{build_id}`: `200 {"build_id", "size"}` or `404`.
+/// `GET /debuginfo/v1/{build_id}[?kind=debuginfo]`: `200 {"build_id", "size"}` or `404`.
 pub async fn get_debuginfo(
     State(state): State<AppState>,
     Path(build_id): Path<String>,
+    q: Result<axum::extract::Query<KindParam>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_build_id(&build_id)?;
+    let kind = kind_of(q)?;
     let debuginfo = state.debuginfo.clone();
     let id2 = id.clone();
     let found = tokio::task::spawn_blocking(move || {
         let opened = debuginfo.get()?;
-        Ok::<_, kiln_symbolizer::Error>(
-            opened
-                .store
-                .contains(&id2)
-                .then(|| opened.store.size(&id2).unwrap_or(0)),
-        )
+        Ok::<_, kiln_symbolizer::Error>(match kind {
+            Kind::Executable => opened.store.size(&id2),
+            Kind::Debuginfo => opened.store.debug_size(&id2),
+        })
     })
     .await?
     .map_err(ApiError::internal)?;
@@ -125,15 +155,17 @@ enum Encoding {
     Sniff,
 }
 
-/// `PUT /debuginfo/v1/{build_id}`: a zstd-compressed ELF, streamed to a temp file, then
-/// decompressed into the store with a size limit.
+/// `PUT /debuginfo/v1/{build_id}[?kind=debuginfo]`: a zstd-compressed ELF, streamed to a temp
+/// file, then decompressed into the store with a size limit.
 pub async fn put_debuginfo(
     State(state): State<AppState>,
     Path(build_id): Path<String>,
+    q: Result<axum::extract::Query<KindParam>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = parse_build_id(&build_id)?;
+    let kind = kind_of(q)?;
     let encoding = match headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
@@ -151,10 +183,14 @@ pub async fn put_debuginfo(
     // Already stored: answer without reading the upload.
     let debuginfo = state.debuginfo.clone();
     let id2 = id.clone();
-    let exists =
-        tokio::task::spawn_blocking(move || debuginfo.get().map(|o| o.store.contains(&id2)))
-            .await?
-            .map_err(ApiError::internal)?;
+    let exists = tokio::task::spawn_blocking(move || {
+        debuginfo.get().map(|o| match kind {
+            Kind::Executable => o.store.contains(&id2),
+            Kind::Debuginfo => o.store.debug_path(&id2).is_some(),
+        })
+    })
+    .await?
+    .map_err(ApiError::internal)?;
     if exists {
         return Ok((
             StatusCode::OK,
@@ -170,9 +206,9 @@ pub async fn put_debuginfo(
     let debuginfo = state.debuginfo.clone();
     let max_bytes = limits.debuginfo_max_bytes;
     let id2 = id.clone();
-    tokio::task::spawn_blocking(move || insert(&debuginfo, &id2, tmp, encoding, max_bytes))
+    tokio::task::spawn_blocking(move || insert(&debuginfo, &id2, kind, tmp, encoding, max_bytes))
         .await??;
-    tracing::info!(build_id = id.as_str(), "debuginfo stored");
+    tracing::info!(build_id = id.as_str(), ?kind, "debuginfo stored");
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({"build_id": id.as_str(), "stored": true})),
@@ -235,10 +271,15 @@ impl<R: Read> Read for TrackedReader<R> {
 fn insert(
     debuginfo: &DebugInfo,
     id: &BuildId,
+    kind: Kind,
     tmp: tempfile::NamedTempFile,
     encoding: Encoding,
     max_bytes: u64,
 ) -> Result<(), ApiError> {
+    let store_into = |reader: &mut dyn Read| match kind {
+        Kind::Executable => opened_store_insert(debuginfo, id, reader, max_bytes, false),
+        Kind::Debuginfo => opened_store_insert(debuginfo, id, reader, max_bytes, true),
+    };
     let opened = debuginfo.get().map_err(ApiError::internal)?;
     let mut file = tmp.reopen().map_err(ApiError::internal)?;
     let mut magic = [0u8; 4];
@@ -249,17 +290,17 @@ fn insert(
     let result = if zstd {
         let decoder = zstd::stream::read::Decoder::new(std::io::BufReader::new(file))
             .map_err(|e| ApiError::bad_request(format!("body is not zstd: {e}")))?;
-        let reader = TrackedReader {
+        let mut reader = TrackedReader {
             inner: decoder,
             failed: failed.clone(),
         };
-        opened.store.insert_from_reader(id, reader, max_bytes)
+        store_into(&mut reader)
     } else {
-        let reader = TrackedReader {
+        let mut reader = TrackedReader {
             inner: std::io::BufReader::new(file),
             failed: failed.clone(),
         };
-        opened.store.insert_from_reader(id, reader, max_bytes)
+        store_into(&mut reader)
     };
     drop(tmp);
     match result {
@@ -283,5 +324,20 @@ fn insert(
                 other => ApiError::internal(other),
             })
         }
+    }
+}
+
+fn opened_store_insert(
+    debuginfo: &DebugInfo,
+    id: &BuildId,
+    reader: &mut dyn Read,
+    max_bytes: u64,
+    debug_file: bool,
+) -> Result<(), kiln_symbolizer::Error> {
+    let opened = debuginfo.get()?;
+    if debug_file {
+        opened.store.insert_debug_from_reader(id, reader, max_bytes)
+    } else {
+        opened.store.insert_from_reader(id, reader, max_bytes)
     }
 }

@@ -302,3 +302,117 @@ async fn stripped_binary_frames_say_stripped() {
     let b = binary(&stats, &elf.build_id);
     assert_eq!(b["frames"]["unsymbolized"]["stripped"], 3, "{b}");
 }
+
+/// Runs `cmd`, `false` when it is missing or fails.
+fn run(cmd: &mut Command) -> bool {
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+/// A stripped executable plus its separate debug file (`objcopy --only-keep-debug`, `strip
+/// --strip-all`, `--add-gnu-debuglink`), uploaded as `?kind=debuginfo`: names and lines come back.
+#[tokio::test]
+async fn stripped_binary_resolves_through_separate_debuginfo() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = compile(dir.path()) else {
+        eprintln!("SKIPPED: gcc is not available to build the test program");
+        return;
+    };
+    let elf = inspect(&exe);
+    let debug = dir.path().join("app.debug");
+    let stripped = dir.path().join("app.stripped");
+    let debuglink = format!("--add-gnu-debuglink={}", debug.display());
+    let ok = run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(&debug))
+        && run(Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&exe))
+        && run(Command::new("objcopy").arg(&debuglink).arg(&stripped));
+    if !ok {
+        eprintln!("SKIPPED: objcopy/strip (binutils) are not available");
+        return;
+    }
+    let app = open(&dir.path().join("data"));
+    let put = |kind: &'static str, path: PathBuf| {
+        let app = app.clone();
+        let id = elf.build_id.clone();
+        async move {
+            let req = Request::put(format!("/debuginfo/v1/{id}{kind}"))
+                .header(header::CONTENT_ENCODING, "zstd")
+                .body(Body::from(
+                    zstd::encode_all(std::fs::read(path).unwrap().as_slice(), 3).unwrap(),
+                ))
+                .unwrap();
+            send(&app, req).await.0
+        }
+    };
+    assert_eq!(put("", stripped.clone()).await, StatusCode::CREATED);
+    push(&app, &agent_profile(&exe, &elf)).await;
+    // Only the stripped executable so far.
+    let names = flame_names(&app).await;
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with(" (no symbols: stripped, no debuginfo)")),
+        "{names:?}"
+    );
+    let (status, _) = send(
+        &app,
+        Request::get(format!("/debuginfo/v1/{}?kind=debuginfo", elf.build_id))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A debug file of another build refused; a bad kind refused.
+    assert_eq!(
+        put("?kind=bogus", debug.clone()).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        put("?kind=debuginfo", debug.clone()).await,
+        StatusCode::CREATED
+    );
+    let info = get(
+        &app,
+        &format!("/debuginfo/v1/{}?kind=debuginfo", elf.build_id),
+    )
+    .await;
+    assert_eq!(info["size"], std::fs::metadata(&debug).unwrap().len());
+
+    let names = flame_names(&app).await;
+    for f in ["main", "alpha", "hot"] {
+        assert!(names.contains(&f.to_owned()), "{names:?}");
+    }
+    // Lines too: the pprof export carries file:line from the debug file's DWARF.
+    let (status, body) = send(
+        &app,
+        Request::get("/api/v1/pprof").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let p = kiln_proto::codec::decode_profile(&body, 1 << 26).unwrap();
+    let mut lines = HashMap::new();
+    for loc in &p.location {
+        for line in &loc.line {
+            let f = p
+                .function
+                .iter()
+                .find(|f| f.id == line.function_id)
+                .unwrap();
+            lines.insert(
+                p.str(f.name).to_owned(),
+                (p.str(f.filename).to_owned(), line.line),
+            );
+        }
+    }
+    // app.c: hot is on line 1, alpha on line 2, main on line 3.
+    for (f, want) in [("hot", 1), ("alpha", 2), ("main", 3)] {
+        let (file, line) = &lines[f];
+        assert!(file.ends_with("app.c"), "{f}: {file}");
+        assert_eq!(*line, want, "{f}: {lines:?}");
+    }
+}

@@ -47,6 +47,37 @@ impl DebugInfoStore {
         self.root.join(fan).join(format!("{rest}.elf"))
     }
 
+    /// Where the separate debug file for `id` lives (`objcopy --only-keep-debug` output, or what
+    /// `/usr/lib/debug/.build-id/` or a debuginfod server holds), whether or not it is stored.
+    pub(crate) fn debug_file_path(&self, id: &BuildId) -> PathBuf {
+        self.file_path(id).with_extension("debug")
+    }
+
+    /// The stored separate debug file for `id`, if any.
+    pub fn debug_path(&self, id: &BuildId) -> Option<PathBuf> {
+        let path = self.debug_file_path(id);
+        path.is_file().then_some(path)
+    }
+
+    /// Size in bytes of the stored separate debug file for `id`, if any.
+    pub fn debug_size(&self, id: &BuildId) -> Option<u64> {
+        fs::metadata(self.debug_file_path(id))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    }
+
+    /// Like [`DebugInfoStore::insert_from_reader`], for the separate debug file of `id` (its
+    /// names and lines; the executable stays the source of the address layout).
+    pub fn insert_debug_from_reader(
+        &self,
+        id: &BuildId,
+        reader: impl Read,
+        max_bytes: u64,
+    ) -> Result<(), Error> {
+        self.insert_at(id, reader, max_bytes, self.debug_file_path(id))
+    }
+
     pub fn contains(&self, id: &BuildId) -> bool {
         self.path(id).is_some()
     }
@@ -75,6 +106,16 @@ impl DebugInfoStore {
         reader: impl Read,
         max_bytes: u64,
     ) -> Result<(), Error> {
+        self.insert_at(id, reader, max_bytes, self.file_path(id))
+    }
+
+    fn insert_at(
+        &self,
+        id: &BuildId,
+        reader: impl Read,
+        max_bytes: u64,
+        dest: PathBuf,
+    ) -> Result<(), Error> {
         // Dropping `tmp` on any error path deletes it, so a failed upload leaves nothing behind.
         let tmp = NamedTempFile::with_prefix_in(".upload-", self.root.join(TMP_DIR))?;
         let written = copy_limited(reader, tmp.as_file(), max_bytes)?;
@@ -95,7 +136,6 @@ impl DebugInfoStore {
 
         // Durable before visible: a crash after the rename must not expose a truncated file.
         tmp.as_file().sync_all()?;
-        let dest = self.file_path(id);
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -106,7 +146,7 @@ impl DebugInfoStore {
                 tracing::debug!(dir = %dir.display(), error = %e, "fsync of store directory failed");
             }
         }
-        tracing::info!(build_id = %id, bytes = written, "debuginfo stored");
+        tracing::info!(build_id = %id, bytes = written, path = %dest.display(), "debuginfo stored");
         Ok(())
     }
 

@@ -100,7 +100,10 @@ pub struct SymbolizerStats {
 enum Job {
     Symbolize {
         id: BuildId,
+        /// The executable: its segments map file offsets to addresses.
         path: PathBuf,
+        /// The separate debug file, when stored: names and lines come from it.
+        debug: Option<PathBuf>,
         offsets: Vec<u64>,
         reply: mpsc::SyncSender<Result<Vec<Frames>, Error>>,
     },
@@ -216,7 +219,8 @@ impl Symbolizer {
             .store
             .path(id)
             .ok_or_else(|| Error::Missing(id.to_string()))?;
-        let results = self.run_on_worker(id, path, misses.clone())?;
+        let debug = self.store.debug_path(id);
+        let results = self.run_on_worker(id, path, debug, misses.clone())?;
         if results.len() != misses.len() {
             return Err(Error::Symbolize(format!(
                 "blazesym returned {} results for {} offsets",
@@ -254,9 +258,10 @@ impl Symbolizer {
         // Also free the old parsed file; blazesym would reload the replaced file on its own
         // (it stats the path on every request) but keep the old version in memory.
         if let Some(worker) = self.worker_for(id) {
-            let path = self.store.file_path(id);
-            if worker.send(Job::Evict { path }).is_err() {
-                tracing::warn!(build_id = %id, "symbolizer worker gone; nothing to evict");
+            for path in [self.store.file_path(id), self.store.debug_file_path(id)] {
+                if worker.send(Job::Evict { path }).is_err() {
+                    tracing::warn!(build_id = %id, "symbolizer worker gone; nothing to evict");
+                }
             }
         }
         tracing::debug!(build_id = %id, "symbolizer cache invalidated");
@@ -298,6 +303,7 @@ impl Symbolizer {
         &self,
         id: &BuildId,
         path: PathBuf,
+        debug: Option<PathBuf>,
         offsets: Vec<u64>,
     ) -> Result<Vec<Frames>, Error> {
         let worker = self
@@ -307,6 +313,7 @@ impl Symbolizer {
         let job = Job::Symbolize {
             id: id.clone(),
             path,
+            debug,
             offsets,
             reply,
         };
@@ -353,10 +360,13 @@ fn worker_loop(rx: mpsc::Receiver<Job>, open_files: usize) {
         match job {
             Job::Symbolize {
                 id,
-                path,
+                path: exe,
+                debug,
                 offsets,
                 reply,
             } => {
+                // The file blazesym parses (and keeps parsed): the debug file when there is one.
+                let path = debug.clone().unwrap_or_else(|| exe.clone());
                 if let Some(i) = open.iter().position(|p| *p == path) {
                     open.remove(i);
                 }
@@ -369,7 +379,7 @@ fn worker_loop(rx: mpsc::Receiver<Job>, open_files: usize) {
                 // Uploaded files are untrusted input: a parser panic must cost one request, not
                 // the worker (which every later request for its build IDs would then miss).
                 let result = match catch_unwind(AssertUnwindSafe(|| {
-                    symbolize_batch(&symbolizer, &id, &path, &offsets)
+                    symbolize_batch(&symbolizer, &id, &exe, debug.as_deref(), &offsets)
                 })) {
                     Ok(Ok(frames)) => Ok(frames),
                     Ok(Err(e)) => {
@@ -410,6 +420,84 @@ fn evict(symbolizer: &mut bz::Symbolizer, path: &Path) {
 }
 
 fn symbolize_batch(
+    symbolizer: &bz::Symbolizer,
+    id: &BuildId,
+    exe: &Path,
+    debug: Option<&Path>,
+    offsets: &[u64],
+) -> Result<Vec<Frames>, Error> {
+    match debug {
+        None => symbolize_file_offsets(symbolizer, id, exe, offsets),
+        Some(debug) => symbolize_with_debug_file(symbolizer, id, exe, debug, offsets),
+    }
+}
+
+/// Through a separate debug file: its program headers carry no usable file offsets (its code
+/// sections are `NOBITS`), so the executable's segments turn file offsets into addresses, and
+/// blazesym looks those up in the debug file's symbols and DWARF.
+fn symbolize_with_debug_file(
+    symbolizer: &bz::Symbolizer,
+    id: &BuildId,
+    exe: &Path,
+    debug: &Path,
+    offsets: &[u64],
+) -> Result<Vec<Frames>, Error> {
+    let segments = load_segments(exe)?;
+    let addrs: Vec<Option<u64>> = offsets
+        .iter()
+        .map(|&off| {
+            segments
+                .iter()
+                .find(|&&(_, file_off, size)| off >= file_off && off - file_off < size)
+                .map(|&(vaddr, file_off, _)| vaddr + (off - file_off))
+        })
+        .collect();
+    let present: Vec<u64> = addrs.iter().flatten().copied().collect();
+    let mut found = if present.is_empty() {
+        Vec::new()
+    } else {
+        let has_symbols = has_symbols(debug);
+        let src = source::Source::Elf(source::Elf::new(debug));
+        symbolizer
+            .symbolize(&src, Input::VirtOffset(&present))
+            .map_err(|e| match e.kind() {
+                blazesym::ErrorKind::NotFound => Error::Missing(id.to_string()),
+                _ => Error::Symbolize(format!("{}: {e:#}", debug.display())),
+            })?
+            .into_iter()
+            .zip(&present)
+            .map(|(s, &addr)| to_frames(s, addr, has_symbols))
+            .collect()
+    }
+    .into_iter();
+    Ok(addrs
+        .iter()
+        .map(|a| match a {
+            Some(_) => found.next().unwrap_or(Err(Unsymbolized::UnknownAddress)),
+            None => Err(Unsymbolized::InvalidOffset),
+        })
+        .collect())
+}
+
+/// (virtual address, file offset, file size) of each loadable segment of the ELF at `path`.
+fn load_segments(path: &Path) -> Result<Vec<(u64, u64, u64)>, Error> {
+    use object::{Object, ObjectSegment};
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Missing(path.display().to_string()),
+        _ => Error::Io(e),
+    })?;
+    let cache = object::read::ReadCache::new(file);
+    let elf = object::File::parse(&cache).map_err(|e| Error::NotElf(e.to_string()))?;
+    Ok(elf
+        .segments()
+        .map(|s| {
+            let (off, size) = s.file_range();
+            (s.address(), off, size)
+        })
+        .collect())
+}
+
+fn symbolize_file_offsets(
     symbolizer: &bz::Symbolizer,
     id: &BuildId,
     path: &Path,
