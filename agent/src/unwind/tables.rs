@@ -149,12 +149,26 @@ impl ObjectTables {
     /// The framehop module for this object mapped at `avma` (which maps file offset `offset`).
     /// `None` when no load segment contains that offset (not the file we think it is).
     pub fn module(&self, avma: Range<u64>, offset: u64) -> Option<Module<SectionBytes>> {
-        let seg = self.segments.iter().find(|s| {
-            s.file_size > 0 && (s.file_offset..s.file_offset + s.file_size).contains(&offset)
-        })?;
+        // The kernel maps a segment from its page-aligned file offset to its page-aligned address,
+        // so the mapping's offset names its segment — not "the segment containing the offset":
+        // linkers often start the executable segment inside the page where a read-only one ends.
+        let page_down = |a: u64| a & !(PAGE - 1);
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.file_size > 0 && page_down(s.file_offset) == offset)
+            .or_else(|| {
+                self.segments.iter().find(|s| {
+                    s.file_size > 0
+                        && (s.file_offset..s.file_offset + s.file_size).contains(&offset)
+                })
+            })?;
         // The stated address of the mapping's first byte; the difference to where it really is
         // (the load bias) is what framehop calls the base AVMA (ELF images state base 0).
-        let svma = seg.vaddr.checked_add(offset - seg.file_offset)?;
+        let svma = seg
+            .vaddr
+            .checked_add(offset)?
+            .checked_sub(seg.file_offset)?;
         let base_avma = avma.start.wrapping_sub(svma);
         let info = ExplicitModuleSectionInfo {
             base_svma: 0,
@@ -205,6 +219,9 @@ pub struct TableCache {
     used_bytes: usize,
     clock: u64,
 }
+
+/// The page size of the x86-64 mappings the kernel makes.
+const PAGE: u64 = 4096;
 
 /// What a failed entry counts against the budget (so failures cannot grow the map unboundedly).
 const FAILED_ENTRY_BYTES: usize = 256;
@@ -306,6 +323,33 @@ mod tests {
             minor: 2,
             inode,
         })
+    }
+
+    /// Regression: rustc (via bfd ld) starts the R+X segment at file offset 0x16a00, inside the page
+    /// where the read-only segment ends, and the kernel maps it from offset 0x16000. Picking the
+    /// segment that *contains* 0x16000 (the read-only one) put the load bias 0x1000 off and no
+    /// Rust frame unwound.
+    #[test]
+    fn module_base_for_exec_segment_starting_mid_page() {
+        let mut t = Arc::try_unwrap(fake(8)).expect("sole owner");
+        t.segments = vec![
+            LoadSegment {
+                file_offset: 0,
+                file_size: 0x16a00,
+                vaddr: 0,
+            },
+            LoadSegment {
+                file_offset: 0x16a00,
+                file_size: 0x3f300,
+                vaddr: 0x17a00,
+            },
+        ];
+        let start = 0x5580_bfd0_0000u64;
+        let m = t
+            .module(start..start + 0x40000, 0x16000)
+            .expect("a segment");
+        // Mapping start (offset 0x16000) is stated address 0x17000: the bias is start - 0x17000.
+        assert_eq!(m.base_avma(), start - 0x17000);
     }
 
     #[test]
