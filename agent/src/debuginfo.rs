@@ -102,6 +102,9 @@ struct Job {
     file: File,
     size: u64,
     path: PathBuf,
+    /// The separate debug file of a stripped object, found (and opened) at submit time:
+    /// (file, size, path), uploaded as `?kind=debuginfo`.
+    debug: Option<(File, u64, PathBuf)>,
     failures: u32,
 }
 
@@ -233,11 +236,34 @@ impl DebugInfoUploader {
                 .insert(obj.build_id.clone(), State::Settled);
             return Submitted::TooLarge;
         }
+        // Stripped: look for its separate debuginfo now, while the process (and so its root
+        // directory, /proc/PID/root) is known to exist.
+        let debug = if crate::debuglink::has_symbols(&file) {
+            None
+        } else {
+            let root = PathBuf::from(format!("/proc/{}/root", obj.pid));
+            crate::debuglink::find_debug_file(&root, &file, &obj.path, &obj.build_id).and_then(
+                |(f, p)| {
+                    let size = f.metadata().map(|md| md.len()).unwrap_or(u64::MAX);
+                    (size <= self.shared.config.max_upload_bytes).then_some((f, size, p))
+                },
+            )
+        };
+        // Parsing moved the read position; the upload streams from the current one.
+        let mut file = file;
+        if let Err(e) = std::io::Seek::rewind(&mut file) {
+            tracing::debug!(build_id = %obj.build_id, error = %e, "cannot rewind object file");
+            m.upload(UploadOutcome::Unreadable).inc();
+            self.shared
+                .forget_attempt(&obj.build_id, failures, retry_at);
+            return Submitted::Unreadable;
+        }
         let job = Job {
             build_id: obj.build_id.clone(),
             file,
             size,
             path,
+            debug,
             failures,
         };
         match self.tx.try_send(job) {
@@ -288,6 +314,38 @@ async fn upload(
     job: Job,
 ) -> Result<UploadOutcome, UploadError> {
     let url = config.server.debuginfo_url(&job.build_id.to_hex());
+    let outcome = upload_file(
+        client,
+        config,
+        &url,
+        &job.build_id,
+        job.file,
+        job.size,
+        &job.path,
+    )
+    .await?;
+    // After the executable (the server needs its segments to use the debug file).
+    if let Some((file, size, path)) = job.debug {
+        let url = format!("{url}?kind=debuginfo");
+        let debug = upload_file(client, config, &url, &job.build_id, file, size, &path).await?;
+        if debug == UploadOutcome::Uploaded {
+            return Ok(UploadOutcome::Uploaded);
+        }
+    }
+    Ok(outcome)
+}
+
+/// GET `url`; PUT the file there (zstd, streamed) unless the server has it.
+async fn upload_file(
+    client: &reqwest::Client,
+    config: &DebugInfoConfig,
+    url: &str,
+    build_id: &BuildId,
+    file: File,
+    size: u64,
+    path: &std::path::Path,
+) -> Result<UploadOutcome, UploadError> {
+    let url = url.to_owned();
     let http = |source| UploadError::Http {
         url: url.clone(),
         source,
@@ -304,9 +362,9 @@ async fn upload(
             });
         }
     }
-    tracing::debug!(build_id = %job.build_id, path = %job.path.display(), size = job.size, "uploading object file");
+    tracing::debug!(build_id = %build_id, path = %path.display(), size, "uploading object file");
     let body = reqwest::Body::wrap_stream(compressed_stream(
-        job.file,
+        file,
         config.max_upload_bytes,
         config.zstd_level,
     ));
@@ -412,7 +470,7 @@ impl Write for ChannelWriter {
 mod tests {
     use super::*;
     use crate::procmaps::{ProcessCache, ProcessCacheConfig};
-    use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+    use axum::extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, State};
     use axum::http::HeaderMap;
     use axum::routing::get;
     use std::collections::HashSet;
@@ -430,7 +488,20 @@ mod tests {
         failing: Arc<Mutex<bool>>,
     }
 
-    async fn get_handler(State(s): State<Server>, UrlPath(id): UrlPath<String>) -> StatusCode {
+    /// The build ID, with `?<query>` appended when there is one (`?kind=debuginfo`).
+    fn key(id: String, q: Option<String>) -> String {
+        match q {
+            Some(q) => format!("{id}?{q}"),
+            None => id,
+        }
+    }
+
+    async fn get_handler(
+        State(s): State<Server>,
+        UrlPath(id): UrlPath<String>,
+        RawQuery(q): RawQuery,
+    ) -> StatusCode {
+        let id = key(id, q);
         *s.gets.lock().unwrap() += 1;
         if *s.failing.lock().unwrap() {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -444,9 +515,11 @@ mod tests {
     async fn put_handler(
         State(s): State<Server>,
         UrlPath(id): UrlPath<String>,
+        RawQuery(q): RawQuery,
         headers: HeaderMap,
         body: Bytes,
     ) -> StatusCode {
+        let id = key(id, q);
         let enc = headers
             .get(CONTENT_ENCODING)
             .map(|v| v.to_str().unwrap().to_owned());
@@ -564,6 +637,84 @@ mod tests {
         assert_eq!(enc.as_deref(), Some("zstd"));
         assert_eq!(raw, &std::fs::read(&obj.path).unwrap());
         assert_eq!(*server.gets.lock().unwrap(), 1);
+    }
+
+    /// A stripped program with its debug file beside it (`.gnu_debuglink`): the agent uploads the
+    /// executable, then the debug file as `?kind=debuginfo`.
+    #[tokio::test]
+    async fn uploads_separate_debuginfo_of_stripped_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("app.c");
+        std::fs::write(
+            &src,
+            "#include <unistd.h>\nint main(void) { for (;;) pause(); }\n",
+        )
+        .unwrap();
+        let full = dir.path().join("app.full");
+        let exe = dir.path().join("stripped-app");
+        let debug = dir.path().join("stripped-app.debug");
+        let run = |c: &mut std::process::Command| c.status().is_ok_and(|s| s.success());
+        let ok = run(std::process::Command::new("gcc")
+            .args(["-g", "-Wl,--build-id=sha1", "-o"])
+            .arg(&full)
+            .arg(&src))
+            && run(std::process::Command::new("objcopy")
+                .arg("--only-keep-debug")
+                .arg(&full)
+                .arg(&debug))
+            && run(std::process::Command::new("strip")
+                .arg("--strip-all")
+                .arg("-o")
+                .arg(&exe)
+                .arg(&full))
+            && run(std::process::Command::new("objcopy")
+                .arg(format!("--add-gnu-debuglink={}", debug.display()))
+                .arg(&exe));
+        if !ok {
+            eprintln!("SKIPPED: gcc/binutils not available to build a stripped program");
+            return;
+        }
+        let child = Sleeper(std::process::Command::new(&exe).spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let obj = loop {
+            let mut cache = ProcessCache::new(ProcessCacheConfig::default());
+            let p = cache.resolve(child.id(), None, &[]).unwrap();
+            if let Some(m) = p
+                .mappings
+                .iter()
+                .find(|m| m.build_id.is_some() && m.path() == Some(exe.as_path()))
+            {
+                break ObjectRef {
+                    build_id: m.build_id.clone().unwrap(),
+                    pid: child.id(),
+                    start: m.start,
+                    end: m.end,
+                    path: exe.clone(),
+                    inode: m.file.inode,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child never mapped {}",
+                exe.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let server = Server::default();
+        let url = serve(server.clone()).await;
+        let metrics = AgentMetrics::unregistered();
+        let (up, _task) =
+            DebugInfoUploader::spawn(config(url), reqwest::Client::new(), metrics.clone());
+        assert_eq!(up.submit(&obj), Submitted::Queued);
+        wait_for(|| metrics.upload(UploadOutcome::Uploaded).get() == 1).await;
+        drop(child);
+
+        let puts = server.puts.lock().unwrap();
+        let hex = obj.build_id.to_hex();
+        let got: Vec<&str> = puts.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(got, [hex.clone(), format!("{hex}?kind=debuginfo")]);
+        assert_eq!(puts[0].2, std::fs::read(&exe).unwrap());
+        assert_eq!(puts[1].2, std::fs::read(&debug).unwrap());
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 pub mod buildid;
 pub mod config;
 pub mod debuginfo;
+pub mod debuglink;
 pub mod kallsyms;
 pub mod metrics;
 pub mod procmaps;

@@ -1,0 +1,168 @@
+//! Separate debuginfo: for a mapped ELF stripped of its symbol table and DWARF, finds the file
+//! that holds them on the process's filesystem — `/usr/lib/debug/.build-id/xx/yyyy.debug`, or the
+//! `.gnu_debuglink` name next to the binary, in its `.debug/`, or under `/usr/lib/debug/<dir>/` —
+//! so the uploader can send it to the server as `?kind=debuginfo`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSection};
+
+use crate::buildid::BuildId;
+
+/// Whether the ELF read from `file` has a symbol table or DWARF (then it needs no debug file).
+/// Unparseable: `true`, so nothing is searched for a file we cannot judge.
+pub fn has_symbols(file: &File) -> bool {
+    let cache = object::read::ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return true;
+    };
+    elf.sections()
+        .any(|s| matches!(s.name(), Ok(".symtab" | ".debug_info" | ".zdebug_info")) && s.size() > 0)
+}
+
+/// The `.gnu_debuglink` file name of the ELF read from `file`, if it has one.
+fn debuglink(file: &File) -> Option<String> {
+    let cache = object::read::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let (name, _crc) = elf.gnu_debuglink().ok()??;
+    let name = std::str::from_utf8(name).ok()?;
+    // A file name, never a path: a hostile binary must not point us elsewhere.
+    (!name.is_empty() && !name.contains('/') && name != "." && name != "..")
+        .then(|| name.to_owned())
+}
+
+/// Finds the separate debug file for the stripped `exe` (its path `exe_path` as the process sees
+/// it) under the process's root directory `root` (`/proc/PID/root`). A candidate counts only if it
+/// carries the same build ID, so a stale or unrelated file of the right name is never uploaded.
+pub fn find_debug_file(
+    root: &Path,
+    exe: &File,
+    exe_path: &Path,
+    build_id: &BuildId,
+) -> Option<(File, PathBuf)> {
+    let rooted = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let hex = build_id.to_hex();
+    let mut candidates = Vec::new();
+    if hex.len() > 2 {
+        let (fan, rest) = hex.split_at(2);
+        candidates.push(rooted(Path::new(&format!(
+            "/usr/lib/debug/.build-id/{fan}/{rest}.debug"
+        ))));
+    }
+    if let Some(name) = debuglink(exe)
+        && let Some(dir) = exe_path.parent()
+    {
+        candidates.push(rooted(&dir.join(&name)));
+        candidates.push(rooted(&dir.join(".debug").join(&name)));
+        let under = dir.strip_prefix("/").unwrap_or(dir);
+        candidates.push(rooted(&Path::new("/usr/lib/debug").join(under).join(&name)));
+    }
+    candidates.into_iter().find_map(|path| {
+        let file = File::open(&path).ok()?;
+        let matches = {
+            let cache = object::read::ReadCache::new(&file);
+            object::File::parse(&cache)
+                .ok()
+                .and_then(|elf| elf.build_id().ok().flatten().map(|b| b == build_id.as_bytes()))
+                .unwrap_or(false)
+        };
+        // Parsing moved the read position; the caller streams the file from the start.
+        let mut file = file;
+        if matches && std::io::Seek::rewind(&mut file).is_ok() {
+            tracing::debug!(build_id = %build_id, path = %path.display(), "found separate debuginfo");
+            Some((file, path))
+        } else {
+            tracing::debug!(build_id = %build_id, path = %path.display(), "debug file candidate has another build ID");
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn run(cmd: &mut Command) -> bool {
+        cmd.status().is_ok_and(|s| s.success())
+    }
+
+    /// (unstripped, stripped with debuglink, debug file) under `dir/opt/app/`; `None` without gcc.
+    fn build(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        let bin = dir.join("opt/app");
+        std::fs::create_dir_all(&bin).unwrap();
+        let src = bin.join("app.c");
+        std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+        let exe = bin.join("app.full");
+        let stripped = bin.join("app");
+        let debug = dir.join("app.debug");
+        let ok = run(Command::new("gcc")
+            .args(["-g", "-Wl,--build-id=sha1", "-o"])
+            .arg(&exe)
+            .arg(&src))
+            && run(Command::new("objcopy")
+                .arg("--only-keep-debug")
+                .arg(&exe)
+                .arg(&debug))
+            && run(Command::new("strip")
+                .arg("--strip-all")
+                .arg("-o")
+                .arg(&stripped)
+                .arg(&exe))
+            && run(Command::new("objcopy")
+                .arg(format!("--add-gnu-debuglink={}", debug.display()))
+                .arg(&stripped));
+        ok.then_some((exe, stripped, debug))
+    }
+
+    fn build_id_of(path: &Path) -> BuildId {
+        let bytes = std::fs::read(path).unwrap();
+        let elf = object::File::parse(bytes.as_slice()).unwrap();
+        BuildId::new(elf.build_id().unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn finds_debug_file_by_build_id_and_by_debuglink() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((exe, stripped, debug)) = build(dir.path()) else {
+            eprintln!("SKIPPED: gcc/binutils not available");
+            return;
+        };
+        assert!(has_symbols(&File::open(&exe).unwrap()));
+        let s = File::open(&stripped).unwrap();
+        assert!(!has_symbols(&s));
+        let id = build_id_of(&exe);
+        let root = dir.path();
+        let seen = Path::new("/opt/app/app");
+        assert!(
+            find_debug_file(root, &s, seen, &id).is_none(),
+            "nothing placed yet"
+        );
+
+        // Next to the binary, by its .gnu_debuglink name.
+        let link = root.join("opt/app/app.debug");
+        std::fs::copy(&debug, &link).unwrap();
+        let (_, found) = find_debug_file(root, &s, seen, &id).unwrap();
+        assert_eq!(found, link);
+        std::fs::remove_file(&link).unwrap();
+
+        // In /usr/lib/debug/.build-id/.
+        let hex = id.to_hex();
+        let by_id = root.join(format!(
+            "usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        ));
+        std::fs::create_dir_all(by_id.parent().unwrap()).unwrap();
+        std::fs::copy(&debug, &by_id).unwrap();
+        let (_, found) = find_debug_file(root, &s, seen, &id).unwrap();
+        assert_eq!(found, by_id);
+
+        // A file of the right name but another build is not taken.
+        std::fs::copy(&debug, &link).unwrap();
+        let other = BuildId::new(&[0xab; 20]).unwrap();
+        assert!(find_debug_file(root, &s, seen, &other).is_none());
+    }
+}
