@@ -72,6 +72,10 @@ pub struct ServerArgs {
     /// block; bounds the data (and memory) not yet in blocks.
     #[arg(long, env = "KILN_WAL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub wal_segment_bytes: u64,
+    /// debuginfod servers (space- or comma-separated URLs, like DEBUGINFOD_URLS) asked for the
+    /// executable and debug file of a build ID that was never uploaded or is stripped.
+    #[arg(long, env = "KILN_DEBUGINFOD_URLS", default_value = "")]
+    pub debuginfod_urls: String,
     /// How often the storage engine flushes, compacts and applies retention (tests shorten it).
     #[arg(long, env = "KILN_STORE_MAINTENANCE_INTERVAL", default_value = "10s", value_parser = parse_duration, hide = true)]
     pub store_maintenance_interval: Duration,

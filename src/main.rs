@@ -112,6 +112,12 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
     config.store.retention_bytes = args.retention_bytes;
     config.store.max_segment_bytes = args.wal_segment_bytes;
     config.store.maintenance_interval_secs = args.store_maintenance_interval.as_secs().max(1);
+    config.debuginfod_urls = args
+        .debuginfod_urls
+        .split([' ', ','])
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
     config
 }
 

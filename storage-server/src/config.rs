@@ -24,6 +24,11 @@ pub struct ServerConfig {
     /// When set, every ingest and query request must carry `Authorization: Bearer <token>`
     /// (`/healthz`, `/metrics` and the UI's static files stay open).
     pub auth_token: Option<String>,
+    /// debuginfod servers asked (in order) for a build ID's executable and debug file when the
+    /// store lacks them or holds only a stripped executable.
+    pub debuginfod_urls: Vec<String>,
+    /// Time limit of one debuginfod request.
+    pub debuginfod_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +40,8 @@ impl Default for ServerConfig {
             store: StoreConfig::default(),
             symbolizer_cache_entries: 100_000,
             auth_token: None,
+            debuginfod_urls: Vec::new(),
+            debuginfod_timeout_secs: 30,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct DebugInfo {
     /// Locations resolved at query time, by outcome (`symbolized` or a reason); registered in
     /// the server's metrics as `kiln_server_symbolization_frames_total`.
     pub frame_outcomes: Family<ReasonLabels, Counter>,
+    /// Where to fetch what was never uploaded (`--debuginfod-urls`), if anywhere.
+    pub debuginfod: Option<crate::debuginfod::Debuginfod>,
 }
 
 pub struct Opened {
@@ -50,6 +52,7 @@ impl DebugInfo {
             cache_entries,
             opened: Mutex::new(None),
             frame_outcomes: Family::default(),
+            debuginfod: None,
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod debuginfo;
+pub mod debuginfod;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
@@ -62,7 +63,12 @@ impl AppState {
 
     /// State over any [`store::Store`] implementation.
     pub fn with_store(config: ServerConfig, store: SharedStore) -> AppState {
-        let debuginfo = DebugInfo::new(config.debuginfo_dir(), config.symbolizer_cache_entries);
+        let mut debuginfo = DebugInfo::new(config.debuginfo_dir(), config.symbolizer_cache_entries);
+        debuginfo.debuginfod = debuginfod::Debuginfod::new(
+            config.debuginfod_urls.clone(),
+            std::time::Duration::from_secs(config.debuginfod_timeout_secs.max(1)),
+            config.limits.debuginfo_max_bytes,
+        );
         let mut metrics = Metrics::new();
         metrics.register_symbolization(debuginfo.frame_outcomes.clone());
         AppState {

@@ -416,3 +416,116 @@ async fn stripped_binary_resolves_through_separate_debuginfo() {
         assert_eq!(*line, want, "{f}: {lines:?}");
     }
 }
+
+/// Kills the debuginfod server when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Nothing uploaded, but a real debuginfod server (Debian's `debuginfod -F` over a directory)
+/// holds the stripped executable and its debug file: the server fetches both on the first query
+/// and names the frames; a build ID debuginfod does not know says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_from_debuginfod_on_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    if !run(Command::new("debuginfod").arg("--version")) {
+        eprintln!("SKIPPED: debuginfod is not installed (apt-get install debuginfod)");
+        return;
+    }
+    let Some(exe) = compile(dir.path()) else {
+        eprintln!("SKIPPED: gcc is not available to build the test program");
+        return;
+    };
+    let elf = inspect(&exe);
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let stripped = served.join("app");
+    let ok = run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(served.join("app.debug")))
+        && run(Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&exe));
+    assert!(ok, "objcopy/strip failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = Child(
+        Command::new("debuginfod")
+            .arg("-F")
+            .arg(&served)
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-d")
+            .arg(dir.path().join("debuginfod.sqlite"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    // Wait until it has scanned the directory.
+    let probe = format!("{url}/buildid/{}/debuginfo", elf.build_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if reqwest::get(&probe)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "debuginfod never served {probe}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let mut config = ServerConfig::with_data_dir(dir.path().join("data"));
+    config.debuginfod_urls = vec![url];
+    let app = router(AppState::open(config).unwrap());
+    let mut profile = agent_profile(&exe, &elf);
+    // One more binary, unknown to debuginfod.
+    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+    let m = b.mapping(
+        0x1000,
+        0x2000,
+        0,
+        "/usr/lib/libunknown.so",
+        &"ab".repeat(20),
+    );
+    let l = b.raw_location(m, 0x1234);
+    b.add_sample(&[l], &[1, 7], &[]);
+    push(&app, &profile).await;
+    profile = b.finish();
+    push(&app, &profile).await;
+
+    let names = flame_names(&app).await;
+    for f in ["main", "alpha", "hot"] {
+        assert!(names.contains(&f.to_owned()), "{names:?}");
+    }
+    assert!(
+        names.contains(
+            &"libunknown.so+0x234 (no symbols: no debuginfo uploaded or on debuginfod)".to_owned()
+        ),
+        "{names:?}"
+    );
+    let stats = get(&app, "/api/v1/symbolization").await;
+    let b = binary(&stats, &elf.build_id);
+    assert_eq!(b["frames"]["symbolized"], 3, "{b}");
+    let unknown = binary(&stats, &"ab".repeat(20));
+    assert_eq!(
+        unknown["frames"]["unsymbolized"]["debuginfod_miss"], 1,
+        "{unknown}"
+    );
+}

@@ -12,7 +12,9 @@ mod symbolize;
 
 pub use build_id::{BuildId, read_build_id};
 pub use store::DebugInfoStore;
-pub use symbolize::{Frame, Frames, Symbolizer, SymbolizerOptions, SymbolizerStats, Unsymbolized};
+pub use symbolize::{
+    Frame, Frames, Symbolizer, SymbolizerOptions, SymbolizerStats, Unsymbolized, has_symbols,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

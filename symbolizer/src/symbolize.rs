@@ -523,7 +523,7 @@ fn symbolize_file_offsets(
 /// a stripped executable's local functions (it still has `.dynsym`), which would hide the real
 /// reason; this tells the two apart. Reads only the section headers. Unreadable: assume symbols,
 /// so the answer degrades to "unknown address" rather than a wrong "stripped".
-fn has_symbols(path: &Path) -> bool {
+pub fn has_symbols(path: &Path) -> bool {
     use object::{Object, ObjectSection};
     let Ok(file) = std::fs::File::open(path) else {
         return true;

@@ -68,6 +68,9 @@ pub enum Reason {
     InvalidOffset,
     /// The symbolizer failed on this file (corrupt upload, parser error) or is unavailable.
     SymbolizerError,
+    /// Nothing usable uploaded (none, or stripped), and the configured debuginfod servers do not
+    /// have it either.
+    DebuginfodMiss,
 }
 
 impl Reason {
@@ -81,6 +84,7 @@ impl Reason {
             Reason::UnknownAddress => "unknown_address",
             Reason::InvalidOffset => "invalid_offset",
             Reason::SymbolizerError => "symbolizer_error",
+            Reason::DebuginfodMiss => "debuginfod_miss",
         }
     }
 
@@ -94,6 +98,7 @@ impl Reason {
             Reason::UnknownAddress => "no symbols: address not covered by any symbol",
             Reason::InvalidOffset => "no symbols: address outside the binary's segments",
             Reason::SymbolizerError => "no symbols: symbolizer error",
+            Reason::DebuginfodMiss => "no symbols: no debuginfo uploaded or on debuginfod",
         }
     }
 
@@ -134,6 +139,9 @@ pub struct Resolver<'a> {
     failed: HashMap<BuildId, Reason>,
     /// Set once the symbolizer itself is unusable, to stop asking.
     unavailable: bool,
+    /// Build IDs whose debuginfo the configured debuginfod servers lack (asked in this query or
+    /// recently).
+    debuginfod_missed: std::collections::HashSet<BuildId>,
     /// Per-binary counts, kept only when asked for ([`Resolver::with_stats`]): counting samples
     /// costs a pass over every stack, which flame-graph queries should not pay.
     stats: Option<BTreeMap<BinaryKey, BinaryStats>>,
@@ -174,6 +182,7 @@ impl<'a> Resolver<'a> {
             cache: HashMap::new(),
             failed: HashMap::new(),
             unavailable: false,
+            debuginfod_missed: std::collections::HashSet::new(),
             stats: None,
             stats_type: String::new(),
         }
@@ -320,6 +329,15 @@ impl<'a> Resolver<'a> {
         for (id, mut offsets) in batches {
             offsets.sort_unstable();
             offsets.dedup();
+            if let Some(d) = debuginfo.debuginfod.as_ref() {
+                // Network I/O bounded by the client's timeout; a bug must cost names only.
+                let fetched = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    fetch_from_debuginfod(d, &opened, &id)
+                }));
+                if let Ok(Fetched::Missed) = fetched {
+                    self.debuginfod_missed.insert(id.clone());
+                }
+            }
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 opened.symbolizer.symbolize_detailed(&id, &offsets)
             }));
@@ -359,6 +377,16 @@ impl<'a> Resolver<'a> {
                     self.failed.insert(id, Reason::SymbolizerError);
                 }
             }
+        }
+    }
+
+    /// `reason` with what debuginfod said folded in.
+    fn with_debuginfod(&self, id: &BuildId, reason: Reason) -> Reason {
+        match reason {
+            Reason::NoDebuginfo | Reason::Stripped if self.debuginfod_missed.contains(id) => {
+                Reason::DebuginfodMiss
+            }
+            r => r,
         }
     }
 
@@ -446,16 +474,72 @@ impl<'a> Resolver<'a> {
             });
         };
         if let Some(Err(r)) = self.cache.get(key) {
-            return Some(*r);
+            return Some(self.with_debuginfod(&key.0, *r));
         }
         if let Some(r) = self.failed.get(&key.0) {
-            return Some(*r);
+            return Some(self.with_debuginfod(&key.0, *r));
         }
         if self.unavailable {
             return Some(Reason::SymbolizerError);
         }
         // Without a symbolizer (tests, tools) we did not look: say nothing rather than guess.
         self.debuginfo.map(|_| Reason::SymbolizerError)
+    }
+}
+
+/// What asking debuginfod for one build ID came to.
+enum Fetched {
+    /// Nothing needed, or something was fetched.
+    Done,
+    /// Needed, and no server had it (or every request failed).
+    Missed,
+}
+
+/// Fetches from debuginfod what the store lacks for `id`: the executable when none was uploaded,
+/// and the separate debug file when the executable has no symbols. Re-symbolizes on success.
+fn fetch_from_debuginfod(
+    d: &crate::debuginfod::Debuginfod,
+    opened: &crate::debuginfo::Opened,
+    id: &BuildId,
+) -> Fetched {
+    use crate::debuginfod::Artifact;
+    let store = &opened.store;
+    let mut fetched = false;
+    let mut missed = false;
+    let mut exe = store.path(id);
+    if exe.is_none() {
+        match d.fetch(store, id, Artifact::Executable) {
+            Ok(true) => {
+                fetched = true;
+                exe = store.path(id);
+            }
+            Ok(false) => missed = true,
+            Err(e) => {
+                tracing::warn!(build_id = id.as_str(), error = %e, "debuginfod");
+                missed = true;
+            }
+        }
+    }
+    if let Some(exe) = exe
+        && store.debug_path(id).is_none()
+        && !kiln_symbolizer::has_symbols(&exe)
+    {
+        match d.fetch(store, id, Artifact::Debuginfo) {
+            Ok(true) => fetched = true,
+            Ok(false) => missed = true,
+            Err(e) => {
+                tracing::warn!(build_id = id.as_str(), error = %e, "debuginfod");
+                missed = true;
+            }
+        }
+    }
+    if fetched {
+        opened.symbolizer.invalidate(id);
+    }
+    if missed {
+        Fetched::Missed
+    } else {
+        Fetched::Done
     }
 }
 
