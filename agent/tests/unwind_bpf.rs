@@ -206,7 +206,7 @@ fn no_frame_pointer_chain_unwinds_to_main() {
         return;
     };
     let mut rec = record(Command::new(&exe).args(["20", "0"]), 8192, 3.0);
-    let (hot, dwarf_ok, _) = check_chain(&mut rec, &exe, &["hot", "b", "a", "main"]);
+    let (hot, dwarf_ok, _) = check_chain(&mut rec, &exe, &["hot", "beta", "alpha", "main"]);
     assert!(hot >= 100, "only {hot} samples in hot");
     assert!(
         dwarf_ok * 100 >= hot * 95,
@@ -235,7 +235,8 @@ fn mixed_frame_pointer_chain_unwinds_whole() {
         return;
     };
     let mut rec = record(Command::new(&exe).arg("20"), 8192, 3.0);
-    let (hot, dwarf_ok, _) = check_chain(&mut rec, &exe, &["hot", "c", "b", "a", "main"]);
+    let (hot, dwarf_ok, _) =
+        check_chain(&mut rec, &exe, &["hot", "delta", "beta", "alpha", "main"]);
     assert!(hot >= 100, "only {hot} samples in hot");
     assert!(
         dwarf_ok * 100 >= hot * 95,

@@ -1,20 +1,20 @@
 /* Mixed-unwinding workload, frame-pointer half (built with -O2 -fno-omit-frame-pointer):
- * main -> a (FP) -> b (no FP, mixed_nofp.c) -> c (FP) -> hot (no FP). */
+ * main -> alpha (FP) -> beta (no FP, mixed_nofp.c) -> delta (FP) -> hot (no FP). */
 #include <stdlib.h>
 #include <time.h>
 
-unsigned long b(unsigned long x);
+unsigned long beta(unsigned long x);
 unsigned long hot(unsigned long x);
 
-__attribute__((noinline)) unsigned long c(unsigned long x)
+__attribute__((noinline)) unsigned long delta(unsigned long x)
 {
 	unsigned long r = hot(x);
 	return r + 3;
 }
 
-__attribute__((noinline)) unsigned long a(unsigned long x)
+__attribute__((noinline)) unsigned long alpha(unsigned long x)
 {
-	unsigned long r = b(x);
+	unsigned long r = beta(x);
 	return r + 1;
 }
 
@@ -31,6 +31,6 @@ int main(int argc, char **argv)
 	double end = now() + seconds;
 	unsigned long x = 1;
 	while (now() < end)
-		x += a(x);
+		x += alpha(x);
 	return (int)(x & 1);
 }

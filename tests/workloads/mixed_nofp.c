@@ -1,7 +1,7 @@
 /* Mixed-unwinding workload, no-frame-pointer half (built with -O2 -fomit-frame-pointer). */
 volatile unsigned long sink;
 
-unsigned long c(unsigned long x);
+unsigned long delta(unsigned long x);
 
 __attribute__((noinline)) unsigned long hot(unsigned long x)
 {
@@ -10,10 +10,10 @@ __attribute__((noinline)) unsigned long hot(unsigned long x)
 	return sink;
 }
 
-__attribute__((noinline)) unsigned long b(unsigned long x)
+__attribute__((noinline)) unsigned long beta(unsigned long x)
 {
 	volatile char pad[48];
 	pad[0] = (char)x;
-	unsigned long r = c(x);
+	unsigned long r = delta(x);
 	return r + pad[0];
 }

@@ -1,7 +1,7 @@
-/* Workload for Kiln's DWARF-unwinding tests: main -> a -> deep^DEPTH -> b -> hot, every function
+/* Workload for Kiln's DWARF-unwinding tests: main -> alpha -> deep^DEPTH -> beta -> hot, every function
  * noinline and followed by work after each call (no tail calls), built by the tests with
  * gcc -O2 -fomit-frame-pointer: a frame-pointer walk loses hot's callers, .eh_frame does not.
- * Each deep/b frame holds PAD bytes of locals so the stack's byte depth can be set for measuring
+ * Each deep/beta frame holds PAD bytes of locals so the stack's byte depth can be set for measuring
  * stack-copy sizes. Usage: nofp_chain SECONDS [DEPTH]. */
 #include <stdlib.h>
 #include <time.h>
@@ -19,7 +19,7 @@ __attribute__((noinline)) unsigned long hot(unsigned long x)
 	return sink;
 }
 
-__attribute__((noinline)) unsigned long b(unsigned long x)
+__attribute__((noinline)) unsigned long beta(unsigned long x)
 {
 	volatile char pad[PAD];
 	pad[0] = (char)x;
@@ -31,13 +31,13 @@ __attribute__((noinline)) unsigned long deep(int n, unsigned long x)
 {
 	volatile char pad[PAD];
 	pad[0] = (char)x;
-	unsigned long r = n > 0 ? deep(n - 1, x + 1) : b(x);
+	unsigned long r = n > 0 ? deep(n - 1, x + 1) : beta(x);
 	return r + pad[0];
 }
 
-__attribute__((noinline)) unsigned long a(int depth, unsigned long x)
+__attribute__((noinline)) unsigned long alpha(int depth, unsigned long x)
 {
-	unsigned long r = depth > 0 ? deep(depth - 1, x) : b(x);
+	unsigned long r = depth > 0 ? deep(depth - 1, x) : beta(x);
 	return r + 1;
 }
 
@@ -55,6 +55,6 @@ int main(int argc, char **argv)
 	double end = now() + seconds;
 	unsigned long x = 1;
 	while (now() < end)
-		x += a(depth, x);
+		x += alpha(depth, x);
 	return (int)(x & 1);
 }
