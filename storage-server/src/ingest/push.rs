@@ -318,13 +318,14 @@ fn decode_request(
     for (si, (pairs, raws)) in series.into_iter().enumerate() {
         let labels_err = |err| PushError::Labels { series: si, err };
         let labels = validate_labels(pairs.iter().cloned(), limits).map_err(labels_err)?;
-        for (pi, raw) in raws.iter().enumerate() {
+        for (pi, sent) in raws.into_iter().enumerate() {
             let codec_err = |err| PushError::ProfileCodec {
                 series: si,
                 sample: pi,
                 err,
             };
-            let raw = codec::maybe_gunzip(raw, limits.max_decompressed_bytes).map_err(codec_err)?;
+            let raw =
+                codec::maybe_gunzip(&sent, limits.max_decompressed_bytes).map_err(codec_err)?;
             let profile =
                 Profile::decode(raw.as_ref()).map_err(|e| codec_err(CodecError::Protobuf(e)))?;
             let profile_types =
@@ -347,15 +348,25 @@ fn decode_request(
                 }
             })?;
             match split {
-                series::Split::Whole(_) => out.push((
-                    NewProfile {
-                        labels: tenant.label(labels.clone()),
-                        time_nanos,
-                        profile_types,
-                        pprof: raw.into_owned(),
-                    },
-                    samples,
-                )),
+                series::Split::Whole(_) => {
+                    // Stored as sent: a gzipped profile goes into the WAL as is (the store reads
+                    // gzip back), sparing a second compression of what the client compressed.
+                    let pprof = if codec::is_gzip(&sent) {
+                        drop(raw);
+                        sent
+                    } else {
+                        raw.into_owned()
+                    };
+                    out.push((
+                        NewProfile {
+                            labels: tenant.label(labels.clone()),
+                            time_nanos,
+                            profile_types,
+                            pprof,
+                        },
+                        samples,
+                    ))
+                }
                 // Tags sent as sample labels become series labels, as in Pyroscope.
                 series::Split::Parts(parts) => {
                     for part in parts {

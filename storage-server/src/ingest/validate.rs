@@ -146,8 +146,8 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
             limit: limits.max_samples_per_profile,
         });
     }
-    let mappings: HashSet<u64> = p.mapping.iter().map(|m| m.id).collect();
-    let functions: HashSet<u64> = p.function.iter().map(|f| f.id).collect();
+    let mappings = IdSet::new(p.mapping.iter().map(|m| m.id), p.mapping.len());
+    let functions = IdSet::new(p.function.iter().map(|f| f.id), p.function.len());
     for f in &p.function {
         string(f.name)?;
         string(f.system_name)?;
@@ -157,10 +157,9 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
         string(m.filename)?;
         string(m.build_id)?;
     }
-    let mut locations = HashSet::with_capacity(p.location.len());
+    let locations = IdSet::new(p.location.iter().map(|l| l.id), p.location.len());
     for l in &p.location {
-        locations.insert(l.id);
-        if l.mapping_id != 0 && !mappings.contains(&l.mapping_id) {
+        if l.mapping_id != 0 && !mappings.contains(l.mapping_id) {
             return Err(ProfileError::UnknownMapping {
                 location: l.id,
                 id: l.mapping_id,
@@ -169,7 +168,7 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
         if let Some(line) = l
             .line
             .iter()
-            .find(|line| !functions.contains(&line.function_id))
+            .find(|line| !functions.contains(line.function_id))
         {
             return Err(ProfileError::UnknownFunction {
                 location: l.id,
@@ -192,11 +191,45 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
                 limit: limits.max_stack_depth,
             });
         }
-        if let Some(&id) = s.location_id.iter().find(|id| !locations.contains(id)) {
+        if let Some(&id) = s.location_id.iter().find(|&&id| !locations.contains(id)) {
             return Err(ProfileError::UnknownLocation { index, id });
         }
     }
     Ok(types)
+}
+
+/// A set of pprof ids. Every sample's every location id is looked up (millions per second at
+/// ingest), so ids are kept in a bitmap: builders number them densely from 1, and a bitmap of a few
+/// bits per id beats hashing each. Sparse ids (a bitmap would be huge) fall back to a hash set.
+enum IdSet {
+    Dense(Vec<bool>),
+    Sparse(HashSet<u64>),
+}
+
+impl IdSet {
+    fn new(ids: impl Iterator<Item = u64> + Clone, count: usize) -> IdSet {
+        let max = ids.clone().max().unwrap_or(0);
+        if max <= (count as u64).saturating_mul(4).saturating_add(1024) {
+            let mut bits = vec![false; max as usize + 1];
+            for id in ids {
+                bits[id as usize] = true;
+            }
+            IdSet::Dense(bits)
+        } else {
+            IdSet::Sparse(ids.collect())
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        match self {
+            IdSet::Dense(bits) => usize::try_from(id)
+                .ok()
+                .and_then(|i| bits.get(i))
+                .copied()
+                .unwrap_or(false),
+            IdSet::Sparse(set) => set.contains(&id),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +316,16 @@ mod tests {
             validate_profile(&bad, &lim),
             Err(ProfileError::UnknownFunction { .. })
         ));
+        // Sparse ids (no dense bitmap) are checked all the same.
+        let mut sparse = p.clone();
+        sparse.location[0].id = 1 << 40;
+        sparse.sample[0].location_id = vec![1 << 40];
+        assert!(validate_profile(&sparse, &lim).is_ok());
+        sparse.sample[0].location_id = vec![1];
+        assert_eq!(
+            validate_profile(&sparse, &lim),
+            Err(ProfileError::UnknownLocation { index: 0, id: 1 })
+        );
         let mut bad = p;
         bad.sample_type[0].unit = 1000;
         assert_eq!(

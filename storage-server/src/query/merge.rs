@@ -1,10 +1,40 @@
 //! Merges stored profiles into one call tree of named frames, for one sample type.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use kiln_proto::pprof::Profile;
 
 use super::symbolize::{Resolved, Resolver};
+
+/// FxHash (rustc's hasher): a multiply per word. The merge looks up a child for every frame of every
+/// stack (millions per flame graph) and a location for each frame too; SipHash made those lookups
+/// the largest cost of the merge. Keys are the tree's own integers, not client-chosen strings, so
+/// hash flooding is not a concern here.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 
 /// Index of the root node, named `total`.
 pub const ROOT: u32 = 0;
@@ -23,7 +53,8 @@ pub struct Tree {
     pub names: Vec<String>,
     name_ids: HashMap<String, u32>,
     pub nodes: Vec<Node>,
-    children: HashMap<(u32, u32), u32>,
+    /// (parent << 32 | name) → child.
+    children: HashMap<u64, u32, FxBuild>,
     /// Profiles merged in.
     pub profiles: usize,
 }
@@ -40,7 +71,7 @@ impl Tree {
             names: Vec::new(),
             name_ids: HashMap::new(),
             nodes: Vec::new(),
-            children: HashMap::new(),
+            children: HashMap::default(),
             profiles: 0,
         };
         let name = t.intern("total");
@@ -72,7 +103,8 @@ impl Tree {
         let mut node = ROOT;
         self.nodes[ROOT as usize].total = self.nodes[ROOT as usize].total.saturating_add(value);
         for name in path {
-            node = match self.children.get(&(node, name)) {
+            let key = (u64::from(node) << 32) | u64::from(name);
+            node = match self.children.get(&key) {
                 Some(&child) => child,
                 None => {
                     let child = self.nodes.len() as u32;
@@ -82,7 +114,7 @@ impl Tree {
                         total: 0,
                         self_value: 0,
                     });
-                    self.children.insert((node, name), child);
+                    self.children.insert(key, child);
                     child
                 }
             };
@@ -130,18 +162,22 @@ impl Tree {
             return false;
         };
         let resolved = resolver.resolve(p);
-        // Per location: its frame names as tree name ids, outermost first.
-        let mut loc_names: HashMap<u64, Vec<u32>> = HashMap::with_capacity(resolved.len());
+        // Per location: its frame names as tree name ids, outermost first, as a range of `names`.
+        // Resolved once per location, so the per-sample loop below only moves integers.
+        let mut names: Vec<u32> = Vec::with_capacity(resolved.len());
+        let mut loc_names: HashMap<u64, (u32, u32), FxBuild> =
+            HashMap::with_capacity_and_hasher(resolved.len(), FxBuild::default());
         for (id, r) in resolved {
-            let names = match r {
-                Resolved::Frames { frames, .. } => frames
-                    .iter()
-                    .rev()
-                    .map(|f| self.intern(&f.display()))
-                    .collect(),
-                Resolved::Raw(name) => vec![self.intern(&name)],
-            };
-            loc_names.insert(id, names);
+            let start = names.len() as u32;
+            match r {
+                Resolved::Frames { frames, .. } => {
+                    for f in frames.iter().rev() {
+                        names.push(self.intern(&f.display()));
+                    }
+                }
+                Resolved::Raw(name) => names.push(self.intern(&name)),
+            }
+            loc_names.insert(id, (start, names.len() as u32));
         }
         let unknown = self.intern("(unknown)");
         let prefix: Vec<u32> = prefix.iter().map(|n| self.intern(n)).collect();
@@ -156,7 +192,7 @@ impl Tree {
             // Stacks are stored leaf first.
             for loc in s.location_id.iter().rev() {
                 match loc_names.get(loc) {
-                    Some(names) => path.extend_from_slice(names),
+                    Some(&(a, b)) => path.extend_from_slice(&names[a as usize..b as usize]),
                     None => path.push(unknown),
                 }
             }

@@ -25,6 +25,7 @@ use kiln_proto::push::LabelPair;
 use prost::Message;
 
 use super::{Labels, StoreError};
+use crate::query::merge::FxBuild;
 
 pub const BLOCK_MAGIC: &[u8; 8] = b"KILNBLK1";
 /// Length of the fixed trailer: meta length (u64), meta CRC (u32), magic.
@@ -775,30 +776,38 @@ impl Tables {
             .position(|vt| self.str(vt.r#type) == ty && self.str(vt.unit) == unit)
     }
 
-    /// A pprof with the single sample type `profile_type` and one sample per stack of `stacks`
-    /// (block stack id → summed value): what a merge of the profiles they came from would see.
-    pub fn merged_profile(&self, profile_type: &str, stacks: &HashMap<u32, i64>) -> Profile {
+    /// How many distinct stacks the block holds (stack ids are `0..stacks()`).
+    pub fn stacks(&self) -> usize {
+        self.stack_starts.len().saturating_sub(1)
+    }
+
+    /// A pprof with the single sample type `profile_type` and one sample per stack with a non-zero
+    /// value in `stacks` (indexed by block stack id: the summed value): what a merge of the
+    /// profiles they came from would see.
+    pub fn merged_profile(&self, profile_type: &str, stacks: &[i64]) -> Profile {
         let mut r = Rebuilder {
             t: self,
             p: Profile {
                 string_table: vec![String::new()],
                 ..Profile::default()
             },
-            strings: HashMap::new(),
-            functions: HashMap::new(),
-            mappings: HashMap::new(),
-            locations: HashMap::new(),
+            strings: HashMap::default(),
+            functions: HashMap::default(),
+            mappings: HashMap::default(),
+            locations: HashMap::default(),
         };
         let (ty, unit) = profile_type.split_once(':').unwrap_or((profile_type, ""));
         r.p.string_table.push(ty.to_owned());
         r.p.string_table.push(unit.to_owned());
         r.p.sample_type = vec![ValueType { r#type: 1, unit: 2 }];
-        let mut ids: Vec<(&u32, &i64)> = stacks.iter().collect();
-        // Deterministic output whatever the hash order.
-        ids.sort_unstable();
-        r.p.sample.reserve(ids.len());
-        for (&stack, &value) in ids {
-            let location_id = self.stack(stack).iter().map(|&l| r.location(l)).collect();
+        r.p.sample
+            .reserve(stacks.iter().filter(|&&v| v != 0).count());
+        for (stack, &value) in stacks.iter().enumerate().filter(|(_, v)| **v != 0) {
+            let location_id = self
+                .stack(stack as u32)
+                .iter()
+                .map(|&l| r.location(l))
+                .collect();
             r.p.sample.push(Sample {
                 location_id,
                 value: vec![value],
@@ -861,15 +870,19 @@ impl SeriesData {
         Ok(SeriesData { profiles, rows })
     }
 
-    /// Adds the `profile_type` values of the profiles `keep` accepts into `acc` (by stack id),
-    /// without rebuilding any pprof; returns how many profiles had that type.
+    /// Adds the `profile_type` values of the profiles `keep` accepts into `acc` (indexed by stack
+    /// id; grown to the block's stack count), without rebuilding any pprof; returns how many
+    /// profiles had that type. Integer-only: this loop sees every stored row of the selection.
     pub fn aggregate(
         &self,
         tables: &Tables,
         mut keep: impl FnMut(&ProfileMeta) -> bool,
         profile_type: &str,
-        acc: &mut HashMap<u32, i64>,
+        acc: &mut Vec<i64>,
     ) -> usize {
+        if acc.len() < tables.stacks() {
+            acc.resize(tables.stacks(), 0);
+        }
         let mut row = 0usize;
         let mut value = 0usize;
         let mut merged = 0;
@@ -885,8 +898,8 @@ impl SeriesData {
                 let mut stack = 0u32;
                 for (&d, &v) in deltas.iter().zip(values) {
                     stack = stack.wrapping_add(d);
-                    if v != 0 {
-                        let e = acc.entry(stack).or_insert(0);
+                    // A stack id past the table (a damaged block) is dropped, as a read drops it.
+                    if let Some(e) = acc.get_mut(stack as usize) {
                         *e = e.saturating_add(v);
                     }
                 }
@@ -930,10 +943,11 @@ impl SeriesData {
 struct Rebuilder<'a> {
     t: &'a Tables,
     p: Profile,
-    strings: HashMap<u32, i64>,
-    functions: HashMap<u64, u64>,
-    mappings: HashMap<u64, u64>,
-    locations: HashMap<u32, u64>,
+    // Fx-hashed: a merged read looks up every frame of every distinct stack here.
+    strings: HashMap<u32, i64, FxBuild>,
+    functions: HashMap<u64, u64, FxBuild>,
+    mappings: HashMap<u64, u64, FxBuild>,
+    locations: HashMap<u32, u64, FxBuild>,
 }
 
 impl Rebuilder<'_> {
@@ -1046,10 +1060,10 @@ fn rebuild(
             string_table: vec![String::new()],
             ..Profile::default()
         },
-        strings: HashMap::new(),
-        functions: HashMap::new(),
-        mappings: HashMap::new(),
-        locations: HashMap::new(),
+        strings: HashMap::default(),
+        functions: HashMap::default(),
+        mappings: HashMap::default(),
+        locations: HashMap::default(),
     };
     r.p.sample_type = meta
         .sample_types

@@ -1127,7 +1127,7 @@ impl Store for LocalStore {
                     continue;
                 }
             };
-            let mut acc = HashMap::new();
+            let mut acc = Vec::new();
             let mut merged = 0;
             for s in series {
                 match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {

@@ -75,7 +75,7 @@ pub struct NewProfile {
     pub time_nanos: i64,
     /// `type:unit` for each sample type, so queries can filter without decoding.
     pub profile_types: Vec<String>,
-    /// The encoded (uncompressed) pprof `Profile`.
+    /// The encoded pprof `Profile`, uncompressed or gzipped (a gzipped one is stored as is).
     pub pprof: Vec<u8>,
 }
 

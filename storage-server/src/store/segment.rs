@@ -1,6 +1,7 @@
 //! The segment file format: a magic header, then records framed as
 //! `[payload length u32 LE][CRC32 of payload u32 LE][payload]`, where the payload is
-//! `[header length u32 LE][RecordHeader protobuf][zstd-compressed pprof]`.
+//! `[header length u32 LE][RecordHeader protobuf][compressed pprof]`, the pprof zstd-compressed,
+//! or gzipped as the client sent it (told apart by their magic numbers).
 //!
 //! The CRC makes a torn write (crash mid-append) or bit rot detectable, so a scan can stop at the
 //! last good record instead of feeding garbage to the index.
@@ -69,10 +70,19 @@ pub fn encode_record(p: &NewProfile) -> Result<Vec<u8>, StoreError> {
         profile_types: p.profile_types.clone(),
     }
     .encode_to_vec();
-    let body = zstd::bulk::compress(&p.pprof, ZSTD_LEVEL).map_err(|source| StoreError::Io {
-        path: "zstd".to_owned(),
-        source,
-    })?;
+    // Already gzipped (as clients send it, and as ingest passes it on): kept as is. Compressing it
+    // again was the largest cost of a push after decoding.
+    let compressed;
+    let body: &[u8] = if kiln_proto::codec::is_gzip(&p.pprof) {
+        &p.pprof
+    } else {
+        compressed =
+            zstd::bulk::compress(&p.pprof, ZSTD_LEVEL).map_err(|source| StoreError::Io {
+                path: "zstd".to_owned(),
+                source,
+            })?;
+        &compressed
+    };
     let payload_len = 4 + header.len() + body.len();
     if payload_len > MAX_RECORD_BYTES {
         return Err(StoreError::RecordTooLarge(payload_len));
@@ -82,7 +92,7 @@ pub fn encode_record(p: &NewProfile) -> Result<Vec<u8>, StoreError> {
     frame.extend_from_slice(&[0; 4]);
     frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
     frame.extend_from_slice(&header);
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(body);
     let crc = crc32fast::hash(&frame[FRAME_HEADER_LEN as usize..]);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(frame)
@@ -143,8 +153,16 @@ pub fn frame_len(frame_header: [u8; 8]) -> Result<usize, FrameError> {
     Ok(len)
 }
 
-/// Inflates a stored profile, refusing more than `limit` bytes.
+/// Inflates a stored profile (zstd, or gzip as sent), refusing more than `limit` bytes.
 pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, FrameError> {
+    if kiln_proto::codec::is_gzip(body) {
+        return kiln_proto::codec::gunzip_limited(body, limit).map_err(|e| match e {
+            kiln_proto::CodecError::TooLarge { .. } => {
+                FrameError::Corrupt(format!("profile inflates beyond {limit} bytes"))
+            }
+            e => FrameError::Corrupt(format!("gzip: {e}")),
+        });
+    }
     let decoder = zstd::stream::read::Decoder::new(body).map_err(FrameError::Io)?;
     let mut out = Vec::new();
     decoder
