@@ -93,7 +93,7 @@ pub struct AgentArgs {
     #[arg(long, env = "KILN_NODE_NAME")]
     pub node_name: Option<String>,
     /// Bytes of user stack copied per sample, for unwinding code built without frame pointers.
-    #[arg(long, env = "KILN_STACK_COPY_BYTES", default_value_t = 8192)]
+    #[arg(long, env = "KILN_STACK_COPY_BYTES", default_value_t = kiln_agent::config::DEFAULT_STACK_COPY_BYTES)]
     pub stack_copy_bytes: u32,
     /// Address of the agent's own /metrics and /healthz, or `off`.
     #[arg(long, env = "KILN_METRICS_LISTEN", default_value = "127.0.0.1:4041", value_parser = parse_optional_addr)]

@@ -12,6 +12,23 @@ use kiln_proto::push::PUSH_PATH;
 /// Where the server listens unless told otherwise (Pyroscope's conventional port).
 pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:4040";
 
+/// Default user-stack bytes copied per sample, chosen from measurements (agent/tests/unwind_bpf.rs
+/// `measure_stack_copy_sizes`; 999 Hz, ~1,000-2,000 samples per cell; % of samples unwound to main /
+/// mean bytes copied per sample):
+///
+/// | workload (stack depth)                      | 4 KiB      | 8 KiB      | 16 KiB      | 32 KiB      |
+/// |---------------------------------------------|------------|------------|-------------|-------------|
+/// | gcc -O2 no-FP, 12 frames of ~220 B (~3 KB)  | 99.9 / 4.1K | 99.9 / 5.1K | 99.9 / 6.3K | 99.9 / 10.4K |
+/// | gcc -O2 no-FP, 40 frames (~9.6 KB)          | 0.1 / 4.1K | 0.3 / 8.2K | 99.9 / 15.4K | 99.9 / 15.9K |
+/// | rustc -O, 10 frames of ~300 B + std runtime | 0.1 / 4.1K | 99.9 / 8.2K | 99.9 / 13.7K | 100 / 9.9K  |
+/// | rustc -O, 40 frames                         | 0.0 / 4.1K | 0.0 / 8.2K | 0.1 / 16.4K | 99.9 / 24.7K |
+///
+/// 16 KiB doubles the reachable depth of 8 KiB for 1.2-1.9x the bytes (stacks near the top of
+/// their mapping copy less: the sampler stops at the mapping's end); 32 KiB costs up to 3x for the
+/// deepest case only. Deeper stacks end in a `[truncated: stack copy exhausted]` frame. Agent
+/// unwind time is a few us per sample either way (it grows with frames, not with the copy size).
+pub const DEFAULT_STACK_COPY_BYTES: u32 = 16384;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -113,7 +130,8 @@ pub struct AgentConfig {
     pub window: Duration,
     /// The `node` label on every series. Defaults to the host name.
     pub node_name: String,
-    /// Bytes of user stack the sampler copies per sample (for DWARF unwinding).
+    /// Bytes of user stack the sampler copies per sample (for DWARF unwinding); see
+    /// [`DEFAULT_STACK_COPY_BYTES`].
     pub stack_copy_bytes: u32,
     /// Where to serve `/metrics` and `/healthz`; `None` disables the listener.
     pub metrics_listen: Option<SocketAddr>,
@@ -147,7 +165,7 @@ impl Default for AgentConfig {
             frequency_hz: NonZeroU32::new(19).unwrap_or(NonZeroU32::MIN),
             window: Duration::from_secs(10),
             node_name: hostname(),
-            stack_copy_bytes: 8192,
+            stack_copy_bytes: DEFAULT_STACK_COPY_BYTES,
             metrics_listen: None,
             max_upload_bytes: 512 << 20,
             upload_debuginfo: true,
