@@ -115,6 +115,10 @@ struct Elf {
 }
 
 fn inspect(path: &Path) -> Elf {
+    inspect_symbols(path, &["main", "alpha", "hot"])
+}
+
+fn inspect_symbols(path: &Path, wanted: &[&str]) -> Elf {
     use object::{Object, ObjectSegment, ObjectSymbol};
     let bytes = std::fs::read(path).unwrap();
     let file = object::File::parse(bytes.as_slice()).unwrap();
@@ -130,7 +134,7 @@ fn inspect(path: &Path) -> Elf {
     let mut addrs = HashMap::new();
     for sym in file.symbols() {
         let name = sym.name().unwrap_or("");
-        if !["main", "alpha", "hot"].contains(&name) {
+        if !wanted.contains(&name) {
             continue;
         }
         let vaddr = sym.address() + 4;
@@ -147,7 +151,7 @@ fn inspect(path: &Path) -> Elf {
             start + (vaddr - seg.address() + seg_off - page_off),
         );
     }
-    assert_eq!(addrs.len(), 3, "{addrs:?}");
+    assert_eq!(addrs.len(), wanted.len(), "{addrs:?}");
     Elf {
         build_id,
         mapping: mapping.unwrap(),
@@ -528,4 +532,50 @@ async fn fetches_from_debuginfod_on_a_miss() {
         unknown["frames"]["unsymbolized"]["debuginfod_miss"], 1,
         "{unknown}"
     );
+}
+
+/// A Go binary (`go build`; Go's linker writes `.symtab`, and `-B` a GNU build ID): its frames
+/// are named from Go's symbol table, package-qualified (`main.hot`).
+#[tokio::test]
+async fn go_binary_frames_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("main.go");
+    std::fs::write(
+        &src,
+        "package main\n\nimport \"os\"\n\n//go:noinline\nfunc hot(n int) int {\n\ts := 0\n\tfor i := 0; i < n; i++ {\n\t\ts += i\n\t}\n\treturn s\n}\n\nfunc main() { os.Exit(hot(len(os.Args)) & 1) }\n",
+    )
+    .unwrap();
+    let exe = dir.path().join("goapp");
+    let built = Command::new("go")
+        .args([
+            "build",
+            "-ldflags=-B=0x0123456789abcdef0123456789abcdef01234567",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        eprintln!("SKIPPED: go is not available to build the test program");
+        return;
+    }
+    let elf = inspect_symbols(&exe, &["main.hot", "main.main"]);
+    let app = open(&dir.path().join("data"));
+    assert_eq!(
+        put_debuginfo(&app, &elf.build_id, &std::fs::read(&exe).unwrap()).await,
+        StatusCode::CREATED
+    );
+    let (start, limit, offset) = elf.mapping;
+    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+    let m = b.mapping(start, limit, offset, exe.to_str().unwrap(), &elf.build_id);
+    let hot = b.raw_location(m, elf.addrs["main.hot"]);
+    let main = b.raw_location(m, elf.addrs["main.main"]);
+    b.add_sample(&[hot, main], &[1, 10], &[]);
+    push(&app, &b.finish()).await;
+    let names = flame_names(&app).await;
+    assert!(names.contains(&"main.hot".to_owned()), "{names:?}");
+    assert!(names.contains(&"main.main".to_owned()), "{names:?}");
 }
