@@ -594,6 +594,37 @@ ffffffff81300000 t ext4_file_read_iter
         assert!(agg.flush().is_empty());
     }
 
+    /// A stack copy too short for the first return address: the user stack is the sampled ip and
+    /// then the named truncation frame in the `[kiln]` pseudo-mapping, not a guessed caller.
+    #[test]
+    fn a_cut_stack_ends_in_a_named_truncation_frame() {
+        let (mut agg, _) = aggregator(10, 10);
+        let me = std::process::id();
+        let ip = leaf_fn as *const () as usize as u64;
+        let mut s = sample(me, vec![], vec![ip]);
+        // At the function's entry the return address is the word at sp, which the copy lacks.
+        s.user_regs = Some(UserRegs {
+            ip,
+            sp: 0x7fff_0000,
+            bp: 0,
+        });
+        s.stack_copy = vec![0; 4];
+        agg.add(&s);
+        let out = agg.flush();
+        let p = &out[0].profile;
+        let sample = &p.sample[0];
+        assert_eq!(sample.location_id.len(), 2, "ip + truncation frame");
+        let last = &p.location[(sample.location_id[1] - 1) as usize];
+        let f = &p.function[(last.line[0].function_id - 1) as usize];
+        assert_eq!(
+            p.string_table[f.name as usize],
+            "[truncated: stack copy exhausted]"
+        );
+        let m = &p.mapping[(last.mapping_id - 1) as usize];
+        assert_eq!(p.string_table[m.filename as usize], PSEUDO_MAPPING);
+        assert!(m.has_functions);
+    }
+
     #[test]
     fn unknown_frames_kernel_threads_and_idle() {
         let (mut agg, metrics) = aggregator(16, 16);

@@ -136,8 +136,11 @@ pub fn unwind_with(
             Ok(None) => break StackEnd::Complete,
             Err(e) => {
                 break StackEnd::Truncated(match e {
+                    // A word that does not fit wholly in the copy, at a plausible distance above sp.
                     FramehopError::CouldNotReadStack(a)
-                        if a >= copy_end && a - sp < PLAUSIBLE_STACK_BYTES =>
+                        if a >= sp
+                            && a.saturating_add(8) > copy_end
+                            && a - sp < PLAUSIBLE_STACK_BYTES =>
                     {
                         Truncation::CopyExhausted
                     }
