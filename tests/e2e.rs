@@ -172,9 +172,10 @@ fn kiln_up_profiles_a_known_call_chain() {
         let flame = get_json(&flame_url);
         if let Some(hot) = find_chain(&flame["root"], &["main", "alpha", "beta", "hot"]) {
             let hot = hot.clone();
-            // All of the workload's windows have arrived once hot holds most of a 6 s run at 99 Hz.
+            // Enough of the workload has arrived once hot holds most of it and at least 1.5 s of CPU
+            // (150 samples at 99 Hz) is in: the 6 s run gets less than 6 s of CPU on a loaded machine.
             if hot["total"].as_u64().unwrap_or(0) * 2 > flame["total"].as_u64().unwrap_or(u64::MAX)
-                && flame["total"].as_u64().unwrap_or(0) >= 3_000_000_000
+                && flame["total"].as_u64().unwrap_or(0) >= 1_500_000_000
             {
                 break (flame, hot);
             }
