@@ -56,15 +56,15 @@ impl DebugInfo {
         }
     }
 
-    /// Counts one location resolved with `outcome` (`symbolized` or a [`Reason`] name).
+    /// Counts `n` locations resolved with `outcome` (`symbolized` or a [`Reason`] name).
     ///
     /// [`Reason`]: crate::query::symbolize::Reason
-    pub fn count_frame(&self, outcome: &str) {
+    pub fn count_frames(&self, outcome: &str, n: u64) {
         self.frame_outcomes
             .get_or_create(&ReasonLabels {
                 reason: outcome.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// The opened store and symbolizer. Blocking: call from `spawn_blocking`.

@@ -58,6 +58,10 @@ pub enum Reason {
     NoMapping,
     /// The mapping has no GNU build ID, so no debuginfo can be looked up for it.
     NoBuildId,
+    /// The mapping is not backed by a file (anonymous memory: JIT code; `[vdso]`, `[stack]`…).
+    NoFile,
+    /// A kernel address `/proc/kallsyms` did not cover (module loaded later, or kptr_restrict).
+    KernelUnknown,
     /// No debuginfo has been uploaded for the build ID (yet: the agent uploads in the background).
     NoDebuginfo,
     /// Debuginfo is stored, but it is stripped: no symbol table, no DWARF.
@@ -79,6 +83,8 @@ impl Reason {
         match self {
             Reason::NoMapping => "no_mapping",
             Reason::NoBuildId => "no_build_id",
+            Reason::NoFile => "no_file",
+            Reason::KernelUnknown => "kernel_unknown",
             Reason::NoDebuginfo => "no_debuginfo",
             Reason::Stripped => "stripped",
             Reason::UnknownAddress => "unknown_address",
@@ -93,6 +99,8 @@ impl Reason {
         match self {
             Reason::NoMapping => "no symbols: address in no known mapping (process exited?)",
             Reason::NoBuildId => "no symbols: binary has no build ID",
+            Reason::NoFile => "no symbols: not backed by a file (JIT code? vdso?)",
+            Reason::KernelUnknown => "no symbols: kernel address not in /proc/kallsyms",
             Reason::NoDebuginfo => "no symbols: debuginfo not uploaded",
             Reason::Stripped => "no symbols: stripped, no debuginfo",
             Reason::UnknownAddress => "no symbols: address not covered by any symbol",
@@ -209,6 +217,8 @@ impl<'a> Resolver<'a> {
         let functions: HashMap<u64, &Function> = p.function.iter().map(|f| (f.id, f)).collect();
         self.symbolize_missing(p, &mappings);
         let mut outcomes: HashMap<u64, Option<Reason>> = HashMap::new();
+        // Summed here and added to the metric once per profile: the metric family takes a lock.
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
         let resolved: HashMap<u64, Resolved> = p
             .location
             .iter()
@@ -224,13 +234,18 @@ impl<'a> Resolver<'a> {
                 };
                 if counted {
                     outcomes.insert(loc.id, reason);
-                    if let Some(debuginfo) = self.debuginfo {
-                        debuginfo.count_frame(reason.map_or("symbolized", Reason::as_str));
-                    }
+                    *counts
+                        .entry(reason.map_or("symbolized", Reason::as_str))
+                        .or_default() += 1;
                 }
                 (loc.id, r)
             })
             .collect();
+        if let Some(debuginfo) = self.debuginfo {
+            for (outcome, n) in counts {
+                debuginfo.count_frames(outcome, n);
+            }
+        }
         if self.stats.is_some() {
             self.count(p, &mappings, &outcomes);
         }
@@ -464,6 +479,13 @@ impl<'a> Resolver<'a> {
         let Some(m) = m else {
             return Some(Reason::NoMapping);
         };
+        if is_kernel(m, p) {
+            return Some(Reason::KernelUnknown);
+        }
+        let file = p.str(m.filename);
+        if file.is_empty() || file.starts_with('[') || file.starts_with("//anon") {
+            return Some(Reason::NoFile);
+        }
         let Some(key) = wanted else {
             // A user mapping we would not ask about: no (valid) build ID, or the address lies
             // outside it; kernel frames the agent could not name are out of our reach too.
@@ -618,8 +640,22 @@ mod tests {
         let nomap = b.raw_location(0, 0xdead);
         let k = b.symbolized_location(kern, 0xffff_ffff_8100_0000, &[(kf, 0)]);
         b.add_sample(&[k, raw, nomap], &[1], &[]);
+        let anon = b.mapping(0x7000_0000, 0x7001_0000, 0, "", "");
+        let jit = b.raw_location(anon, 0x7000_0042);
+        let kraw = b.raw_location(kern, 0xffff_ffff_c000_0000);
+        b.add_sample(&[kraw, jit], &[1], &[]);
         let p = b.finish();
         let r = Resolver::new(None).resolve(&p);
+        assert_eq!(
+            r[&jit],
+            Resolved::Raw("0x70000042 (no symbols: not backed by a file (JIT code? vdso?))".into())
+        );
+        assert_eq!(
+            r[&kraw],
+            Resolved::Raw(
+                "[kernel.kallsyms]+0xffffffffc0000000 (no symbols: kernel address not in /proc/kallsyms)".into()
+            )
+        );
         assert_eq!(r[&raw], Resolved::Raw("app+0x2234".into()));
         assert_eq!(
             r[&nomap],
