@@ -6,6 +6,7 @@ pub mod config;
 pub mod debuginfo;
 pub mod debuglink;
 pub mod kallsyms;
+pub mod perfmap;
 pub mod metrics;
 pub mod procmaps;
 pub mod profile;

@@ -259,6 +259,13 @@ impl Aggregator {
             locations.push(loc);
         }
         for &addr in &user {
+            // JIT code named from the runtime's /tmp/perf-PID.map (see perfmap.rs).
+            if let Some(loc) =
+                crate::perfmap::jit_location(&mut w.builder, process.as_deref(), s.tgid, addr)
+            {
+                locations.push(loc);
+                continue;
+            }
             let mapping = process.as_deref().and_then(|p| p.find(addr));
             let mapping_id = match mapping {
                 Some(m) => window_mapping(w, m, s.tgid),
