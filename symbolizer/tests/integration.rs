@@ -635,3 +635,56 @@ fn measure_throughput() {
         t.elapsed()
     );
 }
+
+/// Why an offset has no frames: `symbolize_detailed` tells stripped files, uncovered addresses
+/// and offsets outside the file apart; a separate debug file names a stripped file's functions
+/// with lines.
+#[test]
+fn unsymbolized_reasons_and_separate_debug_file() {
+    use kiln_symbolizer::Unsymbolized;
+    let p = gcc(KNOWN_C, &[]);
+    let s = store();
+    let id = insert(&s.store, &p);
+    let (off, _) = p.function("kiln_known_function");
+    let sym = Symbolizer::new(s.store.clone(), 100);
+    let out = sym.symbolize_detailed(&id, &[0, 1 << 40]).unwrap();
+    assert_eq!(out[0], Err(Unsymbolized::UnknownAddress));
+    assert_eq!(out[1], Err(Unsymbolized::InvalidOffset));
+
+    // The same build, stripped, replaces the stored file: now nothing can be named.
+    let dir = tempfile::tempdir().unwrap();
+    let stripped = dir.path().join("stripped");
+    let debug = dir.path().join("known.debug");
+    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    assert!(ok(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&p.binary)
+        .arg(&debug)));
+    assert!(ok(Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&p.binary)));
+    s.store
+        .insert_from_reader(&id, std::fs::File::open(&stripped).unwrap(), 1 << 30)
+        .unwrap();
+    sym.invalidate(&id);
+    let out = sym.symbolize_detailed(&id, &[off]).unwrap();
+    assert_eq!(out[0], Err(Unsymbolized::NoSymbols));
+
+    s.store
+        .insert_debug_from_reader(&id, std::fs::File::open(&debug).unwrap(), 1 << 30)
+        .unwrap();
+    sym.invalidate(&id);
+    let frames = sym
+        .symbolize_detailed(&id, &[off])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(frames[0].function, "kiln_known_function");
+    assert_eq!(frames[0].line, Some(5), "{frames:?}");
+    assert!(
+        frames[0].file.as_deref().is_some_and(|f| f.ends_with(".c")),
+        "{frames:?}"
+    );
+}
