@@ -671,7 +671,8 @@ mod tests {
         );
         shipper.handle().enqueue(&request(1));
         wait_for(|| metrics.push_retries.get() >= 2).await;
-        assert!(metrics.push_failed(PushFailure::Transport).get() >= 3);
+        // Each retry follows a failure; the next failure may not have happened yet.
+        assert!(metrics.push_failed(PushFailure::Transport).get() >= 2);
         assert_eq!(
             shipper
                 .shutdown(Duration::from_millis(50))

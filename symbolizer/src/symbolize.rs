@@ -345,7 +345,9 @@ fn new_blazesym() -> bz::Symbolizer {
     bz::Symbolizer::builder()
         .enable_code_info(true)
         .enable_inlined_fns(true)
-        .enable_demangling(true)
+        // Kiln demangles itself (see `demangle`): blazesym would also try names of C functions,
+        // turning a function named `a` or `b` into the C++ builtin types `signed char` and `bool`.
+        .enable_demangling(false)
         // Stored files are uploads from other hosts: never resolve their debug links against
         // this host's /usr/lib/debug, which could hold an unrelated file of the same name.
         .set_debug_dirs(Some::<[&Path; 0]>([]))
@@ -536,6 +538,24 @@ pub fn has_symbols(path: &Path) -> bool {
         .any(|s| matches!(s.name(), Ok(".symtab" | ".debug_info" | ".zdebug_info")) && s.size() > 0)
 }
 
+/// Demangles Rust (v0 `_R…`, legacy `_ZN…E`) and C++ (Itanium `_Z…`) names; anything else —
+/// C, Go, already readable names — is kept as it is.
+pub(crate) fn demangle(name: &str) -> String {
+    if name.starts_with("_R") || name.starts_with("_Z") || name.starts_with("__Z") {
+        if let Ok(d) = rustc_demangle::try_demangle(name) {
+            // `{:#}` leaves out the legacy hash suffix (`::h0123…`).
+            return format!("{d:#}");
+        }
+        if let Some(d) = cpp_demangle::Symbol::new(name)
+            .ok()
+            .and_then(|s| s.demangle().ok())
+        {
+            return d;
+        }
+    }
+    name.to_owned()
+}
+
 fn to_frames(symbolized: Symbolized<'_>, offset: u64, has_symbols: bool) -> Frames {
     match symbolized {
         Symbolized::Sym(sym) => {
@@ -544,14 +564,14 @@ fn to_frames(symbolized: Symbolized<'_>, offset: u64, has_symbols: bool) -> Fram
             // innermost one carries the address's line); Kiln wants innermost first.
             for f in sym.inlined.iter().rev() {
                 frames.push(Frame {
-                    function: f.name.to_string(),
+                    function: demangle(&f.name),
                     file: f.code_info.as_ref().map(file_of),
                     line: f.code_info.as_ref().and_then(|c| c.line),
                     inlined: true,
                 });
             }
             frames.push(Frame {
-                function: sym.name.into_owned(),
+                function: demangle(&sym.name),
                 file: sym.code_info.as_deref().map(file_of),
                 line: sym.code_info.as_ref().and_then(|c| c.line),
                 inlined: false,
@@ -572,4 +592,22 @@ fn to_frames(symbolized: Symbolized<'_>, offset: u64, has_symbols: bool) -> Fram
 
 fn file_of(code_info: &CodeInfo<'_>) -> String {
     code_info.to_path().to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod demangle_tests {
+    use super::demangle;
+
+    #[test]
+    fn only_mangled_names_are_demangled() {
+        assert_eq!(demangle("a"), "a");
+        assert_eq!(demangle("b"), "b");
+        assert_eq!(demangle("main.hot"), "main.hot");
+        assert_eq!(demangle("_ZN2ns3hotEi"), "ns::hot(int)");
+        assert_eq!(
+            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
+        assert_eq!(demangle("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
+    }
 }
