@@ -4,108 +4,12 @@
 //!
 //! Needs root (to load eBPF) and gcc; CI runs it as root. Elsewhere it prints why it skips.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SIGINT first: `kiln up` flushes and exits cleanly on Ctrl-C.
-        unsafe { libc_kill(self.0.id() as i32, 2) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-    fn geteuid() -> u32;
-}
-
-fn is_root() -> bool {
-    unsafe { geteuid() == 0 }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn build_workload(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/nofp_chain.c");
-    // The name is what the agent reports as comm and service_name.
-    let bin = dir.join("kiln-e2e-nofp");
-    // -O2 without frame pointers: only .eh_frame can find hot's callers.
-    let status = Command::new("gcc")
-        .args([
-            "-O2",
-            "-fomit-frame-pointer",
-            "-fno-optimize-sibling-calls",
-            "-o",
-        ])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("gcc runs");
-    assert!(status.success(), "gcc failed to build the workload");
-    bin
-}
-
-fn get_json(url: &str) -> Value {
-    let resp = reqwest::blocking::get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = resp.status();
-    let text = resp.text().unwrap();
-    assert!(status.is_success(), "GET {url} -> {status}: {text}");
-    // Whole-machine flame graphs nest deeper than serde_json's default limit of 128 levels (each
-    // frame is two: an object in a `children` array; kernel + user stacks reach ~250 frames).
-    let mut de = serde_json::Deserializer::from_str(&text);
-    de.disable_recursion_limit();
-    serde::Deserialize::deserialize(&mut de)
-        .unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
-}
-
-/// Finds `chain` as consecutive frames somewhere in the tree; returns the node of its last frame.
-fn find_chain<'a>(node: &'a Value, chain: &[&str]) -> Option<&'a Value> {
-    let children = node["children"].as_array()?;
-    for child in children {
-        if child["name"] == chain[0]
-            && let Some(found) = follow(child, &chain[1..])
-        {
-            return Some(found);
-        }
-        if let Some(found) = find_chain(child, chain) {
-            return Some(found);
-        }
-    }
-    None
-}
-
-fn follow<'a>(node: &'a Value, rest: &[&str]) -> Option<&'a Value> {
-    let Some((first, tail)) = rest.split_first() else {
-        return Some(node);
-    };
-    let child = node["children"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == *first)?;
-    follow(child, tail)
-}
+use common::{KilnUp, build_workload, enc, find_chain, get_json, is_root};
 
 #[test]
 fn kiln_up_unwinds_code_without_frame_pointers() {
@@ -116,43 +20,14 @@ fn kiln_up_unwinds_code_without_frame_pointers() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let workload = build_workload(dir.path());
-    let port = free_port();
-    let metrics_port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-
-    let kiln = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "up",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--frequency",
-            "99",
-            "--window",
-            "2s",
-        ])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("kiln up starts");
-    let _kiln = KillOnDrop(kiln);
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::blocking::get(format!("{base}/healthz"))
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "kiln up did not become healthy within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let workload = build_workload(
+        dir.path(),
+        "nofp_chain.c",
+        "kiln-e2e-nofp",
+        &["-O2", "-fomit-frame-pointer", "-fno-optimize-sibling-calls"],
+    );
+    let kiln = KilnUp::start(&dir.path().join("data"));
+    let base = &kiln.base;
 
     let status = Command::new(&workload)
         .args(["6", "0"])
@@ -161,12 +36,6 @@ fn kiln_up_unwinds_code_without_frame_pointers() {
     assert!(status.success() || status.code() == Some(1));
 
     let query = r#"{service_name="kiln-e2e-nofp"}"#;
-    let enc = |s: &str| {
-        s.replace('{', "%7B")
-            .replace('}', "%7D")
-            .replace('"', "%22")
-            .replace('=', "%3D")
-    };
     let flame_url = format!(
         "{base}/api/v1/flamegraph?query={}&from=now-10m&until=now",
         enc(query)

@@ -1,0 +1,162 @@
+//! What the root-level end-to-end tests share: building a workload with gcc, running the real
+//! `kiln up` on free ports until it is healthy, and reading the JSON API.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+    fn geteuid() -> u32;
+}
+
+pub fn is_root() -> bool {
+    unsafe { geteuid() == 0 }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Compiles `tests/workloads/<source>` with `gcc <flags>` into `dir/<name>` (the name is what the
+/// agent reports as comm and service_name).
+pub fn build_workload(dir: &Path, source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads")
+        .join(source);
+    let bin = dir.join(name);
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "gcc failed to build {source}");
+    bin
+}
+
+/// A running `kiln up`; Ctrl-C (then SIGKILL after 10 s) when dropped.
+pub struct KilnUp {
+    child: Child,
+    pub base: String,
+    pub metrics_port: u16,
+}
+
+impl KilnUp {
+    /// Starts `kiln up` at 99 Hz with 2 s windows on free ports and waits until it is healthy.
+    pub fn start(data_dir: &Path) -> KilnUp {
+        let port = free_port();
+        let metrics_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "up",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--frequency",
+                "99",
+                "--window",
+                "2s",
+            ])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("kiln up starts");
+        let up = KilnUp {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            metrics_port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reqwest::blocking::get(format!("{}/healthz", up.base))
+            .map(|r| r.status().is_success())
+            .ok()
+            != Some(true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "kiln up did not become healthy within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        up
+    }
+}
+
+impl Drop for KilnUp {
+    fn drop(&mut self) {
+        // SIGINT first: `kiln up` flushes and exits cleanly on Ctrl-C.
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes what a label selector needs in a query string.
+pub fn enc(s: &str) -> String {
+    s.replace('{', "%7B")
+        .replace('}', "%7D")
+        .replace('"', "%22")
+        .replace('=', "%3D")
+}
+
+pub fn get_json(url: &str) -> Value {
+    let resp = reqwest::blocking::get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status();
+    let text = resp.text().unwrap();
+    assert!(status.is_success(), "GET {url} -> {status}: {text}");
+    // Whole-machine flame graphs nest deeper than serde_json's default limit of 128 levels (each
+    // frame is two: an object in a `children` array; kernel + user stacks reach ~250 frames).
+    let mut de = serde_json::Deserializer::from_str(&text);
+    de.disable_recursion_limit();
+    serde::Deserialize::deserialize(&mut de)
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+/// Finds `chain` as consecutive frames somewhere in the tree; returns the node of its last frame.
+pub fn find_chain<'a>(node: &'a Value, chain: &[&str]) -> Option<&'a Value> {
+    let children = node["children"].as_array()?;
+    for child in children {
+        if child["name"] == chain[0]
+            && let Some(found) = follow(child, &chain[1..])
+        {
+            return Some(found);
+        }
+        if let Some(found) = find_chain(child, chain) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+pub fn follow<'a>(node: &'a Value, rest: &[&str]) -> Option<&'a Value> {
+    let Some((first, tail)) = rest.split_first() else {
+        return Some(node);
+    };
+    let child = node["children"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == *first)?;
+    follow(child, tail)
+}
