@@ -14,5 +14,6 @@ mod run;
 pub mod sampling;
 pub mod ship;
 pub mod unwind;
+pub mod vdso;
 
 pub use run::{check_privileges, run};

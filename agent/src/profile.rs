@@ -271,6 +271,14 @@ impl Aggregator {
                 Some(m) => window_mapping(w, m, s.tgid),
                 None => 0,
             };
+            // vDSO frames are named here: the server has no file for them (see vdso.rs).
+            if let Some(name) =
+                mapping.and_then(|m| crate::vdso::Vdso::get().and_then(|v| v.lookup(m, addr)))
+            {
+                let f = w.builder.function(name, "[vdso]");
+                locations.push(w.builder.symbolized_location(mapping_id, addr, &[(f, 0)]));
+                continue;
+            }
             locations.push(w.builder.raw_location(mapping_id, addr));
         }
         if let StackEnd::Truncated(why) = end {

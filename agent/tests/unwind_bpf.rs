@@ -318,3 +318,60 @@ fn measure_stack_copy_sizes() {
         }
     }
 }
+
+/// Samples inside the vDSO (no file behind it) are named from the agent's own copy of the image and
+/// unwound through its `.eh_frame`, out of libc's `clock_gettime` into the caller. (Without the
+/// vDSO's tables, framehop's frame-pointer guess for the leaf still gets ~98 % of them out here:
+/// the naming is what this test pins down; the tables take the rest.)
+#[test]
+fn vdso_frames_are_named_and_unwound_through() {
+    if !root() {
+        eprintln!(
+            "SKIP vdso_frames_are_named_and_unwound_through: needs root to load eBPF (CI runs as root)"
+        );
+        return;
+    }
+    let vdso = kiln_agent::vdso::Vdso::get().expect("this kernel maps a vDSO");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(exe) = build_c(
+        dir.path(),
+        "vdso_loop",
+        &[("vdso_loop.c", &["-fomit-frame-pointer"])],
+        &[],
+    ) else {
+        return;
+    };
+    let mut rec = record(Command::new(&exe).arg("20"), 8192, 3.0);
+    let syms = Symbols::load(&exe);
+    let (mut in_vdso, mut reached) = (0, 0);
+    let mut misses = Vec::new();
+    for s in &rec.samples.clone() {
+        let u = rec
+            .unwinder
+            .unwind(&rec.process, s.user_regs.expect("regs"), &s.stack_copy);
+        let leaf = u.frames[0];
+        let Some(name) = rec.process.find(leaf).and_then(|m| vdso.lookup(m, leaf)) else {
+            continue;
+        };
+        assert!(
+            name.starts_with("__vdso_") || name.contains("clock_gettime"),
+            "vDSO leaf named {name}"
+        );
+        in_vdso += 1;
+        let names = syms.names(&rec.process, &exe, &u.frames);
+        let chain = names.iter().position(|n| n == "spin_clock");
+        if chain.is_some_and(|i| names.get(i + 1).map(String::as_str) == Some("main")) {
+            reached += 1;
+        } else if misses.len() < 5 {
+            misses.push((names, u.end));
+        }
+    }
+    eprintln!(
+        "{in_vdso} samples in the vDSO, {reached} unwound to spin_clock -> main; misses: {misses:?}"
+    );
+    assert!(in_vdso >= 100, "only {in_vdso} samples in the vDSO");
+    assert!(
+        reached * 100 >= in_vdso * 95,
+        "{reached} of {in_vdso} vDSO samples unwound to main"
+    );
+}

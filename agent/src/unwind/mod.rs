@@ -253,10 +253,14 @@ impl Unwinder {
     fn build(&mut self, process: &Process) -> UnwinderX86_64<SectionBytes> {
         let mut u = UnwinderX86_64::new();
         for m in &process.mappings {
-            if !matches!(m.kind, MappingKind::File { .. }) {
-                continue;
-            }
-            let Some(t) = self.tables.get(process.pid, m) else {
+            let t = match m.kind {
+                MappingKind::File { .. } => self.tables.get(process.pid, m),
+                // The vDSO's tables come from the agent's own copy of the image (see vdso.rs).
+                MappingKind::Vdso => crate::vdso::Vdso::get()
+                    .filter(|v| v.matches(m))
+                    .and_then(|v| v.tables().cloned()),
+            };
+            let Some(t) = t else {
                 continue;
             };
             if let Some(module) = t.module(m.start..m.end, m.offset) {
