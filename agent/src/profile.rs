@@ -139,7 +139,12 @@ pub struct Aggregator {
     window_started: Instant,
     windows: HashMap<u32, ProcessWindow>,
     unwinder: Unwinder,
+    /// When `kallsyms` was last (re)read.
+    kallsyms_loaded: Instant,
 }
+
+/// How often at most kernel symbols are re-read when a kernel frame is not covered by them.
+const KALLSYMS_REFRESH: Duration = Duration::from_secs(60);
 
 impl Aggregator {
     pub fn new(
@@ -158,6 +163,7 @@ impl Aggregator {
             window_started: Instant::now(),
             windows: HashMap::new(),
             unwinder: Unwinder::default(),
+            kallsyms_loaded: Instant::now(),
         }
     }
 
@@ -181,6 +187,9 @@ impl Aggregator {
             &[]
         };
         let kernel = adjusted(&s.kernel_stack);
+        if kernel.iter().any(|&a| self.kallsyms.lookup(a).is_none()) {
+            self.refresh_kallsyms();
+        }
         let fp_user = adjusted(user);
 
         let process = if s.tgid == 0 {
@@ -290,6 +299,20 @@ impl Aggregator {
         }
         w.builder
             .add_sample(&locations, &[1, self.period_nanos], &[]);
+    }
+
+    /// Re-reads `/proc/kallsyms` after a kernel address it did not cover (a module or BPF
+    /// program loaded since), at most once per [`KALLSYMS_REFRESH`].
+    fn refresh_kallsyms(&mut self) {
+        if self.kallsyms_loaded.elapsed() < KALLSYMS_REFRESH {
+            return;
+        }
+        self.kallsyms_loaded = Instant::now();
+        match Kallsyms::load() {
+            Ok(k) if !k.is_empty() => self.kallsyms = Arc::new(k),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "re-reading kernel symbols"),
+        }
     }
 
     /// Ends the window: returns one profile per process seen (sorted by pid) and starts the next
