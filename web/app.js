@@ -515,19 +515,36 @@ function hash(str) {
 }
 
 const UNSYM = /^0x[0-9a-f]+$|\+0x[0-9a-f]+$/i;
-function frameKind(name) {
+// What the server's `reason` codes mean (storage-server/src/query/reason.rs).
+const REASONS = {
+  no_mapping: "address in no known mapping (the process exited before its mappings were read?)",
+  no_build_id: "the binary has no build ID",
+  no_file: "code not backed by a file (JIT without a perf map?)",
+  kernel_unknown: "kernel address not in /proc/kallsyms",
+  no_debuginfo: "no debuginfo uploaded for this build ID (yet)",
+  stripped: "stripped binary and no separate debuginfo",
+  unknown_address: "no symbol covers this address",
+  invalid_offset: "address outside the binary's segments",
+  symbolizer_error: "the symbolizer failed on this binary",
+  debuginfod_miss: "no debuginfo uploaded, and debuginfod does not have it",
+  truncated: "the stack was cut here (stack copy size or depth limit)",
+  unwind_failed: "the unwinder could not go further",
+};
+
+function frameKind(name, reason) {
+  if (reason) return "unsym";
   if (name.endsWith(" [k]")) return "kernel";
   if (UNSYM.test(name)) return "unsym";
   if (name === "(other)") return "other";
   return "user";
 }
 
-function frameColor(name, isRoot) {
+function frameColor(name, isRoot, reason) {
   if (isRoot) return "hsl(220, 8%, 70%)";
   const h = hash(name);
   const a = (h & 0xff) / 255;
   const b = ((h >>> 8) & 0xff) / 255;
-  switch (frameKind(name)) {
+  switch (frameKind(name, reason)) {
     case "kernel": return `hsl(${190 + a * 35}, ${55 + b * 20}%, ${58 + b * 10}%)`;
     case "unsym": return `hsl(0, 0%, ${66 + a * 12}%)`;
     case "other": return "hsl(40, 6%, 80%)";
@@ -631,7 +648,7 @@ function renderNow() {
     } else if (state.data.diff && !isRoot) {
       fill = diffColor(f.node.diff);
     } else {
-      fill = frameColor(f.name, isRoot);
+      fill = frameColor(f.name, isRoot, f.node?.reason);
     }
     ctx.fillStyle = fill;
     // 1px gap right/bottom separates neighbours without hiding tiny frames.
@@ -778,9 +795,11 @@ function showTooltip(f, p) {
     const z = zoomChain().at(-1);
     rows.push(["% of zoomed", fmtPct((100 * f.total) / z.total)]);
   }
-  const kind = frameKind(f.name);
+  const kind = frameKind(f.name, f.node?.reason);
   if (kind === "kernel") rows.push(["Kind", "kernel"]);
   if (kind === "unsym") rows.push(["Kind", "unsymbolized"]);
+  const reason = f.node?.reason;
+  if (reason) rows.push(["Why no name", REASONS[reason] || reason]);
   const name = document.createElement("div");
   name.className = "tt-name";
   name.textContent = f.path.length ? f.name : "total (all stacks)";
@@ -960,7 +979,7 @@ function fmtPct(p) {
 window.kiln = {
   /** Laid-out rectangles of the last render, canvas-relative CSS px. */
   frames: () => state.frames.map(({ name, x, y, w, h, total, self, depth, collapsed, highlighted, node }) =>
-    ({ name, x, y, w, h, total, self, depth, collapsed, highlighted, ...(node?.diff ? { diff: { ...node.diff } } : {}) })),
+    ({ name, x, y, w, h, total, self, depth, collapsed, highlighted, ...(node?.reason ? { reason: node.reason } : {}), ...(node?.diff ? { diff: { ...node.diff } } : {}) })),
   status: () => state.status,
   zoomPath: () => [...state.zoomPath],
   selection: () => ({ ...state.sel, selector: selector(), ...timeRange() }),

@@ -467,6 +467,31 @@ test("Kiln web UI in a real browser", async (t) => {
     assert.equal((await frames(page)).find((f) => f.depth === 0).diff, undefined);
   });
 
+  await t.test("a frame without a name says why (tooltip, grey)", async () => {
+    // Folded text through /ingest: the agent writes a cut stack's last frame like this, and the
+    // server gives such frames a `reason` code that the page explains.
+    const svc = `${SERVICE}-reason`;
+    const now = Math.floor(Date.now() / 1000);
+    const res = await fetch(`${KILN_URL}/ingest?name=${svc}&format=folded&from=${now - 20}&until=${now - 10}`, {
+      method: "POST",
+      body: "main;work;[truncated: stack copy exhausted] 60\nmain;work 40\n",
+    });
+    assert.equal(res.status, 200, `folded ingest: ${await res.text()}`);
+    await page.goto(`${KILN_URL}/?value=${encodeURIComponent(svc)}&from=${now - 600}&until=${now + 60}`);
+    await settle(page);
+    const cut = "[truncated: stack copy exhausted]";
+    const { f, pos } = await frameCenter(page, cut);
+    assert.equal(f.reason, "truncated", `reason of ${JSON.stringify(f)}`);
+    assert.equal((await frameCenter(page, "work")).f.reason, undefined, "named frames have none");
+    await page.locator("#flamegraph").hover({ position: pos });
+    await page.locator("#tooltip").waitFor({ state: "visible" });
+    const tip = await page.locator("#tooltip").innerText();
+    assert.match(tip, /Kind\s+unsymbolized/, tip);
+    assert.match(tip, /Why no name\s+the stack was cut here/, tip);
+    await page.goto(url);
+    await settle(page);
+  });
+
   await t.test("no uncaught errors in the page", () => {
     assert.deepEqual(pageErrors, []);
   });

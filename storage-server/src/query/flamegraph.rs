@@ -217,17 +217,27 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
-/// Writes `view` as nested `{"name": .., <fields>, "children": [..]}` objects, iteratively.
+/// Writes `view` as nested `{"name": .., ["reason": ..,] <fields>, "children": [..]}` objects,
+/// iteratively. `reason` is there for frames without a function name (see [`super::reason`]).
 /// `fields` writes a node's value fields, each preceded by a comma.
 pub(crate) fn write_tree_json<V>(
     out: &mut String,
     view: &View<V>,
     fields: impl Fn(&mut String, &V),
 ) {
+    let reasons: Vec<Option<&str>> = view
+        .names
+        .iter()
+        .map(|n| super::reason::of_name(n))
+        .collect();
     let open = |out: &mut String, node: u32| {
         let n = &view.nodes[node as usize];
         out.push_str("{\"name\":");
         push_json_str(out, &view.names[n.name as usize]);
+        if let Some(r) = reasons[n.name as usize] {
+            out.push_str(",\"reason\":");
+            push_json_str(out, r);
+        }
         fields(out, &n.value);
         out.push_str(",\"children\":[");
     };
@@ -354,6 +364,22 @@ mod tests {
         let last = &main["children"][2];
         assert_eq!(last["name"], OTHER);
         assert_eq!(last["total"], 15);
+    }
+
+    #[test]
+    fn unnamed_frames_carry_their_reason() {
+        let mut t = Tree::new();
+        let main = t.intern("main");
+        let raw = t.intern("libfoo.so+0x10 (no symbols: stripped, no debuginfo)");
+        let cut = t.intern("[truncated: stack copy exhausted]");
+        t.add([main, raw], 3);
+        t.add([cut], 1);
+        let v: Value = serde_json::from_str(&render(&t, 100, "cpu:nanoseconds")).unwrap();
+        let main = &v["root"]["children"][0];
+        assert_eq!(main["name"], "main");
+        assert!(main.get("reason").is_none());
+        assert_eq!(main["children"][0]["reason"], "stripped");
+        assert_eq!(v["root"]["children"][1]["reason"], "truncated");
     }
 
     #[test]

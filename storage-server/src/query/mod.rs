@@ -9,6 +9,7 @@ pub mod labels;
 pub mod merge;
 pub mod pprof;
 pub mod querier;
+pub mod reason;
 pub mod render;
 pub mod selector;
 pub mod series;

@@ -78,6 +78,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::NoMapping,
+        Reason::NoBuildId,
+        Reason::NoFile,
+        Reason::KernelUnknown,
+        Reason::NoDebuginfo,
+        Reason::Stripped,
+        Reason::UnknownAddress,
+        Reason::InvalidOffset,
+        Reason::SymbolizerError,
+        Reason::DebuginfodMiss,
+    ];
+
     /// Machine-readable name (API field values, metric labels).
     pub fn as_str(self) -> &'static str {
         match self {

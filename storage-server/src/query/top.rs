@@ -11,6 +11,9 @@ pub const DEFAULT_LIMIT: usize = 100;
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct TopFunction {
     pub name: String,
+    /// Why the frame has no function name (see [`super::reason`]); absent for named frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     #[serde(rename = "self")]
     pub self_value: i64,
     pub total: i64,
@@ -50,6 +53,7 @@ pub fn top(tree: &Tree, limit: usize) -> Vec<TopFunction> {
         .into_iter()
         .map(|(name, (self_value, total))| TopFunction {
             name: tree.names[name as usize].clone(),
+            reason: super::reason::of_name(&tree.names[name as usize]),
             self_value,
             total,
         })
@@ -83,16 +87,19 @@ mod tests {
             vec![
                 TopFunction {
                     name: "hot".into(),
+                    reason: None,
                     self_value: 11,
                     total: 11
                 },
                 TopFunction {
                     name: "rec".into(),
+                    reason: None,
                     self_value: 5,
                     total: 15
                 },
                 TopFunction {
                     name: "main".into(),
+                    reason: None,
                     self_value: 0,
                     total: 16
                 },
