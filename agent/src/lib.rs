@@ -3,9 +3,11 @@
 
 pub mod buildid;
 pub mod config;
+pub mod containers;
 pub mod debuginfo;
 pub mod debuglink;
 pub mod kallsyms;
+pub mod kube;
 pub mod metrics;
 pub mod perfmap;
 pub mod procmaps;
