@@ -98,6 +98,29 @@ pub struct AgentArgs {
     /// Address of the agent's own /metrics and /healthz, or `off`.
     #[arg(long, env = "KILN_METRICS_LISTEN", default_value = "127.0.0.1:4041", value_parser = parse_optional_addr)]
     pub metrics_listen: OptionalAddr,
+    /// Memory for cached unwind tables (.eh_frame) of the objects sampled, e.g. 16MiB; the least
+    /// recently used are evicted beyond it.
+    #[arg(long, env = "KILN_UNWIND_TABLE_BUDGET", default_value = "16MiB", value_parser = parse_bytes)]
+    pub unwind_table_budget: u64,
+    /// Object files uploaded to the server for symbolization per minute, on average (uncompressed
+    /// bytes), e.g. 32MiB; `off` for no limit. Files over the budget wait for a later window.
+    #[arg(long, env = "KILN_UPLOAD_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
+    pub upload_budget: u64,
+    /// Size of the kernel-to-agent ring buffer (a power of two, e.g. 4MiB); `auto` sizes it for
+    /// half a second of samples at the worst case (CPUs x frequency x stack copy).
+    #[arg(long, env = "KILN_RING_BUFFER", default_value = "auto", value_parser = parse_ring)]
+    pub ring_buffer: RingSize,
+}
+
+/// A ring buffer size, or `auto` (`None`).
+#[derive(Clone, Copy, Debug)]
+pub struct RingSize(pub Option<u64>);
+
+fn parse_ring(s: &str) -> Result<RingSize, String> {
+    match s.trim() {
+        "auto" => Ok(RingSize(None)),
+        s => parse_bytes(s).map(|b| RingSize(Some(b))),
+    }
 }
 
 /// A listen address that can be switched off.

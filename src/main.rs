@@ -14,6 +14,10 @@ use cli::{AgentArgs, Cli, Command, ServerArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Agent { .. }) {
+        // Before the runtime's threads exist (see kiln_agent::alloc).
+        kiln_agent::alloc::tune_allocator();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -132,6 +136,15 @@ fn agent_config(
         window: args.window,
         stack_copy_bytes: args.stack_copy_bytes,
         metrics_listen: args.metrics_listen.0,
+        unwind_table_budget_bytes: usize::try_from(args.unwind_table_budget)
+            .context("--unwind-table-budget is too large")?,
+        upload_bytes_per_minute: args.upload_budget,
+        ring_buffer_bytes: args
+            .ring_buffer
+            .0
+            .map(u32::try_from)
+            .transpose()
+            .context("--ring-buffer must be below 4 GiB")?,
         ..Default::default()
     };
     if let Some(node) = &args.node_name {

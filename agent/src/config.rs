@@ -29,6 +29,13 @@ pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:4040";
 /// unwind time is a few us per sample either way (it grows with frames, not with the copy size).
 pub const DEFAULT_STACK_COPY_BYTES: u32 = 16384;
 
+/// Default upload budget: 32 MiB of object files per minute. zstd (level 1) compresses them at
+/// ~170 MB/s, so a spent budget costs the agent ~0.2 s of CPU a minute (0.3 % of a CPU) at worst,
+/// on a node that keeps starting binaries never seen before (a build machine); a node running the
+/// same services uploads each build ID once and then nothing. Without a budget, uploads were
+/// 80-90 % of the agent's CPU on a machine running cargo builds.
+pub const DEFAULT_UPLOAD_BYTES_PER_MINUTE: u64 = 32 << 20;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -44,6 +51,8 @@ pub enum ConfigError {
     StackCopy(u32),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("ring buffer size {0} must be a power of two of at least 4096 bytes")]
+    RingBuffer(u32),
 }
 
 /// Highest sampling frequency we accept: above it the observer effect dominates (see the notes on
@@ -137,6 +146,16 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// ELF files larger than this are not uploaded for symbolization (skipped, logged and counted).
     pub max_upload_bytes: u64,
+    /// Average bytes of object files (uncompressed) uploaded per minute; a file that would go over
+    /// waits (`debuginfo_uploads{outcome="OverBudget"}`) and is offered again when seen in a later
+    /// window. A file larger than a minute's budget goes when the budget is full, and the
+    /// following minutes pay for it. 0: no limit.
+    pub upload_bytes_per_minute: u64,
+    /// Byte budget of the unwind-table cache (least recently used objects are evicted beyond it).
+    pub unwind_table_budget_bytes: usize,
+    /// Size of the sampler's ring buffer (a power of two); `None` sizes it from the CPU count,
+    /// frequency and stack copy size (see `sampling::ring_buffer_bytes`).
+    pub ring_buffer_bytes: Option<u32>,
     /// Whether to upload ELF files the server lacks so it can symbolize them.
     pub upload_debuginfo: bool,
     /// Most push requests waiting to be sent; beyond it the oldest is dropped (and counted).
@@ -168,6 +187,9 @@ impl Default for AgentConfig {
             stack_copy_bytes: DEFAULT_STACK_COPY_BYTES,
             metrics_listen: None,
             max_upload_bytes: 512 << 20,
+            upload_bytes_per_minute: DEFAULT_UPLOAD_BYTES_PER_MINUTE,
+            unwind_table_budget_bytes: crate::unwind::DEFAULT_TABLE_BUDGET_BYTES,
+            ring_buffer_bytes: None,
             upload_debuginfo: true,
             queue_capacity: 256,
             queue_max_bytes: 64 << 20,
@@ -192,6 +214,11 @@ impl AgentConfig {
         }
         if self.stack_copy_bytes as usize > kiln_sampler_bpf::MAX_STACK_COPY {
             return Err(ConfigError::StackCopy(self.stack_copy_bytes));
+        }
+        if let Some(b) = self.ring_buffer_bytes
+            && (!b.is_power_of_two() || b < 4096)
+        {
+            return Err(ConfigError::RingBuffer(b));
         }
         for (name, v) in [
             ("queue_capacity", self.queue_capacity),

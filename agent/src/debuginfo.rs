@@ -48,6 +48,8 @@ pub struct DebugInfoConfig {
     pub zstd_level: i32,
     /// Most build IDs remembered (settled or failing); bounds memory on nodes that see many binaries.
     pub max_tracked: usize,
+    /// Average bytes (uncompressed) uploaded per minute; 0 for no limit. See [`UploadBudget`].
+    pub bytes_per_minute: u64,
 }
 
 impl From<&AgentConfig> for DebugInfoConfig {
@@ -58,8 +60,12 @@ impl From<&AgentConfig> for DebugInfoConfig {
             max_pending: 64,
             initial_backoff: Duration::from_secs(60),
             max_backoff: Duration::from_secs(3600),
-            zstd_level: 3,
+            // Level 1 rather than 3: on an 81 MB Rust binary 0.48 s of CPU instead of 0.64 s for
+            // 12 % more bytes (21.3 MB vs 19.0 MB); compression was ~80 % of the agent's CPU
+            // while it uploaded.
+            zstd_level: 1,
             max_tracked: 65_536,
+            bytes_per_minute: c.upload_bytes_per_minute,
         }
     }
 }
@@ -81,6 +87,54 @@ pub enum Submitted {
     QueueFull,
     /// The table of known build IDs is full of entries that cannot be forgotten.
     Untracked,
+    /// Over the byte budget for now (will be tried again when seen again).
+    OverBudget,
+}
+
+/// A token bucket of bytes that may go into debt: a file is let through whenever the bucket is
+/// not empty, and its whole size is taken, so a file larger than a minute's budget still goes up
+/// and the minutes after it pay for it. The long-run average stays at `bytes_per_minute`; at most
+/// one minute's budget goes out in a burst (after a quiet spell), plus one file.
+#[derive(Debug)]
+pub struct UploadBudget {
+    per_second: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl UploadBudget {
+    /// A full bucket; `None` when `bytes_per_minute` is 0 (no limit).
+    pub fn new(bytes_per_minute: u64, now: Instant) -> Option<Self> {
+        (bytes_per_minute > 0).then(|| UploadBudget {
+            per_second: bytes_per_minute as f64 / 60.0,
+            capacity: bytes_per_minute as f64,
+            tokens: bytes_per_minute as f64,
+            last: now,
+        })
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.per_second).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Takes `bytes` if the bucket is not empty.
+    pub fn try_take(&mut self, bytes: u64, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens <= 0.0 {
+            return false;
+        }
+        self.tokens -= bytes as f64;
+        true
+    }
+
+    /// Gives back bytes taken for a file that did not need sending after all.
+    pub fn refund(&mut self, bytes: u64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + bytes as f64).min(self.capacity);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +164,7 @@ struct Job {
 
 struct Shared {
     states: Mutex<HashMap<BuildId, State>>,
+    budget: Mutex<Option<UploadBudget>>,
     config: DebugInfoConfig,
     metrics: AgentMetrics,
 }
@@ -117,6 +172,12 @@ struct Shared {
 impl Shared {
     fn states(&self) -> MutexGuard<'_, HashMap<BuildId, State>> {
         self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn budget(&self) -> MutexGuard<'_, Option<UploadBudget>> {
+        self.budget
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -169,6 +230,7 @@ impl DebugInfoUploader {
         let (tx, rx) = mpsc::channel(config.max_pending.max(1));
         let shared = Arc::new(Shared {
             states: Mutex::new(HashMap::new()),
+            budget: Mutex::new(UploadBudget::new(config.bytes_per_minute, Instant::now())),
             config,
             metrics,
         });
@@ -249,6 +311,16 @@ impl DebugInfoUploader {
                 },
             )
         };
+        let total = size.saturating_add(debug.as_ref().map_or(0, |d| d.1));
+        if let Some(budget) = self.shared.budget().as_mut()
+            && !budget.try_take(total, now)
+        {
+            tracing::debug!(build_id = %obj.build_id, size = total, "upload budget spent; offered again later");
+            m.upload(UploadOutcome::OverBudget).inc();
+            self.shared
+                .forget_attempt(&obj.build_id, failures, retry_at);
+            return Submitted::OverBudget;
+        }
         // Parsing moved the read position; the upload streams from the current one.
         let mut file = file;
         if let Err(e) = std::io::Seek::rewind(&mut file) {
@@ -269,6 +341,9 @@ impl DebugInfoUploader {
         match self.tx.try_send(job) {
             Ok(()) => Submitted::Queued,
             Err(_) => {
+                if let Some(budget) = self.shared.budget().as_mut() {
+                    budget.refund(total, Instant::now());
+                }
                 m.upload(UploadOutcome::QueueFull).inc();
                 self.shared
                     .forget_attempt(&obj.build_id, failures, retry_at);
@@ -283,7 +358,7 @@ async fn run(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Receive
         let id = job.build_id.clone();
         let failures = job.failures;
         let m = &shared.metrics;
-        match upload(&client, &shared.config, job).await {
+        match upload(&client, &shared, job).await {
             Ok(outcome) => {
                 m.upload(outcome).inc();
                 shared.states().insert(id, State::Settled);
@@ -310,11 +385,23 @@ async fn run(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Receive
 
 async fn upload(
     client: &reqwest::Client,
-    config: &DebugInfoConfig,
+    shared: &Shared,
     job: Job,
 ) -> Result<UploadOutcome, UploadError> {
+    let config = &shared.config;
     let url = config.server.debuginfo_url(&job.build_id.to_hex());
-    let outcome = upload_file(
+    // Bytes not sent (the server had the file) go back to the budget; sent bytes are counted.
+    let account = |sent: Option<u64>, size: u64| match sent {
+        Some(n) => {
+            shared.metrics.debuginfo_upload_bytes.inc_by(n);
+        }
+        None => {
+            if let Some(budget) = shared.budget().as_mut() {
+                budget.refund(size, Instant::now());
+            }
+        }
+    };
+    let (outcome, sent) = upload_file(
         client,
         config,
         &url,
@@ -324,10 +411,13 @@ async fn upload(
         &job.path,
     )
     .await?;
+    account(sent, job.size);
     // After the executable (the server needs its segments to use the debug file).
     if let Some((file, size, path)) = job.debug {
         let url = format!("{url}?kind=debuginfo");
-        let debug = upload_file(client, config, &url, &job.build_id, file, size, &path).await?;
+        let (debug, sent) =
+            upload_file(client, config, &url, &job.build_id, file, size, &path).await?;
+        account(sent, size);
         if debug == UploadOutcome::Uploaded {
             return Ok(UploadOutcome::Uploaded);
         }
@@ -335,7 +425,8 @@ async fn upload(
     Ok(outcome)
 }
 
-/// GET `url`; PUT the file there (zstd, streamed) unless the server has it.
+/// GET `url`; PUT the file there (zstd, streamed) unless the server has it. Also says how many
+/// bytes were sent (`None`: nothing, the server had it).
 async fn upload_file(
     client: &reqwest::Client,
     config: &DebugInfoConfig,
@@ -344,7 +435,7 @@ async fn upload_file(
     file: File,
     size: u64,
     path: &std::path::Path,
-) -> Result<UploadOutcome, UploadError> {
+) -> Result<(UploadOutcome, Option<u64>), UploadError> {
     let url = url.to_owned();
     let http = |source| UploadError::Http {
         url: url.clone(),
@@ -352,7 +443,7 @@ async fn upload_file(
     };
     let status = client.get(&url).send().await.map_err(http)?.status();
     match status {
-        StatusCode::OK => return Ok(UploadOutcome::AlreadyPresent),
+        StatusCode::OK => return Ok((UploadOutcome::AlreadyPresent, None)),
         StatusCode::NOT_FOUND => {}
         status => {
             return Err(UploadError::Status {
@@ -378,8 +469,8 @@ async fn upload_file(
         .map_err(http)?
         .status();
     match status {
-        StatusCode::CREATED => Ok(UploadOutcome::Uploaded),
-        StatusCode::OK => Ok(UploadOutcome::AlreadyPresent),
+        StatusCode::CREATED => Ok((UploadOutcome::Uploaded, Some(size))),
+        StatusCode::OK => Ok((UploadOutcome::AlreadyPresent, Some(size))),
         status => Err(UploadError::Status {
             method: "PUT",
             url,
@@ -540,6 +631,20 @@ mod tests {
         ServerUrl::parse(&format!("http://{addr}")).unwrap()
     }
 
+    #[test]
+    fn upload_budget_lets_a_file_through_while_not_empty_and_then_pays_it_off() {
+        let t0 = Instant::now();
+        let mut b = UploadBudget::new(60, t0).unwrap();
+        assert!(b.try_take(100, t0), "a full bucket lets a larger file through");
+        assert!(!b.try_take(1, t0), "in debt: nothing more");
+        // 1 byte/s: after 40 s the debt of 40 is paid, the bucket is empty, still no.
+        assert!(!b.try_take(1, t0 + Duration::from_secs(40)));
+        assert!(b.try_take(1, t0 + Duration::from_secs(41)));
+        b.refund(1000, t0 + Duration::from_secs(41));
+        assert!(b.tokens <= 60.0, "a refund never overfills");
+        assert!(UploadBudget::new(0, t0).is_none(), "0: no limit");
+    }
+
     fn config(server: ServerUrl) -> DebugInfoConfig {
         DebugInfoConfig {
             server,
@@ -549,6 +654,7 @@ mod tests {
             max_backoff: Duration::from_secs(3600),
             zstd_level: 3,
             max_tracked: 100,
+            bytes_per_minute: 0,
         }
     }
 

@@ -17,11 +17,16 @@ pub enum KallsymsError {
 /// further away (past the last symbol of a region) it is more likely to be in something unlisted.
 const MAX_SYMBOL_SIZE: u64 = 1 << 20;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// 16 bytes per symbol; the names live in one string ([`Kallsyms::names`]). With ~120 k text
+/// symbols that is ~5 MiB in all, where a `Box<str>` per name took ~8 MiB (pointer, length and a
+/// malloc chunk each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Symbol {
     addr: u64,
-    /// `name`, or `name [module]` for module symbols: what the frame is called in profiles.
-    display: Box<str>,
+    /// `names[name..name + len]` is `name`, or `name [module]` for module symbols: what the frame
+    /// is called in profiles.
+    name: u32,
+    len: u32,
 }
 
 /// A resolved kernel address.
@@ -37,6 +42,7 @@ pub struct KernelSymbol<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct Kallsyms {
     symbols: Vec<Symbol>,
+    names: String,
     restricted: bool,
 }
 
@@ -48,11 +54,14 @@ impl Kallsyms {
     }
 
     pub fn load_from(path: &Path) -> Result<Self, KallsymsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KallsymsError::Read {
+        let err = |source| KallsymsError::Read {
             path: path.display().to_string(),
             source,
-        })?;
-        let k = Self::parse(&text);
+        };
+        // Streamed: the file is ~5-10 MB of text, never held whole.
+        let file = std::fs::File::open(path).map_err(err)?;
+        let k =
+            Self::parse_reader(std::io::BufReader::with_capacity(64 << 10, file)).map_err(err)?;
         if k.restricted {
             tracing::warn!(
                 path = %path.display(),
@@ -70,10 +79,22 @@ impl Kallsyms {
     /// Parses kallsyms text: `address type name [module]` per line; keeps text symbols (`t`, `T`,
     /// and weak `w`/`W`).
     pub fn parse(text: &str) -> Self {
+        // Reading from a byte slice cannot fail.
+        Self::parse_reader(text.as_bytes()).unwrap_or_default()
+    }
+
+    /// [`Kallsyms::parse`] over a reader, line by line.
+    pub fn parse_reader(mut reader: impl std::io::BufRead) -> std::io::Result<Self> {
         let mut symbols = Vec::new();
+        let mut names = String::new();
         let mut saw_any = false;
         let mut saw_nonzero = false;
-        for line in text.lines() {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
             let mut fields = line.split_ascii_whitespace();
             let (Some(addr), Some(ty), Some(name)) = (fields.next(), fields.next(), fields.next())
             else {
@@ -87,22 +108,35 @@ impl Kallsyms {
             if !matches!(ty, "t" | "T" | "w" | "W") || addr == 0 {
                 continue;
             }
-            let display = match fields.next() {
-                Some(module) if module.starts_with('[') => format!("{name} {module}"),
-                _ => name.to_owned(),
+            let (Ok(start), true) = (
+                u32::try_from(names.len()),
+                names.len() < u32::MAX as usize / 2,
+            ) else {
+                // Over 2 GiB of names: not a real kallsyms.
+                break;
             };
+            names.push_str(name);
+            if let Some(module) = fields.next().filter(|m| m.starts_with('[')) {
+                names.push(' ');
+                names.push_str(module);
+            }
+            let len = u32::try_from(names.len()).unwrap_or(u32::MAX) - start;
             symbols.push(Symbol {
                 addr,
-                display: display.into_boxed_str(),
+                name: start,
+                len,
             });
         }
         symbols.sort_by_key(|s| s.addr);
         // Aliases at the same address: keep the first name seen after a stable sort.
         symbols.dedup_by_key(|s| s.addr);
-        Kallsyms {
+        symbols.shrink_to_fit();
+        names.shrink_to_fit();
+        Ok(Kallsyms {
             symbols,
+            names,
             restricted: saw_any && !saw_nonzero,
-        }
+        })
     }
 
     /// The symbol containing `addr`.
@@ -110,8 +144,12 @@ impl Kallsyms {
         let i = self.symbols.partition_point(|s| s.addr <= addr);
         let s = self.symbols.get(i.checked_sub(1)?)?;
         let offset = addr - s.addr;
+        let name = self
+            .names
+            .get(s.name as usize..s.name as usize + s.len as usize)
+            .unwrap_or("");
         (offset < MAX_SYMBOL_SIZE).then_some(KernelSymbol {
-            name: &s.display,
+            name,
             addr: s.addr,
             offset,
         })

@@ -1,6 +1,7 @@
 //! Kiln's node agent: samples with eBPF, resolves mappings, aggregates into pprof per process and
 //! window, and ships to the server (with debuginfo uploads for server-side symbolization).
 
+pub mod alloc;
 pub mod buildid;
 pub mod config;
 pub mod containers;

@@ -78,6 +78,8 @@ pub enum UploadOutcome {
     AlreadyPresent,
     /// Larger than the configured maximum: not sent.
     TooLarge,
+    /// Over the upload byte budget for now; offered again when seen in a later window.
+    OverBudget,
     /// The server refused it (400/413).
     Rejected,
     /// A transport or server error; retried later with backoff.
@@ -86,6 +88,44 @@ pub enum UploadOutcome {
     Unreadable,
     /// The bounded set of pending uploads was full; offered again in a later window.
     QueueFull,
+}
+
+/// Why an unwound user stack stopped before a root (what its `[truncated: …]` frame says).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UnwindTruncation {
+    /// The next frame lies above the bytes the sampler copied.
+    CopyExhausted,
+    /// More frames than the agent keeps.
+    TooDeep,
+    /// A read below the sampled sp or implausibly far above it.
+    BadStackRead,
+    /// Frame pointers led downwards.
+    FramePointerBackwards,
+    /// Neither pc nor sp changed.
+    NoProgress,
+    /// Arithmetic overflowed (garbage registers).
+    Overflow,
+    /// A zero return address before a root.
+    NullReturnAddress,
+}
+
+/// Which walk a user stack came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UnwindSource {
+    /// DWARF CFI over the stack copy.
+    Dwarf,
+    /// The kernel's frame-pointer walk, where it extends a truncated DWARF stack it agrees with.
+    FramePointers,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnwindTruncationLabel {
+    pub reason: UnwindTruncation,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnwindSourceLabel {
+    pub source: UnwindSource,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +164,24 @@ pub struct AgentMetrics {
     pub push_latency_seconds: Histogram,
     pub debuginfo_uploads: Family<OutcomeLabel, Counter>,
     pub process_cache_size: Gauge,
+    /// User stacks unwound from a stack copy, by the walk finally used.
+    pub unwind_stacks: Family<UnwindSourceLabel, Counter>,
+    /// Frames in those stacks.
+    pub unwind_frames: Counter,
+    /// Stacks that stopped before a root, by reason.
+    pub unwind_truncated: Family<UnwindTruncationLabel, Counter>,
+    /// Wall time spent unwinding (table loads and per-process unwinder builds included).
+    pub unwind_seconds: Counter<f64, AtomicU64>,
+    /// Approximate bytes of the unwind-table cache.
+    pub unwind_table_cache_bytes: Gauge,
+    /// Objects in the unwind-table cache (failures remembered included).
+    pub unwind_table_cache_entries: Gauge,
+    /// Objects evicted from the unwind-table cache to stay within its budget.
+    pub unwind_table_cache_evictions: Counter,
+    /// Objects whose unwind tables were read from their file (cache misses).
+    pub unwind_table_loads: Counter,
+    /// Bytes of ELF files (before compression) sent to the server.
+    pub debuginfo_upload_bytes: Counter,
     /// Last cumulative ring-buffer drop total seen from BPF, to turn it into counter increments.
     ringbuf_seen: Arc<AtomicU64>,
 }
@@ -198,6 +256,51 @@ impl AgentMetrics {
             "Processes whose mappings are cached",
             m.process_cache_size.clone(),
         );
+        r.register(
+            "unwind_stacks",
+            "User stacks unwound from a stack copy, by the walk used (Dwarf, or FramePointers extending a cut DWARF stack)",
+            m.unwind_stacks.clone(),
+        );
+        r.register(
+            "unwind_frames",
+            "Frames in the unwound user stacks",
+            m.unwind_frames.clone(),
+        );
+        r.register(
+            "unwind_truncated",
+            "Unwound user stacks that stopped before a root, by reason",
+            m.unwind_truncated.clone(),
+        );
+        r.register(
+            "unwind_seconds",
+            "Wall time spent unwinding user stacks, table loads included",
+            m.unwind_seconds.clone(),
+        );
+        r.register(
+            "unwind_table_cache_bytes",
+            "Approximate bytes held by the unwind-table cache",
+            m.unwind_table_cache_bytes.clone(),
+        );
+        r.register(
+            "unwind_table_cache_entries",
+            "Objects in the unwind-table cache",
+            m.unwind_table_cache_entries.clone(),
+        );
+        r.register(
+            "unwind_table_cache_evictions",
+            "Objects evicted from the unwind-table cache to stay within its budget",
+            m.unwind_table_cache_evictions.clone(),
+        );
+        r.register(
+            "unwind_table_loads",
+            "Objects whose unwind tables were read from the file (cache misses)",
+            m.unwind_table_loads.clone(),
+        );
+        r.register(
+            "debuginfo_upload_bytes",
+            "Bytes of object files (uncompressed) sent to the server",
+            m.debuginfo_upload_bytes.clone(),
+        );
         m
     }
 
@@ -218,6 +321,15 @@ impl AgentMetrics {
             push_latency_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             debuginfo_uploads: Family::default(),
             process_cache_size: Gauge::default(),
+            unwind_stacks: Family::default(),
+            unwind_frames: Counter::default(),
+            unwind_truncated: Family::default(),
+            unwind_seconds: Counter::default(),
+            unwind_table_cache_bytes: Gauge::default(),
+            unwind_table_cache_entries: Gauge::default(),
+            unwind_table_cache_evictions: Counter::default(),
+            unwind_table_loads: Counter::default(),
+            debuginfo_upload_bytes: Counter::default(),
             ringbuf_seen: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -238,6 +350,18 @@ impl AgentMetrics {
     pub fn push_drop(&self, reason: PushDropReason) -> Counter {
         self.push_dropped
             .get_or_create(&PushDropLabel { reason })
+            .clone()
+    }
+
+    pub fn unwind_source(&self, source: UnwindSource) -> Counter {
+        self.unwind_stacks
+            .get_or_create(&UnwindSourceLabel { source })
+            .clone()
+    }
+
+    pub fn unwind_truncation(&self, reason: UnwindTruncation) -> Counter {
+        self.unwind_truncated
+            .get_or_create(&UnwindTruncationLabel { reason })
             .clone()
     }
 

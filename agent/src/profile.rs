@@ -27,11 +27,12 @@ use kiln_proto::ProfileBuilder;
 use kiln_proto::pprof::Profile;
 use kiln_proto::push::{LabelPair, RawProfileSeries};
 use kiln_sampler_bpf::RawSample;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::buildid::{BuildId, FileId, ObjectRef};
 use crate::config::AgentConfig;
 use crate::kallsyms::Kallsyms;
-use crate::metrics::{AgentMetrics, SampleDropReason};
+use crate::metrics::{AgentMetrics, SampleDropReason, UnwindSource, UnwindTruncation};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
 use crate::unwind::{self, StackEnd, Unwinder};
 
@@ -141,6 +142,73 @@ pub struct Aggregator {
     unwinder: Unwinder,
     /// When `kallsyms` was last (re)read.
     kallsyms_loaded: Instant,
+    unwind_metrics: UnwindMetrics,
+}
+
+/// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
+/// totals already published.
+struct UnwindMetrics {
+    dwarf: Counter,
+    frame_pointers: Counter,
+    evictions_seen: u64,
+    loads_seen: u64,
+}
+
+impl UnwindMetrics {
+    fn new(m: &AgentMetrics) -> Self {
+        UnwindMetrics {
+            dwarf: m.unwind_source(UnwindSource::Dwarf),
+            frame_pointers: m.unwind_source(UnwindSource::FramePointers),
+            evictions_seen: 0,
+            loads_seen: 0,
+        }
+    }
+
+    fn record(
+        &self,
+        m: &AgentMetrics,
+        started: Instant,
+        source: unwind::Source,
+        frames: usize,
+        end: StackEnd,
+    ) {
+        m.unwind_seconds.inc_by(started.elapsed().as_secs_f64());
+        match source {
+            unwind::Source::Dwarf => self.dwarf.inc(),
+            unwind::Source::FramePointers => self.frame_pointers.inc(),
+        };
+        m.unwind_frames.inc_by(frames as u64);
+        if let StackEnd::Truncated(why) = end {
+            m.unwind_truncation(truncation_label(why)).inc();
+        }
+    }
+
+    /// Publishes the table cache's size and its eviction and load totals.
+    fn publish_tables(&mut self, m: &AgentMetrics, stats: unwind::tables::CacheStats) {
+        m.unwind_table_cache_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        m.unwind_table_cache_entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        m.unwind_table_cache_evictions
+            .inc_by(stats.evictions.saturating_sub(self.evictions_seen));
+        m.unwind_table_loads
+            .inc_by(stats.loads.saturating_sub(self.loads_seen));
+        self.evictions_seen = stats.evictions;
+        self.loads_seen = stats.loads;
+    }
+}
+
+fn truncation_label(t: unwind::Truncation) -> UnwindTruncation {
+    use unwind::{Truncation as T, UnwindFailure as F};
+    match t {
+        T::CopyExhausted => UnwindTruncation::CopyExhausted,
+        T::TooDeep => UnwindTruncation::TooDeep,
+        T::Failed(F::BadStackRead) => UnwindTruncation::BadStackRead,
+        T::Failed(F::FramePointerBackwards) => UnwindTruncation::FramePointerBackwards,
+        T::Failed(F::NoProgress) => UnwindTruncation::NoProgress,
+        T::Failed(F::Overflow) => UnwindTruncation::Overflow,
+        T::Failed(F::NullReturnAddress) => UnwindTruncation::NullReturnAddress,
+    }
 }
 
 /// How often at most kernel symbols are re-read when a kernel frame is not covered by them.
@@ -158,12 +226,13 @@ impl Aggregator {
             config,
             processes,
             kallsyms,
-            metrics,
+            metrics: metrics.clone(),
             window_start: SystemTime::now(),
             window_started: Instant::now(),
             windows: HashMap::new(),
             unwinder: Unwinder::default(),
             kallsyms_loaded: Instant::now(),
+            unwind_metrics: UnwindMetrics::new(&metrics),
         }
     }
 
@@ -201,8 +270,11 @@ impl Aggregator {
         };
         let (user, end) = match (&process, s.user_regs) {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
+                let started = Instant::now();
                 let dwarf = self.unwinder.unwind(p, regs, &s.stack_copy);
-                let (u, _) = unwind::choose(dwarf, user);
+                let (u, source) = unwind::choose(dwarf, user);
+                self.unwind_metrics
+                    .record(&self.metrics, started, source, u.frames.len(), u.end);
                 (adjusted(&u.frames), u.end)
             }
             // No copy (or no process to find tables in): the kernel's walk is all there is.
@@ -351,6 +423,8 @@ impl Aggregator {
         self.window_started = Instant::now();
         self.processes.sweep();
         self.unwinder.end_window();
+        self.unwind_metrics
+            .publish_tables(&self.metrics, self.unwinder.table_stats());
         self.metrics
             .process_cache_size
             .set(self.processes.len() as i64);

@@ -20,6 +20,7 @@ use crate::procmaps::{ProcessCache, ProcessCacheConfig};
 use crate::profile::{Aggregator, AggregatorConfig};
 use crate::sampling::{DRAIN_INTERVAL, Sampler, SamplerConfig};
 use crate::ship::{self, Shipper, ShipperConfig, ShipperHandle};
+use crate::unwind::Unwinder;
 
 /// Checks, without loading anything, that this process may load the sampler.
 pub fn check_privileges() -> Result<(), crate::sampling::SamplerError> {
@@ -40,6 +41,7 @@ pub async fn run(
     let sampler = Sampler::load(SamplerConfig {
         frequency_hz: u64::from(config.frequency_hz.get()),
         stack_copy_bytes: config.stack_copy_bytes,
+        ring_buffer_bytes: config.ring_buffer_bytes,
     })?;
     let kallsyms = match Kallsyms::load() {
         Ok(k) => k,
@@ -53,7 +55,8 @@ pub async fn run(
         ProcessCache::new(ProcessCacheConfig::from(&config)),
         Arc::new(kallsyms),
         metrics.clone(),
-    );
+    )
+    .with_unwinder(Unwinder::new(config.unwind_table_budget_bytes));
 
     let client = ship::http_client(config.request_timeout, config.auth_token.as_deref())?;
     let shipper = Shipper::spawn(
@@ -155,6 +158,7 @@ struct Loop {
 impl Loop {
     fn run(&mut self, window: Duration, stop: &AtomicBool) {
         let mut window_end = Instant::now() + window;
+        let mut drops_read = Instant::now();
         loop {
             std::thread::sleep(DRAIN_INTERVAL);
             let stopping = stop.load(Ordering::Relaxed);
@@ -163,10 +167,15 @@ impl Loop {
             if stats.malformed > 0 {
                 tracing::warn!(malformed = stats.malformed, "malformed sample records");
             }
-            self.metrics
-                .record_ringbuf_drops_total(self.sampler.ring_drops());
+            // A syscall per CPU: once a second is enough for a counter.
+            if stopping || Instant::now() >= drops_read + Duration::from_secs(1) {
+                drops_read = Instant::now();
+                self.metrics
+                    .record_ringbuf_drops_total(self.sampler.ring_drops());
+            }
             if stopping || Instant::now() >= window_end {
                 self.flush();
+                crate::alloc::release_free_memory();
                 window_end += window;
                 // After a stall (e.g. a suspended VM), start the next window from now.
                 if window_end < Instant::now() {

@@ -13,8 +13,11 @@ use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, S
 use aya::{Ebpf, EbpfLoader};
 use kiln_sampler_bpf::{MAX_STACK_COPY, RawSample, globals, names};
 
-/// How often the ring buffer is drained. At 19 Hz on 64 CPUs that is ~30 records per drain.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+/// How often the ring buffer is drained. At 19 Hz on 64 CPUs that is ~60 records per drain. Each
+/// drain is a wake-up of the sampling thread (a context switch in and out): 50 ms rather than
+/// 25 ms halves that fixed cost, and the ring buffer holds ten drains' worth
+/// (`RING_HEADROOM_SECONDS`).
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What the sampler needs to know before it is loaded.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +26,36 @@ pub struct SamplerConfig {
     pub frequency_hz: u64,
     /// Bytes of user stack copied per sample (0..=32768), for unwinding code without frame pointers.
     pub stack_copy_bytes: u32,
+    /// Size of the kernel-to-agent ring buffer; `None` sizes it with [`ring_buffer_bytes`].
+    pub ring_buffer_bytes: Option<u32>,
+}
+
+/// Seconds of samples the automatically sized ring buffer holds: 20 drain intervals, so the
+/// sampling thread may stall (a large object's unwind tables being read, a window being encoded)
+/// for half a second without losing samples. Losses are counted (`samples_dropped{reason="RingBufferFull"}`).
+const RING_HEADROOM_SECONDS: f64 = 0.5;
+const MIN_RING_BYTES: u64 = 256 << 10;
+const MAX_RING_BYTES: u64 = 64 << 20;
+
+/// The ring buffer size for `cpus` CPUs sampled at `frequency_hz` with `stack_copy_bytes` copied:
+/// [`RING_HEADROOM_SECONDS`] of worst-case records (header + a full copy), as a power of two
+/// (the kernel requires one) between 256 KiB and 64 MiB.
+///
+/// It matters for memory: the agent maps the ring's data pages twice (the kernel's way of
+/// letting records wrap), all of them at once, and both count in its RSS. The fixed 8 MiB ring
+/// this replaces showed as 16 MiB of RSS on every machine.
+pub fn ring_buffer_bytes(cpus: usize, frequency_hz: u64, stack_copy_bytes: u32) -> u32 {
+    let record = (kiln_sampler_bpf::SAMPLE_HEADER_SIZE as u64 + u64::from(stack_copy_bytes) + 8)
+        .next_multiple_of(8);
+    let per_second = record
+        .saturating_mul(frequency_hz)
+        .saturating_mul(cpus as u64);
+    let want = (per_second as f64 * RING_HEADROOM_SECONDS) as u64;
+    let bytes = want
+        .clamp(MIN_RING_BYTES, MAX_RING_BYTES)
+        .next_power_of_two()
+        .min(MAX_RING_BYTES);
+    u32::try_from(bytes).unwrap_or(MAX_RING_BYTES as u32)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +73,8 @@ pub enum SamplerError {
     BadFrequency(u64),
     #[error("stack copy size must be at most {MAX_STACK_COPY} bytes, got {0}")]
     BadStackCopy(u32),
+    #[error("ring buffer size must be a power of two of at least 4096 bytes, got {0}")]
+    BadRingBuffer(u32),
     #[error("the kernel refused the eBPF sampler: {0}")]
     Load(String),
     #[error("the eBPF object lacks {0} (is sampler-bpf/prebuilt/sampler.bpf.o stale?)")]
@@ -96,8 +131,18 @@ impl Sampler {
 
         let possible =
             aya::util::nr_cpus().map_err(|(what, e)| SamplerError::Cpus(format!("{what}: {e}")))?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| SamplerError::Cpus(format!("{what}: {e}")))?;
+        let ring_bytes = match config.ring_buffer_bytes {
+            Some(b) => b,
+            None => ring_buffer_bytes(cpus.len(), config.frequency_hz, config.stack_copy_bytes),
+        };
+        if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
+            return Err(SamplerError::BadRingBuffer(ring_bytes));
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::SCRATCH, possible as u32)
+            .map_max_entries(names::RING_BUFFER, ring_bytes)
             .override_global(globals::STACK_COPY_BYTES, &config.stack_copy_bytes, true)
             .load(kiln_sampler_bpf::OBJECT)
             .map_err(|e| match &e {
@@ -115,8 +160,6 @@ impl Sampler {
             .try_into()
             .map_err(SamplerError::Program)?;
         program.load().map_err(SamplerError::Program)?;
-        let cpus = aya::util::online_cpus()
-            .map_err(|(what, e)| SamplerError::Cpus(format!("{what}: {e}")))?;
         for &cpu in &cpus {
             program
                 .attach(
@@ -146,6 +189,7 @@ impl Sampler {
             cpus = cpus.len(),
             frequency_hz = config.frequency_hz,
             stack_copy_bytes = config.stack_copy_bytes,
+            ring_buffer_bytes = ring_bytes,
             "eBPF sampler attached"
         );
         Ok(Sampler {
@@ -253,18 +297,33 @@ mod tests {
     }
 
     #[test]
+    fn ring_buffer_is_sized_by_rate() {
+        // 2 CPUs at 19 Hz with 16 KiB copies: ~0.7 MB/s, half a second of it.
+        assert_eq!(ring_buffer_bytes(2, 19, 16384), 512 << 10);
+        assert_eq!(ring_buffer_bytes(2, 99, 16384), 2 << 20);
+        assert_eq!(ring_buffer_bytes(1, 1, 0), 256 << 10);
+        assert_eq!(ring_buffer_bytes(64, 19, 16384), 16 << 20);
+        assert_eq!(ring_buffer_bytes(512, 999, 32768), 64 << 20);
+        for (c, f) in [(3, 97), (7, 19), (96, 49)] {
+            assert!(ring_buffer_bytes(c, f, 16384).is_power_of_two());
+        }
+    }
+
+    #[test]
     fn rejects_bad_config_before_touching_the_kernel() {
         assert!(matches!(
             Sampler::load(SamplerConfig {
                 frequency_hz: 0,
-                stack_copy_bytes: 0
+                stack_copy_bytes: 0,
+                ring_buffer_bytes: None,
             }),
             Err(SamplerError::BadFrequency(0))
         ));
         assert!(matches!(
             Sampler::load(SamplerConfig {
                 frequency_hz: 19,
-                stack_copy_bytes: 1 << 20
+                stack_copy_bytes: 1 << 20,
+                ring_buffer_bytes: None,
             }),
             Err(SamplerError::BadStackCopy(_))
         ));
@@ -283,6 +342,7 @@ mod tests {
         let mut sampler = match Sampler::load(SamplerConfig {
             frequency_hz: 999,
             stack_copy_bytes: 4096,
+            ring_buffer_bytes: None,
         }) {
             Ok(s) => s,
             Err(e) => panic!("sampler failed to load as root: {e}"),

@@ -126,6 +126,7 @@ fn record(cmd: &mut Command, copy: u32, secs: f64) -> Recording {
     let mut sampler = Sampler::load(SamplerConfig {
         frequency_hz: 999,
         stack_copy_bytes: copy,
+        ring_buffer_bytes: None,
     })
     .unwrap_or_else(|e| panic!("sampler failed to load as root: {e}"));
     let mut child: Child = cmd.spawn().expect("spawn workload");

@@ -26,9 +26,11 @@ use tables::{SectionBytes, TableCache};
 
 /// Most frames kept per stack (as many as the kernel's frame-pointer walk gives).
 pub const MAX_FRAMES: usize = kiln_sampler_bpf::MAX_STACK_DEPTH;
-/// Default budget of the unwind-table cache. glibc's tables are ~60 KiB, a large Rust or C++
-/// program's a few MiB; 64 MiB holds the tables of hundreds of distinct binaries.
-pub const DEFAULT_TABLE_BUDGET_BYTES: usize = 64 << 20;
+/// Default budget of the unwind-table cache. glibc's tables are ~180 KiB, gcc's cc1 2.7 MiB,
+/// rustc's librustc_driver 7 MiB (the largest seen on a build machine), a Rust service's ~1 MiB:
+/// 16 MiB holds a compiler toolchain's plus dozens of ordinary binaries, within the agent's
+/// 64 MiB memory target (`--unwind-table-budget` / `AgentConfig::unwind_table_budget_bytes`).
+pub const DEFAULT_TABLE_BUDGET_BYTES: usize = 16 << 20;
 /// Reads further than this above the sampled sp are not "the copy was too short" but a wrong
 /// unwind (8 MiB is the usual main-thread stack limit).
 const PLAUSIBLE_STACK_BYTES: u64 = 8 << 20;
@@ -279,6 +281,11 @@ impl Unwinder {
     /// Bytes held by the table cache (approximate).
     pub fn table_bytes(&self) -> usize {
         self.tables.used_bytes()
+    }
+
+    /// The table cache's size and running totals.
+    pub fn table_stats(&self) -> tables::CacheStats {
+        self.tables.stats()
     }
 }
 

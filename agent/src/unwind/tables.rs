@@ -88,13 +88,14 @@ impl ObjectTables {
     ) -> Option<ObjectTables> {
         let section = |n: &str| -> Option<(Range<u64>, SectionBytes)> {
             let s = obj.section_by_name(n)?;
-            let data = s.data().ok()?;
+            // Compressed sections are inflated: Go's linker compresses .debug_frame (its only CFI).
+            let data = s.uncompressed_data().ok()?;
             if data.is_empty() {
                 return None;
             }
             Some((
                 s.address()..s.address() + s.size(),
-                SectionBytes(Arc::from(data)),
+                SectionBytes(Arc::from(&*data)),
             ))
         };
         let range = |n: &str| {
@@ -218,6 +219,19 @@ pub struct TableCache {
     budget_bytes: usize,
     used_bytes: usize,
     clock: u64,
+    evictions: u64,
+    loads: u64,
+}
+
+/// The cache's size and its running totals (for the agent's metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub bytes: usize,
+    pub entries: usize,
+    /// Entries evicted to stay within the budget, since start.
+    pub evictions: u64,
+    /// Objects whose tables were read from their file (misses), since start.
+    pub loads: u64,
 }
 
 /// The page size of the x86-64 mappings the kernel makes.
@@ -233,6 +247,8 @@ impl TableCache {
             budget_bytes,
             used_bytes: 0,
             clock: 0,
+            evictions: 0,
+            loads: 0,
         }
     }
 
@@ -244,6 +260,7 @@ impl TableCache {
             e.last_used = self.clock;
             return e.tables.clone();
         }
+        self.loads += 1;
         let tables = match ObjectTables::load(pid, m) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
@@ -257,12 +274,22 @@ impl TableCache {
 
     /// Adds an entry, evicting the least recently used until the budget holds.
     pub fn insert(&mut self, key: TableKey, tables: Option<Arc<ObjectTables>>) {
-        let bytes = tables
+        let mut bytes = tables
             .as_ref()
             .map_or(FAILED_ENTRY_BYTES, |t| t.approx_bytes());
-        // An object larger than the whole budget is still used for this sample but not kept.
+        // An object larger than the whole budget is used for the unwinder being built but not
+        // kept, and remembered as having no tables: re-reading it for every process that maps it
+        // cost more CPU and memory (each process's unwinder held its own copy for a window) than
+        // the agent's whole budget. Its frames fall back to frame pointers.
+        let mut tables = tables;
         if bytes > self.budget_bytes {
-            return;
+            tracing::info!(
+                bytes,
+                budget = self.budget_bytes,
+                "unwind tables larger than the cache budget: frame pointers only for this object (--unwind-table-budget)"
+            );
+            tables = None;
+            bytes = FAILED_ENTRY_BYTES;
         }
         while self.used_bytes + bytes > self.budget_bytes && !self.entries.is_empty() {
             let Some(oldest) = self
@@ -275,6 +302,7 @@ impl TableCache {
             };
             if let Some(e) = self.entries.remove(&oldest) {
                 self.used_bytes -= e.bytes;
+                self.evictions += 1;
             }
         }
         self.used_bytes += bytes;
@@ -290,6 +318,15 @@ impl TableCache {
 
     pub fn used_bytes(&self) -> usize {
         self.used_bytes
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            bytes: self.used_bytes,
+            entries: self.entries.len(),
+            evictions: self.evictions,
+            loads: self.loads,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -372,9 +409,11 @@ mod tests {
         assert!(c.entries.contains_key(&key(0)));
         assert!(!c.entries.contains_key(&key(1)));
         assert!(c.used_bytes() <= 3 * (1000 + overhead));
-        // Bigger than the whole budget: not kept, and nothing evicted for it.
+        assert_eq!(c.stats().evictions, 1);
+        assert_eq!(c.stats().entries, 3);
+        // Bigger than the whole budget: remembered as a failure (not re-read), tables not kept.
         c.insert(key(9), Some(fake(10_000)));
-        assert!(!c.entries.contains_key(&key(9)));
-        assert_eq!(c.len(), 3);
+        assert!(c.entries.get(&key(9)).is_some_and(|e| e.tables.is_none()));
+        assert!(c.used_bytes() <= 3 * (1000 + overhead));
     }
 }
