@@ -7,6 +7,7 @@ pub mod legacy;
 pub mod multipart;
 pub mod name;
 pub mod push;
+pub mod scan;
 pub mod series;
 mod validate;
 

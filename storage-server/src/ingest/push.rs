@@ -13,6 +13,7 @@ use kiln_proto::push::{PushRequest, PushResponse};
 use prost::Message;
 use serde::Deserialize;
 
+use super::scan;
 use super::series::{self, TooManySeries};
 use super::validate::{LabelError, ProfileError, validate_labels, validate_profile};
 use crate::AppState;
@@ -326,6 +327,31 @@ fn decode_request(
             };
             let raw =
                 codec::maybe_gunzip(&sent, limits.max_decompressed_bytes).map_err(codec_err)?;
+            // Fast path: a valid profile that stays whole is scanned in place, not decoded.
+            match scan::scan_profile(&raw, limits) {
+                Ok(scanned) => {
+                    // Stored as sent (`raw` is `sent` itself, or its inflation): a gzipped profile
+                    // goes into the WAL as is (the store reads gzip back), sparing a second
+                    // compression of what the client compressed.
+                    drop(raw);
+                    out.push((
+                        NewProfile {
+                            labels: tenant.label(labels.clone()),
+                            time_nanos: if scanned.time_nanos > 0 {
+                                scanned.time_nanos
+                            } else {
+                                now
+                            },
+                            profile_types: scanned.profile_types,
+                            pprof: sent,
+                        },
+                        scanned.samples,
+                    ));
+                    continue;
+                }
+                // Errors are reported, and profiles split, by the full decode below.
+                Err(reason) => tracing::trace!(?reason, "profile takes the full decode"),
+            }
             let profile =
                 Profile::decode(raw.as_ref()).map_err(|e| codec_err(CodecError::Protobuf(e)))?;
             let profile_types =
@@ -349,20 +375,13 @@ fn decode_request(
             })?;
             match split {
                 series::Split::Whole(_) => {
-                    // Stored as sent: a gzipped profile goes into the WAL as is (the store reads
-                    // gzip back), sparing a second compression of what the client compressed.
-                    let pprof = if codec::is_gzip(&sent) {
-                        drop(raw);
-                        sent
-                    } else {
-                        raw.into_owned()
-                    };
+                    drop(raw);
                     out.push((
                         NewProfile {
                             labels: tenant.label(labels.clone()),
                             time_nanos,
                             profile_types,
-                            pprof,
+                            pprof: sent,
                         },
                         samples,
                     ))

@@ -33,6 +33,12 @@ fn liftable(p: &Profile, l: &Label) -> Option<(String, String)> {
     }
     let key = str_at(p, l.key)?;
     let value = str_at(p, l.str)?;
+    lifts(key, value).then(|| (key.to_owned(), value.to_owned()))
+}
+
+/// Whether a string sample label `key`=`value` becomes a series label (shared with the scanner,
+/// which must agree with [`split`] on which profiles stay whole).
+pub(super) fn lifts(key: &str, value: &str) -> bool {
     let valid = key
         .bytes()
         .next()
@@ -40,10 +46,7 @@ fn liftable(p: &Profile, l: &Label) -> Option<(String, String)> {
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
-    if !valid || key.starts_with("__") || value.is_empty() || KEPT_ON_SAMPLES.contains(&key) {
-        return None;
-    }
-    Some((key.to_owned(), value.to_owned()))
+    valid && !key.starts_with("__") && !value.is_empty() && !KEPT_ON_SAMPLES.contains(&key)
 }
 
 fn str_at(p: &Profile, i: i64) -> Option<&str> {

@@ -201,13 +201,13 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
 /// A set of pprof ids. Every sample's every location id is looked up (millions per second at
 /// ingest), so ids are kept in a bitmap: builders number them densely from 1, and a bitmap of a few
 /// bits per id beats hashing each. Sparse ids (a bitmap would be huge) fall back to a hash set.
-enum IdSet {
+pub(super) enum IdSet {
     Dense(Vec<bool>),
     Sparse(HashSet<u64>),
 }
 
 impl IdSet {
-    fn new(ids: impl Iterator<Item = u64> + Clone, count: usize) -> IdSet {
+    pub(super) fn new(ids: impl Iterator<Item = u64> + Clone, count: usize) -> IdSet {
         let max = ids.clone().max().unwrap_or(0);
         if max <= (count as u64).saturating_mul(4).saturating_add(1024) {
             let mut bits = vec![false; max as usize + 1];
@@ -220,7 +220,8 @@ impl IdSet {
         }
     }
 
-    fn contains(&self, id: u64) -> bool {
+    #[inline]
+    pub(super) fn contains(&self, id: u64) -> bool {
         match self {
             IdSet::Dense(bits) => usize::try_from(id)
                 .ok()
