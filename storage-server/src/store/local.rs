@@ -945,22 +945,19 @@ impl Store for LocalStore {
             return Ok(());
         }
         let inner = &self.inner;
-        let frames = profiles
-            .iter()
-            .map(segment::encode_record)
-            .collect::<Result<Vec<_>, _>>()?;
+        // Frames at offsets relative to the batch, and their lengths.
+        let mut buf = Vec::with_capacity(profiles.iter().map(|p| p.pprof.len() + 256).sum());
+        let mut frames = Vec::with_capacity(profiles.len());
+        for p in &profiles {
+            let at = buf.len() as u64;
+            frames.push((at, segment::encode_record(p, &mut buf)?));
+        }
         let mut active = lock(&inner.active);
         if inner.rotation_due(&active) {
             inner.rotate(&mut active)?;
         }
         let path = segment::segment_path(&inner.dir, active.id);
         let start = active.len;
-        let mut buf = Vec::with_capacity(frames.iter().map(Vec::len).sum());
-        let mut offsets = Vec::with_capacity(frames.len());
-        for f in &frames {
-            offsets.push(start + buf.len() as u64);
-            buf.extend_from_slice(f);
-        }
         // Positional write at our own idea of the end, so a failed earlier attempt that left bytes
         // behind is simply overwritten.
         let written = active
@@ -976,14 +973,14 @@ impl Store for LocalStore {
         let segment = active.id;
         // Index under the append lock, so a flush cannot seal this segment in between.
         let mut state = write_lock(&inner.state);
-        for ((p, offset), frame) in profiles.into_iter().zip(offsets).zip(&frames) {
+        for (p, (at, frame_len)) in profiles.into_iter().zip(frames) {
             state.head.add(
                 p.labels,
                 Entry {
                     time_nanos: p.time_nanos,
                     segment,
-                    offset,
-                    len: (frame.len() as u64 - FRAME_HEADER_LEN) as u32,
+                    offset: start + at,
+                    len: (frame_len as u64 - FRAME_HEADER_LEN) as u32,
                     profile_types: p.profile_types.into(),
                 },
             );

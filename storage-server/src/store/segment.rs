@@ -55,8 +55,9 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-/// Encodes `p` as a complete frame.
-pub fn encode_record(p: &NewProfile) -> Result<Vec<u8>, StoreError> {
+/// Appends `p` to `out` as a complete frame (written in place: the profile is copied once, from
+/// the request into the batch that is written); returns the frame's length.
+pub fn encode_record(p: &NewProfile, out: &mut Vec<u8>) -> Result<usize, StoreError> {
     let header = RecordHeader {
         labels: p
             .labels
@@ -87,15 +88,17 @@ pub fn encode_record(p: &NewProfile) -> Result<Vec<u8>, StoreError> {
     if payload_len > MAX_RECORD_BYTES {
         return Err(StoreError::RecordTooLarge(payload_len));
     }
-    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN as usize + payload_len);
-    frame.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&header);
-    frame.extend_from_slice(body);
+    let start = out.len();
+    out.reserve(FRAME_HEADER_LEN as usize + payload_len);
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(body);
+    let frame = &mut out[start..];
     let crc = crc32fast::hash(&frame[FRAME_HEADER_LEN as usize..]);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
-    Ok(frame)
+    Ok(frame.len())
 }
 
 /// Why a frame could not be read.
