@@ -110,6 +110,17 @@ pub struct AgentArgs {
     /// half a second of samples at the worst case (CPUs x frequency x stack copy).
     #[arg(long, env = "KILN_RING_BUFFER", default_value = "auto", value_parser = parse_ring)]
     pub ring_buffer: RingSize,
+    /// Kubernetes API server to list this node's pods from, for pod/namespace/container labels:
+    /// `auto` (the in-cluster API when running in a pod, with the service account's token and
+    /// CA), `off`, or a URL such as https://10.0.0.1:6443.
+    #[arg(long, env = "KILN_KUBE_API", default_value = "auto")]
+    pub kube_api: String,
+    /// Bearer token file for --kube-api URL (re-read on every list).
+    #[arg(long, env = "KILN_KUBE_TOKEN_FILE")]
+    pub kube_token_file: Option<std::path::PathBuf>,
+    /// PEM CA bundle that signed the --kube-api URL's certificate.
+    #[arg(long, env = "KILN_KUBE_CA_FILE")]
+    pub kube_ca_file: Option<std::path::PathBuf>,
 }
 
 /// A ring buffer size, or `auto` (`None`).

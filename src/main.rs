@@ -150,6 +150,20 @@ fn agent_config(
     if let Some(node) = &args.node_name {
         config.node_name = node.clone();
     }
+    config.kubernetes = match args.kube_api.trim() {
+        "auto" => kiln_agent::config::KubeSource::Auto,
+        "off" => kiln_agent::config::KubeSource::Off,
+        url if url.starts_with("http://") || url.starts_with("https://") => {
+            kiln_agent::config::KubeSource::Url {
+                url: url.to_owned(),
+                token_file: args.kube_token_file.clone(),
+                ca_file: args.kube_ca_file.clone(),
+            }
+        }
+        other => anyhow::bail!(
+            "--kube-api {other:?}: expected `auto`, `off` or an http(s):// URL of the Kubernetes API server"
+        ),
+    };
     config.validate()?;
     Ok(config)
 }

@@ -174,6 +174,46 @@ pub struct AgentConfig {
     pub max_processes_per_window: usize,
     /// Most distinct stacks per process per window; samples with further stacks are dropped (and counted).
     pub max_stacks_per_process: usize,
+    /// Where pod, namespace and container names come from (see [`crate::kube`]).
+    pub kubernetes: KubeSource,
+}
+
+/// Where the agent learns pod, namespace and container names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KubeSource {
+    /// The in-cluster API server when running in a pod (`KUBERNETES_SERVICE_HOST` set), else none.
+    #[default]
+    Auto,
+    /// No names: processes in pods keep only their `pod_uid` and `container_id` labels.
+    Off,
+    /// This API server, with an optional token file and CA bundle.
+    Url {
+        url: String,
+        token_file: Option<std::path::PathBuf>,
+        ca_file: Option<std::path::PathBuf>,
+    },
+}
+
+impl AgentConfig {
+    /// The Kubernetes API to list this node's pods from, if any.
+    pub fn kube_config(&self) -> Option<crate::kube::KubeConfig> {
+        let refresh = Duration::from_secs(30);
+        match &self.kubernetes {
+            KubeSource::Off => None,
+            KubeSource::Auto => crate::kube::KubeConfig::in_cluster(&self.node_name, refresh),
+            KubeSource::Url {
+                url,
+                token_file,
+                ca_file,
+            } => Some(crate::kube::KubeConfig {
+                api_url: url.trim_end_matches('/').to_owned(),
+                token_file: token_file.clone(),
+                ca_file: ca_file.clone(),
+                node_name: self.node_name.clone(),
+                refresh,
+            }),
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -199,6 +239,7 @@ impl Default for AgentConfig {
             max_cached_processes: 8192,
             max_processes_per_window: 4096,
             max_stacks_per_process: 16_384,
+            kubernetes: KubeSource::Auto,
         }
     }
 }

@@ -307,6 +307,7 @@ pub fn client(config: &KubeConfig) -> Result<reqwest::Client, KubeError> {
 pub async fn refresh_loop(
     config: KubeConfig,
     index: PodIndex,
+    metrics: crate::metrics::AgentMetrics,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let client = match client(&config) {
@@ -336,10 +337,12 @@ pub async fn refresh_loop(
                 failures = 0;
                 let n = list.items.len();
                 index.replace(list);
+                metrics.kube_pods.set(i64::try_from(n).unwrap_or(i64::MAX));
                 tracing::debug!(pods = n, node = %config.node_name, "pods listed");
             }
             Err(e) => {
-                if failures % 10 == 0 {
+                metrics.kube_list_failures.inc();
+                if failures.is_multiple_of(10) {
                     tracing::warn!(error = %e, failures, "cannot list this node's pods: pod labels stay as last listed");
                 }
                 failures += 1;

@@ -182,6 +182,10 @@ pub struct AgentMetrics {
     pub unwind_table_loads: Counter,
     /// Bytes of ELF files (before compression) sent to the server.
     pub debuginfo_upload_bytes: Counter,
+    /// Pods in the last list of this node's pods from the Kubernetes API.
+    pub kube_pods: Gauge,
+    /// Failed attempts to list this node's pods.
+    pub kube_list_failures: Counter,
     /// Last cumulative ring-buffer drop total seen from BPF, to turn it into counter increments.
     ringbuf_seen: Arc<AtomicU64>,
 }
@@ -250,6 +254,16 @@ impl AgentMetrics {
             "debuginfo_uploads",
             "Debuginfo candidates by outcome",
             m.debuginfo_uploads.clone(),
+        );
+        r.register(
+            "kube_pods",
+            "Pods in the last list of this node's pods (Kubernetes API)",
+            m.kube_pods.clone(),
+        );
+        r.register(
+            "kube_list_failures",
+            "Failed attempts to list this node's pods",
+            m.kube_list_failures.clone(),
         );
         r.register(
             "process_cache_size",
@@ -321,6 +335,8 @@ impl AgentMetrics {
             push_latency_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             debuginfo_uploads: Family::default(),
             process_cache_size: Gauge::default(),
+            kube_pods: Gauge::default(),
+            kube_list_failures: Counter::default(),
             unwind_stacks: Family::default(),
             unwind_frames: Counter::default(),
             unwind_truncated: Family::default(),

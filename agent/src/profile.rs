@@ -142,6 +142,8 @@ pub struct Aggregator {
     unwinder: Unwinder,
     /// When `kallsyms` was last (re)read.
     kallsyms_loaded: Instant,
+    /// Pod, namespace and container names (Kubernetes), when the agent knows the API server.
+    pods: Option<crate::kube::PodIndex>,
     unwind_metrics: UnwindMetrics,
 }
 
@@ -232,6 +234,7 @@ impl Aggregator {
             windows: HashMap::new(),
             unwinder: Unwinder::default(),
             kallsyms_loaded: Instant::now(),
+            pods: None,
             unwind_metrics: UnwindMetrics::new(&metrics),
         }
     }
@@ -239,6 +242,13 @@ impl Aggregator {
     /// Replaces the user-stack unwinder (e.g. with another table budget).
     pub fn with_unwinder(mut self, unwinder: Unwinder) -> Self {
         self.unwinder = unwinder;
+        self
+    }
+
+    /// Names pods, namespaces and containers from this index (kept current by
+    /// [`crate::kube::refresh_loop`]).
+    pub fn with_pods(mut self, pods: crate::kube::PodIndex) -> Self {
+        self.pods = Some(pods);
         self
     }
 
@@ -291,7 +301,12 @@ impl Aggregator {
                     .inc();
                 return;
             }
-            let labels = series_labels(s, process.as_deref(), &self.config.node_name);
+            let labels = series_labels(
+                s,
+                process.as_deref(),
+                &self.config.node_name,
+                self.pods.as_ref(),
+            );
             self.windows.insert(
                 s.tgid,
                 ProcessWindow {
@@ -475,8 +490,13 @@ fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32) -> u64 {
 }
 
 /// The series labels of a process (sorted by name; empty values left out).
-fn series_labels(s: &RawSample, p: Option<&Process>, node: &str) -> Vec<LabelPair> {
-    let (service, comm, exe, cgroup) = match p {
+fn series_labels(
+    s: &RawSample,
+    p: Option<&Process>,
+    node: &str,
+    pods: Option<&crate::kube::PodIndex>,
+) -> Vec<LabelPair> {
+    let (mut service, comm, exe, cgroup) = match p {
         _ if s.tgid == 0 => ("swapper".to_owned(), "swapper".to_owned(), None, None),
         Some(p) => (
             p.service_name().to_owned(),
@@ -487,6 +507,20 @@ fn series_labels(s: &RawSample, p: Option<&Process>, node: &str) -> Vec<LabelPai
         // The process is gone (or unreadable): what the sample itself says.
         None => (s.comm.clone(), s.comm.clone(), None, None),
     };
+    // Containers and pods: IDs from the cgroup path, names from the node's pod list.
+    let container = cgroup
+        .as_deref()
+        .map(crate::containers::parse_cgroup_path)
+        .unwrap_or_default();
+    let names = pods.and_then(|idx| idx.lookup(&container));
+    if let Some(n) = &names {
+        // Grafana's convention for Kubernetes workloads: `namespace/container`.
+        service = format!(
+            "{}/{}",
+            n.namespace,
+            n.container.as_deref().unwrap_or(&n.pod)
+        );
+    }
     let pid = s.tgid.to_string();
     let mut labels: Vec<LabelPair> = [
         ("__name__", Some(PROFILE_NAME)),
@@ -496,6 +530,14 @@ fn series_labels(s: &RawSample, p: Option<&Process>, node: &str) -> Vec<LabelPai
         ("comm", Some(comm.as_str())),
         ("executable", exe.as_deref()),
         ("cgroup", cgroup.as_deref()),
+        ("pod_uid", container.pod_uid.as_deref()),
+        ("container_id", container.container_id.as_deref()),
+        ("namespace", names.as_ref().map(|n| n.namespace.as_str())),
+        ("pod", names.as_ref().map(|n| n.pod.as_str())),
+        (
+            "container",
+            names.as_ref().and_then(|n| n.container.as_deref()),
+        ),
     ]
     .into_iter()
     .filter_map(|(k, v)| {
@@ -809,6 +851,63 @@ ffffffff81300000 t ext4_file_read_iter
         let decoded = kiln_proto::decode_profile(&series.samples[0].raw_profile, 1 << 20).unwrap();
         assert_eq!(decoded, out[0].profile);
         assert_eq!(series.samples[0].id.len(), 36);
+    }
+
+    /// A process in a pod-shaped cgroup (created for real in the cgroup v2 hierarchy; root only)
+    /// gets its pod UID and container ID from the path and its names from the pod list.
+    #[test]
+    fn processes_in_pods_get_pod_namespace_and_container_labels() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: needs root to create a cgroup (CI runs as root)");
+            return;
+        }
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists());
+        let Some(root) = root else {
+            eprintln!("SKIP: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        const UID: &str = "0d5b7a4e-9c3f-4b8e-a1d2-3e4f5a6b7c8d";
+        let id = format!("{:064x}", std::process::id());
+        let top = root.join(format!("kiln-test-{}", std::process::id()));
+        let leaf = top.join(format!("kubepods/burstable/pod{UID}/{id}"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).unwrap();
+
+        let pods = crate::kube::PodIndex::default();
+        pods.replace(
+            serde_json::from_str(&format!(
+                r#"{{"items":[{{"metadata":{{"name":"web-1","namespace":"shop","uid":"{UID}"}},
+                "status":{{"containerStatuses":[{{"name":"nginx","containerID":"containerd://{id}"}}]}}}}]}}"#
+            ))
+            .unwrap(),
+        );
+        let (agg, _) = aggregator(4, 4);
+        let mut agg = agg.with_pods(pods);
+        agg.add(&sample(pid, vec![], vec![0x10]));
+        let out = agg.flush();
+
+        let _ = child.kill();
+        let _ = child.wait();
+        // Cgroups are removed leaf first, once empty.
+        let mut dir = leaf.as_path();
+        while dir.starts_with(&top) {
+            let _ = std::fs::remove_dir(dir);
+            dir = dir.parent().unwrap();
+        }
+
+        let p = &out[0];
+        assert_eq!(label(p, "pod_uid"), Some(UID));
+        assert_eq!(label(p, "container_id"), Some(id.as_str()));
+        assert_eq!(label(p, "namespace"), Some("shop"));
+        assert_eq!(label(p, "pod"), Some("web-1"));
+        assert_eq!(label(p, "container"), Some("nginx"));
+        assert_eq!(label(p, "service_name"), Some("shop/nginx"));
     }
 
     #[test]

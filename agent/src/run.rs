@@ -57,6 +57,24 @@ pub async fn run(
         metrics.clone(),
     )
     .with_unwinder(Unwinder::new(config.unwind_table_budget_bytes));
+    // Pod, namespace and container names, when there is a Kubernetes API to ask.
+    let (stop_kube_tx, stop_kube_rx) = tokio::sync::oneshot::channel::<()>();
+    let (aggregator, kube_task) = match config.kube_config() {
+        Some(kube) => {
+            tracing::info!(api = %kube.api_url, node = %kube.node_name, "listing this node's pods for pod/namespace/container labels");
+            let pods = crate::kube::PodIndex::default();
+            let task = tokio::spawn(crate::kube::refresh_loop(
+                kube,
+                pods.clone(),
+                metrics.clone(),
+                async {
+                    let _ = stop_kube_rx.await;
+                },
+            ));
+            (aggregator.with_pods(pods), Some(task))
+        }
+        None => (aggregator, None),
+    };
 
     let client = ship::http_client(config.request_timeout, config.auth_token.as_deref())?;
     let shipper = Shipper::spawn(
@@ -132,6 +150,10 @@ pub async fn run(
     if let Some((uploader, task)) = uploader {
         drop(uploader);
         task.abort();
+    }
+    let _ = stop_kube_tx.send(());
+    if let Some(task) = kube_task {
+        let _ = task.await;
     }
     let _ = stop_metrics_tx.send(());
     if let Some(task) = metrics_task {
