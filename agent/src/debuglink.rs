@@ -64,7 +64,12 @@ pub fn find_debug_file(
             let cache = object::read::ReadCache::new(&file);
             object::File::parse(&cache)
                 .ok()
-                .and_then(|elf| elf.build_id().ok().flatten().map(|b| b == build_id.as_bytes()))
+                .and_then(|elf| {
+                    crate::buildid::elf_build_id(&elf)
+                        .ok()
+                        .flatten()
+                        .map(|b| b == build_id.as_bytes())
+                })
                 .unwrap_or(false)
         };
         // Parsing moved the read position; the caller streams the file from the start.
