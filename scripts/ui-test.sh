@@ -7,11 +7,19 @@ cd "$(dirname "$0")/.."
 cargo build --locked --bin kiln
 data=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/debug/kiln server --listen "127.0.0.1:$port" --data-dir "$data" &
+./target/debug/kiln server --listen "127.0.0.1:$port" --data-dir "$data/open" &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
+# A second server with --auth-token, for the page's token prompt.
+auth_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+auth_token="ui-test-$RANDOM$RANDOM"
+./target/debug/kiln server --listen "127.0.0.1:$auth_port" --data-dir "$data/auth" --auth-token "$auth_token" &
+auth_pid=$!
+trap 'kill $pid $auth_pid 2>/dev/null; wait $pid $auth_pid 2>/dev/null; rm -rf "$data"' EXIT
+for p in "$port" "$auth_port"; do
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$p/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
 done
-KILN_URL="http://127.0.0.1:$port" CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" node web/tests/ui.test.mjs
+KILN_URL="http://127.0.0.1:$port" KILN_AUTH_URL="http://127.0.0.1:$auth_port" KILN_AUTH_TOKEN="$auth_token" \
+  CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" node web/tests/ui.test.mjs

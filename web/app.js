@@ -20,6 +20,8 @@ const els = {
   breadcrumbs: $("breadcrumbs"), summary: $("summary"),
   container: $("flame-container"), canvas: $("flamegraph"), tooltip: $("tooltip"),
   topTable: $("top-table"),
+  authDialog: $("auth-dialog"), authForm: $("auth-form"), authMessage: $("auth-message"),
+  authToken: $("auth-token"), authRemember: $("auth-remember"),
 };
 
 // ---------------------------------------------------------------- state
@@ -117,10 +119,56 @@ function apiUrl(path, extra = {}) {
 
 class ApiError extends Error {}
 
+// A server started with --auth-token answers 401 without `Authorization: Bearer <token>`. The page
+// then asks for the token, keeps it for this tab (sessionStorage) or, if asked to, this browser
+// (localStorage), and sends it with every request, the pprof download included.
+const TOKEN_KEY = "kiln.authToken";
+let authRequired = false;
+let memoryToken = ""; // the token given on this page, should storage be disabled
+
+function authToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || localStorage.getItem(TOKEN_KEY) || memoryToken;
+  } catch {
+    return memoryToken; // storage disabled
+  }
+}
+function authHeaders() {
+  const t = authToken();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+function saveToken(token, remember) {
+  try {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    if (remember) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch { /* storage disabled: the token lasts until the page is left */ }
+  memoryToken = token;
+}
+
+/** Shows the token prompt (once, however many requests were refused). */
+function askForToken(serverMessage) {
+  authRequired = true;
+  els.authMessage.textContent = authToken()
+    ? `The server refused the token: ${serverMessage}`
+    : "This Kiln server requires a token.";
+  if (!els.authDialog.open) {
+    els.authDialog.showModal();
+    els.authToken.focus();
+  }
+}
+
+async function errorMessage(res) {
+  const text = await res.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  return body && typeof body.error === "string" ? body.error : (text.trim() || res.statusText);
+}
+
 async function getJson(url, signal) {
   let res;
   try {
-    res = await fetch(url, { signal, headers: { Accept: "application/json" } });
+    res = await fetch(url, { signal, headers: { Accept: "application/json", ...authHeaders() } });
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach the Kiln server (${e.message})`);
@@ -130,6 +178,7 @@ async function getJson(url, signal) {
   try { body = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
   if (!res.ok) {
     const msg = body && typeof body.error === "string" ? body.error : (text.trim() || res.statusText);
+    if (res.status === 401) askForToken(msg);
     throw new ApiError(`${msg} (HTTP ${res.status})`);
   }
   if (body === null) throw new ApiError(`unexpected non-JSON answer from ${url.split("?")[0]}`);
@@ -389,6 +438,42 @@ els.compare.addEventListener("keydown", (e) => {
   changeSel({ compare: els.compare.value.trim() });
 });
 els.refresh.addEventListener("click", () => load());
+
+els.authForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = els.authToken.value.trim();
+  if (!token) return;
+  saveToken(token, els.authRemember.checked);
+  els.authToken.value = "";
+  els.authDialog.close();
+  load();
+});
+
+// Behind a token, a plain link cannot send it: fetch the file with the header and save the blob.
+els.download.addEventListener("click", async (e) => {
+  if (!authRequired && !authToken()) return; // no auth: the link downloads by itself
+  e.preventDefault();
+  const href = els.download.getAttribute("href");
+  try {
+    const res = await fetch(href, { headers: authHeaders() });
+    if (!res.ok) {
+      const msg = await errorMessage(res);
+      if (res.status === 401) askForToken(msg);
+      else showError(`pprof download failed: ${msg} (HTTP ${res.status})`);
+      return;
+    }
+    const url = URL.createObjectURL(await res.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = els.download.getAttribute("download") || "kiln.pb.gz";
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (err) {
+    showError(`pprof download failed: ${err.message}`);
+  }
+});
 els.auto.addEventListener("change", () => {
   state.sel.auto = els.auto.checked;
   writeUrl();

@@ -2,7 +2,10 @@
 //
 //   cd web && npm ci                       # once: installs playwright-core (no browser download)
 //   KILN_URL=http://127.0.0.1:4100 [CHROMIUM=/usr/bin/chromium] [KILN_SCREENSHOT=/tmp/kiln-ui.png] \
-//     node web/tests/ui.test.mjs
+//     [KILN_AUTH_URL=http://127.0.0.1:4101 KILN_AUTH_TOKEN=...] node web/tests/ui.test.mjs
+//
+// KILN_AUTH_URL (optional): a second server started with --auth-token KILN_AUTH_TOKEN; the page
+// must ask for the token, then load and download with it.
 //
 // The test pushes testdata/pprof/go-runtime-pprof-cpu.pb.gz itself (Pyroscope push API, JSON
 // encoding) under a fresh service_name, then drives the page in headless Chromium.
@@ -26,6 +29,8 @@ const KILN_URL = (process.env.KILN_URL || "").replace(/\/+$/, "");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SCREENSHOT = process.env.KILN_SCREENSHOT || "";
 const SERVICE = `ui-test-${crypto.randomBytes(4).toString("hex")}`;
+const KILN_AUTH_URL = (process.env.KILN_AUTH_URL || "").replace(/\/+$/, "");
+const KILN_AUTH_TOKEN = process.env.KILN_AUTH_TOKEN || "";
 
 // Known from `go tool pprof -top testdata/pprof/go-runtime-pprof-cpu.pb.gz`:
 //   main.fib   flat 2060ms cum 2310ms (65.44%) | main.workB flat 1110ms cum 1220ms
@@ -495,4 +500,65 @@ test("Kiln web UI in a real browser", async (t) => {
   await t.test("no uncaught errors in the page", () => {
     assert.deepEqual(pageErrors, []);
   });
+});
+
+// ---------------------------------------------------------------- with --auth-token
+
+test("with --auth-token the page asks for the token, then loads and downloads with it", {
+  skip: !KILN_AUTH_URL && "KILN_AUTH_URL not set",
+}, async () => {
+  const gz = fs.readFileSync(PROFILE);
+  const push = (auth) => fetch(`${KILN_AUTH_URL}/push.v1.PusherService/Push`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...(auth ? { Authorization: `Bearer ${auth}` } : {}) },
+    body: JSON.stringify({
+      series: [{
+        labels: [{ name: "__name__", value: "process_cpu" }, { name: "service_name", value: SERVICE }],
+        samples: [{ rawProfile: gz.toString("base64") }],
+      }],
+    }),
+  });
+  assert.equal((await push(null)).status, 401, "push without the token is refused");
+  const res = await push(KILN_AUTH_TOKEN);
+  assert.equal(res.status, 200, `push with the token: ${await res.text()}`);
+
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, timezoneId: "UTC", acceptDownloads: true });
+  const p = await ctx.newPage();
+  const errors = [];
+  p.on("pageerror", (e) => errors.push(e.message));
+  const authUrl = `${KILN_AUTH_URL}/?value=${encodeURIComponent(SERVICE)}&from=${from}&until=${until}`;
+  await p.goto(authUrl);
+  const dialog = p.locator("#auth-dialog");
+  await dialog.waitFor({ state: "visible" });
+  assert.match(await p.locator("#auth-message").innerText(), /requires a token/);
+
+  // A wrong token: asked again, saying the server refused it.
+  await p.locator("#auth-token").fill("wrong");
+  await p.locator("[data-testid=auth-submit]").click();
+  await p.waitForFunction(() => document.getElementById("auth-dialog").open
+    && /refused/.test(document.getElementById("auth-message").textContent));
+
+  await p.locator("#auth-token").fill(KILN_AUTH_TOKEN);
+  await p.locator("[data-testid=auth-submit]").click();
+  await settle(p);
+  assert.equal(await dialog.isVisible(), false, "prompt closed");
+  assert.equal(await p.evaluate(() => window.kiln.status()), "ok", await p.locator("#error").textContent());
+  const names = new Set((await frames(p)).map((f) => f.name));
+  assert.ok(names.has("main.fib"), "frames painted with the token");
+  assert.equal(await p.evaluate(() => sessionStorage.getItem("kiln.authToken")), KILN_AUTH_TOKEN);
+  assert.equal(await p.evaluate(() => localStorage.getItem("kiln.authToken")), null, "not remembered unless asked");
+
+  // The pprof download sends the token too.
+  const [download] = await Promise.all([p.waitForEvent("download"), p.locator("#download-pprof").click()]);
+  const file = fs.readFileSync(await download.path());
+  assert.ok(file.length > 20 && file[0] === 0x1f && file[1] === 0x8b, `gzip magic: ${file.subarray(0, 2).toString("hex")}`);
+  zlib.gunzipSync(file);
+
+  // A reload in the same tab needs no prompt.
+  await p.reload();
+  await settle(p);
+  assert.equal(await p.evaluate(() => window.kiln.status()), "ok");
+  assert.equal(await dialog.isVisible(), false);
+  assert.deepEqual(errors, []);
+  await ctx.close();
 });
