@@ -16,6 +16,14 @@ fn is_open(path: &str) -> bool {
     matches!(path, "/healthz" | "/metrics" | "/") || path.starts_with("/assets/")
 }
 
+/// Paths whose refusals count in the ingest metrics (`ingest_rejected{reason="unauthorized"}`).
+fn is_ingest(path: &str) -> bool {
+    matches!(
+        path,
+        kiln_proto::push::PUSH_PATH | "/ingest" | "/pyroscope/ingest"
+    )
+}
+
 /// Axum middleware enforcing [`crate::ServerConfig::auth_token`].
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(want) = state.config.auth_token.as_deref() else {
@@ -28,6 +36,10 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         Ok(()) => next.run(req).await,
         Err(msg) => {
             tracing::debug!(path = %req.uri().path(), reason = msg, "unauthenticated request");
+            if is_ingest(req.uri().path()) {
+                // The body is never read: its size is not counted.
+                state.metrics.ingest_failed(0, "unauthorized", false);
+            }
             ApiError::Unauthorized(msg.to_owned()).into_response()
         }
     }
@@ -88,5 +100,7 @@ mod tests {
     fn open_paths() {
         assert!(is_open("/healthz") && is_open("/metrics") && is_open("/assets/app.js"));
         assert!(!is_open("/ingest") && !is_open("/api/v1/labels"));
+        assert!(is_ingest("/ingest") && is_ingest("/push.v1.PusherService/Push"));
+        assert!(!is_ingest("/api/v1/labels") && !is_ingest("/debuginfo/v1/ab"));
     }
 }

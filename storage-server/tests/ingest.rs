@@ -502,6 +502,20 @@ async fn tenants_never_see_each_other() {
         let (status, _) = get_as(&app, Some(bad), &format!("/api/v1/labels?{ALL_TIME}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     }
+    let (status, _) = ingest(
+        &app,
+        "name=app",
+        &[("X-Scope-OrgID", "a b")],
+        b"main 1\n".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, metrics) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("kiln_server_ingest_rejected_total{reason=\"bad_tenant\"} 4"),
+        "{metrics:?}"
+    );
     // `__tenant__` in the legacy name is dropped like any `__` label.
     ingest_ok(
         &app,
@@ -588,6 +602,18 @@ async fn auth_token_required_when_configured() {
         let (status, _) = send(&app, request("GET", open, None, vec![])).await;
         assert_eq!(status, StatusCode::OK, "{open}");
     }
+    // Refused ingest requests count as rejected pushes (3 ingest paths x 4 bad headers); refused
+    // queries do not.
+    let (_, metrics) = send(&app, request("GET", "/metrics", None, vec![])).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("kiln_server_ingest_rejected_total{reason=\"unauthorized\"} 12"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kiln_server_ingest_requests_total{outcome=\"rejected\"} 12"),
+        "{metrics}"
+    );
 }
 
 /// What, query string, headers, body, expected status, a word the error message must contain.

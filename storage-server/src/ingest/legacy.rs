@@ -261,13 +261,15 @@ fn yyyymmdd(s: &str) -> Option<i64> {
 /// `POST /ingest` and `/pyroscope/ingest`.
 pub async fn ingest(
     State(state): State<AppState>,
-    tenant: Tenant,
+    tenant: Result<Tenant, ApiError>,
     query: Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let limits = state.config.limits.clone();
     let body_len = body.as_ref().map_or(0, Bytes::len);
+    let tenant =
+        tenant.inspect_err(|_| state.metrics.ingest_failed(body_len, "bad_tenant", false))?;
     let result = async {
         let body = body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

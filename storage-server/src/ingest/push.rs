@@ -163,10 +163,14 @@ struct JsonSample {
 /// `POST /push.v1.PusherService/Push`.
 pub async fn push(
     State(state): State<AppState>,
-    tenant: Tenant,
+    tenant: Result<Tenant, ApiError>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant.inspect_err(|_| {
+        let body_len = body.as_ref().map_or(0, Bytes::len);
+        state.metrics.ingest_failed(body_len, "bad_tenant", false);
+    })?;
     let limits = state.config.limits.clone();
     let body = match body {
         Ok(b) => b,
