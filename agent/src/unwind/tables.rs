@@ -77,13 +77,41 @@ impl ObjectTables {
             path: opened.clone(),
             source,
         })?;
-        Self::from_object(&obj, path.to_string_lossy().into_owned())
-            .ok_or(TableError::NoUnwindInfo(opened))
+        let name = path.to_string_lossy().into_owned();
+        if let Some(tables) = Self::from_object(&obj, name.clone()) {
+            return Ok(tables);
+        }
+        // No CFI left in the file: a stripped binary whose only CFI was .debug_frame (Go's linker
+        // emits no .eh_frame). Its separate debug file, found as the uploader finds it, has it.
+        let debug = m.build_id.as_ref().and_then(|id| {
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            crate::debuglink::find_debug_file(&root, &file, &path, id)
+        });
+        if let Some((debug_file, debug_path)) = debug {
+            let debug_cache = ReadCache::new(&debug_file);
+            if let Ok(debug_obj) = object::File::parse(&debug_cache)
+                && let Some(tables) = Self::from_objects(&obj, Some(&debug_obj), name)
+            {
+                tracing::debug!(path = %debug_path.display(), "unwind tables from separate debuginfo");
+                return Ok(tables);
+            }
+        }
+        Err(TableError::NoUnwindInfo(opened))
     }
 
     /// Extracts the tables from a parsed object; `None` when it has no CFI at all.
     pub fn from_object<'d, R: object::ReadRef<'d>>(
         obj: &object::File<'d, R>,
+        name: String,
+    ) -> Option<ObjectTables> {
+        Self::from_objects::<R, R>(obj, None, name)
+    }
+
+    /// [`ObjectTables::from_object`], taking `.debug_frame` from `debug` (the object's separate
+    /// debug file) when the object has no CFI of its own; the layout is always the object's.
+    fn from_objects<'d, R: object::ReadRef<'d>, D: object::ReadRef<'d>>(
+        obj: &object::File<'d, R>,
+        debug: Option<&object::File<'d, D>>,
         name: String,
     ) -> Option<ObjectTables> {
         let section = |n: &str| -> Option<(Range<u64>, SectionBytes)> {
@@ -106,7 +134,13 @@ impl ObjectTables {
         let eh_frame_hdr = eh_frame.as_ref().and_then(|_| section(".eh_frame_hdr"));
         let debug_frame = match eh_frame {
             Some(_) => None,
-            None => section(".debug_frame").map(|(_, d)| d),
+            None => section(".debug_frame").map(|(_, d)| d).or_else(|| {
+                let data = debug?
+                    .section_by_name(".debug_frame")?
+                    .uncompressed_data()
+                    .ok()?;
+                (!data.is_empty()).then(|| SectionBytes(Arc::from(&*data)))
+            }),
         };
         if eh_frame.is_none() && debug_frame.is_none() {
             return None;
