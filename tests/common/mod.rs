@@ -56,6 +56,11 @@ pub struct KilnUp {
 impl KilnUp {
     /// Starts `kiln up` at 99 Hz with 2 s windows on free ports and waits until it is healthy.
     pub fn start(data_dir: &Path) -> KilnUp {
+        Self::start_with(data_dir, 99, &[])
+    }
+
+    /// [`KilnUp::start`] sampling at `frequency_hz`, with `extra_args` for `kiln up`.
+    pub fn start_with(data_dir: &Path, frequency_hz: u32, extra_args: &[&str]) -> KilnUp {
         let port = free_port();
         let metrics_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -64,14 +69,19 @@ impl KilnUp {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--frequency",
-                "99",
+                &frequency_hz.to_string(),
                 "--window",
                 "2s",
             ])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra_args)
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "info")
+            // `RUST_LOG=kiln_agent=debug cargo test …` to see more.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()

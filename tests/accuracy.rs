@@ -1,0 +1,723 @@
+//! Accuracy matrix: how often the real `kiln up` (eBPF sampler + agent unwinding + server
+//! symbolization) gets a known call chain exactly right, per language and build, next to what
+//! `perf record --call-graph dwarf` gets on the same processes at the same time.
+//!
+//! Workloads (`tests/workloads/acc_chain.{c,cpp,rs,go}`) all burn their CPU in a hot function
+//! called through main -> alpha -> beta -> hot, with distinct names per language. Each is built
+//! with and without frame pointers (C/C++ `-O2 -fno-omit-frame-pointer` / `-fomit-frame-pointer`,
+//! Rust `-O -C force-frame-pointers=yes` / `-O`), and some are stripped with their debuginfo in a
+//! separate file (`.gnu_debuglink` next to the binary or in its `.debug/`, or the
+//! `/usr/lib/debug/.build-id/` layout, bind-mounted in a private mount namespace so the host's
+//! `/usr/lib/debug` is not touched). Go: Debian's Go 1.19 cannot build amd64 code without frame
+//! pointers (`internal/buildcfg.FramePointerEnabled` is a constant, no GOEXPERIMENT turns it off),
+//! so Go has the default build and a stripped one only. A Go binary's only CFI is a compressed
+//! `.debug_frame` (gone when stripped: then the agent reads it from the debug file), and `go build`
+//! gives it no GNU build ID (the agent and server then key it by its Go build ID); its leaf
+//! functions have no frame, so a frame-pointer walk alone would skip their caller.
+//!
+//! All workloads run at once under one `kiln up` at 199 Hz while one
+//! `perf record -e cpu-clock --call-graph dwarf -p <all of them>` records them for a few seconds;
+//! they go on until kiln has named every cell (the agent uploads their files in the background).
+//! Debian's perf does not unwind past a Go leaf with `--call-graph dwarf` (Go binaries have no
+//! `.eh_frame`, only a compressed `.debug_frame`), so perf's Go figures are 0 %: perf's limit,
+//! shown as it is. For each cell:
+//! of the samples whose stack holds the hot function (by its expected, demangled name), the share
+//! whose callers are exactly beta, alpha and main (the language's main: `main`, `rust_chain::main`,
+//! `main.main`). Kiln's figure comes from the flame graph API and must be >= 95 %; perf's (from
+//! `perf script`) is printed beside it as the reference. Run with `--nocapture` to see the table.
+//!
+//! Needs root (eBPF, perf, mount namespaces), gcc, g++, rustc, go, binutils and perf (Debian's
+//! linux-perf); CI runs it as root after `.ci/run` installs them. Without root it prints why it
+//! skips.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::{KilnUp, enc, get_json, is_root};
+
+/// Samples per second per CPU, for kiln and perf alike.
+const FREQUENCY_HZ: u32 = 199;
+/// How long perf records the workloads (kiln samples them from start to end).
+const PERF_SECONDS: u64 = 5;
+/// The workloads run until the test stops them; this bounds them should the test die first.
+const WORKLOAD_CAP_SECONDS: u64 = 300;
+const SIGINT: i32 = 2;
+/// The least share of the hot function's samples kiln must put under the whole, right chain.
+const MIN_PERCENT: f64 = 95.0;
+/// Fewer hot samples than this make a percentage meaningless (about 0.25 s of CPU at 199 Hz).
+const MIN_SAMPLES: u64 = 50;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lang {
+    C,
+    Cpp,
+    Rust,
+    Go,
+}
+
+/// Where a stripped cell's separate debug file lives.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DebugFile {
+    /// Not stripped: symbols and DWARF in the binary.
+    InBinary,
+    /// Stripped; `.gnu_debuglink` names `<name>.debug` next to the binary.
+    LinkNextTo,
+    /// Stripped; `.gnu_debuglink` names `<name>.debug` in the binary's `.debug/` directory.
+    LinkInDotDebug,
+    /// Stripped, no debuglink; `/usr/lib/debug/.build-id/xx/yyyy.debug` in the process's mount
+    /// namespace.
+    BuildIdTree,
+}
+
+struct Cell {
+    /// The executable's name: comm, and so kiln's `service_name` (at most 15 bytes).
+    name: &'static str,
+    lang: Lang,
+    frame_pointers: bool,
+    debug: DebugFile,
+}
+
+impl Cell {
+    const fn new(name: &'static str, lang: Lang, frame_pointers: bool, debug: DebugFile) -> Cell {
+        Cell {
+            name,
+            lang,
+            frame_pointers,
+            debug,
+        }
+    }
+
+    /// main, alpha, beta, hot as Kiln's symbolizer names them (demangled).
+    fn chain(&self) -> [&'static str; 4] {
+        match self.lang {
+            Lang::C => ["main", "c_alpha", "c_beta", "c_hot"],
+            Lang::Cpp => [
+                "main",
+                "cpp_chain::Chain::alpha(unsigned long)",
+                "cpp_chain::Chain::beta(unsigned long)",
+                "unsigned long cpp_chain::hot<unsigned long>(unsigned long)",
+            ],
+            Lang::Rust => [
+                "rust_chain::main",
+                "rust_chain::alpha",
+                "rust_chain::beta",
+                "rust_chain::hot",
+            ],
+            Lang::Go => ["main.main", "main.goAlpha", "main.goBeta", "main.goHot"],
+        }
+    }
+
+    fn describe(&self) -> String {
+        let build = match (self.lang, self.frame_pointers) {
+            (Lang::C, true) => "gcc -O2 -g -fno-omit-frame-pointer",
+            (Lang::C, false) => "gcc -O2 -g -fomit-frame-pointer",
+            (Lang::Cpp, true) => "g++ -O2 -g -fno-omit-frame-pointer",
+            (Lang::Cpp, false) => "g++ -O2 -g -fomit-frame-pointer",
+            (Lang::Rust, true) => "rustc -O -C force-frame-pointers=yes",
+            (Lang::Rust, false) => "rustc -O",
+            (Lang::Go, _) => "go build (always FP)",
+        };
+        let debug = match self.debug {
+            DebugFile::InBinary => "",
+            DebugFile::LinkNextTo => ", stripped + debuglink",
+            DebugFile::LinkInDotDebug => ", stripped + .debug/ link",
+            DebugFile::BuildIdTree => ", stripped + .build-id dir",
+        };
+        format!("{build}{debug}")
+    }
+}
+
+/// The matrix. Go without frame pointers is missing on purpose (see the module docs).
+const CELLS: &[Cell] = &[
+    Cell::new("acc-c-fp", Lang::C, true, DebugFile::InBinary),
+    Cell::new("acc-c-nofp", Lang::C, false, DebugFile::InBinary),
+    Cell::new("acc-c-strip", Lang::C, false, DebugFile::LinkNextTo),
+    Cell::new("acc-cpp-fp", Lang::Cpp, true, DebugFile::InBinary),
+    Cell::new("acc-cpp-nofp", Lang::Cpp, false, DebugFile::InBinary),
+    Cell::new("acc-cpp-strip", Lang::Cpp, false, DebugFile::BuildIdTree),
+    Cell::new("acc-rs-fp", Lang::Rust, true, DebugFile::InBinary),
+    Cell::new("acc-rs-nofp", Lang::Rust, false, DebugFile::InBinary),
+    Cell::new("acc-rs-strip", Lang::Rust, false, DebugFile::LinkInDotDebug),
+    Cell::new("acc-go", Lang::Go, true, DebugFile::InBinary),
+    Cell::new("acc-go-strip", Lang::Go, true, DebugFile::LinkNextTo),
+];
+
+fn workload(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads")
+        .join(file)
+}
+
+fn run_ok(what: &str, cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("{what}: cannot run {cmd:?}: {e} (is it installed? .ci/run installs it)")
+    });
+    assert!(
+        out.status.success(),
+        "{what}: {cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The hex build ID of an ELF file (from `readelf -n`).
+fn build_id(path: &Path) -> String {
+    let out = run_ok("readelf", Command::new("readelf").arg("-n").arg(path));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("{} has no build ID:\n{text}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Builds one cell's executable into `bin_dir/<name>` (its debug file where the cell says; the
+/// `.build-id` tree under `debug_root`) and returns the executable's path.
+fn build(cell: &Cell, bin_dir: &Path, debug_root: &Path) -> PathBuf {
+    let bin = bin_dir.join(cell.name);
+    let fp = if cell.frame_pointers {
+        "-fno-omit-frame-pointer"
+    } else {
+        "-fomit-frame-pointer"
+    };
+    match cell.lang {
+        Lang::C | Lang::Cpp => {
+            let (cc, src) = match cell.lang {
+                Lang::C => ("gcc", "acc_chain.c"),
+                _ => ("g++", "acc_chain.cpp"),
+            };
+            run_ok(
+                cell.name,
+                Command::new(cc)
+                    .args(["-O2", "-g", fp, "-o"])
+                    .arg(&bin)
+                    .arg(workload(src)),
+            );
+        }
+        Lang::Rust => {
+            let mut cmd = Command::new("rustc");
+            cmd.args(["-O", "--edition", "2021", "--crate-name", "rust_chain"]);
+            if cell.frame_pointers {
+                cmd.args(["-C", "force-frame-pointers=yes"]);
+            }
+            if cell.debug != DebugFile::InBinary {
+                // What a stripped release build would ship its debug file with.
+                cmd.arg("-g");
+            }
+            run_ok(
+                cell.name,
+                cmd.arg("-o").arg(&bin).arg(workload("acc_chain.rs")),
+            );
+        }
+        Lang::Go => {
+            // `go build` wants a directory of its own for a one-file main package.
+            let src_dir = bin_dir.join(format!("{}-src", cell.name));
+            std::fs::create_dir_all(&src_dir).unwrap();
+            std::fs::copy(workload("acc_chain.go"), src_dir.join("main.go")).unwrap();
+            let mut cmd = Command::new("go");
+            cmd.args(["build", "-o"])
+                .arg(&bin)
+                .arg("main.go")
+                .current_dir(&src_dir)
+                .env("GO111MODULE", "off")
+                .env("GOFLAGS", "");
+            if std::env::var_os("GOCACHE").is_none() && std::env::var_os("HOME").is_none() {
+                cmd.env("GOCACHE", bin_dir.join("gocache"));
+            }
+            run_ok(cell.name, &mut cmd);
+        }
+    }
+    if cell.debug == DebugFile::InBinary {
+        return bin;
+    }
+    let debug_file = match cell.debug {
+        DebugFile::LinkInDotDebug => {
+            let dir = bin_dir.join(".debug");
+            std::fs::create_dir_all(&dir).unwrap();
+            dir.join(format!("{}.debug", cell.name))
+        }
+        DebugFile::BuildIdTree => {
+            let id = build_id(&bin);
+            let dir = debug_root.join(".build-id").join(&id[..2]);
+            std::fs::create_dir_all(&dir).unwrap();
+            dir.join(format!("{}.debug", &id[2..]))
+        }
+        _ => bin_dir.join(format!("{}.debug", cell.name)),
+    };
+    run_ok(
+        cell.name,
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&bin)
+            .arg(&debug_file),
+    );
+    run_ok(
+        cell.name,
+        Command::new("strip").arg("--strip-all").arg(&bin),
+    );
+    if cell.debug != DebugFile::BuildIdTree {
+        run_ok(
+            cell.name,
+            Command::new("objcopy")
+                .arg(format!("--add-gnu-debuglink={}", debug_file.display()))
+                .arg(&bin),
+        );
+    }
+    bin
+}
+
+/// `cmd` inside a private mount namespace whose `/usr/lib/debug` is `debug_root`.
+fn in_debug_namespace(debug_root: &Path, program: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /usr/lib/debug && exec "$@""#)
+        .arg(debug_root)
+        .arg(program)
+        .args(args);
+    cmd
+}
+
+/// Samples that hold the hot function, and of those, the ones with the whole right chain.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Tally {
+    hot: u64,
+    chained: u64,
+}
+
+impl Tally {
+    fn percent(self) -> Option<f64> {
+        (self.hot > 0).then(|| 100.0 * self.chained as f64 / self.hot as f64)
+    }
+}
+
+/// Kiln's tally from a flame graph, in nanoseconds (every node named hot counts with its total —
+/// what lies under it can only be inlined or kernel frames; it counts as chained when its three
+/// callers are beta, alpha and main). Also returns the stacks (root first) of unchained hot nodes.
+fn kiln_tally(flame: &Value, chain: [&str; 4]) -> (Tally, Vec<(String, u64)>) {
+    fn walk<'a>(
+        node: &'a Value,
+        path: &mut Vec<&'a str>,
+        chain: [&str; 4],
+        tally: &mut Tally,
+        wrong: &mut Vec<(String, u64)>,
+    ) {
+        for child in node["children"].as_array().into_iter().flatten() {
+            let name = child["name"].as_str().unwrap_or("");
+            let total = child["total"].as_u64().unwrap_or(0);
+            if name == chain[3] {
+                tally.hot += total;
+                if path.ends_with(&chain[..3]) {
+                    tally.chained += total;
+                } else {
+                    let mut stack = path.join(";");
+                    stack.push(';');
+                    stack.push_str(name);
+                    wrong.push((stack, total));
+                }
+                continue;
+            }
+            path.push(name);
+            walk(child, path, chain, tally, wrong);
+            path.pop();
+        }
+    }
+    let mut tally = Tally::default();
+    let mut wrong = Vec::new();
+    walk(
+        &flame["root"],
+        &mut Vec::new(),
+        chain,
+        &mut tally,
+        &mut wrong,
+    );
+    wrong.sort_by_key(|w| std::cmp::Reverse(w.1));
+    (tally, wrong)
+}
+
+/// The `n` heaviest stacks (root first) by self value, to show what a cell got instead.
+fn heaviest_stacks(flame: &Value, n: usize) -> Vec<(String, u64)> {
+    fn walk<'a>(node: &'a Value, path: &mut Vec<&'a str>, out: &mut Vec<(String, u64)>) {
+        let own = node["self"].as_u64().unwrap_or(0);
+        if own > 0 {
+            out.push((path.join(";"), own));
+        }
+        for child in node["children"].as_array().into_iter().flatten() {
+            path.push(child["name"].as_str().unwrap_or(""));
+            walk(child, path, out);
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(&flame["root"], &mut Vec::new(), &mut out);
+    out.sort_by_key(|o| std::cmp::Reverse(o.1));
+    out.truncate(n);
+    out
+}
+
+/// A name as perf spells it, reduced to what both spellings share: C++ parameters and return types
+/// and Rust's legacy hash are left out.
+fn perf_norm(name: &str) -> &str {
+    let name = name.split(" (").next().unwrap_or(name);
+    let name = match name.find('(') {
+        Some(i) => &name[..i],
+        None => name,
+    };
+    let name = match name.rfind("::h") {
+        Some(i) if name.len() - i == 19 => &name[..i],
+        _ => name,
+    };
+    // "unsigned long cpp_chain::hot<unsigned long>" -> "cpp_chain::hot<unsigned long>"
+    match name.find("cpp_chain::") {
+        Some(i) => &name[i..],
+        None => name,
+    }
+}
+
+/// perf's tallies per comm from `perf script -F comm,ip,sym` output (each sample: a line with the
+/// comm, then one indented `address symbol` line per frame, leaf first; a blank line between).
+fn perf_tallies(script: &str) -> HashMap<String, (Tally, HashMap<String, u64>)> {
+    let mut out: HashMap<String, (Tally, HashMap<String, u64>)> = HashMap::new();
+    let mut samples = script.split("\n\n");
+    for sample in &mut samples {
+        let mut lines = sample.lines().filter(|l| !l.trim().is_empty());
+        let Some(header) = lines.next() else {
+            continue;
+        };
+        let comm = header.trim().to_owned();
+        let Some(cell) = CELLS.iter().find(|c| c.name == comm) else {
+            continue;
+        };
+        let chain = cell.chain().map(perf_norm);
+        let frames: Vec<&str> = lines
+            .map(|l| {
+                let l = l.trim();
+                let sym = l.split_once(char::is_whitespace).map_or("", |(_, s)| s);
+                perf_norm(sym.trim())
+            })
+            .collect();
+        let Some(at) = frames.iter().position(|f| *f == chain[3]) else {
+            continue;
+        };
+        let entry = out.entry(comm).or_default();
+        entry.0.hot += 1;
+        let callers = &frames[at + 1..];
+        if callers.len() >= 3 && callers[..3] == [chain[2], chain[1], chain[0]] {
+            entry.0.chained += 1;
+        } else {
+            let stack: Vec<&str> = frames[at..].iter().rev().copied().collect();
+            *entry.1.entry(stack.join(";")).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn wait_healthy(url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::blocking::get(url)
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {
+        assert!(Instant::now() < deadline, "{what} not healthy within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The running workloads, killed when dropped (also when the test fails half-way).
+struct Workloads(Vec<Child>);
+
+impl Drop for Workloads {
+    fn drop(&mut self) {
+        kill_all(&mut self.0);
+    }
+}
+
+fn kill_all(children: &mut [Child]) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn unwinding_accuracy_matrix_against_perf() {
+    if !is_root() {
+        eprintln!(
+            "SKIP unwinding_accuracy_matrix_against_perf: needs root to load the eBPF sampler, run perf and make mount namespaces (CI runs as root)"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = dir.path().join("bin");
+    let debug_root = dir.path().join("debug-root");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::create_dir_all(&debug_root).unwrap();
+    // The bind-mount target for the .build-id cell (a standard directory; empty if it was absent).
+    std::fs::create_dir_all("/usr/lib/debug").unwrap();
+
+    // Build every cell while kiln starts (all compilers at once: 2 CPUs, mostly linker waits).
+    let builds = std::thread::scope(|s| {
+        let handles: Vec<_> = CELLS
+            .iter()
+            .map(|cell| {
+                let (bin_dir, debug_root) = (&bin_dir, &debug_root);
+                s.spawn(move || build(cell, bin_dir, debug_root))
+            })
+            .collect();
+        // No upload budget: kiln's own executable (~180 MB in a debug build) would spend minutes
+        // of it before the workloads' files get their turn; this test is about names and stacks.
+        let kiln = KilnUp::start_with(
+            &dir.path().join("data"),
+            FREQUENCY_HZ,
+            &["--upload-budget", "off"],
+        );
+        // The agent serves its /healthz once the sampler is attached.
+        wait_healthy(
+            &format!("http://127.0.0.1:{}/healthz", kiln.metrics_port),
+            "the agent",
+        );
+        let bins: Vec<PathBuf> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| panic!("a build failed")))
+            .collect();
+        (kiln, bins)
+    });
+    let (kiln, bins) = builds;
+    eprintln!("built {} workloads in {:?}", bins.len(), started.elapsed());
+
+    // Run them all at once (for at most WORKLOAD_CAP_SECONDS, should this test die); perf records
+    // them all for PERF_SECONDS.
+    let cap = WORKLOAD_CAP_SECONDS.to_string();
+    let mut children: Vec<Child> = Vec::new();
+    for (cell, bin) in CELLS.iter().zip(&bins) {
+        let mut cmd = if cell.debug == DebugFile::BuildIdTree {
+            in_debug_namespace(&debug_root, bin, &[&cap])
+        } else {
+            let mut cmd = Command::new(bin);
+            cmd.arg(&cap);
+            cmd
+        };
+        match cmd.stdout(Stdio::null()).spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                kill_all(&mut children);
+                panic!("{}: cannot start {}: {e}", cell.name, bin.display());
+            }
+        }
+    }
+    let workloads = Workloads(children);
+    std::thread::sleep(Duration::from_millis(500));
+    let pids: Vec<String> = workloads.0.iter().map(|c| c.id().to_string()).collect();
+    let perf_data = dir.path().join("perf.data");
+    let perf = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F"])
+        .arg(FREQUENCY_HZ.to_string())
+        .args(["--call-graph", "dwarf", "--no-buildid-cache", "-q", "-o"])
+        .arg(&perf_data)
+        .arg("-p")
+        .arg(pids.join(","))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("perf runs (Debian: apt-get install linux-perf)");
+    std::thread::sleep(Duration::from_secs(PERF_SECONDS));
+    // Ctrl-C: perf writes out what it has, then dies of the SIGINT it re-raises (or exits 0).
+    unsafe { libc_kill(perf.id() as i32, SIGINT) };
+    let perf = perf.wait_with_output().unwrap();
+    assert!(
+        perf.status.success() || perf.status.signal() == Some(SIGINT),
+        "perf record failed ({}): {}",
+        perf.status,
+        String::from_utf8_lossy(&perf.stderr)
+    );
+    eprintln!("perf recorded at {:?}", started.elapsed());
+
+    // Kiln: the workloads go on until every cell's hot function is named (the agent uploads their
+    // files in the background, after whatever else it saw first; a file it could not take yet is
+    // offered again in a later window only while its process runs), then stop; then the last
+    // window must have arrived (the tallies stop growing).
+    let base = &kiln.base;
+    let flame_of = |cell: &Cell| {
+        get_json(&format!(
+            "{base}/api/v1/flamegraph?query={}&from=now-10m&until=now",
+            enc(&format!(r#"{{service_name="{}"}}"#, cell.name))
+        ))
+    };
+    let poll = || -> Vec<(Tally, Vec<(String, u64)>)> {
+        let now: Vec<(Tally, Vec<(String, u64)>)> = CELLS
+            .iter()
+            .map(|c| {
+                let flame = flame_of(c);
+                let (tally, mut wrong) = kiln_tally(&flame, c.chain());
+                if tally.hot == 0 {
+                    // Nothing named hot: show what is there instead.
+                    wrong = heaviest_stacks(&flame, 8);
+                }
+                (tally, wrong)
+            })
+            .collect();
+        eprintln!(
+            "[{:?}] kiln: ns in the hot function per cell: {:?}",
+            started.elapsed(),
+            now.iter().map(|(t, _)| t.hot).collect::<Vec<_>>()
+        );
+        now
+    };
+    // Generous: on a busy machine the agent first uploads large binaries (kiln's own is ~180 MB in
+    // a debug build); the loop ends as soon as all cells are named.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while poll().iter().any(|(t, _)| t.hot == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(workloads);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last: Vec<Tally> = Vec::new();
+    let results = loop {
+        std::thread::sleep(Duration::from_millis(2500));
+        let now = poll();
+        let tallies: Vec<Tally> = now.iter().map(|(t, _)| *t).collect();
+        if tallies == last || Instant::now() > deadline {
+            break now;
+        }
+        last = tallies;
+    };
+    // perf script in the same view of /usr/lib/debug as the .build-id cell had.
+    let script = run_ok(
+        "perf script",
+        &mut in_debug_namespace(
+            &debug_root,
+            Path::new("perf"),
+            &[
+                "script",
+                "-i",
+                perf_data.to_str().unwrap(),
+                "-F",
+                "comm,ip,sym",
+            ],
+        ),
+    );
+    let perf_stats = perf_tallies(&String::from_utf8_lossy(&script.stdout));
+    eprintln!("perf script done at {:?}", started.elapsed());
+
+    if results.iter().any(|(t, _)| t.hot == 0) {
+        // Some cell has nothing named: list what kiln did see, by process (best effort).
+        let url = format!(
+            "{base}/api/v1/flamegraph?group_by=service_name&from=now-10m&until=now&max_nodes=2000"
+        );
+        let text = reqwest::blocking::get(&url).and_then(|r| r.text());
+        let names: Vec<String> = text
+            .ok()
+            .and_then(|t| {
+                let mut de = serde_json::Deserializer::from_str(&t);
+                de.disable_recursion_limit();
+                <Value as serde::Deserialize>::deserialize(&mut de).ok()
+            })
+            .map(|all| {
+                all["root"]["children"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| format!("{} ({} ns)", c["name"].as_str().unwrap_or(""), c["total"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        eprintln!("kiln saw these processes: {}", names.join(", "));
+    }
+    drop(kiln);
+
+    let period_ns = 1e9 / f64::from(FREQUENCY_HZ);
+    let mut table = String::new();
+    table.push_str(&format!(
+        "\n{:<14} {:<56} {:>9} {:>8} {:>9} {:>8}\n",
+        "cell", "build", "kiln hot", "kiln %", "perf hot", "perf %"
+    ));
+    let pct = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.1}"));
+    for (cell, (tally, _)) in CELLS.iter().zip(&results) {
+        let perf = perf_stats.get(cell.name).map(|p| p.0).unwrap_or_default();
+        table.push_str(&format!(
+            "{:<14} {:<56} {:>9.0} {:>8} {:>9} {:>8}\n",
+            cell.name,
+            cell.describe(),
+            tally.hot as f64 / period_ns,
+            pct(tally.percent()),
+            perf.hot,
+            pct(perf.percent()),
+        ));
+    }
+    table.push_str(&format!(
+        "{:<14} {:<56} {:>9} {:>8} {:>9} {:>8}\n",
+        "acc-go-nofp", "n/a: Go 1.19 cannot omit frame pointers on amd64", "-", "-", "-", "-"
+    ));
+    table.push_str(
+        "(hot = samples holding the hot function; % = of those, the ones under main -> alpha -> beta)\n",
+    );
+    println!("{table}");
+    eprintln!("{table}");
+    for (cell, _) in CELLS.iter().zip(&results) {
+        if let Some((_, wrong)) = perf_stats.get(cell.name)
+            && !wrong.is_empty()
+        {
+            let mut wrong: Vec<_> = wrong.iter().collect();
+            wrong.sort_by_key(|w| std::cmp::Reverse(*w.1));
+            eprintln!("perf, {}: hot samples off the chain:", cell.name);
+            for (stack, n) in wrong.iter().take(5) {
+                eprintln!("  {n:>5}  {stack}");
+            }
+        }
+    }
+    eprintln!("total wall time {:?}", started.elapsed());
+
+    // perf is the reference, not under test; it must at least have worked.
+    assert!(
+        perf_stats.values().any(|(t, _)| t.hot > 0),
+        "perf recorded no sample of any hot function:\n{}",
+        String::from_utf8_lossy(&script.stdout)
+            .chars()
+            .take(4000)
+            .collect::<String>()
+    );
+    let mut failures = Vec::new();
+    for (cell, (tally, wrong)) in CELLS.iter().zip(&results) {
+        let samples = (tally.hot as f64 / period_ns).round() as u64;
+        let ok = samples >= MIN_SAMPLES && tally.percent().is_some_and(|p| p >= MIN_PERCENT);
+        if !ok {
+            let mut msg = format!(
+                "{} ({}): {samples} samples in {}, {}% under {} -> {} -> {}; off the chain:",
+                cell.name,
+                cell.describe(),
+                cell.chain()[3],
+                pct(tally.percent()),
+                cell.chain()[0],
+                cell.chain()[1],
+                cell.chain()[2]
+            );
+            if tally.hot == 0 {
+                msg.push_str(" (none; its heaviest stacks instead)");
+            }
+            for (stack, ns) in wrong.iter().take(8) {
+                msg.push_str(&format!("\n  {:>5.0}  {stack}", *ns as f64 / period_ns));
+            }
+            failures.push(msg);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "cells below {MIN_PERCENT}% (or with fewer than {MIN_SAMPLES} hot samples):\n{}",
+        failures.join("\n")
+    );
+}
