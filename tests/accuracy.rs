@@ -479,13 +479,7 @@ fn unwinding_accuracy_matrix_against_perf() {
                 s.spawn(move || build(cell, bin_dir, debug_root))
             })
             .collect();
-        // No upload budget: kiln's own executable (~180 MB in a debug build) would spend minutes
-        // of it before the workloads' files get their turn; this test is about names and stacks.
-        let kiln = KilnUp::start_with(
-            &dir.path().join("data"),
-            FREQUENCY_HZ,
-            &["--upload-budget", "off"],
-        );
+        let kiln = KilnUp::start_with(&dir.path().join("data"), FREQUENCY_HZ, &[]);
         // The agent serves its /healthz once the sampler is attached.
         wait_healthy(
             &format!("http://127.0.0.1:{}/healthz", kiln.metrics_port),

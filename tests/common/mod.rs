@@ -74,6 +74,10 @@ impl KilnUp {
                 "2s",
             ])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            // No upload budget: the first file the agent uploads is usually kiln's own executable
+            // (~180 MB in a debug build), which would spend minutes of the default budget before a
+            // test's workload gets its turn — and a workload that has exited is never offered again.
+            .args(["--upload-budget", "off"])
             .args(extra_args)
             .arg("--data-dir")
             .arg(data_dir)
