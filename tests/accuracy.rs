@@ -386,8 +386,7 @@ fn perf_norm(name: &str) -> &str {
 /// comm, then one indented `address symbol` line per frame, leaf first; a blank line between).
 fn perf_tallies(script: &str) -> HashMap<String, (Tally, HashMap<String, u64>)> {
     let mut out: HashMap<String, (Tally, HashMap<String, u64>)> = HashMap::new();
-    let mut samples = script.split("\n\n");
-    for sample in &mut samples {
+    for sample in script.split("\n\n") {
         let mut lines = sample.lines().filter(|l| !l.trim().is_empty());
         let Some(header) = lines.next() else {
             continue;
@@ -527,6 +526,7 @@ fn unwinding_accuracy_matrix_against_perf() {
         .arg(pids.join(","))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("perf runs (Debian: apt-get install linux-perf)");
     std::thread::sleep(Duration::from_secs(PERF_SECONDS));
