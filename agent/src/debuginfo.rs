@@ -635,7 +635,10 @@ mod tests {
     fn upload_budget_lets_a_file_through_while_not_empty_and_then_pays_it_off() {
         let t0 = Instant::now();
         let mut b = UploadBudget::new(60, t0).unwrap();
-        assert!(b.try_take(100, t0), "a full bucket lets a larger file through");
+        assert!(
+            b.try_take(100, t0),
+            "a full bucket lets a larger file through"
+        );
         assert!(!b.try_take(1, t0), "in debt: nothing more");
         // 1 byte/s: after 40 s the debt of 40 is paid, the bucket is empty, still no.
         assert!(!b.try_take(1, t0 + Duration::from_secs(40)));

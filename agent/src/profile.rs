@@ -875,7 +875,10 @@ ffffffff81300000 t ext4_file_read_iter
         let top = root.join(format!("kiln-test-{}", std::process::id()));
         let leaf = top.join(format!("kubepods/burstable/pod{UID}/{id}"));
         std::fs::create_dir_all(&leaf).unwrap();
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).unwrap();
 
