@@ -130,6 +130,12 @@ impl UploadBudget {
         true
     }
 
+    /// Takes `bytes` whatever the bucket holds (for a file that goes with one already let through).
+    pub fn take(&mut self, bytes: u64, now: Instant) {
+        self.refill(now);
+        self.tokens -= bytes as f64;
+    }
+
     /// Gives back bytes taken for a file that did not need sending after all.
     pub fn refund(&mut self, bytes: u64, now: Instant) {
         self.refill(now);
@@ -238,8 +244,12 @@ impl DebugInfoUploader {
         (DebugInfoUploader { shared, tx }, task)
     }
 
-    /// Offers every object of a flushed window.
+    /// Offers every object of a flushed window, smallest mapping first: when the budget runs out
+    /// in a window, it is the one large file that waits, not the many small ones (whose processes
+    /// may not be seen again).
     pub fn submit_all<'a>(&self, objects: impl IntoIterator<Item = &'a ObjectRef>) {
+        let mut objects: Vec<&ObjectRef> = objects.into_iter().collect();
+        objects.sort_by_key(|o| o.end.saturating_sub(o.start));
         for o in objects {
             self.submit(o);
         }
@@ -298,6 +308,17 @@ impl DebugInfoUploader {
                 .insert(obj.build_id.clone(), State::Settled);
             return Submitted::TooLarge;
         }
+        // The budget first: judging whether the file is stripped (and finding its debug file)
+        // reads its section headers, work that a file over the budget would redo every window.
+        if let Some(budget) = self.shared.budget().as_mut()
+            && !budget.try_take(size, now)
+        {
+            tracing::debug!(build_id = %obj.build_id, size, "upload budget spent; offered again later");
+            m.upload(UploadOutcome::OverBudget).inc();
+            self.shared
+                .forget_attempt(&obj.build_id, failures, retry_at);
+            return Submitted::OverBudget;
+        }
         // Stripped: look for its separate debuginfo now, while the process (and so its root
         // directory, /proc/PID/root) is known to exist.
         let debug = if crate::debuglink::has_symbols(&file) {
@@ -311,16 +332,13 @@ impl DebugInfoUploader {
                 },
             )
         };
-        let total = size.saturating_add(debug.as_ref().map_or(0, |d| d.1));
-        if let Some(budget) = self.shared.budget().as_mut()
-            && !budget.try_take(total, now)
+        // The debug file goes with its object: its bytes are owed even past the budget.
+        if let (Some(budget), Some((_, debug_size, _))) =
+            (self.shared.budget().as_mut(), debug.as_ref())
         {
-            tracing::debug!(build_id = %obj.build_id, size = total, "upload budget spent; offered again later");
-            m.upload(UploadOutcome::OverBudget).inc();
-            self.shared
-                .forget_attempt(&obj.build_id, failures, retry_at);
-            return Submitted::OverBudget;
+            budget.take(*debug_size, now);
         }
+        let total = size.saturating_add(debug.as_ref().map_or(0, |d| d.1));
         // Parsing moved the read position; the upload streams from the current one.
         let mut file = file;
         if let Err(e) = std::io::Seek::rewind(&mut file) {

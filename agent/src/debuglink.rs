@@ -6,19 +6,40 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection};
+use object::Object;
 
 use crate::buildid::BuildId;
 
 /// Whether the ELF read from `file` has a symbol table or DWARF (then it needs no debug file).
 /// Unparseable: `true`, so nothing is searched for a file we cannot judge.
+///
+/// Reads only the ELF header and the section headers with their names: `object::File::parse`
+/// would also read the whole symbol table, megabytes for a large unstripped binary.
 pub fn has_symbols(file: &File) -> bool {
-    let cache = object::read::ReadCache::new(file);
-    let Ok(elf) = object::File::parse(&cache) else {
-        return true;
-    };
-    elf.sections()
-        .any(|s| matches!(s.name(), Ok(".symtab" | ".debug_info" | ".zdebug_info")) && s.size() > 0)
+    use object::elf::{FileHeader32, FileHeader64};
+    let data = object::read::ReadCache::new(file);
+    match object::FileKind::parse(&data) {
+        Ok(object::FileKind::Elf64) => elf_has_symbols::<FileHeader64<object::Endianness>>(&data),
+        Ok(object::FileKind::Elf32) => elf_has_symbols::<FileHeader32<object::Endianness>>(&data),
+        _ => None,
+    }
+    .unwrap_or(true)
+}
+
+fn elf_has_symbols<H: object::read::elf::FileHeader<Endian = object::Endianness>>(
+    data: &object::read::ReadCache<&File>,
+) -> Option<bool> {
+    use object::read::elf::SectionHeader;
+    let header = H::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.sections(endian, data).ok()?;
+    Some(sections.iter().any(|s| {
+        s.sh_size(endian).into() > 0
+            && matches!(
+                sections.section_name(endian, s),
+                Ok(b".symtab" | b".debug_info" | b".zdebug_info")
+            )
+    }))
 }
 
 /// The `.gnu_debuglink` file name of the ELF read from `file`, if it has one.

@@ -170,8 +170,11 @@ pub struct AgentMetrics {
     pub unwind_frames: Counter,
     /// Stacks that stopped before a root, by reason.
     pub unwind_truncated: Family<UnwindTruncationLabel, Counter>,
-    /// Wall time spent unwinding (table loads and per-process unwinder builds included).
+    /// Wall time spent walking user stacks (per sample).
     pub unwind_seconds: Counter<f64, AtomicU64>,
+    /// Wall time spent building per-process unwinders, reading unwind tables included (per
+    /// process and object, not per sample).
+    pub unwind_build_seconds: Counter<f64, AtomicU64>,
     /// Approximate bytes of the unwind-table cache.
     pub unwind_table_cache_bytes: Gauge,
     /// Objects in the unwind-table cache (failures remembered included).
@@ -287,8 +290,13 @@ impl AgentMetrics {
         );
         r.register(
             "unwind_seconds",
-            "Wall time spent unwinding user stacks, table loads included",
+            "Wall time spent walking user stacks with ready unwinders (per-sample cost)",
             m.unwind_seconds.clone(),
+        );
+        r.register(
+            "unwind_build_seconds",
+            "Wall time spent building per-process unwinders, unwind-table reads included",
+            m.unwind_build_seconds.clone(),
         );
         r.register(
             "unwind_table_cache_bytes",
@@ -341,6 +349,7 @@ impl AgentMetrics {
             unwind_frames: Counter::default(),
             unwind_truncated: Family::default(),
             unwind_seconds: Counter::default(),
+            unwind_build_seconds: Counter::default(),
             unwind_table_cache_bytes: Gauge::default(),
             unwind_table_cache_entries: Gauge::default(),
             unwind_table_cache_evictions: Counter::default(),

@@ -169,12 +169,17 @@ impl UnwindMetrics {
     fn record(
         &self,
         m: &AgentMetrics,
-        started: Instant,
+        elapsed: Duration,
+        build: Duration,
         source: unwind::Source,
         frames: usize,
         end: StackEnd,
     ) {
-        m.unwind_seconds.inc_by(started.elapsed().as_secs_f64());
+        m.unwind_seconds
+            .inc_by(elapsed.saturating_sub(build).as_secs_f64());
+        if !build.is_zero() {
+            m.unwind_build_seconds.inc_by(build.as_secs_f64());
+        }
         match source {
             unwind::Source::Dwarf => self.dwarf.inc(),
             unwind::Source::FramePointers => self.frame_pointers.inc(),
@@ -282,9 +287,16 @@ impl Aggregator {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
                 let started = Instant::now();
                 let dwarf = self.unwinder.unwind(p, regs, &s.stack_copy);
+                let elapsed = started.elapsed();
                 let (u, source) = unwind::choose(dwarf, user);
-                self.unwind_metrics
-                    .record(&self.metrics, started, source, u.frames.len(), u.end);
+                self.unwind_metrics.record(
+                    &self.metrics,
+                    elapsed,
+                    self.unwinder.take_build_time(),
+                    source,
+                    u.frames.len(),
+                    u.end,
+                );
                 (adjusted(&u.frames), u.end)
             }
             // No copy (or no process to find tables in): the kernel's walk is all there is.
@@ -624,7 +636,7 @@ ffffffff81300000 t ext4_file_read_iter
         (agg, metrics)
     }
 
-    fn sample(tgid: u32, kernel: Vec<u64>, user: Vec<u64>) -> RawSample {
+    fn sample(tgid: u32, kernel: Vec<u64>, user: Vec<u64>) -> RawSample<'static> {
         RawSample {
             time_ns: 123,
             tgid,
@@ -640,7 +652,7 @@ ffffffff81300000 t ext4_file_read_iter
                 bp: 0,
             }),
             user_stack: user,
-            stack_copy: Vec::new(),
+            stack_copy: Default::default(),
         }
     }
 
@@ -762,7 +774,7 @@ ffffffff81300000 t ext4_file_read_iter
             sp: 0x7fff_0000,
             bp: 0,
         });
-        s.stack_copy = vec![0; 4];
+        s.stack_copy = vec![0; 4].into();
         agg.add(&s);
         let out = agg.flush();
         let p = &out[0].profile;

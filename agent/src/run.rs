@@ -1,7 +1,7 @@
 //! The agent's wiring: sampler → aggregator → (debuginfo uploader, shipper), plus metrics.
 //!
-//! Sampling and aggregation run on one dedicated thread: the ring buffer is drained every
-//! [`DRAIN_INTERVAL`] and each window is flushed into push requests there, so `/proc` reads and
+//! Sampling and aggregation run on one dedicated thread: the ring buffer is drained at the pace
+//! [`crate::sampling::DrainPacer`] sets and each window is flushed into push requests there, so `/proc` reads and
 //! compression never stall the async runtime that ships and serves metrics.
 
 use std::future::Future;
@@ -18,7 +18,7 @@ use crate::kallsyms::Kallsyms;
 use crate::metrics::{self, AgentMetrics};
 use crate::procmaps::{ProcessCache, ProcessCacheConfig};
 use crate::profile::{Aggregator, AggregatorConfig};
-use crate::sampling::{DRAIN_INTERVAL, Sampler, SamplerConfig};
+use crate::sampling::{MIN_DRAIN_INTERVAL, Sampler, SamplerConfig};
 use crate::ship::{self, Shipper, ShipperConfig, ShipperHandle};
 use crate::unwind::Unwinder;
 
@@ -181,11 +181,15 @@ impl Loop {
     fn run(&mut self, window: Duration, stop: &AtomicBool) {
         let mut window_end = Instant::now() + window;
         let mut drops_read = Instant::now();
+        let mut pause = MIN_DRAIN_INTERVAL;
         loop {
-            std::thread::sleep(DRAIN_INTERVAL);
+            // Not past the window's end, so that windows keep their length.
+            let until_flush = window_end.saturating_duration_since(Instant::now());
+            std::thread::sleep(pause.min(until_flush.max(MIN_DRAIN_INTERVAL)));
             let stopping = stop.load(Ordering::Relaxed);
             let aggregator = &mut self.aggregator;
             let stats = self.sampler.drain(|s| aggregator.add(&s));
+            pause = stats.next_drain;
             if stats.malformed > 0 {
                 tracing::warn!(malformed = stats.malformed, "malformed sample records");
             }

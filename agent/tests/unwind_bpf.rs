@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kiln_agent::buildid::BuildIdCache;
 use kiln_agent::procmaps::Process;
-use kiln_agent::sampling::{DRAIN_INTERVAL, Sampler, SamplerConfig};
+use kiln_agent::sampling::{MIN_DRAIN_INTERVAL, Sampler, SamplerConfig};
 use kiln_agent::unwind::{StackEnd, Unwinder, Unwound};
 use kiln_sampler_bpf::RawSample;
 use object::{Object, ObjectSegment, ObjectSymbol};
@@ -115,7 +115,7 @@ impl Symbols {
 }
 
 struct Recording {
-    samples: Vec<RawSample>,
+    samples: Vec<RawSample<'static>>,
     process: Arc<Process>,
     /// Prepared while the workload lived (tables are read through `/proc/PID`).
     unwinder: Unwinder,
@@ -139,10 +139,10 @@ fn record(cmd: &mut Command, copy: u32, secs: f64) -> Recording {
     let mut samples = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < deadline {
-        std::thread::sleep(DRAIN_INTERVAL);
+        std::thread::sleep(MIN_DRAIN_INTERVAL);
         sampler.drain(|s| {
             if s.tgid == pid && s.user_regs.is_some() {
-                samples.push(s)
+                samples.push(s.into_owned())
             }
         });
     }

@@ -50,9 +50,10 @@ pub struct UserRegs {
     pub bp: u64,
 }
 
-/// One sample, decoded from a ring-buffer record.
+/// One sample, decoded from a ring-buffer record. The stack copy is borrowed from the record
+/// (up to 32 KiB a sample, copied only by [`RawSample::into_owned`]).
 #[derive(Clone, Debug)]
-pub struct RawSample {
+pub struct RawSample<'a> {
     /// CLOCK_MONOTONIC nanoseconds.
     pub time_ns: u64,
     pub tgid: u32,
@@ -68,7 +69,7 @@ pub struct RawSample {
     /// `None` for kernel threads, which have no user context.
     pub user_regs: Option<UserRegs>,
     /// Bytes of user stack starting at `user_regs.sp`.
-    pub stack_copy: Vec<u8>,
+    pub stack_copy: std::borrow::Cow<'a, [u8]>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,9 +80,9 @@ pub enum ParseError {
     StackCopy { claimed: usize, present: usize },
 }
 
-impl RawSample {
+impl<'a> RawSample<'a> {
     /// Decodes one ring-buffer record.
-    pub fn parse(record: &[u8]) -> Result<RawSample, ParseError> {
+    pub fn parse(record: &'a [u8]) -> Result<RawSample<'a>, ParseError> {
         if record.len() < SAMPLE_HEADER_SIZE {
             return Err(ParseError::Short(record.len()));
         }
@@ -117,8 +118,19 @@ impl RawSample {
                 sp: h.user_sp,
                 bp: h.user_bp,
             }),
-            stack_copy: copy[..claimed].to_vec(),
+            stack_copy: std::borrow::Cow::Borrowed(&copy[..claimed]),
         })
+    }
+
+    /// The sample with its own copy of the stack bytes (to keep it past its record).
+    pub fn into_owned(self) -> RawSample<'static> {
+        RawSample {
+            stack_copy: std::borrow::Cow::Owned(self.stack_copy.into_owned()),
+            comm: self.comm,
+            kernel_stack: self.kernel_stack,
+            user_stack: self.user_stack,
+            ..self
+        }
     }
 }
 
@@ -162,7 +174,8 @@ mod tests {
 
     #[test]
     fn parses_a_record() {
-        let s = RawSample::parse(&record(&[1, 2, 3], 3)).unwrap();
+        let rec = record(&[1, 2, 3], 3);
+        let s = RawSample::parse(&rec).unwrap();
         assert_eq!((s.tgid, s.tid, s.comm.as_str()), (42, 43, "test"));
         assert_eq!(s.user_stack, vec![0x1000, 0x2000]);
         assert!(
@@ -170,7 +183,7 @@ mod tests {
             "a negative errno means no frames"
         );
         assert_eq!(s.user_regs.unwrap().ip, 0x1000);
-        assert_eq!(s.stack_copy, vec![1, 2, 3]);
+        assert_eq!(&*s.stack_copy, &[1u8, 2, 3][..]);
     }
 
     #[test]

@@ -202,6 +202,9 @@ pub struct Unwinder {
     tables: TableCache,
     rules: CacheX86_64,
     processes: HashMap<u32, ProcessUnwinder>,
+    /// Time spent building per-process unwinders (table loads included) not yet taken by
+    /// [`Unwinder::take_build_time`].
+    build_time: std::time::Duration,
 }
 
 impl Default for Unwinder {
@@ -216,6 +219,7 @@ impl Unwinder {
             tables: TableCache::new(table_budget_bytes),
             rules: CacheX86_64::new(),
             processes: HashMap::new(),
+            build_time: std::time::Duration::ZERO,
         }
     }
 
@@ -227,7 +231,9 @@ impl Unwinder {
             .get(&process.pid)
             .is_none_or(|p| !Arc::ptr_eq(&p.process, process));
         if stale {
+            let started = std::time::Instant::now();
             let unwinder = self.build(process);
+            self.build_time += started.elapsed();
             self.processes.insert(
                 process.pid,
                 ProcessUnwinder {
@@ -270,6 +276,12 @@ impl Unwinder {
             }
         }
         u
+    }
+
+    /// Time spent building per-process unwinders (reading tables included) since the last call:
+    /// the part of unwinding that is paid per process and per object, not per sample.
+    pub fn take_build_time(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.build_time)
     }
 
     /// Drops the unwinders of processes not sampled since the last call (called once per window),
