@@ -83,7 +83,12 @@ impl ProcessProfile {
         RawProfileSeries {
             labels: self.labels.clone(),
             samples: vec![kiln_proto::push::RawSample {
-                raw_profile: kiln_proto::encode_profile_gzip(&self.profile),
+                // Plain protobuf: the push request around it is gzipped as a whole (see ship.rs),
+                // and servers (Kiln's, Pyroscope's) tell gzip from plain pprof by its magic.
+                // Gzipping each profile as well cost a zlib state per process per window — its
+                // 256 KiB of tables zeroed each time, 43 % of the agent's CPU on a build machine
+                // where every compiler run is a new process — for bytes compressed twice.
+                raw_profile: prost::Message::encode_to_vec(&self.profile),
                 id: random_uuid(),
             }],
         }

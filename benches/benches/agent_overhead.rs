@@ -22,7 +22,8 @@
 //! `cargo test --benches` runs this without `--bench`: it then only checks its `/proc` parsers on
 //! itself and returns (no root, no perf, no release build needed).
 //!
-//! Knobs: `KILN_OH_FREQS` (default `19,99`), `KILN_OH_WARMUP` (s, default 15), `KILN_OH_SECONDS`
+//! Knobs: `KILN_OH_CHURN=1` (add a gcc compile loop: a build machine, new processes all the
+//! time), `KILN_OH_FREQS` (default `19,99`), `KILN_OH_WARMUP` (s, default 15), `KILN_OH_SECONDS`
 //! (s, default 40), `KILN_OH_AGENT_ARGS` (extra agent flags, space-separated), `KILN_OH_NO_PERF=1`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -402,6 +403,20 @@ fn run() -> Result<()> {
     };
     let _w1 = spawn(Command::new(&fp).arg("100000"))?;
     let _w2 = spawn(Command::new(&nofp).args(["100000", "8"]))?;
+    // The build-machine case: a new compiler process tree (gcc, cc1, as, collect2, ld) every few
+    // hundred milliseconds, each a new process whose maps, build IDs and tables the agent reads.
+    let churn = std::env::var_os("KILN_OH_CHURN").is_some();
+    let _w3 = if churn {
+        let out = dir.path().join("churn.out");
+        let src = wl.join("nofp_chain.c");
+        Some(spawn(Command::new("sh").arg("-c").arg(format!(
+            "while :; do gcc -O2 -g -o '{}' '{}' || exit 1; done",
+            out.display(),
+            src.display()
+        )))?)
+    } else {
+        None
+    };
 
     let server_addr = format!("127.0.0.1:{}", free_port()?);
     let mut server = spawn(
@@ -412,10 +427,15 @@ fn run() -> Result<()> {
     wait_healthy(&server_addr, &mut server, "kiln server")?;
     println!(
         "agent_overhead: kiln {} ; workloads: {} (gcc -O0, FP) and {} (gcc -O2 -fomit-frame-pointer, \
-         8 extra frames), one per CPU; warm-up {} s, measured {} s",
+         8 extra frames), one per CPU{}; warm-up {} s, measured {} s",
         kiln.display(),
         fp.display(),
         nofp.display(),
+        if churn {
+            ", plus a gcc compile loop (KILN_OH_CHURN)"
+        } else {
+            ""
+        },
         warmup.as_secs(),
         seconds.as_secs()
     );
