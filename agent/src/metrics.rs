@@ -183,6 +183,9 @@ pub struct AgentMetrics {
     pub unwind_table_cache_evictions: Counter,
     /// Objects whose unwind tables were read from their file (cache misses).
     pub unwind_table_loads: Counter,
+    /// Frames whose unwind rule came from the rule cache, and those that needed a table lookup.
+    pub unwind_rule_cache_hits: Counter,
+    pub unwind_rule_cache_misses: Counter,
     /// Bytes of ELF files (before compression) sent to the server.
     pub debuginfo_upload_bytes: Counter,
     /// Pods in the last list of this node's pods from the Kubernetes API.
@@ -314,6 +317,16 @@ impl AgentMetrics {
             m.unwind_table_cache_evictions.clone(),
         );
         r.register(
+            "unwind_rule_cache_hits",
+            "Frames whose unwind rule came from the rule cache",
+            m.unwind_rule_cache_hits.clone(),
+        );
+        r.register(
+            "unwind_rule_cache_misses",
+            "Frames whose unwind rule needed a lookup in the object's tables (CFI parsed)",
+            m.unwind_rule_cache_misses.clone(),
+        );
+        r.register(
             "unwind_table_loads",
             "Objects whose unwind tables were read from the file (cache misses)",
             m.unwind_table_loads.clone(),
@@ -354,6 +367,8 @@ impl AgentMetrics {
             unwind_table_cache_entries: Gauge::default(),
             unwind_table_cache_evictions: Counter::default(),
             unwind_table_loads: Counter::default(),
+            unwind_rule_cache_hits: Counter::default(),
+            unwind_rule_cache_misses: Counter::default(),
             debuginfo_upload_bytes: Counter::default(),
             ringbuf_seen: Arc::new(AtomicU64::new(0)),
         }

@@ -159,6 +159,8 @@ struct UnwindMetrics {
     frame_pointers: Counter,
     evictions_seen: u64,
     loads_seen: u64,
+    rule_hits_seen: u64,
+    rule_misses_seen: u64,
 }
 
 impl UnwindMetrics {
@@ -168,6 +170,8 @@ impl UnwindMetrics {
             frame_pointers: m.unwind_source(UnwindSource::FramePointers),
             evictions_seen: 0,
             loads_seen: 0,
+            rule_hits_seen: 0,
+            rule_misses_seen: 0,
         }
     }
 
@@ -205,6 +209,12 @@ impl UnwindMetrics {
             .inc_by(stats.evictions.saturating_sub(self.evictions_seen));
         m.unwind_table_loads
             .inc_by(stats.loads.saturating_sub(self.loads_seen));
+        m.unwind_rule_cache_hits
+            .inc_by(stats.rule_hits.saturating_sub(self.rule_hits_seen));
+        m.unwind_rule_cache_misses
+            .inc_by(stats.rule_misses.saturating_sub(self.rule_misses_seen));
+        self.rule_hits_seen = stats.rule_hits;
+        self.rule_misses_seen = stats.rule_misses;
         self.evictions_seen = stats.evictions;
         self.loads_seen = stats.loads;
     }

@@ -297,7 +297,12 @@ impl Unwinder {
 
     /// The table cache's size and running totals.
     pub fn table_stats(&self) -> tables::CacheStats {
-        self.tables.stats()
+        let rules = self.rules.stats();
+        tables::CacheStats {
+            rule_hits: rules.hit_count,
+            rule_misses: rules.total().saturating_sub(rules.hit_count),
+            ..self.tables.stats()
+        }
     }
 }
 
