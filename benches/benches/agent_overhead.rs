@@ -224,7 +224,8 @@ fn metric_sum(text: &str, name: &str) -> f64 {
                 .then(|| v.trim().parse::<f64>().ok())
                 .flatten()
         })
-        .sum()
+        // Not `.sum()`: an empty f64 sum is -0.0, printed as "-0".
+        .fold(0.0, |a, b| a + b)
 }
 
 fn http_get(addr: &str, path: &str) -> Result<String> {
