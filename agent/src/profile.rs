@@ -160,7 +160,7 @@ struct UnwindMetrics {
     evictions_seen: u64,
     loads_seen: u64,
     rule_hits_seen: u64,
-    rule_misses_seen: u64,
+    rule_lookups_seen: u64,
 }
 
 impl UnwindMetrics {
@@ -171,7 +171,7 @@ impl UnwindMetrics {
             evictions_seen: 0,
             loads_seen: 0,
             rule_hits_seen: 0,
-            rule_misses_seen: 0,
+            rule_lookups_seen: 0,
         }
     }
 
@@ -200,7 +200,12 @@ impl UnwindMetrics {
     }
 
     /// Publishes the table cache's size and its eviction and load totals.
-    fn publish_tables(&mut self, m: &AgentMetrics, stats: unwind::tables::CacheStats) {
+    fn publish_tables(
+        &mut self,
+        m: &AgentMetrics,
+        stats: unwind::tables::CacheStats,
+        (rule_hits, rule_lookups): (u64, u64),
+    ) {
         m.unwind_table_cache_bytes
             .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
         m.unwind_table_cache_entries
@@ -209,12 +214,13 @@ impl UnwindMetrics {
             .inc_by(stats.evictions.saturating_sub(self.evictions_seen));
         m.unwind_table_loads
             .inc_by(stats.loads.saturating_sub(self.loads_seen));
-        m.unwind_rule_cache_hits
-            .inc_by(stats.rule_hits.saturating_sub(self.rule_hits_seen));
+        let hits = rule_hits.saturating_sub(self.rule_hits_seen);
+        let lookups = rule_lookups.saturating_sub(self.rule_lookups_seen);
+        m.unwind_rule_cache_hits.inc_by(hits);
         m.unwind_rule_cache_misses
-            .inc_by(stats.rule_misses.saturating_sub(self.rule_misses_seen));
-        self.rule_hits_seen = stats.rule_hits;
-        self.rule_misses_seen = stats.rule_misses;
+            .inc_by(lookups.saturating_sub(hits));
+        self.rule_hits_seen = rule_hits;
+        self.rule_lookups_seen = rule_lookups;
         self.evictions_seen = stats.evictions;
         self.loads_seen = stats.loads;
     }
@@ -465,8 +471,11 @@ impl Aggregator {
         self.window_started = Instant::now();
         self.processes.sweep();
         self.unwinder.end_window();
-        self.unwind_metrics
-            .publish_tables(&self.metrics, self.unwinder.table_stats());
+        self.unwind_metrics.publish_tables(
+            &self.metrics,
+            self.unwinder.table_stats(),
+            self.unwinder.rule_cache_stats(),
+        );
         self.metrics
             .process_cache_size
             .set(self.processes.len() as i64);

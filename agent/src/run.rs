@@ -1,8 +1,8 @@
 //! The agent's wiring: sampler → aggregator → (debuginfo uploader, shipper), plus metrics.
 //!
 //! Sampling and aggregation run on one dedicated thread: the ring buffer is drained at the pace
-//! [`crate::sampling::DrainPacer`] sets and each window is flushed into push requests there, so `/proc` reads and
-//! compression never stall the async runtime that ships and serves metrics.
+//! [`crate::sampling::DrainPacer`] sets and each window is flushed into push requests there, so
+//! `/proc` reads and compression never stall the async runtime that ships and serves metrics.
 
 use std::future::Future;
 use std::sync::Arc;

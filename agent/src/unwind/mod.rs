@@ -114,6 +114,7 @@ pub struct RuleCache {
 }
 
 const RULE_CACHE_WAYS: usize = 8;
+const _: () = assert!(RULE_CACHE_WAYS.is_power_of_two());
 
 impl Default for RuleCache {
     fn default() -> Self {
@@ -127,8 +128,9 @@ impl RuleCache {
     fn way(&mut self, lookup_address: u64) -> &mut CacheX86_64 {
         // Fibonacci hashing: the top bits of the product depend on all bits of the address, not on
         // its residue modulo 509.
-        let i = (lookup_address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61) as usize;
-        &mut self.ways[i % RULE_CACHE_WAYS]
+        let bits = RULE_CACHE_WAYS.trailing_zeros();
+        let i = (lookup_address.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize;
+        &mut self.ways[i]
     }
 
     /// (hits, lookups) since creation.
@@ -338,12 +340,12 @@ impl Unwinder {
 
     /// The table cache's size and running totals.
     pub fn table_stats(&self) -> tables::CacheStats {
-        let (hits, lookups) = self.rules.stats();
-        tables::CacheStats {
-            rule_hits: hits,
-            rule_misses: lookups.saturating_sub(hits),
-            ..self.tables.stats()
-        }
+        self.tables.stats()
+    }
+
+    /// The rule cache's (hits, lookups) since start.
+    pub fn rule_cache_stats(&self) -> (u64, u64) {
+        self.rules.stats()
     }
 }
 

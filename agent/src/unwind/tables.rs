@@ -264,9 +264,6 @@ pub struct TableCache {
 /// The cache's size and its running totals (for the agent's metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Rule-cache hits and misses of the frames unwound, since start (filled by `Unwinder`).
-    pub rule_hits: u64,
-    pub rule_misses: u64,
     pub bytes: usize,
     pub entries: usize,
     /// Entries evicted to stay within the budget, since start.
@@ -374,8 +371,6 @@ impl TableCache {
 
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            rule_hits: 0,
-            rule_misses: 0,
             bytes: self.used_bytes,
             entries: self.entries.len(),
             evictions: self.evictions,
