@@ -6,10 +6,12 @@
 //! -fomit-frame-pointer with 8 extra frames), a real `kiln server`, and then, for each frequency,
 //!
 //! 1. the real `kiln agent` (the release binary, `target/release/kiln` or `$KILN_BIN`) pushing to
-//!    that server: after a warm-up its CPU (`/proc/PID/stat` utime + stime) and the samples it
-//!    received (its own `/metrics`) are read over a fixed interval; its RSS (`VmRSS`, peak `VmHWM`,
-//!    and the anon/file split) at the end; its own unwind time and stack count from `/metrics`
-//!    (`kiln_agent_unwind_seconds_total` / `kiln_agent_unwind_stacks_total`);
+//!    that server: after a warm-up its CPU (`usage_usec` of a cgroup v2 made for it; `/proc/PID/stat`
+//!    utime + stime where there is no cgroup v2) and the samples it received (its own `/metrics`)
+//!    are read over a fixed interval; its RSS (`VmRSS`, peak `VmHWM`, and the anon/file split) at
+//!    the end; its own stack-walk and unwinder-build times and stack count from `/metrics`
+//!    (`kiln_agent_unwind_seconds_total`, `kiln_agent_unwind_build_seconds_total`,
+//!    `kiln_agent_unwind_stacks_total`);
 //! 2. `perf record -e cpu-clock -F <same> -a --call-graph dwarf` for the same interval, then
 //!    `perf script --no-inline` over its output (`KILN_OH_PERF_INLINE=1`: plain `perf script`, which
 //!    also runs addr2line for inlined frames and can take minutes): each one's CPU from `wait4`'s
@@ -55,6 +57,13 @@ fn smoke() {
     let m = "# HELP x\nkiln_agent_samples_received_total 12\nkiln_agent_unwind_seconds_total 0.5\n";
     assert_eq!(metric(m, "kiln_agent_samples_received_total"), Some(12.0));
     assert_eq!(metric(m, "kiln_agent_unwind_seconds_total"), Some(0.5));
+    assert_eq!(
+        metric_sum("", "kiln_agent_samples_dropped_total").to_string(),
+        "0"
+    );
+    let stat = "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n";
+    assert_eq!(usage_seconds(stat), Some(1.5));
+    assert_eq!(usage_seconds("user_usec 1\n"), None);
     println!(
         "agent_overhead: test mode (no --bench): parsers checked; the measurement needs \
          `cargo bench -p kiln-benches --bench agent_overhead` as root"
@@ -143,12 +152,17 @@ impl CpuCgroup {
 
     fn cpu_seconds(&self) -> Result<f64> {
         let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).map_err(|e| e.to_string())?;
-        stat.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|us| us / 1e6)
-            .ok_or_else(|| format!("no usage_usec in {}", self.dir.display()))
+        usage_seconds(&stat).ok_or_else(|| format!("no usage_usec in {}", self.dir.display()))
     }
+}
+
+/// `usage_usec` of a cgroup v2 `cpu.stat`, in seconds.
+fn usage_seconds(cpu_stat: &str) -> Option<f64> {
+    cpu_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|us| us / 1e6)
 }
 
 impl Drop for CpuCgroup {
