@@ -107,7 +107,7 @@ pub struct AgentArgs {
     #[arg(long, env = "KILN_UPLOAD_BUDGET", default_value = "32MiB", value_parser = parse_bytes)]
     pub upload_budget: u64,
     /// Size of the kernel-to-agent ring buffer (a power of two, e.g. 4MiB); `auto` sizes it for
-    /// half a second of samples at the worst case (CPUs x frequency x stack copy).
+    /// a second of samples at the worst case (CPUs x frequency x stack copy).
     #[arg(long, env = "KILN_RING_BUFFER", default_value = "auto", value_parser = parse_ring)]
     pub ring_buffer: RingSize,
     /// Kubernetes API server to list this node's pods from, for pod/namespace/container labels:

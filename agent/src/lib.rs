@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod buildid;
 pub mod config;
 pub mod containers;
+pub mod cputime;
 pub mod debuginfo;
 pub mod debuglink;
 pub mod kallsyms;

@@ -131,6 +131,18 @@ struct ProcessWindow {
     stacks: HashSet<u64>,
 }
 
+/// A sample past the unwind stage ([`Aggregator::unwind`]): final stacks, no stack copy.
+pub struct UnwoundSample {
+    tgid: u32,
+    comm: String,
+    process: Option<Arc<Process>>,
+    /// Kernel frames, leaf first, return addresses moved back into the call (see [`adjusted`]).
+    kernel: Vec<u64>,
+    /// User frames, likewise.
+    user: Vec<u64>,
+    end: StackEnd,
+}
+
 /// Groups samples per process over a window; [`Aggregator::flush`] ends the window.
 ///
 /// The caller drives the windows (calls `flush` every `window`), so profile times are wall-clock
@@ -150,6 +162,8 @@ pub struct Aggregator {
     /// Pod, namespace and container names (Kubernetes), when the agent knows the API server.
     pods: Option<crate::kube::PodIndex>,
     unwind_metrics: UnwindMetrics,
+    /// Wall-clock time of the stack walks of the current unwind pass.
+    pass_walk_wall: Duration,
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -175,20 +189,7 @@ impl UnwindMetrics {
         }
     }
 
-    fn record(
-        &self,
-        m: &AgentMetrics,
-        elapsed: Duration,
-        build: Duration,
-        source: unwind::Source,
-        frames: usize,
-        end: StackEnd,
-    ) {
-        m.unwind_seconds
-            .inc_by(elapsed.saturating_sub(build).as_secs_f64());
-        if !build.is_zero() {
-            m.unwind_build_seconds.inc_by(build.as_secs_f64());
-        }
+    fn record(&self, m: &AgentMetrics, source: unwind::Source, frames: usize, end: StackEnd) {
         match source {
             unwind::Source::Dwarf => self.dwarf.inc(),
             unwind::Source::FramePointers => self.frame_pointers.inc(),
@@ -262,6 +263,7 @@ impl Aggregator {
             kallsyms_loaded: Instant::now(),
             pods: None,
             unwind_metrics: UnwindMetrics::new(&metrics),
+            pass_walk_wall: Duration::ZERO,
         }
     }
 
@@ -278,12 +280,50 @@ impl Aggregator {
         self
     }
 
-    /// Adds one sample to the current window.
+    /// Adds one sample to the current window: an unwind pass of one, then [`Aggregator::aggregate`].
     pub fn add(&mut self, s: &RawSample) {
+        let mut unwound = Vec::with_capacity(1);
+        self.unwind_pass(&mut unwound, |sink| sink(s));
+        for u in unwound {
+            self.aggregate(u);
+        }
+    }
+
+    /// One unwind pass: `feed` hands samples (a drain of the ring buffer) to the sink it is given,
+    /// each is unwound with [`Aggregator::unwind`] and appended to `out`. Returns what `feed` does.
+    ///
+    /// The pass is the unit the walk's cost is measured over
+    /// (`kiln_agent_unwind_seconds_total`): the smaller of the walks' summed wall-clock times
+    /// and the thread's CPU time over the whole pass less the unwinders built in it. Both bound
+    /// the walks' CPU time from above; wall-clock time alone also counts every preemption that
+    /// falls inside a walk (see cputime.rs), CPU time alone counts reading and parsing the records.
+    pub fn unwind_pass<R>(
+        &mut self,
+        out: &mut Vec<UnwoundSample>,
+        feed: impl FnOnce(&mut dyn FnMut(&RawSample)) -> R,
+    ) -> R {
+        let started = crate::cputime::thread_cpu_time();
+        let r = feed(&mut |s| out.extend(self.unwind(s)));
+        let pass = crate::cputime::thread_cpu_time().saturating_sub(started);
+        let build = self.unwinder.take_build_time();
+        let walks = std::mem::take(&mut self.pass_walk_wall).min(pass.saturating_sub(build));
+        self.metrics.unwind_seconds.inc_by(walks.as_secs_f64());
+        if !build.is_zero() {
+            self.metrics
+                .unwind_build_seconds
+                .inc_by(build.as_secs_f64());
+        }
+        r
+    }
+
+    /// The unwind stage of one sample: finds its process and rebuilds its user stack from the
+    /// stack copy, the one part of a sample that needs the copy (still in the ring buffer).
+    /// `None` for a sample dropped as idle. Called by [`Aggregator::unwind_pass`].
+    fn unwind(&mut self, s: &RawSample) -> Option<UnwoundSample> {
         self.metrics.samples_received.inc();
         if s.tgid == 0 && s.kernel_stack.is_empty() {
             self.metrics.sample_dropped(SampleDropReason::Idle).inc();
-            return;
+            return None;
         }
         // Kernel threads have no user context: whatever the user stack says is meaningless.
         let user: &[u64] = if s.user_regs.is_some() {
@@ -291,10 +331,6 @@ impl Aggregator {
         } else {
             &[]
         };
-        let kernel = adjusted(&s.kernel_stack);
-        if kernel.iter().any(|&a| self.kallsyms.lookup(a).is_none()) {
-            self.refresh_kallsyms();
-        }
         let fp_user = adjusted(user);
 
         let process = if s.tgid == 0 {
@@ -306,23 +342,41 @@ impl Aggregator {
         };
         let (user, end) = match (&process, s.user_regs) {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
+                self.unwinder.prepare(p);
                 let started = Instant::now();
-                let dwarf = self.unwinder.unwind(p, regs, &s.stack_copy);
-                let elapsed = started.elapsed();
+                let dwarf = self.unwinder.walk(p.pid, regs, &s.stack_copy);
+                self.pass_walk_wall += started.elapsed();
                 let (u, source) = unwind::choose(dwarf, user);
-                self.unwind_metrics.record(
-                    &self.metrics,
-                    elapsed,
-                    self.unwinder.take_build_time(),
-                    source,
-                    u.frames.len(),
-                    u.end,
-                );
+                self.unwind_metrics
+                    .record(&self.metrics, source, u.frames.len(), u.end);
                 (adjusted(&u.frames), u.end)
             }
             // No copy (or no process to find tables in): the kernel's walk is all there is.
             _ => (fp_user, StackEnd::Complete),
         };
+        Some(UnwoundSample {
+            tgid: s.tgid,
+            comm: s.comm.clone(),
+            kernel: adjusted(&s.kernel_stack),
+            process,
+            user,
+            end,
+        })
+    }
+
+    /// The aggregation stage: adds an unwound sample to its process's profile of this window.
+    pub fn aggregate(&mut self, s: UnwoundSample) {
+        let UnwoundSample {
+            kernel,
+            process,
+            user,
+            end,
+            ..
+        } = &s;
+        let (kernel, user, end) = (kernel.as_slice(), user.as_slice(), *end);
+        if kernel.iter().any(|&a| self.kallsyms.lookup(a).is_none()) {
+            self.refresh_kallsyms();
+        }
         self.metrics
             .process_cache_size
             .set(self.processes.len() as i64);
@@ -335,7 +389,7 @@ impl Aggregator {
                 return;
             }
             let labels = series_labels(
-                s,
+                &s,
                 process.as_deref(),
                 &self.config.node_name,
                 self.pods.as_ref(),
@@ -372,7 +426,7 @@ impl Aggregator {
         }
 
         let mut locations = Vec::with_capacity(kernel.len() + user.len());
-        for &addr in &kernel {
+        for &addr in kernel {
             let kmap = *w.kernel_mapping.get_or_insert_with(|| {
                 let id = w.builder.mapping(0, u64::MAX, 0, KERNEL_MAPPING, "");
                 w.builder.mark_symbolized(id);
@@ -387,7 +441,7 @@ impl Aggregator {
             };
             locations.push(loc);
         }
-        for &addr in &user {
+        for &addr in user {
             // JIT code named from the runtime's /tmp/perf-PID.map (see perfmap.rs).
             if let Some(loc) =
                 crate::perfmap::jit_location(&mut w.builder, process.as_deref(), s.tgid, addr)
@@ -527,7 +581,7 @@ fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32) -> u64 {
 
 /// The series labels of a process (sorted by name; empty values left out).
 fn series_labels(
-    s: &RawSample,
+    s: &UnwoundSample,
     p: Option<&Process>,
     node: &str,
     pods: Option<&crate::kube::PodIndex>,

@@ -182,13 +182,19 @@ impl Loop {
         let mut window_end = Instant::now() + window;
         let mut drops_read = Instant::now();
         let mut pause = MIN_DRAIN_INTERVAL;
+        // One drain's samples between the unwind and aggregation stages (see
+        // `Aggregator::unwind_pass`); the capacity is kept from drain to drain.
+        let mut unwound = Vec::new();
         loop {
             // Not past the window's end, so that windows keep their length.
             let until_flush = window_end.saturating_duration_since(Instant::now());
             std::thread::sleep(pause.min(until_flush.max(MIN_DRAIN_INTERVAL)));
             let stopping = stop.load(Ordering::Relaxed);
-            let aggregator = &mut self.aggregator;
-            let stats = self.sampler.drain(|s| aggregator.add(&s));
+            let (aggregator, sampler) = (&mut self.aggregator, &mut self.sampler);
+            let stats = aggregator.unwind_pass(&mut unwound, |sink| sampler.drain(|s| sink(&s)));
+            for s in unwound.drain(..) {
+                aggregator.aggregate(s);
+            }
             pause = stats.next_drain;
             if stats.malformed > 0 {
                 tracing::warn!(malformed = stats.malformed, "malformed sample records");

@@ -245,7 +245,7 @@ pub struct Unwinder {
     tables: TableCache,
     rules: RuleCache,
     processes: HashMap<u32, ProcessUnwinder>,
-    /// Time spent building per-process unwinders (table loads included) not yet taken by
+    /// CPU time spent building per-process unwinders (table loads included) not yet taken by
     /// [`Unwinder::take_build_time`].
     build_time: std::time::Duration,
 }
@@ -274,9 +274,11 @@ impl Unwinder {
             .get(&process.pid)
             .is_none_or(|p| !Arc::ptr_eq(&p.process, process));
         if stale {
-            let started = std::time::Instant::now();
+            // CPU time: a build reads files and may be preempted (see cputime.rs). Builds are
+            // per process and per object, so the system call this clock costs does not matter.
+            let started = crate::cputime::thread_cpu_time();
             let unwinder = self.build(process);
-            self.build_time += started.elapsed();
+            self.build_time += crate::cputime::thread_cpu_time().saturating_sub(started);
             self.processes.insert(
                 process.pid,
                 ProcessUnwinder {
@@ -288,10 +290,18 @@ impl Unwinder {
         }
     }
 
-    /// Unwinds one sample of `process`.
+    /// Unwinds one sample of `process`, building its unwinder first if needed.
     pub fn unwind(&mut self, process: &Arc<Process>, regs: UserRegs, stack: &[u8]) -> Unwound {
         self.prepare(process);
-        let Some(p) = self.processes.get_mut(&process.pid) else {
+        self.walk(process.pid, regs, stack)
+    }
+
+    /// Unwinds one sample of process `pid` with the unwinder [`Unwinder::prepare`] built for it:
+    /// the per-sample part of [`Unwinder::unwind`], apart so that it can be timed on its own.
+    /// Without a prepared unwinder the stack is the sampled ip, cut with
+    /// [`UnwindFailure::NoProgress`].
+    pub fn walk(&mut self, pid: u32, regs: UserRegs, stack: &[u8]) -> Unwound {
+        let Some(p) = self.processes.get_mut(&pid) else {
             return Unwound {
                 frames: vec![regs.ip],
                 end: StackEnd::Truncated(Truncation::Failed(UnwindFailure::NoProgress)),
@@ -321,7 +331,7 @@ impl Unwinder {
         u
     }
 
-    /// Time spent building per-process unwinders (reading tables included) since the last call:
+    /// CPU time spent building per-process unwinders (reading tables included) since the last call:
     /// the part of unwinding that is paid per process and per object, not per sample.
     pub fn take_build_time(&mut self) -> std::time::Duration {
         std::mem::take(&mut self.build_time)
