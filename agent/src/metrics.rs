@@ -186,6 +186,10 @@ pub struct AgentMetrics {
     /// Frames whose unwind rule came from the rule cache, and those that needed a table lookup.
     pub unwind_rule_cache_hits: Counter,
     pub unwind_rule_cache_misses: Counter,
+    /// Stacks taken from the memo of recent stacks (every word their walk read unchanged), and
+    /// those walked.
+    pub unwind_memo_hits: Counter,
+    pub unwind_memo_misses: Counter,
     /// Bytes of ELF files (before compression) sent to the server.
     pub debuginfo_upload_bytes: Counter,
     /// Pods in the last list of this node's pods from the Kubernetes API.
@@ -327,6 +331,16 @@ impl AgentMetrics {
             m.unwind_rule_cache_misses.clone(),
         );
         r.register(
+            "unwind_memo_hits",
+            "User stacks taken from the memo of recent stacks: same unwinder, registers and copy length, every stack word the earlier walk read unchanged",
+            m.unwind_memo_hits.clone(),
+        );
+        r.register(
+            "unwind_memo_misses",
+            "User stacks walked frame by frame (not in the memo of recent stacks)",
+            m.unwind_memo_misses.clone(),
+        );
+        r.register(
             "unwind_table_loads",
             "Objects whose unwind tables were read from the file (cache misses)",
             m.unwind_table_loads.clone(),
@@ -369,6 +383,8 @@ impl AgentMetrics {
             unwind_table_loads: Counter::default(),
             unwind_rule_cache_hits: Counter::default(),
             unwind_rule_cache_misses: Counter::default(),
+            unwind_memo_hits: Counter::default(),
+            unwind_memo_misses: Counter::default(),
             debuginfo_upload_bytes: Counter::default(),
             ringbuf_seen: Arc::new(AtomicU64::new(0)),
         }

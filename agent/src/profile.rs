@@ -175,6 +175,8 @@ struct UnwindMetrics {
     loads_seen: u64,
     rule_hits_seen: u64,
     rule_lookups_seen: u64,
+    memo_hits_seen: u64,
+    memo_lookups_seen: u64,
 }
 
 impl UnwindMetrics {
@@ -186,6 +188,8 @@ impl UnwindMetrics {
             loads_seen: 0,
             rule_hits_seen: 0,
             rule_lookups_seen: 0,
+            memo_hits_seen: 0,
+            memo_lookups_seen: 0,
         }
     }
 
@@ -206,6 +210,7 @@ impl UnwindMetrics {
         m: &AgentMetrics,
         stats: unwind::tables::CacheStats,
         (rule_hits, rule_lookups): (u64, u64),
+        (memo_hits, memo_lookups): (u64, u64),
     ) {
         m.unwind_table_cache_bytes
             .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
@@ -222,6 +227,12 @@ impl UnwindMetrics {
             .inc_by(lookups.saturating_sub(hits));
         self.rule_hits_seen = rule_hits;
         self.rule_lookups_seen = rule_lookups;
+        let hits = memo_hits.saturating_sub(self.memo_hits_seen);
+        let lookups = memo_lookups.saturating_sub(self.memo_lookups_seen);
+        m.unwind_memo_hits.inc_by(hits);
+        m.unwind_memo_misses.inc_by(lookups.saturating_sub(hits));
+        self.memo_hits_seen = memo_hits;
+        self.memo_lookups_seen = memo_lookups;
         self.evictions_seen = stats.evictions;
         self.loads_seen = stats.loads;
     }
@@ -529,6 +540,7 @@ impl Aggregator {
             &self.metrics,
             self.unwinder.table_stats(),
             self.unwinder.rule_cache_stats(),
+            self.unwinder.memo_stats(),
         );
         self.metrics
             .process_cache_size

@@ -1,5 +1,7 @@
 //! User-stack unwinding throughput: the agent's DWARF unwinder (framehop over cached `.eh_frame`
-//! tables) against a frame-pointer walk over the very same stack copies, in the same run.
+//! tables) against a frame-pointer walk over the very same stack copies, in the same run; and the
+//! agent's memo of recent stacks (`unwind::memo`), which answers a stack seen before by checking
+//! the words its walk read.
 //!
 //! The corpus is generated here rather than recorded: this process captures its own registers and
 //! the top 8 KiB of its stack (exactly what the BPF sampler copies) at the bottom of call chains of
@@ -87,7 +89,8 @@ fn bench(c: &mut Criterion) {
         Process::load(std::process::id(), &mut BuildIdCache::new(64), 4096)
             .expect("this process's /proc entry"),
     );
-    let mut unwinder = Unwinder::default();
+    // Without the memo: every iteration repeats the corpus, which the memo would answer whole.
+    let mut unwinder = Unwinder::default().without_memo();
     unwinder.prepare(&process);
     let dwarf: Vec<Unwound> = stacks
         .iter()
@@ -111,6 +114,26 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    let mut memoized = Unwinder::default();
+    for (r, s) in &stacks {
+        assert_eq!(
+            memoized.unwind(&process, *r, s),
+            unwinder.unwind(&process, *r, s)
+        );
+    }
+    g.bench_function("dwarf_memo_hits", |b| {
+        // Every stack was walked once above: each is now a memo hit (the words read, checked).
+        b.iter(|| {
+            for (r, s) in &stacks {
+                black_box(memoized.unwind(&process, *r, s));
+            }
+        })
+    });
+    let (hits, lookups) = memoized.memo_stats();
+    println!(
+        "memo: {:.1} % of {lookups} lookups hit",
+        100.0 * hits as f64 / lookups.max(1) as f64
+    );
     g.bench_function("fp_walk_same_copies", |b| {
         b.iter(|| {
             for (r, s) in &stacks {
@@ -122,7 +145,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("dwarf_cold_tables", |b| {
         // A fresh unwinder: reads every mapped object's tables first (once per binary in the agent).
         b.iter(|| {
-            let mut u = Unwinder::default();
+            let mut u = Unwinder::default().without_memo();
             for (r, s) in &stacks {
                 black_box(u.unwind(&process, *r, s));
             }

@@ -12,6 +12,7 @@
 //! marks the return address undefined, or a zero frame pointer) or truncated with a reason that the
 //! aggregator turns into a named pseudo-frame — never a guessed frame.
 
+pub mod memo;
 pub mod tables;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use framehop::{Error as FramehopError, FrameAddress, Unwinder as _};
 use kiln_sampler_bpf::UserRegs;
 
 use crate::procmaps::{MappingKind, Process};
+use memo::{MemoKey, Read, StackMemo};
 use tables::{SectionBytes, TableCache};
 
 /// Most frames kept per stack (as many as the kernel's frame-pointer walk gives).
@@ -149,6 +151,18 @@ pub fn unwind_with(
     regs: UserRegs,
     stack: &[u8],
 ) -> Unwound {
+    unwind_logged(unwinder, rules, regs, stack, &mut Vec::new())
+}
+
+/// [`unwind_with`], appending every stack word read (offset from sp, value) to `reads`, for the
+/// [`StackMemo`].
+fn unwind_logged(
+    unwinder: &UnwinderX86_64<SectionBytes>,
+    rules: &mut RuleCache,
+    regs: UserRegs,
+    stack: &[u8],
+    reads: &mut Vec<Read>,
+) -> Unwound {
     let sp = regs.sp;
     let copy_end = sp.saturating_add(stack.len() as u64);
     let mut read = |addr: u64| -> Result<u64, ()> {
@@ -156,7 +170,10 @@ pub fn unwind_with(
         let bytes = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
         let mut word = [0u8; 8];
         word.copy_from_slice(bytes);
-        Ok(u64::from_le_bytes(word))
+        let value = u64::from_le_bytes(word);
+        // The copy is at most MAX_STACK_COPY (32 KiB) long, so the offset fits.
+        reads.push((off as u32, value));
+        Ok(value)
     };
     let mut frames = Vec::with_capacity(32);
     frames.push(regs.ip);
@@ -235,16 +252,24 @@ pub fn choose(dwarf: Unwound, fp: &[u64]) -> (Unwound, Source) {
 
 /// A process's unwinder, valid for one snapshot of its mappings.
 struct ProcessUnwinder {
+    /// Unique among all unwinders this [`Unwinder`] built (keys the [`StackMemo`]).
+    id: u64,
     process: Arc<Process>,
     unwinder: UnwinderX86_64<SectionBytes>,
     used: bool,
 }
 
-/// Unwinds samples of many processes, sharing one table cache and one rule cache.
+/// Unwinds samples of many processes, sharing one table cache, one rule cache and one memo of
+/// recent stacks.
 pub struct Unwinder {
     tables: TableCache,
     rules: RuleCache,
+    /// `None` when turned off ([`Unwinder::without_memo`]).
+    memo: Option<StackMemo>,
+    /// The words the current walk read (kept for its capacity).
+    reads: Vec<Read>,
     processes: HashMap<u32, ProcessUnwinder>,
+    next_id: u64,
     /// CPU time spent building per-process unwinders (table loads included) not yet taken by
     /// [`Unwinder::take_build_time`].
     build_time: std::time::Duration,
@@ -261,7 +286,10 @@ impl Unwinder {
         Unwinder {
             tables: TableCache::new(table_budget_bytes),
             rules: RuleCache::default(),
+            memo: Some(StackMemo::default()),
+            reads: Vec::with_capacity(2 * MAX_FRAMES),
             processes: HashMap::new(),
+            next_id: 0,
             build_time: std::time::Duration::ZERO,
         }
     }
@@ -279,9 +307,11 @@ impl Unwinder {
             let started = crate::cputime::thread_cpu_time();
             let unwinder = self.build(process);
             self.build_time += crate::cputime::thread_cpu_time().saturating_sub(started);
+            self.next_id += 1;
             self.processes.insert(
                 process.pid,
                 ProcessUnwinder {
+                    id: self.next_id,
                     process: process.clone(),
                     unwinder,
                     used: false,
@@ -296,8 +326,9 @@ impl Unwinder {
         self.walk(process.pid, regs, stack)
     }
 
-    /// Unwinds one sample of process `pid` with the unwinder [`Unwinder::prepare`] built for it:
-    /// the per-sample part of [`Unwinder::unwind`], apart so that it can be timed on its own.
+    /// Unwinds one sample of process `pid` with the unwinder [`Unwinder::prepare`] built for it
+    /// (or takes the stack from the [`StackMemo`] when it provably walks the same way): the
+    /// per-sample part of [`Unwinder::unwind`], apart so that it can be timed on its own.
     /// Without a prepared unwinder the stack is the sampled ip, cut with
     /// [`UnwindFailure::NoProgress`].
     pub fn walk(&mut self, pid: u32, regs: UserRegs, stack: &[u8]) -> Unwound {
@@ -308,7 +339,24 @@ impl Unwinder {
             };
         };
         p.used = true;
-        unwind_with(&p.unwinder, &mut self.rules, regs, stack)
+        let Some(memo) = &mut self.memo else {
+            return unwind_with(&p.unwinder, &mut self.rules, regs, stack);
+        };
+        let key = MemoKey::new(p.id, regs, stack.len());
+        if let Some(u) = memo.lookup(&key, stack) {
+            return u;
+        }
+        self.reads.clear();
+        let u = unwind_logged(&p.unwinder, &mut self.rules, regs, stack, &mut self.reads);
+        memo.store(key, &self.reads, &u);
+        u
+    }
+
+    /// This unwinder without the [`StackMemo`]: every stack is walked (for the benchmarks, which
+    /// measure the walk itself).
+    pub fn without_memo(mut self) -> Self {
+        self.memo = None;
+        self
     }
 
     fn build(&mut self, process: &Process) -> UnwinderX86_64<SectionBytes> {
@@ -356,6 +404,11 @@ impl Unwinder {
     /// The rule cache's (hits, lookups) since start.
     pub fn rule_cache_stats(&self) -> (u64, u64) {
         self.rules.stats()
+    }
+
+    /// The stack memo's (hits, lookups) since start.
+    pub fn memo_stats(&self) -> (u64, u64) {
+        self.memo.as_ref().map_or((0, 0), StackMemo::stats)
     }
 }
 
