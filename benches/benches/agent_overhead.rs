@@ -355,6 +355,7 @@ struct AgentRun {
     build_s: f64,
     stacks: f64,
     frames: f64,
+    memo_hits: f64,
     ring_drops: f64,
     mem: Memory,
 }
@@ -499,13 +500,14 @@ fn run() -> Result<()> {
             build_s: d("kiln_agent_unwind_build_seconds_total"),
             stacks: d("kiln_agent_unwind_stacks_total"),
             frames: d("kiln_agent_unwind_frames_total"),
+            memo_hits: d("kiln_agent_unwind_memo_hits_total"),
             ring_drops: metric_sum(&m1, "kiln_agent_samples_dropped_total"),
             mem,
         };
         println!(
             "  agent {freq} Hz: {:.3} s CPU ({}) in {:.1} s, {:.0} samples ({:.0}/s), {:.0} stacks \
-             unwound ({:.1} frames/stack; walks {:.3} s, unwinder builds {:.3} s), {:.0} samples \
-             dropped since start, RSS {} KiB (anon {} KiB, file {} KiB), peak {} KiB",
+             unwound ({:.1} frames/stack; {:.1} % from the stack memo; walks {:.3} s, unwinder \
+             builds {:.3} s), {:.0} samples dropped since start, RSS {} KiB (anon {} KiB, file {} KiB), peak {} KiB",
             run.cpu_s,
             if cgroup.is_some() {
                 "cgroup cpu.stat"
@@ -517,6 +519,7 @@ fn run() -> Result<()> {
             run.samples / run.seconds,
             run.stacks,
             run.frames / run.stacks.max(1.0),
+            100.0 * run.memo_hits / run.stacks.max(1.0),
             run.unwind_s,
             run.build_s,
             run.ring_drops,

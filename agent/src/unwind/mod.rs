@@ -113,15 +113,29 @@ pub enum Source {
 /// addresses also share a way only one time in eight. ~100 KiB, shared by all processes.
 pub struct RuleCache {
     ways: Box<[CacheX86_64; RULE_CACHE_WAYS]>,
+    /// framehop modules generations used up since the ways were last emptied.
+    generations: u32,
+    /// (hits, lookups) of ways emptied before.
+    carried: (u64, u64),
 }
 
 const RULE_CACHE_WAYS: usize = 8;
 const _: () = assert!(RULE_CACHE_WAYS.is_power_of_two());
 
+/// framehop tags each cached rule with its unwinder's "modules generation": a process-wide `u16`
+/// that advances once per new unwinder and once per added module, and wraps after 65,536. On a
+/// build machine (a compiler process tree several times a second, ~10 modules a process) that is
+/// minutes. A rule cached a whole cycle earlier would then match an unrelated unwinder that drew
+/// the same generation, at the same address: a wrong rule. So the ways are emptied each time the
+/// agent has used this many generations, and no cached rule outlives a cycle.
+const GENERATIONS_PER_RESET: u32 = 60_000;
+
 impl Default for RuleCache {
     fn default() -> Self {
         RuleCache {
             ways: Box::new(std::array::from_fn(|_| CacheX86_64::new())),
+            generations: 0,
+            carried: (0, 0),
         }
     }
 }
@@ -135,9 +149,22 @@ impl RuleCache {
         &mut self.ways[i]
     }
 
+    /// Counts `n` framehop modules generations used (unwinders created, modules added); empties
+    /// the cache when a cycle is near (see [`GENERATIONS_PER_RESET`]).
+    fn generations_used(&mut self, n: u32) {
+        self.generations = self.generations.saturating_add(n);
+        if self.generations >= GENERATIONS_PER_RESET {
+            self.carried = self.stats();
+            for w in self.ways.iter_mut() {
+                *w = CacheX86_64::new();
+            }
+            self.generations = 0;
+        }
+    }
+
     /// (hits, lookups) since creation.
     pub fn stats(&self) -> (u64, u64) {
-        self.ways.iter().fold((0, 0), |(h, t), w| {
+        self.ways.iter().fold(self.carried, |(h, t), w| {
             let s = w.stats();
             (h + s.hit_count, t + s.total())
         })
@@ -361,6 +388,7 @@ impl Unwinder {
 
     fn build(&mut self, process: &Process) -> UnwinderX86_64<SectionBytes> {
         let mut u = UnwinderX86_64::new();
+        let mut generations = 1;
         for m in &process.mappings {
             let t = match m.kind {
                 MappingKind::File { .. } => self.tables.get(process.pid, m),
@@ -374,8 +402,10 @@ impl Unwinder {
             };
             if let Some(module) = t.module(m.start..m.end, m.offset) {
                 u.add_module(module);
+                generations += 1;
             }
         }
+        self.rules.generations_used(generations);
         u
     }
 
@@ -483,6 +513,35 @@ mod tests {
             lookups - lookups_before,
             "a warm second unwind of the same stack looks every rule up in the cache"
         );
+    }
+
+    #[test]
+    fn rule_cache_is_emptied_before_framehop_generations_wrap() {
+        let sp = 0x7fff_0000u64;
+        let mut stack = vec![0u8; 64];
+        stack[24..32].copy_from_slice(&0x40_1234u64.to_le_bytes());
+        let regs = UserRegs {
+            ip: 0x40_1000,
+            sp,
+            bp: sp + 16,
+        };
+        let u = UnwinderX86_64::<SectionBytes>::new();
+        let mut rules = RuleCache::default();
+        unwind_with(&u, &mut rules, regs, &stack);
+        let (hits, lookups) = rules.stats();
+        unwind_with(&u, &mut rules, regs, &stack);
+        let (hits2, lookups2) = rules.stats();
+        assert_eq!(hits2 - hits, lookups2 - lookups, "warm: every rule cached");
+        rules.generations_used(GENERATIONS_PER_RESET - 1);
+        unwind_with(&u, &mut rules, regs, &stack);
+        assert!(rules.stats().0 > hits2, "not yet emptied");
+        let (hits3, lookups3) = rules.stats();
+        rules.generations_used(1);
+        assert_eq!(rules.stats(), (hits3, lookups3), "totals survive emptying");
+        unwind_with(&u, &mut rules, regs, &stack);
+        let (hits4, lookups4) = rules.stats();
+        assert!(lookups4 > lookups3);
+        assert_eq!(hits4, hits3, "emptied: the first lookups miss");
     }
 
     #[test]
