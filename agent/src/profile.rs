@@ -164,6 +164,8 @@ pub struct Aggregator {
     unwind_metrics: UnwindMetrics,
     /// Wall-clock time of the stack walks of the current unwind pass.
     pass_walk_wall: Duration,
+    /// The frames of the stack being walked (kept for its capacity).
+    frames: Vec<u64>,
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -275,6 +277,7 @@ impl Aggregator {
             pods: None,
             unwind_metrics: UnwindMetrics::new(&metrics),
             pass_walk_wall: Duration::ZERO,
+            frames: Vec::with_capacity(unwind::MAX_FRAMES),
         }
     }
 
@@ -353,14 +356,14 @@ impl Aggregator {
         };
         let (user, end) = match (&process, s.user_regs) {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
-                self.unwinder.prepare(p);
+                let mut walker = self.unwinder.prepare(p);
                 let started = Instant::now();
-                let dwarf = self.unwinder.walk(p.pid, regs, &s.stack_copy);
+                let end = walker.walk(regs, &s.stack_copy, &mut self.frames);
                 self.pass_walk_wall += started.elapsed();
-                let (u, source) = unwind::choose(dwarf, user);
+                let (frames, end, source) = unwind::choose(&self.frames, end, user);
                 self.unwind_metrics
-                    .record(&self.metrics, source, u.frames.len(), u.end);
-                (adjusted(&u.frames), u.end)
+                    .record(&self.metrics, source, frames.len(), end);
+                (adjusted(frames), end)
             }
             // No copy (or no process to find tables in): the kernel's walk is all there is.
             _ => (fp_user, StackEnd::Complete),

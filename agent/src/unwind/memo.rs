@@ -19,7 +19,7 @@
 //! Two ways because one collided too often: in the unwind bench's 95 stacks, 8 shared a slot
 //! with another and missed on every pass (91.6 % hits).
 
-use super::{StackEnd, Unwound};
+use super::StackEnd;
 use kiln_sampler_bpf::UserRegs;
 
 /// Slots in the memo (a power of two).
@@ -92,8 +92,14 @@ impl Default for StackMemo {
 }
 
 impl StackMemo {
-    /// The stack a walk of this sample would give, if a stack walked before provably matches.
-    pub fn lookup(&mut self, key: &MemoKey, stack: &[u8]) -> Option<Unwound> {
+    /// The stack a walk of this sample would give, if a stack walked before provably matches: its
+    /// frames into `frames` (cleared first), its end returned.
+    pub fn lookup(
+        &mut self,
+        key: &MemoKey,
+        stack: &[u8],
+        frames: &mut Vec<u64>,
+    ) -> Option<StackEnd> {
         self.lookups += 1;
         let set = key.set();
         let way = (0..2).find(|&w| self.slots[set + w].as_ref().is_some_and(|e| e.key == *key))?;
@@ -111,14 +117,13 @@ impl StackMemo {
         }
         self.hits += 1;
         self.recent[set / 2] = way as u8;
-        Some(Unwound {
-            frames: e.frames.clone(),
-            end: e.end,
-        })
+        frames.clear();
+        frames.extend_from_slice(&e.frames);
+        Some(e.end)
     }
 
     /// Remembers the result of a walk and the words it read.
-    pub fn store(&mut self, key: MemoKey, reads: &[Read], walked: &Unwound) {
+    pub fn store(&mut self, key: MemoKey, reads: &[Read], frames: &[u64], end: StackEnd) {
         if reads.len() > MAX_MEMO_READS {
             return;
         }
@@ -135,15 +140,15 @@ impl StackMemo {
                 e.reads.clear();
                 e.reads.extend_from_slice(reads);
                 e.frames.clear();
-                e.frames.extend_from_slice(&walked.frames);
-                e.end = walked.end;
+                e.frames.extend_from_slice(frames);
+                e.end = end;
             }
             slot @ None => {
                 *slot = Some(Entry {
                     key,
                     reads: reads.to_vec(),
-                    frames: walked.frames.clone(),
-                    end: walked.end,
+                    frames: frames.to_vec(),
+                    end,
                 })
             }
         }
@@ -158,7 +163,7 @@ impl StackMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unwind::{RuleCache, Truncation, unwind_logged};
+    use crate::unwind::{RuleCache, Truncation, Unwound, unwind_logged};
     use framehop::x86_64::UnwinderX86_64;
 
     const SP: u64 = 0x7fff_0000;
@@ -186,25 +191,39 @@ mod tests {
 
     /// Walks `stack` and looks it up in `memo` after storing that walk under `key`.
     fn walk_and_store(memo: &mut StackMemo, key: MemoKey, stack: &[u8]) -> Unwound {
-        let (u, mut reads) = (UnwinderX86_64::new(), Vec::new());
-        let walked = unwind_logged(&u, &mut RuleCache::default(), regs(), stack, &mut reads);
+        let (u, mut reads, mut frames) = (UnwinderX86_64::new(), Vec::new(), Vec::new());
+        let end = unwind_logged(
+            &u,
+            &mut RuleCache::default(),
+            regs(),
+            stack,
+            &mut reads,
+            &mut frames,
+        );
         assert!(!reads.is_empty());
-        memo.store(key, &reads, &walked);
-        walked
+        memo.store(key, &reads, &frames, end);
+        Unwound { frames, end }
+    }
+
+    /// `memo.lookup` as an [`Unwound`].
+    fn lookup(memo: &mut StackMemo, key: &MemoKey, stack: &[u8]) -> Option<Unwound> {
+        let mut frames = vec![0xbad]; // cleared by a hit
+        let end = memo.lookup(key, stack, &mut frames)?;
+        Some(Unwound { frames, end })
     }
 
     #[test]
     fn the_same_stack_comes_back_from_the_memo() {
         let (mut memo, s) = (StackMemo::default(), stack());
         let key = MemoKey::new(1, regs(), s.len());
-        assert_eq!(memo.lookup(&key, &s), None, "empty memo");
+        assert_eq!(lookup(&mut memo, &key, &s), None, "empty memo");
         let walked = walk_and_store(&mut memo, key, &s);
         assert_eq!(walked.frames, vec![0x40_1000, 0x40_2000, 0x40_3000]);
-        assert_eq!(memo.lookup(&key, &s), Some(walked.clone()));
+        assert_eq!(lookup(&mut memo, &key, &s), Some(walked.clone()));
         // A word the walk never read may differ.
         let mut other = s.clone();
         other[96] = 0xbe;
-        assert_eq!(memo.lookup(&key, &other), Some(walked));
+        assert_eq!(lookup(&mut memo, &key, &other), Some(walked));
         assert_eq!(memo.stats(), (2, 3));
     }
 
@@ -216,11 +235,11 @@ mod tests {
         // Another caller: the return address of frame 1 changed.
         let mut other = s.clone();
         other[24..32].copy_from_slice(&0x40_2222u64.to_le_bytes());
-        assert_eq!(memo.lookup(&key, &other), None);
+        assert_eq!(lookup(&mut memo, &key, &other), None);
         // The saved bp of frame 1 changed: the chain goes elsewhere.
         let mut other = s.clone();
         other[16..24].copy_from_slice(&(SP + 64).to_le_bytes());
-        assert_eq!(memo.lookup(&key, &other), None);
+        assert_eq!(lookup(&mut memo, &key, &other), None);
     }
 
     #[test]
@@ -238,7 +257,7 @@ mod tests {
             // A shorter copy may cut the walk where the longer one went on.
             MemoKey::new(1, regs(), 40),
         ] {
-            assert_eq!(memo.lookup(&k, &s[..k.copy_len]), None, "{k:?}");
+            assert_eq!(lookup(&mut memo, &k, &s[..k.copy_len]), None, "{k:?}");
         }
     }
 
@@ -253,14 +272,21 @@ mod tests {
             StackEnd::Truncated(Truncation::CopyExhausted),
             "{walked:?}"
         );
-        assert_eq!(memo.lookup(&key, &s), Some(walked));
+        assert_eq!(lookup(&mut memo, &key, &s), Some(walked));
     }
 
     #[test]
     fn two_stacks_of_one_set_are_both_kept_and_a_third_evicts_the_older() {
         let s = stack();
-        let (u, mut reads) = (UnwinderX86_64::new(), Vec::new());
-        let walked = unwind_logged(&u, &mut RuleCache::default(), regs(), &s, &mut reads);
+        let (u, mut reads, mut frames) = (UnwinderX86_64::new(), Vec::new(), Vec::new());
+        let end = unwind_logged(
+            &u,
+            &mut RuleCache::default(),
+            regs(),
+            &s,
+            &mut reads,
+            &mut frames,
+        );
         // Keys (unwinder ids) whose sets are the same as unwinder 1's.
         let first = MemoKey::new(1, regs(), s.len());
         let same_set: Vec<MemoKey> = (2..100_000)
@@ -270,15 +296,15 @@ mod tests {
             .collect();
         let (second, third) = (same_set[0], same_set[1]);
         let mut memo = StackMemo::default();
-        memo.store(first, &reads, &walked);
-        memo.store(second, &reads, &walked);
-        assert!(memo.lookup(&first, &s).is_some());
-        assert!(memo.lookup(&second, &s).is_some());
+        memo.store(first, &reads, &frames, end);
+        memo.store(second, &reads, &frames, end);
+        assert!(lookup(&mut memo, &first, &s).is_some());
+        assert!(lookup(&mut memo, &second, &s).is_some());
         // `second` was hit last: `third` replaces `first`.
-        memo.store(third, &reads, &walked);
-        assert!(memo.lookup(&third, &s).is_some());
-        assert!(memo.lookup(&second, &s).is_some());
-        assert!(memo.lookup(&first, &s).is_none());
+        memo.store(third, &reads, &frames, end);
+        assert!(lookup(&mut memo, &third, &s).is_some());
+        assert!(lookup(&mut memo, &second, &s).is_some());
+        assert!(lookup(&mut memo, &first, &s).is_none());
     }
 
     #[test]
@@ -287,11 +313,7 @@ mod tests {
         let s = stack();
         let key = MemoKey::new(1, regs(), s.len());
         let reads: Vec<Read> = (0..=MAX_MEMO_READS as u32).map(|i| (i * 8, 0)).collect();
-        let walked = Unwound {
-            frames: vec![1],
-            end: StackEnd::Complete,
-        };
-        memo.store(key, &reads, &walked);
-        assert_eq!(memo.lookup(&key, &s), None);
+        memo.store(key, &reads, &[1], StackEnd::Complete);
+        assert_eq!(lookup(&mut memo, &key, &s), None);
     }
 }

@@ -16,6 +16,7 @@ pub mod memo;
 pub mod tables;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
@@ -178,18 +179,22 @@ pub fn unwind_with(
     regs: UserRegs,
     stack: &[u8],
 ) -> Unwound {
-    unwind_logged(unwinder, rules, regs, stack, &mut Vec::new())
+    let mut frames = Vec::with_capacity(32);
+    let end = unwind_logged(unwinder, rules, regs, stack, &mut Vec::new(), &mut frames);
+    Unwound { frames, end }
 }
 
-/// [`unwind_with`], appending every stack word read (offset from sp, value) to `reads`, for the
-/// [`StackMemo`].
+/// [`unwind_with`] into `frames`, recording every stack word read (offset from sp, value) in
+/// `reads`, for the [`StackMemo`] (both cleared first).
 fn unwind_logged(
     unwinder: &UnwinderX86_64<SectionBytes>,
     rules: &mut RuleCache,
     regs: UserRegs,
     stack: &[u8],
     reads: &mut Vec<Read>,
-) -> Unwound {
+    frames: &mut Vec<u64>,
+) -> StackEnd {
+    reads.clear();
     let sp = regs.sp;
     let copy_end = sp.saturating_add(stack.len() as u64);
     let mut read = |addr: u64| -> Result<u64, ()> {
@@ -202,17 +207,17 @@ fn unwind_logged(
         reads.push((off as u32, value));
         Ok(value)
     };
-    let mut frames = Vec::with_capacity(32);
+    frames.clear();
     frames.push(regs.ip);
     let mut unwind_regs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
     let mut address = FrameAddress::from_instruction_pointer(regs.ip);
     // framehop's `iter_frames`, frame by frame, so that each frame uses its own cache way.
-    let end = loop {
+    loop {
         let cache = rules.way(address.address_for_lookup());
         match unwinder.unwind_frame(address, &mut unwind_regs, cache, &mut read) {
             Ok(Some(return_address)) => {
                 let Some(next) = FrameAddress::from_return_address(return_address) else {
-                    break StackEnd::Truncated(Truncation::Failed(
+                    return StackEnd::Truncated(Truncation::Failed(
                         UnwindFailure::NullReturnAddress,
                     ));
                 };
@@ -247,8 +252,7 @@ fn unwind_logged(
                 });
             }
         }
-    };
-    Unwound { frames, end }
+    }
 }
 
 /// Picks between the DWARF stack and the kernel's frame-pointer walk (`fp`, same shape).
@@ -258,22 +262,20 @@ fn unwind_logged(
 /// (code built with frame pointers, whose chain goes on beyond the copy), and it is what the
 /// kernel read from the full stack. An FP walk through code without frame pointers skips or
 /// invents callers, so it disagrees with DWARF early and is never taken over it.
-pub fn choose(dwarf: Unwound, fp: &[u64]) -> (Unwound, Source) {
-    let extends = fp.len() > dwarf.frames.len() && fp.starts_with(&dwarf.frames);
-    match dwarf.end {
+pub fn choose<'a>(dwarf: &'a [u64], end: StackEnd, fp: &'a [u64]) -> (&'a [u64], StackEnd, Source) {
+    let extends = fp.len() > dwarf.len() && fp.starts_with(dwarf);
+    match end {
         StackEnd::Truncated(_) if extends => (
-            Unwound {
-                frames: fp.to_vec(),
-                // The kernel's walk ends at a zero frame pointer (a root) or at its depth limit.
-                end: if fp.len() >= MAX_FRAMES {
-                    StackEnd::Truncated(Truncation::TooDeep)
-                } else {
-                    StackEnd::Complete
-                },
+            fp,
+            // The kernel's walk ends at a zero frame pointer (a root) or at its depth limit.
+            if fp.len() >= MAX_FRAMES {
+                StackEnd::Truncated(Truncation::TooDeep)
+            } else {
+                StackEnd::Complete
             },
             Source::FramePointers,
         ),
-        _ => (dwarf, Source::Dwarf),
+        _ => (dwarf, end, Source::Dwarf),
     }
 }
 
@@ -284,6 +286,34 @@ struct ProcessUnwinder {
     process: Arc<Process>,
     unwinder: UnwinderX86_64<SectionBytes>,
     used: bool,
+}
+
+/// Walks the stacks of one process whose unwinder is ready ([`Unwinder::prepare`]): the per-sample
+/// part of unwinding, apart so that it can be timed on its own.
+pub struct Walker<'a> {
+    /// The process unwinder's [`ProcessUnwinder::id`].
+    id: u64,
+    unwinder: &'a UnwinderX86_64<SectionBytes>,
+    rules: &'a mut RuleCache,
+    memo: Option<&'a mut StackMemo>,
+    reads: &'a mut Vec<Read>,
+}
+
+impl Walker<'_> {
+    /// Unwinds one sample into `frames` (cleared first): the stack from the [`StackMemo`] when it
+    /// provably walks the same way as one walked before, else walked frame by frame.
+    pub fn walk(&mut self, regs: UserRegs, stack: &[u8], frames: &mut Vec<u64>) -> StackEnd {
+        let Some(memo) = self.memo.as_deref_mut() else {
+            return unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+        };
+        let key = MemoKey::new(self.id, regs, stack.len());
+        if let Some(end) = memo.lookup(&key, stack, frames) {
+            return end;
+        }
+        let end = unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+        memo.store(key, self.reads, frames, end);
+        end
+    }
 }
 
 /// Unwinds samples of many processes, sharing one table cache, one rule cache and one memo of
@@ -322,61 +352,48 @@ impl Unwinder {
     }
 
     /// Builds `process`'s unwinder now (reading its objects' tables through `/proc/PID`, so it
-    /// must still be alive) unless it is up to date; [`Unwinder::unwind`] does this on demand.
-    pub fn prepare(&mut self, process: &Arc<Process>) {
-        let stale = self
-            .processes
-            .get(&process.pid)
-            .is_none_or(|p| !Arc::ptr_eq(&p.process, process));
-        if stale {
-            // CPU time: a build reads files and may be preempted (see cputime.rs). Builds are
-            // per process and per object, so the system call this clock costs does not matter.
-            let started = crate::cputime::thread_cpu_time();
-            let unwinder = self.build(process);
-            self.build_time += crate::cputime::thread_cpu_time().saturating_sub(started);
-            self.next_id += 1;
-            self.processes.insert(
-                process.pid,
-                ProcessUnwinder {
+    /// must still be alive) unless it is up to date, and returns a [`Walker`] for its samples;
+    /// [`Unwinder::unwind`] does both.
+    pub fn prepare(&mut self, process: &Arc<Process>) -> Walker<'_> {
+        let p = match self.processes.entry(process.pid) {
+            Entry::Occupied(o) if Arc::ptr_eq(&o.get().process, process) => o.into_mut(),
+            stale => {
+                // CPU time: a build reads files and may be preempted (see cputime.rs). Builds are
+                // per process and per object, so the system call this clock costs does not matter.
+                let started = crate::cputime::thread_cpu_time();
+                let unwinder = build(&mut self.tables, &mut self.rules, process);
+                self.build_time += crate::cputime::thread_cpu_time().saturating_sub(started);
+                self.next_id += 1;
+                let fresh = ProcessUnwinder {
                     id: self.next_id,
                     process: process.clone(),
                     unwinder,
                     used: false,
-                },
-            );
+                };
+                match stale {
+                    Entry::Occupied(mut o) => {
+                        o.insert(fresh);
+                        o.into_mut()
+                    }
+                    Entry::Vacant(v) => v.insert(fresh),
+                }
+            }
+        };
+        p.used = true;
+        Walker {
+            id: p.id,
+            unwinder: &p.unwinder,
+            rules: &mut self.rules,
+            memo: self.memo.as_mut(),
+            reads: &mut self.reads,
         }
     }
 
     /// Unwinds one sample of `process`, building its unwinder first if needed.
     pub fn unwind(&mut self, process: &Arc<Process>, regs: UserRegs, stack: &[u8]) -> Unwound {
-        self.prepare(process);
-        self.walk(process.pid, regs, stack)
-    }
-
-    /// Unwinds one sample of process `pid` with the unwinder [`Unwinder::prepare`] built for it
-    /// (or takes the stack from the [`StackMemo`] when it provably walks the same way): the
-    /// per-sample part of [`Unwinder::unwind`], apart so that it can be timed on its own.
-    /// Without a prepared unwinder the stack is the sampled ip, cut with
-    /// [`UnwindFailure::NoProgress`].
-    pub fn walk(&mut self, pid: u32, regs: UserRegs, stack: &[u8]) -> Unwound {
-        let Some(p) = self.processes.get_mut(&pid) else {
-            return Unwound {
-                frames: vec![regs.ip],
-                end: StackEnd::Truncated(Truncation::Failed(UnwindFailure::NoProgress)),
-            };
-        };
-        p.used = true;
-        let Some(memo) = &mut self.memo else {
-            return unwind_with(&p.unwinder, &mut self.rules, regs, stack);
-        };
-        let key = MemoKey::new(p.id, regs, stack.len());
-        if let Some(u) = memo.lookup(&key, stack) {
-            return u;
-        }
-        self.reads.clear();
-        let u = unwind_logged(&p.unwinder, &mut self.rules, regs, stack, &mut self.reads);
-        memo.store(key, &self.reads, &u);
-        u
+        let mut frames = Vec::with_capacity(32);
+        let end = self.prepare(process).walk(regs, stack, &mut frames);
+        Unwound { frames, end }
     }
 
     /// This unwinder without the [`StackMemo`]: every stack is walked (for the benchmarks, which
@@ -384,29 +401,6 @@ impl Unwinder {
     pub fn without_memo(mut self) -> Self {
         self.memo = None;
         self
-    }
-
-    fn build(&mut self, process: &Process) -> UnwinderX86_64<SectionBytes> {
-        let mut u = UnwinderX86_64::new();
-        let mut generations = 1;
-        for m in &process.mappings {
-            let t = match m.kind {
-                MappingKind::File { .. } => self.tables.get(process.pid, m),
-                // The vDSO's tables come from the agent's own copy of the image (see vdso.rs).
-                MappingKind::Vdso => crate::vdso::Vdso::get()
-                    .filter(|v| v.matches(m))
-                    .and_then(|v| v.tables().cloned()),
-            };
-            let Some(t) = t else {
-                continue;
-            };
-            if let Some(module) = t.module(m.start..m.end, m.offset) {
-                u.add_module(module);
-                generations += 1;
-            }
-        }
-        self.rules.generations_used(generations);
-        u
     }
 
     /// CPU time spent building per-process unwinders (reading tables included) since the last call:
@@ -442,40 +436,64 @@ impl Unwinder {
     }
 }
 
+/// A framehop unwinder made of `process`'s mappings' modules.
+fn build(
+    tables: &mut TableCache,
+    rules: &mut RuleCache,
+    process: &Process,
+) -> UnwinderX86_64<SectionBytes> {
+    let mut u = UnwinderX86_64::new();
+    let mut generations = 1;
+    for m in &process.mappings {
+        let t = match m.kind {
+            MappingKind::File { .. } => tables.get(process.pid, m),
+            // The vDSO's tables come from the agent's own copy of the image (see vdso.rs).
+            MappingKind::Vdso => crate::vdso::Vdso::get()
+                .filter(|v| v.matches(m))
+                .and_then(|v| v.tables().cloned()),
+        };
+        let Some(t) = t else {
+            continue;
+        };
+        if let Some(module) = t.module(m.start..m.end, m.offset) {
+            u.add_module(module);
+            generations += 1;
+        }
+    }
+    rules.generations_used(generations);
+    u
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn dwarf(frames: &[u64], end: StackEnd) -> Unwound {
-        Unwound {
-            frames: frames.to_vec(),
-            end,
-        }
-    }
-
     #[test]
     fn complete_dwarf_stack_wins_over_a_longer_fp_walk() {
-        let (u, src) = choose(dwarf(&[1, 2, 3], StackEnd::Complete), &[1, 2, 3, 4]);
-        assert_eq!((u.frames, src), (vec![1, 2, 3], Source::Dwarf));
+        let (frames, end, src) = choose(&[1, 2, 3], StackEnd::Complete, &[1, 2, 3, 4]);
+        assert_eq!(
+            (frames, end, src),
+            (&[1, 2, 3][..], StackEnd::Complete, Source::Dwarf)
+        );
     }
 
     #[test]
     fn truncated_dwarf_stack_is_extended_by_an_agreeing_fp_walk() {
         let cut = StackEnd::Truncated(Truncation::CopyExhausted);
-        let (u, src) = choose(dwarf(&[1, 2], cut), &[1, 2, 3, 4]);
+        let (frames, end, src) = choose(&[1, 2], cut, &[1, 2, 3, 4]);
         assert_eq!(src, Source::FramePointers);
-        assert_eq!(u.frames, vec![1, 2, 3, 4]);
-        assert_eq!(u.end, StackEnd::Complete);
+        assert_eq!(frames, &[1, 2, 3, 4]);
+        assert_eq!(end, StackEnd::Complete);
     }
 
     #[test]
     fn disagreeing_fp_walk_is_not_taken() {
         // No-FP code: the kernel's walk skipped frame 2 and went on with garbage.
         let cut = StackEnd::Truncated(Truncation::CopyExhausted);
-        let (u, src) = choose(dwarf(&[1, 2, 3], cut), &[1, 3, 99, 98, 97]);
+        let (frames, end, src) = choose(&[1, 2, 3], cut, &[1, 3, 99, 98, 97]);
         assert_eq!(src, Source::Dwarf);
-        assert_eq!(u.end, cut);
-        assert_eq!(u.frames, vec![1, 2, 3]);
+        assert_eq!(end, cut);
+        assert_eq!(frames, &[1, 2, 3]);
     }
 
     #[test]
