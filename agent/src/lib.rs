@@ -17,6 +17,7 @@ pub mod profile;
 mod run;
 pub mod sampling;
 pub mod ship;
+pub mod ticks;
 pub mod unwind;
 pub mod vdso;
 

@@ -162,8 +162,8 @@ pub struct Aggregator {
     /// Pod, namespace and container names (Kubernetes), when the agent knows the API server.
     pods: Option<crate::kube::PodIndex>,
     unwind_metrics: UnwindMetrics,
-    /// Wall-clock time of the stack walks of the current unwind pass.
-    pass_walk_wall: Duration,
+    /// Times the stack walks of the current unwind pass (wall clock).
+    walk_timer: crate::ticks::IntervalTimer,
     /// The frames of the stack being walked (kept for its capacity).
     frames: Vec<u64>,
 }
@@ -276,7 +276,7 @@ impl Aggregator {
             kallsyms_loaded: Instant::now(),
             pods: None,
             unwind_metrics: UnwindMetrics::new(&metrics),
-            pass_walk_wall: Duration::ZERO,
+            walk_timer: crate::ticks::IntervalTimer::begin(),
             frames: Vec::with_capacity(unwind::MAX_FRAMES),
         }
     }
@@ -317,10 +317,12 @@ impl Aggregator {
         feed: impl FnOnce(&mut dyn FnMut(&RawSample)) -> R,
     ) -> R {
         let started = crate::cputime::thread_cpu_time();
+        self.walk_timer = crate::ticks::IntervalTimer::begin();
         let r = feed(&mut |s| out.extend(self.unwind(s)));
+        let walks = self.walk_timer.finish();
         let pass = crate::cputime::thread_cpu_time().saturating_sub(started);
         let build = self.unwinder.take_build_time();
-        let walks = std::mem::take(&mut self.pass_walk_wall).min(pass.saturating_sub(build));
+        let walks = walks.min(pass.saturating_sub(build));
         self.metrics.unwind_seconds.inc_by(walks.as_secs_f64());
         if !build.is_zero() {
             self.metrics
@@ -357,9 +359,9 @@ impl Aggregator {
         let (user, end) = match (&process, s.user_regs) {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
                 let mut walker = self.unwinder.prepare(p);
-                let started = Instant::now();
+                let started = crate::ticks::now();
                 let end = walker.walk(regs, &s.stack_copy, &mut self.frames);
-                self.pass_walk_wall += started.elapsed();
+                self.walk_timer.add_since(started);
                 let (frames, end, source) = unwind::choose(&self.frames, end, user);
                 self.unwind_metrics
                     .record(&self.metrics, source, frames.len(), end);

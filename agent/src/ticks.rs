@@ -1,0 +1,103 @@
+//! Cheap timing of many short intervals: the CPU's time-stamp counter, turned into time with the
+//! wall-clock length of the batch the intervals fall in.
+//!
+//! Why: the agent times every stack walk, and a hit in the stack memo takes ~0.1 µs. Measured on
+//! this VM (x86_64, clocksource tsc): `Instant::now()` plus `elapsed()` cost 72-79 ns, a single
+//! `rdtsc` 6-8 ns. Timing a walk with `Instant` cost nearly as much as the walk. Converting ticks
+//! with the batch's own wall time needs no calibration constant and stays right if the counter's
+//! rate is not the nominal one. Where there is no TSC (not x86_64), `Instant` is the counter.
+
+use std::time::{Duration, Instant};
+
+/// Sums the lengths of intervals within one batch ([`IntervalTimer::begin`] to
+/// [`IntervalTimer::finish`]).
+#[derive(Debug)]
+pub struct IntervalTimer {
+    started: Instant,
+    started_ticks: u64,
+    ticks: u64,
+}
+
+impl Default for IntervalTimer {
+    fn default() -> Self {
+        Self::begin()
+    }
+}
+
+impl IntervalTimer {
+    /// Starts a batch.
+    pub fn begin() -> Self {
+        IntervalTimer {
+            started: Instant::now(),
+            started_ticks: now(),
+            ticks: 0,
+        }
+    }
+
+    /// Adds the interval from `since` (a [`now`] reading) to now.
+    #[inline]
+    pub fn add_since(&mut self, since: u64) {
+        self.ticks += now().wrapping_sub(since);
+    }
+
+    /// Ends the batch: the summed intervals as time, and starts the next batch.
+    pub fn finish(&mut self) -> Duration {
+        let wall = self.started.elapsed();
+        let batch_ticks = now().wrapping_sub(self.started_ticks);
+        let sum = if batch_ticks == 0 {
+            Duration::ZERO
+        } else {
+            // The intervals lie within the batch, so their share of its ticks is at most 1.
+            wall.mul_f64((self.ticks as f64 / batch_ticks as f64).min(1.0))
+        };
+        *self = Self::begin();
+        sum
+    }
+}
+
+/// The current tick count.
+#[inline]
+pub fn now() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc reads the time-stamp counter; it has no memory effects.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        use std::sync::OnceLock;
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spin(d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn sums_the_intervals_not_the_gaps() {
+        let mut timer = IntervalTimer::begin();
+        for _ in 0..4 {
+            let t = now();
+            spin(Duration::from_millis(10));
+            timer.add_since(t);
+            spin(Duration::from_millis(10)); // not timed
+        }
+        let sum = timer.finish();
+        // 40 ms timed of ~80 ms; generous bounds (a loaded machine may preempt either part).
+        assert!(
+            sum >= Duration::from_millis(30) && sum <= Duration::from_millis(70),
+            "{sum:?}"
+        );
+        // The next batch starts from zero.
+        assert!(timer.finish() < Duration::from_millis(5));
+    }
+}
