@@ -439,8 +439,15 @@ impl ProcessCache {
             ) {
                 Ok(p) => {
                     let explained = addrs.iter().all(|&a| p.covers(a));
-                    let p = Arc::new(p);
-                    e.process = p.clone();
+                    // A re-read that finds nothing changed keeps the snapshot, so that what was
+                    // built for it stays valid: the unwinder (its cached rules and memoized stacks
+                    // are tied to it) is rebuilt only for a new snapshot. Re-reads that change
+                    // nothing are common: a frame-pointer walk through code without frame pointers
+                    // reports addresses no mapping covers (the no-FP bench workload was re-read 6
+                    // times in 50 s).
+                    if p != *e.process {
+                        e.process = Arc::new(p);
+                    }
                     e.loaded_at = now;
                     // Back off on processes whose unknown addresses a re-read does not explain (e.g.
                     // a JIT whose code is not in anonymous exec memory), so we don't re-read them
@@ -450,7 +457,7 @@ impl ProcessCache {
                     } else {
                         (prev * 2).min(self.config.max_refresh_interval)
                     };
-                    return Some(p);
+                    return Some(e.process.clone());
                 }
                 Err(err) => {
                     tracing::debug!(pid, error = %err, "re-reading process failed; keeping the old snapshot");
@@ -763,9 +770,13 @@ garbage line
             max_refresh_interval: Duration::from_secs(60),
             ..Default::default()
         });
-        cache.resolve(pid, None, &[]).unwrap();
+        let first = cache.resolve(pid, None, &[]).unwrap();
         // An address nothing maps: a re-read happens, cannot explain it, and the interval backs off.
-        cache.resolve(pid, None, &[8]).unwrap();
+        let reread = cache.resolve(pid, None, &[8]).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &reread),
+            "a re-read that finds nothing changed keeps the snapshot"
+        );
         let e = &cache.entries[&pid];
         assert_eq!(e.refresh_interval, Duration::ZERO); // 0 * 2: the floor we configured
         cache.entries.get_mut(&pid).unwrap().refresh_interval = Duration::from_secs(1);

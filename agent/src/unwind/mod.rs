@@ -364,15 +364,6 @@ impl Unwinder {
     pub fn prepare(&mut self, process: &Arc<Process>) -> Walker<'_> {
         let p = match self.processes.entry(process.pid) {
             Entry::Occupied(o) if Arc::ptr_eq(&o.get().process, process) => o.into_mut(),
-            // A re-read of the process that found the same mappings (the process cache re-reads
-            // when a frame-pointer walk through code without frame pointers reports addresses no
-            // mapping covers: the no-FP bench workload was re-read 6 times in 50 s). The same
-            // unwinder keeps its framehop generation, so its cached rules and memoized stacks
-            // stay valid; a rebuild would make every one of them miss again.
-            Entry::Occupied(mut o) if o.get().process.mappings == process.mappings => {
-                o.get_mut().process = process.clone();
-                o.into_mut()
-            }
             stale => {
                 // CPU time: a build reads files and may be preempted (see cputime.rs). Builds are
                 // per process and per object, so the system call this clock costs does not matter.
@@ -386,13 +377,7 @@ impl Unwinder {
                     unwinder,
                     idle_windows: 0,
                 };
-                match stale {
-                    Entry::Occupied(mut o) => {
-                        o.insert(fresh);
-                        o.into_mut()
-                    }
-                    Entry::Vacant(v) => v.insert(fresh),
-                }
+                stale.insert_entry(fresh).into_mut()
             }
         };
         p.idle_windows = 0;
@@ -583,19 +568,20 @@ mod tests {
     }
 
     #[test]
-    fn a_reread_with_the_same_mappings_keeps_the_unwinder() {
-        let me = Process::load(
-            std::process::id(),
-            &mut crate::buildid::BuildIdCache::new(64),
-            4096,
-        )
-        .expect("this process's /proc entry");
-        let (first, reread) = (Arc::new(me.clone()), Arc::new(me));
+    fn a_new_snapshot_of_a_process_gets_a_new_unwinder() {
+        let me = Arc::new(
+            Process::load(
+                std::process::id(),
+                &mut crate::buildid::BuildIdCache::new(64),
+                4096,
+            )
+            .expect("this process's /proc entry"),
+        );
         let mut u = Unwinder::default();
-        let id = u.prepare(&first).id;
-        assert_eq!(u.prepare(&reread).id, id, "same mappings: same unwinder");
-        // A new mapping (say a dlopen): a new unwinder.
-        let mut grown = (*reread).clone();
+        let id = u.prepare(&me).id;
+        assert_eq!(u.prepare(&me).id, id, "same snapshot: same unwinder");
+        // A new mapping (say a dlopen): the process cache hands out a new snapshot.
+        let mut grown = (*me).clone();
         let last = grown.mappings.last().expect("mappings").clone();
         grown.mappings.push(crate::procmaps::Mapping {
             start: last.end + 0x1000,
