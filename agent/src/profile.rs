@@ -175,10 +175,26 @@ struct UnwindMetrics {
     frame_pointers: Counter,
     evictions_seen: u64,
     loads_seen: u64,
-    rule_hits_seen: u64,
-    rule_lookups_seen: u64,
-    memo_hits_seen: u64,
-    memo_lookups_seen: u64,
+    rules: HitTotals,
+    memo: HitTotals,
+}
+
+/// A cache's running (hits, lookups) totals already turned into hit and miss counters.
+#[derive(Default)]
+struct HitTotals {
+    hits: u64,
+    lookups: u64,
+}
+
+impl HitTotals {
+    /// Adds what happened since the last call to `hit` and `miss`.
+    fn publish(&mut self, (hits, lookups): (u64, u64), hit: &Counter, miss: &Counter) {
+        let new_hits = hits.saturating_sub(self.hits);
+        let new_lookups = lookups.saturating_sub(self.lookups);
+        hit.inc_by(new_hits);
+        miss.inc_by(new_lookups.saturating_sub(new_hits));
+        *self = HitTotals { hits, lookups };
+    }
 }
 
 impl UnwindMetrics {
@@ -188,10 +204,8 @@ impl UnwindMetrics {
             frame_pointers: m.unwind_source(UnwindSource::FramePointers),
             evictions_seen: 0,
             loads_seen: 0,
-            rule_hits_seen: 0,
-            rule_lookups_seen: 0,
-            memo_hits_seen: 0,
-            memo_lookups_seen: 0,
+            rules: HitTotals::default(),
+            memo: HitTotals::default(),
         }
     }
 
@@ -206,13 +220,14 @@ impl UnwindMetrics {
         }
     }
 
-    /// Publishes the table cache's size and its eviction and load totals.
+    /// Publishes the table cache's size and its eviction and load totals, and the rule cache's and
+    /// stack memo's hits and misses.
     fn publish_tables(
         &mut self,
         m: &AgentMetrics,
         stats: unwind::tables::CacheStats,
-        (rule_hits, rule_lookups): (u64, u64),
-        (memo_hits, memo_lookups): (u64, u64),
+        rule_stats: (u64, u64),
+        memo_stats: (u64, u64),
     ) {
         m.unwind_table_cache_bytes
             .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
@@ -222,19 +237,13 @@ impl UnwindMetrics {
             .inc_by(stats.evictions.saturating_sub(self.evictions_seen));
         m.unwind_table_loads
             .inc_by(stats.loads.saturating_sub(self.loads_seen));
-        let hits = rule_hits.saturating_sub(self.rule_hits_seen);
-        let lookups = rule_lookups.saturating_sub(self.rule_lookups_seen);
-        m.unwind_rule_cache_hits.inc_by(hits);
-        m.unwind_rule_cache_misses
-            .inc_by(lookups.saturating_sub(hits));
-        self.rule_hits_seen = rule_hits;
-        self.rule_lookups_seen = rule_lookups;
-        let hits = memo_hits.saturating_sub(self.memo_hits_seen);
-        let lookups = memo_lookups.saturating_sub(self.memo_lookups_seen);
-        m.unwind_memo_hits.inc_by(hits);
-        m.unwind_memo_misses.inc_by(lookups.saturating_sub(hits));
-        self.memo_hits_seen = memo_hits;
-        self.memo_lookups_seen = memo_lookups;
+        self.rules.publish(
+            rule_stats,
+            &m.unwind_rule_cache_hits,
+            &m.unwind_rule_cache_misses,
+        );
+        self.memo
+            .publish(memo_stats, &m.unwind_memo_hits, &m.unwind_memo_misses);
         self.evictions_seen = stats.evictions;
         self.loads_seen = stats.loads;
     }
@@ -697,6 +706,16 @@ mod tests {
     use super::*;
     use crate::procmaps::ProcessCacheConfig;
     use kiln_sampler_bpf::UserRegs;
+
+    #[test]
+    fn cache_totals_become_hit_and_miss_counters_once() {
+        let (hit, miss) = (Counter::default(), Counter::default());
+        let mut seen = HitTotals::default();
+        seen.publish((5, 10), &hit, &miss);
+        seen.publish((7, 13), &hit, &miss);
+        seen.publish((7, 13), &hit, &miss);
+        assert_eq!((hit.get(), miss.get()), (7, 6));
+    }
 
     #[inline(never)]
     fn leaf_fn() -> u64 {

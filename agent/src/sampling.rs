@@ -399,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn drains_are_paced_by_the_rate_records_arrive_at() {
+    fn drains_are_paced_by_the_rate_ring_bytes_arrive_at() {
         let record = record_bytes(16384);
         // 2 CPUs at 19 Hz: a 1 MiB ring holds ~55 full records; a quarter is ~14, ~0.36 s at 38/s.
         let ring = u64::from(ring_buffer_bytes(2, 19, 16384));

@@ -18,12 +18,6 @@ pub struct IntervalTimer {
     ticks: u64,
 }
 
-impl Default for IntervalTimer {
-    fn default() -> Self {
-        Self::begin()
-    }
-}
-
 impl IntervalTimer {
     /// Starts a batch.
     pub fn begin() -> Self {
@@ -40,18 +34,15 @@ impl IntervalTimer {
         self.ticks += now().wrapping_sub(since);
     }
 
-    /// Ends the batch: the summed intervals as time, and starts the next batch.
-    pub fn finish(&mut self) -> Duration {
+    /// Ends the batch: the summed intervals as time.
+    pub fn finish(&self) -> Duration {
         let wall = self.started.elapsed();
         let batch_ticks = now().wrapping_sub(self.started_ticks);
-        let sum = if batch_ticks == 0 {
-            Duration::ZERO
-        } else {
-            // The intervals lie within the batch, so their share of its ticks is at most 1.
-            wall.mul_f64((self.ticks as f64 / batch_ticks as f64).min(1.0))
-        };
-        *self = Self::begin();
-        sum
+        if batch_ticks == 0 {
+            return Duration::ZERO;
+        }
+        // The intervals lie within the batch, so their share of its ticks is at most 1.
+        wall.mul_f64((self.ticks as f64 / batch_ticks as f64).min(1.0))
     }
 }
 
@@ -97,7 +88,7 @@ mod tests {
             sum >= Duration::from_millis(30) && sum <= Duration::from_millis(70),
             "{sum:?}"
         );
-        // The next batch starts from zero.
-        assert!(timer.finish() < Duration::from_millis(5));
+        // A new batch starts from zero.
+        assert!(IntervalTimer::begin().finish() < Duration::from_millis(5));
     }
 }

@@ -102,7 +102,7 @@ impl StackMemo {
     ) -> Option<StackEnd> {
         self.lookups += 1;
         let set = key.set();
-        let way = (0..2).find(|&w| self.slots[set + w].as_ref().is_some_and(|e| e.key == *key))?;
+        let way = self.way_of(set, key)?;
         let e = self.slots[set + way].as_ref()?;
         let same = e.reads.iter().all(|&(off, value)| {
             let off = off as usize;
@@ -129,8 +129,8 @@ impl StackMemo {
         }
         let set = key.set();
         // The key's own slot (its earlier walk no longer matched), else the less recent one.
-        let way = (0..2)
-            .find(|&w| self.slots[set + w].as_ref().is_some_and(|e| e.key == key))
+        let way = self
+            .way_of(set, &key)
             .unwrap_or(1 - usize::from(self.recent[set / 2]));
         self.recent[set / 2] = way as u8;
         match &mut self.slots[set + way] {
@@ -152,6 +152,11 @@ impl StackMemo {
                 })
             }
         }
+    }
+
+    /// The way (0 or 1) of set `set` holding `key`.
+    fn way_of(&self, set: usize, key: &MemoKey) -> Option<usize> {
+        (0..2).find(|&w| self.slots[set + w].as_ref().is_some_and(|e| e.key == *key))
     }
 
     /// (hits, lookups) since creation.
