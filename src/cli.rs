@@ -41,6 +41,14 @@ pub enum Command {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// Report damage in a server's data directory (read-only): each WAL segment and block with
+    /// bad records or sections, and the profiles they cost. Refuses to run while a server holds
+    /// the directory. Exit status: 0 no damage, 1 damage found, 2 usage error or directory in use.
+    Check {
+        /// The data directory to inspect (as given to `kiln server`).
+        #[arg(long, env = "KILN_DATA_DIR", default_value = "./kiln-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -79,6 +87,10 @@ pub struct ServerArgs {
     /// How often the storage engine flushes, compacts and applies retention (tests shorten it).
     #[arg(long, env = "KILN_STORE_MAINTENANCE_INTERVAL", default_value = "10s", value_parser = parse_duration, hide = true)]
     pub store_maintenance_interval: Duration,
+    /// Check the checksums of every stored block before serving (otherwise done in the background
+    /// right after start-up); damaged data is quarantined and counted on /metrics either way.
+    #[arg(long, env = "KILN_VERIFY")]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -4,6 +4,7 @@
 mod cli;
 
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -24,6 +25,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Check { data_dir } = &cli.command {
+        return check(data_dir);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +63,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
             kiln_agent::run(config, wait(shutdown)).await
         }
         Command::Up { server, agent } => up(server, agent, shutdown).await,
+        Command::Check { .. } => anyhow::bail!("`kiln check` does not run a service"),
+    }
+}
+
+/// `kiln check`: prints what is damaged in `data_dir`; 0 clean, 1 damage found, 2 cannot check.
+fn check(data_dir: &Path) -> ExitCode {
+    const CANNOT: u8 = 2;
+    if !data_dir.is_dir() {
+        eprintln!(
+            "kiln check: {} is not a directory (give the server's --data-dir)",
+            data_dir.display()
+        );
+        return ExitCode::from(CANNOT);
+    }
+    // Held for the whole check: no server may start on the directory meanwhile.
+    let _lock = match kiln_storage_server::dirlock::DirLock::acquire(data_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("kiln check: {e}");
+            return ExitCode::from(CANNOT);
+        }
+    };
+    let config = kiln_storage_server::config::ServerConfig::with_data_dir(data_dir);
+    match kiln_storage_server::store::check::check(&config.segments_dir()) {
+        Ok(report) => {
+            print!("{report}");
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("kiln check: {e}");
+            ExitCode::from(CANNOT)
+        }
     }
 }
 
@@ -116,6 +156,7 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
     config.store.retention_bytes = args.retention_bytes;
     config.store.max_segment_bytes = args.wal_segment_bytes;
     config.store.maintenance_interval_secs = args.store_maintenance_interval.as_secs().max(1);
+    config.store.verify_on_open = args.verify;
     config.debuginfod_urls = args
         .debuginfod_urls
         .split([' ', ','])

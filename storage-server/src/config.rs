@@ -104,6 +104,9 @@ pub struct StoreConfig {
     /// decodes the inputs in memory (several times their compressed size), so this bounds
     /// compaction's memory too.
     pub max_block_bytes: u64,
+    /// Check every block's section CRCs before `open` returns (`kiln server --verify`), instead of
+    /// in the background right after.
+    pub verify_on_open: bool,
 }
 
 impl StoreConfig {
@@ -133,6 +136,7 @@ impl Default for StoreConfig {
             retention_bytes: DEFAULT_RETENTION_BYTES,
             maintenance_interval_secs: 10,
             max_block_bytes: 128 << 20,
+            verify_on_open: false,
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// Well-formed request whose payload could not be ingested (Pyroscope's 422).
     #[error("{0}")]
     Unprocessable(String),
+    /// The disk or the storage quota is full (507): the request stored nothing; retry later.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -30,6 +33,14 @@ impl ApiError {
     pub fn internal(msg: impl std::fmt::Display) -> Self {
         ApiError::Internal(msg.to_string())
     }
+    /// A storage failure: 507 when the disk or quota is full, else 500.
+    pub fn store(msg: impl Into<String>, e: &crate::store::StoreError) -> Self {
+        if e.is_disk_full() {
+            ApiError::InsufficientStorage(msg.into())
+        } else {
+            ApiError::Internal(msg.into())
+        }
+    }
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -38,6 +49,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

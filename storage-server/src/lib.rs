@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod debuginfo;
 pub mod debuginfod;
+pub mod dirlock;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
@@ -39,19 +40,26 @@ pub struct AppState {
     pub store: SharedStore,
     pub debuginfo: Arc<DebugInfo>,
     pub metrics: Arc<Metrics>,
+    /// The data directory's lock, held while any clone of the state lives (`None` for a state
+    /// over a store that does not own a directory).
+    pub dir_lock: Option<Arc<dirlock::DirLock>>,
 }
 
 impl AppState {
     /// Opens the local store under `config.data_dir` (scanning its segments: blocking).
     /// Also opens the debuginfo store now, so a bad data directory fails at startup.
+    /// Takes the directory's lock first: a second server on the same directory fails here,
+    /// naming the holder, before touching anything.
     pub fn open(config: ServerConfig) -> anyhow::Result<AppState> {
+        let lock = dirlock::DirLock::acquire(&config.data_dir)?;
         clean_tmp_dir(&config.tmp_dir())?;
         let store = LocalStore::open(
             config.segments_dir(),
             config.store.clone(),
             config.limits.max_decompressed_bytes,
         )?;
-        let state = AppState::with_store(config, Arc::new(store));
+        let mut state = AppState::with_store(config, Arc::new(store));
+        state.dir_lock = Some(Arc::new(lock));
         state.debuginfo.get().map_err(|e| {
             anyhow::anyhow!(
                 "opening debuginfo store {}: {e}",
@@ -76,6 +84,7 @@ impl AppState {
             store,
             debuginfo: Arc::new(debuginfo),
             metrics: Arc::new(metrics),
+            dir_lock: None,
         }
     }
 }

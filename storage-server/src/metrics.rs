@@ -43,6 +43,10 @@ pub struct Metrics {
     store_segments: Gauge,
     store_series: Gauge,
     store_profiles: Gauge,
+    store_quarantined_blocks: Counter,
+    store_quarantined_bytes: Gauge,
+    store_profiles_lost: Counter,
+    store_wal_damaged_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -67,6 +71,10 @@ impl Metrics {
             store_segments: Gauge::default(),
             store_series: Gauge::default(),
             store_profiles: Gauge::default(),
+            store_quarantined_blocks: Counter::default(),
+            store_quarantined_bytes: Gauge::default(),
+            store_profiles_lost: Counter::default(),
+            store_wal_damaged_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -110,6 +118,26 @@ impl Metrics {
             "store_profiles",
             "Stored profiles",
             m.store_profiles.clone(),
+        );
+        registry.register(
+            "store_quarantined_blocks",
+            "Blocks found damaged (whole or in part) and quarantined since start",
+            m.store_quarantined_blocks.clone(),
+        );
+        registry.register(
+            "store_quarantined_bytes",
+            "Bytes of damaged blocks still on disk (until retention deletes them)",
+            m.store_quarantined_bytes.clone(),
+        );
+        registry.register(
+            "store_profiles_lost",
+            "Stored profiles found unreadable since start (damaged block sections; one per damaged WAL record)",
+            m.store_profiles_lost.clone(),
+        );
+        registry.register(
+            "store_wal_damaged_bytes",
+            "WAL bytes skipped as damaged at start-up",
+            m.store_wal_damaged_bytes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -177,6 +205,15 @@ impl Metrics {
         self.store_segments.set(clamp(s.segments));
         self.store_series.set(clamp(s.series));
         self.store_profiles.set(clamp(s.profiles));
+        self.store_quarantined_bytes.set(clamp(s.quarantined_bytes));
+        // The store keeps running totals; the counters catch up with them.
+        for (counter, total) in [
+            (&self.store_quarantined_blocks, s.quarantined_blocks),
+            (&self.store_profiles_lost, s.profiles_lost),
+            (&self.store_wal_damaged_bytes, s.wal_damaged_bytes),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn render(&self) -> String {

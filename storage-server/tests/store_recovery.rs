@@ -178,7 +178,12 @@ fn corrupt_block_is_set_aside_not_fatal() {
     std::fs::write(&blk, &bytes).unwrap();
     let store = open(dir.path());
     assert_eq!(contents(&store), [(t + HOUR, 2)]);
-    assert_eq!(files(&dir.path().join("blocks"), "corrupt").len(), 1);
+    assert_eq!(
+        files(&dir.path().join("blocks/quarantine"), "blk").len(),
+        1,
+        "the block is set aside for inspection"
+    );
+    assert_eq!(store.stats().quarantined_blocks, 1);
 }
 
 #[test]

@@ -141,7 +141,7 @@ impl From<IngestError> for ApiError {
             | IngestError::UnknownFormat(_)
             | IngestError::Labels(_) => ApiError::BadRequest(msg),
             IngestError::ContentEncoding(_) => ApiError::UnsupportedMediaType(msg),
-            IngestError::Store(_) => ApiError::Internal(msg),
+            IngestError::Store(e) => ApiError::store(msg, &e),
             _ => ApiError::Unprocessable(msg),
         }
     }

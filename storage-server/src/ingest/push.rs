@@ -116,7 +116,7 @@ impl From<PushError> for ApiError {
             PushError::ContentType(_) | PushError::ContentEncoding(_) => {
                 ApiError::UnsupportedMediaType(msg)
             }
-            PushError::Store(_) => ApiError::Internal(msg),
+            PushError::Store(e) => ApiError::store(msg, &e),
             _ => ApiError::BadRequest(msg),
         }
     }

@@ -77,7 +77,7 @@ impl From<ApiError> for ConnectError {
             ApiError::Unprocessable(_) => "invalid_argument",
             ApiError::Unauthorized(_) => "unauthenticated",
             ApiError::NotFound(_) => "not_found",
-            ApiError::PayloadTooLarge(_) => "resource_exhausted",
+            ApiError::PayloadTooLarge(_) | ApiError::InsufficientStorage(_) => "resource_exhausted",
             ApiError::Internal(_) => "internal",
         };
         ConnectError {

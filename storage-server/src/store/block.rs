@@ -24,7 +24,7 @@ use kiln_proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sampl
 use kiln_proto::push::LabelPair;
 use prost::Message;
 
-use super::{Labels, StoreError};
+use super::{Labels, StoreError, io_err};
 use crate::query::merge::FxBuild;
 
 pub const BLOCK_MAGIC: &[u8; 8] = b"KILNBLK1";
@@ -210,6 +210,14 @@ pub fn is_block_name(name: &str) -> bool {
     name.ends_with(".blk")
 }
 
+/// The partition start (nanoseconds) and id in a file name made by [`block_path`].
+pub fn parse_block_name(name: &str) -> Option<(i64, u64)> {
+    let (p, id) = name.strip_suffix(".blk")?.split_once('-')?;
+    let p: i64 = p.parse().ok()?;
+    let secs = p.wrapping_sub(1 << 40);
+    Some((secs.checked_mul(1_000_000_000)?, id.parse().ok()?))
+}
+
 fn block_err(path: &Path, reason: impl Into<String>) -> StoreError {
     StoreError::Block {
         path: path.display().to_string(),
@@ -217,10 +225,25 @@ fn block_err(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.display().to_string(),
-        source,
+/// Deletes a temporary file when dropped, unless disarmed: a write that fails halfway (a full
+/// disk, say) leaves nothing behind for a restart to clean up.
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    /// The file has been renamed into place.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove temporary block");
+        }
     }
 }
 
@@ -619,10 +642,12 @@ impl BlockBuilder {
             .write(true)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
+        let guard = TempFile(Some(tmp.clone()));
         file.write_all(&w.buf).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        guard.disarm();
         sync_dir(dir)?;
         Ok((meta, path, w.buf.len() as u64))
     }
@@ -699,7 +724,8 @@ pub fn read_meta(path: &Path) -> Result<(BlockMeta, File, u64), StoreError> {
     Ok((meta, file, size))
 }
 
-fn read_section(
+/// Reads a section's compressed bytes and checks them against its CRC.
+fn read_verified(
     file: &File,
     path: &Path,
     r: Option<&SectionRef>,
@@ -720,8 +746,62 @@ fn read_section(
             format!("section at {} fails its CRC", r.offset),
         ));
     }
-    zstd::bulk::decompress(&z, r.raw_len as usize)
-        .map_err(|e| block_err(path, format!("zstd: {e}")))
+    Ok(z)
+}
+
+fn read_section(
+    file: &File,
+    path: &Path,
+    r: Option<&SectionRef>,
+    limit: usize,
+) -> Result<Vec<u8>, StoreError> {
+    let z = read_verified(file, path, r, limit)?;
+    let raw_len = r.map_or(0, |r| r.raw_len as usize);
+    zstd::bulk::decompress(&z, raw_len).map_err(|e| block_err(path, format!("zstd: {e}")))
+}
+
+/// What is damaged in a block, as found by [`verify`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Why the symbol or stack table is unreadable: then no profile of the block can be read.
+    pub tables: Option<String>,
+    /// Series (indices into the footer's `series`) with an unreadable section, and why.
+    pub series: Vec<(usize, String)>,
+}
+
+impl Verdict {
+    pub fn is_clean(&self) -> bool {
+        self.tables.is_none() && self.series.is_empty()
+    }
+}
+
+/// Checks every section of a block against its CRC (cheap: nothing is inflated), or with `deep`
+/// also inflates and decodes each one exactly as a read would.
+pub fn verify(file: &File, path: &Path, meta: &BlockMeta, limit: usize, deep: bool) -> Verdict {
+    let mut verdict = Verdict::default();
+    let tables = if deep {
+        Tables::load(file, path, meta, limit).map(drop)
+    } else {
+        read_verified(file, path, meta.symbols.as_ref(), limit)
+            .and_then(|_| read_verified(file, path, meta.stacks.as_ref(), limit))
+            .map(drop)
+    };
+    if let Err(e) = tables {
+        verdict.tables = Some(e.to_string());
+    }
+    for (i, s) in meta.series.iter().enumerate() {
+        let series = if deep {
+            SeriesData::load(file, path, s, limit).map(drop)
+        } else {
+            read_verified(file, path, s.profiles_section.as_ref(), limit)
+                .and_then(|_| read_verified(file, path, s.rows_section.as_ref(), limit))
+                .map(drop)
+        };
+        if let Err(e) = series {
+            verdict.series.push((i, e.to_string()));
+        }
+    }
+    verdict
 }
 
 /// A block's symbol and stack tables, decompressed: what every profile read from it needs.

@@ -10,17 +10,23 @@
 //!   `retention_age_secs`, then the oldest blocks while everything on disk exceeds
 //!   `retention_bytes`. A background thread runs flush, compaction and retention every
 //!   `maintenance_interval_secs`.
-//! - **Start-up** rebuilds the head index from the segments (cutting a torn tail), loads block
-//!   footers, and finishes or undoes what a crash interrupted: blocks replaced by a compaction are
-//!   deleted, a partial flush is discarded and its segments replayed, segments already covered by
-//!   a complete flush are deleted.
+//! - **Start-up** rebuilds the head index from the segments (skipping damaged records, cutting a
+//!   torn tail), loads block footers, and finishes or undoes what a crash interrupted: blocks
+//!   replaced by a compaction are deleted, a partial flush is discarded and its segments replayed,
+//!   segments already covered by a complete flush are deleted.
+//! - **Damage** to a block is quarantined: a block whose footer is unreadable is moved to
+//!   `blocks/quarantine/`; a section that fails its CRC (found by the background verification that
+//!   follows start-up, or by the first read that hits it) hides its series, or the whole block for
+//!   the shared tables, from reads and label listings alike. Damaged blocks are not compacted;
+//!   retention deletes them (and set-aside files) by age and size like any other. Losses are
+//!   counted in [`StoreStats`] and logged with the file's path.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -30,9 +36,10 @@ use kiln_proto::pprof::Profile;
 use prost::Message;
 
 use super::block::{self, BlockBuilder, BlockMeta, Provenance, SeriesData, SeriesMeta, Tables};
-use super::segment::{self, FRAME_HEADER_LEN, FrameError, SEGMENT_MAGIC};
+use super::segment::{self, FrameError, SEGMENT_MAGIC};
 use super::{
     Labels, MergedProfile, NewProfile, ReadRequest, Store, StoreError, StoreStats, StoredProfile,
+    io_err,
 };
 use crate::config::StoreConfig;
 use crate::query::selector::Selector;
@@ -42,13 +49,20 @@ use crate::query::time::{self, TimeRange};
 /// guards against a footer that is consistent but absurd.
 const MAX_SECTION_BYTES: usize = 1 << 31;
 
+/// Under the blocks directory: blocks whose footer is unreadable, kept for inspection until
+/// retention deletes them.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
 /// Where one head record lives.
 #[derive(Clone, Debug)]
 struct Entry {
     time_nanos: i64,
     segment: u64,
+    /// Where the record's payload starts in the segment file.
     offset: u64,
     len: u32,
+    /// The payload's CRC, checked again when it is read back.
+    crc: u32,
     profile_types: Arc<[String]>,
 }
 
@@ -122,6 +136,35 @@ struct Block {
     path: PathBuf,
     file: File,
     size: u64,
+    /// Set once any part of the block is known damaged (the fast path of every read checks it).
+    damaged: AtomicBool,
+    health: Mutex<Health>,
+}
+
+/// What is known about a block's sections.
+#[derive(Default)]
+struct Health {
+    /// Every section's CRC has been checked (blocks written by this process start verified).
+    verified: bool,
+    /// Why no profile of the block can be read (its symbol or stack table is damaged).
+    broken: Option<String>,
+    /// Series (indices into `meta.series`) with a damaged section.
+    bad_series: BTreeSet<usize>,
+}
+
+/// Losses found since the store was opened (see [`StoreStats`]).
+#[derive(Default)]
+struct Losses {
+    blocks: AtomicU64,
+    profiles: AtomicU64,
+    wal_bytes: AtomicU64,
+}
+
+impl Losses {
+    fn wal(&self, damage: &segment::Damage) {
+        self.profiles.fetch_add(1, Ordering::Relaxed);
+        self.wal_bytes.fetch_add(damage.len, Ordering::Relaxed);
+    }
 }
 
 /// One shared copy of each label set across blocks: a series spans many hourly blocks.
@@ -150,6 +193,7 @@ impl Block {
         file: File,
         size: u64,
         interner: &Mutex<Interner>,
+        verified: bool,
     ) -> Block {
         let labels = {
             let mut interner = lock(interner);
@@ -167,14 +211,50 @@ impl Block {
             path,
             file,
             size,
+            damaged: AtomicBool::new(false),
+            health: Mutex::new(Health {
+                verified,
+                ..Health::default()
+            }),
         }
+    }
+
+    fn is_damaged(&self) -> bool {
+        self.damaged.load(Ordering::Relaxed)
+    }
+
+    /// Whether series `i` can be read (as far as is known).
+    fn readable(&self, i: usize) -> bool {
+        if !self.is_damaged() {
+            return true;
+        }
+        let h = lock(&self.health);
+        h.broken.is_none() && !h.bad_series.contains(&i)
+    }
+
+    /// Profiles in the block's readable series.
+    fn readable_profiles(&self) -> u64 {
+        if !self.is_damaged() {
+            return self.meta.profiles;
+        }
+        let h = lock(&self.health);
+        if h.broken.is_some() {
+            return 0;
+        }
+        self.meta
+            .series
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !h.bad_series.contains(i))
+            .map(|(_, s)| s.profiles)
+            .sum()
     }
 
     fn overlaps(&self, range: TimeRange) -> bool {
         self.meta.min_time <= range.until && range.from <= self.meta.max_time
     }
 
-    /// Indices of series matching `selector` whose time span overlaps `range`.
+    /// Indices of readable series matching `selector` whose time span overlaps `range`.
     fn candidates<'a>(
         &'a self,
         selector: &'a Selector,
@@ -184,33 +264,31 @@ impl Block {
             s.min_time <= range.until
                 && range.from <= s.max_time
                 && selector.matches(&self.labels[*i])
+                && self.readable(*i)
         })
     }
 
     /// The profile types of series `s` if it has a profile in `range`: from the footer when the
     /// range covers the series' whole span, else exactly from its profile table.
-    fn in_range(&self, s: &SeriesMeta, range: TimeRange) -> Option<Vec<String>> {
+    fn in_range(
+        &self,
+        s: &SeriesMeta,
+        range: TimeRange,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         if range.from <= s.min_time && s.max_time <= range.until {
-            return (s.profiles > 0).then(|| s.profile_types.clone());
+            return Ok((s.profiles > 0).then(|| s.profile_types.clone()));
         }
-        match block::load_series_profiles(&self.file, &self.path, s, MAX_SECTION_BYTES) {
-            Ok(profiles) => {
-                let mut any = false;
-                let mut set = BTreeSet::new();
-                for p in profiles
-                    .into_iter()
-                    .filter(|p| range.contains(p.time_nanos))
-                {
-                    any = true;
-                    set.extend(p.profile_types);
-                }
-                any.then(|| set.into_iter().collect())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "skipping unreadable series");
-                None
-            }
+        let profiles = block::load_series_profiles(&self.file, &self.path, s, MAX_SECTION_BYTES)?;
+        let mut any = false;
+        let mut set = BTreeSet::new();
+        for p in profiles
+            .into_iter()
+            .filter(|p| range.contains(p.time_nanos))
+        {
+            any = true;
+            set.extend(p.profile_types);
         }
+        Ok(any.then(|| set.into_iter().collect()))
     }
 }
 
@@ -247,19 +325,13 @@ struct Inner {
     /// Next block / flush id.
     next_id: AtomicU64,
     interner: Mutex<Interner>,
+    losses: Losses,
 }
 
 /// The embedded storage engine. Dropping it stops its background thread.
 pub struct LocalStore {
     inner: Arc<Inner>,
     background: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 /// One head record selected for reading, with the file that holds it.
@@ -278,12 +350,20 @@ impl LocalStore {
         max_profile_bytes: usize,
     ) -> Result<LocalStore, StoreError> {
         let inner = Arc::new(Inner::open(dir.into(), config, max_profile_bytes)?);
+        if inner.config.verify_on_open {
+            inner.verify_blocks();
+        }
         let (tx, rx) = mpsc::channel::<()>();
         let weak = Arc::downgrade(&inner);
         let interval = inner.config.maintenance_interval();
         let handle = std::thread::Builder::new()
             .name("kiln-store".into())
             .spawn(move || {
+                // First check the blocks found on disk (their CRCs: reads and listings then agree
+                // on what is readable), unless start-up did already.
+                if let Some(inner) = weak.upgrade() {
+                    inner.verify_blocks();
+                }
                 // Any message, or the sender dropping, means stop.
                 while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
                     let Some(inner) = weak.upgrade() else { break };
@@ -315,6 +395,13 @@ impl LocalStore {
     pub fn apply_retention(&self, now_nanos: i64) -> Result<(), StoreError> {
         let _m = lock(&self.inner.maintenance);
         self.inner.apply_retention(now_nanos)
+    }
+
+    /// Checks the CRC of every section of every block not checked yet, quarantining what is
+    /// damaged; returns how many blocks are damaged in all. The background thread does this once
+    /// after start-up (or `StoreConfig::verify_on_open` before `open` returns).
+    pub fn verify_blocks(&self) -> usize {
+        self.inner.verify_blocks()
     }
 }
 
@@ -352,7 +439,8 @@ impl Inner {
         }
 
         let interner = Mutex::new(Interner::default());
-        let blocks = load_blocks(&blocks_dir, &mut seg_ids, &dir, &interner)?;
+        let losses = Losses::default();
+        let blocks = load_blocks(&blocks_dir, &mut seg_ids, &dir, &interner, &losses)?;
         let mut next_id = 1;
         let mut seg_floor = 0;
         for b in &blocks {
@@ -372,20 +460,41 @@ impl Inner {
             let path = segment::segment_path(&dir, id);
             let scan = segment::scan(&path).map_err(io_err(&path))?;
             let last = i + 1 == ids.len();
-            if let Some(why) = &scan.stopped {
-                if last {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        kept_bytes = scan.good_len,
-                        dropped_bytes = scan.file_len - scan.good_len,
-                        "{why}; truncating the segment after its last good record"
-                    );
+            // Only a sound segment of today's layout takes more appends.
+            let appendable = last
+                && scan.magic_ok
+                && scan.version == Some(segment::Version::V2)
+                && id > seg_floor;
+            if !scan.magic_ok && scan.version.is_some() {
+                tracing::warn!(
+                    segment = %path.display(),
+                    "segment magic damaged; its records are read by their frames"
+                );
+            }
+            for d in &scan.damaged {
+                tracing::error!(
+                    segment = %path.display(),
+                    offset = d.offset,
+                    bytes = d.len,
+                    reason = %d.reason,
+                    "skipping a damaged WAL record; the records after it are kept"
+                );
+                losses.wal(d);
+            }
+            if let Some(d) = &scan.tail {
+                let what = if appendable {
+                    "truncating the segment after its last good record"
                 } else {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        "{why}; ignoring the rest of this sealed segment"
-                    );
-                }
+                    "ignoring the rest of this sealed segment"
+                };
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = d.offset,
+                    dropped_bytes = d.len,
+                    reason = %d.reason,
+                    "unreadable tail (a torn append, or damage to the last record); {what}"
+                );
+                losses.wal(d);
             }
             for r in scan.records {
                 let labels = r.header.labels();
@@ -396,13 +505,14 @@ impl Inner {
                         segment: id,
                         offset: r.offset,
                         len: r.len,
+                        crc: r.crc,
                         profile_types: r.header.profile_types.into(),
                     },
                 );
             }
             let file = File::open(&path).map_err(io_err(&path))?;
             readers.insert(id, Arc::new(file));
-            if last && scan.good_len >= SEGMENT_MAGIC.len() as u64 && id > seg_floor {
+            if appendable {
                 let file = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -456,7 +566,118 @@ impl Inner {
             maintenance: Mutex::new(()),
             next_id: AtomicU64::new(next_id),
             interner,
+            losses,
         })
+    }
+
+    fn quarantine_dir(&self) -> PathBuf {
+        self.blocks_dir.join(QUARANTINE_DIR)
+    }
+
+    /// Records that series `series` of `b` (or, with `None`, the whole block) cannot be read:
+    /// from now on reads and label listings leave it out. Counted and logged once.
+    fn quarantine(&self, b: &Block, series: Option<usize>, why: &str) {
+        let mut h = lock(&b.health);
+        if h.broken.is_some() {
+            return;
+        }
+        let first = h.bad_series.is_empty();
+        let lost = match series {
+            None => {
+                h.broken = Some(why.to_owned());
+                b.meta
+                    .series
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !h.bad_series.contains(i))
+                    .map(|(_, s)| s.profiles)
+                    .sum()
+            }
+            Some(i) => {
+                if !h.bad_series.insert(i) {
+                    return;
+                }
+                b.meta.series.get(i).map_or(0, |s| s.profiles)
+            }
+        };
+        b.damaged.store(true, Ordering::Relaxed);
+        drop(h);
+        if first {
+            self.losses.blocks.fetch_add(1, Ordering::Relaxed);
+        }
+        self.losses.profiles.fetch_add(lost, Ordering::Relaxed);
+        let series = series
+            .and_then(|i| b.labels.get(i))
+            .map(|l| format!("{l:?}"));
+        tracing::error!(
+            block = %b.path.display(),
+            series = series.as_deref().unwrap_or("(all: shared tables damaged)"),
+            profiles_lost = lost,
+            reason = why,
+            "quarantined damaged block data; the rest of the block stays readable"
+        );
+    }
+
+    /// Checks the section CRCs of `b` unless that was done; quarantines what is damaged.
+    fn verify_block(&self, b: &Block) {
+        if std::mem::replace(&mut lock(&b.health).verified, true) {
+            return;
+        }
+        let verdict = block::verify(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES, false);
+        if let Some(why) = &verdict.tables {
+            self.quarantine(b, None, why);
+        }
+        for (i, why) in &verdict.series {
+            self.quarantine(b, Some(*i), why);
+        }
+    }
+
+    fn verify_blocks(&self) -> usize {
+        let blocks = read_lock(&self.state).blocks.clone();
+        let started = Instant::now();
+        for b in &blocks {
+            self.verify_block(b);
+        }
+        let damaged = blocks.iter().filter(|b| b.is_damaged()).count();
+        tracing::info!(
+            blocks = blocks.len(),
+            damaged,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "verified block checksums"
+        );
+        damaged
+    }
+
+    /// Blocks set aside in the quarantine directory: (path, size, newest possible profile time).
+    fn set_aside(&self) -> Vec<(PathBuf, u64, i64)> {
+        let dir = self.quarantine_dir();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if !md.is_file() {
+                continue;
+            }
+            let name = e.file_name();
+            // The file name keeps the partition; failing that, the time it was written.
+            let max_time = name
+                .to_str()
+                .and_then(block::parse_block_name)
+                .map(|(p, _)| p.saturating_add(block::PARTITION_NANOS - 1))
+                .or_else(|| {
+                    let t = md
+                        .modified()
+                        .ok()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?;
+                    i64::try_from(t.as_nanos()).ok()
+                })
+                .unwrap_or(i64::MIN);
+            out.push((e.path(), md.len(), max_time));
+        }
+        out
     }
 
     fn next_id(&self) -> u64 {
@@ -487,19 +708,15 @@ impl Inner {
             offset: entry.offset,
             reason,
         };
-        let mut buf = vec![0u8; FRAME_HEADER_LEN as usize + entry.len as usize];
+        let mut payload = vec![0u8; entry.len as usize];
         let path = segment::segment_path(&self.dir, entry.segment);
-        file.read_exact_at(&mut buf, entry.offset)
+        file.read_exact_at(&mut payload, entry.offset)
             .map_err(io_err(&path))?;
-        let (fh, payload) = buf.split_at(FRAME_HEADER_LEN as usize);
-        let mut header = [0u8; 8];
-        header.copy_from_slice(fh);
-        let decoded = segment::verify_frame(header, payload)
-            .and_then(|()| segment::split_payload(payload))
+        let decoded = segment::verify_payload(entry.crc, &payload)
+            .and_then(|()| segment::split_payload(&payload))
             .and_then(|(_, body)| segment::decompress(body, self.max_profile_bytes));
         let raw = match decoded {
             Ok(raw) => raw,
-            Err(FrameError::Truncated) => return Err(corrupt("truncated".into())),
             Err(FrameError::Corrupt(why)) => return Err(corrupt(why)),
             Err(FrameError::Io(e)) => return Err(io_err(&path)(e)),
         };
@@ -532,18 +749,20 @@ impl Inner {
 
     fn maintain(&self, now_nanos: i64, force_flush: bool) -> Result<(), StoreError> {
         let _m = lock(&self.maintenance);
-        self.flush(force_flush)?;
-        self.compact_and_expire(now_nanos)
+        // Compaction and retention run even when the flush failed: on a full disk, retention is
+        // what frees space for the flush to succeed next time.
+        let flushed = self.flush(force_flush);
+        let rest = self.compact_and_expire(now_nanos);
+        flushed.and(rest)
     }
 
-    /// Compaction, then retention, then forgetting label sets of deleted blocks. Caller holds
-    /// `maintenance`.
+    /// Compaction, then retention (whether or not compaction succeeded), then forgetting label
+    /// sets of deleted blocks. Caller holds `maintenance`.
     fn compact_and_expire(&self, now_nanos: i64) -> Result<(), StoreError> {
-        let result = self
-            .compact()
-            .and_then(|()| self.apply_retention(now_nanos));
+        let compacted = self.compact();
+        let expired = self.apply_retention(now_nanos);
         lock(&self.interner).prune();
-        result
+        compacted.and(expired)
     }
 
     /// Flushes sealed segments into blocks (sealing the active one first if `force` or due), then
@@ -604,26 +823,53 @@ impl Inner {
                     .or_default()
                     .add(&r.labels, r.entry.time_nanos, &r.entry.profile_types, &p),
                 // It failed its CRC or does not decode: nothing a retry would fix.
-                Err(e) => tracing::error!(error = %e, "dropping unreadable WAL record at flush"),
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping unreadable WAL record at flush");
+                    self.losses.profiles.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let flush_id = self.next_id();
         let parts = builders.len() as u32;
         let sources: Vec<u64> = sealed.iter().copied().collect();
-        let mut new_blocks = Vec::with_capacity(builders.len());
+        let mut new_blocks: Vec<Arc<Block>> = Vec::with_capacity(builders.len());
         for (_, b) in builders {
-            let (meta, path, size) = b.write(
-                &self.blocks_dir,
-                Provenance {
-                    id: self.next_id(),
-                    flush_id,
-                    flush_parts: parts,
-                    sources: sources.clone(),
-                    replaces: Vec::new(),
-                },
-            )?;
-            let file = File::open(&path).map_err(io_err(&path))?;
-            new_blocks.push(Arc::new(Block::new(meta, path, file, size, &self.interner)));
+            let written = b
+                .write(
+                    &self.blocks_dir,
+                    Provenance {
+                        id: self.next_id(),
+                        flush_id,
+                        flush_parts: parts,
+                        sources: sources.clone(),
+                        replaces: Vec::new(),
+                    },
+                )
+                .and_then(|(meta, path, size)| {
+                    let file = File::open(&path).map_err(io_err(&path))?;
+                    Ok((meta, path, size, file))
+                });
+            let (meta, path, size, file) = match written {
+                Ok(w) => w,
+                Err(e) => {
+                    // The segments stay and the next flush starts over: the blocks this one did
+                    // write must go, or a restart after that flush would see their profiles twice.
+                    for b in &new_blocks {
+                        if let Err(rm) = fs::remove_file(&b.path) {
+                            tracing::warn!(block = %b.path.display(), error = %rm, "could not remove a block of a failed flush");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            new_blocks.push(Arc::new(Block::new(
+                meta,
+                path,
+                file,
+                size,
+                &self.interner,
+                true,
+            )));
         }
         {
             let mut state = write_lock(&self.state);
@@ -661,6 +907,12 @@ impl Inner {
         let blocks = read_lock(&self.state).blocks.clone();
         let mut by_partition: BTreeMap<i64, Vec<Arc<Block>>> = BTreeMap::new();
         for b in blocks {
+            // A damaged block is never merged: its readable part stays where it is (and retention
+            // deletes it in time), and a merge would fail on it again every time.
+            self.verify_block(&b);
+            if b.is_damaged() {
+                continue;
+            }
             by_partition
                 .entry(b.meta.partition_start)
                 .or_default()
@@ -688,9 +940,23 @@ impl Inner {
         let started = Instant::now();
         let mut builder = BlockBuilder::new();
         for b in inputs {
-            let tables = Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES)?;
+            // Damage found only now (it happened after verification): quarantine it and leave
+            // this hour uncompacted rather than fail every maintenance run from now on.
+            let tables = match Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.quarantine(b, None, &e.to_string());
+                    return Ok(());
+                }
+            };
             for (i, s) in b.meta.series.iter().enumerate() {
-                let data = SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES)?;
+                let data = match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.quarantine(b, Some(i), &e.to_string());
+                        return Ok(());
+                    }
+                };
                 data.for_each(
                     &tables,
                     |_| true,
@@ -717,7 +983,7 @@ impl Inner {
             },
         )?;
         let file = File::open(&path).map_err(io_err(&path))?;
-        let merged = Arc::new(Block::new(meta, path, file, size, &self.interner));
+        let merged = Arc::new(Block::new(meta, path, file, size, &self.interner, true));
         {
             let mut state = write_lock(&self.state);
             state.blocks.retain(|b| !replaces.contains(&b.meta.id));
@@ -743,29 +1009,44 @@ impl Inner {
         lock(&self.active).len + lock(&self.sealed).values().sum::<u64>()
     }
 
-    /// Deletes blocks past the age limit, then the oldest while over the size limit. Caller holds
-    /// `maintenance`.
+    /// Deletes blocks past the age limit, then the oldest while over the size limit. Damaged
+    /// blocks and those set aside in the quarantine directory count and go like any other. Caller
+    /// holds `maintenance`.
     fn apply_retention(&self, now_nanos: i64) -> Result<(), StoreError> {
-        let mut blocks = read_lock(&self.state).blocks.clone();
-        // Oldest first: by the newest profile they hold, then by id.
-        blocks.sort_by_key(|b| (b.meta.max_time, b.meta.id));
-        let mut doomed: Vec<(Arc<Block>, &str)> = Vec::new();
+        /// What retention may delete.
+        enum Victim {
+            Block(Arc<Block>),
+            SetAside(PathBuf),
+        }
+        // (newest profile time, id, size, what), oldest first.
+        let mut all: Vec<(i64, u64, u64, Victim)> = read_lock(&self.state)
+            .blocks
+            .iter()
+            .map(|b| (b.meta.max_time, b.meta.id, b.size, Victim::Block(b.clone())))
+            .collect();
+        all.extend(
+            self.set_aside()
+                .into_iter()
+                .map(|(path, size, max_time)| (max_time, 0, size, Victim::SetAside(path))),
+        );
+        all.sort_by_key(|(t, id, _, _)| (*t, *id));
+        let mut doomed: Vec<(u64, i64, Victim, &str)> = Vec::new();
         let mut kept = Vec::new();
         let cutoff = self
             .config
             .retention_age()
             .map(|age| now_nanos.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX)));
-        for b in blocks {
+        for (t, _, size, v) in all {
             match cutoff {
-                Some(c) if b.meta.max_time < c => doomed.push((b, "age")),
-                _ => kept.push(b),
+                Some(c) if t < c => doomed.push((size, t, v, "age")),
+                _ => kept.push((size, t, v)),
             }
         }
         if self.config.retention_bytes > 0 {
-            let mut total = self.wal_bytes() + kept.iter().map(|b| b.size).sum::<u64>();
+            let mut total = self.wal_bytes() + kept.iter().map(|(size, _, _)| size).sum::<u64>();
             let mut kept = kept.into_iter();
             while total > self.config.retention_bytes {
-                let Some(b) = kept.next() else {
+                let Some((size, t, v)) = kept.next() else {
                     tracing::warn!(
                         bytes = total,
                         limit = self.config.retention_bytes,
@@ -773,30 +1054,47 @@ impl Inner {
                     );
                     break;
                 };
-                total -= b.size;
-                doomed.push((b, "size"));
+                total -= size;
+                doomed.push((size, t, v, "size"));
             }
         }
         if doomed.is_empty() {
             return Ok(());
         }
         {
-            let ids: HashSet<u64> = doomed.iter().map(|(b, _)| b.meta.id).collect();
+            let ids: HashSet<u64> = doomed
+                .iter()
+                .filter_map(|(_, _, v, _)| match v {
+                    Victim::Block(b) => Some(b.meta.id),
+                    Victim::SetAside(_) => None,
+                })
+                .collect();
             write_lock(&self.state)
                 .blocks
                 .retain(|b| !ids.contains(&b.meta.id));
         }
-        for (b, why) in &doomed {
+        let mut set_aside = false;
+        for (size, max_time, v, why) in &doomed {
+            let path = match v {
+                Victim::Block(b) => &b.path,
+                Victim::SetAside(p) => {
+                    set_aside = true;
+                    p
+                }
+            };
             tracing::info!(
-                block = %b.path.display(),
-                bytes = b.size,
-                max_time = b.meta.max_time,
+                block = %path.display(),
+                bytes = size,
+                max_time,
                 reason = why,
                 "retention: deleting block"
             );
-            if let Err(e) = fs::remove_file(&b.path) {
-                tracing::warn!(block = %b.path.display(), error = %e, "could not delete block");
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!(block = %path.display(), error = %e, "could not delete block");
             }
+        }
+        if set_aside {
+            block::sync_dir(&self.quarantine_dir())?;
         }
         block::sync_dir(&self.blocks_dir)
     }
@@ -809,7 +1107,17 @@ fn load_blocks(
     seg_ids: &mut BTreeSet<u64>,
     seg_dir: &Path,
     interner: &Mutex<Interner>,
+    losses: &Losses,
 ) -> Result<Vec<Block>, StoreError> {
+    let quarantine = dir.join(QUARANTINE_DIR);
+    // Moves a block out of the way of future starts, keeping its bytes for inspection.
+    let set_aside = |path: &Path, name: &str| -> Result<(), StoreError> {
+        fs::create_dir_all(&quarantine).map_err(io_err(&quarantine))?;
+        let to = quarantine.join(name);
+        fs::rename(path, &to).map_err(io_err(path))?;
+        block::sync_dir(&quarantine)?;
+        block::sync_dir(dir)
+    };
     let mut blocks = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -823,16 +1131,27 @@ fn load_blocks(
             fs::remove_file(&path).map_err(io_err(&path))?;
             continue;
         }
+        if let Some(stem) = name.strip_suffix(".corrupt") {
+            // Set aside by an older version next to the blocks: where they go now.
+            set_aside(&path, &format!("{stem}.blk"))?;
+            continue;
+        }
         if !block::is_block_name(&name) {
             continue;
         }
         match block::read_meta(&path) {
-            Ok((meta, file, size)) => blocks.push(Block::new(meta, path, file, size, interner)),
+            Ok((meta, file, size)) => {
+                blocks.push(Block::new(meta, path, file, size, interner, false))
+            }
             Err(e) => {
-                // Keep the bytes for inspection, out of the way of future starts.
-                tracing::error!(error = %e, "setting aside an unreadable block");
-                let aside = path.with_extension("corrupt");
-                fs::rename(&path, &aside).map_err(io_err(&path))?;
+                // Without its footer nothing in the block can be found, so all of it goes.
+                tracing::error!(
+                    block = %path.display(),
+                    error = %e,
+                    "block footer unreadable: moving the block to {QUARANTINE_DIR}/ (its profiles are lost)"
+                );
+                losses.blocks.fetch_add(1, Ordering::Relaxed);
+                set_aside(&path, &name)?;
             }
         }
     }
@@ -891,10 +1210,20 @@ fn create_segment(dir: &Path, id: u64) -> Result<Active, StoreError> {
         .write(true)
         .open(&path)
         .map_err(io_err(&path))?;
-    file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
-    file.sync_all().map_err(io_err(&path))?;
-    // The new directory entry must be durable too, or a crash could lose the whole file.
-    block::sync_dir(dir)?;
+    let written = file
+        .write_all(SEGMENT_MAGIC)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&path))
+        // The new directory entry must be durable too, or a crash could lose the whole file.
+        .and_then(|()| block::sync_dir(dir));
+    if let Err(e) = written {
+        // A half-made segment (say, on a full disk) would make every later attempt at this id
+        // fail: remove it so the next append tries again from scratch.
+        if let Err(rm) = fs::remove_file(&path) {
+            tracing::warn!(segment = %path.display(), error = %rm, "could not remove a half-made segment");
+        }
+        return Err(e);
+    }
     Ok(Active {
         id,
         file,
@@ -931,8 +1260,10 @@ impl LocalStore {
         }
         for b in blocks.iter().filter(|b| b.overlaps(range)) {
             for (i, s) in b.candidates(selector, range) {
-                if let Some(types) = b.in_range(s, range) {
-                    f(&b.labels[i], &mut types.into_iter());
+                match b.in_range(s, range) {
+                    Ok(Some(types)) => f(&b.labels[i], &mut types.into_iter()),
+                    Ok(None) => {}
+                    Err(e) => self.inner.quarantine(b, Some(i), &e.to_string()),
                 }
             }
         }
@@ -973,14 +1304,15 @@ impl Store for LocalStore {
         let segment = active.id;
         // Index under the append lock, so a flush cannot seal this segment in between.
         let mut state = write_lock(&inner.state);
-        for (p, (at, frame_len)) in profiles.into_iter().zip(frames) {
+        for (p, (at, frame)) in profiles.into_iter().zip(frames) {
             state.head.add(
                 p.labels,
                 Entry {
                     time_nanos: p.time_nanos,
                     segment,
-                    offset: start + at,
-                    len: (frame_len as u64 - FRAME_HEADER_LEN) as u32,
+                    offset: start + at + frame.payload_at,
+                    len: frame.payload_len,
+                    crc: frame.crc,
                     profile_types: p.profile_types.into(),
                 },
             );
@@ -1039,7 +1371,7 @@ impl Store for LocalStore {
                 Ok(t) => t,
                 // One damaged block must not make every query over it fail.
                 Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable block");
+                    self.inner.quarantine(b, None, &e.to_string());
                     continue;
                 }
             };
@@ -1047,7 +1379,7 @@ impl Store for LocalStore {
                 let data = match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(d) => d,
                     Err(e) => {
-                        tracing::error!(error = %e, "skipping unreadable series");
+                        self.inner.quarantine(b, Some(i), &e.to_string());
                         continue;
                     }
                 };
@@ -1109,10 +1441,9 @@ impl Store for LocalStore {
         );
         let mut n = 0;
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
-            let series: Vec<&SeriesMeta> = b
+            let series: Vec<(usize, &SeriesMeta)> = b
                 .candidates(req.selector, req.range)
                 .filter(|(_, s)| wants_type(&s.profile_types))
-                .map(|(_, s)| s)
                 .collect();
             if series.is_empty() {
                 continue;
@@ -1120,13 +1451,13 @@ impl Store for LocalStore {
             let tables = match Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES) {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable block");
+                    self.inner.quarantine(b, None, &e.to_string());
                     continue;
                 }
             };
             let mut acc = Vec::new();
             let mut merged = 0;
-            for s in series {
+            for (i, s) in series {
                 match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(data) => {
                         merged += data.aggregate(
@@ -1136,7 +1467,7 @@ impl Store for LocalStore {
                             &mut acc,
                         );
                     }
-                    Err(e) => tracing::error!(error = %e, "skipping unreadable series"),
+                    Err(e) => self.inner.quarantine(b, Some(i), &e.to_string()),
                 }
             }
             if merged > 0 {
@@ -1169,9 +1500,19 @@ impl Store for LocalStore {
     fn stats(&self) -> StoreStats {
         let wal = self.inner.wal_bytes();
         let segments = read_lock(&self.inner.readers).len() as u64;
+        let set_aside: u64 = self.inner.set_aside().iter().map(|(_, size, _)| size).sum();
         let state = read_lock(&self.inner.state);
-        let block_series: HashSet<&Arc<Labels>> =
-            state.blocks.iter().flat_map(|b| b.labels.iter()).collect();
+        let block_series: HashSet<&Arc<Labels>> = state
+            .blocks
+            .iter()
+            .flat_map(|b| {
+                b.labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| b.readable(*i))
+                    .map(|(_, l)| l)
+            })
+            .collect();
         let mut series = block_series.len() as u64;
         series += state
             .head
@@ -1179,13 +1520,28 @@ impl Store for LocalStore {
             .iter()
             .filter(|s| !block_series.contains(&s.labels))
             .count() as u64;
+        let losses = &self.inner.losses;
         StoreStats {
-            bytes: wal + state.blocks.iter().map(|b| b.size).sum::<u64>(),
+            bytes: wal + set_aside + state.blocks.iter().map(|b| b.size).sum::<u64>(),
             segments,
             blocks: state.blocks.len() as u64,
             series,
             profiles: state.head.profiles
-                + state.blocks.iter().map(|b| b.meta.profiles).sum::<u64>(),
+                + state
+                    .blocks
+                    .iter()
+                    .map(|b| b.readable_profiles())
+                    .sum::<u64>(),
+            quarantined_blocks: losses.blocks.load(Ordering::Relaxed),
+            quarantined_bytes: set_aside
+                + state
+                    .blocks
+                    .iter()
+                    .filter(|b| b.is_damaged())
+                    .map(|b| b.size)
+                    .sum::<u64>(),
+            profiles_lost: losses.profiles.load(Ordering::Relaxed),
+            wal_damaged_bytes: losses.wal_bytes.load(Ordering::Relaxed),
         }
     }
 

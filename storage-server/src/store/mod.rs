@@ -5,8 +5,14 @@
 //! hour-partitioned, columnar blocks with deduplicated symbols and stacks ([`block`]); blocks of
 //! one hour are compacted together and deleted by age and total size (retention). An
 //! object-storage backend can implement the same trait later.
+//!
+//! Damage on disk costs only what is damaged: WAL replay skips a bad record and carries on at the
+//! next good one ([`segment`]); a block section that fails its CRC hides only the series (or, for
+//! the shared tables, the block) it holds, counted in [`StoreStats`]; [`check`] reports it all
+//! offline (`kiln check`).
 
 pub mod block;
+pub mod check;
 mod local;
 mod segment;
 
@@ -21,6 +27,14 @@ pub use local::LocalStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The filesystem is full or the quota is exhausted (ENOSPC, EDQUOT): the append was rolled
+    /// back and the store goes on once space returns.
+    #[error("no space left for the store at {path}: {source}")]
+    DiskFull {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("store I/O on {path}: {source}")]
     Io {
         path: String,
@@ -37,6 +51,29 @@ pub enum StoreError {
     RecordTooLarge(usize),
     #[error("bad block {path}: {reason}")]
     Block { path: String, reason: String },
+}
+
+impl StoreError {
+    /// The error for a failed operation on `path`: [`StoreError::DiskFull`] when the disk or quota
+    /// is full, else [`StoreError::Io`].
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> StoreError {
+        let path = path.display().to_string();
+        match source.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StoreError::DiskFull { path, source }
+            }
+            _ => StoreError::Io { path, source },
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
+    }
+}
+
+/// `map_err` adapter for [`StoreError::io`].
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::io(path, source)
 }
 
 /// A series' label set: sorted by name, names unique.
@@ -104,7 +141,17 @@ pub struct StoreStats {
     /// Immutable blocks.
     pub blocks: u64,
     pub series: u64,
+    /// Readable profiles (those in damaged block sections are not counted).
     pub profiles: u64,
+    /// Blocks found damaged, whole or in part, since the store was opened.
+    pub quarantined_blocks: u64,
+    /// Bytes of damaged blocks still on disk (in place or set aside in `blocks/quarantine/`).
+    pub quarantined_bytes: u64,
+    /// Profiles found unreadable since the store was opened: those of damaged block sections, plus
+    /// one per damaged WAL record (a damaged stretch holds at least one).
+    pub profiles_lost: u64,
+    /// WAL bytes skipped as damaged since the store was opened.
+    pub wal_damaged_bytes: u64,
 }
 
 /// Which profiles a read wants.
