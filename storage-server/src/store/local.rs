@@ -648,8 +648,9 @@ impl Inner {
         damaged
     }
 
-    /// Blocks set aside in the quarantine directory: (path, size, newest possible profile time).
-    fn set_aside(&self) -> Vec<(PathBuf, u64, i64)> {
+    /// Blocks set aside in the quarantine directory: (path, size, oldest and newest possible
+    /// profile time).
+    fn set_aside(&self) -> Vec<(PathBuf, u64, i64, i64)> {
         let dir = self.quarantine_dir();
         let Ok(entries) = fs::read_dir(&dir) else {
             return Vec::new();
@@ -662,20 +663,21 @@ impl Inner {
             }
             let name = e.file_name();
             // The file name keeps the partition; failing that, the time it was written.
-            let max_time = name
+            let (min_time, max_time) = name
                 .to_str()
                 .and_then(block::parse_block_name)
-                .map(|(p, _)| p.saturating_add(block::PARTITION_NANOS - 1))
+                .map(|(p, _)| (p, p.saturating_add(block::PARTITION_NANOS - 1)))
                 .or_else(|| {
                     let t = md
                         .modified()
                         .ok()?
                         .duration_since(std::time::UNIX_EPOCH)
                         .ok()?;
-                    i64::try_from(t.as_nanos()).ok()
+                    let t = i64::try_from(t.as_nanos()).ok()?;
+                    Some((t, t))
                 })
-                .unwrap_or(i64::MIN);
-            out.push((e.path(), md.len(), max_time));
+                .unwrap_or((i64::MIN, i64::MIN));
+            out.push((e.path(), md.len(), min_time, max_time));
         }
         out
     }
@@ -1018,25 +1020,29 @@ impl Inner {
             Block(Arc<Block>),
             SetAside(PathBuf),
         }
-        // (newest profile time, id, size, what), oldest first.
-        let mut all: Vec<(i64, u64, u64, Victim)> = read_lock(&self.state)
+        // (order, newest profile time, size, what), oldest first: blocks by their newest profile,
+        // set-aside files (whose contents are unknown) ahead of every block of their hour.
+        let mut all: Vec<((i64, u64), i64, u64, Victim)> = read_lock(&self.state)
             .blocks
             .iter()
-            .map(|b| (b.meta.max_time, b.meta.id, b.size, Victim::Block(b.clone())))
+            .map(|b| {
+                let t = b.meta.max_time;
+                ((t, b.meta.id), t, b.size, Victim::Block(b.clone()))
+            })
             .collect();
         all.extend(
             self.set_aside()
                 .into_iter()
-                .map(|(path, size, max_time)| (max_time, 0, size, Victim::SetAside(path))),
+                .map(|(path, size, min, max)| ((min, 0), max, size, Victim::SetAside(path))),
         );
-        all.sort_by_key(|(t, id, _, _)| (*t, *id));
+        all.sort_by_key(|(order, _, _, _)| *order);
         let mut doomed: Vec<(u64, i64, Victim, &str)> = Vec::new();
         let mut kept = Vec::new();
         let cutoff = self
             .config
             .retention_age()
             .map(|age| now_nanos.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX)));
-        for (t, _, size, v) in all {
+        for (_, t, size, v) in all {
             match cutoff {
                 Some(c) if t < c => doomed.push((size, t, v, "age")),
                 _ => kept.push((size, t, v)),
@@ -1500,7 +1506,12 @@ impl Store for LocalStore {
     fn stats(&self) -> StoreStats {
         let wal = self.inner.wal_bytes();
         let segments = read_lock(&self.inner.readers).len() as u64;
-        let set_aside: u64 = self.inner.set_aside().iter().map(|(_, size, _)| size).sum();
+        let set_aside: u64 = self
+            .inner
+            .set_aside()
+            .iter()
+            .map(|(_, size, _, _)| size)
+            .sum();
         let state = read_lock(&self.inner.state);
         let block_series: HashSet<&Arc<Labels>> = state
             .blocks
