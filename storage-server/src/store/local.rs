@@ -770,13 +770,18 @@ impl Inner {
     /// Flushes sealed segments into blocks (sealing the active one first if `force` or due), then
     /// deletes them. Caller holds `maintenance`.
     fn flush(&self, force: bool) -> Result<(), StoreError> {
-        let active_id = {
+        let (active_id, rotated) = {
             let mut active = lock(&self.active);
-            if (force && active.len > SEGMENT_MAGIC.len() as u64) || self.rotation_due(&active) {
-                self.rotate(&mut active)?;
-            }
-            active.id
+            let rotated = if (force && active.len > SEGMENT_MAGIC.len() as u64)
+                || self.rotation_due(&active)
+            {
+                self.rotate(&mut active)
+            } else {
+                Ok(())
+            };
+            (active.id, rotated)
         };
+        // A failed rotation (a full disk, say) still lets what is already sealed be flushed.
         let mut sealed: Vec<u64> = read_lock(&self.readers)
             .keys()
             .copied()
@@ -801,7 +806,7 @@ impl Inner {
         if !batch.is_empty() {
             self.flush_segments(&batch)?;
         }
-        Ok(())
+        rotated
     }
 
     /// Writes the records of `sealed` into blocks, then deletes those segments.
