@@ -302,5 +302,20 @@ mod tests {
         assert_eq!(agent.frequency, 99);
         assert!(agent.metrics_listen.0.is_none());
         assert!(Cli::try_parse_from(["kiln", "agent", "--window", "forever"]).is_err());
+        let Command::Server(server) = Cli::try_parse_from(["kiln", "server", "--verify"])
+            .unwrap()
+            .command
+        else {
+            panic!("not server")
+        };
+        assert!(server.verify);
+        let Command::Check { data_dir } =
+            Cli::try_parse_from(["kiln", "check", "--data-dir", "/srv/kiln"])
+                .unwrap()
+                .command
+        else {
+            panic!("not check")
+        };
+        assert_eq!(data_dir, PathBuf::from("/srv/kiln"));
     }
 }
