@@ -273,3 +273,60 @@ async fn root_real_full_disk_answers_507_and_recovers() {
     let state = AppState::open(config).unwrap();
     assert_eq!(total(&state), 13, "after a restart");
 }
+
+/// Damage found in a block is counted on `/metrics`.
+#[tokio::test]
+async fn block_damage_is_counted_on_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig::with_data_dir(dir.path());
+    {
+        let state = AppState::open(config.clone()).unwrap();
+        let app = router(state.clone());
+        for (service, value) in [("a", 1), ("a", 2), ("b", 3)] {
+            assert_eq!(push(&app, service, value).await.0, StatusCode::OK);
+        }
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let blocks = config.segments_dir().join("blocks");
+    let block = walkdir(&blocks)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "blk"))
+        .unwrap();
+    let (meta, _, _) = kiln_storage_server::store::block::read_meta(&block).unwrap();
+    let a = meta
+        .series
+        .iter()
+        .find(|s| s.labels().get("service_name") == Some("a"))
+        .unwrap();
+    let rows = a.rows_section.as_ref().unwrap();
+    let mut bytes = std::fs::read(&block).unwrap();
+    bytes[(rows.offset + rows.len / 2) as usize] ^= 0x01;
+    std::fs::write(&block, bytes).unwrap();
+
+    let mut config = config;
+    config.store.verify_on_open = true;
+    let app = router(AppState::open(config).unwrap());
+    let req = Request::get("/metrics").body(Body::empty()).unwrap();
+    let (status, metrics) = send(&app, req).await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "kiln_server_store_quarantined_blocks_total 1",
+        "kiln_server_store_profiles_lost_total 2",
+        "kiln_server_store_profiles 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kiln_server_store_quarantined_bytes ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
