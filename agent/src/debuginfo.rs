@@ -283,7 +283,7 @@ impl DebugInfoUploader {
             prior
         };
         let m = &self.shared.metrics;
-        let (file, path) = match open_mapped_file(&obj.mapped()) {
+        let opened = match open_mapped_file(&obj.mapped()) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(build_id = %obj.build_id, error = %e, "cannot open object for upload");
@@ -293,7 +293,9 @@ impl DebugInfoUploader {
                 return Submitted::Unreadable;
             }
         };
-        let size = file.metadata().map(|md| md.len()).unwrap_or(u64::MAX);
+        let size = opened.len();
+        let path = opened.shown_path().to_owned();
+        let file = opened.into_file();
         if size > self.shared.config.max_upload_bytes {
             tracing::info!(
                 build_id = %obj.build_id,
@@ -324,13 +326,16 @@ impl DebugInfoUploader {
         let debug = if crate::debuglink::has_symbols(&file) {
             None
         } else {
-            let root = PathBuf::from(format!("/proc/{}/root", obj.pid));
-            crate::debuglink::find_debug_file(&root, &file, &obj.path, &obj.build_id).and_then(
-                |(f, p)| {
-                    let size = f.metadata().map(|md| md.len()).unwrap_or(u64::MAX);
-                    (size <= self.shared.config.max_upload_bytes).then_some((f, size, p))
-                },
-            )
+            let max = self.shared.config.max_upload_bytes;
+            crate::process_files::ProcessRoot::of_process(obj.pid)
+                .ok()
+                .and_then(|root| {
+                    crate::debuglink::find_debug_file(&root, &file, &obj.path, &obj.build_id, max)
+                })
+                .map(|f| {
+                    let (size, path) = (f.len(), f.shown_path().to_owned());
+                    (f.into_file(), size, path)
+                })
         };
         // The debug file goes with its object: its bytes are owed even past the budget.
         if let (Some(budget), Some((_, debug_size, _))) =
