@@ -169,29 +169,31 @@ impl PerfMaps {
         }
     }
 
-    /// The perf-map name of `addr` in `process`, from what is parsed so far. When there is none,
-    /// the worker is asked (rate-limited) to read what the runtime appended; a later sample gets it.
+    /// The perf-map name of `addr` in `process`, from what is parsed so far. The worker is asked
+    /// (at most once per refresh interval) to read what the runtime appended; a later sample gets
+    /// it.
     pub fn lookup(&mut self, process: &Process, addr: u64) -> Option<String> {
         let key = (process.pid, process.start_time);
         let now = Instant::now();
-        {
+        let name = {
             let mut maps = lock(&self.maps);
             if !maps.contains_key(&key) && maps.len() >= self.config.max_processes {
                 evict_least_recent(&mut maps);
             }
             let e = maps.entry(key).or_default();
-            if let Some(name) = e.map.lookup(addr) {
-                return Some(name.to_owned());
-            }
+            let name = e.map.lookup(addr).map(str::to_owned);
+            // Named or not, what the runtime appended since is read once per interval: a JIT
+            // reuses the addresses of collected code, and the later line is the right name.
             let due = e
                 .requested
                 .is_none_or(|t| now.duration_since(t) >= self.config.refresh_interval);
             if e.reading || !due {
-                return None;
+                return name;
             }
             e.requested = Some(now);
             e.reading = true;
-        }
+            name
+        };
         let request = Request {
             key,
             ns_pid: process.ns_pid,
@@ -204,7 +206,7 @@ impl PerfMaps {
                 e.reading = false;
             }
         }
-        None
+        name
     }
 
     /// Forgets processes that exited (those `alive` says no to).
@@ -526,6 +528,14 @@ int main(void) {
         // Each byte parsed once: the first lines were not read again.
         let whole = std::fs::metadata(&path).unwrap().len();
         assert_eq!(metrics.perf_map_bytes_parsed.get(), whole);
+
+        // Code collected and another function compiled at the same address: the later line wins,
+        // though the address was already named.
+        f.write_all(b"1000 10 recompiled\n").unwrap();
+        assert_eq!(
+            wait_for(|| maps.lookup(&me, 0x1000).filter(|n| n == "recompiled")).as_deref(),
+            Some("recompiled")
+        );
 
         // A new file (the runtime restarted) starts over.
         std::fs::remove_file(&path).unwrap();
