@@ -47,6 +47,8 @@ pub struct PerfMapConfig {
     pub max_file_bytes: u64,
     /// Most entries kept per process; later lines are skipped.
     pub max_entries_per_process: usize,
+    /// Most entries kept over all processes (~70 bytes each with a short name).
+    pub max_entries: usize,
     /// Processes whose perf maps are kept; beyond it the least recently read is dropped.
     pub max_processes: usize,
     /// Reads waiting for the worker; beyond it requests are dropped (and asked for again later).
@@ -59,6 +61,7 @@ impl Default for PerfMapConfig {
             refresh_interval: Duration::from_secs(1),
             max_file_bytes: 256 << 20,
             max_entries_per_process: 1 << 21,
+            max_entries: 1 << 22,
             max_processes: 64,
             queue: 64,
         }
@@ -316,10 +319,14 @@ fn read_appended(req: &Request, maps: &Maps, config: &PerfMapConfig, metrics: &A
         offset += complete.len() as u64;
         metrics.perf_map_bytes_parsed.inc_by(complete.len() as u64);
         let mut maps = lock(maps);
+        let total: usize = maps.values().map(|e| e.map.len()).sum();
         let Some(e) = maps.get_mut(&req.key) else {
             return;
         };
-        let skipped = e.map.extend(entries, config.max_entries_per_process);
+        let room = config.max_entries.saturating_sub(total - e.map.len());
+        let skipped = e
+            .map
+            .extend(entries, config.max_entries_per_process.min(room));
         e.offset = offset;
         if skipped > 0 {
             tracing::debug!(
@@ -602,5 +609,37 @@ int main(void) {
         assert_eq!(maps.lookup(&me, 0x1000 + 9 * 0x100).as_deref(), Some("f9"));
         assert_eq!(maps.lookup(&me, 0x1000 + 10 * 0x100), None);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn entries_in_all_are_capped() {
+        let (a, path_a) = me_as(u32::MAX - 14);
+        let (mut b, path_b) = me_as(u32::MAX - 15);
+        // Another process (as the cache keys them) with its own perf map.
+        b.start_time += 1;
+        let lines = |name: &str| -> String {
+            (0..10)
+                .map(|i| format!("{:x} 10 {name}{i}\n", 0x1000 + i * 0x100))
+                .collect()
+        };
+        std::fs::write(&path_a, lines("a")).unwrap();
+        std::fs::write(&path_b, lines("b")).unwrap();
+        let mut maps = PerfMaps::new(
+            PerfMapConfig {
+                refresh_interval: Duration::ZERO,
+                max_entries: 15,
+                ..PerfMapConfig::default()
+            },
+            AgentMetrics::unregistered(),
+        );
+        assert_eq!(wait_for(|| maps.lookup(&a, 0x1000)).as_deref(), Some("a0"));
+        assert!(wait_for(|| maps.idle().then_some(())).is_some());
+        assert_eq!(wait_for(|| maps.lookup(&b, 0x1000)).as_deref(), Some("b0"));
+        assert!(wait_for(|| maps.idle().then_some(())).is_some());
+        assert_eq!(maps.lookup(&a, 0x1000 + 9 * 0x100).as_deref(), Some("a9"));
+        assert_eq!(maps.lookup(&b, 0x1000 + 4 * 0x100).as_deref(), Some("b4"));
+        assert_eq!(maps.lookup(&b, 0x1000 + 5 * 0x100), None, "over the total");
+        let _ = std::fs::remove_file(&path_a);
+        let _ = std::fs::remove_file(&path_b);
     }
 }
