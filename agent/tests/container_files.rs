@@ -4,8 +4,9 @@
 //! (`unshare --mount --pid --fork`, a tmpfs as its root and another on its /tmp), spinning in
 //! anonymous executable memory that only its perf map can name. The real sampler and aggregator
 //! sample the node while the test plants, in turn, at the workload's `/tmp/perf-1.map`:
-//! a FIFO, a symlink to a file outside its root (by absolute path and by `..`), a 1 TiB sparse
-//! file, and a real perf map that then grows by a million lines. Each time the workload must be
+//! a FIFO, a symlink to a file outside its root (by absolute path and by `..`), a link to
+//! `/etc/shadow` through `/proc/1/root`, a 1 TiB sparse file, and a real perf map that then grows by
+//! a million lines. Each time the workload must be
 //! sampled at the full rate (samples ≈ its CPU time × the frequency), the sampling loop must keep
 //! answering, nothing outside the root may name a frame, and the grown perf map must be parsed
 //! once (bytes parsed = its size), not re-read whole.
@@ -70,7 +71,8 @@ impl Contained {
         let script = r#"set -e
 R=$1
 mount -t tmpfs kiln-root "$R"
-mkdir -p "$R/usr" "$R/tmp" "$R/etc" "$R/opt"
+mkdir -p "$R/usr" "$R/tmp" "$R/etc" "$R/opt" "$R/proc"
+mount -t proc kiln-proc "$R/proc"
 mount --bind /usr "$R/usr"
 for d in lib lib32 lib64 bin sbin; do
   if [ -L "/$d" ]; then ln -s "$(readlink "/$d")" "$R/$d";
@@ -369,6 +371,19 @@ fn root_hostile_perf_maps_neither_stall_sampling_nor_leak_host_files() {
             target.display()
         );
     }
+
+    // The classic: a link to /etc/shadow through /proc's magic links. Followed from the agent's
+    // side, /proc/1/root is the host's init's root; inside the workload's root it is a magic link,
+    // which the door does not follow at all.
+    w.clear_perf_map();
+    std::os::unix::fs::symlink("/proc/1/root/etc/shadow", w.perf_map()).expect("symlink");
+    let before = agent.refused(Refusal::UnsafeLink);
+    let win = window(&agent, &w, cpu);
+    win.assert_full_rate("link to /etc/shadow through /proc/1/root");
+    assert!(
+        agent.refused(Refusal::UnsafeLink) > before,
+        "the magic link was not refused"
+    );
 
     // A 1 TiB sparse file.
     w.clear_perf_map();
