@@ -17,9 +17,14 @@
 //!   sparse file costs its owner nothing) is refused.
 //!
 //! Refusals are counted by reason ([`refusal_totals`], published as
-//! `kiln_agent_process_files_refused_total{reason}`). Where the work happens is the callers' half
-//! of the rule: perf maps are read by their own worker thread (perfmap.rs), never on the sampling
-//! thread.
+//! `kiln_agent_process_files_refused_total{reason}`).
+//!
+//! Where the reading happens is the callers' half of the rule. Perf maps are read by their own
+//! worker thread (perfmap.rs) and debuginfo candidates on a blocking thread of the runtime
+//! (debuginfo.rs). The headers of mapped objects (build IDs, unwind tables) are still read on the
+//! sampling thread, because the sample being unwound needs them: those are files the process has
+//! mapped (through `/proc/PID/map_files`), so never a FIFO or device, but a FUSE filesystem that
+//! stops answering could still hold that read.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
