@@ -1,24 +1,26 @@
-//! GNU build IDs of mapped ELF files: opening a mapping's file the way containers allow, reading the
-//! note with `object` (only the headers and notes are read, not the whole file), and a cache per
-//! (device, inode) so a shared library is read once however many processes map it.
+//! Build IDs of mapped ELF files: opening a mapping's file through the door to process files
+//! (process_files.rs), reading its identity with [`kiln_buildid`] (only the headers and notes are
+//! read, not the whole file), and a cache per (device, inode) so a shared library is read once
+//! however many processes map it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use object::Object;
 use object::read::ReadCache;
+
+use crate::process_files::{self, DoorError, ProcessRoot, RegularFile};
+
+/// Largest mapped object file opened (for its build ID, unwind tables, upload): far above real
+/// binaries with debug info, far below what a sparse file can claim.
+pub const MAX_OBJECT_BYTES: u64 = 16 << 30;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildIdError {
-    #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Open(#[from] DoorError),
     #[error("{path} is inode {found}, but the mapping is inode {expected} (replaced on disk?)")]
     InodeMismatch {
         path: PathBuf,
@@ -108,40 +110,28 @@ impl ObjectRef {
     }
 }
 
-/// Opens the file behind a mapping. `/proc/PID/map_files/<start>-<end>` is the mapped file itself
-/// (right even if the path was replaced since, and across mount namespaces) but needs privileges;
-/// `/proc/PID/root/<path>` is the fallback, accepted only if its inode is still the mapped one.
-pub fn open_mapped_file(m: &MappedFile<'_>) -> Result<(File, PathBuf), BuildIdError> {
-    let map_files = PathBuf::from(format!(
-        "/proc/{}/map_files/{:x}-{:x}",
-        m.pid, m.start, m.end
-    ));
-    if let Ok(f) = File::open(&map_files) {
-        return Ok((f, map_files));
+/// Opens the file behind a mapping, through the door to process files (regular files of at most
+/// [`MAX_OBJECT_BYTES`] only). `/proc/PID/map_files/<start>-<end>` is the mapped file itself (right
+/// even if the path was replaced since, and across mount namespaces) but needs privileges; the
+/// path inside the process's root is the fallback, accepted only if its inode is still the mapped
+/// one.
+pub fn open_mapped_file(m: &MappedFile<'_>) -> Result<RegularFile, BuildIdError> {
+    match process_files::open_mapped(m.pid, m.start, m.end, MAX_OBJECT_BYTES) {
+        Ok(f) => return Ok(f),
+        // The mapped file itself is not one we read: its path would name the same thing.
+        Err(e) if e.refusal().is_some() => return Err(e.into()),
+        // No map_files without CAP_SYS_ADMIN (or the mapping is gone): try the path.
+        Err(_) => {}
     }
-    let rooted = Path::new("/proc")
-        .join(m.pid.to_string())
-        .join("root")
-        .join(m.path.strip_prefix("/").unwrap_or(m.path));
-    let f = File::open(&rooted).map_err(|source| BuildIdError::Open {
-        path: rooted.clone(),
-        source,
-    })?;
-    let found = f
-        .metadata()
-        .map_err(|source| BuildIdError::Open {
-            path: rooted.clone(),
-            source,
-        })?
-        .ino();
-    if found != m.inode {
+    let f = ProcessRoot::of_process(m.pid)?.open_file(m.path, MAX_OBJECT_BYTES)?;
+    if f.inode() != m.inode {
         return Err(BuildIdError::InodeMismatch {
-            path: rooted,
+            path: f.shown_path().to_owned(),
             expected: m.inode,
-            found,
+            found: f.inode(),
         });
     }
-    Ok((f, rooted))
+    Ok(f)
 }
 
 /// Reads the GNU build ID of an open file; `Ok(None)` when it is not an object file or has no note.
@@ -162,79 +152,9 @@ pub fn read_build_id(file: &File, path: &Path) -> Result<Option<BuildId>, BuildI
     }
 }
 
-/// The identity of an ELF file: its GNU build ID note, or for a Go binary without one (what
-/// `go build` makes by default), the key of its Go build ID ([`go_build_id_key`]). The server
-/// (`kiln_symbolizer::read_build_id`) identifies uploaded files the same way.
-pub fn elf_build_id<'d, R: object::ReadRef<'d>>(
-    obj: &object::File<'d, R>,
-) -> object::read::Result<Option<Vec<u8>>> {
-    if let Some(id) = obj.build_id()? {
-        return Ok(Some(id.to_vec()));
-    }
-    use object::ObjectSection;
-    let Some(section) = obj.section_by_name(".note.go.buildid") else {
-        return Ok(None);
-    };
-    Ok(section
-        .data()
-        .ok()
-        .and_then(go_note_desc)
-        .and_then(go_build_id_key))
-}
-
-/// The descriptor of the Go build ID note (`name "Go", type 4`) in a note section's bytes.
-fn go_note_desc(data: &[u8]) -> Option<&[u8]> {
-    let word = |at: usize| -> Option<usize> {
-        let b = data.get(at..at + 4)?;
-        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let (namesz, descsz, kind) = (word(0)?, word(4)?, word(8)?);
-    let name = data.get(12..12 + namesz)?;
-    let desc_at = 12 + namesz.div_ceil(4) * 4;
-    (kind == 4 && name.split(|&b| b == 0).next().unwrap_or(name) == b"Go")
-        .then(|| data.get(desc_at..desc_at + descsz))
-        .flatten()
-}
-
-/// A Go build ID (`actionID/contentID/...`, each part 20 characters of URL-safe base64) as build-ID
-/// bytes: the parts decoded and concatenated (60 bytes for the usual four parts), which fits the
-/// server's 64-byte limit where the 83-character text would not. A build ID set by hand
-/// (`-ldflags=-buildid=…`) that is not such base64 is used as it is when it fits. Keep in step with
-/// `kiln_symbolizer`'s copy.
-pub fn go_build_id_key(text: &[u8]) -> Option<Vec<u8>> {
-    const MAX: usize = 64;
-    let decoded: Option<Vec<u8>> =
-        text.split(|&b| b == b'/')
-            .try_fold(Vec::new(), |mut out, part| {
-                let mut bits = 0u32;
-                let mut nbits = 0;
-                if part.is_empty() {
-                    return None;
-                }
-                for &c in part {
-                    let v = match c {
-                        b'A'..=b'Z' => c - b'A',
-                        b'a'..=b'z' => c - b'a' + 26,
-                        b'0'..=b'9' => c - b'0' + 52,
-                        b'-' => 62,
-                        b'_' => 63,
-                        _ => return None,
-                    };
-                    bits = (bits << 6) | u32::from(v);
-                    nbits += 6;
-                    if nbits >= 8 {
-                        nbits -= 8;
-                        out.push((bits >> nbits) as u8);
-                        bits &= (1 << nbits) - 1;
-                    }
-                }
-                Some(out)
-            });
-    match decoded {
-        Some(d) if !d.is_empty() && d.len() <= MAX => Some(d),
-        _ => (!text.is_empty() && text.len() <= MAX).then(|| text.to_vec()),
-    }
-}
+/// The identity of an ELF file (GNU build ID, else Go build ID key), read as the server reads it:
+/// both use [`kiln_buildid::elf_build_id`].
+pub use kiln_buildid::elf_build_id;
 
 /// Build IDs by file identity, bounded. Files without a build ID are remembered too (as `None`) so
 /// they are not reopened; failures to open are not, since they are often transient (process exited).
@@ -263,8 +183,8 @@ impl BuildIdCache {
         if let Some(hit) = self.entries.get(&id) {
             return Ok(hit.clone());
         }
-        let (file, path) = open_mapped_file(mapped)?;
-        let build_id = read_build_id(&file, &path)?;
+        let file = open_mapped_file(mapped)?;
+        let build_id = read_build_id(file.file(), file.shown_path())?;
         if self.entries.len() >= self.capacity {
             // Rare (tens of thousands of distinct files): start over rather than track recency on
             // every hit.
@@ -288,36 +208,8 @@ impl BuildIdCache {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// What `go tool buildid` printed for a Go 1.19 binary, and Python's base64.urlsafe_b64decode of
-    /// its parts (the symbolizer's test holds the same pair).
-    const GO_BUILD_ID: &str =
-        "Ad0J6Hz157EFL3eqdkRs/dScsOUuoblHehDJRZyHR/SOIJI7yfYpblAaVm6ovj/n0KpKmdHao53dm-CantW";
-    const GO_KEY_HEX: &str = "01dd09e87cf5e7b1052f77aa76446c75272c394ba86e51de8432516721d148e20923bc9f6296e501a566ea8be39f42a92a67476a8e77766f826a7b56";
-
-    #[test]
-    fn go_build_id_becomes_its_decoded_bytes() {
-        let key = go_build_id_key(GO_BUILD_ID.as_bytes()).unwrap();
-        assert_eq!(hex::encode(&key), GO_KEY_HEX);
-        // Not base64 (set by hand): the text itself, if it fits; too long: nothing.
-        assert_eq!(go_build_id_key(b"v1.2+x").unwrap(), b"v1.2+x");
-        assert_eq!(go_build_id_key(&[b'+'; 65]), None);
-        assert_eq!(go_build_id_key(b""), None);
-    }
-
-    #[test]
-    fn go_note_is_found_by_name_and_type() {
-        let mut note = Vec::new();
-        for w in [4u32, GO_BUILD_ID.len() as u32, 4] {
-            note.extend_from_slice(&w.to_le_bytes());
-        }
-        note.extend_from_slice(b"Go\0\0");
-        note.extend_from_slice(GO_BUILD_ID.as_bytes());
-        assert_eq!(go_note_desc(&note), Some(GO_BUILD_ID.as_bytes()));
-        note[8] = 3; // another note type
-        assert_eq!(go_note_desc(&note), None);
-        assert_eq!(go_note_desc(&note[..10]), None);
-    }
+    use object::Object;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn reads_the_test_binarys_own_build_id() {

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -170,6 +171,8 @@ struct Job {
 
 struct Shared {
     states: Mutex<HashMap<BuildId, State>>,
+    /// A [`DebugInfoUploader::submit_all`] batch is being examined.
+    examining: AtomicBool,
     budget: Mutex<Option<UploadBudget>>,
     config: DebugInfoConfig,
     metrics: AgentMetrics,
@@ -236,6 +239,7 @@ impl DebugInfoUploader {
         let (tx, rx) = mpsc::channel(config.max_pending.max(1));
         let shared = Arc::new(Shared {
             states: Mutex::new(HashMap::new()),
+            examining: AtomicBool::new(false),
             budget: Mutex::new(UploadBudget::new(config.bytes_per_minute, Instant::now())),
             config,
             metrics,
@@ -247,11 +251,35 @@ impl DebugInfoUploader {
     /// Offers every object of a flushed window, smallest mapping first: when the budget runs out
     /// in a window, it is the one large file that waits, not the many small ones (whose processes
     /// may not be seen again).
+    ///
+    /// Returns at once: opening and judging the files (their headers, debug-link candidates) is I/O
+    /// on the profiled processes' filesystems, done on a blocking thread of the runtime, never on
+    /// the caller's (the sampling thread). One batch at a time: while one is still at work (a slow
+    /// filesystem), later batches are skipped; their objects are offered again when seen again.
     pub fn submit_all<'a>(&self, objects: impl IntoIterator<Item = &'a ObjectRef>) {
-        let mut objects: Vec<&ObjectRef> = objects.into_iter().collect();
+        let mut objects: Vec<ObjectRef> = objects.into_iter().cloned().collect();
+        if objects.is_empty() {
+            return;
+        }
+        if self.shared.examining.swap(true, Ordering::AcqRel) {
+            tracing::debug!(
+                objects = objects.len(),
+                "previous objects still being examined; these are offered again later"
+            );
+            return;
+        }
         objects.sort_by_key(|o| o.end.saturating_sub(o.start));
-        for o in objects {
-            self.submit(o);
+        let this = self.clone();
+        let examine = move || {
+            for o in &objects {
+                this.submit(o);
+            }
+            this.shared.examining.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(examine)),
+            // Outside a runtime (never in the agent): do the work here.
+            Err(_) => examine(),
         }
     }
 
@@ -283,7 +311,7 @@ impl DebugInfoUploader {
             prior
         };
         let m = &self.shared.metrics;
-        let (file, path) = match open_mapped_file(&obj.mapped()) {
+        let opened = match open_mapped_file(&obj.mapped()) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(build_id = %obj.build_id, error = %e, "cannot open object for upload");
@@ -293,7 +321,9 @@ impl DebugInfoUploader {
                 return Submitted::Unreadable;
             }
         };
-        let size = file.metadata().map(|md| md.len()).unwrap_or(u64::MAX);
+        let size = opened.len();
+        let path = opened.shown_path().to_owned();
+        let file = opened.into_file();
         if size > self.shared.config.max_upload_bytes {
             tracing::info!(
                 build_id = %obj.build_id,
@@ -324,13 +354,16 @@ impl DebugInfoUploader {
         let debug = if crate::debuglink::has_symbols(&file) {
             None
         } else {
-            let root = PathBuf::from(format!("/proc/{}/root", obj.pid));
-            crate::debuglink::find_debug_file(&root, &file, &obj.path, &obj.build_id).and_then(
-                |(f, p)| {
-                    let size = f.metadata().map(|md| md.len()).unwrap_or(u64::MAX);
-                    (size <= self.shared.config.max_upload_bytes).then_some((f, size, p))
-                },
-            )
+            let max = self.shared.config.max_upload_bytes;
+            crate::process_files::ProcessRoot::of_process(obj.pid)
+                .ok()
+                .and_then(|root| {
+                    crate::debuglink::find_debug_file(&root, &file, &obj.path, &obj.build_id, max)
+                })
+                .map(|f| {
+                    let (size, path) = (f.len(), f.shown_path().to_owned());
+                    (f.into_file(), size, path)
+                })
         };
         // The debug file goes with its object: its bytes are owed even past the budget.
         if let (Some(budget), Some((_, debug_size, _))) =
@@ -764,6 +797,39 @@ mod tests {
         assert_eq!(enc.as_deref(), Some("zstd"));
         assert_eq!(raw, &std::fs::read(&obj.path).unwrap());
         assert_eq!(*server.gets.lock().unwrap(), 1);
+    }
+
+    /// The sampling thread hands a window's objects over and goes on: the files are opened and
+    /// uploaded from the runtime's threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submit_all_examines_files_off_the_calling_thread() {
+        let (mut child, obj) = sleep_object();
+        let server = Server::default();
+        let url = serve(server.clone()).await;
+        let metrics = AgentMetrics::unregistered();
+        let (up, _task) =
+            DebugInfoUploader::spawn(config(url), reqwest::Client::new(), metrics.clone());
+        // While the uploader's state is locked, any examining blocks: submit_all must still return.
+        let held = up.shared.states();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let caller = {
+            let (up, obj) = (up.clone(), obj.clone());
+            // As the agent's sampling thread: a plain thread that has entered the runtime.
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::spawn(move || {
+                let _entered = runtime.enter();
+                up.submit_all([&obj]);
+                let _ = done_tx.send(());
+            })
+        };
+        let returned = done_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+        drop(held);
+        assert!(returned, "submit_all waited on the files' examination");
+        caller.join().unwrap();
+        wait_for(|| metrics.upload(UploadOutcome::Uploaded).get() == 1).await;
+        wait_for(|| !up.shared.examining.load(Ordering::Acquire)).await;
+        child.kill();
+        assert_eq!(server.puts.lock().unwrap().len(), 1);
     }
 
     /// A stripped program with its debug file beside it (`.gnu_debuglink`): the agent uploads the

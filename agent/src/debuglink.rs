@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use object::Object;
 
 use crate::buildid::BuildId;
+use crate::process_files::{ProcessRoot, RegularFile};
 
 /// Whether the ELF read from `file` has a symbol table or DWARF (then it needs no debug file).
 /// Unparseable: `true`, so nothing is searched for a file we cannot judge.
@@ -54,39 +55,48 @@ fn debuglink(file: &File) -> Option<String> {
 }
 
 /// Finds the separate debug file for the stripped `exe` (its path `exe_path` as the process sees
-/// it) under the process's root directory `root` (`/proc/PID/root`). A candidate counts only if it
-/// carries the same build ID, so a stale or unrelated file of the right name is never uploaded.
+/// it) inside the process's root directory `root`, through the door to process files (regular
+/// files of at most `max_bytes`). A candidate counts only if it carries the same build ID, so a
+/// stale or unrelated file of the right name is never uploaded.
 pub fn find_debug_file(
-    root: &Path,
+    root: &ProcessRoot,
     exe: &File,
     exe_path: &Path,
     build_id: &BuildId,
-) -> Option<(File, PathBuf)> {
-    let rooted = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    max_bytes: u64,
+) -> Option<RegularFile> {
     let hex = build_id.to_hex();
     let mut candidates = Vec::new();
     if hex.len() > 2 {
         let (fan, rest) = hex.split_at(2);
-        candidates.push(rooted(Path::new(&format!(
+        candidates.push(PathBuf::from(format!(
             "/usr/lib/debug/.build-id/{fan}/{rest}.debug"
-        ))));
+        )));
     }
     if let Some(name) = debuglink(exe)
         && let Some(dir) = exe_path.parent()
     {
-        candidates.push(rooted(&dir.join(&name)));
-        candidates.push(rooted(&dir.join(".debug").join(&name)));
+        candidates.push(dir.join(&name));
+        candidates.push(dir.join(".debug").join(&name));
         let under = dir.strip_prefix("/").unwrap_or(dir);
-        candidates.push(rooted(&Path::new("/usr/lib/debug").join(under).join(&name)));
+        candidates.push(Path::new("/usr/lib/debug").join(under).join(&name));
     }
     candidates.into_iter().find_map(|path| {
-        let file = File::open(&path).ok()?;
+        let found = match root.open_file(&path, max_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                if !e.is_not_found() {
+                    tracing::debug!(build_id = %build_id, error = %e, "debug file candidate not opened");
+                }
+                return None;
+            }
+        };
         let matches = {
-            let cache = object::read::ReadCache::new(&file);
+            let cache = object::read::ReadCache::new(found.file());
             object::File::parse(&cache)
                 .ok()
                 .and_then(|elf| {
-                    crate::buildid::elf_build_id(&elf)
+                    kiln_buildid::elf_build_id(&elf)
                         .ok()
                         .flatten()
                         .map(|b| b == build_id.as_bytes())
@@ -94,12 +104,11 @@ pub fn find_debug_file(
                 .unwrap_or(false)
         };
         // Parsing moved the read position; the caller streams the file from the start.
-        let mut file = file;
-        if matches && std::io::Seek::rewind(&mut file).is_ok() {
-            tracing::debug!(build_id = %build_id, path = %path.display(), "found separate debuginfo");
-            Some((file, path))
+        if matches && std::io::Seek::rewind(&mut found.file()).is_ok() {
+            tracing::debug!(build_id = %build_id, path = %found.shown_path().display(), "found separate debuginfo");
+            Some(found)
         } else {
-            tracing::debug!(build_id = %build_id, path = %path.display(), "debug file candidate has another build ID");
+            tracing::debug!(build_id = %build_id, path = %found.shown_path().display(), "debug file candidate has another build ID");
             None
         }
     })
@@ -161,17 +170,17 @@ mod tests {
         assert!(!has_symbols(&s));
         let id = build_id_of(&exe);
         let root = dir.path();
+        let door = ProcessRoot::at(root).unwrap();
         let seen = Path::new("/opt/app/app");
-        assert!(
-            find_debug_file(root, &s, seen, &id).is_none(),
-            "nothing placed yet"
-        );
+        let find = |id: &BuildId| {
+            find_debug_file(&door, &s, seen, id, 1 << 30).map(|f| f.shown_path().to_owned())
+        };
+        assert!(find(&id).is_none(), "nothing placed yet");
 
         // Next to the binary, by its .gnu_debuglink name.
         let link = root.join("opt/app/app.debug");
         std::fs::copy(&debug, &link).unwrap();
-        let (_, found) = find_debug_file(root, &s, seen, &id).unwrap();
-        assert_eq!(found, link);
+        assert_eq!(find(&id).unwrap(), link);
         std::fs::remove_file(&link).unwrap();
 
         // In /usr/lib/debug/.build-id/.
@@ -183,12 +192,53 @@ mod tests {
         ));
         std::fs::create_dir_all(by_id.parent().unwrap()).unwrap();
         std::fs::copy(&debug, &by_id).unwrap();
-        let (_, found) = find_debug_file(root, &s, seen, &id).unwrap();
-        assert_eq!(found, by_id);
+        assert_eq!(find(&id).unwrap(), by_id);
 
         // A file of the right name but another build is not taken.
         std::fs::copy(&debug, &link).unwrap();
         let other = BuildId::new(&[0xab; 20]).unwrap();
-        assert!(find_debug_file(root, &s, seen, &other).is_none());
+        assert!(find(&other).is_none());
+    }
+
+    /// Candidates planted by a hostile container: a FIFO (opening it would block), a huge sparse
+    /// file, and a symlink to the genuine debug file outside the root. None is read, and the
+    /// sampling or uploading thread is not stalled.
+    #[test]
+    fn hostile_candidates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((exe, stripped, debug)) = build(dir.path()) else {
+            eprintln!("SKIPPED: gcc/binutils not available");
+            return;
+        };
+        let s = File::open(&stripped).unwrap();
+        let id = build_id_of(&exe);
+        let root = dir.path();
+        let door = ProcessRoot::at(root).unwrap();
+        let seen = Path::new("/opt/app/app");
+        let hex = id.to_hex();
+        let by_id = root.join(format!(
+            "usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        ));
+        std::fs::create_dir_all(by_id.parent().unwrap()).unwrap();
+        let fifo = std::ffi::CString::new(by_id.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        // Next to the binary: a sparse file of 1 TiB.
+        File::create(root.join("opt/app/app.debug"))
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        // In .debug/: a link to the genuine debug file by its path outside this root.
+        std::fs::create_dir_all(root.join("opt/app/.debug")).unwrap();
+        std::os::unix::fs::symlink(&debug, root.join("opt/app/.debug/app.debug")).unwrap();
+        assert!(find_debug_file(&door, &s, seen, &id, 1 << 30).is_none());
+        // The genuine file is found once it is inside the root, under the last candidate name.
+        let under = root.join("usr/lib/debug/opt/app");
+        std::fs::create_dir_all(&under).unwrap();
+        std::fs::copy(&debug, under.join("app.debug")).unwrap();
+        let found = find_debug_file(&door, &s, seen, &id, 1 << 30).unwrap();
+        assert_eq!(found.shown_path(), under.join("app.debug"));
     }
 }

@@ -12,6 +12,7 @@ pub mod kallsyms;
 pub mod kube;
 pub mod metrics;
 pub mod perfmap;
+pub mod process_files;
 pub mod procmaps;
 pub mod profile;
 mod run;

@@ -119,6 +119,12 @@ pub enum UnwindSource {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessFileRefusalLabel {
+    /// `not_regular`, `too_large` or `unsafe_link` (see `process_files::Refusal`).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UnwindTruncationLabel {
     pub reason: UnwindTruncation,
 }
@@ -196,6 +202,12 @@ pub struct AgentMetrics {
     pub kube_pods: Gauge,
     /// Failed attempts to list this node's pods.
     pub kube_list_failures: Counter,
+    /// Files of profiled processes refused by the door to them (process_files.rs), by reason.
+    pub process_files_refused: Family<ProcessFileRefusalLabel, Counter>,
+    /// Bytes of perf maps parsed; appended lines only, a growing map is not re-read.
+    pub perf_map_bytes_parsed: Counter,
+    /// Perf-map reads not queued because the perf-map worker was busy (retried later).
+    pub perf_map_requests_dropped: Counter,
     /// Last cumulative ring-buffer drop total seen from BPF, to turn it into counter increments.
     ringbuf_seen: Arc<AtomicU64>,
 }
@@ -350,6 +362,21 @@ impl AgentMetrics {
             "Bytes of object files (uncompressed) sent to the server",
             m.debuginfo_upload_bytes.clone(),
         );
+        r.register(
+            "process_files_refused",
+            "Files of profiled processes not read (FIFOs and devices, too large, magic links), by reason",
+            m.process_files_refused.clone(),
+        );
+        r.register(
+            "perf_map_bytes_parsed",
+            "Bytes of JIT perf maps parsed (only what was appended since the last read)",
+            m.perf_map_bytes_parsed.clone(),
+        );
+        r.register(
+            "perf_map_requests_dropped",
+            "Perf-map reads not queued because the perf-map worker was busy (retried later)",
+            m.perf_map_requests_dropped.clone(),
+        );
         m
     }
 
@@ -386,8 +413,20 @@ impl AgentMetrics {
             unwind_memo_hits: Counter::default(),
             unwind_memo_misses: Counter::default(),
             debuginfo_upload_bytes: Counter::default(),
+            process_files_refused: Family::default(),
+            perf_map_bytes_parsed: Counter::default(),
+            perf_map_requests_dropped: Counter::default(),
             ringbuf_seen: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The counter of files refused for `reason`.
+    pub fn process_file_refused(&self, reason: crate::process_files::Refusal) -> Counter {
+        self.process_files_refused
+            .get_or_create(&ProcessFileRefusalLabel {
+                reason: reason.as_str().to_owned(),
+            })
+            .clone()
     }
 
     /// The drop counter for `reason` (a handle sharing the family's value).

@@ -200,6 +200,14 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
     .map(str::to_owned)
 }
 
+/// The innermost pid namespace's pid from `/proc/PID/status` (the last field of `NSpid:`).
+pub fn parse_ns_pid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|v| v.split_whitespace().last()?.parse().ok())
+}
+
 /// Parses `/proc/PID/stat` into (comm, start time in clock ticks since boot — field 22).
 pub fn parse_stat(text: &str) -> Option<(String, u64)> {
     // comm (field 2) is in parentheses and may itself contain spaces and ')': split at the last ')'.
@@ -240,6 +248,10 @@ pub struct Process {
     /// `None` for kernel threads (and when unreadable).
     pub exe: Option<PathBuf>,
     pub cgroup: Option<String>,
+    /// The pid as the process itself sees it, in its own pid namespace (the last `NSpid` of
+    /// `/proc/PID/status`; `pid` when unreadable). A JIT names its perf map with it. Read once per
+    /// (re)load, not per frame.
+    pub ns_pid: u32,
     /// Executable mappings, sorted by start address.
     pub mappings: Vec<Mapping>,
     anonymous_exec: Vec<(u64, u64)>,
@@ -267,6 +279,10 @@ impl Process {
         let cgroup = read_proc_file(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|t| parse_cgroup(&t));
+        let ns_pid = read_proc_file(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| parse_ns_pid(&t))
+            .unwrap_or(pid);
         let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
         let maps = read_proc_file(&maps_path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
@@ -313,6 +329,7 @@ impl Process {
             comm,
             exe,
             cgroup,
+            ns_pid,
             mappings,
             anonymous_exec,
         })
@@ -626,6 +643,16 @@ garbage line
                 (0xffffffffff600000, 0xffffffffff601000)
             ]
         );
+    }
+
+    #[test]
+    fn ns_pid_is_the_innermost_namespaces() {
+        let status = "Name:\tnode\nTgid:\t4242\nNSpid:\t4242\t17\t1\nPPid:\t1\n";
+        assert_eq!(parse_ns_pid(status), Some(1));
+        assert_eq!(parse_ns_pid("NSpid:\t4242\n"), Some(4242));
+        assert_eq!(parse_ns_pid("Name:\tx\n"), None);
+        let me = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(parse_ns_pid(&me).is_some());
     }
 
     #[test]

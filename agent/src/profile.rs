@@ -33,6 +33,7 @@ use crate::buildid::{BuildId, FileId, ObjectRef};
 use crate::config::AgentConfig;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::{AgentMetrics, SampleDropReason, UnwindSource, UnwindTruncation};
+use crate::perfmap::{PerfMapConfig, PerfMaps};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
 use crate::unwind::{self, StackEnd, Unwinder};
 
@@ -166,6 +167,10 @@ pub struct Aggregator {
     walk_timer: crate::ticks::IntervalTimer,
     /// The frames of the stack being walked (kept for its capacity).
     frames: Vec<u64>,
+    /// JIT names from perf maps, read by their own worker thread.
+    perf_maps: PerfMaps,
+    /// Refusals of process files already published, by reason (see process_files.rs).
+    refusals_seen: [u64; 3],
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -287,6 +292,8 @@ impl Aggregator {
             unwind_metrics: UnwindMetrics::new(&metrics),
             walk_timer: crate::ticks::IntervalTimer::begin(),
             frames: Vec::with_capacity(unwind::MAX_FRAMES),
+            perf_maps: PerfMaps::new(PerfMapConfig::default(), metrics.clone()),
+            refusals_seen: [0; 3],
         }
     }
 
@@ -468,9 +475,12 @@ impl Aggregator {
         }
         for &addr in user {
             // JIT code named from the runtime's /tmp/perf-PID.map (see perfmap.rs).
-            if let Some(loc) =
-                crate::perfmap::jit_location(&mut w.builder, process.as_deref(), s.tgid, addr)
-            {
+            if let Some(loc) = crate::perfmap::jit_location(
+                &mut w.builder,
+                &mut self.perf_maps,
+                process.as_deref(),
+                addr,
+            ) {
                 locations.push(loc);
                 continue;
             }
@@ -549,6 +559,10 @@ impl Aggregator {
         self.window_start = now;
         self.window_started = Instant::now();
         self.processes.sweep();
+        let processes = &self.processes;
+        self.perf_maps
+            .retain(|pid, start| processes.cached(pid).is_some_and(|p| p.start_time == start));
+        self.publish_refusals();
         self.unwinder.end_window();
         self.unwind_metrics.publish_tables(
             &self.metrics,
@@ -560,6 +574,27 @@ impl Aggregator {
             .process_cache_size
             .set(self.processes.len() as i64);
         out
+    }
+
+    /// Adds the door's refusals (counted on whichever thread opened the file) since the last call
+    /// to `kiln_agent_process_files_refused_total`.
+    fn publish_refusals(&mut self) {
+        for (seen, (reason, total)) in self
+            .refusals_seen
+            .iter_mut()
+            .zip(crate::process_files::refusal_totals())
+        {
+            self.metrics
+                .process_file_refused(reason)
+                .inc_by(total.saturating_sub(*seen));
+            *seen = total;
+        }
+    }
+
+    /// Replaces the perf-map reader (e.g. with other limits).
+    pub fn with_perf_maps(mut self, config: PerfMapConfig) -> Self {
+        self.perf_maps = PerfMaps::new(config, self.metrics.clone());
+        self
     }
 
     /// Processes with samples in the current window.

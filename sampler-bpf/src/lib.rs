@@ -38,9 +38,15 @@ pub struct SampleHeader {
     pub user_stack: [u64; MAX_STACK_DEPTH],
 }
 
-/// Must equal `KILN_SAMPLE_HEADER_SIZE` in the C header (which `_Static_assert`s it there).
-pub const SAMPLE_HEADER_SIZE: usize = 2120;
-const _: () = assert!(std::mem::size_of::<SampleHeader>() == SAMPLE_HEADER_SIZE);
+// The layout contract, generated from the header's `KILN_SAMPLE_FIELD` list by build.rs: the size
+// (`SAMPLE_HEADER_SIZE`) and every field's offset and size, asserted at compile time here as the C
+// compiler asserts them there.
+include!(concat!(env!("OUT_DIR"), "/layout.rs"));
+
+/// The size of the field `get` borrows (for the generated layout assertions; never called at run time).
+const fn field_size<T, F>(_get: fn(&T) -> &F) -> usize {
+    core::mem::size_of::<F>()
+}
 
 /// Registers of the user-space context at the moment of the sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

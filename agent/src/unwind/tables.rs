@@ -10,7 +10,9 @@ use framehop::{ExplicitModuleSectionInfo, Module};
 use object::read::ReadCache;
 use object::{Object, ObjectSection, ObjectSegment};
 
-use crate::buildid::{BuildId, BuildIdError, FileId, MappedFile, open_mapped_file};
+use crate::buildid::{
+    BuildId, BuildIdError, FileId, MAX_OBJECT_BYTES, MappedFile, open_mapped_file,
+};
 use crate::procmaps::Mapping;
 
 /// Why an object's unwind tables could not be read.
@@ -65,14 +67,15 @@ impl ObjectTables {
     /// Reads the tables of the file behind `m` (only the sections needed, not the whole file).
     pub fn load(pid: u32, m: &Mapping) -> Result<ObjectTables, TableError> {
         let path = m.path().map(PathBuf::from).unwrap_or_default();
-        let (file, opened) = open_mapped_file(&MappedFile {
+        let mapped = open_mapped_file(&MappedFile {
             pid,
             start: m.start,
             end: m.end,
             path: &path,
             inode: m.file.inode,
         })?;
-        let cache = ReadCache::new(&file);
+        let (file, opened) = (mapped.file(), mapped.shown_path().to_owned());
+        let cache = ReadCache::new(file);
         let obj = object::File::parse(&cache).map_err(|source| TableError::Parse {
             path: opened.clone(),
             source,
@@ -84,11 +87,12 @@ impl ObjectTables {
         // No CFI left in the file: a stripped binary whose only CFI was .debug_frame (Go's linker
         // emits no .eh_frame). Its separate debug file, found as the uploader finds it, has it.
         let debug = m.build_id.as_ref().and_then(|id| {
-            let root = PathBuf::from(format!("/proc/{pid}/root"));
-            crate::debuglink::find_debug_file(&root, &file, &path, id)
+            let root = crate::process_files::ProcessRoot::of_process(pid).ok()?;
+            crate::debuglink::find_debug_file(&root, file, &path, id, MAX_OBJECT_BYTES)
         });
-        if let Some((debug_file, debug_path)) = debug {
-            let debug_cache = ReadCache::new(&debug_file);
+        if let Some(debug) = debug {
+            let debug_path = debug.shown_path();
+            let debug_cache = ReadCache::new(debug.file());
             if let Ok(debug_obj) = object::File::parse(&debug_cache)
                 && let Some(tables) = Self::from_objects(&obj, Some(&debug_obj), name)
             {
