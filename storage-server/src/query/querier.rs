@@ -78,6 +78,8 @@ impl From<ApiError> for ConnectError {
             ApiError::Unauthorized(_) => "unauthenticated",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge(_) => "resource_exhausted",
+            ApiError::Conflict(_) => "already_exists",
+            ApiError::InsufficientStorage(_) => "resource_exhausted",
             ApiError::Internal(_) => "internal",
         };
         ConnectError {
