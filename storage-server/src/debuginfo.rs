@@ -545,14 +545,15 @@ impl DebugInfo {
         let cutoff = self.retention_age.and_then(|age| now.checked_sub(age));
         let mut total = 0u64;
         for space in &spaces {
+            // Recount from what is on disk, correcting any drift (files removed by hand); under
+            // the lock, so that no insert lands between the listing and the new count.
+            let mut guard = space.usage();
             let files = space.store.files();
-            // Recount from what is on disk, correcting any drift (files removed by hand).
             let usage = Usage {
                 bytes: files.iter().map(|f| f.bytes).sum(),
                 files: files.len() as u64,
             };
             {
-                let mut guard = space.usage();
                 let before = guard.unwrap_or_default();
                 *guard = Some(usage);
                 self.account(
@@ -561,6 +562,7 @@ impl DebugInfo {
                     usage.files as i64 - before.files as i64,
                 );
             }
+            drop(guard);
             for f in files {
                 if cutoff.is_some_and(|c| f.modified < c) {
                     doomed.push((space.clone(), f, "age"));
