@@ -374,8 +374,8 @@ fn copy_limited(mut reader: impl Read, out: &File, max_bytes: u64) -> Result<u64
     let mut out = BufWriter::new(out);
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
-    // The magic may arrive split over several reads.
-    let mut head: Vec<u8> = Vec::with_capacity(ELF_MAGIC.len());
+    // The identification bytes may arrive split over several reads.
+    let mut head: Vec<u8> = Vec::with_capacity(EI_NIDENT);
     let mut zero_run: u64 = 0;
     loop {
         let n = match reader.read(&mut buf) {
@@ -385,12 +385,10 @@ fn copy_limited(mut reader: impl Read, out: &File, max_bytes: u64) -> Result<u64
             Err(e) => return Err(Error::Io(e)),
         };
         let chunk = &buf[..n];
-        if head.len() < ELF_MAGIC.len() {
-            let take = (ELF_MAGIC.len() - head.len()).min(n);
+        if head.len() < EI_NIDENT {
+            let take = (EI_NIDENT - head.len()).min(n);
             head.extend_from_slice(&chunk[..take]);
-            if !ELF_MAGIC.starts_with(&head) {
-                return Err(Error::NotElf("missing ELF magic".to_owned()));
-            }
+            check_ident(&head)?;
         }
         total += n as u64;
         if total > max_bytes {
@@ -415,6 +413,32 @@ fn copy_limited(mut reader: impl Read, out: &File, max_bytes: u64) -> Result<u64
     }
     out.flush()?;
     Ok(total)
+}
+
+/// Length of the ELF identification (`e_ident`).
+const EI_NIDENT: usize = 16;
+
+/// Checks as much of the ELF identification as `head` holds: the magic, a known class (32 or 64
+/// bit), byte order and version. Run as bytes arrive, so junk is refused before it is written out.
+fn check_ident(head: &[u8]) -> Result<(), Error> {
+    let magic = &head[..head.len().min(ELF_MAGIC.len())];
+    if !ELF_MAGIC.starts_with(magic) {
+        return Err(Error::NotElf("missing ELF magic".to_owned()));
+    }
+    let bad = |what: &str| Err(Error::NotElf(format!("bad ELF identification: {what}")));
+    match head.get(4) {
+        Some(1 | 2) | None => {}
+        Some(_) => return bad("class is neither 32 nor 64 bit"),
+    }
+    match head.get(5) {
+        Some(1 | 2) | None => {}
+        Some(_) => return bad("unknown byte order"),
+    }
+    match head.get(6) {
+        Some(1) | None => {}
+        Some(_) => return bad("unknown version"),
+    }
+    Ok(())
 }
 
 /// Refuses a file whose sections and segments leave more than [`MAX_UNCOVERED_BYTES`] of it

@@ -446,6 +446,10 @@ fn store_rejects_non_elf() {
         b"".as_slice(),
         // Right magic, garbage after it.
         b"\x7fELF\x02\x01\x01\0garbagegarbagegarbage".as_slice(),
+        // Right magic, impossible class, byte order, version.
+        b"\x7fELF\x09\x01\x01\0garbagegarbagegarbage".as_slice(),
+        b"\x7fELF\x02\x03\x01\0garbagegarbagegarbage".as_slice(),
+        b"\x7fELF\x02\x01\x07\0garbagegarbagegarbage".as_slice(),
     ] {
         let err = s.store.insert_from_reader(&id, junk, 1 << 20).unwrap_err();
         assert!(matches!(err, Error::NotElf(_)), "{junk:?}: {err:?}");
@@ -580,12 +584,26 @@ fn padded_elf_is_refused() {
     assert!(!s.store.contains(&id));
 }
 
+/// Junk behind the ELF magic is refused from its identification bytes, before the rest is read.
+#[test]
+fn bad_identification_stops_reading_early() {
+    let s = store();
+    let id = BuildId::parse("abcdef").unwrap();
+    let endless = std::io::Read::chain(b"\x7fELF\x05".as_slice(), std::io::repeat(1));
+    let err = s
+        .store
+        .insert_from_reader(&id, endless, u64::MAX)
+        .unwrap_err();
+    assert!(matches!(err, Error::NotElf(_)), "{err:?}");
+    assert!(files_under(s.store.root()).is_empty());
+}
+
 #[test]
 fn too_large_stops_reading_early() {
     // An endless stream must not be drained: the limit ends the upload.
     let s = store();
     let id = BuildId::parse("abcdef").unwrap();
-    let endless = std::io::Read::chain(b"\x7fELF".as_slice(), std::io::repeat(0));
+    let endless = std::io::Read::chain(b"\x7fELF\x02\x01\x01".as_slice(), std::io::repeat(0));
     let err = s
         .store
         .insert_from_reader(&id, endless, 1 << 20)
