@@ -340,3 +340,39 @@ fn worker(debuginfo: Weak<DebugInfo>, rx: Receiver<BuildId>) {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: usize) -> BuildId {
+        BuildId::parse(&format!("{n:08x}")).unwrap()
+    }
+
+    /// Requests never block: they queue once per build ID, up to [`QUEUE`], then are dropped and
+    /// counted; a recent miss is answered without asking again.
+    #[test]
+    fn requests_are_deduplicated_bounded_and_never_block() {
+        // Never started: nothing drains the queue.
+        let f = Fetcher::new(
+            vec!["http://127.0.0.1:9".into()],
+            Duration::from_secs(1),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(f.request(&id(0)), Status::Pending);
+        assert_eq!(f.request(&id(0)), Status::Pending, "asked once");
+        for n in 1..QUEUE {
+            assert_eq!(f.request(&id(n)), Status::Pending);
+        }
+        assert_eq!(f.queue_depth.get(), QUEUE as i64);
+        assert_eq!(f.request(&id(QUEUE)), Status::Dropped);
+        assert_eq!(lock(&f.pending).len(), QUEUE);
+        f.missed(&id(QUEUE + 1));
+        assert_eq!(f.request(&id(QUEUE + 1)), Status::Missed);
+        assert!(
+            Fetcher::new(vec![" ".into()], Duration::from_secs(1), 1).is_none(),
+            "no URL, no fetcher"
+        );
+    }
+}
