@@ -5,12 +5,14 @@
 //! first profile of each series per [`OFFER_EVERY`] is copied onto a bounded queue. A background
 //! thread decodes its mappings and marks each build ID as referenced by the series' tenant
 //! ([`DebugInfo::referenced`]: the files' modification time becomes "last referenced"). A series
-//! is one process, whose binaries rarely change within the hour; retention works in days. A full
-//! queue drops the copy (the next window offers the series again), so ingest never waits here.
+//! is one process, whose binaries rarely change within the hour; retention works in days. With the
+//! queue full nothing is copied and the series is offered again on its next append, so ingest
+//! never waits here.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +46,9 @@ pub struct Tracker {
     rx: Mutex<Option<Receiver<Job>>>,
     /// Series (by label hash) offered within [`OFFER_EVERY`].
     offered: Mutex<HashMap<u64, Instant>>,
+    /// Jobs queued or reserved: checked before a profile is copied, so that a full queue costs
+    /// ingest nothing and leaves the series to be offered again.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Tracker {
@@ -54,6 +59,7 @@ impl Tracker {
             tx,
             rx: Mutex::new(Some(rx)),
             offered: Mutex::new(HashMap::new()),
+            queued: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -62,9 +68,10 @@ impl Tracker {
             return;
         };
         let max = self.max_decompressed;
+        let queued = self.queued.clone();
         let spawned = std::thread::Builder::new()
             .name("kiln-debuginfo-refs".into())
-            .spawn(move || run(debuginfo, rx, max));
+            .spawn(move || run(debuginfo, rx, max, &queued));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the debuginfo reference tracker");
         }
@@ -85,17 +92,20 @@ impl Tracker {
             {
                 continue;
             }
+            if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                break;
+            }
             if offered.len() >= MAX_REMEMBERED {
                 offered.clear();
             }
             offered.insert(key, now);
-            let tenant = match p.labels.get(TENANT_LABEL) {
-                Some(t) => match Tenant::parse(t) {
-                    Ok(t) => t,
-                    Err(_) => continue,
-                },
-                None => Tenant::default(),
-            };
+            // Stored labels were validated at ingest; an unparsable tenant is the default's.
+            let tenant = p
+                .labels
+                .get(TENANT_LABEL)
+                .and_then(|t| Tenant::parse(t).ok())
+                .unwrap_or_default();
             jobs.push(Job {
                 tenant,
                 pprof: p.pprof.clone(),
@@ -104,24 +114,25 @@ impl Tracker {
         jobs
     }
 
-    fn send(&self, jobs: Vec<Job>) {
+    /// Queues what [`Tracker::offer`] reserved room for; `stored` false releases it.
+    fn send(&self, jobs: Vec<Job>, stored: bool) {
         for job in jobs {
-            match self.tx.try_send(job) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    tracing::debug!(
-                        "debuginfo reference queue full; the series is offered again later"
-                    );
-                }
-                Err(TrySendError::Disconnected(_)) => return,
+            if !stored || self.tx.try_send(job).is_err() {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
 }
 
-fn run(debuginfo: Weak<DebugInfo>, rx: Receiver<Job>, max_decompressed: usize) {
+fn run(
+    debuginfo: Weak<DebugInfo>,
+    rx: Receiver<Job>,
+    max_decompressed: usize,
+    queued: &AtomicUsize,
+) {
     let mut touched: HashMap<(Tenant, BuildId), Instant> = HashMap::new();
     while let Ok(job) = rx.recv() {
+        queued.fetch_sub(1, Ordering::Relaxed);
         let Some(debuginfo) = debuginfo.upgrade() else {
             return;
         };
@@ -171,9 +182,9 @@ impl ReferencingStore {
 impl Store for ReferencingStore {
     fn append(&self, profiles: Vec<NewProfile>) -> Result<(), StoreError> {
         let jobs = self.debuginfo.references.offer(&profiles);
-        self.inner.append(profiles)?;
-        self.debuginfo.references.send(jobs);
-        Ok(())
+        let result = self.inner.append(profiles);
+        self.debuginfo.references.send(jobs, result.is_ok());
+        result
     }
     fn label_names(
         &self,
