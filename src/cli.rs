@@ -84,6 +84,24 @@ pub struct ServerArgs {
     /// executable and debug file of a build ID that was never uploaded or is stripped.
     #[arg(long, env = "KILN_DEBUGINFOD_URLS", default_value = "")]
     pub debuginfod_urls: String,
+    /// Token that lets an upload (`PUT /debuginfo/v1/{id}?scope=shared` with header
+    /// `X-Kiln-Shared-Token`) fill the shared debuginfo store, which names every tenant's frames;
+    /// without it only debuginfod fills that store and uploads go to the uploader's tenant.
+    #[arg(long, env = "KILN_DEBUGINFO_SHARED_TOKEN", hide_env_values = true)]
+    pub debuginfo_shared_token: Option<String>,
+    /// Largest debuginfo file accepted, decompressed, e.g. 1GiB (larger uploads get 413).
+    #[arg(long, env = "KILN_DEBUGINFO_MAX_FILE_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub debuginfo_max_file_bytes: u64,
+    /// Debuginfo bytes one tenant (and the shared store) may hold, e.g. 4GiB (then 507).
+    #[arg(long, env = "KILN_DEBUGINFO_TENANT_MAX_BYTES", default_value = "4GiB", value_parser = parse_bytes)]
+    pub debuginfo_tenant_max_bytes: u64,
+    /// Debuginfo files one tenant (and the shared store) may hold (then 507).
+    #[arg(
+        long,
+        env = "KILN_DEBUGINFO_TENANT_MAX_FILES",
+        default_value_t = 10_000
+    )]
+    pub debuginfo_tenant_max_files: u64,
     /// How often the storage engine flushes, compacts and applies retention (tests shorten it).
     #[arg(long, env = "KILN_STORE_MAINTENANCE_INTERVAL", default_value = "10s", value_parser = parse_duration, hide = true)]
     pub store_maintenance_interval: Duration,

@@ -163,6 +163,13 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
         .filter(|u| !u.is_empty())
         .map(str::to_owned)
         .collect();
+    config.debuginfo_shared_token = args
+        .debuginfo_shared_token
+        .clone()
+        .filter(|t| !t.is_empty());
+    config.limits.debuginfo_max_bytes = args.debuginfo_max_file_bytes;
+    config.limits.debuginfo_tenant_max_bytes = args.debuginfo_tenant_max_bytes;
+    config.limits.debuginfo_tenant_max_files = args.debuginfo_tenant_max_files;
     config
 }
 

@@ -612,6 +612,7 @@ const REASONS = {
   invalid_offset: "address outside the binary's segments",
   symbolizer_error: "the symbolizer failed on this binary",
   debuginfod_miss: "no debuginfo uploaded, and debuginfod does not have it",
+  debuginfod_pending: "debuginfo is being fetched from debuginfod (reload shortly)",
   truncated: "the stack was cut here (stack copy size or depth limit)",
   unwind_failed: "the unwinder could not go further",
 };

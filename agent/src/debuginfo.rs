@@ -415,10 +415,15 @@ async fn run(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Receive
                 shared.states().insert(id, State::Settled);
             }
             Err(e) => {
+                // 409: the server holds a different file for the build ID that carries at least
+                // as much; sending ours again would change nothing. (507, a full quota, is
+                // retried: retention may free room.)
                 let permanent = matches!(
                     &e,
                     UploadError::Status { status, .. }
-                        if *status == StatusCode::BAD_REQUEST || *status == StatusCode::PAYLOAD_TOO_LARGE
+                        if *status == StatusCode::BAD_REQUEST
+                            || *status == StatusCode::PAYLOAD_TOO_LARGE
+                            || *status == StatusCode::CONFLICT
                 );
                 if permanent {
                     tracing::warn!(build_id = %id, error = %e, "server refused the object file");

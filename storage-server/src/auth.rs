@@ -63,7 +63,7 @@ fn check(got: Option<&header::HeaderValue>, want: &str) -> Result<(), &'static s
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub debuginfod_urls: Vec<String>,
     /// Time limit of one debuginfod request.
     pub debuginfod_timeout_secs: u64,
+    /// Uploads carrying this token (`X-Kiln-Shared-Token`, with `?scope=shared`) go to the shared
+    /// debuginfo store, which every tenant's profiles are symbolized from; without it, only
+    /// debuginfod fills the shared store.
+    pub debuginfo_shared_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +46,7 @@ impl Default for ServerConfig {
             auth_token: None,
             debuginfod_urls: Vec::new(),
             debuginfod_timeout_secs: 30,
+            debuginfo_shared_token: None,
         }
     }
 }
@@ -66,6 +71,10 @@ pub struct Limits {
     pub debuginfo_max_upload_bytes: u64,
     /// Largest decompressed debuginfo (ELF) file.
     pub debuginfo_max_bytes: u64,
+    /// Most debuginfo bytes one tenant (and the shared store) may hold.
+    pub debuginfo_tenant_max_bytes: u64,
+    /// Most debuginfo files one tenant (and the shared store) may hold.
+    pub debuginfo_tenant_max_files: u64,
 }
 
 impl Default for Limits {
@@ -80,6 +89,8 @@ impl Default for Limits {
             max_label_value_len: 2048,
             debuginfo_max_upload_bytes: 1 << 30,
             debuginfo_max_bytes: 1 << 30,
+            debuginfo_tenant_max_bytes: 4 << 30,
+            debuginfo_tenant_max_files: 10_000,
         }
     }
 }
@@ -107,6 +118,19 @@ pub struct StoreConfig {
     /// Check every block's section CRCs before `open` returns (`kiln server --verify`), instead of
     /// in the background right after.
     pub verify_on_open: bool,
+    /// Bytes kept elsewhere in the data directory that count toward `retention_bytes` too (the
+    /// debuginfo stores); set by the server, not configurable.
+    #[serde(skip)]
+    pub other_bytes: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl StoreConfig {
+    /// [`StoreConfig::other_bytes`] now.
+    pub fn other_bytes(&self) -> u64 {
+        self.other_bytes
+            .as_ref()
+            .map_or(0, |b| b.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl StoreConfig {
@@ -137,6 +161,7 @@ impl Default for StoreConfig {
             maintenance_interval_secs: 10,
             max_block_bytes: 128 << 20,
             verify_on_open: false,
+            other_bytes: None,
         }
     }
 }

@@ -53,12 +53,16 @@ impl AppState {
     pub fn open(config: ServerConfig) -> anyhow::Result<AppState> {
         let lock = dirlock::DirLock::acquire(&config.data_dir)?;
         clean_tmp_dir(&config.tmp_dir())?;
+        let debuginfo = Arc::new(DebugInfo::new(&config));
+        // Debuginfo shares the data directory's size budget with the profiles.
+        let mut store_config = config.store.clone();
+        store_config.other_bytes = Some(debuginfo.total_bytes());
         let store = LocalStore::open(
             config.segments_dir(),
-            config.store.clone(),
+            store_config,
             config.limits.max_decompressed_bytes,
         )?;
-        let mut state = AppState::with_store(config, Arc::new(store));
+        let mut state = AppState::with_debuginfo(config, Arc::new(store), debuginfo);
         state.dir_lock = Some(Arc::new(lock));
         state.debuginfo.get().map_err(|e| {
             anyhow::anyhow!(
@@ -71,18 +75,24 @@ impl AppState {
 
     /// State over any [`store::Store`] implementation.
     pub fn with_store(config: ServerConfig, store: SharedStore) -> AppState {
-        let mut debuginfo = DebugInfo::new(config.debuginfo_dir(), config.symbolizer_cache_entries);
-        debuginfo.debuginfod = debuginfod::Debuginfod::new(
-            config.debuginfod_urls.clone(),
-            std::time::Duration::from_secs(config.debuginfod_timeout_secs.max(1)),
-            config.limits.debuginfo_max_bytes,
-        );
+        let debuginfo = Arc::new(DebugInfo::new(&config));
+        AppState::with_debuginfo(config, store, debuginfo)
+    }
+
+    fn with_debuginfo(
+        config: ServerConfig,
+        store: SharedStore,
+        debuginfo: Arc<DebugInfo>,
+    ) -> AppState {
         let mut metrics = Metrics::new();
         metrics.register_symbolization(debuginfo.frame_outcomes.clone());
+        metrics.register_component(|r| debuginfo.register_metrics(r));
+        debuginfo.start();
         AppState {
             config: Arc::new(config),
-            store,
-            debuginfo: Arc::new(debuginfo),
+            // Ingested profiles tell which debuginfo is still referenced.
+            store: debuginfo::referenced::ReferencingStore::wrap(store, debuginfo.clone()),
+            debuginfo,
             metrics: Arc::new(metrics),
             dir_lock: None,
         }

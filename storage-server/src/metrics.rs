@@ -152,6 +152,12 @@ impl Metrics {
         );
     }
 
+    /// Registers metrics owned by another component (the debuginfo stores'), under the
+    /// `kiln_server_` prefix.
+    pub fn register_component(&mut self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry);
+    }
+
     pub fn ingest_ok(&self, body_bytes: usize, profiles: usize, samples: usize) {
         self.ingest_bytes.inc_by(body_bytes as u64);
         self.ingest_requests

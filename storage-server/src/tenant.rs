@@ -37,7 +37,7 @@ pub enum TenantError {
 }
 
 /// The caller's tenant, validated. An axum extractor: a bad header is a 400 naming the problem.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Tenant(String);
 
 impl Default for Tenant {

@@ -432,8 +432,9 @@ impl Drop for Child {
 }
 
 /// Nothing uploaded, but a real debuginfod server (Debian's `debuginfod -F` over a directory)
-/// holds the stripped executable and its debug file: the server fetches both on the first query
-/// and names the frames; a build ID debuginfod does not know says so.
+/// holds the stripped executable and its debug file: the server fetches both in the background
+/// (asked at ingest or by the first query) and names the frames; a build ID debuginfod does not
+/// know says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetches_from_debuginfod_on_a_miss() {
     let dir = tempfile::tempdir().unwrap();
@@ -514,16 +515,25 @@ async fn fetches_from_debuginfod_on_a_miss() {
     profile = b.finish();
     push(&app, &profile).await;
 
-    let names = flame_names(&app).await;
-    for f in ["main", "alpha", "hot"] {
-        assert!(names.contains(&f.to_owned()), "{names:?}");
+    // Fetched in the background (queries never wait for it): poll until the names appear.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let names = flame_names(&app).await;
+        let named = ["main", "alpha", "hot"]
+            .iter()
+            .all(|f| names.contains(&(*f).to_owned()));
+        let missed = names.contains(
+            &"libunknown.so+0x234 (no symbols: no debuginfo uploaded or on debuginfod)".to_owned(),
+        );
+        if named && missed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "debuginfod's files never arrived: {names:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(
-        names.contains(
-            &"libunknown.so+0x234 (no symbols: no debuginfo uploaded or on debuginfod)".to_owned()
-        ),
-        "{names:?}"
-    );
     let stats = get(&app, "/api/v1/symbolization").await;
     let b = binary(&stats, &elf.build_id);
     assert_eq!(b["frames"]["symbolized"], 3, "{b}");

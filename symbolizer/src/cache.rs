@@ -1,31 +1,31 @@
-//! The bounded result cache: (build ID, file offset) -> symbolization result, CLOCK eviction.
+//! The bounded result cache: (key, file offset) -> symbolization result, CLOCK eviction. The key
+//! names the file(s) a result was computed from: a build ID as seen by one scope (tenant).
 //!
 //! CLOCK (second chance) approximates LRU with one bit per entry and no list to relink on every
 //! hit, which matters because hits are the common case and happen under a mutex shared by all
 //! symbolizing threads. Written here rather than pulled in: it is ~100 lines and needs one thing
-//! off-the-shelf LRU crates make awkward, dropping every entry of one build ID (`remove_build_id`).
+//! off-the-shelf LRU crates make awkward, dropping every entry of one key (`remove_key`).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
-use crate::build_id::BuildId;
-
-struct Slot<V> {
-    id: BuildId,
+struct Slot<K, V> {
+    id: K,
     offset: u64,
     value: V,
     /// Set on every hit; the clock hand clears it once before evicting ("second chance").
     referenced: bool,
 }
 
-pub(crate) struct ResultCache<V> {
+pub(crate) struct ResultCache<K, V> {
     capacity: usize,
-    /// Two levels so that lookups borrow the `BuildId` instead of building a `(BuildId, u64)` key.
-    index: HashMap<BuildId, HashMap<u64, usize>>,
-    slots: Vec<Slot<V>>,
+    /// Two levels so that lookups borrow the key instead of building a `(K, u64)` one.
+    index: HashMap<K, HashMap<u64, usize>>,
+    slots: Vec<Slot<K, V>>,
     hand: usize,
 }
 
-impl<V> ResultCache<V> {
+impl<K: Clone + Eq + Hash, V> ResultCache<K, V> {
     /// A cache holding at most `capacity` entries (0 disables caching).
     pub(crate) fn new(capacity: usize) -> Self {
         ResultCache {
@@ -45,14 +45,14 @@ impl<V> ResultCache<V> {
         self.slots.len()
     }
 
-    pub(crate) fn get(&mut self, id: &BuildId, offset: u64) -> Option<&V> {
+    pub(crate) fn get(&mut self, id: &K, offset: u64) -> Option<&V> {
         let &i = self.index.get(id)?.get(&offset)?;
         let slot = self.slots.get_mut(i)?;
         slot.referenced = true;
         Some(&slot.value)
     }
 
-    pub(crate) fn insert(&mut self, id: &BuildId, offset: u64, value: V) {
+    pub(crate) fn insert(&mut self, id: &K, offset: u64, value: V) {
         if self.capacity == 0 {
             return;
         }
@@ -83,8 +83,16 @@ impl<V> ResultCache<V> {
         self.index.entry(id.clone()).or_default().insert(offset, i);
     }
 
+    /// Drops every entry whose key satisfies `doomed`.
+    pub(crate) fn remove_where(&mut self, doomed: impl Fn(&K) -> bool) {
+        let keys: Vec<K> = self.index.keys().filter(|k| doomed(k)).cloned().collect();
+        for k in keys {
+            self.remove_key(&k);
+        }
+    }
+
     /// Drops every entry for `id`.
-    pub(crate) fn remove_build_id(&mut self, id: &BuildId) {
+    pub(crate) fn remove_key(&mut self, id: &K) {
         let Some(offsets) = self.index.remove(id) else {
             return;
         };
@@ -126,7 +134,7 @@ impl<V> ResultCache<V> {
         }
     }
 
-    fn unindex(&mut self, id: &BuildId, offset: u64) {
+    fn unindex(&mut self, id: &K, offset: u64) {
         if let Some(m) = self.index.get_mut(id) {
             m.remove(&offset);
             if m.is_empty() {
@@ -140,13 +148,14 @@ impl<V> ResultCache<V> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::build_id::BuildId;
 
     fn id(s: &str) -> BuildId {
         BuildId::parse(s).unwrap()
     }
 
     /// Every index entry points at a slot holding that key, and every slot is indexed.
-    fn check_consistent<V>(c: &ResultCache<V>) {
+    fn check_consistent<V>(c: &ResultCache<BuildId, V>) {
         let mut n = 0;
         for (bid, m) in &c.index {
             for (&off, &i) in m {
@@ -214,7 +223,7 @@ mod tests {
             c.insert(&a, off, off);
             c.insert(&b, off, off + 1000);
         }
-        c.remove_build_id(&a);
+        c.remove_key(&a);
         check_consistent(&c);
         assert_eq!(c.len(), 30);
         for off in 0..30u64 {

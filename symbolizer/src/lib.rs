@@ -11,9 +11,12 @@ mod store;
 mod symbolize;
 
 pub use build_id::{BuildId, read_build_id};
-pub use store::DebugInfoStore;
+pub use store::{
+    Contents, DebugInfoStore, FileKind, MAX_UNCOVERED_BYTES, MAX_ZERO_RUN, Stored, StoredFile,
+    contents,
+};
 pub use symbolize::{
-    Frame, Frames, Symbolizer, SymbolizerOptions, SymbolizerStats, Unsymbolized, has_symbols,
+    Files, Frame, Frames, Symbolizer, SymbolizerOptions, SymbolizerStats, Unsymbolized, has_symbols,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,12 @@ pub enum Error {
         expected: String,
         actual: Option<String>,
     },
+    /// The file is mostly padding (long zero runs, bytes outside every section and segment).
+    #[error("upload is padded, not debuginfo: {0}")]
+    Padding(String),
+    /// A different file is stored for the build ID and the upload does not carry more.
+    #[error("{0}")]
+    Conflict(String),
     #[error("symbolization failed: {0}")]
     Symbolize(String),
     #[error("debuginfo store I/O: {0}")]

@@ -112,8 +112,25 @@ enum Job {
     },
 }
 
+/// A build ID's files as one scope sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Files {
+    /// The executable: its segments map file offsets to addresses.
+    pub exe: PathBuf,
+    /// The separate debug file, when there is one: names and lines come from it.
+    pub debug: Option<PathBuf>,
+}
+
+/// Cache key: results computed from one scope's files are served to that scope only (two tenants
+/// may hold different files under the same build ID).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    scope: String,
+    id: BuildId,
+}
+
 struct Shared {
-    cache: ResultCache<Frames>,
+    cache: ResultCache<Key, Frames>,
     /// Bumped by `invalidate`: a lookup that started before it must not cache what it computed
     /// from the old file. Global rather than per build ID because invalidations are rare.
     generation: u64,
@@ -193,12 +210,33 @@ impl Symbolizer {
         id: &BuildId,
         file_offsets: &[u64],
     ) -> Result<Vec<Frames>, Error> {
+        let files = self.store.path(id).map(|exe| Files {
+            exe,
+            debug: self.store.debug_path(id),
+        });
+        self.symbolize_files("", id, files.as_ref(), file_offsets)
+    }
+
+    /// Like [`Symbolizer::symbolize_detailed`], with the files given by the caller (who looked
+    /// them up in whichever stores `scope` may use; `None` when there are none). Results are
+    /// cached per `scope`.
+    pub fn symbolize_files(
+        &self,
+        scope: &str,
+        id: &BuildId,
+        files: Option<&Files>,
+        file_offsets: &[u64],
+    ) -> Result<Vec<Frames>, Error> {
+        let key = Key {
+            scope: scope.to_owned(),
+            id: id.clone(),
+        };
         let mut out: Vec<Option<Frames>> = vec![None; file_offsets.len()];
         let mut misses = Vec::new();
         let generation = {
             let mut shared = self.lock();
             for (slot, &off) in out.iter_mut().zip(file_offsets) {
-                match shared.cache.get(id, off) {
+                match shared.cache.get(&key, off) {
                     Some(frames) => *slot = Some(frames.clone()),
                     None => misses.push(off),
                 }
@@ -215,12 +253,9 @@ impl Symbolizer {
 
         misses.sort_unstable();
         misses.dedup();
-        let path = self
-            .store
-            .path(id)
-            .ok_or_else(|| Error::Missing(id.to_string()))?;
-        let debug = self.store.debug_path(id);
-        let results = self.run_on_worker(id, path, debug, misses.clone())?;
+        let files = files.ok_or_else(|| Error::Missing(id.to_string()))?;
+        let results =
+            self.run_on_worker(id, files.exe.clone(), files.debug.clone(), misses.clone())?;
         if results.len() != misses.len() {
             return Err(Error::Symbolize(format!(
                 "blazesym returned {} results for {} offsets",
@@ -233,7 +268,7 @@ impl Symbolizer {
             let mut shared = self.lock();
             if shared.generation == generation {
                 for (&off, frames) in misses.iter().zip(&results) {
-                    shared.cache.insert(id, off, frames.clone());
+                    shared.cache.insert(&key, off, frames.clone());
                 }
             }
         }
@@ -250,16 +285,25 @@ impl Symbolizer {
 
     /// Forgets cached results and parsed state for `id` (new debuginfo arrived).
     pub fn invalidate(&self, id: &BuildId) {
+        self.invalidate_files(
+            id,
+            &[self.store.file_path(id), self.store.debug_file_path(id)],
+        );
+    }
+
+    /// Forgets cached results for `id` in every scope, and the parsed state of `paths` (files of
+    /// `id` that were replaced or deleted).
+    pub fn invalidate_files(&self, id: &BuildId, paths: &[PathBuf]) {
         {
             let mut shared = self.lock();
-            shared.cache.remove_build_id(id);
+            shared.cache.remove_where(|k| k.id == *id);
             shared.generation += 1;
         }
         // Also free the old parsed file; blazesym would reload the replaced file on its own
         // (it stats the path on every request) but keep the old version in memory.
         if let Some(worker) = self.worker_for(id) {
-            for path in [self.store.file_path(id), self.store.debug_file_path(id)] {
-                if worker.send(Job::Evict { path }).is_err() {
+            for path in paths {
+                if worker.send(Job::Evict { path: path.clone() }).is_err() {
                     tracing::warn!(build_id = %id, "symbolizer worker gone; nothing to evict");
                 }
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_symbolizer::{
-    BuildId, DebugInfoStore, Error, Frame, Symbolizer, SymbolizerOptions, read_build_id,
+    BuildId, DebugInfoStore, Error, Frame, Stored, Symbolizer, SymbolizerOptions, read_build_id,
 };
 use object::{Object, ObjectSegment, ObjectSymbol};
 
@@ -311,9 +311,10 @@ fn uncovered_offsets_are_none_and_missing_is_an_error() {
 #[test]
 fn cache_serves_repeats_and_invalidate_picks_up_new_debuginfo() {
     // Two different programs with the same (explicit) build ID: the second stands in for better
-    // debuginfo arriving later for the same build.
+    // debuginfo arriving later for the same build (the first has no DWARF, so the second, which
+    // has, may replace it).
     let forced = "0x00112233445566778899aabbccddeeff00112233";
-    let a = gcc(KNOWN_C, &[&format!("-Wl,--build-id={forced}")]);
+    let a = gcc(KNOWN_C, &[&format!("-Wl,--build-id={forced}"), "-g0"]);
     let b = gcc(INLINE_C, &[&format!("-Wl,--build-id={forced}")]);
     let s = store();
     let id = insert(&s.store, &a);
@@ -445,6 +446,10 @@ fn store_rejects_non_elf() {
         b"".as_slice(),
         // Right magic, garbage after it.
         b"\x7fELF\x02\x01\x01\0garbagegarbagegarbage".as_slice(),
+        // Right magic, impossible class, byte order, version.
+        b"\x7fELF\x09\x01\x01\0garbagegarbagegarbage".as_slice(),
+        b"\x7fELF\x02\x03\x01\0garbagegarbagegarbage".as_slice(),
+        b"\x7fELF\x02\x01\x07\0garbagegarbagegarbage".as_slice(),
     ] {
         let err = s.store.insert_from_reader(&id, junk, 1 << 20).unwrap_err();
         assert!(matches!(err, Error::NotElf(_)), "{junk:?}: {err:?}");
@@ -475,12 +480,130 @@ fn store_rejects_too_large() {
     assert!(s.store.contains(&id));
 }
 
+/// A stripped file may be replaced by the full one (it carries more), never the other way round;
+/// the same bytes again change nothing.
+#[test]
+fn replacement_only_when_the_upload_carries_more() {
+    let p = gcc(KNOWN_C, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let stripped = dir.path().join("stripped");
+    assert!(
+        Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&p.binary)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stripped = std::fs::read(&stripped).unwrap();
+    let s = store();
+    let id = p.build_id();
+    let full = p.bytes();
+    assert_eq!(
+        s.store
+            .insert_from_reader(&id, stripped.as_slice(), u64::MAX)
+            .unwrap(),
+        Stored::New {
+            bytes: stripped.len() as u64
+        }
+    );
+    assert_eq!(
+        s.store
+            .insert_from_reader(&id, stripped.as_slice(), u64::MAX)
+            .unwrap(),
+        Stored::Unchanged {
+            bytes: stripped.len() as u64
+        }
+    );
+    assert_eq!(
+        s.store
+            .insert_from_reader(&id, full.as_slice(), u64::MAX)
+            .unwrap(),
+        Stored::Replaced {
+            bytes: full.len() as u64,
+            old_bytes: stripped.len() as u64
+        }
+    );
+    let err = s
+        .store
+        .insert_from_reader(&id, stripped.as_slice(), u64::MAX)
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    assert_eq!(s.store.size(&id), Some(full.len() as u64));
+    // Nothing left in the temp directory by the refused upload.
+    assert_eq!(files_under(s.store.root()).len(), 1);
+}
+
+/// A real ELF followed by zeros: refused while streaming once the zero run passes the limit (the
+/// rest is never read), and a shorter tail outside every section and segment is refused too.
+#[test]
+fn padded_elf_is_refused() {
+    use kiln_symbolizer::{MAX_UNCOVERED_BYTES, MAX_ZERO_RUN};
+    let p = gcc(KNOWN_C, &[]);
+    let s = store();
+    let id = p.build_id();
+    let bytes = p.bytes();
+
+    // 512 MiB of zeros behind the ELF, counted as it is read.
+    let read = std::sync::atomic::AtomicU64::new(0);
+    struct Counting<'a, R>(R, &'a std::sync::atomic::AtomicU64);
+    impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+    let bomb = std::io::Read::chain(
+        bytes.as_slice(),
+        std::io::Read::take(std::io::repeat(0), 512 << 20),
+    );
+    let err = s
+        .store
+        .insert_from_reader(&id, Counting(bomb, &read), u64::MAX)
+        .unwrap_err();
+    assert!(matches!(err, Error::Padding(_)), "{err:?}");
+    let consumed = read.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        consumed < bytes.len() as u64 + MAX_ZERO_RUN + (1 << 20),
+        "read {consumed} bytes"
+    );
+
+    // Non-zero garbage (no long zero run) beyond the last section and segment.
+    let mut padded = bytes.clone();
+    padded.extend((0..MAX_UNCOVERED_BYTES + (1 << 20)).map(|i| (i % 251) as u8 | 1));
+    let err = s
+        .store
+        .insert_from_reader(&id, padded.as_slice(), u64::MAX)
+        .unwrap_err();
+    assert!(matches!(err, Error::Padding(_)), "{err:?}");
+    assert!(files_under(s.store.root()).is_empty());
+    assert!(!s.store.contains(&id));
+}
+
+/// Junk behind the ELF magic is refused from its identification bytes, before the rest is read.
+#[test]
+fn bad_identification_stops_reading_early() {
+    let s = store();
+    let id = BuildId::parse("abcdef").unwrap();
+    let endless = std::io::Read::chain(b"\x7fELF\x05".as_slice(), std::io::repeat(1));
+    let err = s
+        .store
+        .insert_from_reader(&id, endless, u64::MAX)
+        .unwrap_err();
+    assert!(matches!(err, Error::NotElf(_)), "{err:?}");
+    assert!(files_under(s.store.root()).is_empty());
+}
+
 #[test]
 fn too_large_stops_reading_early() {
     // An endless stream must not be drained: the limit ends the upload.
     let s = store();
     let id = BuildId::parse("abcdef").unwrap();
-    let endless = std::io::Read::chain(b"\x7fELF".as_slice(), std::io::repeat(0));
+    let endless = std::io::Read::chain(b"\x7fELF\x02\x01\x01".as_slice(), std::io::repeat(0));
     let err = s
         .store
         .insert_from_reader(&id, endless, 1 << 20)
@@ -651,7 +774,8 @@ fn unsymbolized_reasons_and_separate_debug_file() {
     assert_eq!(out[0], Err(Unsymbolized::UnknownAddress));
     assert_eq!(out[1], Err(Unsymbolized::InvalidOffset));
 
-    // The same build, stripped, replaces the stored file: now nothing can be named.
+    // The same build, stripped, does not replace the stored file (it carries less); stored in a
+    // fresh store, nothing can be named from it.
     let dir = tempfile::tempdir().unwrap();
     let stripped = dir.path().join("stripped");
     let debug = dir.path().join("known.debug");
@@ -665,10 +789,16 @@ fn unsymbolized_reasons_and_separate_debug_file() {
         .arg("-o")
         .arg(&stripped)
         .arg(&p.binary)));
+    let err = s
+        .store
+        .insert_from_reader(&id, std::fs::File::open(&stripped).unwrap(), 1 << 30)
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    let s = store();
+    let sym = Symbolizer::new(s.store.clone(), 100);
     s.store
         .insert_from_reader(&id, std::fs::File::open(&stripped).unwrap(), 1 << 30)
         .unwrap();
-    sym.invalidate(&id);
     let out = sym.symbolize_detailed(&id, &[off]).unwrap();
     assert_eq!(out[0], Err(Unsymbolized::NoSymbols));
 

@@ -59,6 +59,8 @@ pub struct Params {
 #[derive(Clone, Debug)]
 pub struct Selection {
     pub selector: Selector,
+    /// Whose data this is (set by [`Selection::for_tenant`]); also whose debuginfo names frames.
+    pub tenant: Tenant,
     pub range: TimeRange,
     pub profile_type: String,
 }
@@ -68,6 +70,7 @@ impl Selection {
     /// calls this on its selection: the one place tenants are kept apart on reads.
     pub fn for_tenant(mut self, tenant: &Tenant) -> Selection {
         self.selector.matchers.push(tenant.matcher());
+        self.tenant = tenant.clone();
         self
     }
 }
@@ -103,6 +106,7 @@ impl Params {
         };
         Ok(Selection {
             selector,
+            tenant: Tenant::default(),
             range,
             profile_type,
         })
@@ -131,7 +135,7 @@ pub(crate) fn positive(name: &str, value: Option<&str>, default: usize) -> Resul
 /// Reads and merges the selection into a tree (blocking: call from `spawn_blocking`).
 pub(crate) fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiError> {
     let mut tree = Tree::new();
-    let mut resolver = Resolver::new(Some(&state.debuginfo));
+    let mut resolver = Resolver::new(Some(&state.debuginfo)).for_tenant(&sel.tenant);
     state
         .store
         // Pre-merged by the store where it can (blocks summed by stack id), so each stack is
@@ -162,7 +166,7 @@ pub(crate) fn build_grouped_tree(
     group_by: &[String],
 ) -> Result<Tree, ApiError> {
     let mut tree = Tree::new();
-    let mut resolver = Resolver::new(Some(&state.debuginfo));
+    let mut resolver = Resolver::new(Some(&state.debuginfo)).for_tenant(&sel.tenant);
     state
         .store
         .read(
@@ -276,7 +280,7 @@ pub(crate) fn merged_pprof(
         None => state.store.profile_types(&sel.selector, sel.range),
     };
     let mut merger = pprof::PprofMerger::new(&types);
-    let mut resolver = Resolver::new(Some(&state.debuginfo));
+    let mut resolver = Resolver::new(Some(&state.debuginfo)).for_tenant(&sel.tenant);
     state
         .store
         .read(

@@ -77,7 +77,9 @@ impl From<ApiError> for ConnectError {
             ApiError::Unprocessable(_) => "invalid_argument",
             ApiError::Unauthorized(_) => "unauthenticated",
             ApiError::NotFound(_) => "not_found",
-            ApiError::PayloadTooLarge(_) | ApiError::InsufficientStorage(_) => "resource_exhausted",
+            ApiError::PayloadTooLarge(_) => "resource_exhausted",
+            ApiError::Conflict(_) => "already_exists",
+            ApiError::InsufficientStorage(_) => "resource_exhausted",
             ApiError::Internal(_) => "internal",
         };
         ConnectError {

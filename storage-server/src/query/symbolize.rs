@@ -1,5 +1,9 @@
 //! Query-time symbolization: gives every location of a stored profile its frames, asking the
 //! symbolizer (in batches, per build ID) for raw user-space addresses the agent could not name.
+//!
+//! A query reads only what is stored, from the caller's tenant's debuginfo and the shared store
+//! ([`crate::debuginfo::Opened::files`]); it never waits for the network. A build ID debuginfod
+//! may have is queued for the background fetcher, and its frames say so meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -75,10 +79,13 @@ pub enum Reason {
     /// Nothing usable uploaded (none, or stripped), and the configured debuginfod servers do not
     /// have it either.
     DebuginfodMiss,
+    /// Nothing usable uploaded yet; the configured debuginfod servers are being asked (in the
+    /// background: a later query will show the names if they have it).
+    DebuginfodPending,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::NoMapping,
         Reason::NoBuildId,
         Reason::NoFile,
@@ -89,6 +96,7 @@ impl Reason {
         Reason::InvalidOffset,
         Reason::SymbolizerError,
         Reason::DebuginfodMiss,
+        Reason::DebuginfodPending,
     ];
 
     /// Machine-readable name (API field values, metric labels).
@@ -104,6 +112,7 @@ impl Reason {
             Reason::InvalidOffset => "invalid_offset",
             Reason::SymbolizerError => "symbolizer_error",
             Reason::DebuginfodMiss => "debuginfod_miss",
+            Reason::DebuginfodPending => "debuginfod_pending",
         }
     }
 
@@ -120,6 +129,7 @@ impl Reason {
             Reason::InvalidOffset => "no symbols: address outside the binary's segments",
             Reason::SymbolizerError => "no symbols: symbolizer error",
             Reason::DebuginfodMiss => "no symbols: no debuginfo uploaded or on debuginfod",
+            Reason::DebuginfodPending => "no symbols: debuginfo being fetched from debuginfod",
         }
     }
 
@@ -160,9 +170,12 @@ pub struct Resolver<'a> {
     failed: HashMap<BuildId, Reason>,
     /// Set once the symbolizer itself is unusable, to stop asking.
     unavailable: bool,
-    /// Build IDs whose debuginfo the configured debuginfod servers lack (asked in this query or
-    /// recently).
+    /// Build IDs whose debuginfo the configured debuginfod servers lack (asked recently).
     debuginfod_missed: std::collections::HashSet<BuildId>,
+    /// Build IDs being fetched from debuginfod in the background.
+    debuginfod_pending: std::collections::HashSet<BuildId>,
+    /// Whose debuginfo (besides the shared store's) names the frames.
+    tenant: crate::tenant::Tenant,
     /// Per-binary counts, kept only when asked for ([`Resolver::with_stats`]): counting samples
     /// costs a pass over every stack, which flame-graph queries should not pay.
     stats: Option<BTreeMap<BinaryKey, BinaryStats>>,
@@ -204,6 +217,8 @@ impl<'a> Resolver<'a> {
             failed: HashMap::new(),
             unavailable: false,
             debuginfod_missed: std::collections::HashSet::new(),
+            debuginfod_pending: std::collections::HashSet::new(),
+            tenant: crate::tenant::Tenant::default(),
             stats: None,
             stats_type: String::new(),
         }
@@ -217,6 +232,12 @@ impl<'a> Resolver<'a> {
             stats_type: profile_type.to_owned(),
             ..Resolver::new(debuginfo)
         }
+    }
+
+    /// Symbolizes with `tenant`'s uploads (and the shared store); the default tenant's otherwise.
+    pub fn for_tenant(mut self, tenant: &crate::tenant::Tenant) -> Resolver<'a> {
+        self.tenant = tenant.clone();
+        self
     }
 
     /// The per-binary counts gathered so far (empty unless made by [`Resolver::with_stats`]).
@@ -357,17 +378,28 @@ impl<'a> Resolver<'a> {
         for (id, mut offsets) in batches {
             offsets.sort_unstable();
             offsets.dedup();
-            if let Some(d) = debuginfo.debuginfod.as_ref() {
-                // Network I/O bounded by the client's timeout; a bug must cost names only.
-                let fetched = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    fetch_from_debuginfod(d, &opened, &id)
-                }));
-                if let Ok(Fetched::Missed) = fetched {
-                    self.debuginfod_missed.insert(id.clone());
+            let files = opened.files(&self.tenant, &id);
+            if let Some(d) = debuginfo.debuginfod.as_ref()
+                && crate::debuginfo::needs_fetch(files.as_ref())
+            {
+                // Never waits: the fetcher works in the background.
+                match d.request(&id) {
+                    crate::debuginfod::Status::Pending => {
+                        self.debuginfod_pending.insert(id.clone());
+                    }
+                    crate::debuginfod::Status::Missed => {
+                        self.debuginfod_missed.insert(id.clone());
+                    }
+                    crate::debuginfod::Status::Dropped => {}
                 }
             }
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                opened.symbolizer.symbolize_detailed(&id, &offsets)
+                opened.symbolizer.symbolize_files(
+                    self.tenant.as_str(),
+                    &id,
+                    files.as_ref(),
+                    &offsets,
+                )
             }));
             match result {
                 Ok(Ok(frames)) if frames.len() == offsets.len() => {
@@ -411,6 +443,9 @@ impl<'a> Resolver<'a> {
     /// `reason` with what debuginfod said folded in.
     fn with_debuginfod(&self, id: &BuildId, reason: Reason) -> Reason {
         match reason {
+            Reason::NoDebuginfo | Reason::Stripped if self.debuginfod_pending.contains(id) => {
+                Reason::DebuginfodPending
+            }
             Reason::NoDebuginfo | Reason::Stripped if self.debuginfod_missed.contains(id) => {
                 Reason::DebuginfodMiss
             }
@@ -522,62 +557,6 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// What asking debuginfod for one build ID came to.
-enum Fetched {
-    /// Nothing needed, or something was fetched.
-    Done,
-    /// Needed, and no server had it (or every request failed).
-    Missed,
-}
-
-/// Fetches from debuginfod what the store lacks for `id`: the executable when none was uploaded,
-/// and the separate debug file when the executable has no symbols. Re-symbolizes on success.
-fn fetch_from_debuginfod(
-    d: &crate::debuginfod::Debuginfod,
-    opened: &crate::debuginfo::Opened,
-    id: &BuildId,
-) -> Fetched {
-    use crate::debuginfod::Artifact;
-    let store = &opened.store;
-    let mut fetched = false;
-    let mut missed = false;
-    let mut exe = store.path(id);
-    if exe.is_none() {
-        match d.fetch(store, id, Artifact::Executable) {
-            Ok(true) => {
-                fetched = true;
-                exe = store.path(id);
-            }
-            Ok(false) => missed = true,
-            Err(e) => {
-                tracing::warn!(build_id = id.as_str(), error = %e, "debuginfod");
-                missed = true;
-            }
-        }
-    }
-    if let Some(exe) = exe
-        && store.debug_path(id).is_none()
-        && !kiln_symbolizer::has_symbols(&exe)
-    {
-        match d.fetch(store, id, Artifact::Debuginfo) {
-            Ok(true) => fetched = true,
-            Ok(false) => missed = true,
-            Err(e) => {
-                tracing::warn!(build_id = id.as_str(), error = %e, "debuginfod");
-                missed = true;
-            }
-        }
-    }
-    if fetched {
-        opened.symbolizer.invalidate(id);
-    }
-    if missed {
-        Fetched::Missed
-    } else {
-        Fetched::Done
-    }
-}
-
 /// `GET /api/v1/symbolization`: per binary (mapped file + build ID), how many distinct frames and
 /// how much sample weight of the selection are named, and why the rest are not.
 pub async fn symbolization_handler(
@@ -591,7 +570,8 @@ pub async fn symbolization_handler(
     let sel = p.selection()?.for_tenant(&tenant);
     let st = state.clone();
     let body = tokio::task::spawn_blocking(move || {
-        let mut resolver = Resolver::with_stats(Some(&st.debuginfo), &sel.profile_type);
+        let mut resolver =
+            Resolver::with_stats(Some(&st.debuginfo), &sel.profile_type).for_tenant(&sel.tenant);
         let mut profiles = 0u64;
         st.store
             .read(

@@ -1054,14 +1054,17 @@ impl Inner {
             }
         }
         if self.config.retention_bytes > 0 {
-            let mut total = self.wal_bytes() + kept.iter().map(|(size, _, _)| size).sum::<u64>();
+            // Debuginfo counts too (`other_bytes`): it shares the data directory's budget.
+            let mut total = self.wal_bytes()
+                + kept.iter().map(|(size, _, _)| size).sum::<u64>()
+                + self.config.other_bytes();
             let mut kept = kept.into_iter();
             while total > self.config.retention_bytes {
                 let Some((size, t, v)) = kept.next() else {
                     tracing::warn!(
                         bytes = total,
                         limit = self.config.retention_bytes,
-                        "the WAL alone exceeds retention_bytes; it shrinks as it is flushed"
+                        "the WAL (with debuginfo) alone exceeds retention_bytes; it shrinks as it is flushed"
                     );
                     break;
                 };
