@@ -66,6 +66,14 @@ pub struct Limits {
     pub debuginfo_max_upload_bytes: u64,
     /// Largest decompressed debuginfo (ELF) file.
     pub debuginfo_max_bytes: u64,
+    /// How far in the future (by the server's clock) a profile's time may be, in seconds: the
+    /// accepted window is [now − retention, now + this].
+    pub max_future_skew_secs: u64,
+    /// Per-tenant ingest rate in request bytes (as sent) per second, with a burst of two
+    /// seconds' worth; 0 turns it off. Over it: 429 with `Retry-After`.
+    pub ingest_rate_bytes: u64,
+    /// Per-tenant ingest rate in stored profiles per second (burst: two seconds' worth); 0: off.
+    pub ingest_rate_profiles: u64,
 }
 
 impl Default for Limits {
@@ -80,6 +88,9 @@ impl Default for Limits {
             max_label_value_len: 2048,
             debuginfo_max_upload_bytes: 1 << 30,
             debuginfo_max_bytes: 1 << 30,
+            max_future_skew_secs: 600,
+            ingest_rate_bytes: 128 << 20,
+            ingest_rate_profiles: 20_000,
         }
     }
 }

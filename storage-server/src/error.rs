@@ -21,6 +21,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Internal(String),
+    /// Over a per-tenant rate: 429 with `Retry-After` (seconds).
+    #[error("{msg}")]
+    RateLimited { msg: String, retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -39,6 +42,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -59,6 +63,20 @@ impl IntoResponse for ApiError {
             tracing::debug!(error = %self, %status, "request rejected");
         }
         let body = serde_json::json!({ "error": self.to_string() });
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            return (
+                status,
+                [(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after_secs.to_string(),
+                )],
+                axum::Json(body),
+            )
+                .into_response();
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: tell the client which scheme to use.
             return (

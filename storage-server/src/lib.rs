@@ -39,6 +39,8 @@ pub struct AppState {
     pub store: SharedStore,
     pub debuginfo: Arc<DebugInfo>,
     pub metrics: Arc<Metrics>,
+    /// Per-tenant ingest rate limits (bytes and profiles per second).
+    pub ingest_rate: Arc<ingest::rate::RateLimiter>,
 }
 
 impl AppState {
@@ -71,7 +73,12 @@ impl AppState {
         );
         let mut metrics = Metrics::new();
         metrics.register_symbolization(debuginfo.frame_outcomes.clone());
+        let ingest_rate = Arc::new(ingest::rate::RateLimiter::new(
+            config.limits.ingest_rate_bytes,
+            config.limits.ingest_rate_profiles,
+        ));
         AppState {
+            ingest_rate,
             config: Arc::new(config),
             store,
             debuginfo: Arc::new(debuginfo),

@@ -78,6 +78,7 @@ impl From<ApiError> for ConnectError {
             ApiError::Unauthorized(_) => "unauthenticated",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge(_) => "resource_exhausted",
+            ApiError::RateLimited { .. } => "resource_exhausted",
             ApiError::Internal(_) => "internal",
         };
         ConnectError {
