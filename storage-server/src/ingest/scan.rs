@@ -17,7 +17,7 @@
 //! [`Profile`]: kiln_proto::pprof::Profile
 
 use super::series;
-use super::validate::IdSet;
+use super::validate::{IdSet, MAX_TOTAL};
 use crate::config::Limits;
 
 /// Why a profile must go through the full decode.
@@ -303,7 +303,10 @@ impl Tables<'_> {
                     }
                     // More values than types fail the count check below.
                     if let Some(total) = totals.get_mut(values) {
-                        *total = total.checked_add(v).ok_or(Fallback::Invalid)?;
+                        *total = total
+                            .checked_add(v)
+                            .filter(|&t| t <= MAX_TOTAL)
+                            .ok_or(Fallback::Invalid)?;
                     }
                     values += 1;
                     Ok(())
@@ -668,6 +671,40 @@ mod tests {
                 "sparse id missing",
                 Box::new(|p| p.location[0].id = 1 << 40),
             ),
+            (
+                "label key",
+                Box::new(|p| {
+                    p.sample[1].label[0].key = 1000;
+                }),
+            ),
+            (
+                "label num_unit",
+                Box::new(|p| p.sample[1].label[0].num_unit = 1000),
+            ),
+            (
+                "period_type unit",
+                Box::new(|p| p.period_type.as_mut().unwrap().unit = 1000),
+            ),
+            ("comment", Box::new(|p| p.comment = vec![1, 1000])),
+            (
+                "default_sample_type",
+                Box::new(|p| p.default_sample_type = -1),
+            ),
+            ("drop_frames", Box::new(|p| p.drop_frames = 1000)),
+            ("keep_frames", Box::new(|p| p.keep_frames = 1000)),
+            ("negative value", Box::new(|p| p.sample[0].value[1] = -1)),
+            ("i64::MIN", Box::new(|p| p.sample[0].value[0] = i64::MIN)),
+            (
+                "one huge value",
+                Box::new(|p| p.sample[0].value[0] = i64::MAX),
+            ),
+            (
+                "total over 2^53",
+                Box::new(|p| {
+                    p.sample[0].value[1] = MAX_TOTAL;
+                    p.sample[1].value[1] = 1;
+                }),
+            ),
         ];
         for (what, mutate) in cases {
             let mut bad = p.clone();
@@ -678,6 +715,10 @@ mod tests {
                 "{what}"
             );
         }
+        // A total of exactly 2^53 is fine.
+        let mut edge = p.clone();
+        edge.sample[0].value[1] = MAX_TOTAL - edge.sample[1].value[1];
+        assert!(check(&edge.encode_to_vec(), &lim).is_ok());
         // Sparse ids that do resolve are fine.
         let mut sparse = p.clone();
         let id = sparse.location[0].id;
