@@ -497,6 +497,70 @@ mod tests {
         assert!(err.is_too_large());
     }
 
+    /// What the `admit` fuzz target asserts, over every truncation and many byte flips of a
+    /// profile that is split: no panic, and whatever is admitted is valid and adds up to the input.
+    #[test]
+    fn corruptions_keep_invariants() {
+        let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+        b.time(NOW, NS_PER_SEC);
+        let f = b.function("f", "f.c");
+        let l = b.symbolized_location(0, 0x10, &[(f, 1)]);
+        b.add_sample(&[l], &[1, 10], &[("env", "a")]);
+        b.add_sample(&[l], &[2, 20], &[("env", "b"), ("span_id", "9")]);
+        b.add_sample(&[l], &[3, 30], &[]);
+        let raw = b.finish().encode_to_vec();
+        let limits = Limits::default();
+        let check = |bytes: &[u8]| {
+            let tenant = Tenant::default();
+            let mut a = Admission::new(&limits, &tenant, window());
+            let labeler = |_: &[String], extra: &[(String, String)]| {
+                let mut pairs = vec![("__name__".to_owned(), "process_cpu".to_owned())];
+                pairs.extend(extra.iter().cloned());
+                validate_labels(pairs, &limits)
+            };
+            let src = Source {
+                labeler: &labeler,
+                fallback_time: NOW,
+            };
+            if a.pprof(bytes.to_vec(), &src).is_err() {
+                return;
+            }
+            let original = Profile::decode(bytes).unwrap();
+            let (mut samples, mut total) = (0, 0i64);
+            for x in a.finish() {
+                let p = Profile::decode(x.profile.pprof.as_slice()).unwrap();
+                assert_eq!(
+                    validate_profile(&p, &limits).unwrap(),
+                    x.profile.profile_types
+                );
+                assert!(window().check(x.profile.time_nanos).is_ok());
+                samples += p.sample.len();
+                total += p
+                    .sample
+                    .iter()
+                    .map(|s| s.value.iter().sum::<i64>())
+                    .sum::<i64>();
+            }
+            assert_eq!(samples, original.sample.len());
+            let want: i64 = original
+                .sample
+                .iter()
+                .map(|s| s.value.iter().sum::<i64>())
+                .sum();
+            assert_eq!(total, want);
+        };
+        for len in 0..=raw.len() {
+            check(&raw[..len]);
+        }
+        for i in 0..raw.len() {
+            for mask in [0x01u8, 0x02, 0x08, 0x40, 0x80, 0xff] {
+                let mut m = raw.clone();
+                m[i] ^= mask;
+                check(&m);
+            }
+        }
+    }
+
     #[test]
     fn times_resolved_and_checked() {
         let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")]);
