@@ -14,7 +14,8 @@ fn form(fields: &[(String, &[u8])]) -> Vec<u8> {
     for (name, data) in fields {
         b.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
         b.extend_from_slice(
-            format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"f\"\r\n").as_bytes(),
+            format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"f\"\r\n")
+                .as_bytes(),
         );
         b.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
         b.extend_from_slice(data);
@@ -41,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         let mut end = range.start;
         for p in &parts {
             let r = p.data.as_ptr_range();
-            assert!(r.start >= end && r.end <= range.end, "parts out of order or outside");
+            assert!(
+                r.start >= end && r.end <= range.end,
+                "parts out of order or outside"
+            );
             end = r.end;
         }
     }
