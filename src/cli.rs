@@ -69,6 +69,18 @@ pub struct ServerArgs {
     /// Largest decompressed body or profile, in bytes.
     #[arg(long, env = "KILN_MAX_DECOMPRESSED_BYTES", default_value_t = 64 << 20)]
     pub max_decompressed_bytes: usize,
+    /// How far ahead of the server's clock a profile's time may be (clock skew), e.g. 10m; the
+    /// accepted window is [now - retention, now + this], outside it ingest answers 400.
+    #[arg(long, env = "KILN_INGEST_MAX_FUTURE_SKEW", default_value = "10m", value_parser = parse_duration)]
+    pub ingest_max_future_skew: Duration,
+    /// Per-tenant ingest rate in request bytes (as sent) per second, e.g. 128MiB, with a burst
+    /// of two seconds' worth; `off` for none. Over it ingest answers 429 with Retry-After.
+    #[arg(long, env = "KILN_INGEST_RATE_BYTES", default_value = "128MiB", value_parser = parse_bytes)]
+    pub ingest_rate_bytes: u64,
+    /// Per-tenant ingest rate in stored profiles per second (burst: two seconds' worth); 0 for
+    /// none. Over it ingest answers 429 with Retry-After.
+    #[arg(long, env = "KILN_INGEST_RATE_PROFILES", default_value_t = 20_000)]
+    pub ingest_rate_profiles: u64,
     /// Delete stored profiles older than this, e.g. 30d, 12h; `off` keeps them forever.
     #[arg(long, env = "KILN_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub retention: Duration,

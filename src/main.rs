@@ -152,6 +152,9 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
     config.auth_token = args.auth_token.clone().filter(|t| !t.is_empty());
     config.limits.max_body_bytes = args.max_body_bytes;
     config.limits.max_decompressed_bytes = args.max_decompressed_bytes;
+    config.limits.max_future_skew_secs = args.ingest_max_future_skew.as_secs();
+    config.limits.ingest_rate_bytes = args.ingest_rate_bytes;
+    config.limits.ingest_rate_profiles = args.ingest_rate_profiles;
     config.store.retention_age_secs = args.retention.as_secs();
     config.store.retention_bytes = args.retention_bytes;
     config.store.max_segment_bytes = args.wal_segment_bytes;

@@ -19,7 +19,8 @@ fn request(service: &str) -> PushRequest {
     let f = b.function("main", "main.c");
     let l = b.symbolized_location(0, 0, &[(f, 1)]);
     b.add_sample(&[l], &[10], &[]);
-    b.time(1_700_000_000_000_000_000, 1);
+    // Now: the server refuses profiles outside [now - retention, now + skew].
+    b.time(kiln_storage_server::query::time::now_nanos(), 1);
     let label = |name: &str, value: &str| LabelPair {
         name: name.into(),
         value: value.into(),

@@ -16,9 +16,15 @@ fn full_path(raw: &[u8], limits: &Limits) -> Result<Scanned, Fallback> {
     let p = Profile::decode(raw).map_err(|_| Fallback::Wire)?;
     let profile_types = validate_profile(&p, limits).map_err(|_| Fallback::Invalid)?;
     let (time_nanos, samples) = (p.time_nanos, p.sample.len());
-    match series::split(p, usize::MAX) {
+    let type_names = p
+        .sample_type
+        .iter()
+        .map(|st| p.str(st.r#type).to_owned())
+        .collect();
+    match series::split(p, usize::MAX, usize::MAX) {
         Ok(series::Split::Whole(_)) => Ok(Scanned {
             profile_types,
+            type_names,
             time_nanos,
             samples,
         }),

@@ -75,6 +75,14 @@ pub struct Limits {
     pub debuginfo_tenant_max_bytes: u64,
     /// Most debuginfo files one tenant (and the shared store) may hold.
     pub debuginfo_tenant_max_files: u64,
+    /// How far in the future (by the server's clock) a profile's time may be, in seconds: the
+    /// accepted window is [now − retention, now + this].
+    pub max_future_skew_secs: u64,
+    /// Per-tenant ingest rate in request bytes (as sent) per second, with a burst of two
+    /// seconds' worth; 0 turns it off. Over it: 429 with `Retry-After`.
+    pub ingest_rate_bytes: u64,
+    /// Per-tenant ingest rate in stored profiles per second (burst: two seconds' worth); 0: off.
+    pub ingest_rate_profiles: u64,
 }
 
 impl Default for Limits {
@@ -91,6 +99,9 @@ impl Default for Limits {
             debuginfo_max_bytes: 1 << 30,
             debuginfo_tenant_max_bytes: 4 << 30,
             debuginfo_tenant_max_files: 10_000,
+            max_future_skew_secs: 600,
+            ingest_rate_bytes: 128 << 20,
+            ingest_rate_profiles: 20_000,
         }
     }
 }

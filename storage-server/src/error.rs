@@ -27,6 +27,9 @@ pub enum ApiError {
     InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
+    /// Over a per-tenant rate: 429 with `Retry-After` (seconds).
+    #[error("{msg}")]
+    RateLimited { msg: String, retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -75,6 +79,20 @@ impl IntoResponse for ApiError {
             tracing::debug!(error = %self, %status, "request rejected");
         }
         let body = serde_json::json!({ "error": self.to_string() });
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            return (
+                status,
+                [(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after_secs.to_string(),
+                )],
+                axum::Json(body),
+            )
+                .into_response();
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: tell the client which scheme to use.
             return (

@@ -43,6 +43,8 @@ pub struct AppState {
     /// The data directory's lock, held while any clone of the state lives (`None` for a state
     /// over a store that does not own a directory).
     pub dir_lock: Option<Arc<dirlock::DirLock>>,
+    /// Per-tenant ingest rate limits (bytes and profiles per second).
+    pub ingest_rate: Arc<ingest::rate::RateLimiter>,
 }
 
 impl AppState {
@@ -88,7 +90,12 @@ impl AppState {
         metrics.register_symbolization(debuginfo.frame_outcomes.clone());
         metrics.register_component(|r| debuginfo.register_metrics(r));
         debuginfo.start();
+        let ingest_rate = Arc::new(ingest::rate::RateLimiter::new(
+            config.limits.ingest_rate_bytes,
+            config.limits.ingest_rate_profiles,
+        ));
         AppState {
+            ingest_rate,
             config: Arc::new(config),
             // Ingested profiles tell which debuginfo is still referenced.
             store: debuginfo::referenced::ReferencingStore::wrap(store, debuginfo.clone()),

@@ -23,8 +23,13 @@ fn testdata(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A server without age retention: the fixtures under testdata/ carry the time they were captured,
+/// and with no retention the accepted time window has no lower bound, so they stay admissible as
+/// they age (tests of the window itself configure retention).
 fn open(dir: &Path) -> Router {
-    router(AppState::open(ServerConfig::with_data_dir(dir)).unwrap())
+    let mut config = ServerConfig::with_data_dir(dir);
+    config.store.retention_age_secs = 0;
+    router(AppState::open(config).unwrap())
 }
 
 fn open_with(config: ServerConfig) -> Router {
@@ -969,6 +974,7 @@ async fn pprof_export_opens_in_go_tool_pprof() {
     let data = dir.path().join("data");
     let mut config = ServerConfig::with_data_dir(&data);
     config.listen = "127.0.0.1:0".parse().unwrap();
+    config.store.retention_age_secs = 0; // the fixture keeps its capture time (see `open`)
     let server = kiln_storage_server::Server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
     let app = router(server.state().clone());

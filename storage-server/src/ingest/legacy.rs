@@ -1,10 +1,10 @@
 //! Pyroscope's legacy ingest API, `POST /ingest` (also `/pyroscope/ingest`), used by
 //! `pyroscope-io` 0.8, `@pyroscope/nodejs`, older Go/Ruby/.NET SDKs and scripts: metadata in the
 //! query string, the profile as pprof (raw, gzipped, or in a multipart form), folded text or
-//! `lines`. Status codes follow Pyroscope: 400 bad metadata, 413 too large, 422 a body that cannot
-//! be ingested.
+//! `lines`. Only the envelope (query string, multipart form, text) is read here; every profile goes
+//! through [`super::admit`], as pushed ones do. Statuses: 400 bad metadata or body, 413 too large
+//! (before or after decompression), 415 unknown encoding, 429 over the tenant's rate.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use axum::body::Bytes;
@@ -12,21 +12,19 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_proto::codec::{self, CodecError};
-use kiln_proto::pprof::Profile;
-use prost::Message;
 use serde::Deserialize;
 
+use super::admit::{self, Admission, AdmitError, Admitted, Source, UnsupportedEncoding, Window};
 use super::folded::{self, TextError, TextOptions};
 use super::multipart::{self, MultipartError};
 use super::name::{self, AppKey, NameError};
-use super::series::{self, TooManySeries};
-use super::validate::{LabelError, ProfileError, validate_labels, validate_profile};
+use super::rate::{self, RateLimited, Resource};
+use super::validate::{LabelError, validate_labels};
 use crate::AppState;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::query::time::{self, TimeError};
-use crate::store::{NewProfile, StoreError};
+use crate::store::{Labels, StoreError};
 use crate::tenant::Tenant;
 
 /// Pyroscope's default `sampleRate` (Hz).
@@ -43,6 +41,8 @@ pub enum IngestError {
     Name(#[from] NameError),
     #[error("{param}: {err}")]
     Time { param: &'static str, err: TimeError },
+    #[error("{param}: {value:?} is not a valid date (8 digits are read as YYYYMMDD)")]
+    Date { param: &'static str, value: String },
     #[error("from is after until")]
     Reversed,
     #[error("sampleRate {0:?} must be a positive integer (samples per second)")]
@@ -59,15 +59,16 @@ pub enum IngestError {
     #[error("request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
     // 415
-    #[error("unsupported Content-Encoding {0:?}: use gzip or none")]
-    ContentEncoding(String),
-    // 422: a body that cannot be ingested.
+    #[error("{0}")]
+    ContentEncoding(#[from] UnsupportedEncoding),
+    // 429
+    #[error("{0}")]
+    RateLimited(#[from] RateLimited),
+    // 400 (or 413 when too large): a body that cannot be ingested.
     #[error("reading request body: {0}")]
     Body(String),
-    #[error("request body: {0}")]
-    Codec(CodecError),
-    #[error("pprof profile: {0}")]
-    Profile(ProfileError),
+    #[error("{0}")]
+    Admit(#[from] AdmitError),
     #[error("{0}")]
     Text(TextError),
     #[error("{0}")]
@@ -80,8 +81,6 @@ pub enum IngestError {
     PrevProfile,
     #[error("sample_type_config is not valid JSON: {0}")]
     SampleTypeConfig(serde_json::Error),
-    #[error("{0}")]
-    Split(#[from] TooManySeries),
     #[error("storing profiles: {0}")]
     Store(#[from] StoreError),
 }
@@ -89,12 +88,8 @@ pub enum IngestError {
 impl IngestError {
     fn is_too_large(&self) -> bool {
         match self {
-            IngestError::BodyTooLarge(_)
-            | IngestError::Codec(CodecError::TooLarge { .. })
-            | IngestError::Split(_)
-            | IngestError::Profile(
-                ProfileError::TooManySamples { .. } | ProfileError::StackTooDeep { .. },
-            ) => true,
+            IngestError::BodyTooLarge(_) => true,
+            IngestError::Admit(e) => e.is_too_large(),
             IngestError::Text(e) => e.is_too_large(),
             _ => false,
         }
@@ -110,6 +105,7 @@ impl IngestError {
             | IngestError::NoName
             | IngestError::Name(_)
             | IngestError::Time { .. }
+            | IngestError::Date { .. }
             | IngestError::Reversed
             | IngestError::SampleRate(_)
             | IngestError::Aggregation(_)
@@ -117,6 +113,8 @@ impl IngestError {
             | IngestError::UnknownFormat(_) => "bad_metadata",
             IngestError::Labels(_) => "bad_labels",
             IngestError::ContentEncoding(_) => "content_encoding",
+            IngestError::RateLimited(_) => "rate_limited",
+            IngestError::Admit(e) => e.reason(),
             IngestError::Store(_) => "store",
             _ => "bad_profile",
         }
@@ -130,19 +128,10 @@ impl From<IngestError> for ApiError {
             return ApiError::PayloadTooLarge(msg);
         }
         match e {
-            IngestError::Query(_)
-            | IngestError::NoName
-            | IngestError::Name(_)
-            | IngestError::Time { .. }
-            | IngestError::Reversed
-            | IngestError::SampleRate(_)
-            | IngestError::Aggregation(_)
-            | IngestError::Unsupported(_)
-            | IngestError::UnknownFormat(_)
-            | IngestError::Labels(_) => ApiError::BadRequest(msg),
             IngestError::ContentEncoding(_) => ApiError::UnsupportedMediaType(msg),
+            IngestError::RateLimited(e) => e.into(),
             IngestError::Store(e) => ApiError::store(msg, &e),
-            _ => ApiError::Unprocessable(msg),
+            _ => ApiError::BadRequest(msg),
         }
     }
 }
@@ -185,7 +174,7 @@ fn metadata(p: &IngestParams, now: i64) -> Result<Metadata, IngestError> {
     let key = name::parse_name(p.name.as_deref().ok_or(IngestError::NoName)?)?;
     let time = |param: &'static str, v: Option<&str>| match v.map(str::trim) {
         None | Some("") => Ok(now),
-        Some(s) => parse_ingest_time(s, now).map_err(|err| IngestError::Time { param, err }),
+        Some(s) => parse_ingest_time(param, s, now),
     };
     let from = time("from", p.from.as_deref())?;
     let until = time("until", p.until.as_deref())?;
@@ -229,22 +218,30 @@ fn metadata(p: &IngestParams, now: i64) -> Result<Metadata, IngestError> {
     })
 }
 
-/// [`time::parse_time`] plus Pyroscope's `YYYYMMDD` (a date, midnight UTC).
-fn parse_ingest_time(s: &str, now: i64) -> Result<i64, TimeError> {
-    if s.len() == 8
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && let Some(t) = yyyymmdd(s)
-    {
-        return Ok(t);
+/// [`time::parse_time`] plus Pyroscope's `YYYYMMDD` (a date, midnight UTC). Eight digits are
+/// always a date: one that does not exist (`20231340`) is an error, never Unix seconds.
+fn parse_ingest_time(param: &'static str, s: &str, now: i64) -> Result<i64, IngestError> {
+    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return yyyymmdd(s).ok_or_else(|| IngestError::Date {
+            param,
+            value: s.to_owned(),
+        });
     }
-    time::parse_time(s, now)
+    time::parse_time(s, now).map_err(|err| IngestError::Time { param, err })
 }
 
 fn yyyymmdd(s: &str) -> Option<i64> {
     let y: i64 = s.get(0..4)?.parse().ok()?;
     let m: i64 = s.get(4..6)?.parse().ok()?;
     let d: i64 = s.get(6..8)?.parse().ok()?;
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=month_days).contains(&d) {
         return None;
     }
     // Days since the epoch of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
@@ -279,8 +276,12 @@ pub async fn ingest(
             }
         })?;
         let Query(params) = query.map_err(|e| IngestError::Query(e.body_text()))?;
-        let md = metadata(&params, time::now_nanos())?;
-        let gzipped = content_encoding_gzip(&headers)?;
+        let now = time::now_nanos();
+        let md = metadata(&params, now)?;
+        let gzipped = admit::gzip_encoded(&headers)?;
+        let rate = state.ingest_rate.clone();
+        rate.take(&tenant, Resource::Bytes, body.len() as u64, rate::clock())?;
+        let window = Window::for_config(&state.config, now);
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -288,12 +289,13 @@ pub async fn ingest(
             .to_owned();
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || {
-            let profiles = decode(&body, gzipped, &content_type, &md, &limits, &tenant)?;
-            let samples = profiles.iter().map(|p| p.1).sum::<usize>();
+            let profiles = decode(&body, gzipped, &content_type, &md, &limits, &tenant, window)?;
+            let samples = profiles.iter().map(|p| p.samples).sum::<usize>();
             let count = profiles.len();
             // An empty upload (e.g. a profiler that saw nothing) is accepted and stores nothing.
             if count > 0 {
-                store.append(profiles.into_iter().map(|p| p.0).collect())?;
+                rate.take(&tenant, Resource::Profiles, count as u64, rate::clock())?;
+                store.append(profiles.into_iter().map(|p| p.profile).collect())?;
             }
             Ok::<_, IngestError>((count, samples))
         })
@@ -322,19 +324,7 @@ pub async fn ingest(
     }
 }
 
-fn content_encoding_gzip(headers: &HeaderMap) -> Result<bool, IngestError> {
-    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
-        return Ok(false);
-    };
-    let raw = v.to_str().unwrap_or("");
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "gzip" | "x-gzip" => Ok(true),
-        "" | "identity" => Ok(false),
-        _ => Err(IngestError::ContentEncoding(raw.to_owned())),
-    }
-}
-
-/// Decodes one upload into the profiles to store, each with its sample count. Any failure fails
+/// Parses one upload's envelope and hands its profile to the admission pipeline. Any failure fails
 /// the whole upload, so nothing of a bad request is stored.
 fn decode(
     body: &[u8],
@@ -343,16 +333,13 @@ fn decode(
     md: &Metadata,
     limits: &Limits,
     tenant: &Tenant,
-) -> Result<Vec<(NewProfile, usize)>, IngestError> {
-    let max = limits.max_decompressed_bytes;
-    let body: Cow<'_, [u8]> = if gzipped {
-        Cow::Owned(codec::gunzip_limited(body, max).map_err(IngestError::Codec)?)
-    } else {
-        Cow::Borrowed(body)
-    };
+    window: Window,
+) -> Result<Vec<Admitted>, IngestError> {
+    let mut admission = Admission::new(limits, tenant, window);
     // Any multipart form is pprof (Pyroscope's rule), whatever `format` says.
     if let Some(boundary) = multipart::boundary(content_type) {
         let boundary = boundary?;
+        let body = admission.body(body, gzipped, false)?;
         let parts = multipart::parse(&body, &boundary)?;
         let field = |name: &str| parts.iter().find(|p| p.name == name).map(|p| p.data);
         if field("prev_profile").is_some_and(|d| !d.is_empty()) {
@@ -366,13 +353,17 @@ fn decode(
             _ => None,
         };
         let profile = field("profile").ok_or(IngestError::NoProfileField)?;
-        return pprof(profile, config.as_ref(), md, limits, tenant);
+        pprof(&mut admission, profile, config.as_ref(), md, limits)?;
+        return Ok(admission.finish());
     }
     match md.format {
-        Format::Pprof => pprof(&body, None, md, limits, tenant),
+        Format::Pprof => {
+            let body = admission.body(body, gzipped, false)?;
+            pprof(&mut admission, &body, None, md, limits)?;
+        }
         Format::Folded | Format::Lines => {
             // Pyroscope's text uploads are never compressed, but a gzip body is unambiguous.
-            let body = codec::maybe_gunzip(&body, max).map_err(IngestError::Codec)?;
+            let body = admission.body(body, gzipped, true)?;
             let (service, ty) = name::split_text_type(&md.key.app)?;
             let opts = TextOptions {
                 ty,
@@ -382,23 +373,20 @@ fn decode(
                 duration_nanos: md.until - md.from,
             };
             let profile = folded::parse(&body, &opts, limits).map_err(IngestError::Text)?;
-            if profile.sample.is_empty() {
-                return Ok(Vec::new());
+            drop(body);
+            if !profile.sample.is_empty() {
+                let labeler = |_: &[String], lifted: &[(String, String)]| {
+                    series_labels(md, ty.metric, &service, lifted, limits)
+                };
+                let src = Source {
+                    labeler: &labeler,
+                    fallback_time: md.from,
+                };
+                admission.profile(profile, &src)?;
             }
-            let profile_types = validate_profile(&profile, limits).map_err(IngestError::Profile)?;
-            let labels = series_labels(md, ty.metric, &service, &[], limits, tenant)?;
-            let samples = profile.sample.len();
-            Ok(vec![(
-                NewProfile {
-                    labels,
-                    time_nanos: md.from,
-                    profile_types,
-                    pprof: profile.encode_to_vec(),
-                },
-                samples,
-            )])
         }
     }
+    Ok(admission.finish())
 }
 
 /// One entry of the multipart `sample_type_config` field. Only `display-name` changes what is
@@ -419,75 +407,35 @@ struct SampleTypeConfig {
     sampled: Option<bool>,
 }
 
+/// A pprof upload (raw, or gzipped as `@pyroscope/nodejs` sends it without saying so). Its
+/// `__name__` comes from its sample types, renamed by the form's `sample_type_config`.
 fn pprof(
+    admission: &mut Admission<'_>,
     data: &[u8],
     config: Option<&HashMap<String, SampleTypeConfig>>,
     md: &Metadata,
     limits: &Limits,
-    tenant: &Tenant,
-) -> Result<Vec<(NewProfile, usize)>, IngestError> {
-    // @pyroscope/nodejs gzips without saying so: detect by magic bytes.
-    let raw =
-        codec::maybe_gunzip(data, limits.max_decompressed_bytes).map_err(IngestError::Codec)?;
-    if raw.is_empty() {
-        return Ok(Vec::new());
+) -> Result<(), IngestError> {
+    if data.is_empty() {
+        return Ok(());
     }
-    let mut profile =
-        Profile::decode(raw.as_ref()).map_err(|e| IngestError::Codec(CodecError::Protobuf(e)))?;
-    let profile_types = validate_profile(&profile, limits).map_err(IngestError::Profile)?;
-    let metric = name::pprof_metric_name(profile.sample_type.iter().map(|st| {
-        let t = profile.str(st.r#type);
-        config
-            .and_then(|c| c.get(t))
-            .and_then(|c| c.display_name.as_deref())
-            .filter(|d| !d.is_empty())
-            .unwrap_or(t)
-    }));
-    // Old pyspy, rbspy and pyroscope-rs send no time, or microseconds where nanoseconds belong.
-    let mut rewritten = false;
-    if profile.time_nanos < 365 * 86_400 * 1_000_000_000 {
-        profile.time_nanos = md.from;
-        rewritten = true;
-    }
-    let time_nanos = profile.time_nanos;
-    let service = md.key.app.clone();
-    let samples = profile.sample.len();
-    match series::split(profile, limits.max_decompressed_bytes)? {
-        series::Split::Whole(profile) => {
-            let labels = series_labels(md, &metric, &service, &[], limits, tenant)?;
-            let pprof = if rewritten {
-                profile.encode_to_vec()
-            } else {
-                raw.into_owned()
-            };
-            Ok(vec![(
-                NewProfile {
-                    labels,
-                    time_nanos,
-                    profile_types,
-                    pprof,
-                },
-                samples,
-            )])
-        }
+    let labeler = |types: &[String], lifted: &[(String, String)]| {
+        let metric = name::pprof_metric_name(types.iter().map(|t| {
+            config
+                .and_then(|c| c.get(t.as_str()))
+                .and_then(|c| c.display_name.as_deref())
+                .filter(|d| !d.is_empty())
+                .unwrap_or(t)
+        }));
         // Tags sent as sample labels (all of pyroscope-io 0.8's) become series labels.
-        series::Split::Parts(parts) => parts
-            .into_iter()
-            .map(|part| {
-                let labels = series_labels(md, &metric, &service, &part.labels, limits, tenant)?;
-                let samples = part.profile.sample.len();
-                Ok((
-                    NewProfile {
-                        labels,
-                        time_nanos,
-                        profile_types: profile_types.clone(),
-                        pprof: part.profile.encode_to_vec(),
-                    },
-                    samples,
-                ))
-            })
-            .collect(),
-    }
+        series_labels(md, &metric, &md.key.app, lifted, limits)
+    };
+    let src = Source {
+        labeler: &labeler,
+        fallback_time: md.from,
+    };
+    admission.pprof(data.to_vec(), &src)?;
+    Ok(())
 }
 
 /// The series labels of an upload: `__name__`, `service_name` (the app name unless the name's
@@ -498,8 +446,7 @@ fn series_labels(
     service: &str,
     extra: &[(String, String)],
     limits: &Limits,
-    tenant: &Tenant,
-) -> Result<crate::store::Labels, IngestError> {
+) -> Result<Labels, LabelError> {
     let mut base = vec![
         ("__name__".to_owned(), metric.to_owned()),
         ("service_name".to_owned(), service.to_owned()),
@@ -515,7 +462,7 @@ fn series_labels(
     }
     base.retain(|(k, _)| !merged.iter().any(|(mk, _)| mk == k));
     base.extend(merged);
-    Ok(tenant.label(validate_labels(base, limits)?))
+    validate_labels(base, limits)
 }
 
 #[cfg(test)]
@@ -569,17 +516,24 @@ mod tests {
     }
 
     #[test]
-    fn dates() {
-        assert_eq!(parse_ingest_time("19700101", NOW), Ok(0));
-        assert_eq!(
-            parse_ingest_time("20231114", NOW),
-            Ok(1_699_920_000 * 1_000_000_000)
-        );
-        // Not a date: plain seconds.
-        assert_eq!(
-            parse_ingest_time("99999999", NOW),
-            Ok(99_999_999 * 1_000_000_000)
-        );
+    fn dates_are_strict() {
+        let t = |s| parse_ingest_time("from", s, NOW).map_err(|e| e.to_string());
+        assert_eq!(t("19700101"), Ok(0));
+        assert_eq!(t("20231114"), Ok(1_699_920_000 * 1_000_000_000));
+        assert_eq!(t("20240229"), Ok(1_709_164_800 * 1_000_000_000));
+        // Eight digits are a date or an error, never Unix seconds.
+        for bad in [
+            "20231340", "20230229", "20230431", "99999999", "19691231", "20230001",
+        ] {
+            let err = t(bad).unwrap_err();
+            assert!(
+                err.starts_with("from: ") && err.contains("not a valid date"),
+                "{bad}: {err}"
+            );
+        }
+        // Other lengths are Unix time as in queries.
+        assert_eq!(t("1700000000"), Ok(1_700_000_000 * 1_000_000_000));
+        assert!(t("2023-11-14").is_err());
     }
 
     #[test]
@@ -590,15 +544,7 @@ mod tests {
         )
         .unwrap();
         let extra = vec![("env".to_owned(), "staging".to_owned())];
-        let l = series_labels(
-            &md,
-            "process_cpu",
-            &md.key.app,
-            &extra,
-            &Limits::default(),
-            &Tenant::default(),
-        )
-        .unwrap();
+        let l = series_labels(&md, "process_cpu", &md.key.app, &extra, &Limits::default()).unwrap();
         assert_eq!(l.get("__name__"), Some("process_cpu"));
         assert_eq!(l.get("service_name"), Some("svc"));
         assert_eq!(l.get("env"), Some("staging"));

@@ -2,11 +2,13 @@
 //!
 //! [`NewProfile`]: crate::store::NewProfile
 
+pub mod admit;
 pub mod folded;
 pub mod legacy;
 pub mod multipart;
 pub mod name;
 pub mod push;
+pub mod rate;
 pub mod scan;
 pub mod series;
 mod validate;

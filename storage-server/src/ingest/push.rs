@@ -1,5 +1,6 @@
 //! Pyroscope's push API (`POST /push.v1.PusherService/Push`, Connect unary), proto or JSON, with an
-//! optionally gzipped body and optionally gzipped raw profiles.
+//! optionally gzipped body and optionally gzipped raw profiles. Only the envelope is read here;
+//! every profile goes through [`super::admit`].
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -7,20 +8,19 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use kiln_proto::codec::{self, CodecError};
-use kiln_proto::pprof::Profile;
 use kiln_proto::push::{PushRequest, PushResponse};
 use prost::Message;
 use serde::Deserialize;
 
-use super::scan;
-use super::series::{self, TooManySeries};
-use super::validate::{LabelError, ProfileError, validate_labels, validate_profile};
+use super::admit::{self, Admission, AdmitError, Admitted, Source, UnsupportedEncoding, Window};
+use super::rate::{self, RateLimited, Resource};
+use super::series;
+use super::validate::{LabelError, validate_labels};
 use crate::AppState;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::query::time::now_nanos;
-use crate::store::{NewProfile, StoreError};
+use crate::store::StoreError;
 use crate::tenant::Tenant;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +31,10 @@ pub enum PushError {
     Body(String),
     #[error("unsupported Content-Type {0:?}: use application/proto or application/json")]
     ContentType(String),
-    #[error("unsupported Content-Encoding {0:?}: use gzip or none")]
-    ContentEncoding(String),
-    #[error("request body: {0}")]
-    BodyCodec(CodecError),
+    #[error("{0}")]
+    ContentEncoding(#[from] UnsupportedEncoding),
+    #[error("{0}")]
+    BodyAdmit(AdmitError),
     #[error("request body is not a valid PushRequest: {0}")]
     Proto(prost::DecodeError),
     #[error("request body is not a valid JSON PushRequest: {0}")]
@@ -48,23 +48,13 @@ pub enum PushError {
     #[error("series {series}: {err}")]
     Labels { series: usize, err: LabelError },
     #[error("series {series}, sample {sample}: {err}")]
-    ProfileCodec {
+    Admit {
         series: usize,
         sample: usize,
-        err: CodecError,
+        err: AdmitError,
     },
-    #[error("series {series}, sample {sample}: {err}")]
-    Profile {
-        series: usize,
-        sample: usize,
-        err: ProfileError,
-    },
-    #[error("series {series}, sample {sample}: {err}")]
-    Split {
-        series: usize,
-        sample: usize,
-        err: TooManySeries,
-    },
+    #[error("{0}")]
+    RateLimited(#[from] RateLimited),
     #[error("storing profiles: {0}")]
     Store(#[from] StoreError),
 }
@@ -77,22 +67,13 @@ impl PushError {
             PushError::Body(_) => "body_read",
             PushError::ContentType(_) => "content_type",
             PushError::ContentEncoding(_) => "content_encoding",
-            PushError::BodyCodec(CodecError::TooLarge { .. }) => "body_decompressed_too_large",
-            PushError::BodyCodec(_) => "body_gzip",
+            PushError::BodyAdmit(e) if e.is_too_large() => "body_decompressed_too_large",
+            PushError::BodyAdmit(_) => "body_gzip",
             PushError::Proto(_) => "bad_proto",
             PushError::Json(_) | PushError::Base64 { .. } => "bad_json",
             PushError::Labels { .. } => "bad_labels",
-            PushError::ProfileCodec {
-                err: CodecError::TooLarge { .. },
-                ..
-            } => "profile_too_large",
-            PushError::ProfileCodec { .. } => "bad_profile",
-            PushError::Profile {
-                err: ProfileError::TooManySamples { .. } | ProfileError::StackTooDeep { .. },
-                ..
-            } => "profile_too_large",
-            PushError::Profile { .. } => "bad_profile",
-            PushError::Split { .. } => "profile_too_large",
+            PushError::Admit { err, .. } => err.reason(),
+            PushError::RateLimited(_) => "rate_limited",
             PushError::Store(_) => "store",
         }
     }
@@ -102,20 +83,14 @@ impl From<PushError> for ApiError {
     fn from(e: PushError) -> Self {
         let msg = e.to_string();
         match e {
-            PushError::BodyTooLarge(_)
-            | PushError::BodyCodec(CodecError::TooLarge { .. })
-            | PushError::ProfileCodec {
-                err: CodecError::TooLarge { .. },
-                ..
+            PushError::BodyTooLarge(_) => ApiError::PayloadTooLarge(msg),
+            PushError::BodyAdmit(err) | PushError::Admit { err, .. } if err.is_too_large() => {
+                ApiError::PayloadTooLarge(msg)
             }
-            | PushError::Profile {
-                err: ProfileError::TooManySamples { .. },
-                ..
-            }
-            | PushError::Split { .. } => ApiError::PayloadTooLarge(msg),
             PushError::ContentType(_) | PushError::ContentEncoding(_) => {
                 ApiError::UnsupportedMediaType(msg)
             }
+            PushError::RateLimited(e) => e.into(),
             PushError::Store(e) => ApiError::store(msg, &e),
             _ => ApiError::BadRequest(msg),
         }
@@ -187,12 +162,19 @@ pub async fn push(
     let body_len = body.len();
     let result = async {
         let format = content_type(&headers)?;
-        let gzipped = content_encoding_gzip(&headers)?;
+        let gzipped = admit::gzip_encoded(&headers)?;
+        let rate = state.ingest_rate.clone();
+        rate.take(&tenant, Resource::Bytes, body_len as u64, rate::clock())?;
         let store = state.store.clone();
+        let window = Window::for_config(&state.config, now_nanos());
         tokio::task::spawn_blocking(move || {
-            let profiles = decode_request(&body, format, gzipped, &limits, &tenant, now_nanos())?;
-            let counts = (profiles.len(), profiles.iter().map(|p| p.1).sum::<usize>());
-            store.append(profiles.into_iter().map(|p| p.0).collect())?;
+            let profiles = decode_request(&body, format, gzipped, &limits, &tenant, window)?;
+            let counts = (
+                profiles.len(),
+                profiles.iter().map(|p| p.samples).sum::<usize>(),
+            );
+            rate.take(&tenant, Resource::Profiles, counts.0 as u64, rate::clock())?;
+            store.append(profiles.into_iter().map(|p| p.profile).collect())?;
             Ok::<_, PushError>((format, counts))
         })
         .await
@@ -224,7 +206,7 @@ pub async fn push(
             state
                 .metrics
                 .ingest_failed(body_len, e.reason(), server_fault);
-            if let PushError::Profile { .. } | PushError::ProfileCodec { .. } = e {
+            if let PushError::Admit { .. } = e {
                 state.metrics.profiles_rejected(1);
             }
             Err(e.into())
@@ -253,36 +235,20 @@ fn content_type(headers: &HeaderMap) -> Result<Format, PushError> {
     }
 }
 
-fn content_encoding_gzip(headers: &HeaderMap) -> Result<bool, PushError> {
-    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
-        return Ok(false);
-    };
-    let raw = v.to_str().unwrap_or("");
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "gzip" => Ok(true),
-        "" | "identity" => Ok(false),
-        _ => Err(PushError::ContentEncoding(raw.to_owned())),
-    }
-}
-
-/// Decodes and validates a whole request; any bad part fails all of it, so nothing is stored.
-/// Returns each profile with its sample count.
+/// Parses the envelope and hands every profile to the admission pipeline; any bad part fails all
+/// of it, so nothing is stored.
 fn decode_request(
     body: &[u8],
     format: Format,
     gzipped: bool,
     limits: &Limits,
     tenant: &Tenant,
-    now: i64,
-) -> Result<Vec<(NewProfile, usize)>, PushError> {
-    let body = if gzipped {
-        std::borrow::Cow::Owned(
-            codec::gunzip_limited(body, limits.max_decompressed_bytes)
-                .map_err(PushError::BodyCodec)?,
-        )
-    } else {
-        std::borrow::Cow::Borrowed(body)
-    };
+    window: Window,
+) -> Result<Vec<Admitted>, PushError> {
+    let mut admission = Admission::new(limits, tenant, window);
+    let body = admission
+        .body(body, gzipped, false)
+        .map_err(PushError::BodyAdmit)?;
     let series: Vec<RawSeries> = match format {
         Format::Proto => PushRequest::decode(body.as_ref())
             .map_err(PushError::Proto)?
@@ -318,98 +284,32 @@ fn decode_request(
             out
         }
     };
+    drop(body);
 
-    let mut out = Vec::new();
+    let now = admission.window().now();
     for (si, (pairs, raws)) in series.into_iter().enumerate() {
-        let labels_err = |err| PushError::Labels { series: si, err };
-        let labels = validate_labels(pairs.iter().cloned(), limits).map_err(labels_err)?;
+        // Checked even for a series without profiles, and named by the series.
+        validate_labels(pairs.iter().cloned(), limits)
+            .map_err(|err| PushError::Labels { series: si, err })?;
+        // Tags sent as sample labels become series labels, overriding the series' own.
+        let labeler = |_: &[String], lifted: &[(String, String)]| {
+            validate_labels(series::merge_labels(pairs.iter().cloned(), lifted), limits)
+        };
+        let src = Source {
+            labeler: &labeler,
+            fallback_time: now,
+        };
         for (pi, sent) in raws.into_iter().enumerate() {
-            let codec_err = |err| PushError::ProfileCodec {
-                series: si,
-                sample: pi,
-                err,
-            };
-            let raw =
-                codec::maybe_gunzip(&sent, limits.max_decompressed_bytes).map_err(codec_err)?;
-            // Fast path: a valid profile that stays whole is scanned in place, not decoded.
-            match scan::scan_profile(&raw, limits) {
-                Ok(scanned) => {
-                    // Stored as sent (`raw` is `sent` itself, or its inflation): a gzipped profile
-                    // goes into the WAL as is (the store reads gzip back), sparing a second
-                    // compression of what the client compressed.
-                    drop(raw);
-                    out.push((
-                        NewProfile {
-                            labels: tenant.label(labels.clone()),
-                            time_nanos: if scanned.time_nanos > 0 {
-                                scanned.time_nanos
-                            } else {
-                                now
-                            },
-                            profile_types: scanned.profile_types,
-                            pprof: sent,
-                        },
-                        scanned.samples,
-                    ));
-                    continue;
-                }
-                // Errors are reported, and profiles split, by the full decode below.
-                Err(reason) => tracing::trace!(?reason, "profile takes the full decode"),
-            }
-            let profile =
-                Profile::decode(raw.as_ref()).map_err(|e| codec_err(CodecError::Protobuf(e)))?;
-            let profile_types =
-                validate_profile(&profile, limits).map_err(|err| PushError::Profile {
+            admission
+                .pprof(sent, &src)
+                .map_err(|err| PushError::Admit {
                     series: si,
                     sample: pi,
                     err,
                 })?;
-            let time_nanos = if profile.time_nanos > 0 {
-                profile.time_nanos
-            } else {
-                now
-            };
-            let samples = profile.sample.len();
-            let split = series::split(profile, limits.max_decompressed_bytes).map_err(|err| {
-                PushError::Split {
-                    series: si,
-                    sample: pi,
-                    err,
-                }
-            })?;
-            match split {
-                series::Split::Whole(_) => {
-                    drop(raw);
-                    out.push((
-                        NewProfile {
-                            labels: tenant.label(labels.clone()),
-                            time_nanos,
-                            profile_types,
-                            pprof: sent,
-                        },
-                        samples,
-                    ))
-                }
-                // Tags sent as sample labels become series labels, as in Pyroscope.
-                series::Split::Parts(parts) => {
-                    for part in parts {
-                        let merged = series::merge_labels(pairs.iter().cloned(), &part.labels);
-                        let labels = validate_labels(merged, limits).map_err(labels_err)?;
-                        out.push((
-                            NewProfile {
-                                labels: tenant.label(labels),
-                                time_nanos,
-                                profile_types: profile_types.clone(),
-                                pprof: part.profile.encode_to_vec(),
-                            },
-                            part.profile.sample.len(),
-                        ));
-                    }
-                }
-            }
         }
     }
-    Ok(out)
+    Ok(admission.finish())
 }
 
 /// Protobuf JSON accepts standard and URL-safe base64, padded or not.

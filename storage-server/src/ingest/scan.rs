@@ -17,7 +17,7 @@
 //! [`Profile`]: kiln_proto::pprof::Profile
 
 use super::series;
-use super::validate::IdSet;
+use super::validate::{IdSet, MAX_TOTAL};
 use crate::config::Limits;
 
 /// Why a profile must go through the full decode.
@@ -39,6 +39,8 @@ pub enum Fallback {
 pub struct Scanned {
     /// `type:unit` of each sample type, as `validate_profile` returns them.
     pub profile_types: Vec<String>,
+    /// The name (`type`) of each sample type.
+    pub type_names: Vec<String>,
     /// `time_nanos` as sent (0 when absent).
     pub time_nanos: i64,
     pub samples: usize,
@@ -182,6 +184,19 @@ fn value_type(mut m: &[u8]) -> R<(i64, i64)> {
     Ok((ty, unit))
 }
 
+/// `period_type`, a singular message: prost merges repeated occurrences field by field.
+fn value_type_merge(mut m: &[u8], into: &mut (i64, i64)) -> R<()> {
+    while !m.is_empty() {
+        let (tag, wt) = key(&mut m)?;
+        match tag {
+            1 => into.0 = scalar(wt, &mut m)? as i64,
+            2 => into.1 = scalar(wt, &mut m)? as i64,
+            _ => skip(wt, &mut m)?,
+        }
+    }
+    Ok(())
+}
+
 /// `Mapping`: (id, filename, build_id).
 fn mapping(mut m: &[u8]) -> R<(u64, i64, i64)> {
     let (mut id, mut filename, mut build_id) = (0, 0, 0);
@@ -266,8 +281,9 @@ impl Tables<'_> {
             .copied()
     }
 
-    /// One `Sample`: value count, depth, location ids; a liftable label means a split.
-    fn sample(&self, mut m: &[u8]) -> R<()> {
+    /// One `Sample`: value count, signs and totals, depth, location ids, label string indices; a
+    /// liftable label means a split.
+    fn sample(&self, mut m: &[u8], totals: &mut [i64]) -> R<()> {
         let (mut values, mut depth) = (0usize, 0usize);
         while !m.is_empty() {
             let (tag, wt) = key(&mut m)?;
@@ -280,23 +296,38 @@ impl Tables<'_> {
                         Err(Fallback::Invalid)
                     }
                 })?,
-                2 => repeated(wt, &mut m, |_| {
+                2 => repeated(wt, &mut m, |v| {
+                    let v = v as i64;
+                    if v < 0 {
+                        return Err(Fallback::Invalid);
+                    }
+                    // More values than types fail the count check below.
+                    if let Some(total) = totals.get_mut(values) {
+                        *total = total
+                            .checked_add(v)
+                            .filter(|&t| t <= MAX_TOTAL)
+                            .ok_or(Fallback::Invalid)?;
+                    }
                     values += 1;
                     Ok(())
                 })?,
                 3 => {
                     let mut label = message(wt, &mut m)?;
-                    let (mut k, mut s) = (0i64, 0i64);
+                    let (mut k, mut s, mut num_unit) = (0i64, 0i64, 0i64);
                     while !label.is_empty() {
                         let (tag, wt) = key(&mut label)?;
                         match tag {
                             1 => k = scalar(wt, &mut label)? as i64,
                             2 => s = scalar(wt, &mut label)? as i64,
-                            3 | 4 => {
+                            3 => {
                                 scalar(wt, &mut label)?;
                             }
+                            4 => num_unit = scalar(wt, &mut label)? as i64,
                             _ => skip(wt, &mut label)?,
                         }
+                    }
+                    if [k, s, num_unit].iter().any(|&i| self.string(i).is_none()) {
+                        return Err(Fallback::Invalid);
                     }
                     // As `series::split` decides: numeric labels (str 0) stay on the sample.
                     if s != 0
@@ -329,6 +360,9 @@ pub fn scan_profile(raw: &[u8], limits: &Limits) -> Result<Scanned, Fallback> {
     // The smallest and largest string index referenced by functions and mappings.
     let (mut str_min, mut str_max) = (0i64, -1i64);
     let mut time_nanos = 0i64;
+    // Singular string references (last one wins, as in prost) and the comments.
+    let (mut drop_frames, mut keep_frames, mut default_sample_type) = (0i64, 0i64, 0i64);
+    let mut period_type = (0i64, 0i64);
     let mut buf = raw;
     while !buf.is_empty() {
         let (tag, wt) = key(&mut buf)?;
@@ -361,17 +395,33 @@ pub fn scan_profile(raw: &[u8], limits: &Limits) -> Result<Scanned, Fallback> {
                 strings.push(std::str::from_utf8(s).map_err(|_| Fallback::Wire)?);
             }
             9 => time_nanos = scalar(wt, &mut buf)? as i64,
-            7 | 8 | 10 | 12 | 14 => {
+            7 => drop_frames = scalar(wt, &mut buf)? as i64,
+            8 => keep_frames = scalar(wt, &mut buf)? as i64,
+            14 => default_sample_type = scalar(wt, &mut buf)? as i64,
+            10 | 12 => {
                 scalar(wt, &mut buf)?;
             }
-            11 => {
-                value_type(message(wt, &mut buf)?)?;
-            }
-            13 => repeated(wt, &mut buf, |_| Ok(()))?,
+            11 => value_type_merge(message(wt, &mut buf)?, &mut period_type)?,
+            13 => repeated(wt, &mut buf, |c| {
+                let c = c as i64;
+                str_min = str_min.min(c);
+                str_max = str_max.max(c);
+                Ok(())
+            })?,
             _ => skip(wt, &mut buf)?,
         }
     }
 
+    for i in [
+        drop_frames,
+        keep_frames,
+        default_sample_type,
+        period_type.0,
+        period_type.1,
+    ] {
+        str_min = str_min.min(i);
+        str_max = str_max.max(i);
+    }
     // The checks of `validate_profile` that need only the tables.
     if sample_types.is_empty()
         || samples > limits.max_samples_per_profile
@@ -388,12 +438,14 @@ pub fn scan_profile(raw: &[u8], limits: &Limits) -> Result<Scanned, Fallback> {
             .ok_or(Fallback::Invalid)
     };
     let mut profile_types = Vec::with_capacity(sample_types.len());
+    let mut type_names = Vec::with_capacity(sample_types.len());
     for &(ty, unit) in &sample_types {
         let (ty, unit) = (string(ty)?, string(unit)?);
         if ty.is_empty() {
             return Err(Fallback::Invalid);
         }
         profile_types.push(format!("{ty}:{unit}"));
+        type_names.push(ty.to_owned());
     }
     let mappings = IdSet::new(mapping_ids.iter().copied(), mapping_ids.len());
     let functions = IdSet::new(function_ids.iter().copied(), function_ids.len());
@@ -405,11 +457,12 @@ pub fn scan_profile(raw: &[u8], limits: &Limits) -> Result<Scanned, Fallback> {
     };
 
     // Pass 2: locations' references and every sample (pass 1 checked the framing of all fields).
+    let mut totals = vec![0i64; tables.sample_types];
     let mut buf = raw;
     while !buf.is_empty() {
         let (tag, wt) = key(&mut buf)?;
         match tag {
-            2 => tables.sample(message(wt, &mut buf)?)?,
+            2 => tables.sample(message(wt, &mut buf)?, &mut totals)?,
             4 => {
                 let (_, mapping_id) = location(message(wt, &mut buf)?, |f| {
                     if functions.contains(f) {
@@ -427,6 +480,7 @@ pub fn scan_profile(raw: &[u8], limits: &Limits) -> Result<Scanned, Fallback> {
     }
     Ok(Scanned {
         profile_types,
+        type_names,
         time_nanos,
         samples,
     })
@@ -446,9 +500,15 @@ mod tests {
         let p = Profile::decode(raw).map_err(|_| Fallback::Wire)?;
         let profile_types = validate_profile(&p, limits).map_err(|_| Fallback::Invalid)?;
         let (time_nanos, samples) = (p.time_nanos, p.sample.len());
-        match series::split(p, usize::MAX) {
+        let type_names = p
+            .sample_type
+            .iter()
+            .map(|st| p.string_table[st.r#type as usize].clone())
+            .collect();
+        match series::split(p, usize::MAX, usize::MAX) {
             Ok(series::Split::Whole(_)) => Ok(Scanned {
                 profile_types,
+                type_names,
                 time_nanos,
                 samples,
             }),
@@ -611,6 +671,40 @@ mod tests {
                 "sparse id missing",
                 Box::new(|p| p.location[0].id = 1 << 40),
             ),
+            (
+                "label key",
+                Box::new(|p| {
+                    p.sample[1].label[0].key = 1000;
+                }),
+            ),
+            (
+                "label num_unit",
+                Box::new(|p| p.sample[1].label[0].num_unit = 1000),
+            ),
+            (
+                "period_type unit",
+                Box::new(|p| p.period_type.as_mut().unwrap().unit = 1000),
+            ),
+            ("comment", Box::new(|p| p.comment = vec![1, 1000])),
+            (
+                "default_sample_type",
+                Box::new(|p| p.default_sample_type = -1),
+            ),
+            ("drop_frames", Box::new(|p| p.drop_frames = 1000)),
+            ("keep_frames", Box::new(|p| p.keep_frames = 1000)),
+            ("negative value", Box::new(|p| p.sample[0].value[1] = -1)),
+            ("i64::MIN", Box::new(|p| p.sample[0].value[0] = i64::MIN)),
+            (
+                "one huge value",
+                Box::new(|p| p.sample[0].value[0] = i64::MAX),
+            ),
+            (
+                "total over 2^53",
+                Box::new(|p| {
+                    p.sample[0].value[1] = MAX_TOTAL;
+                    p.sample[1].value[1] = 1;
+                }),
+            ),
         ];
         for (what, mutate) in cases {
             let mut bad = p.clone();
@@ -621,6 +715,10 @@ mod tests {
                 "{what}"
             );
         }
+        // A total of exactly 2^53 is fine.
+        let mut edge = p.clone();
+        edge.sample[0].value[1] = MAX_TOTAL - edge.sample[1].value[1];
+        assert!(check(&edge.encode_to_vec(), &lim).is_ok());
         // Sparse ids that do resolve are fine.
         let mut sparse = p.clone();
         let id = sparse.location[0].id;

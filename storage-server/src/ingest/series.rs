@@ -1,6 +1,11 @@
 //! Pyroscope SDKs send tags as pprof *sample* labels (all tags from `pyroscope-io` 0.8, dynamic
 //! `tag_wrapper` tags from 1.x). Pyroscope turns them into series labels so they can be selected
 //! and listed; so do we: a profile is split into one profile per distinct set of such labels.
+//!
+//! Splitting multiplies the profile's tables (every part carries all of them), so a small upload
+//! with many distinct labels could ask for a huge output. [`split`] therefore counts the parts and
+//! their encoded size first, refuses before building anything when the caller's bounds would be
+//! exceeded, and then writes each part straight to its wire bytes (no `Profile` is cloned).
 
 use std::collections::HashMap;
 
@@ -10,21 +15,37 @@ use prost::Message;
 /// Sample labels that stay on samples: per-request IDs would make a series per request.
 const KEPT_ON_SAMPLES: &[&str] = &["span_id", "span_name", "trace_id", "profile_id"];
 
-/// Most series one profile may be split into.
+/// Most series one request may be split into (the admission budget holds it per request).
 pub const MAX_SPLIT_SERIES: usize = 1024;
 
+/// Why a profile cannot be split within the caller's bounds.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "profile has more than {0} distinct sample label sets (each becomes a series; the bound is \
-     {MAX_SPLIT_SERIES} and shrinks for large profiles, each part carrying the profile's tables)"
-)]
-pub struct TooManySeries(pub usize);
+pub enum SplitError {
+    #[error(
+        "profile has more than {0} distinct sample label sets (each becomes a series; a request \
+         may make at most {MAX_SPLIT_SERIES})"
+    )]
+    TooManySeries(usize),
+    #[error(
+        "splitting the profile by its {parts} distinct sample label sets would make {need} bytes \
+         (each part carries the profile's {tables}-byte tables), more than the {left} bytes left \
+         in the request's budget"
+    )]
+    TooLarge {
+        parts: usize,
+        tables: usize,
+        need: usize,
+        left: usize,
+    },
+}
 
-/// One part of a split profile: the labels lifted off its samples, and the samples.
+/// One part of a split profile: the labels lifted off its samples, and its encoded pprof.
 #[derive(Debug)]
 pub struct Part {
     pub labels: Vec<(String, String)>,
-    pub profile: Profile,
+    /// The part as an encoded `Profile`: the original tables followed by its samples.
+    pub pprof: Vec<u8>,
+    pub samples: usize,
 }
 
 fn liftable(p: &Profile, l: &Label) -> Option<(String, String)> {
@@ -64,11 +85,10 @@ pub enum Split {
     Parts(Vec<Part>),
 }
 
-/// Splits `profile` by its liftable sample labels.
-///
-/// Every part carries a copy of the profile's tables, so the number of parts is bounded by
-/// `max_bytes` divided by the size of those tables, as well as by [`MAX_SPLIT_SERIES`].
-pub fn split(profile: Profile, max_bytes: usize) -> Result<Split, TooManySeries> {
+/// Splits `profile` by its liftable sample labels into at most `max_parts` parts of at most
+/// `max_bytes` encoded bytes in all. Both bounds are checked before any part is built, so a
+/// refused profile costs only the grouping of its samples.
+pub fn split(profile: Profile, max_parts: usize, max_bytes: usize) -> Result<Split, SplitError> {
     let any = profile
         .sample
         .iter()
@@ -76,12 +96,14 @@ pub fn split(profile: Profile, max_bytes: usize) -> Result<Split, TooManySeries>
     if !any {
         return Ok(Split::Whole(Box::new(profile)));
     }
-    let mut groups: HashMap<Vec<(String, String)>, usize> = HashMap::new();
-    let mut parts: Vec<Part> = Vec::new();
     let mut template = profile;
-    let samples = std::mem::take(&mut template.sample);
-    let max_parts = (max_bytes / template.encoded_len().max(1)).clamp(1, MAX_SPLIT_SERIES);
-    for mut sample in samples {
+    let mut samples = std::mem::take(&mut template.sample);
+
+    // Pass 1: each sample's group, and each group's sample count and encoded sample bytes.
+    let mut groups: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    let mut group_of = Vec::with_capacity(samples.len());
+    let mut sizes: Vec<(usize, usize)> = Vec::new(); // (samples, bytes) per group
+    for sample in &mut samples {
         let mut lifted = Vec::new();
         sample.label.retain(|l| match liftable(&template, l) {
             Some(pair) => {
@@ -95,21 +117,54 @@ pub fn split(profile: Profile, max_bytes: usize) -> Result<Split, TooManySeries>
         lifted.reverse();
         lifted.dedup_by(|a, b| a.0 == b.0);
         lifted.reverse();
-        let i = match groups.get(&lifted) {
-            Some(&i) => i,
-            None => {
-                if parts.len() == max_parts {
-                    return Err(TooManySeries(max_parts));
-                }
-                parts.push(Part {
-                    labels: lifted.clone(),
-                    profile: template.clone(),
-                });
-                groups.insert(lifted, parts.len() - 1);
-                parts.len() - 1
+        let next = groups.len();
+        let i = *groups.entry(lifted).or_insert(next);
+        if i == next {
+            if next == max_parts {
+                return Err(SplitError::TooManySeries(max_parts));
             }
-        };
-        parts[i].profile.sample.push(sample);
+            sizes.push((0, 0));
+        }
+        sizes[i].0 += 1;
+        sizes[i].1 += prost::encoding::message::encoded_len(2, sample);
+        group_of.push(i);
+    }
+    let tables = template.encoded_len();
+    let need = sizes
+        .iter()
+        .fold(tables.saturating_mul(sizes.len()), |n, s| {
+            n.saturating_add(s.1)
+        });
+    if need > max_bytes {
+        return Err(SplitError::TooLarge {
+            parts: sizes.len(),
+            tables,
+            need,
+            left: max_bytes,
+        });
+    }
+
+    // Pass 2: the parts' bytes, the tables then the samples (protobuf fields may come in any order).
+    let head = template.encode_to_vec();
+    drop(template);
+    let mut labels: Vec<(usize, Vec<(String, String)>)> =
+        groups.into_iter().map(|(l, i)| (i, l)).collect();
+    labels.sort_unstable_by_key(|(i, _)| *i);
+    let mut parts: Vec<Part> = labels
+        .into_iter()
+        .zip(&sizes)
+        .map(|((_, labels), &(samples, bytes))| {
+            let mut pprof = Vec::with_capacity(head.len() + bytes);
+            pprof.extend_from_slice(&head);
+            Part {
+                labels,
+                pprof,
+                samples,
+            }
+        })
+        .collect();
+    for (sample, i) in samples.into_iter().zip(group_of) {
+        prost::encoding::message::encode(2, &sample, &mut parts[i].pprof);
     }
     Ok(Split::Parts(parts))
 }
@@ -142,25 +197,27 @@ mod tests {
         b.add_sample(&[l], &[3], &[("env", "a"), ("bad key", "x")]);
         b.add_sample(&[l], &[4], &[("env", "b"), ("__x", "y")]);
         let p = b.finish();
-        let Split::Parts(mut parts) = split(p, usize::MAX).unwrap() else {
+        let Split::Parts(mut parts) = split(p.clone(), MAX_SPLIT_SERIES, usize::MAX).unwrap()
+        else {
             panic!("not split")
         };
         parts.sort_by(|a, b| a.labels.cmp(&b.labels));
         let summary: Vec<_> = parts
             .iter()
-            .map(|p| {
+            .map(|part| {
+                let decoded = Profile::decode(part.pprof.as_slice()).unwrap();
+                // Every part keeps the original tables.
+                assert_eq!(decoded.string_table, p.string_table);
+                assert_eq!(decoded.location, p.location);
+                assert_eq!(part.samples, decoded.sample.len());
                 (
-                    p.labels.clone(),
-                    p.profile
+                    part.labels.clone(),
+                    decoded
                         .sample
                         .iter()
                         .map(|s| s.value[0])
                         .collect::<Vec<_>>(),
-                    p.profile
-                        .sample
-                        .iter()
-                        .map(|s| s.label.len())
-                        .sum::<usize>(),
+                    decoded.sample.iter().map(|s| s.label.len()).sum::<usize>(),
                 )
             })
             .collect();
@@ -181,14 +238,11 @@ mod tests {
         let f = b.function("f", "");
         let l = b.symbolized_location(0, 0, &[(f, 0)]);
         b.add_sample(&[l], &[1], &[("span_id", "7")]);
-        assert!(matches!(
-            split(b.finish(), usize::MAX).unwrap(),
-            Split::Whole(_)
-        ));
+        assert!(matches!(split(b.finish(), 1, 0).unwrap(), Split::Whole(_)));
     }
 
     #[test]
-    fn too_many_series() {
+    fn bounds_checked_before_building() {
         let mut b = ProfileBuilder::new(&[("cpu", "nanoseconds")]);
         let f = b.function("f", "");
         let l = b.symbolized_location(0, 0, &[(f, 0)]);
@@ -197,14 +251,30 @@ mod tests {
         }
         let p = b.finish();
         assert_eq!(
-            split(p.clone(), usize::MAX).unwrap_err(),
-            TooManySeries(MAX_SPLIT_SERIES)
+            split(p.clone(), MAX_SPLIT_SERIES, usize::MAX).unwrap_err(),
+            SplitError::TooManySeries(MAX_SPLIT_SERIES)
         );
-        // Large tables shrink the bound.
+        // The bytes bound counts every part's copy of the tables.
         let mut tables = p.clone();
         tables.sample.clear();
         let size = tables.encoded_len();
-        assert_eq!(split(p, size * 3).unwrap_err(), TooManySeries(3));
+        let err = split(p.clone(), usize::MAX, size * 3).unwrap_err();
+        assert!(
+            matches!(err, SplitError::TooLarge { parts, tables, need, left }
+                if parts == MAX_SPLIT_SERIES + 1 && tables == size && need > size * parts
+                    && left == size * 3),
+            "{err:?}"
+        );
+        // Exactly enough is enough.
+        let Split::Parts(parts) = split(p.clone(), usize::MAX, usize::MAX).unwrap() else {
+            panic!("not split")
+        };
+        let total: usize = parts.iter().map(|p| p.pprof.len()).sum();
+        assert!(matches!(
+            split(p.clone(), usize::MAX, total),
+            Ok(Split::Parts(_))
+        ));
+        assert!(split(p, usize::MAX, total - 1).is_err());
     }
 
     #[test]

@@ -89,6 +89,11 @@ fn valid_label_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
+/// The largest total of one sample type in one profile. Far above any real one (104 days of CPU
+/// in nanoseconds, 9 PB allocated), low enough that sums over many profiles stay far from
+/// overflowing i64, and exact as a JSON number in JavaScript.
+pub const MAX_TOTAL: i64 = 1 << 53;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
     #[error("profile has no sample types")]
@@ -115,8 +120,23 @@ pub enum ProfileError {
     UnknownMapping { location: u64, id: u64 },
     #[error("location {location} references unknown function id {id}")]
     UnknownFunction { location: u64, id: u64 },
-    #[error("string index {0} is outside the string table")]
-    BadString(i64),
+    #[error("{field} is string index {index}, outside the string table of {len} strings")]
+    BadString {
+        field: String,
+        index: i64,
+        len: usize,
+    },
+    #[error("sample {index} has a negative {sample_type} value {value}: values must be >= 0")]
+    NegativeValue {
+        index: usize,
+        sample_type: String,
+        value: i64,
+    },
+    #[error(
+        "the profile's {sample_type} values add up to more than {MAX_TOTAL} (2^53, the largest \
+         total kept exact everywhere, including in a browser)"
+    )]
+    TotalOverflow { sample_type: String },
 }
 
 /// Checks that every reference in `p` resolves and sizes are within limits; returns its
@@ -125,21 +145,37 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
     if p.sample_type.is_empty() {
         return Err(ProfileError::NoSampleTypes);
     }
-    let string = |i: i64| {
+    // Every string index, wherever it is, must resolve: the error names the field.
+    let string = |i: i64, field: &dyn Fn() -> String| {
         usize::try_from(i)
             .ok()
-            .filter(|&i| i < p.string_table.len())
-            .map(|i| p.string_table[i].as_str())
-            .ok_or(ProfileError::BadString(i))
+            .and_then(|i| p.string_table.get(i))
+            .map(String::as_str)
+            .ok_or_else(|| ProfileError::BadString {
+                field: field(),
+                index: i,
+                len: p.string_table.len(),
+            })
     };
     let mut types = Vec::with_capacity(p.sample_type.len());
-    for st in &p.sample_type {
-        let (ty, unit) = (string(st.r#type)?, string(st.unit)?);
+    for (n, st) in p.sample_type.iter().enumerate() {
+        let ty = string(st.r#type, &|| format!("sample_type[{n}].type"))?;
+        let unit = string(st.unit, &|| format!("sample_type[{n}].unit"))?;
         if ty.is_empty() {
             return Err(ProfileError::EmptySampleType);
         }
         types.push(format!("{ty}:{unit}"));
     }
+    if let Some(pt) = &p.period_type {
+        string(pt.r#type, &|| "period_type.type".to_owned())?;
+        string(pt.unit, &|| "period_type.unit".to_owned())?;
+    }
+    for (n, &c) in p.comment.iter().enumerate() {
+        string(c, &|| format!("comment[{n}]"))?;
+    }
+    string(p.default_sample_type, &|| "default_sample_type".to_owned())?;
+    string(p.drop_frames, &|| "drop_frames".to_owned())?;
+    string(p.keep_frames, &|| "keep_frames".to_owned())?;
     if p.sample.len() > limits.max_samples_per_profile {
         return Err(ProfileError::TooManySamples {
             count: p.sample.len(),
@@ -149,13 +185,15 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
     let mappings = IdSet::new(p.mapping.iter().map(|m| m.id), p.mapping.len());
     let functions = IdSet::new(p.function.iter().map(|f| f.id), p.function.len());
     for f in &p.function {
-        string(f.name)?;
-        string(f.system_name)?;
-        string(f.filename)?;
+        string(f.name, &|| format!("function (id {}).name", f.id))?;
+        string(f.system_name, &|| {
+            format!("function (id {}).system_name", f.id)
+        })?;
+        string(f.filename, &|| format!("function (id {}).filename", f.id))?;
     }
     for m in &p.mapping {
-        string(m.filename)?;
-        string(m.build_id)?;
+        string(m.filename, &|| format!("mapping (id {}).filename", m.id))?;
+        string(m.build_id, &|| format!("mapping (id {}).build_id", m.id))?;
     }
     let locations = IdSet::new(p.location.iter().map(|l| l.id), p.location.len());
     for l in &p.location {
@@ -176,6 +214,9 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
             });
         }
     }
+    // Totals per sample type: a negative value or an overflowing sum would corrupt every query
+    // that adds this profile to others.
+    let mut totals = vec![0i64; p.sample_type.len()];
     for (index, s) in p.sample.iter().enumerate() {
         if s.value.len() != p.sample_type.len() {
             return Err(ProfileError::ValueCount {
@@ -193,6 +234,28 @@ pub fn validate_profile(p: &Profile, limits: &Limits) -> Result<Vec<String>, Pro
         }
         if let Some(&id) = s.location_id.iter().find(|&&id| !locations.contains(id)) {
             return Err(ProfileError::UnknownLocation { index, id });
+        }
+        for (t, (&v, total)) in s.value.iter().zip(&mut totals).enumerate() {
+            if v < 0 {
+                return Err(ProfileError::NegativeValue {
+                    index,
+                    sample_type: types[t].clone(),
+                    value: v,
+                });
+            }
+            *total = total
+                .checked_add(v)
+                .filter(|&t| t <= MAX_TOTAL)
+                .ok_or_else(|| ProfileError::TotalOverflow {
+                    sample_type: types[t].clone(),
+                })?;
+        }
+        for (n, l) in s.label.iter().enumerate() {
+            string(l.key, &|| format!("sample[{index}].label[{n}].key"))?;
+            string(l.str, &|| format!("sample[{index}].label[{n}].str"))?;
+            string(l.num_unit, &|| {
+                format!("sample[{index}].label[{n}].num_unit")
+            })?;
         }
     }
     Ok(types)
@@ -331,7 +394,11 @@ mod tests {
         bad.sample_type[0].unit = 1000;
         assert_eq!(
             validate_profile(&bad, &lim),
-            Err(ProfileError::BadString(1000))
+            Err(ProfileError::BadString {
+                field: "sample_type[0].unit".into(),
+                index: 1000,
+                len: 5
+            })
         );
     }
 }

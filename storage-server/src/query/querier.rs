@@ -80,6 +80,7 @@ impl From<ApiError> for ConnectError {
             ApiError::PayloadTooLarge(_) => "resource_exhausted",
             ApiError::Conflict(_) => "already_exists",
             ApiError::InsufficientStorage(_) => "resource_exhausted",
+            ApiError::RateLimited { .. } => "resource_exhausted",
             ApiError::Internal(_) => "internal",
         };
         ConnectError {
