@@ -21,6 +21,12 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Internal(String),
+    /// The server is busy (query slots full): 503 with `Retry-After`.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
 }
 
 impl ApiError {
@@ -39,6 +45,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -53,6 +60,22 @@ impl From<tokio::task::JoinError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let ApiError::Unavailable {
+            message,
+            retry_after_secs,
+        } = &self
+        {
+            tracing::warn!(error = %message, "request refused: server busy");
+            return (
+                status,
+                [(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after_secs.to_string(),
+                )],
+                axum::Json(serde_json::json!({ "error": message })),
+            )
+                .into_response();
+        }
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         } else {

@@ -124,6 +124,11 @@ impl Metrics {
         );
     }
 
+    /// Lets a component register the metrics it owns (under the `kiln_server_` prefix).
+    pub fn register_with(&mut self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry);
+    }
+
     pub fn ingest_ok(&self, body_bytes: usize, profiles: usize, samples: usize) {
         self.ingest_bytes.inc_by(body_bytes as u64);
         self.ingest_requests

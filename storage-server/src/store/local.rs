@@ -1028,6 +1028,9 @@ impl Store for LocalStore {
         );
         let mut n = 0;
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
+            if req.stopped() {
+                return Ok(n);
+            }
             let series: Vec<(usize, &SeriesMeta)> = b
                 .candidates(req.selector, req.range)
                 .filter(|(_, s)| wants_type(&s.profile_types))
@@ -1044,6 +1047,9 @@ impl Store for LocalStore {
                 }
             };
             for (i, s) in series {
+                if req.stopped() {
+                    return Ok(n);
+                }
                 let data = match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(d) => d,
                     Err(e) => {
@@ -1066,6 +1072,9 @@ impl Store for LocalStore {
             }
         }
         for r in head {
+            if req.stopped() {
+                return Ok(n);
+            }
             let profile = match &r.file {
                 Some(f) => self.inner.read_entry(&r.entry, f),
                 None => Err(StoreError::Corrupt {
@@ -1109,6 +1118,9 @@ impl Store for LocalStore {
         );
         let mut n = 0;
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
+            if req.stopped() {
+                return Ok(n);
+            }
             let series: Vec<&SeriesMeta> = b
                 .candidates(req.selector, req.range)
                 .filter(|(_, s)| wants_type(&s.profile_types))
@@ -1127,6 +1139,9 @@ impl Store for LocalStore {
             let mut acc = Vec::new();
             let mut merged = 0;
             for s in series {
+                if req.stopped() {
+                    return Ok(n);
+                }
                 match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(data) => {
                         merged += data.aggregate(
@@ -1148,6 +1163,9 @@ impl Store for LocalStore {
             }
         }
         for r in head {
+            if req.stopped() {
+                return Ok(n);
+            }
             let profile = match &r.file {
                 Some(f) => self.inner.read_entry(&r.entry, f),
                 None => continue,
