@@ -218,7 +218,7 @@ impl Server {
         listener::serve(
             self.listener,
             router(self.state),
-            &limits,
+            limits,
             connections,
             shutdown,
         )

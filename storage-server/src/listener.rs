@@ -116,7 +116,7 @@ fn raise_nofile_limit() -> Option<u64> {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    limits: &HttpLimits,
+    limits: HttpLimits,
     metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
