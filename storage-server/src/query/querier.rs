@@ -228,7 +228,14 @@ async fn dispatch(
 ) -> Result<Response, ConnectError> {
     let tenant = tenant?;
     let codec = Codec::of(headers)?;
-    let body = decompress(state, headers, body)?;
+    let body = if is_gzip(headers) {
+        // Inflating up to --max-decompressed-bytes is CPU work: off the async workers.
+        let (st, raw) = (state.clone(), body.to_vec());
+        tokio::task::spawn_blocking(move || gunzip(&st, &raw)).await??
+    } else {
+        check_identity(headers)?;
+        body.to_vec()
+    };
     let st = state.clone();
     match method {
         "ProfileTypes" => {
@@ -272,7 +279,7 @@ async fn dispatch(
         }
         "SelectMergeStacktraces" => {
             let req: SelectMergeStacktracesRequest = codec.decode(&body)?;
-            let resp = query(state, move |ctx| {
+            query(state, codec, move |ctx| {
                 let sel = typed_selection(
                     &req.profile_type_id,
                     &req.label_selector,
@@ -287,15 +294,14 @@ async fn dispatch(
                     tree: Vec::new(),
                 })
             })
-            .await?;
-            codec.reply(&resp)
+            .await
         }
         "Diff" => {
             let req: DiffRequest = codec.decode(&body)?;
             let (Some(left), Some(right)) = (req.left, req.right) else {
                 return Err(ConnectError::invalid("left and right are both required"));
             };
-            let resp = query(state, move |ctx| {
+            query(state, codec, move |ctx| {
                 let l = typed_selection(
                     &left.profile_type_id,
                     &left.label_selector,
@@ -318,22 +324,25 @@ async fn dispatch(
                     flamegraph: Some(flamebearer::encode_diff(&diff.view(max))),
                 })
             })
-            .await?;
-            codec.reply(&resp)
+            .await
         }
         "Series" => {
             let req: SeriesRequest = codec.decode(&body)?;
-            let resp = query(state, move |ctx| series_labels(&st, &tenant, &req, ctx)).await?;
-            codec.reply(&resp)
+            query(state, codec, move |ctx| {
+                series_labels(&st, &tenant, &req, ctx)
+            })
+            .await
         }
         "SelectSeries" => {
             let req: SelectSeriesRequest = codec.decode(&body)?;
-            let resp = query(state, move |ctx| select_series(&st, &tenant, &req, ctx)).await?;
-            codec.reply(&resp)
+            query(state, codec, move |ctx| {
+                select_series(&st, &tenant, &req, ctx)
+            })
+            .await
         }
         "SelectMergeProfile" => {
             let req: SelectMergeProfileRequest = codec.decode(&body)?;
-            let profile = query(state, move |ctx| {
+            query_raw(state, move |ctx| {
                 let sel = typed_selection(
                     &req.profile_type_id,
                     &req.label_selector,
@@ -341,21 +350,14 @@ async fn dispatch(
                     req.end,
                     &tenant,
                 )?;
-                Ok(merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?)
+                let profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                let body = match codec {
+                    Codec::Proto => profile.encode_to_vec(),
+                    Codec::Json => profile_json(&profile).to_string().into_bytes(),
+                };
+                Ok(([(header::CONTENT_TYPE, codec.content_type())], body).into_response())
             })
-            .await?;
-            match codec {
-                Codec::Proto => Ok((
-                    [(header::CONTENT_TYPE, codec.content_type())],
-                    profile.encode_to_vec(),
-                )
-                    .into_response()),
-                Codec::Json => Ok((
-                    [(header::CONTENT_TYPE, codec.content_type())],
-                    profile_json(&profile).to_string(),
-                )
-                    .into_response()),
-            }
+            .await
         }
         other => Err(ConnectError::new(
             "unimplemented",
@@ -374,41 +376,58 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Runs `f` as one query through the server's [`super::admission`]: queued (or 503), on a blocking
-/// thread, stopped when the client goes away, within the read budget.
-async fn query<T: Send + 'static>(
+/// thread, stopped when the client goes away, within the read budget; the reply is encoded on that
+/// thread too (a flame graph of 65 k nodes is megabytes of JSON).
+async fn query<M: Message + Serialize + 'static>(
     state: &AppState,
-    f: impl FnOnce(&QueryCtx) -> Result<T, ConnectError> + Send + 'static,
-) -> Result<T, ConnectError> {
+    codec: Codec,
+    f: impl FnOnce(&QueryCtx) -> Result<M, ConnectError> + Send + 'static,
+) -> Result<Response, ConnectError> {
+    query_raw(state, move |ctx| codec.reply(&f(ctx)?)).await
+}
+
+/// Like [`query`] for a reply `f` encodes itself.
+async fn query_raw(
+    state: &AppState,
+    f: impl FnOnce(&QueryCtx) -> Result<Response, ConnectError> + Send + 'static,
+) -> Result<Response, ConnectError> {
     state.queries.run(move |ctx| Ok(f(ctx))).await?
 }
 
-fn decompress<'a>(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &'a [u8],
-) -> Result<std::borrow::Cow<'a, [u8]>, ConnectError> {
-    let encoding = headers
+/// True when the body is `Content-Encoding: gzip`.
+fn is_gzip(headers: &HeaderMap) -> bool {
+    content_encoding(headers).as_deref() == Some("gzip")
+}
+
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("" | "identity") => Ok(std::borrow::Cow::Borrowed(body)),
-        Some("gzip") => {
-            kiln_proto::codec::gunzip_limited(body, state.config.limits.max_decompressed_bytes)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| match e {
-                    // A bomb is too large, not malformed: 413 as on every other path.
-                    CodecError::TooLarge { .. } => {
-                        ApiError::PayloadTooLarge(format!("request body: {e}")).into()
-                    }
-                    _ => ConnectError::invalid(format!("request body: {e}")),
-                })
-        }
+        .map(|s| s.trim().to_ascii_lowercase())
+}
+
+/// Refuses a `Content-Encoding` other than gzip (handled by [`gunzip`]) or identity.
+fn check_identity(headers: &HeaderMap) -> Result<(), ConnectError> {
+    match content_encoding(headers).as_deref() {
+        None | Some("" | "identity") => Ok(()),
         Some(other) => Err(ConnectError::new(
             "unimplemented",
             format!("Content-Encoding {other:?}: only gzip is supported"),
         )),
     }
+}
+
+/// Inflates a gzip body within `--max-decompressed-bytes` (blocking).
+fn gunzip(state: &AppState, body: &[u8]) -> Result<Vec<u8>, ConnectError> {
+    kiln_proto::codec::gunzip_limited(body, state.config.limits.max_decompressed_bytes).map_err(
+        |e| match e {
+            // A bomb is too large, not malformed: 413 as on every other path.
+            CodecError::TooLarge { .. } => {
+                ApiError::PayloadTooLarge(format!("request body: {e}")).into()
+            }
+            _ => ConnectError::invalid(format!("request body: {e}")),
+        },
+    )
 }
 
 /// `name:sample_type:sample_unit:period_type:period_unit` → (`name`, `sample_type:sample_unit`).

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -237,22 +238,26 @@ pub async fn render_handler(
                 }
                 json!(groups)
             };
-            Ok::<_, ApiError>(json!({
-                "version": 1,
-                "flamebearer": {
-                    "names": fg.names,
-                    "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
-                    "numTicks": fg.total,
-                    "maxSelf": fg.max_self,
-                },
-                "metadata": metadata("single", &sel),
-                "timeline": timeline(total_points, &sel, step_secs),
-                "groups": groups,
-            }))
+            // Serialized here, on the blocking thread: the levels can be megabytes.
+            Ok::<_, ApiError>(
+                json!({
+                    "version": 1,
+                    "flamebearer": {
+                        "names": fg.names,
+                        "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
+                        "numTicks": fg.total,
+                        "maxSelf": fg.max_self,
+                    },
+                    "metadata": metadata("single", &sel),
+                    "timeline": timeline(total_points, &sel, step_secs),
+                    "groups": groups,
+                })
+                .to_string(),
+            )
         })
         .await?;
     state.metrics.observe_query("render", started.elapsed());
-    Ok(axum::Json(body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /pyroscope/render-diff`.
@@ -294,25 +299,29 @@ pub async fn render_diff_handler(
                 &build_tree(&st, &right, ctx)?,
             );
             let fg = flamebearer::encode_diff(&diff.view(max_nodes));
-            Ok::<_, ApiError>(json!({
-                "version": 1,
-                "flamebearer": {
-                    "names": fg.names,
-                    "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
-                    "numTicks": fg.total,
-                    "maxSelf": fg.max_self,
-                },
-                "metadata": metadata("double", &left),
-                "leftTicks": fg.left_ticks,
-                "rightTicks": fg.right_ticks,
-                "timeline": null,
-            }))
+            // Serialized here, on the blocking thread: the levels can be megabytes.
+            Ok::<_, ApiError>(
+                json!({
+                    "version": 1,
+                    "flamebearer": {
+                        "names": fg.names,
+                        "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
+                        "numTicks": fg.total,
+                        "maxSelf": fg.max_self,
+                    },
+                    "metadata": metadata("double", &left),
+                    "leftTicks": fg.left_ticks,
+                    "rightTicks": fg.right_ticks,
+                    "timeline": null,
+                })
+                .to_string(),
+            )
         })
         .await?;
     state
         .metrics
         .observe_query("render_diff", started.elapsed());
-    Ok(axum::Json(body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[cfg(test)]
