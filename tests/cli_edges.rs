@@ -240,3 +240,63 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
         String::from_utf8_lossy(&plain)
     );
 }
+
+/// The hostile run's `kiln up --listen [::1]:4040`, which failed with a message blaming the user:
+/// the agent must reach the server over the bracketed IPv6 URL derived from `--listen`.
+#[test]
+#[ignore = "needs root"]
+fn root_up_listens_on_ipv6_and_its_agent_pushes_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = kiln()
+        .args([
+            "up",
+            "--listen",
+            "[::1]:0",
+            "--metrics-listen",
+            "off",
+            "--kube-api",
+            "off",
+            "--window",
+            "1s",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Running(child);
+    let out = read_until(stdout, "Kiln is up");
+    let text = String::from_utf8_lossy(&out);
+    let at = text.find("open ").unwrap() + 5;
+    let url = text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    // The agent's pushes arrive: a flame graph with profiles in it, waited for. Generous: on a
+    // machine busy compiling, the agent's first window also uploads large binaries.
+    let client = reqwest::blocking::Client::new();
+    let start = std::time::Instant::now();
+    let deadline = 3 * DEADLINE;
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("{url}/api/v1/flamegraph?from=now-5m"))
+            .timeout(DEADLINE)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["profiles"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "no profile arrived over IPv6: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
