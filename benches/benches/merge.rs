@@ -28,10 +28,9 @@ fn stacks() -> usize {
         .unwrap_or(200_000)
 }
 
-/// The two inputs as paths of name ids, with the tree their names were interned into (so the
-/// timed part is the merge alone, not string interning).
+/// An input as paths of name ids, interned beforehand (so the timed part is the merge alone, not
+/// string interning).
 struct Input {
-    names: Tree,
     paths: Vec<[u32; 3]>,
 }
 
@@ -53,12 +52,11 @@ fn input(n: usize, shared: bool) -> Input {
             }
         })
         .collect();
-    Input { names, paths }
+    Input { paths }
 }
 
 fn merge(input: &Input) -> Tree {
-    // The merge only looks up children by (parent, name id): the names themselves (interned in
-    // `input.names`) are not needed, and copying them would time a copy, not the merge.
+    // The merge only looks up children by (parent, name id): the names themselves are not needed.
     let mut tree = Tree::new();
     for p in &input.paths {
         tree.add(p.iter().copied(), 1);
