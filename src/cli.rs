@@ -1,7 +1,7 @@
 //! Command-line flags (each with an environment variable), parsed in one place and turned into the
 //! server's and agent's configuration structs.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,8 +53,9 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// Address for the HTTP API, the web UI, /metrics and /healthz.
-    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:4040")]
+    /// Address for the HTTP API, the web UI, /metrics and /healthz: HOST:PORT with an IPv4 or
+    /// bracketed IPv6 address ([::1]:4040, [::]:4040 for all) or a host name (localhost:4040).
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:4040", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Directory for stored profiles and uploaded debuginfo (created if missing).
     #[arg(long, env = "KILN_DATA_DIR", default_value = "./kiln-data")]
@@ -114,6 +115,33 @@ pub struct ServerArgs {
         default_value_t = 10_000
     )]
     pub debuginfo_tenant_max_files: u64,
+    /// Queries (flame graphs, tables, pprof, series) merged at once; others wait in a queue.
+    /// 0: half the CPUs, so that ingest keeps a core.
+    #[arg(long, env = "KILN_QUERY_CONCURRENCY", default_value_t = 0)]
+    pub query_concurrency: usize,
+    /// Queries that may wait for a slot; one more is answered 503 with Retry-After.
+    #[arg(long, env = "KILN_QUERY_QUEUE", default_value_t = 64)]
+    pub query_queue: usize,
+    /// Longest wait for a query slot, e.g. 30s; past it the query is answered 503 with
+    /// Retry-After.
+    #[arg(long, env = "KILN_QUERY_QUEUE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub query_queue_timeout: Duration,
+    /// Most stored profiles one query may read; a query selecting more is answered 413.
+    #[arg(long, env = "KILN_QUERY_MAX_PROFILES", default_value_t = 2_000_000)]
+    pub query_max_profiles: u64,
+    /// Most decoded profile data one query may read, e.g. 8GiB; a query selecting more is
+    /// answered 413.
+    #[arg(long, env = "KILN_QUERY_MAX_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    pub query_max_bytes: u64,
+    /// A connection must send a complete request head within this long of opening or of its
+    /// previous request, or it is closed (slow and idle clients give their slot back), e.g. 10s.
+    #[arg(long, env = "KILN_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// Most open HTTP connections; beyond it new ones wait until one closes. 0: 80 % of the
+    /// open-file limit (whose soft value is raised to the hard one at start); higher values are
+    /// capped to that.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
     /// How often the storage engine flushes, compacts and applies retention (tests shorten it).
     #[arg(long, env = "KILN_STORE_MAINTENANCE_INTERVAL", default_value = "10s", value_parser = parse_duration, hide = true)]
     pub store_maintenance_interval: Duration,
@@ -184,9 +212,40 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(OptionalAddr(None));
     }
-    s.parse()
+    parse_listen(s)
         .map(|a| OptionalAddr(Some(a)))
-        .map_err(|e| format!("{e}: expected HOST:PORT or `off`"))
+        .map_err(|e| format!("{e}, or `off`"))
+}
+
+/// A listen address: `IP:PORT` (IPv6 in brackets, `[::1]:4040`) or `NAME:PORT`, the name resolved
+/// now (its first address), so that a typo fails here and not when the port is bound.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "{s:?} has no port: expected HOST:PORT, e.g. 127.0.0.1:4040, [::1]:4040 or localhost:4040"
+        ));
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!(
+            "{s:?}: an IPv6 address needs brackets, e.g. [{host}]:{port}"
+        ));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: port {port:?} is not a number from 0 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host: e.g. 127.0.0.1:{port}"));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host {host:?} in {s:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("host {host:?} in {s:?} resolves to no address"))
 }
 
 /// A retention age: a duration, or `off` / `0` (returned as zero) to disable.
@@ -347,5 +406,29 @@ mod tests {
             panic!("not check")
         };
         assert_eq!(data_dir, PathBuf::from("/srv/kiln"));
+    }
+
+    #[test]
+    fn listen_takes_ipv6_and_host_names() {
+        let v6 = parse_listen("[::1]:4040").unwrap();
+        assert!(v6.is_ipv6() && v6.ip().is_loopback() && v6.port() == 4040);
+        let named = parse_listen("localhost:4041").unwrap();
+        assert!(named.ip().is_loopback() && named.port() == 4041, "{named}");
+        let err = parse_listen("::1:4040").unwrap_err();
+        assert!(err.contains("brackets"), "{err}");
+        let err = parse_listen("127.0.0.1").unwrap_err();
+        assert!(err.contains("no port"), "{err}");
+        let err = parse_listen("localhost:99999").unwrap_err();
+        assert!(err.contains("port"), "{err}");
+        assert!(parse_listen("no-such-host.invalid:4040").is_err());
+        let cli = Cli::try_parse_from(["kiln", "up", "--listen", "[::1]:0"]).unwrap();
+        let Command::Up { server, .. } = cli.command else {
+            panic!("not up")
+        };
+        assert!(server.listen.is_ipv6());
+        let OptionalAddr(Some(m)) = parse_optional_addr("[::1]:4041").unwrap() else {
+            panic!("off")
+        };
+        assert!(m.is_ipv6());
     }
 }

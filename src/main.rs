@@ -3,6 +3,8 @@
 
 mod cli;
 
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,6 +22,10 @@ fn main() -> ExitCode {
         kiln_agent::alloc::tune_allocator();
     }
     tracing_subscriber::fmt()
+        .with_ansi(log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -47,6 +53,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Colour codes in logs only on a terminal (never in files or pipes), and never when `NO_COLOR` is
+/// set to a non-empty value (<https://no-color.org>).
+fn log_colours(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     match command {
@@ -58,7 +70,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             auth_token,
             agent,
         } => {
-            let mut config = agent_config(&agent, &server_url)?;
+            let server_url = kiln_agent::config::ServerUrl::parse(&server_url)
+                .with_context(|| format!("--server-url {server_url:?}"))?;
+            let mut config = agent_config(&agent, server_url)?;
             config.auth_token = auth_token;
             kiln_agent::run(config, wait(shutdown)).await
         }
@@ -109,20 +123,25 @@ async fn up(
     agent: AgentArgs,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // Nothing is created on disk until every flag is validated and every port bound, so a typo or
+    // a busy port leaves no data directory behind. The agent's URL is set once the port is bound.
+    let mut agent_config = agent_config(&agent, kiln_agent::config::ServerUrl::default())?;
+    agent_config.auth_token = server.auth_token.clone();
     // Check what the agent needs before starting anything, so a missing privilege is the first and
     // only thing the user reads.
     kiln_agent::check_privileges().context("the agent cannot sample this machine")?;
 
-    let bound = kiln_storage_server::Server::bind(server_config(&server)).await?;
-    let addr = bound.local_addr()?;
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
-    };
-    let url = format!("http://{host}:{}", addr.port());
-    let mut agent_config = agent_config(&agent, &url)?;
-    agent_config.auth_token = server.auth_token.clone();
+    let listener = kiln_storage_server::Server::bind_listener(server.listen).await?;
+    if let Some(addr) = agent_config.metrics_listen {
+        // The agent binds it itself once running; a busy port must fail before the data
+        // directory exists, so try it now (released at once: the agent binds it moments later).
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("--metrics-listen: cannot listen on {addr}"))?;
+    }
+    let url = local_url(listener.local_addr()?);
+    agent_config.server_url = kiln_agent::config::ServerUrl::parse(&url)
+        .with_context(|| format!("the agent's URL for --listen {}", server.listen))?;
+    let bound = kiln_storage_server::Server::open(server_config(&server), listener).await?;
 
     // The server outlives the agent so that the agent's last window, flushed on Ctrl-C, lands.
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -146,6 +165,17 @@ async fn up(
     agent_result.and(server_result)
 }
 
+/// The URL an agent on this machine reaches a server bound at `addr` by: an unspecified address
+/// (`0.0.0.0`, `[::]`) becomes the loopback of its family, and IPv6 is bracketed.
+fn local_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
 fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig {
     let mut config = kiln_storage_server::config::ServerConfig::with_data_dir(&args.data_dir);
     config.listen = args.listen;
@@ -160,6 +190,13 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
     config.store.max_segment_bytes = args.wal_segment_bytes;
     config.store.maintenance_interval_secs = args.store_maintenance_interval.as_secs().max(1);
     config.store.verify_on_open = args.verify;
+    config.queries.max_concurrent = args.query_concurrency;
+    config.queries.max_queued = args.query_queue;
+    config.queries.queue_timeout_secs = args.query_queue_timeout.as_secs().max(1);
+    config.queries.max_profiles = args.query_max_profiles;
+    config.queries.max_bytes = args.query_max_bytes;
+    config.http.header_read_timeout_secs = args.http_header_timeout.as_secs().max(1);
+    config.http.max_connections = args.max_connections;
     config.debuginfod_urls = args
         .debuginfod_urls
         .split([' ', ','])
@@ -178,10 +215,10 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
 
 fn agent_config(
     args: &AgentArgs,
-    server_url: &str,
+    server_url: kiln_agent::config::ServerUrl,
 ) -> anyhow::Result<kiln_agent::config::AgentConfig> {
     let mut config = kiln_agent::config::AgentConfig {
-        server_url: kiln_agent::config::ServerUrl::parse(server_url)?,
+        server_url,
         frequency_hz: NonZeroU32::new(u32::try_from(args.frequency).unwrap_or(u32::MAX))
             .context("--frequency must be at least 1 Hz")?,
         window: args.window,
@@ -246,5 +283,33 @@ async fn wait(mut rx: watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_derives_a_reachable_url_from_listen() {
+        let url = |s: &str| local_url(s.parse().unwrap());
+        assert_eq!(url("[::1]:4040"), "http://[::1]:4040");
+        assert_eq!(url("[::]:4040"), "http://[::1]:4040");
+        assert_eq!(url("0.0.0.0:5000"), "http://127.0.0.1:5000");
+        assert_eq!(url("192.0.2.7:80"), "http://192.0.2.7:80");
+        for u in ["http://[::1]:4040", "http://localhost:4040"] {
+            assert!(kiln_agent::config::ServerUrl::parse(u).is_ok(), "{u}");
+        }
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(!log_colours(false, None), "files and pipes get no escapes");
+        assert!(!log_colours(true, Some("1".into())), "NO_COLOR honoured");
+        assert!(
+            log_colours(true, Some("".into())),
+            "an empty NO_COLOR is unset"
+        );
     }
 }

@@ -503,19 +503,15 @@ async fn metrics_handler(State(registry): State<Arc<Registry>>) -> impl IntoResp
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` completes.
-pub async fn serve_metrics(
-    addr: SocketAddr,
-    registry: Arc<Registry>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), MetricsError> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// Binds the metrics port (an error naming `addr` when it is busy).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsError> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    serve_metrics_on(listener, registry, shutdown).await
+        .map_err(|source| MetricsError::Bind { addr, source })
 }
 
-/// Like [`serve_metrics`] on an already bound listener (lets tests bind port 0).
+/// Serves `/metrics` and `/healthz` on a listener from [`bind`] (tests bind port 0) until
+/// `shutdown` completes.
 pub async fn serve_metrics_on(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,

@@ -34,6 +34,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    // The metrics port is bound first: a busy port is an error now, naming the address, not a
+    // failure reported at shutdown after the sampler ran without its /metrics.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await.context("--metrics-listen")?),
+        None => None,
+    };
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
     let registry = Arc::new(registry);
@@ -87,10 +93,14 @@ pub async fn run(
         .then(|| DebugInfoUploader::spawn(DebugInfoConfig::from(&config), client, metrics.clone()));
 
     let (stop_metrics_tx, stop_metrics_rx) = tokio::sync::oneshot::channel::<()>();
-    let metrics_task = config.metrics_listen.map(|addr| {
-        tokio::spawn(metrics::serve_metrics(addr, registry.clone(), async {
-            let _ = stop_metrics_rx.await;
-        }))
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(metrics::serve_metrics_on(
+            listener,
+            registry.clone(),
+            async {
+                let _ = stop_metrics_rx.await;
+            },
+        ))
     });
 
     tracing::info!(

@@ -364,6 +364,7 @@ fn main() {
                 selector: &selector,
                 range,
                 profile_type: Some(PROFILE_TYPE),
+                stop: None,
             },
             &mut |m| {
                 read_time += last.elapsed();

@@ -161,6 +161,7 @@ fn merge_store(store: &LocalStore) -> i64 {
                 selector: &all,
                 range: TimeRange::ALL,
                 profile_type: Some("cpu:nanoseconds"),
+                stop: None,
             },
             &mut |p| {
                 tree.merge_profile(&p.profile, "cpu:nanoseconds", &mut resolver);
@@ -182,6 +183,7 @@ fn merge_store_merged(store: &LocalStore) -> i64 {
                 selector: &all,
                 range: TimeRange::ALL,
                 profile_type: Some("cpu:nanoseconds"),
+                stop: None,
             },
             &mut |m| {
                 tree.merge_profile(&m.profile, "cpu:nanoseconds", &mut resolver);

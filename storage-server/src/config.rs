@@ -33,6 +33,10 @@ pub struct ServerConfig {
     /// debuginfo store, which every tenant's profiles are symbolized from; without it, only
     /// debuginfod fills the shared store.
     pub debuginfo_shared_token: Option<String>,
+    /// How many queries run at once, how long others wait, and how much one may read.
+    pub queries: QueryLimits,
+    /// Connection limits and timeouts of the HTTP listener.
+    pub http: HttpLimits,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +51,8 @@ impl Default for ServerConfig {
             debuginfod_urls: Vec::new(),
             debuginfod_timeout_secs: 30,
             debuginfo_shared_token: None,
+            queries: QueryLimits::default(),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -102,6 +108,73 @@ impl Default for Limits {
             max_future_skew_secs: 600,
             ingest_rate_bytes: 128 << 20,
             ingest_rate_profiles: 20_000,
+        }
+    }
+}
+
+/// Query limits (see [`crate::query::admission`]): a heavy or abandoned query must not starve
+/// ingest or other clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct QueryLimits {
+    /// Queries merged at once, each on a blocking thread; 0 means half the CPUs (at least 1), so
+    /// that ingest keeps a core.
+    pub max_concurrent: usize,
+    /// Queries waiting for a slot; one more answers 503 with `Retry-After`.
+    pub max_queued: usize,
+    /// Longest wait for a slot (seconds); past it the query answers 503 with `Retry-After`.
+    pub queue_timeout_secs: u64,
+    /// Most stored profiles one query may read; past it the query answers 413.
+    pub max_profiles: u64,
+    /// Most decoded profile bytes one query may read; past it the query answers 413.
+    pub max_bytes: u64,
+}
+
+/// Largest `max_nodes` a flame graph may ask for; larger values are clamped to it. A node costs
+/// about 100 bytes of JSON and a browser cannot draw more usefully.
+pub const MAX_FLAMEGRAPH_NODES: usize = 65_536;
+
+impl QueryLimits {
+    /// Slots for concurrent queries: `max_concurrent`, or half the CPUs when it is 0.
+    pub fn concurrency(&self) -> usize {
+        if self.max_concurrent > 0 {
+            return self.max_concurrent;
+        }
+        let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        (cpus / 2).max(1)
+    }
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_concurrent: 0,
+            max_queued: 64,
+            queue_timeout_secs: 30,
+            max_profiles: 2_000_000,
+            max_bytes: 8 << 30,
+        }
+    }
+}
+
+/// The HTTP listener's defences against idle and slow clients (see [`crate::listener`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct HttpLimits {
+    /// A connection must deliver a complete request head within this many seconds of opening, or
+    /// of finishing its previous request (keep-alive idle time), or it is closed.
+    pub header_read_timeout_secs: u64,
+    /// Most open connections; 0 means 80 % of the descriptor limit (`RLIMIT_NOFILE`, whose soft
+    /// limit is raised to the hard one at start). Beyond it new connections wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout_secs: 10,
+            max_connections: 0,
         }
     }
 }

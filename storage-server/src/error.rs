@@ -30,6 +30,12 @@ pub enum ApiError {
     /// Over a per-tenant rate: 429 with `Retry-After` (seconds).
     #[error("{msg}")]
     RateLimited { msg: String, retry_after_secs: u64 },
+    /// The server is busy (query slots full): 503 with `Retry-After`.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
 }
 
 impl ApiError {
@@ -59,6 +65,7 @@ impl ApiError {
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -73,6 +80,22 @@ impl From<tokio::task::JoinError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let ApiError::Unavailable {
+            message,
+            retry_after_secs,
+        } = &self
+        {
+            tracing::warn!(error = %message, "request refused: server busy");
+            return (
+                status,
+                [(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after_secs.to_string(),
+                )],
+                axum::Json(serde_json::json!({ "error": message })),
+            )
+                .into_response();
+        }
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         } else {

@@ -13,6 +13,7 @@ pub mod debuginfod;
 pub mod dirlock;
 pub mod error;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod query;
 pub mod store;
@@ -45,6 +46,10 @@ pub struct AppState {
     pub dir_lock: Option<Arc<dirlock::DirLock>>,
     /// Per-tenant ingest rate limits (bytes and profiles per second).
     pub ingest_rate: Arc<ingest::rate::RateLimiter>,
+    /// The gate every profile-reading query goes through (see [`query::admission`]).
+    pub queries: Arc<query::admission::Admission>,
+    /// The HTTP listener's connection gauges (see [`listener`]).
+    pub connections: listener::ConnectionMetrics,
 }
 
 impl AppState {
@@ -88,12 +93,16 @@ impl AppState {
     ) -> AppState {
         let mut metrics = Metrics::new();
         metrics.register_symbolization(debuginfo.frame_outcomes.clone());
-        metrics.register_component(|r| debuginfo.register_metrics(r));
+        metrics.register_with(|r| debuginfo.register_metrics(r));
         debuginfo.start();
         let ingest_rate = Arc::new(ingest::rate::RateLimiter::new(
             config.limits.ingest_rate_bytes,
             config.limits.ingest_rate_profiles,
         ));
+        let queries = Arc::new(query::admission::Admission::new(&config.queries));
+        metrics.register_with(|r| queries.register(r));
+        let connections = listener::ConnectionMetrics::default();
+        metrics.register_with(|r| connections.register(r));
         AppState {
             ingest_rate,
             config: Arc::new(config),
@@ -102,6 +111,8 @@ impl AppState {
             debuginfo,
             metrics: Arc::new(metrics),
             dir_lock: None,
+            queries,
+            connections,
         }
     }
 }
@@ -186,13 +197,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory and binds `config.listen`.
+    /// Binds `config.listen`, then opens the data directory: a busy port leaves nothing on disk.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Server> {
-        let listen = config.listen;
-        let state = tokio::task::spawn_blocking(move || AppState::open(config)).await??;
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = Server::bind_listener(config.listen).await?;
+        Server::open(config, listener).await
+    }
+
+    /// Binds the HTTP port alone (nothing is created on disk), for callers that must know the
+    /// bound address before they open the data directory (`kiln up` derives its agent's URL).
+    pub async fn bind_listener(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    }
+
+    /// Opens the data directory (creating it) and serves on an already bound `listener`.
+    pub async fn open(
+        config: ServerConfig,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<Server> {
+        let state = tokio::task::spawn_blocking(move || AppState::open(config)).await??;
         Ok(Server { listener, state })
     }
 
@@ -215,9 +239,16 @@ impl Server {
             data_dir = %self.state.config.data_dir.display(),
             "kiln server listening"
         );
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let limits = self.state.config.http.clone();
+        let connections = self.state.connections.clone();
+        listener::serve(
+            self.listener,
+            router(self.state),
+            limits,
+            connections,
+            shutdown,
+        )
+        .await?;
         tracing::info!("kiln server stopped");
         Ok(())
     }

@@ -152,9 +152,8 @@ impl Metrics {
         );
     }
 
-    /// Registers metrics owned by another component (the debuginfo stores'), under the
-    /// `kiln_server_` prefix.
-    pub fn register_component(&mut self, register: impl FnOnce(&mut Registry)) {
+    /// Lets a component register the metrics it owns (under the `kiln_server_` prefix).
+    pub fn register_with(&mut self, register: impl FnOnce(&mut Registry)) {
         register(&mut self.registry);
     }
 

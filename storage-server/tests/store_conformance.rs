@@ -209,6 +209,7 @@ fn read_all(
                 selector: &selector,
                 range,
                 profile_type,
+                stop: None,
             },
             &mut |p| {
                 let key = (
@@ -236,6 +237,7 @@ fn total(store: &impl Store, range: TimeRange, profile_type: &str) -> i64 {
                 selector: &selector,
                 range,
                 profile_type: Some(profile_type),
+                stop: None,
             },
             &mut |p| {
                 let i = types_of(&p.profile)
@@ -301,6 +303,7 @@ fn merged_reads_match<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, stage:
             selector: &selector,
             range,
             profile_type: Some(ty),
+            stop: None,
         };
         // Per stack (frame names, leaf first): summed values.
         let stacks = |p: &Profile, acc: &mut BTreeMap<Vec<String>, i64>| {

@@ -62,6 +62,7 @@ fn request<'a>(selector: &'a Selector, profile_type: Option<&'static str>) -> Re
         selector,
         range: TimeRange::ALL,
         profile_type,
+        stop: None,
     }
 }
 

@@ -197,6 +197,7 @@ fn total(state: &AppState) -> i64 {
                 selector: &all,
                 range: TimeRange::ALL,
                 profile_type: None,
+                stop: None,
             },
             &mut |p| sum += p.profile.sample[0].value[0],
         )

@@ -47,6 +47,7 @@ fn contents(store: &LocalStore) -> Vec<(i64, i64)> {
                 selector: &all,
                 range: TimeRange::ALL,
                 profile_type: None,
+                stop: None,
             },
             &mut |p| out.push((p.time_nanos, p.profile.sample[0].value[0])),
         )

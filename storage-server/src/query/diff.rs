@@ -16,7 +16,7 @@ use super::flamegraph::{
     self, NodeValue, Values, View, build_view, push_json_str, write_tree_json,
 };
 use super::merge::{ROOT, Tree};
-use super::{Params, build_tree, positive};
+use super::{Params, build_tree};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::tenant::Tenant;
@@ -209,22 +209,21 @@ pub async fn diff_handler(
         .selection()
         .map_err(|e| ApiError::bad_request(format!("right side: {e}")))?
         .for_tenant(&tenant);
-    let max_nodes = positive(
-        "max_nodes",
-        p.max_nodes.as_deref(),
-        flamegraph::DEFAULT_MAX_NODES,
-    )?;
+    let max_nodes = flamegraph::max_nodes_param("max_nodes", p.max_nodes.as_deref())?;
     let st = state.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let l = build_tree(&st, &left)?;
-        let r = build_tree(&st, &right)?;
-        Ok::<_, ApiError>(render(
-            &DiffTree::new(&l, &r),
-            max_nodes,
-            &left.profile_type,
-        ))
-    })
-    .await??;
+    let body = state
+        .queries
+        .run(move |ctx| {
+            // One query, one budget: both sides count against it.
+            let l = build_tree(&st, &left, ctx)?;
+            let r = build_tree(&st, &right, ctx)?;
+            Ok(render(
+                &DiffTree::new(&l, &r),
+                max_nodes,
+                &left.profile_type,
+            ))
+        })
+        .await?;
     state.metrics.observe_query("diff", started.elapsed());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

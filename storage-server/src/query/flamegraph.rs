@@ -15,7 +15,23 @@ use std::fmt::Write as _;
 use super::merge::{ROOT, Tree};
 
 pub const DEFAULT_MAX_NODES: usize = 8192;
+pub use crate::config::MAX_FLAMEGRAPH_NODES;
 pub const OTHER: &str = "(other)";
+
+/// Clamps a requested node count to [`MAX_FLAMEGRAPH_NODES`]: the view, its JSON and the browser's
+/// drawing all grow with it, and more nodes than that are not readable anyway.
+pub fn clamp_max_nodes(requested: usize) -> usize {
+    requested.min(MAX_FLAMEGRAPH_NODES)
+}
+
+/// Parses the optional positive `max_nodes`-style parameter `name` (default
+/// [`DEFAULT_MAX_NODES`]), clamped by [`clamp_max_nodes`].
+pub(crate) fn max_nodes_param(
+    name: &str,
+    value: Option<&str>,
+) -> Result<usize, crate::error::ApiError> {
+    super::positive(name, value, DEFAULT_MAX_NODES).map(clamp_max_nodes)
+}
 
 /// Which nodes of an arena (parents before children, node 0 the root) to show: the largest-weight
 /// ones, as a connected tree from the root, such that shown nodes plus the `(other)` nodes they need

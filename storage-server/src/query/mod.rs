@@ -2,6 +2,7 @@
 //! top table, pprof, labels, series, diff), plus Pyroscope's query surfaces (the Connect
 //! `querier.v1` service and the legacy `/pyroscope/render`).
 
+pub mod admission;
 pub mod diff;
 pub mod flamebearer;
 pub mod flamegraph;
@@ -23,12 +24,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use prost::Message as _;
 use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::store::ReadRequest;
 use crate::tenant::Tenant;
+use admission::QueryCtx;
 use merge::Tree;
 use selector::Selector;
 use symbolize::Resolver;
@@ -132,8 +135,13 @@ pub(crate) fn positive(name: &str, value: Option<&str>, default: usize) -> Resul
     }
 }
 
-/// Reads and merges the selection into a tree (blocking: call from `spawn_blocking`).
-pub(crate) fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiError> {
+/// Reads and merges the selection into a tree (blocking: run it through [`admission`]). Stops
+/// early, with the matching error, when `ctx` is stopped or its budget is spent.
+pub(crate) fn build_tree(
+    state: &AppState,
+    sel: &Selection,
+    ctx: &QueryCtx,
+) -> Result<Tree, ApiError> {
     let mut tree = Tree::new();
     let mut resolver = Resolver::new(Some(&state.debuginfo)).for_tenant(&sel.tenant);
     state
@@ -145,8 +153,12 @@ pub(crate) fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiE
                 selector: &sel.selector,
                 range: sel.range,
                 profile_type: Some(&sel.profile_type),
+                stop: Some(ctx.stop_flag()),
             },
             &mut |merged| {
+                if !ctx.admit_read(merged.profiles, merged.profile.encoded_len()) {
+                    return;
+                }
                 if tree.merge_profile(&merged.profile, &sel.profile_type, &mut resolver) {
                     // One merged profile can stand for many stored ones.
                     tree.profiles += merged.profiles.saturating_sub(1);
@@ -154,6 +166,7 @@ pub(crate) fn build_tree(state: &AppState, sel: &Selection) -> Result<Tree, ApiE
             },
         )
         .map_err(ApiError::internal)?;
+    ctx.finish()?;
     Ok(tree)
 }
 
@@ -164,6 +177,7 @@ pub(crate) fn build_grouped_tree(
     state: &AppState,
     sel: &Selection,
     group_by: &[String],
+    ctx: &QueryCtx,
 ) -> Result<Tree, ApiError> {
     let mut tree = Tree::new();
     let mut resolver = Resolver::new(Some(&state.debuginfo)).for_tenant(&sel.tenant);
@@ -174,8 +188,12 @@ pub(crate) fn build_grouped_tree(
                 selector: &sel.selector,
                 range: sel.range,
                 profile_type: Some(&sel.profile_type),
+                stop: Some(ctx.stop_flag()),
             },
             &mut |stored| {
+                if !ctx.admit_read(1, stored.profile.encoded_len()) {
+                    return;
+                }
                 let frames: Vec<String> = group_by
                     .iter()
                     .map(|name| format!("{name}={}", stored.labels.get(name).unwrap_or("")))
@@ -190,6 +208,7 @@ pub(crate) fn build_grouped_tree(
             },
         )
         .map_err(ApiError::internal)?;
+    ctx.finish()?;
     Ok(tree)
 }
 
@@ -202,11 +221,7 @@ pub async fn flamegraph_handler(
     let started = Instant::now();
     let p = params(q)?;
     let sel = p.selection()?.for_tenant(&tenant);
-    let max_nodes = p.positive(
-        "max_nodes",
-        p.max_nodes.as_ref(),
-        flamegraph::DEFAULT_MAX_NODES,
-    )?;
+    let max_nodes = flamegraph::max_nodes_param("max_nodes", p.max_nodes.as_deref())?;
     let group_by: Vec<String> = p
         .group_by
         .as_deref()
@@ -222,15 +237,17 @@ pub async fn flamegraph_handler(
         ));
     }
     let st = state.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let tree = if group_by.is_empty() {
-            build_tree(&st, &sel)?
-        } else {
-            build_grouped_tree(&st, &sel, &group_by)?
-        };
-        Ok::<_, ApiError>(flamegraph::render(&tree, max_nodes, &sel.profile_type))
-    })
-    .await??;
+    let body = state
+        .queries
+        .run(move |ctx| {
+            let tree = if group_by.is_empty() {
+                build_tree(&st, &sel, ctx)?
+            } else {
+                build_grouped_tree(&st, &sel, &group_by, ctx)?
+            };
+            Ok(flamegraph::render(&tree, max_nodes, &sel.profile_type))
+        })
+        .await?;
     state.metrics.observe_query("flamegraph", started.elapsed());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -246,27 +263,30 @@ pub async fn top_handler(
     let sel = p.selection()?.for_tenant(&tenant);
     let limit = p.positive("limit", p.limit.as_ref(), top::DEFAULT_LIMIT)?;
     let st = state.clone();
-    let resp = tokio::task::spawn_blocking(move || {
-        let tree = build_tree(&st, &sel)?;
-        let unit = sel
-            .profile_type
-            .split_once(':')
-            .map_or("", |(_, u)| u)
-            .to_owned();
-        Ok::<_, ApiError>(top::TopResponse {
-            total: tree.total(),
-            unit,
-            profiles: tree.profiles,
-            functions: top::top(&tree, limit),
-            profile_type: sel.profile_type,
+    let resp = state
+        .queries
+        .run(move |ctx| {
+            let tree = build_tree(&st, &sel, ctx)?;
+            let unit = sel
+                .profile_type
+                .split_once(':')
+                .map_or("", |(_, u)| u)
+                .to_owned();
+            Ok(top::TopResponse {
+                total: tree.total(),
+                unit,
+                profiles: tree.profiles,
+                functions: top::top(&tree, limit),
+                profile_type: sel.profile_type,
+            })
         })
-    })
-    .await??;
+        .await?;
     state.metrics.observe_query("top", started.elapsed());
     Ok(axum::Json(resp).into_response())
 }
 
-/// Merges every selected profile into one symbolized pprof (blocking: call from `spawn_blocking`).
+/// Merges every selected profile into one symbolized pprof (blocking: run it through
+/// [`admission`]; stops early like [`build_tree`]).
 /// With `only_type` (a `type:unit`), just that sample type; else all the selection has, with
 /// `preferred` as the default sample type when present.
 pub(crate) fn merged_pprof(
@@ -274,6 +294,7 @@ pub(crate) fn merged_pprof(
     sel: &Selection,
     only_type: Option<&str>,
     preferred: Option<&str>,
+    ctx: &QueryCtx,
 ) -> Result<kiln_proto::pprof::Profile, ApiError> {
     let types = match only_type {
         Some(t) => vec![t.to_owned()],
@@ -288,10 +309,16 @@ pub(crate) fn merged_pprof(
                 selector: &sel.selector,
                 range: sel.range,
                 profile_type: only_type,
+                stop: Some(ctx.stop_flag()),
             },
-            &mut |stored| merger.add(&stored.profile, stored.time_nanos, &mut resolver),
+            &mut |stored| {
+                if ctx.admit_read(1, stored.profile.encoded_len()) {
+                    merger.add(&stored.profile, stored.time_nanos, &mut resolver);
+                }
+            },
         )
         .map_err(ApiError::internal)?;
+    ctx.finish()?;
     Ok(merger.finish(preferred.or(only_type)))
 }
 
@@ -338,11 +365,14 @@ async fn pprof_response(
     let sel = p.selection()?.for_tenant(&tenant);
     let preferred = p.profile_type.clone().filter(|t| !t.trim().is_empty());
     let st = state.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let profile = merged_pprof(&st, &sel, None, preferred.as_deref())?;
-        Ok::<_, ApiError>(kiln_proto::encode_profile_gzip(&profile))
-    })
-    .await??;
+    let body = state
+        .queries
+        .run(move |ctx| {
+            let profile = merged_pprof(&st, &sel, None, preferred.as_deref(), ctx)?;
+            // Encoding and gzip are CPU work too: on the query's blocking thread.
+            Ok(kiln_proto::encode_profile_gzip(&profile))
+        })
+        .await?;
     state.metrics.observe_query("pprof", started.elapsed());
     Ok((
         [

@@ -18,6 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kiln_proto::codec::CodecError;
 use kiln_proto::pprof::Profile;
 use kiln_proto::querier::{
     DiffRequest, DiffResponse, LabelNamesRequest, LabelNamesResponse, LabelPair,
@@ -31,8 +32,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::admission::QueryCtx;
 use super::diff::DiffTree;
-use super::flamegraph::{DEFAULT_MAX_NODES, view};
+use super::flamegraph::{DEFAULT_MAX_NODES, clamp_max_nodes, view};
 use super::selector::Matcher;
 use super::series::{self, Aggregation, SeriesQuery};
 use super::{Params, Selection, build_tree, flamebearer, merged_pprof};
@@ -43,35 +45,56 @@ use crate::tenant::{TENANT_LABEL, Tenant};
 
 const NS_PER_MS: i64 = 1_000_000;
 
-/// A Connect error: code name and message.
+/// A Connect error: code name and message, and the HTTP status it is sent with. The status is
+/// kept apart from the code because Connect names several of Kiln's statuses alike (a body over
+/// its limit, 413, and a rate limit, 429, are both `resource_exhausted`).
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ConnectError {
     pub code: &'static str,
     pub message: String,
+    status: StatusCode,
+    /// Sent as `Retry-After` (503 when the query slots are busy).
+    retry_after_secs: Option<u64>,
 }
 
 impl ConnectError {
-    fn invalid(message: impl Into<String>) -> ConnectError {
-        ConnectError {
-            code: "invalid_argument",
-            message: message.into(),
-        }
-    }
-    fn status(&self) -> StatusCode {
-        match self.code {
+    /// An error with the status Connect's protocol gives `code`.
+    fn new(code: &'static str, message: impl Into<String>) -> ConnectError {
+        let status = match code {
             "invalid_argument" => StatusCode::BAD_REQUEST,
             "unauthenticated" => StatusCode::UNAUTHORIZED,
             "not_found" => StatusCode::NOT_FOUND,
             "unimplemented" => StatusCode::NOT_IMPLEMENTED,
             "resource_exhausted" => StatusCode::TOO_MANY_REQUESTS,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ConnectError {
+            code,
+            message: message.into(),
+            status,
+            retry_after_secs: None,
         }
+    }
+    fn invalid(message: impl Into<String>) -> ConnectError {
+        ConnectError::new("invalid_argument", message)
+    }
+    fn status(&self) -> StatusCode {
+        self.status
     }
 }
 
 impl From<ApiError> for ConnectError {
     fn from(e: ApiError) -> Self {
+        // Kiln's status is kept (413 stays 413); the code is Connect's nearest name for it.
+        let status = e.status();
+        let retry_after_secs = match &e {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let code = match e {
             ApiError::BadRequest(_) | ApiError::UnsupportedMediaType(_) => "invalid_argument",
             ApiError::Unprocessable(_) => "invalid_argument",
@@ -82,10 +105,13 @@ impl From<ApiError> for ConnectError {
             ApiError::InsufficientStorage(_) => "resource_exhausted",
             ApiError::RateLimited { .. } => "resource_exhausted",
             ApiError::Internal(_) => "internal",
+            ApiError::Unavailable { .. } => "unavailable",
         };
         ConnectError {
             code,
             message: e.to_string(),
+            status,
+            retry_after_secs,
         }
     }
 }
@@ -104,12 +130,18 @@ impl IntoResponse for ConnectError {
         } else {
             tracing::debug!(error = %self, "connect query rejected");
         }
-        (
+        let mut resp = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
             json!({"code": self.code, "message": self.message}).to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after_secs
+            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
     }
 }
 
@@ -166,10 +198,8 @@ impl Codec {
     fn reply<M: Message + Serialize>(self, msg: &M) -> Result<Response, ConnectError> {
         let body = match self {
             Codec::Proto => msg.encode_to_vec(),
-            Codec::Json => serde_json::to_vec(msg).map_err(|e| ConnectError {
-                code: "internal",
-                message: format!("encoding JSON: {e}"),
-            })?,
+            Codec::Json => serde_json::to_vec(msg)
+                .map_err(|e| ConnectError::new("internal", format!("encoding JSON: {e}")))?,
         };
         Ok(([(header::CONTENT_TYPE, self.content_type())], body).into_response())
     }
@@ -201,7 +231,14 @@ async fn dispatch(
 ) -> Result<Response, ConnectError> {
     let tenant = tenant?;
     let codec = Codec::of(headers)?;
-    let body = decompress(state, headers, body)?;
+    let body = if is_gzip(headers) {
+        // Inflating up to --max-decompressed-bytes is CPU work: off the async workers.
+        let (st, raw) = (state.clone(), body.to_vec());
+        tokio::task::spawn_blocking(move || gunzip(&st, &raw)).await??
+    } else {
+        check_identity(headers)?;
+        body.to_vec()
+    };
     let st = state.clone();
     match method {
         "ProfileTypes" => {
@@ -245,7 +282,7 @@ async fn dispatch(
         }
         "SelectMergeStacktraces" => {
             let req: SelectMergeStacktracesRequest = codec.decode(&body)?;
-            let resp = blocking(move || {
+            query(state, codec, move |ctx| {
                 let sel = typed_selection(
                     &req.profile_type_id,
                     &req.label_selector,
@@ -253,22 +290,21 @@ async fn dispatch(
                     req.end,
                     &tenant,
                 )?;
-                let tree = build_tree(&st, &sel)?;
+                let tree = build_tree(&st, &sel, ctx)?;
                 let fg = flamebearer::encode(&view(&tree, max_nodes(req.max_nodes)));
                 Ok(SelectMergeStacktracesResponse {
                     flamegraph: Some(fg),
                     tree: Vec::new(),
                 })
             })
-            .await?;
-            codec.reply(&resp)
+            .await
         }
         "Diff" => {
             let req: DiffRequest = codec.decode(&body)?;
             let (Some(left), Some(right)) = (req.left, req.right) else {
                 return Err(ConnectError::invalid("left and right are both required"));
             };
-            let resp = blocking(move || {
+            query(state, codec, move |ctx| {
                 let l = typed_selection(
                     &left.profile_type_id,
                     &left.label_selector,
@@ -285,28 +321,31 @@ async fn dispatch(
                     &tenant,
                 )
                 .map_err(|e| ConnectError::invalid(format!("right: {}", e.message)))?;
-                let diff = DiffTree::new(&build_tree(&st, &l)?, &build_tree(&st, &r)?);
+                let diff = DiffTree::new(&build_tree(&st, &l, ctx)?, &build_tree(&st, &r, ctx)?);
                 let max = max_nodes(left.max_nodes.or(right.max_nodes));
                 Ok(DiffResponse {
                     flamegraph: Some(flamebearer::encode_diff(&diff.view(max))),
                 })
             })
-            .await?;
-            codec.reply(&resp)
+            .await
         }
         "Series" => {
             let req: SeriesRequest = codec.decode(&body)?;
-            let resp = blocking(move || series_labels(&st, &tenant, &req)).await?;
-            codec.reply(&resp)
+            query(state, codec, move |ctx| {
+                series_labels(&st, &tenant, &req, ctx)
+            })
+            .await
         }
         "SelectSeries" => {
             let req: SelectSeriesRequest = codec.decode(&body)?;
-            let resp = blocking(move || select_series(&st, &tenant, &req)).await?;
-            codec.reply(&resp)
+            query(state, codec, move |ctx| {
+                select_series(&st, &tenant, &req, ctx)
+            })
+            .await
         }
         "SelectMergeProfile" => {
             let req: SelectMergeProfileRequest = codec.decode(&body)?;
-            let profile = blocking(move || {
+            query_raw(state, move |ctx| {
                 let sel = typed_selection(
                     &req.profile_type_id,
                     &req.label_selector,
@@ -314,57 +353,84 @@ async fn dispatch(
                     req.end,
                     &tenant,
                 )?;
-                Ok(merged_pprof(&st, &sel, Some(&sel.profile_type), None)?)
+                let profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                let body = match codec {
+                    Codec::Proto => profile.encode_to_vec(),
+                    Codec::Json => profile_json(&profile).to_string().into_bytes(),
+                };
+                Ok(([(header::CONTENT_TYPE, codec.content_type())], body).into_response())
             })
-            .await?;
-            match codec {
-                Codec::Proto => Ok((
-                    [(header::CONTENT_TYPE, codec.content_type())],
-                    profile.encode_to_vec(),
-                )
-                    .into_response()),
-                Codec::Json => Ok((
-                    [(header::CONTENT_TYPE, codec.content_type())],
-                    profile_json(&profile).to_string(),
-                )
-                    .into_response()),
-            }
+            .await
         }
-        other => Err(ConnectError {
-            code: "unimplemented",
-            message: format!("querier.v1.QuerierService/{other} is not implemented by Kiln"),
-        }),
+        other => Err(ConnectError::new(
+            "unimplemented",
+            format!("querier.v1.QuerierService/{other} is not implemented by Kiln"),
+        )),
     }
 }
 
 /// Runs `f` on the blocking pool (store reads do disk I/O).
+/// Runs an index read (label names and values, profile types: no profile is decoded) on a
+/// blocking thread, outside the query slots so that pickers stay responsive under load.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ConnectError> + Send + 'static,
 ) -> Result<T, ConnectError> {
     tokio::task::spawn_blocking(f).await?
 }
 
-fn decompress<'a>(
+/// Runs `f` as one query through the server's [`super::admission`]: queued (or 503), on a blocking
+/// thread, stopped when the client goes away, within the read budget; the reply is encoded on that
+/// thread too (a flame graph of 65 k nodes is megabytes of JSON).
+async fn query<M: Message + Serialize + 'static>(
     state: &AppState,
-    headers: &HeaderMap,
-    body: &'a [u8],
-) -> Result<std::borrow::Cow<'a, [u8]>, ConnectError> {
-    let encoding = headers
+    codec: Codec,
+    f: impl FnOnce(&QueryCtx) -> Result<M, ConnectError> + Send + 'static,
+) -> Result<Response, ConnectError> {
+    query_raw(state, move |ctx| codec.reply(&f(ctx)?)).await
+}
+
+/// Like [`query`] for a reply `f` encodes itself.
+async fn query_raw(
+    state: &AppState,
+    f: impl FnOnce(&QueryCtx) -> Result<Response, ConnectError> + Send + 'static,
+) -> Result<Response, ConnectError> {
+    state.queries.run(move |ctx| Ok(f(ctx))).await?
+}
+
+/// True when the body is `Content-Encoding: gzip`.
+fn is_gzip(headers: &HeaderMap) -> bool {
+    content_encoding(headers).as_deref() == Some("gzip")
+}
+
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("" | "identity") => Ok(std::borrow::Cow::Borrowed(body)),
-        Some("gzip") => {
-            kiln_proto::codec::gunzip_limited(body, state.config.limits.max_decompressed_bytes)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| ConnectError::invalid(format!("request body: {e}")))
-        }
-        Some(other) => Err(ConnectError {
-            code: "unimplemented",
-            message: format!("Content-Encoding {other:?}: only gzip is supported"),
-        }),
+        .map(|s| s.trim().to_ascii_lowercase())
+}
+
+/// Refuses a `Content-Encoding` other than gzip (handled by [`gunzip`]) or identity.
+fn check_identity(headers: &HeaderMap) -> Result<(), ConnectError> {
+    match content_encoding(headers).as_deref() {
+        None | Some("" | "identity") => Ok(()),
+        Some(other) => Err(ConnectError::new(
+            "unimplemented",
+            format!("Content-Encoding {other:?}: only gzip is supported"),
+        )),
     }
+}
+
+/// Inflates a gzip body within `--max-decompressed-bytes` (blocking).
+fn gunzip(state: &AppState, body: &[u8]) -> Result<Vec<u8>, ConnectError> {
+    kiln_proto::codec::gunzip_limited(body, state.config.limits.max_decompressed_bytes).map_err(
+        |e| match e {
+            // A bomb is too large, not malformed: 413 as on every other path.
+            CodecError::TooLarge { .. } => {
+                ApiError::PayloadTooLarge(format!("request body: {e}")).into()
+            }
+            _ => ConnectError::invalid(format!("request body: {e}")),
+        },
+    )
 }
 
 /// `name:sample_type:sample_unit:period_type:period_unit` → (`name`, `sample_type:sample_unit`).
@@ -466,11 +532,12 @@ fn union_over_matchers(
     Ok(out)
 }
 
+/// `max_nodes` of a request: absent or not positive means the default; clamped to the maximum.
 fn max_nodes(requested: Option<i64>) -> usize {
     requested
         .filter(|&n| n > 0)
         .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(DEFAULT_MAX_NODES)
+        .map_or(DEFAULT_MAX_NODES, clamp_max_nodes)
 }
 
 /// `Series`: the distinct label sets of the selected series, one per profile type, with
@@ -481,6 +548,7 @@ fn series_labels(
     state: &AppState,
     tenant: &Tenant,
     req: &SeriesRequest,
+    ctx: &QueryCtx,
 ) -> Result<SeriesResponse, ConnectError> {
     let all = [String::new()];
     let matchers = if req.matchers.is_empty() {
@@ -498,8 +566,12 @@ fn series_labels(
                     selector: &sel.selector,
                     range: sel.range,
                     profile_type: None,
+                    stop: Some(ctx.stop_flag()),
                 },
                 &mut |stored| {
+                    if !ctx.admit_read(1, stored.profile.encoded_len()) {
+                        return;
+                    }
                     let p = &stored.profile;
                     let name = stored.labels.get("__name__").unwrap_or("");
                     for st in &p.sample_type {
@@ -533,6 +605,7 @@ fn series_labels(
                 },
             )
             .map_err(ApiError::internal)?;
+        ctx.finish()?;
     }
     Ok(SeriesResponse {
         labels_set: sets
@@ -583,6 +656,7 @@ fn select_series(
     state: &AppState,
     tenant: &Tenant,
     req: &SelectSeriesRequest,
+    ctx: &QueryCtx,
 ) -> Result<SelectSeriesResponse, ConnectError> {
     let sel = typed_selection(
         &req.profile_type_id,
@@ -612,7 +686,7 @@ fn select_series(
             .filter(|&l| l > 0)
             .and_then(|l| usize::try_from(l).ok()),
     };
-    let series = series::compute(state, &sel, &q)?
+    let series = series::compute(state, &sel, &q, ctx)?
         .into_iter()
         .map(|s| Series {
             labels: s

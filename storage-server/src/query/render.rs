@@ -14,16 +14,17 @@ use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::diff::DiffTree;
-use super::flamegraph::{DEFAULT_MAX_NODES, view};
+use super::flamegraph::{DEFAULT_MAX_NODES, max_nodes_param, view};
 use super::querier::parse_profile_type_id;
 use super::selector::{MatchOp, Matcher, Selector};
 use super::series::{self, Aggregation, SeriesQuery};
-use super::{Params, Selection, build_tree, flamebearer, positive};
+use super::{Params, Selection, build_tree, flamebearer};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::tenant::Tenant;
@@ -65,7 +66,7 @@ impl RenderParams {
         // Pyroscope treats 0 as "the default".
         match v.map(str::trim) {
             Some("0") => Ok(DEFAULT_MAX_NODES),
-            v => positive("maxNodes", v, DEFAULT_MAX_NODES),
+            v => max_nodes_param("maxNodes", v),
         }
     }
 }
@@ -209,48 +210,54 @@ pub async fn render_handler(
     let step_secs = series::default_step_secs(sel.range.from, sel.range.until)
         .max(range_secs / MAX_TIMELINE_SAMPLES + 1);
     let st = state.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let tree = build_tree(&st, &sel)?;
-        let fg = flamebearer::encode(&view(&tree, max_nodes));
-        let mut q = SeriesQuery {
-            group_by: Vec::new(),
-            step_nanos: step_secs * NS_PER_SEC,
-            aggregation,
-            limit: None,
-        };
-        let total = series::compute(&st, &sel, &q)?;
-        let total_points = total.first().map_or(&[][..], |s| &s.points[..]);
-        let groups = if group_by.is_empty() {
-            Value::Null
-        } else {
-            q.group_by = group_by;
-            let mut groups = BTreeMap::new();
-            for s in series::compute(&st, &sel, &q)? {
-                // Pyroscope keys groups by the (first) group-by label's value.
-                let key = s
-                    .labels
-                    .first()
-                    .map_or_else(|| "*".to_owned(), |(_, v)| v.clone());
-                groups.insert(key, timeline(&s.points, &sel, step_secs));
-            }
-            json!(groups)
-        };
-        Ok::<_, ApiError>(json!({
-            "version": 1,
-            "flamebearer": {
-                "names": fg.names,
-                "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
-                "numTicks": fg.total,
-                "maxSelf": fg.max_self,
-            },
-            "metadata": metadata("single", &sel),
-            "timeline": timeline(total_points, &sel, step_secs),
-            "groups": groups,
-        }))
-    })
-    .await??;
+    let body = state
+        .queries
+        .run(move |ctx| {
+            let tree = build_tree(&st, &sel, ctx)?;
+            let fg = flamebearer::encode(&view(&tree, max_nodes));
+            let mut q = SeriesQuery {
+                group_by: Vec::new(),
+                step_nanos: step_secs * NS_PER_SEC,
+                aggregation,
+                limit: None,
+            };
+            let total = series::compute(&st, &sel, &q, ctx)?;
+            let total_points = total.first().map_or(&[][..], |s| &s.points[..]);
+            let groups = if group_by.is_empty() {
+                Value::Null
+            } else {
+                q.group_by = group_by;
+                let mut groups = BTreeMap::new();
+                for s in series::compute(&st, &sel, &q, ctx)? {
+                    // Pyroscope keys groups by the (first) group-by label's value.
+                    let key = s
+                        .labels
+                        .first()
+                        .map_or_else(|| "*".to_owned(), |(_, v)| v.clone());
+                    groups.insert(key, timeline(&s.points, &sel, step_secs));
+                }
+                json!(groups)
+            };
+            // Serialized here, on the blocking thread: the levels can be megabytes.
+            Ok::<_, ApiError>(
+                json!({
+                    "version": 1,
+                    "flamebearer": {
+                        "names": fg.names,
+                        "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
+                        "numTicks": fg.total,
+                        "maxSelf": fg.max_self,
+                    },
+                    "metadata": metadata("single", &sel),
+                    "timeline": timeline(total_points, &sel, step_secs),
+                    "groups": groups,
+                })
+                .to_string(),
+            )
+        })
+        .await?;
     state.metrics.observe_query("render", started.elapsed());
-    Ok(axum::Json(body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /pyroscope/render-diff`.
@@ -284,28 +291,37 @@ pub async fn render_diff_handler(
     }
     let max_nodes = p.max_nodes()?;
     let st = state.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let diff = DiffTree::new(&build_tree(&st, &left)?, &build_tree(&st, &right)?);
-        let fg = flamebearer::encode_diff(&diff.view(max_nodes));
-        Ok::<_, ApiError>(json!({
-            "version": 1,
-            "flamebearer": {
-                "names": fg.names,
-                "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
-                "numTicks": fg.total,
-                "maxSelf": fg.max_self,
-            },
-            "metadata": metadata("double", &left),
-            "leftTicks": fg.left_ticks,
-            "rightTicks": fg.right_ticks,
-            "timeline": null,
-        }))
-    })
-    .await??;
+    let body = state
+        .queries
+        .run(move |ctx| {
+            let diff = DiffTree::new(
+                &build_tree(&st, &left, ctx)?,
+                &build_tree(&st, &right, ctx)?,
+            );
+            let fg = flamebearer::encode_diff(&diff.view(max_nodes));
+            // Serialized here, on the blocking thread: the levels can be megabytes.
+            Ok::<_, ApiError>(
+                json!({
+                    "version": 1,
+                    "flamebearer": {
+                        "names": fg.names,
+                        "levels": fg.levels.iter().map(|l| &l.values).collect::<Vec<_>>(),
+                        "numTicks": fg.total,
+                        "maxSelf": fg.max_self,
+                    },
+                    "metadata": metadata("double", &left),
+                    "leftTicks": fg.left_ticks,
+                    "rightTicks": fg.right_ticks,
+                    "timeline": null,
+                })
+                .to_string(),
+            )
+        })
+        .await?;
     state
         .metrics
         .observe_query("render_diff", started.elapsed());
-    Ok(axum::Json(body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ use std::time::Instant;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use prost::Message as _;
 use serde_json::{Value, json};
 
+use super::admission::QueryCtx;
 use super::{Params, Selection, params};
 use crate::AppState;
 use crate::error::ApiError;
@@ -101,11 +103,13 @@ pub fn parse_group_by(s: Option<&str>) -> Vec<String> {
 /// Bucket start (ns) -> (sum of the profiles' totals, how many profiles).
 type Buckets = BTreeMap<i64, (i64, u64)>;
 
-/// Reads the selection and buckets it (blocking: call from `spawn_blocking`).
+/// Reads the selection and buckets it (blocking: run it through [`super::admission`]; stops early
+/// when `ctx` is stopped or its budget is spent).
 pub fn compute(
     state: &AppState,
     sel: &Selection,
     q: &SeriesQuery,
+    ctx: &QueryCtx,
 ) -> Result<Vec<Series>, ApiError> {
     let mut groups: HashMap<Vec<(String, String)>, Buckets> = HashMap::new();
     state
@@ -115,8 +119,12 @@ pub fn compute(
                 selector: &sel.selector,
                 range: sel.range,
                 profile_type: Some(&sel.profile_type),
+                stop: Some(ctx.stop_flag()),
             },
             &mut |stored| {
+                if !ctx.admit_read(1, stored.profile.encoded_len()) {
+                    return;
+                }
                 let p = &stored.profile;
                 let Some(vi) = p.sample_type.iter().position(|st| {
                     format!("{}:{}", p.str(st.r#type), p.str(st.unit)) == sel.profile_type
@@ -145,6 +153,7 @@ pub fn compute(
             },
         )
         .map_err(ApiError::internal)?;
+    ctx.finish()?;
     let mut out: Vec<(i64, Series)> = groups
         .into_iter()
         .map(|(labels, buckets)| {
@@ -204,7 +213,10 @@ pub async fn series_handler(
     };
     let st = state.clone();
     let sel2 = sel.clone();
-    let series = tokio::task::spawn_blocking(move || compute(&st, &sel2, &query)).await??;
+    let series = state
+        .queries
+        .run(move |ctx| compute(&st, &sel2, &query, ctx))
+        .await?;
     let unit = sel.profile_type.split_once(':').map_or("", |(_, u)| u);
     let body = json!({
         "profile_type": sel.profile_type,

@@ -569,48 +569,55 @@ pub async fn symbolization_handler(
     let p = super::params(q)?;
     let sel = p.selection()?.for_tenant(&tenant);
     let st = state.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let mut resolver =
-            Resolver::with_stats(Some(&st.debuginfo), &sel.profile_type).for_tenant(&sel.tenant);
-        let mut profiles = 0u64;
-        st.store
-            .read(
-                crate::store::ReadRequest {
-                    selector: &sel.selector,
-                    range: sel.range,
-                    profile_type: Some(&sel.profile_type),
-                },
-                &mut |stored| {
-                    profiles += 1;
-                    resolver.resolve(&stored.profile);
-                },
-            )
-            .map_err(crate::error::ApiError::internal)?;
-        let binaries: Vec<serde_json::Value> = resolver
-            .into_stats()
-            .into_iter()
-            .map(|((file, build_id), s)| {
-                serde_json::json!({
-                    "file": file,
-                    "build_id": build_id,
-                    "frames": {
-                        "symbolized": s.frames_symbolized,
-                        "unsymbolized": s.frames_unsymbolized,
+    let body = state
+        .queries
+        .run(move |ctx| {
+            let mut resolver = Resolver::with_stats(Some(&st.debuginfo), &sel.profile_type)
+                .for_tenant(&sel.tenant);
+            let mut profiles = 0u64;
+            st.store
+                .read(
+                    crate::store::ReadRequest {
+                        selector: &sel.selector,
+                        range: sel.range,
+                        profile_type: Some(&sel.profile_type),
+                        stop: Some(ctx.stop_flag()),
                     },
-                    "samples": {
-                        "symbolized": s.samples_symbolized,
-                        "unsymbolized": s.samples_unsymbolized,
+                    &mut |stored| {
+                        use prost::Message as _;
+                        if ctx.admit_read(1, stored.profile.encoded_len()) {
+                            profiles += 1;
+                            resolver.resolve(&stored.profile);
+                        }
                     },
+                )
+                .map_err(crate::error::ApiError::internal)?;
+            ctx.finish()?;
+            let binaries: Vec<serde_json::Value> = resolver
+                .into_stats()
+                .into_iter()
+                .map(|((file, build_id), s)| {
+                    serde_json::json!({
+                        "file": file,
+                        "build_id": build_id,
+                        "frames": {
+                            "symbolized": s.frames_symbolized,
+                            "unsymbolized": s.frames_unsymbolized,
+                        },
+                        "samples": {
+                            "symbolized": s.samples_symbolized,
+                            "unsymbolized": s.samples_unsymbolized,
+                        },
+                    })
                 })
-            })
-            .collect();
-        Ok::<_, crate::error::ApiError>(serde_json::json!({
-            "profile_type": sel.profile_type,
-            "profiles": profiles,
-            "binaries": binaries,
-        }))
-    })
-    .await??;
+                .collect();
+            Ok::<_, crate::error::ApiError>(serde_json::json!({
+                "profile_type": sel.profile_type,
+                "profiles": profiles,
+                "binaries": binaries,
+            }))
+        })
+        .await?;
     state
         .metrics
         .observe_query("symbolization", started.elapsed());

@@ -1374,6 +1374,9 @@ impl Store for LocalStore {
         );
         let mut n = 0;
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
+            if req.stopped() {
+                return Ok(n);
+            }
             let series: Vec<(usize, &SeriesMeta)> = b
                 .candidates(req.selector, req.range)
                 .filter(|(_, s)| wants_type(&s.profile_types))
@@ -1390,6 +1393,9 @@ impl Store for LocalStore {
                 }
             };
             for (i, s) in series {
+                if req.stopped() {
+                    return Ok(n);
+                }
                 let data = match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(d) => d,
                     Err(e) => {
@@ -1412,6 +1418,9 @@ impl Store for LocalStore {
             }
         }
         for r in head {
+            if req.stopped() {
+                return Ok(n);
+            }
             let profile = match &r.file {
                 Some(f) => self.inner.read_entry(&r.entry, f),
                 None => Err(StoreError::Corrupt {
@@ -1455,6 +1464,9 @@ impl Store for LocalStore {
         );
         let mut n = 0;
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
+            if req.stopped() {
+                return Ok(n);
+            }
             let series: Vec<(usize, &SeriesMeta)> = b
                 .candidates(req.selector, req.range)
                 .filter(|(_, s)| wants_type(&s.profile_types))
@@ -1472,6 +1484,9 @@ impl Store for LocalStore {
             let mut acc = Vec::new();
             let mut merged = 0;
             for (i, s) in series {
+                if req.stopped() {
+                    return Ok(n);
+                }
                 match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(data) => {
                         merged += data.aggregate(
@@ -1493,6 +1508,9 @@ impl Store for LocalStore {
             }
         }
         for r in head {
+            if req.stopped() {
+                return Ok(n);
+            }
             let profile = match &r.file {
                 Some(f) => self.inner.read_entry(&r.entry, f),
                 None => continue,

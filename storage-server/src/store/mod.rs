@@ -161,6 +161,17 @@ pub struct ReadRequest<'a> {
     pub range: TimeRange,
     /// Only profiles with this `type:unit` sample type; `None` for all.
     pub profile_type: Option<&'a str>,
+    /// When set and raised (by the query: its client went away or its budget is spent), the read
+    /// ends early, between series and between profiles, and returns what it visited so far.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+}
+
+impl ReadRequest<'_> {
+    /// True once the reader asked the read to end early.
+    pub fn stopped(&self) -> bool {
+        self.stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Storage for profiles. Methods block (disk I/O): call them from `spawn_blocking`.
