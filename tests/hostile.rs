@@ -418,9 +418,11 @@ fn expect(what: &str, answer: &Answer, status: u16) {
         answer.status, status,
         "{what}: expected {status}, got {answer:?}"
     );
+    // `{"error": ...}`, or Connect's `{"code": ..., "message": ...}` on the querier paths.
     if (400..500).contains(&status) && status != 404 {
         assert!(
-            answer.body.contains("error") && answer.body.len() > 15,
+            (answer.body.contains("\"error\"") || answer.body.contains("\"message\""))
+                && answer.body.len() > 15,
             "{what}: a {status} must say what is wrong: {}",
             answer.body
         );
