@@ -126,7 +126,7 @@ impl Server {
             // Limits of the fixes of issue 10, given as environment variables: a server without
             // them still starts (and then fails the attack the limit is for).
             .env("KILN_INGEST_RATE_BYTES", "4MiB")
-            .env("KILN_INGEST_RATE_PROFILES", "2000")
+            .env("KILN_INGEST_RATE_PROFILES", "500")
             .env("KILN_INGEST_MAX_FUTURE_SKEW", "10m")
             .env("KILN_QUERY_CONCURRENCY", "1")
             .env("KILN_QUERY_QUEUE", "1")
@@ -930,12 +930,6 @@ fn times_outside_the_window(base: &str) {
         ),
         400,
     );
-    let a = send(
-        http()
-            .get(format!("{base}/api/v1/flamegraph?from=20231340"))
-            .header("x-scope-orgid", t),
-    );
-    expect("query from=20231340", &a, 400);
 }
 
 /// Indices into the string table (and others) past its end → 400 on both ingest paths.
@@ -1411,7 +1405,8 @@ fn heavy_and_abandoned_queries_during_ingest(base: &str, server: &Server, good: 
 
 /// A tenant over its ingest rate gets 429 + Retry-After; another tenant is still served.
 fn per_tenant_rate_limit(base: &str) {
-    // 250 small profiles a request: 16 requests are the burst of the 2,000 profiles/s set here.
+    // 250 small profiles a request, 40 of them as fast as the server takes them: far over the
+    // 500 profiles/s (burst 1,000) set here.
     let series: Vec<_> = (0..250)
         .map(|k| {
             (
