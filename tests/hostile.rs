@@ -1563,7 +1563,10 @@ fn hostile_clients_get_documented_answers_and_cost_others_nothing() {
             "good client overall: {n} pushes, {} acknowledged, p99 {p99:?}",
             acked.len()
         );
-        assert!(n >= 100, "the good client pushed only {n} times");
+        // (A run of a few attacks, KILN_HOSTILE_ONLY, is too short for this count.)
+        if std::env::var_os("KILN_HOSTILE_ONLY").is_none() {
+            assert!(n >= 100, "the good client pushed only {n} times");
+        }
         assert!(bad.is_empty(), "good pushes not acknowledged: {bad:?}");
         assert!(p99 <= GOOD_P99, "{GOAL_NOTE}: {p99:?} > {GOOD_P99:?}");
     });
