@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Kiln's test suite: what the README calls "run the tests" and what CI runs (.ci/run installs the
-# prerequisites first). Root is needed for the eBPF tests; without it they print why they skip.
+# prerequisites first). Root is needed for the tests named `root_*` (eBPF, perf, namespaces,
+# cgroups): they are `#[ignore = "needs root"]`, so a plain `cargo test` leaves them out, and this
+# script runs them in a second pass when it runs as root (without root it says how many it skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,15 @@ echo "--- unit, integration and end-to-end tests (benches run once as tests)"
 # The real Pyroscope SDKs (scripts/sdk-setup.sh) must be there: their test fails instead of skipping.
 export KILN_REQUIRE_SDKS=1
 cargo test --workspace --all-targets --locked
+
+echo "--- root-only tests (eBPF, perf, namespaces, cgroups)"
+if [ "$(id -u)" = 0 ]; then
+    cargo test --workspace --all-targets --locked -- --ignored root_
+else
+    skipped=$(cargo test --workspace --all-targets --locked -q -- --ignored --list root_ 2>/dev/null |
+        grep -c ': test$' || true)
+    echo "!!! SKIPPED ${skipped} root-only tests (root_*): not root. Run this script as root (CI does)."
+fi
 
 echo "--- the web UI in a real browser"
 scripts/ui-test.sh

@@ -33,7 +33,7 @@ pub enum Command {
     /// Run the node agent: sample every CPU with eBPF and push profiles to a server (needs root).
     Agent {
         /// Where the server listens.
-        #[arg(long, env = "KILN_SERVER_URL", default_value = "http://127.0.0.1:4040")]
+        #[arg(long, env = "KILN_SERVER_URL", default_value = "http://127.0.0.1:4040", value_parser = parse_server_url)]
         server_url: String,
         /// Bearer token sent with every request, for a server started with --auth-token.
         #[arg(long, env = "KILN_AUTH_TOKEN", hide_env_values = true)]
@@ -191,6 +191,14 @@ pub struct AgentArgs {
     /// PEM CA bundle that signed the --kube-api URL's certificate.
     #[arg(long, env = "KILN_KUBE_CA_FILE")]
     pub kube_ca_file: Option<std::path::PathBuf>,
+}
+
+/// A URL the agent can push to, checked while parsing so that a bad one is a usage error (exit code
+/// 2) naming the flag, like every other bad value.
+fn parse_server_url(s: &str) -> Result<String, String> {
+    kiln_agent::config::ServerUrl::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// A ring buffer size, or `auto` (`None`).

@@ -27,8 +27,8 @@
 //! `perf script`) is printed beside it as the reference. Run with `--nocapture` to see the table.
 //!
 //! Needs root (eBPF, perf, mount namespaces), gcc, g++, rustc, go, binutils and perf (Debian's
-//! linux-perf); CI runs it as root after `.ci/run` installs them. Without root it prints why it
-//! skips.
+//! linux-perf): ignored by a plain `cargo test`; `scripts/test.sh` runs it as root
+//! (`-- --ignored root_`) after `.ci/run` installs them.
 
 mod common;
 
@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{KilnUp, enc, get_json, is_root};
+use common::wait::{poll_until, wait_until, within};
+use common::{KilnUp, enc, get_json, is_healthy, metric, require_root};
 
 /// Samples per second per CPU, for kiln and perf alike.
 const FREQUENCY_HZ: u32 = 199;
@@ -419,18 +420,6 @@ fn perf_tallies(script: &str) -> HashMap<String, (Tally, HashMap<String, u64>)> 
     out
 }
 
-fn wait_healthy(url: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::blocking::get(url)
-        .map(|r| r.status().is_success())
-        .ok()
-        != Some(true)
-    {
-        assert!(Instant::now() < deadline, "{what} not healthy within 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
@@ -453,13 +442,9 @@ fn kill_all(children: &mut [Child]) {
 }
 
 #[test]
-fn unwinding_accuracy_matrix_against_perf() {
-    if !is_root() {
-        eprintln!(
-            "SKIP unwinding_accuracy_matrix_against_perf: needs root to load the eBPF sampler, run perf and make mount namespaces (CI runs as root)"
-        );
-        return;
-    }
+#[ignore = "needs root"]
+fn root_unwinding_accuracy_matrix_against_perf() {
+    require_root();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let bin_dir = dir.path().join("bin");
@@ -480,10 +465,10 @@ fn unwinding_accuracy_matrix_against_perf() {
             .collect();
         let kiln = KilnUp::start_with(&dir.path().join("data"), FREQUENCY_HZ, &[]);
         // The agent serves its /healthz once the sampler is attached.
-        wait_healthy(
-            &format!("http://127.0.0.1:{}/healthz", kiln.metrics_port),
-            "the agent",
-        );
+        let agent_health = format!("http://127.0.0.1:{}/healthz", kiln.metrics_port);
+        wait_until(within(60), "the agent answers /healthz", || {
+            is_healthy(&agent_health)
+        });
         let bins: Vec<PathBuf> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| panic!("a build failed")))
@@ -514,7 +499,14 @@ fn unwinding_accuracy_matrix_against_perf() {
         }
     }
     let workloads = Workloads(children);
-    std::thread::sleep(Duration::from_millis(500));
+    // perf attaches to what each pid runs when it starts: wait until every one has exec'd its
+    // workload (the namespaced ones go through unshare and sh first).
+    wait_until(within(30), "every workload has exec'd", || {
+        workloads.0.iter().zip(&bins).all(|(c, bin)| {
+            let exe = std::fs::read_link(format!("/proc/{}/exe", c.id()));
+            exe.is_ok_and(|exe| std::fs::canonicalize(bin).is_ok_and(|bin| exe == bin))
+        })
+    });
     let pids: Vec<String> = workloads.0.iter().map(|c| c.id().to_string()).collect();
     let perf_data = dir.path().join("perf.data");
     let perf = Command::new("perf")
@@ -544,7 +536,7 @@ fn unwinding_accuracy_matrix_against_perf() {
     // Kiln: the workloads go on until every cell's hot function is named (the agent uploads their
     // files in the background, after whatever else it saw first; a file it could not take yet is
     // offered again in a later window only while its process runs), then stop; then the last
-    // window must have arrived (the tallies stop growing).
+    // window must have arrived.
     let base = &kiln.base;
     let flame_of = |cell: &Cell| {
         get_json(&format!(
@@ -574,22 +566,23 @@ fn unwinding_accuracy_matrix_against_perf() {
     };
     // Generous: on a busy machine the agent first uploads large binaries (kiln's own is ~180 MB in
     // a debug build); the loop ends as soon as all cells are named.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while poll().iter().any(|(t, _)| t.hot == 0) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    // (Cells still unnamed at the deadline fail below, with what was seen instead.)
+    let _ = poll_until(within(120), Duration::from_secs(2), || {
+        poll().iter().all(|(t, _)| t.hot > 0).then_some(())
+    });
     drop(workloads);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last: Vec<Tally> = Vec::new();
-    let results = loop {
-        std::thread::sleep(Duration::from_millis(2500));
-        let now = poll();
-        let tallies: Vec<Tally> = now.iter().map(|(t, _)| *t).collect();
-        if tallies == last || Instant::now() > deadline {
-            break now;
-        }
-        last = tallies;
-    };
+    // The last samples are in once the agent has pushed (and the server acknowledged) the window
+    // the workloads died in: two more successful pushes than now (one may be the window before,
+    // already on its way).
+    let pushes = format!("http://127.0.0.1:{}/metrics", kiln.metrics_port);
+    let pushed = || metric(&pushes, "kiln_agent_push_success_total").unwrap_or(0.0);
+    let before = pushed();
+    wait_until(
+        within(30),
+        "the agent pushed the workloads' last window",
+        || pushed() >= before + 2.0,
+    );
+    let results = poll();
     // perf script in the same view of /usr/lib/debug as the .build-id cell had.
     let script = run_ok(
         "perf script",

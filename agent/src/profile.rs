@@ -1017,20 +1017,18 @@ ffffffff81300000 t ext4_file_read_iter
     /// A process in a pod-shaped cgroup (created for real in the cgroup v2 hierarchy; root only)
     /// gets its pod UID and container ID from the path and its names from the pod list.
     #[test]
-    fn processes_in_pods_get_pod_namespace_and_container_labels() {
+    #[ignore = "needs root"]
+    fn root_processes_in_pods_get_pod_namespace_and_container_labels() {
         // SAFETY: no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: needs root to create a cgroup (CI runs as root)");
-            return;
-        }
+        let is_root = unsafe { libc::geteuid() } == 0;
+        assert!(is_root, "this test creates a cgroup and needs root");
         let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .into_iter()
             .map(std::path::Path::new)
-            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists());
-        let Some(root) = root else {
-            eprintln!("SKIP: no cgroup v2 hierarchy mounted");
-            return;
-        };
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+            .expect(
+                "a cgroup v2 hierarchy is mounted (at /sys/fs/cgroup or /sys/fs/cgroup/unified)",
+            );
         const UID: &str = "0d5b7a4e-9c3f-4b8e-a1d2-3e4f5a6b7c8d";
         let id = format!("{:064x}", std::process::id());
         let top = root.join(format!("kiln-test-{}", std::process::id()));

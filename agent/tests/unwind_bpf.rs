@@ -1,4 +1,5 @@
-//! DWARF unwinding on real samples: loads the sampler into this kernel (root only; CI runs as root),
+//! DWARF unwinding on real samples: loads the sampler into this kernel (root only: the `root_*`
+//! tests are ignored by a plain `cargo test`; `scripts/test.sh` runs them as root),
 //! samples purpose-built workloads compiled without frame pointers, and checks that the agent's
 //! unwinder rebuilds their call chains from the registers and stack copies.
 //!
@@ -17,18 +18,26 @@ use kiln_agent::unwind::{StackEnd, Unwinder, Unwound};
 use kiln_sampler_bpf::RawSample;
 use object::{Object, ObjectSegment, ObjectSymbol};
 
-fn root() -> bool {
+#[path = "../../tests/common/wait.rs"]
+mod wait;
+
+/// For the `root_*` tests: a clear failure, not a confusing one further in, when run without root.
+fn require_root() {
     // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    assert!(
+        root,
+        "this test loads eBPF and needs root: cargo test -- --ignored root_"
+    );
 }
 
 fn workloads() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads")
 }
 
-/// Compiles each (source, flags) to an object and links them; `None` (with a printed reason) when
-/// gcc is missing.
-fn build_c(dir: &Path, name: &str, units: &[(&str, &[&str])], extra: &[&str]) -> Option<PathBuf> {
+/// Compiles each (source, flags) to an object and links them (gcc is a prerequisite of these tests:
+/// `.ci/run` installs it).
+fn build_c(dir: &Path, name: &str, units: &[(&str, &[&str])], extra: &[&str]) -> PathBuf {
     let mut objs = Vec::new();
     for (i, (src, flags)) in units.iter().enumerate() {
         let obj = dir.join(format!("{name}{i}.o"));
@@ -42,10 +51,7 @@ fn build_c(dir: &Path, name: &str, units: &[(&str, &[&str])], extra: &[&str]) ->
         match st {
             Ok(s) if s.success() => objs.push(obj),
             Ok(s) => panic!("gcc failed on {src}: {s}"),
-            Err(e) => {
-                eprintln!("SKIP: gcc not runnable ({e})");
-                return None;
-            }
+            Err(e) => panic!("gcc not runnable ({e}): install gcc to run these tests"),
         }
     }
     let exe = dir.join(name);
@@ -56,7 +62,7 @@ fn build_c(dir: &Path, name: &str, units: &[(&str, &[&str])], extra: &[&str]) ->
         .status()
         .expect("gcc links");
     assert!(st.success(), "link failed: {st}");
-    Some(exe)
+    exe
 }
 
 /// Names addresses of one executable from its symbol table (PIE or not), through its mapping.
@@ -131,8 +137,11 @@ fn record(cmd: &mut Command, copy: u32, secs: f64) -> Recording {
     .unwrap_or_else(|e| panic!("sampler failed to load as root: {e}"));
     let mut child: Child = cmd.spawn().expect("spawn workload");
     let pid = child.id();
-    // Let the dynamic loader finish before reading the mappings.
-    std::thread::sleep(Duration::from_millis(200));
+    // The mappings are read once: wait until the dynamic loader has mapped libc (the workloads are
+    // dynamically linked C and Rust programs).
+    wait::wait_until(wait::within(10), "the workload has libc mapped", || {
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libc."))
+    });
     let process = Arc::new(
         Process::load(pid, &mut BuildIdCache::new(64), 4096).expect("workload's /proc entry"),
     );
@@ -190,22 +199,16 @@ fn check_chain(rec: &mut Recording, exe: &Path, chain: &[&str]) -> (usize, usize
 }
 
 #[test]
-fn no_frame_pointer_chain_unwinds_to_main() {
-    if !root() {
-        eprintln!(
-            "SKIP no_frame_pointer_chain_unwinds_to_main: needs root to load eBPF (CI runs as root)"
-        );
-        return;
-    }
+#[ignore = "needs root"]
+fn root_no_frame_pointer_chain_unwinds_to_main() {
+    require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(exe) = build_c(
+    let exe = build_c(
         dir.path(),
         "nofp_chain",
         &[("nofp_chain.c", &["-fomit-frame-pointer"])],
         &[],
-    ) else {
-        return;
-    };
+    );
     let mut rec = record(Command::new(&exe).args(["20", "0"]), 8192, 3.0);
     let (hot, dwarf_ok, _) = check_chain(&mut rec, &exe, &["hot", "beta", "alpha", "main"]);
     assert!(hot >= 100, "only {hot} samples in hot");
@@ -216,15 +219,11 @@ fn no_frame_pointer_chain_unwinds_to_main() {
 }
 
 #[test]
-fn mixed_frame_pointer_chain_unwinds_whole() {
-    if !root() {
-        eprintln!(
-            "SKIP mixed_frame_pointer_chain_unwinds_whole: needs root to load eBPF (CI runs as root)"
-        );
-        return;
-    }
+#[ignore = "needs root"]
+fn root_mixed_frame_pointer_chain_unwinds_whole() {
+    require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(exe) = build_c(
+    let exe = build_c(
         dir.path(),
         "mixed",
         &[
@@ -232,9 +231,7 @@ fn mixed_frame_pointer_chain_unwinds_whole() {
             ("mixed_nofp.c", &["-fomit-frame-pointer"]),
         ],
         &[],
-    ) else {
-        return;
-    };
+    );
     let mut rec = record(Command::new(&exe).arg("20"), 8192, 3.0);
     let (hot, dwarf_ok, _) =
         check_chain(&mut rec, &exe, &["hot", "delta", "beta", "alpha", "main"]);
@@ -282,15 +279,14 @@ fn measure(rec: &mut Recording, exe: &Path, main_contains: &str) -> (f64, f64, f
 #[test]
 #[ignore = "measurement: run as root with --ignored --nocapture"]
 fn measure_stack_copy_sizes() {
-    assert!(root(), "needs root");
+    require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let c = build_c(
         dir.path(),
         "nofp_pad",
         &[("nofp_chain.c", &["-fomit-frame-pointer", "-DPAD=200"])],
         &[],
-    )
-    .expect("gcc");
+    );
     let rust = dir.path().join("rust_chain");
     let st = Command::new("rustc")
         .args(["-O", "-o"])
@@ -325,23 +321,17 @@ fn measure_stack_copy_sizes() {
 /// vDSO's tables, framehop's frame-pointer guess for the leaf still gets ~98 % of them out here:
 /// the naming is what this test pins down; the tables take the rest.)
 #[test]
-fn vdso_frames_are_named_and_unwound_through() {
-    if !root() {
-        eprintln!(
-            "SKIP vdso_frames_are_named_and_unwound_through: needs root to load eBPF (CI runs as root)"
-        );
-        return;
-    }
+#[ignore = "needs root"]
+fn root_vdso_frames_are_named_and_unwound_through() {
+    require_root();
     let vdso = kiln_agent::vdso::Vdso::get().expect("this kernel maps a vDSO");
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(exe) = build_c(
+    let exe = build_c(
         dir.path(),
         "vdso_loop",
         &[("vdso_loop.c", &["-fomit-frame-pointer"])],
         &[],
-    ) else {
-        return;
-    };
+    );
     let mut rec = record(Command::new(&exe).arg("20"), 8192, 3.0);
     let syms = Symbols::load(&exe);
     let (mut in_vdso, mut reached) = (0, 0);

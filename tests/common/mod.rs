@@ -3,12 +3,15 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod wait;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use wait::{POLL, poll_until, wait_until, within};
 
 unsafe extern "C" {
     #[link_name = "kill"]
@@ -16,8 +19,13 @@ unsafe extern "C" {
     fn geteuid() -> u32;
 }
 
-pub fn is_root() -> bool {
-    unsafe { geteuid() == 0 }
+/// For tests named `root_*` (ignored by default; `scripts/test.sh` runs them as root): fails with a
+/// clear message instead of a confusing error further in when run without root.
+pub fn require_root() {
+    assert!(
+        unsafe { geteuid() == 0 },
+        "this test needs root (eBPF, perf, namespaces); run it as root: cargo test -- --ignored root_"
+    );
 }
 
 pub fn free_port() -> u16 {
@@ -95,18 +103,9 @@ impl KilnUp {
             base: format!("http://127.0.0.1:{port}"),
             metrics_port,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while reqwest::blocking::get(format!("{}/healthz", up.base))
-            .map(|r| r.status().is_success())
-            .ok()
-            != Some(true)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "kiln up did not become healthy within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(within(60), "kiln up answers /healthz", || {
+            is_healthy(&format!("{}/healthz", up.base))
+        });
         up
     }
 }
@@ -115,16 +114,28 @@ impl Drop for KilnUp {
     fn drop(&mut self) {
         // SIGINT first: `kiln up` flushes and exits cleanly on Ctrl-C.
         unsafe { libc_kill(self.child.id() as i32, 2) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let exited = poll_until(Instant::now() + Duration::from_secs(10), POLL, || {
+            self.child.try_wait().ok().flatten()
+        });
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+}
+
+/// Whether `url` answers 2xx now.
+pub fn is_healthy(url: &str) -> bool {
+    reqwest::blocking::get(url).is_ok_and(|r| r.status().is_success())
+}
+
+/// The value of one series (name with its labels, exactly as exposed, e.g.
+/// `kiln_agent_push_success_total`) on the Prometheus page at `url`; `None` if absent or unreachable.
+pub fn metric(url: &str, series: &str) -> Option<f64> {
+    let text = reqwest::blocking::get(url).ok()?.text().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Percent-encodes what a label selector needs in a query string.
