@@ -8,10 +8,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::wait::poll_until;
-use common::{KilnUp, build_workload, enc, find_chain, get_json, require_root};
+use common::{KilnUp, build_workload, enc, require_root, wait_for_hot_chain};
 
 #[test]
 #[ignore = "needs root"]
@@ -38,32 +36,8 @@ fn root_kiln_up_unwinds_code_without_frame_pointers() {
         "{base}/api/v1/flamegraph?query={}&from=now-10m&until=now",
         enc(query)
     );
-    let mut last = serde_json::Value::Null;
-    let found = poll_until(
-        Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(1),
-        || {
-            let flame = get_json(&flame_url);
-            // >= 1 s of samples (99 Hz): the 6 s run gets less than a whole CPU on a busy 2-CPU CI box.
-            if let Some(hot) = find_chain(&flame["root"], &["main", "alpha", "beta", "hot"]) {
-                let hot = hot.clone();
-                if hot["total"].as_u64().unwrap_or(0) * 2
-                    > flame["total"].as_u64().unwrap_or(u64::MAX)
-                    && flame["total"].as_u64().unwrap_or(0) >= 1_000_000_000
-                {
-                    return Some((flame, hot));
-                }
-            }
-            last = flame;
-            None
-        },
-    );
-    let Some((flame, hot)) = found else {
-        panic!(
-            "the flame graph never showed main -> alpha -> beta -> hot with most samples in hot:\n{}",
-            serde_json::to_string_pretty(&last).unwrap()
-        );
-    };
+    // >= 1 s of samples (99 Hz): the 6 s run gets less than a whole CPU on a busy 2-CPU CI box.
+    let (flame, hot) = wait_for_hot_chain(&flame_url, 1_000_000_000);
     let total = flame["total"].as_u64().unwrap();
     let hot_total = hot["total"].as_u64().unwrap();
     eprintln!("no-FP workload: {total} ns sampled, {hot_total} ns in main->alpha->beta->hot");

@@ -185,3 +185,34 @@ pub fn follow<'a>(node: &'a Value, rest: &[&str]) -> Option<&'a Value> {
         .find(|c| c["name"] == *first)?;
     follow(child, tail)
 }
+
+/// Polls the flame graph at `flame_url` (60 s at most) until `main -> alpha -> beta -> hot` holds
+/// most of its samples and at least `min_total_nanos` have arrived; returns the flame graph and the
+/// `hot` node, or panics with the last flame graph seen.
+pub fn wait_for_hot_chain(flame_url: &str, min_total_nanos: u64) -> (Value, Value) {
+    let mut last = Value::Null;
+    let found = poll_until(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let flame = get_json(flame_url);
+            if let Some(hot) = find_chain(&flame["root"], &["main", "alpha", "beta", "hot"]) {
+                let hot = hot.clone();
+                if hot["total"].as_u64().unwrap_or(0) * 2
+                    > flame["total"].as_u64().unwrap_or(u64::MAX)
+                    && flame["total"].as_u64().unwrap_or(0) >= min_total_nanos
+                {
+                    return Some((flame, hot));
+                }
+            }
+            last = flame;
+            None
+        },
+    );
+    found.unwrap_or_else(|| {
+        panic!(
+            "the flame graph never showed main -> alpha -> beta -> hot with most samples in hot:\n{}",
+            serde_json::to_string_pretty(&last).unwrap()
+        )
+    })
+}
