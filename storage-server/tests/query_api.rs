@@ -542,6 +542,7 @@ async fn connect_querier_proto_and_json() {
         start,
         end,
         max_nodes: None,
+        stack_trace_selector: None,
     };
     let (status, _, body) = connect_raw(
         &app,
@@ -640,11 +641,19 @@ async fn connect_errors_use_connect_codes() {
             "invalid_argument",
         ),
         (
-            "SelectHeatmap",
+            // Not a method of the service: connect-go's status for `unimplemented`.
+            "SelectEverything",
             "application/proto",
             Vec::new(),
-            StatusCode::NOT_IMPLEMENTED,
+            StatusCode::NOT_FOUND,
             "unimplemented",
+        ),
+        (
+            "SelectMergeSpanProfile",
+            "application/json",
+            br#"{"profileTypeID": "a:b:c:d:e", "spanSelector": ["not-hex"]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
         ),
     ] {
         let (got, ct_out, body) = connect_raw(&app, method, ct, None, body).await;
