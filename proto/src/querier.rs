@@ -184,6 +184,8 @@ pub enum ProfileFormat {
     Unspecified = 0,
     Flamegraph = 1,
     Tree = 2,
+    Dot = 3,
+    Pprof = 4,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -210,6 +212,21 @@ pub struct SelectMergeStacktracesRequest {
     #[prost(enumeration = "ProfileFormat", tag = "6")]
     #[serde(with = "profile_format")]
     pub format: i32,
+    /// Only stacks through this call site (`PROFILE_FORMAT_PPROF`).
+    #[prost(message, optional, tag = "7")]
+    #[serde(alias = "stack_trace_selector")]
+    pub stack_trace_selector: Option<StackTraceSelector>,
+    /// Only samples of these spans (newer clients send span profiles this way).
+    #[prost(string, repeated, tag = "11")]
+    #[serde(alias = "span_selector")]
+    pub span_selector: Vec<String>,
+}
+
+/// `querier.v1.PprofProfile`: the merged profile of `PROFILE_FORMAT_PPROF`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PprofProfile {
+    #[prost(message, optional, tag = "1")]
+    pub profile: Option<crate::pprof::Profile>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -217,6 +234,14 @@ pub struct SelectMergeStacktracesRequest {
 pub struct SelectMergeStacktracesResponse {
     #[prost(message, optional, tag = "1")]
     pub flamegraph: Option<FlameGraph>,
+    /// The call graph in Graphviz DOT (`PROFILE_FORMAT_DOT`).
+    #[prost(string, tag = "3")]
+    pub dot: String,
+    /// `PROFILE_FORMAT_PPROF`, binary codec only: in JSON it is left out and clients fall back to
+    /// `SelectMergeProfile`, as they do with older Pyroscope servers.
+    #[prost(message, optional, tag = "5")]
+    #[serde(skip)]
+    pub pprof: Option<PprofProfile>,
     /// Pyroscope's binary tree format (only for `PROFILE_FORMAT_TREE`, then `flamegraph` is
     /// absent): see `kiln_storage_server::query::flamebearer::encode_tree`.
     #[prost(bytes = "vec", tag = "2")]
@@ -852,6 +877,8 @@ impl ProfileFormat {
             ProfileFormat::Unspecified => "PROFILE_FORMAT_UNSPECIFIED",
             ProfileFormat::Flamegraph => "PROFILE_FORMAT_FLAMEGRAPH",
             ProfileFormat::Tree => "PROFILE_FORMAT_TREE",
+            ProfileFormat::Dot => "PROFILE_FORMAT_DOT",
+            ProfileFormat::Pprof => "PROFILE_FORMAT_PPROF",
         }
     }
     pub fn from_str_name(name: &str) -> Option<ProfileFormat> {
@@ -859,6 +886,8 @@ impl ProfileFormat {
             ProfileFormat::Unspecified,
             ProfileFormat::Flamegraph,
             ProfileFormat::Tree,
+            ProfileFormat::Dot,
+            ProfileFormat::Pprof,
         ]
         .into_iter()
         .find(|f| f.as_str_name() == name)

@@ -23,11 +23,11 @@ use kiln_proto::pprof::Profile;
 use kiln_proto::querier::{
     AnalyzeQueryRequest, AnalyzeQueryResponse, DiffRequest, DiffResponse, GetProfileStatsRequest,
     GetProfileStatsResponse, LabelNamesRequest, LabelNamesResponse, LabelPair, LabelValuesRequest,
-    LabelValuesResponse, Labels, Point, ProfileFormat, ProfileType, ProfileTypesRequest,
-    ProfileTypesResponse, QueryImpact, QueryScope, SelectHeatmapRequest, SelectMergeProfileRequest,
-    SelectMergeSpanProfileRequest, SelectMergeStacktracesRequest, SelectMergeStacktracesResponse,
-    SelectSeriesRequest, SelectSeriesResponse, Series, SeriesRequest, SeriesResponse,
-    TimeSeriesAggregationType,
+    LabelValuesResponse, Labels, Point, PprofProfile, ProfileFormat, ProfileType,
+    ProfileTypesRequest, ProfileTypesResponse, QueryImpact, QueryScope, SelectHeatmapRequest,
+    SelectMergeProfileRequest, SelectMergeSpanProfileRequest, SelectMergeStacktracesRequest,
+    SelectMergeStacktracesResponse, SelectSeriesRequest, SelectSeriesResponse, Series,
+    SeriesRequest, SeriesResponse, TimeSeriesAggregationType,
 };
 use prost::Message;
 use serde::Serialize;
@@ -292,6 +292,11 @@ async fn dispatch(
         "SelectMergeStacktraces" => {
             let req: SelectMergeStacktracesRequest = codec.decode(&body)?;
             let format = profile_format(req.format)?;
+            let spans = if req.span_selector.is_empty() {
+                None
+            } else {
+                Some(span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?)
+            };
             query(state, codec, move |ctx| {
                 let sel = typed_selection(
                     &req.profile_type_id,
@@ -300,8 +305,30 @@ async fn dispatch(
                     req.end,
                     &tenant,
                 )?;
-                let tree = build_tree(&st, &sel, ctx)?;
-                Ok(stacktraces(&tree, max_nodes(req.max_nodes), format))
+                if format == ProfileFormat::Pprof {
+                    // A span pprof is not merged here: the answer without `pprof` makes clients
+                    // fall back to SelectMergeSpanProfile (profilecli's querySpanProfile).
+                    if spans.is_some() {
+                        return Ok(SelectMergeStacktracesResponse::default());
+                    }
+                    let mut profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                    if let Some(call_site) = &req.stack_trace_selector {
+                        let names: Vec<String> =
+                            call_site.call_site.iter().map(|l| l.name.clone()).collect();
+                        pprof::keep_call_site(&mut profile, &names);
+                    }
+                    return Ok(SelectMergeStacktracesResponse {
+                        pprof: Some(PprofProfile {
+                            profile: Some(profile),
+                        }),
+                        ..SelectMergeStacktracesResponse::default()
+                    });
+                }
+                let tree = match &spans {
+                    Some(spans) => span::build_span_tree(&st, &sel, spans, ctx)?,
+                    None => build_tree(&st, &sel, ctx)?,
+                };
+                Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
             .await
         }
@@ -318,7 +345,7 @@ async fn dispatch(
                     &tenant,
                 )?;
                 let tree = span::build_span_tree(&st, &sel, &spans, ctx)?;
-                Ok(stacktraces(&tree, max_nodes(req.max_nodes), format))
+                Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
             .await
         }
@@ -484,23 +511,29 @@ fn profile_format(format: i32) -> Result<ProfileFormat, ConnectError> {
         .map_err(|_| ConnectError::invalid(format!("unknown profile format {format}")))
 }
 
-/// A flame-graph answer in the requested format: Pyroscope's levels, or (`PROFILE_FORMAT_TREE`)
-/// its binary tree alone, as pkg/querier answers it.
+/// A flame-graph answer in the requested format: Pyroscope's levels, its binary tree alone
+/// (`PROFILE_FORMAT_TREE`) or the DOT call graph (`PROFILE_FORMAT_DOT`), as pkg/querier answers.
 fn stacktraces(
     tree: &super::merge::Tree,
     max_nodes: usize,
     format: ProfileFormat,
+    sel: &Selection,
 ) -> SelectMergeStacktracesResponse {
-    let v = view(tree, max_nodes);
     match format {
         ProfileFormat::Tree => SelectMergeStacktracesResponse {
-            flamegraph: None,
-            tree: flamebearer::encode_tree(&v),
+            tree: flamebearer::encode_tree(&view(tree, max_nodes)),
+            ..SelectMergeStacktracesResponse::default()
         },
-        ProfileFormat::Unspecified | ProfileFormat::Flamegraph => SelectMergeStacktracesResponse {
-            flamegraph: Some(flamebearer::encode(&v)),
-            tree: Vec::new(),
+        ProfileFormat::Dot => SelectMergeStacktracesResponse {
+            dot: super::dot::render(tree, max_nodes, &sel.profile_type),
+            ..SelectMergeStacktracesResponse::default()
         },
+        ProfileFormat::Unspecified | ProfileFormat::Flamegraph | ProfileFormat::Pprof => {
+            SelectMergeStacktracesResponse {
+                flamegraph: Some(flamebearer::encode(&view(tree, max_nodes))),
+                ..SelectMergeStacktracesResponse::default()
+            }
+        }
     }
 }
 
