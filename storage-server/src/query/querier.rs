@@ -1,15 +1,17 @@
 //! Pyroscope's Connect query service, `POST /querier.v1.QuerierService/<Method>`, so that Grafana's
-//! Pyroscope datasource (and `profilecli`) query Kiln unchanged.
+//! Pyroscope data source, its Profiles Drilldown app and `profilecli` query Kiln unchanged: every
+//! method of api/querier/v1/querier.proto (docs/API.md lists each with what it answers).
 //!
 //! Connect unary: the request body is the message as `application/proto` or `application/json`
 //! (proto3 JSON mapping), optionally `Content-Encoding: gzip`; the reply uses the same codec; errors
-//! are `{"code": "...", "message": "..."}` JSON with the matching HTTP status.
+//! are `{"code": "...", "message": "..."}` JSON with connect-go's HTTP status for the code.
 //!
 //! Profile type IDs (`name:sample_type:sample_unit:period_type:period_unit`, e.g.
 //! `process_cpu:cpu:nanoseconds:cpu:nanoseconds`) map onto Kiln's data as `__name__ = name` plus
-//! the `sample_type:sample_unit` sample type; the period part is accepted and ignored. Kiln does
-//! not index periods, so listed IDs carry the period Pyroscope uses for that sample type
-//! ([`period_for`]).
+//! the `sample_type:sample_unit` sample type ([`super::profile_type`]); selectors go through the
+//! one selector of [`super::selector`], bound to that sample type for reads, evaluated per
+//! (series, type) by [`super::labels::typed_series`] for listings. Pyroscope's other services the
+//! Drilldown app calls are in [`super::services`].
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -576,7 +578,6 @@ fn analyze_query(
     })
 }
 
-/// Runs `f` on the blocking pool (store reads do disk I/O).
 /// Runs an index read (label names and values, profile types: no profile is decoded) on a
 /// blocking thread, outside the query slots so that pickers stay responsive under load.
 async fn blocking<T: Send + 'static>(
