@@ -117,6 +117,8 @@ async fn profilecli_contract() {
         p.sample.iter().map(|s| s.value[0]).sum::<i64>(),
         pushed_total(|p| p.service == "checkout")
     );
+    // profilecli writes it to a file for `go tool pprof`; the real one reads it.
+    go_tool_pprof_reads(&p);
 
     // query top: the top service by total.
     let top: SelectSeriesResponse = proto(
@@ -230,4 +232,28 @@ async fn profilecli_contract() {
         ids.iter().all(|i| *i == spans.alpha || *i == spans.beta),
         "{ids:?}"
     );
+}
+
+/// `go tool pprof -top` on the profile, when Go is installed (CI installs golang-go).
+fn go_tool_pprof_reads(p: &kiln_proto::pprof::Profile) {
+    let go = std::process::Command::new("go").arg("version").output();
+    if !go.is_ok_and(|o| o.status.success()) {
+        eprintln!("go tool pprof check skipped: go is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("profile.pb");
+    std::fs::write(&file, p.encode_to_vec()).unwrap();
+    let out = std::process::Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go tool pprof: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("leaf_a") && text.contains("helper"), "{text}");
 }
