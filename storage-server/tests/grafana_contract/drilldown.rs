@@ -59,6 +59,15 @@ async fn drilldown_app_contract() {
         .unwrap();
     assert_eq!(oldest, fx.base_ns / 1_000_000 + 1_000, "{stats}");
     assert!(oldest <= newest && newest <= end, "{stats}");
+    // Another tenant (a data source with its own X-Scope-OrgID) has nothing yet.
+    let other = json(
+        url,
+        &q("GetProfileStats"),
+        json!({}),
+        &[("X-Scope-OrgID", "another-team")],
+    )
+    .await;
+    assert_eq!(other["dataIngested"], false, "{other}");
 
     // 2. Settings and recording rules: empty, not a 404.
     let settings = json(url, "/settings.v1.SettingsService/Get", json!({}), &HEADERS).await;

@@ -373,3 +373,61 @@ async fn grafana_datasource_contract() {
     let whole = flame_graph(url, CPU, &app_sel, start, end).await.unwrap();
     assert!(whole.total >= both, "{} < {both}", whole.total);
 }
+
+/// Kiln's own HTTP API takes the same selectors: profile-type labels and quoted names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_api_understands_pyroscope_selectors() {
+    let fx = fixture::get();
+    let url = fx.url.as_str();
+    let (start, end) = fx.range_ms();
+    let range = format!("from={start}&until={end}");
+    let q = |s: &str| crate::client::enc(s);
+    let names = crate::client::get(
+        url,
+        &format!(
+            "/api/v1/labels?{range}&query={}",
+            q(&format!(
+                "{{__profile_type__=\"{CPU}\", service_name=\"db\"}}"
+            ))
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(names.status, StatusCode::OK, "{}", names.text());
+    assert_eq!(
+        crate::client::strings(&names.json()["names"]),
+        ["__name__", "comm", "pid", "service_name"]
+    );
+    let values = crate::client::get(
+        url,
+        &format!(
+            "/api/v1/labels/__type__/values?{range}&query={}",
+            q("{service_name=\"db\"}")
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        crate::client::strings(&values.json()["values"]),
+        ["cpu", "samples"]
+    );
+    for (selector, want) in [
+        (
+            "{\"k8s.namespace.name\"=\"shop\", __type__=\"cpu\"}",
+            pushed_total(|p| p.service == "checkout"),
+        ),
+        ("{\"k8s.namespace.name\"=\"shop\", __type__=~\"samp.*\"}", 0),
+    ] {
+        let fg = crate::client::get(
+            url,
+            &format!(
+                "/api/v1/flamegraph?{range}&profile_type=cpu:nanoseconds&query={}",
+                q(selector)
+            ),
+            &[],
+        )
+        .await;
+        assert_eq!(fg.status, StatusCode::OK, "{}", fg.text());
+        assert_eq!(fg.json()["total"], want, "{selector}");
+    }
+}
