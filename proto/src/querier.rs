@@ -184,6 +184,8 @@ pub enum ProfileFormat {
     Unspecified = 0,
     Flamegraph = 1,
     Tree = 2,
+    Dot = 3,
+    Pprof = 4,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -210,6 +212,21 @@ pub struct SelectMergeStacktracesRequest {
     #[prost(enumeration = "ProfileFormat", tag = "6")]
     #[serde(with = "profile_format")]
     pub format: i32,
+    /// Only stacks through this call site (`PROFILE_FORMAT_PPROF`).
+    #[prost(message, optional, tag = "7")]
+    #[serde(alias = "stack_trace_selector")]
+    pub stack_trace_selector: Option<StackTraceSelector>,
+    /// Only samples of these spans (newer clients send span profiles this way).
+    #[prost(string, repeated, tag = "11")]
+    #[serde(alias = "span_selector")]
+    pub span_selector: Vec<String>,
+}
+
+/// `querier.v1.PprofProfile`: the merged profile of `PROFILE_FORMAT_PPROF`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PprofProfile {
+    #[prost(message, optional, tag = "1")]
+    pub profile: Option<crate::pprof::Profile>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -217,11 +234,23 @@ pub struct SelectMergeStacktracesRequest {
 pub struct SelectMergeStacktracesResponse {
     #[prost(message, optional, tag = "1")]
     pub flamegraph: Option<FlameGraph>,
-    /// Pyroscope's binary tree format (only for `PROFILE_FORMAT_TREE`; Kiln answers flame graphs).
+    /// The call graph in Graphviz DOT (`PROFILE_FORMAT_DOT`).
+    #[prost(string, tag = "3")]
+    pub dot: String,
+    /// `PROFILE_FORMAT_PPROF`, binary codec only: in JSON it is left out and clients fall back to
+    /// `SelectMergeProfile`, as they do with older Pyroscope servers.
+    #[prost(message, optional, tag = "5")]
+    #[serde(skip)]
+    pub pprof: Option<PprofProfile>,
+    /// Pyroscope's binary tree format (only for `PROFILE_FORMAT_TREE`, then `flamegraph` is
+    /// absent): see `kiln_storage_server::query::flamebearer::encode_tree`.
     #[prost(bytes = "vec", tag = "2")]
     #[serde(with = "base64_bytes")]
     pub tree: Vec<u8>,
 }
+
+/// Same fields as [`SelectMergeStacktracesResponse`].
+pub type SelectMergeSpanProfileResponse = SelectMergeStacktracesResponse;
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default)]
@@ -307,6 +336,27 @@ pub struct SelectMergeProfileRequest {
     #[prost(int64, optional, tag = "5")]
     #[serde(alias = "max_nodes", with = "opt_int64")]
     pub max_nodes: Option<i64>,
+    /// Only stacks through this call site (what the Drilldown app's function details ask).
+    #[prost(message, optional, tag = "6")]
+    #[serde(alias = "stack_trace_selector")]
+    pub stack_trace_selector: Option<StackTraceSelector>,
+}
+
+/// `types.v1.StackTraceSelector`: stacks whose root-first frames start with `call_site`.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct StackTraceSelector {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(alias = "call_site")]
+    pub call_site: Vec<Location>,
+}
+
+/// `types.v1.Location`: a frame by function name.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Location {
+    #[prost(string, tag = "1")]
+    pub name: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -346,6 +396,231 @@ pub struct SelectSeriesResponse {
     pub series: Vec<Series>,
 }
 
+/// Like [`SelectMergeStacktracesRequest`], for the samples labelled with one of `span_selector`'s
+/// span IDs (16 hex digits, as OpenTelemetry writes them).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SelectMergeSpanProfileRequest {
+    #[prost(string, tag = "1")]
+    #[serde(rename = "profileTypeID", alias = "profile_typeID")]
+    pub profile_type_id: String,
+    #[prost(string, tag = "2")]
+    #[serde(alias = "label_selector")]
+    pub label_selector: String,
+    #[prost(string, repeated, tag = "3")]
+    #[serde(alias = "span_selector")]
+    pub span_selector: Vec<String>,
+    #[prost(int64, tag = "4")]
+    #[serde(with = "int64")]
+    pub start: i64,
+    #[prost(int64, tag = "5")]
+    #[serde(with = "int64")]
+    pub end: i64,
+    #[prost(int64, optional, tag = "6")]
+    #[serde(alias = "max_nodes", with = "opt_int64")]
+    pub max_nodes: Option<i64>,
+    #[prost(enumeration = "ProfileFormat", tag = "7")]
+    #[serde(with = "profile_format")]
+    pub format: i32,
+}
+
+/// `querier.v1.HeatmapQueryType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum HeatmapQueryType {
+    Unspecified = 0,
+    Individual = 1,
+    Span = 2,
+}
+
+/// `types.v1.ExemplarType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ExemplarType {
+    Unspecified = 0,
+    None = 1,
+    Individual = 2,
+    Span = 3,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SelectHeatmapRequest {
+    #[prost(string, tag = "1")]
+    #[serde(rename = "profileTypeID", alias = "profile_typeID")]
+    pub profile_type_id: String,
+    #[prost(string, tag = "2")]
+    #[serde(alias = "label_selector")]
+    pub label_selector: String,
+    #[prost(int64, tag = "3")]
+    #[serde(with = "int64")]
+    pub start: i64,
+    #[prost(int64, tag = "4")]
+    #[serde(with = "int64")]
+    pub end: i64,
+    /// Seconds.
+    #[prost(double, tag = "5")]
+    pub step: f64,
+    #[prost(string, repeated, tag = "6")]
+    #[serde(alias = "group_by")]
+    pub group_by: Vec<String>,
+    #[prost(enumeration = "HeatmapQueryType", tag = "7")]
+    #[serde(alias = "query_type", with = "heatmap_query_type")]
+    pub query_type: i32,
+    #[prost(enumeration = "ExemplarType", tag = "8")]
+    #[serde(alias = "exemplar_type", with = "exemplar_type")]
+    pub exemplar_type: i32,
+    #[prost(int64, optional, tag = "9")]
+    #[serde(with = "opt_int64")]
+    pub limit: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SelectHeatmapResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub series: Vec<HeatmapSeries>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeatmapSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<LabelPair>,
+    #[prost(message, repeated, tag = "2")]
+    pub slots: Vec<HeatmapSlot>,
+}
+
+/// One time column of a heatmap: `counts[i]` profiles (or spans) had a value in the bucket
+/// starting at `y_min[i]`.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HeatmapSlot {
+    /// Milliseconds; the slot covers (timestamp - step, timestamp].
+    #[prost(int64, tag = "1")]
+    #[serde(with = "int64")]
+    pub timestamp: i64,
+    #[prost(double, repeated, tag = "2")]
+    #[serde(alias = "y_min")]
+    pub y_min: Vec<f64>,
+    #[prost(int32, repeated, tag = "3")]
+    pub counts: Vec<i32>,
+    #[prost(message, repeated, tag = "4")]
+    pub exemplars: Vec<Exemplar>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Exemplar {
+    #[prost(int64, tag = "1")]
+    #[serde(with = "int64")]
+    pub timestamp: i64,
+    #[prost(string, tag = "2")]
+    #[serde(alias = "profile_id")]
+    pub profile_id: String,
+    #[prost(string, tag = "3")]
+    #[serde(alias = "span_id")]
+    pub span_id: String,
+    #[prost(int64, tag = "4")]
+    #[serde(with = "int64")]
+    pub value: i64,
+    #[prost(message, repeated, tag = "5")]
+    pub labels: Vec<LabelPair>,
+    #[prost(string, tag = "6")]
+    #[serde(alias = "trace_id")]
+    pub trace_id: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetProfileStatsRequest {}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GetProfileStatsResponse {
+    #[prost(bool, tag = "1")]
+    #[serde(alias = "data_ingested")]
+    pub data_ingested: bool,
+    /// Milliseconds since the epoch.
+    #[prost(int64, tag = "2")]
+    #[serde(alias = "oldest_profile_time", with = "int64")]
+    pub oldest_profile_time: i64,
+    #[prost(int64, tag = "3")]
+    #[serde(alias = "newest_profile_time", with = "int64")]
+    pub newest_profile_time: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AnalyzeQueryRequest {
+    #[prost(int64, tag = "2")]
+    #[serde(with = "int64")]
+    pub start: i64,
+    #[prost(int64, tag = "3")]
+    #[serde(with = "int64")]
+    pub end: i64,
+    /// `<profile type ID>{selector}` or a selector.
+    #[prost(string, tag = "4")]
+    pub query: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AnalyzeQueryResponse {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(alias = "query_scopes")]
+    pub query_scopes: Vec<QueryScope>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(alias = "query_impact")]
+    pub query_impact: Option<QueryImpact>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct QueryScope {
+    #[prost(string, tag = "1")]
+    #[serde(alias = "component_type")]
+    pub component_type: String,
+    #[prost(uint64, tag = "2")]
+    #[serde(alias = "component_count", with = "uint64")]
+    pub component_count: u64,
+    #[prost(uint64, tag = "3")]
+    #[serde(alias = "block_count", with = "uint64")]
+    pub block_count: u64,
+    #[prost(uint64, tag = "4")]
+    #[serde(alias = "series_count", with = "uint64")]
+    pub series_count: u64,
+    #[prost(uint64, tag = "5")]
+    #[serde(alias = "profile_count", with = "uint64")]
+    pub profile_count: u64,
+    #[prost(uint64, tag = "6")]
+    #[serde(alias = "sample_count", with = "uint64")]
+    pub sample_count: u64,
+    #[prost(uint64, tag = "7")]
+    #[serde(alias = "index_bytes", with = "uint64")]
+    pub index_bytes: u64,
+    #[prost(uint64, tag = "8")]
+    #[serde(alias = "profile_bytes", with = "uint64")]
+    pub profile_bytes: u64,
+    #[prost(uint64, tag = "9")]
+    #[serde(alias = "symbol_bytes", with = "uint64")]
+    pub symbol_bytes: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct QueryImpact {
+    #[prost(uint64, tag = "2")]
+    #[serde(alias = "total_bytes_in_time_range", with = "uint64")]
+    pub total_bytes_in_time_range: u64,
+    #[prost(uint64, tag = "3")]
+    #[serde(alias = "total_queried_series", with = "uint64")]
+    pub total_queried_series: u64,
+    #[prost(bool, tag = "4")]
+    #[serde(alias = "deduplication_needed")]
+    pub deduplication_needed: bool,
+}
+
 // ---------------------------------------------------------------------------------------------
 // proto3 JSON helpers
 
@@ -379,6 +654,21 @@ mod int64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         Option::<super::IntOrString>::deserialize(d)?.map_or(Ok(0), super::IntOrString::get)
+    }
+}
+
+/// `uint64` as a string out, string or number in.
+mod uint64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let v =
+            Option::<super::IntOrString>::deserialize(d)?.map_or(Ok(0), super::IntOrString::get)?;
+        u64::try_from(v).map_err(|_| serde::de::Error::custom(format!("negative uint64: {v}")))
     }
 }
 
@@ -420,29 +710,22 @@ mod vec_int64 {
     }
 }
 
-/// proto3 JSON writes `bytes` as standard base64. Only ever empty here (Kiln never sends a tree),
-/// so anything non-empty on input is refused rather than decoded.
+/// proto3 JSON writes `bytes` as standard base64 (with padding); URL-safe base64 is read too.
 mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        if v.is_empty() {
-            s.serialize_str("")
-        } else {
-            Err(serde::ser::Error::custom(
-                "binary trees are not supported in JSON",
-            ))
-        }
+        s.serialize_str(&STANDARD.encode(v))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            None => Ok(Vec::new()),
-            Some(s) if s.is_empty() => Ok(Vec::new()),
-            Some(_) => Err(serde::de::Error::custom(
-                "binary trees are not supported in JSON",
-            )),
-        }
+        let s = Option::<String>::deserialize(d)?.unwrap_or_default();
+        STANDARD
+            .decode(&s)
+            .or_else(|_| URL_SAFE.decode(&s))
+            .map_err(|e| serde::de::Error::custom(format!("bytes field is not base64: {e}")))
     }
 }
 
@@ -509,6 +792,84 @@ mod aggregation {
     }
 }
 
+mod heatmap_query_type {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::HeatmapQueryType;
+
+    pub fn serialize<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+        match HeatmapQueryType::try_from(*v) {
+            Ok(f) => s.serialize_str(f.as_str_name()),
+            Err(_) => s.serialize_i32(*v),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+        Option::<super::EnumValue>::deserialize(d)?.map_or(Ok(0), |v| {
+            super::enum_value(v, |n| HeatmapQueryType::from_str_name(n).map(|f| f as i32))
+        })
+    }
+}
+
+mod exemplar_type {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::ExemplarType;
+
+    pub fn serialize<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+        match ExemplarType::try_from(*v) {
+            Ok(f) => s.serialize_str(f.as_str_name()),
+            Err(_) => s.serialize_i32(*v),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+        Option::<super::EnumValue>::deserialize(d)?.map_or(Ok(0), |v| {
+            super::enum_value(v, |n| ExemplarType::from_str_name(n).map(|f| f as i32))
+        })
+    }
+}
+
+impl HeatmapQueryType {
+    pub fn as_str_name(self) -> &'static str {
+        match self {
+            HeatmapQueryType::Unspecified => "HEATMAP_QUERY_TYPE_UNSPECIFIED",
+            HeatmapQueryType::Individual => "HEATMAP_QUERY_TYPE_INDIVIDUAL",
+            HeatmapQueryType::Span => "HEATMAP_QUERY_TYPE_SPAN",
+        }
+    }
+    pub fn from_str_name(name: &str) -> Option<HeatmapQueryType> {
+        [
+            HeatmapQueryType::Unspecified,
+            HeatmapQueryType::Individual,
+            HeatmapQueryType::Span,
+        ]
+        .into_iter()
+        .find(|f| f.as_str_name() == name)
+    }
+}
+
+impl ExemplarType {
+    pub fn as_str_name(self) -> &'static str {
+        match self {
+            ExemplarType::Unspecified => "EXEMPLAR_TYPE_UNSPECIFIED",
+            ExemplarType::None => "EXEMPLAR_TYPE_NONE",
+            ExemplarType::Individual => "EXEMPLAR_TYPE_INDIVIDUAL",
+            ExemplarType::Span => "EXEMPLAR_TYPE_SPAN",
+        }
+    }
+    pub fn from_str_name(name: &str) -> Option<ExemplarType> {
+        [
+            ExemplarType::Unspecified,
+            ExemplarType::None,
+            ExemplarType::Individual,
+            ExemplarType::Span,
+        ]
+        .into_iter()
+        .find(|f| f.as_str_name() == name)
+    }
+}
+
 impl ProfileFormat {
     /// The proto enum value name, as proto3 JSON writes it.
     pub fn as_str_name(self) -> &'static str {
@@ -516,6 +877,8 @@ impl ProfileFormat {
             ProfileFormat::Unspecified => "PROFILE_FORMAT_UNSPECIFIED",
             ProfileFormat::Flamegraph => "PROFILE_FORMAT_FLAMEGRAPH",
             ProfileFormat::Tree => "PROFILE_FORMAT_TREE",
+            ProfileFormat::Dot => "PROFILE_FORMAT_DOT",
+            ProfileFormat::Pprof => "PROFILE_FORMAT_PPROF",
         }
     }
     pub fn from_str_name(name: &str) -> Option<ProfileFormat> {
@@ -523,6 +886,8 @@ impl ProfileFormat {
             ProfileFormat::Unspecified,
             ProfileFormat::Flamegraph,
             ProfileFormat::Tree,
+            ProfileFormat::Dot,
+            ProfileFormat::Pprof,
         ]
         .into_iter()
         .find(|f| f.as_str_name() == name)

@@ -175,6 +175,7 @@ pub fn router(state: AppState) -> Router {
             "/pyroscope/render-diff",
             get(query::render::render_diff_handler),
         )
+        .merge(query::services::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics_handler))
         .route("/", get(web::index))

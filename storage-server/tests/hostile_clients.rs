@@ -75,6 +75,14 @@ impl Store for GatedStore {
     fn profile_types(&self, selector: &Selector, range: TimeRange) -> Vec<String> {
         self.inner.profile_types(selector, range)
     }
+    fn for_each_series(
+        &self,
+        selector: &Selector,
+        range: TimeRange,
+        visit: &mut dyn FnMut(&kiln_storage_server::store::Labels, &[String]),
+    ) {
+        self.inner.for_each_series(selector, range, visit)
+    }
     fn read(
         &self,
         req: ReadRequest<'_>,

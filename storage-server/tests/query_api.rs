@@ -376,9 +376,20 @@ async fn connect_querier_proto_and_json() {
             },
         )
         .await;
+        // Pyroscope's profile-type labels are label names too, as Pyroscope lists them.
         assert_eq!(
             resp.names,
-            ["__name__", "comm", "pid", "service_name"],
+            [
+                "__name__",
+                "__period_type__",
+                "__period_unit__",
+                "__profile_type__",
+                "__type__",
+                "__unit__",
+                "comm",
+                "pid",
+                "service_name"
+            ],
             "{codec:?}"
         );
         let resp: LabelValuesResponse = connect(
@@ -444,6 +455,7 @@ async fn connect_querier_proto_and_json() {
                     end,
                     max_nodes,
                     format: ProfileFormat::Flamegraph as i32,
+                    ..Default::default()
                 },
             )
             .await;
@@ -510,6 +522,7 @@ async fn connect_querier_proto_and_json() {
             end,
             max_nodes: None,
             format: 0,
+            ..Default::default()
         };
         let resp: DiffResponse = connect(
             &app,
@@ -542,6 +555,7 @@ async fn connect_querier_proto_and_json() {
         start,
         end,
         max_nodes: None,
+        stack_trace_selector: None,
     };
     let (status, _, body) = connect_raw(
         &app,
@@ -640,11 +654,19 @@ async fn connect_errors_use_connect_codes() {
             "invalid_argument",
         ),
         (
-            "SelectHeatmap",
+            // Not a method of the service: connect-go's status for `unimplemented`.
+            "SelectEverything",
             "application/proto",
             Vec::new(),
-            StatusCode::NOT_IMPLEMENTED,
+            StatusCode::NOT_FOUND,
             "unimplemented",
+        ),
+        (
+            "SelectMergeSpanProfile",
+            "application/json",
+            br#"{"profileTypeID": "a:b:c:d:e", "spanSelector": ["not-hex"]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
         ),
     ] {
         let (got, ct_out, body) = connect_raw(&app, method, ct, None, body).await;

@@ -259,6 +259,7 @@ pub fn conformance<S: Store>(make: impl Fn(&Path, &StoreConfig) -> S) {
         time_range_edges(&make, stage);
         profile_types(&make, stage);
         label_names_and_values(&make, stage);
+        series_types_and_time_bounds(&make, stage);
         reopen_durability(&make, stage);
         merged_reads_match(&make, stage);
     }
@@ -525,6 +526,68 @@ fn label_names_and_values<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, st
         store.label_values("pod", &sel(r#"{service_name="b"}"#), TimeRange::ALL),
         Vec::<String>::new()
     );
+}
+
+/// `for_each_series` gives each selected series with the types of its profiles in range (what
+/// Pyroscope's profile-type matchers are evaluated on), `time_bounds` the oldest and newest
+/// profile times.
+fn series_types_and_time_bounds<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, stage: Stage) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = make(dir.path(), &config());
+    let t = base();
+    assert_eq!(store.time_bounds(&Selector::all()), None, "{stage:?}");
+    store
+        .append(vec![
+            new_profile(series("cpu"), t + 5 * SEC, &cpu_profile(3, t + 5 * SEC)),
+            new_profile(series("wall"), t + HOUR, &wall_profile(t + HOUR)),
+            new_profile(series("cpu"), t + 2 * HOUR, &wall_profile(t + 2 * HOUR)),
+        ])
+        .unwrap();
+    settle(&store, stage);
+    let collect = |selector: &Selector, range: TimeRange| {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        store.for_each_series(selector, range, &mut |labels, types| {
+            out.entry(labels.get("service_name").unwrap_or("").to_owned())
+                .or_default()
+                .extend(types.iter().cloned());
+        });
+        out.into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        collect(&Selector::all(), TimeRange::ALL),
+        [
+            (
+                "cpu".to_owned(),
+                s(&["cpu:nanoseconds", "samples:count", "wall:nanoseconds"])
+            ),
+            ("wall".to_owned(), s(&["wall:nanoseconds"])),
+        ],
+        "{stage:?}"
+    );
+    // Only the types of profiles in range.
+    let first = TimeRange {
+        from: t,
+        until: t + HOUR - 1,
+    };
+    assert_eq!(
+        collect(&Selector::all(), first),
+        [("cpu".to_owned(), s(&["cpu:nanoseconds", "samples:count"]))],
+        "{stage:?}"
+    );
+    assert_eq!(
+        store.time_bounds(&Selector::all()),
+        Some((t + 5 * SEC, t + 2 * HOUR)),
+        "{stage:?}"
+    );
+    assert_eq!(
+        store.time_bounds(&sel(r#"{service_name="wall"}"#)),
+        Some((t + HOUR, t + HOUR)),
+        "{stage:?}"
+    );
+    assert_eq!(store.time_bounds(&sel(r#"{service_name="none"}"#)), None);
 }
 
 fn reopen_durability<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, stage: Stage) {

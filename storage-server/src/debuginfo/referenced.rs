@@ -208,6 +208,17 @@ impl Store for ReferencingStore {
     ) -> Vec<String> {
         self.inner.profile_types(selector, range)
     }
+    fn time_bounds(&self, selector: &crate::query::selector::Selector) -> Option<(i64, i64)> {
+        self.inner.time_bounds(selector)
+    }
+    fn for_each_series(
+        &self,
+        selector: &crate::query::selector::Selector,
+        range: TimeRange,
+        visit: &mut dyn FnMut(&crate::store::Labels, &[String]),
+    ) {
+        self.inner.for_each_series(selector, range, visit)
+    }
     fn read(
         &self,
         req: ReadRequest<'_>,

@@ -124,6 +124,109 @@ pub fn encode_diff(view: &View<DiffValues>) -> FlameGraphDiff {
     }
 }
 
+/// Pyroscope's binary tree (`PROFILE_FORMAT_TREE`, pkg/model/tree.go `MarshalTruncate`): nodes
+/// depth first from a nameless virtual root, each as uvarint name length, the name's bytes,
+/// uvarint self value and uvarint child count. The order follows a stack (a node's children are
+/// pushed, the last pushed is written next), which `UnmarshalTree` mirrors with its stack of
+/// parents. The view's `total` root is that virtual root.
+pub fn encode_tree(view: &View<Values>) -> Vec<u8> {
+    fn uvarint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::new();
+    if view.nodes[ROOT as usize].children.is_empty() {
+        // Pyroscope writes nothing for an empty tree.
+        return out;
+    }
+    let mut stack = vec![ROOT];
+    while let Some(node) = stack.pop() {
+        let n = &view.nodes[node as usize];
+        let name = if node == ROOT {
+            ""
+        } else {
+            view.names[n.name as usize].as_str()
+        };
+        uvarint(&mut out, name.len() as u64);
+        out.extend_from_slice(name.as_bytes());
+        uvarint(&mut out, n.value.self_value.max(0) as u64);
+        uvarint(&mut out, n.children.len() as u64);
+        stack.extend(n.children.iter().copied());
+    }
+    out
+}
+
+/// Decodes [`encode_tree`]'s format the way Pyroscope's `UnmarshalTree` does, into a root named
+/// `total` whose children are the tree's roots (for tests and checks). Totals are summed up from
+/// the self values.
+pub fn decode_tree(b: &[u8]) -> Result<Decoded, String> {
+    fn uvarint(b: &[u8], at: &mut usize) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*at).ok_or("truncated varint")?;
+            *at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+    // Arena: (name, self, children); parents as a stack of arena indices, as in UnmarshalTree.
+    let mut nodes: Vec<(String, i64, Vec<usize>)> = Vec::new();
+    let mut parents: Vec<Option<usize>> = vec![None];
+    let mut at = 0usize;
+    while let Some(parent) = parents.pop() {
+        if at >= b.len() {
+            if nodes.is_empty() {
+                break;
+            }
+            return Err(format!("tree bytes end before node {}", nodes.len()));
+        }
+        let len = usize::try_from(uvarint(b, &mut at)?).map_err(|e| e.to_string())?;
+        let name = b
+            .get(at..at + len)
+            .ok_or("name runs past the end")
+            .map(|n| String::from_utf8_lossy(n).into_owned())?;
+        at += len;
+        let self_value = i64::try_from(uvarint(b, &mut at)?).map_err(|e| e.to_string())?;
+        let children = uvarint(b, &mut at)?;
+        let id = nodes.len();
+        nodes.push((name, self_value, Vec::new()));
+        if let Some(p) = parent {
+            nodes[p].2.push(id);
+        }
+        for _ in 0..children {
+            parents.push(Some(id));
+        }
+    }
+    if at != b.len() {
+        return Err(format!("{} bytes after the tree", b.len() - at));
+    }
+    // Build bottom-up (children always have larger indices than their parent).
+    let mut built: Vec<Option<Decoded>> = vec![None; nodes.len()];
+    for i in (0..nodes.len()).rev() {
+        let (name, self_value, kids) = &nodes[i];
+        let children: Vec<Decoded> = kids.iter().filter_map(|&k| built[k].take()).collect();
+        let total = self_value + children.iter().map(|c| c.total).sum::<i64>();
+        built[i] = Some(Decoded {
+            name: if i == 0 { "total".into() } else { name.clone() },
+            self_value: *self_value,
+            total,
+            children,
+        });
+    }
+    Ok(built.first_mut().and_then(Option::take).unwrap_or(Decoded {
+        name: "total".into(),
+        self_value: 0,
+        total: 0,
+        children: Vec::new(),
+    }))
+}
+
 /// A node decoded from levels (for tests and for anyone checking an encoding).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decoded {
@@ -281,6 +384,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Children in a canonical order, so trees from both decoders compare.
+    fn sorted(mut d: Decoded) -> Decoded {
+        d.children = d.children.into_iter().map(sorted).collect();
+        d.children.sort_by(|a, b| a.name.cmp(&b.name));
+        d
+    }
+
+    #[test]
+    fn tree_format_round_trips_like_pyroscope() {
+        let v = view(&tree(), 100);
+        let bytes = encode_tree(&v);
+        // The virtual root: empty name, self 0, two children (main and b).
+        assert_eq!(&bytes[..3], &[0, 0, 2]);
+        let d = decode_tree(&bytes).unwrap();
+        assert_eq!(d.total, 92);
+        assert_eq!(sorted(d), sorted(as_decoded(&v, ROOT)));
+        assert!(encode_tree(&view(&Tree::new(), 10)).is_empty());
+        assert_eq!(decode_tree(&[]).unwrap().total, 0);
+        assert!(decode_tree(&[0, 0, 1]).is_err());
     }
 
     #[test]

@@ -137,6 +137,19 @@ impl Tree {
         resolver: &mut Resolver<'_>,
         prefix: &[&str],
     ) -> bool {
+        self.merge_samples_where(p, profile_type, resolver, prefix, &|_| true)
+    }
+
+    /// Like [`Tree::merge_profile_under`] for the samples `keep` accepts (a span profile keeps
+    /// those labelled with a selected `span_id`).
+    pub fn merge_samples_where(
+        &mut self,
+        p: &Profile,
+        profile_type: &str,
+        resolver: &mut Resolver<'_>,
+        prefix: &[&str],
+        keep: &dyn Fn(&kiln_proto::pprof::Sample) -> bool,
+    ) -> bool {
         let Some(vi) = p
             .sample_type
             .iter()
@@ -167,7 +180,7 @@ impl Tree {
         let mut path = Vec::new();
         for s in &p.sample {
             let value = s.value.get(vi).copied().unwrap_or(0);
-            if value == 0 {
+            if value == 0 || !keep(s) {
                 continue;
             }
             path.clear();

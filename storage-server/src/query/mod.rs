@@ -4,16 +4,21 @@
 
 pub mod admission;
 pub mod diff;
+pub mod dot;
 pub mod flamebearer;
 pub mod flamegraph;
+pub mod heatmap;
 pub mod labels;
 pub mod merge;
 pub mod pprof;
+pub mod profile_type;
 pub mod querier;
 pub mod reason;
 pub mod render;
 pub mod selector;
 pub mod series;
+pub mod services;
+pub mod span;
 pub mod symbolize;
 pub mod time;
 pub mod top;
@@ -83,8 +88,27 @@ pub fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiErr
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
 }
 
+impl Selection {
+    /// The selection reading sample type `type_unit`: the selector's profile-type matchers
+    /// (`__type__`, `__profile_type__`, …) are evaluated against it.
+    pub fn typed(mut self, type_unit: &str) -> Selection {
+        self.selector = self.selector.bind(type_unit);
+        self.profile_type = type_unit.to_owned();
+        self
+    }
+}
+
 impl Params {
+    /// The selection of a query that reads profiles of one sample type (`profile_type`).
     pub fn selection(&self) -> Result<Selection, ApiError> {
+        let sel = self.index_selection()?;
+        let t = sel.profile_type.clone();
+        Ok(sel.typed(&t))
+    }
+
+    /// The selection of an index read (labels, profile types): every sample type counts, the
+    /// selector's profile-type matchers are checked per type by [`labels::typed_series`].
+    pub fn index_selection(&self) -> Result<Selection, ApiError> {
         let selector = Selector::parse(self.query.as_deref().unwrap_or(""))
             .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
         let range = TimeRange::parse(

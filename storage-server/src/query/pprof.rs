@@ -168,3 +168,39 @@ impl PprofMerger {
         p
     }
 }
+/// Keeps the samples of `p` whose stack, root first, begins with the functions `call_site`
+/// (Pyroscope's `StackTraceSelector.call_site`, what the Drilldown app sends for a function's
+/// details). Inlined frames count as frames, outermost first.
+pub fn keep_call_site(p: &mut Profile, call_site: &[String]) {
+    let functions: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, p.str(f.name))).collect();
+    // Per location: its frame names, outermost first.
+    let frames: HashMap<u64, Vec<&str>> = p
+        .location
+        .iter()
+        .map(|l| {
+            let names = l
+                .line
+                .iter()
+                .rev()
+                .map(|line| functions.get(&line.function_id).copied().unwrap_or(""))
+                .collect();
+            (l.id, names)
+        })
+        .collect();
+    let keep: Vec<bool> = p
+        .sample
+        .iter()
+        .map(|s| {
+            let mut root_first = s
+                .location_id
+                .iter()
+                .rev()
+                .flat_map(|id| frames.get(id).into_iter().flatten().copied());
+            call_site
+                .iter()
+                .all(|want| root_first.next() == Some(want.as_str()))
+        })
+        .collect();
+    let mut keep = keep.into_iter();
+    p.sample.retain(|_| keep.next().unwrap_or(false));
+}

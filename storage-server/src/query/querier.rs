@@ -1,15 +1,17 @@
 //! Pyroscope's Connect query service, `POST /querier.v1.QuerierService/<Method>`, so that Grafana's
-//! Pyroscope datasource (and `profilecli`) query Kiln unchanged.
+//! Pyroscope data source, its Profiles Drilldown app and `profilecli` query Kiln unchanged: every
+//! method of api/querier/v1/querier.proto (docs/API.md lists each with what it answers).
 //!
 //! Connect unary: the request body is the message as `application/proto` or `application/json`
 //! (proto3 JSON mapping), optionally `Content-Encoding: gzip`; the reply uses the same codec; errors
-//! are `{"code": "...", "message": "..."}` JSON with the matching HTTP status.
+//! are `{"code": "...", "message": "..."}` JSON with connect-go's HTTP status for the code.
 //!
 //! Profile type IDs (`name:sample_type:sample_unit:period_type:period_unit`, e.g.
 //! `process_cpu:cpu:nanoseconds:cpu:nanoseconds`) map onto Kiln's data as `__name__ = name` plus
-//! the `sample_type:sample_unit` sample type; the period part is accepted and ignored. Kiln does
-//! not index periods, so listed IDs carry the period Pyroscope uses for that sample type
-//! ([`period_for`]).
+//! the `sample_type:sample_unit` sample type ([`super::profile_type`]); selectors go through the
+//! one selector of [`super::selector`], bound to that sample type for reads, evaluated per
+//! (series, type) by [`super::labels::typed_series`] for listings. Pyroscope's other services the
+//! Drilldown app calls are in [`super::services`].
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -21,9 +23,11 @@ use axum::response::{IntoResponse, Response};
 use kiln_proto::codec::CodecError;
 use kiln_proto::pprof::Profile;
 use kiln_proto::querier::{
-    DiffRequest, DiffResponse, LabelNamesRequest, LabelNamesResponse, LabelPair,
-    LabelValuesRequest, LabelValuesResponse, Labels, Point, ProfileType, ProfileTypesRequest,
-    ProfileTypesResponse, SelectMergeProfileRequest, SelectMergeStacktracesRequest,
+    AnalyzeQueryRequest, AnalyzeQueryResponse, DiffRequest, DiffResponse, GetProfileStatsRequest,
+    GetProfileStatsResponse, LabelNamesRequest, LabelNamesResponse, LabelPair, LabelValuesRequest,
+    LabelValuesResponse, Labels, Point, PprofProfile, ProfileFormat, ProfileType,
+    ProfileTypesRequest, ProfileTypesResponse, QueryImpact, QueryScope, SelectHeatmapRequest,
+    SelectMergeProfileRequest, SelectMergeSpanProfileRequest, SelectMergeStacktracesRequest,
     SelectMergeStacktracesResponse, SelectSeriesRequest, SelectSeriesResponse, Series,
     SeriesRequest, SeriesResponse, TimeSeriesAggregationType,
 };
@@ -35,12 +39,14 @@ use serde_json::{Value, json};
 use super::admission::QueryCtx;
 use super::diff::DiffTree;
 use super::flamegraph::{DEFAULT_MAX_NODES, clamp_max_nodes, view};
-use super::selector::Matcher;
+use super::selector::{Matcher, Selector};
 use super::series::{self, Aggregation, SeriesQuery};
-use super::{Params, Selection, build_tree, flamebearer, merged_pprof};
+use super::{
+    Params, Selection, build_tree, flamebearer, heatmap, labels, merged_pprof, pprof, profile_type,
+    span,
+};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::ReadRequest;
 use crate::tenant::{TENANT_LABEL, Tenant};
 
 const NS_PER_MS: i64 = 1_000_000;
@@ -60,12 +66,16 @@ pub struct ConnectError {
 
 impl ConnectError {
     /// An error with the status Connect's protocol gives `code`.
-    fn new(code: &'static str, message: impl Into<String>) -> ConnectError {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> ConnectError {
+        // connect-go's `connectCodeToHTTP` (what Pyroscope's server sends).
         let status = match code {
-            "invalid_argument" => StatusCode::BAD_REQUEST,
+            "invalid_argument" | "out_of_range" => StatusCode::BAD_REQUEST,
             "unauthenticated" => StatusCode::UNAUTHORIZED,
-            "not_found" => StatusCode::NOT_FOUND,
-            "unimplemented" => StatusCode::NOT_IMPLEMENTED,
+            "permission_denied" => StatusCode::FORBIDDEN,
+            "not_found" | "unimplemented" => StatusCode::NOT_FOUND,
+            "already_exists" | "aborted" => StatusCode::CONFLICT,
+            "failed_precondition" => StatusCode::PRECONDITION_FAILED,
+            "canceled" | "deadline_exceeded" => StatusCode::REQUEST_TIMEOUT,
             "resource_exhausted" => StatusCode::TOO_MANY_REQUESTS,
             "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,7 +87,7 @@ impl ConnectError {
             retry_after_secs: None,
         }
     }
-    fn invalid(message: impl Into<String>) -> ConnectError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ConnectError {
         ConnectError::new("invalid_argument", message)
     }
     fn status(&self) -> StatusCode {
@@ -146,13 +156,13 @@ impl IntoResponse for ConnectError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Codec {
+pub(crate) enum Codec {
     Proto,
     Json,
 }
 
 impl Codec {
-    fn of(headers: &HeaderMap) -> Result<Codec, ConnectError> {
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Codec, ConnectError> {
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -174,14 +184,14 @@ impl Codec {
         }
     }
 
-    fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Codec::Proto => "application/proto",
             Codec::Json => "application/json",
         }
     }
 
-    fn decode<M: Message + Default + DeserializeOwned>(
+    pub(crate) fn decode<M: Message + Default + DeserializeOwned>(
         self,
         body: &[u8],
     ) -> Result<M, ConnectError> {
@@ -195,7 +205,7 @@ impl Codec {
         }
     }
 
-    fn reply<M: Message + Serialize>(self, msg: &M) -> Result<Response, ConnectError> {
+    pub(crate) fn reply<M: Message + Serialize>(self, msg: &M) -> Result<Response, ConnectError> {
         let body = match self {
             Codec::Proto => msg.encode_to_vec(),
             Codec::Json => serde_json::to_vec(msg)
@@ -231,14 +241,8 @@ async fn dispatch(
 ) -> Result<Response, ConnectError> {
     let tenant = tenant?;
     let codec = Codec::of(headers)?;
-    let body = if is_gzip(headers) {
-        // Inflating up to --max-decompressed-bytes is CPU work: off the async workers.
-        let (st, raw) = (state.clone(), body.to_vec());
-        tokio::task::spawn_blocking(move || gunzip(&st, &raw)).await??
-    } else {
-        check_identity(headers)?;
-        body.to_vec()
-    };
+    let caps = Capabilities::of(headers);
+    let body = request_body(state, headers, body).await?;
     let st = state.clone();
     match method {
         "ProfileTypes" => {
@@ -249,12 +253,12 @@ async fn dispatch(
         "LabelNames" => {
             let req: LabelNamesRequest = codec.decode(&body)?;
             let resp = blocking(move || {
-                let names =
-                    union_over_matchers(&req.matchers, req.start, req.end, &tenant, |sel| {
-                        st.store.label_names(&sel.selector, sel.range)
-                    })?;
+                let mut names = BTreeSet::new();
+                for sel in alternatives(&req.matchers, req.start, req.end, &tenant)? {
+                    names.extend(labels::names(&*st.store, &sel.selector, sel.range, true));
+                }
                 Ok(LabelNamesResponse {
-                    names: names.into_iter().filter(|n| n != TENANT_LABEL).collect(),
+                    names: names.into_iter().filter(|n| caps.shows(n)).collect(),
                 })
             })
             .await?;
@@ -266,22 +270,35 @@ async fn dispatch(
                 return Err(ConnectError::invalid("name is required"));
             }
             let resp = blocking(move || {
-                if req.name == TENANT_LABEL {
-                    return Ok(LabelValuesResponse::default());
+                let mut values = BTreeSet::new();
+                for sel in alternatives(&req.matchers, req.start, req.end, &tenant)? {
+                    values.extend(labels::values(
+                        &*st.store,
+                        &req.name,
+                        &sel.selector,
+                        sel.range,
+                    ));
                 }
-                let names =
-                    union_over_matchers(&req.matchers, req.start, req.end, &tenant, |sel| {
-                        st.store.label_values(&req.name, &sel.selector, sel.range)
-                    })?;
                 Ok(LabelValuesResponse {
-                    names: names.into_iter().collect(),
+                    names: values.into_iter().collect(),
                 })
             })
             .await?;
             codec.reply(&resp)
         }
+        "Series" => {
+            let req: SeriesRequest = codec.decode(&body)?;
+            let resp = blocking(move || series_labels(&st, &tenant, &req, caps)).await?;
+            codec.reply(&resp)
+        }
         "SelectMergeStacktraces" => {
             let req: SelectMergeStacktracesRequest = codec.decode(&body)?;
+            let format = profile_format(req.format)?;
+            let spans = if req.span_selector.is_empty() {
+                None
+            } else {
+                Some(span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?)
+            };
             query(state, codec, move |ctx| {
                 let sel = typed_selection(
                     &req.profile_type_id,
@@ -290,12 +307,47 @@ async fn dispatch(
                     req.end,
                     &tenant,
                 )?;
-                let tree = build_tree(&st, &sel, ctx)?;
-                let fg = flamebearer::encode(&view(&tree, max_nodes(req.max_nodes)));
-                Ok(SelectMergeStacktracesResponse {
-                    flamegraph: Some(fg),
-                    tree: Vec::new(),
-                })
+                if format == ProfileFormat::Pprof {
+                    // A span pprof is not merged here: the answer without `pprof` makes clients
+                    // fall back to SelectMergeSpanProfile (profilecli's querySpanProfile).
+                    if spans.is_some() {
+                        return Ok(SelectMergeStacktracesResponse::default());
+                    }
+                    let mut profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                    if let Some(call_site) = &req.stack_trace_selector {
+                        let names: Vec<String> =
+                            call_site.call_site.iter().map(|l| l.name.clone()).collect();
+                        pprof::keep_call_site(&mut profile, &names);
+                    }
+                    return Ok(SelectMergeStacktracesResponse {
+                        pprof: Some(PprofProfile {
+                            profile: Some(profile),
+                        }),
+                        ..SelectMergeStacktracesResponse::default()
+                    });
+                }
+                let tree = match &spans {
+                    Some(spans) => span::build_span_tree(&st, &sel, spans, ctx)?,
+                    None => build_tree(&st, &sel, ctx)?,
+                };
+                Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
+            })
+            .await
+        }
+        "SelectMergeSpanProfile" => {
+            let req: SelectMergeSpanProfileRequest = codec.decode(&body)?;
+            let format = profile_format(req.format)?;
+            let spans = span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?;
+            query(state, codec, move |ctx| {
+                let sel = typed_selection(
+                    &req.profile_type_id,
+                    &req.label_selector,
+                    req.start,
+                    req.end,
+                    &tenant,
+                )?;
+                let tree = span::build_span_tree(&st, &sel, &spans, ctx)?;
+                Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
             .await
         }
@@ -329,17 +381,17 @@ async fn dispatch(
             })
             .await
         }
-        "Series" => {
-            let req: SeriesRequest = codec.decode(&body)?;
-            query(state, codec, move |ctx| {
-                series_labels(&st, &tenant, &req, ctx)
-            })
-            .await
-        }
         "SelectSeries" => {
             let req: SelectSeriesRequest = codec.decode(&body)?;
             query(state, codec, move |ctx| {
                 select_series(&st, &tenant, &req, ctx)
+            })
+            .await
+        }
+        "SelectHeatmap" => {
+            let req: SelectHeatmapRequest = codec.decode(&body)?;
+            query(state, codec, move |ctx| {
+                heatmap::select_heatmap(&st, &tenant, &req, ctx)
             })
             .await
         }
@@ -353,7 +405,15 @@ async fn dispatch(
                     req.end,
                     &tenant,
                 )?;
-                let profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                let call_site: Vec<String> = req
+                    .stack_trace_selector
+                    .as_ref()
+                    .map(|s| s.call_site.iter().map(|l| l.name.clone()).collect())
+                    .unwrap_or_default();
+                let mut profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                if !call_site.is_empty() {
+                    pprof::keep_call_site(&mut profile, &call_site);
+                }
                 let body = match codec {
                     Codec::Proto => profile.encode_to_vec(),
                     Codec::Json => profile_json(&profile).to_string().into_bytes(),
@@ -362,14 +422,162 @@ async fn dispatch(
             })
             .await
         }
+        "GetProfileStats" => {
+            let _req: GetProfileStatsRequest = codec.decode(&body)?;
+            let resp = blocking(move || {
+                let mut own = Selector::all();
+                own.matchers.push(tenant.matcher());
+                let bounds = st.store.time_bounds(&own);
+                Ok(match bounds {
+                    Some((oldest, newest)) => GetProfileStatsResponse {
+                        data_ingested: true,
+                        oldest_profile_time: oldest.div_euclid(NS_PER_MS),
+                        newest_profile_time: newest.div_euclid(NS_PER_MS),
+                    },
+                    None => GetProfileStatsResponse::default(),
+                })
+            })
+            .await?;
+            codec.reply(&resp)
+        }
+        "AnalyzeQuery" => {
+            let req: AnalyzeQueryRequest = codec.decode(&body)?;
+            let resp = blocking(move || analyze_query(&st, &tenant, &req)).await?;
+            codec.reply(&resp)
+        }
         other => Err(ConnectError::new(
             "unimplemented",
-            format!("querier.v1.QuerierService/{other} is not implemented by Kiln"),
+            format!("querier.v1.QuerierService/{other} is not a method of the querier service"),
         )),
     }
 }
 
-/// Runs `f` on the blocking pool (store reads do disk I/O).
+/// Client capabilities announced in `Accept` parameters, as Pyroscope reads them
+/// (pkg/featureflags/client_capability.go): `Accept: */*; allow-utf8-labelnames=true`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Capabilities {
+    /// Without it, label names that are not Prometheus-style (`service.name`) are left out of
+    /// `LabelNames` and `Series`, as Pyroscope does for older clients.
+    pub utf8_label_names: bool,
+}
+
+impl Capabilities {
+    pub(crate) fn of(headers: &HeaderMap) -> Capabilities {
+        let utf8_label_names = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|param| param.split_once('='))
+            .any(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("allow-utf8-labelnames")
+                    && v.trim().trim_matches('"') == "true"
+            });
+        Capabilities { utf8_label_names }
+    }
+
+    /// Whether label `name` is shown to this client.
+    fn shows(self, name: &str) -> bool {
+        self.utf8_label_names || is_legacy_label_name(name)
+    }
+}
+
+/// Prometheus' legacy label name rule, `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn is_legacy_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The request body, inflated when `Content-Encoding: gzip`.
+async fn request_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<u8>, ConnectError> {
+    if is_gzip(headers) {
+        // Inflating up to --max-decompressed-bytes is CPU work: off the async workers.
+        let (st, raw) = (state.clone(), body.to_vec());
+        tokio::task::spawn_blocking(move || gunzip(&st, &raw)).await?
+    } else {
+        check_identity(headers)?;
+        Ok(body.to_vec())
+    }
+}
+
+/// The requested format of a flame-graph answer.
+fn profile_format(format: i32) -> Result<ProfileFormat, ConnectError> {
+    ProfileFormat::try_from(format)
+        .map_err(|_| ConnectError::invalid(format!("unknown profile format {format}")))
+}
+
+/// A flame-graph answer in the requested format: Pyroscope's levels, its binary tree alone
+/// (`PROFILE_FORMAT_TREE`) or the DOT call graph (`PROFILE_FORMAT_DOT`), as pkg/querier answers.
+fn stacktraces(
+    tree: &super::merge::Tree,
+    max_nodes: usize,
+    format: ProfileFormat,
+    sel: &Selection,
+) -> SelectMergeStacktracesResponse {
+    match format {
+        ProfileFormat::Tree => SelectMergeStacktracesResponse {
+            tree: flamebearer::encode_tree(&view(tree, max_nodes)),
+            ..SelectMergeStacktracesResponse::default()
+        },
+        ProfileFormat::Dot => SelectMergeStacktracesResponse {
+            dot: super::dot::render(tree, max_nodes, &sel.profile_type),
+            ..SelectMergeStacktracesResponse::default()
+        },
+        ProfileFormat::Unspecified | ProfileFormat::Flamegraph | ProfileFormat::Pprof => {
+            SelectMergeStacktracesResponse {
+                flamegraph: Some(flamebearer::encode(&view(tree, max_nodes))),
+                ..SelectMergeStacktracesResponse::default()
+            }
+        }
+    }
+}
+
+/// `AnalyzeQuery`: what the query would read. Kiln has one store component; the series count is
+/// exact (from the index), the profile and byte counts are not known without reading and are 0.
+fn analyze_query(
+    state: &AppState,
+    tenant: &Tenant,
+    req: &AnalyzeQueryRequest,
+) -> Result<AnalyzeQueryResponse, ConnectError> {
+    let q = req.query.trim();
+    let sel = if q.is_empty() || q.starts_with('{') {
+        selection(q, req.start, req.end, tenant)?
+    } else {
+        let (selector, id) = super::render::split_query(q)?;
+        typed_selection(&id, &selector, req.start, req.end, tenant)?
+    };
+    let mut series = BTreeSet::new();
+    let bound = sel.selector.has_type_matchers() || !q.starts_with('{');
+    labels::typed_series(&*state.store, &sel.selector, sel.range, |l, t| {
+        if !bound || format!("{}:{}", t.sample_type, t.sample_unit) == sel.profile_type {
+            series.insert(l.clone());
+        }
+    });
+    let stats = state.store.stats();
+    let n = series.len() as u64;
+    Ok(AnalyzeQueryResponse {
+        query_scopes: vec![QueryScope {
+            component_type: "Kiln store (WAL and blocks)".into(),
+            component_count: 1,
+            block_count: stats.blocks,
+            series_count: n,
+            ..QueryScope::default()
+        }],
+        query_impact: Some(QueryImpact {
+            total_bytes_in_time_range: 0,
+            total_queried_series: n,
+            deduplication_needed: false,
+        }),
+    })
+}
+
 /// Runs an index read (label names and values, profile types: no profile is decoded) on a
 /// blocking thread, outside the query slots so that pickers stay responsive under load.
 async fn blocking<T: Send + 'static>(
@@ -434,40 +642,18 @@ fn gunzip(state: &AppState, body: &[u8]) -> Result<Vec<u8>, ConnectError> {
 }
 
 /// `name:sample_type:sample_unit:period_type:period_unit` → (`name`, `sample_type:sample_unit`).
-pub fn parse_profile_type_id(id: &str) -> Result<(&str, String), ConnectError> {
-    let parts: Vec<&str> = id.split(':').collect();
-    match parts.as_slice() {
-        [name, ty, unit, _period_type, _period_unit] if !ty.is_empty() && !unit.is_empty() => {
-            Ok((name, format!("{ty}:{unit}")))
-        }
-        _ => Err(ConnectError::invalid(format!(
-            "profile type ID {id:?} must be name:sample_type:sample_unit:period_type:period_unit, \
-             e.g. process_cpu:cpu:nanoseconds:cpu:nanoseconds"
-        ))),
-    }
+pub fn parse_profile_type_id(id: &str) -> Result<(String, String), ConnectError> {
+    profile_type::parse_id(id)
+        .map(|p| (p.name, p.type_unit))
+        .map_err(ConnectError::invalid)
 }
 
-/// The period Pyroscope reports with a sample type of profile `name` (Kiln stores periods but
-/// does not index them).
-pub fn period_for(name: &str, sample_type: &str, unit: &str) -> (String, String) {
-    let (t, u) = match (sample_type, unit) {
-        // Wall-clock profiles (Node.js) count samples per wall-time period.
-        ("samples", "count") if name == "wall" => ("wall", "nanoseconds"),
-        ("cpu", "nanoseconds") | ("samples", "count") => ("cpu", "nanoseconds"),
-        ("wall", _) => ("wall", "nanoseconds"),
-        ("alloc_objects" | "alloc_space" | "inuse_objects" | "inuse_space", _) => {
-            ("space", "bytes")
-        }
-        ("contentions" | "delay", _) => ("contentions", "count"),
-        ("goroutine" | "goroutines", _) => ("goroutine", "count"),
-        (t, u) => (t, u),
-    };
-    (t.to_owned(), u.to_owned())
-}
+pub use super::profile_type::period_for;
 
-/// A selection from a Pyroscope label selector and millisecond range. The selector and tenant go
-/// through [`Params::selection`] like every other query; the exact range replaces the parsed one
-/// (a 0 `start` or `end` keeps that end of the default range: the last hour).
+/// A selection from a Pyroscope label selector and millisecond range, for an index read (every
+/// sample type). The selector and tenant go through [`Params::index_selection`] like every other
+/// query; the exact range replaces the parsed one (a 0 `start` or `end` keeps that end of the
+/// default range: the last hour).
 fn selection(
     label_selector: &str,
     start_ms: i64,
@@ -478,7 +664,7 @@ fn selection(
         query: Some(label_selector.to_owned()),
         ..Params::default()
     }
-    .selection()?
+    .index_selection()?
     .for_tenant(tenant);
     if start_ms != 0 {
         sel.range.from = start_ms.saturating_mul(NS_PER_MS);
@@ -494,8 +680,9 @@ fn selection(
     Ok(sel)
 }
 
-/// [`selection`] restricted to one profile type.
-fn typed_selection(
+/// [`selection`] reading one profile type: `__name__` and the sample type from the ID, and the
+/// selector bound to that type (so `__profile_type__`, `__type__`, … matchers apply).
+pub(crate) fn typed_selection(
     profile_type_id: &str,
     label_selector: &str,
     start_ms: i64,
@@ -505,31 +692,27 @@ fn typed_selection(
     let (name, sample_type) = parse_profile_type_id(profile_type_id)?;
     let mut sel = selection(label_selector, start_ms, end_ms, tenant)?;
     if !name.is_empty() {
-        sel.selector.matchers.push(Matcher::equal("__name__", name));
+        sel.selector
+            .matchers
+            .push(Matcher::equal("__name__", &name));
     }
-    sel.profile_type = sample_type;
-    Ok(sel)
+    Ok(sel.typed(&sample_type))
 }
 
-/// Pyroscope's `matchers` are alternatives: a series matching any of them counts.
-fn union_over_matchers(
+/// Pyroscope's `matchers` are alternatives: a series matching any of them counts. None: all.
+fn alternatives(
     matchers: &[String],
     start: i64,
     end: i64,
     tenant: &Tenant,
-    mut f: impl FnMut(&Selection) -> Vec<String>,
-) -> Result<BTreeSet<String>, ConnectError> {
-    let all = [String::new()];
-    let matchers = if matchers.is_empty() {
-        &all[..]
-    } else {
-        matchers
-    };
-    let mut out = BTreeSet::new();
-    for m in matchers {
-        out.extend(f(&selection(m, start, end, tenant)?));
+) -> Result<Vec<Selection>, ConnectError> {
+    if matchers.is_empty() {
+        return Ok(vec![selection("", start, end, tenant)?]);
     }
-    Ok(out)
+    matchers
+        .iter()
+        .map(|m| selection(m, start, end, tenant))
+        .collect()
 }
 
 /// `max_nodes` of a request: absent or not positive means the default; clamped to the maximum.
@@ -541,71 +724,35 @@ fn max_nodes(requested: Option<i64>) -> usize {
 }
 
 /// `Series`: the distinct label sets of the selected series, one per profile type, with
-/// Pyroscope's synthetic labels (`__profile_type__`, `__type__`, `__unit__`, `__period_type__`,
-/// `__period_unit__`), projected onto `label_names` when given. Kiln keeps no series index apart
-/// from the profiles, so this reads the selected profiles (like a flame-graph query does).
+/// Pyroscope's type labels (`__profile_type__`, `__type__`, `__unit__`, `__period_type__`,
+/// `__period_unit__`), projected onto `label_names` when given. Read from the index (nothing is
+/// decoded), like Pyroscope's.
 fn series_labels(
     state: &AppState,
     tenant: &Tenant,
     req: &SeriesRequest,
-    ctx: &QueryCtx,
+    caps: Capabilities,
 ) -> Result<SeriesResponse, ConnectError> {
-    let all = [String::new()];
-    let matchers = if req.matchers.is_empty() {
-        &all[..]
-    } else {
-        &req.matchers[..]
-    };
+    let wanted: Vec<&String> = req.label_names.iter().filter(|n| caps.shows(n)).collect();
     let mut sets: BTreeSet<Vec<(String, String)>> = BTreeSet::new();
-    for m in matchers {
-        let sel = selection(m, req.start, req.end, tenant)?;
-        state
-            .store
-            .read(
-                ReadRequest {
-                    selector: &sel.selector,
-                    range: sel.range,
-                    profile_type: None,
-                    stop: Some(ctx.stop_flag()),
-                },
-                &mut |stored| {
-                    if !ctx.admit_read(1, stored.profile.encoded_len()) {
-                        return;
+    for sel in alternatives(&req.matchers, req.start, req.end, tenant)? {
+        labels::typed_series(&*state.store, &sel.selector, sel.range, |l, t| {
+            let mut set: Vec<(String, String)> = l
+                .iter()
+                .filter(|(k, _)| *k != TENANT_LABEL)
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .chain(t.pairs().into_iter().map(|(k, v)| (k.to_owned(), v)))
+                .filter(|(k, _)| {
+                    if req.label_names.is_empty() {
+                        caps.shows(k)
+                    } else {
+                        wanted.contains(&k)
                     }
-                    let p = &stored.profile;
-                    let name = stored.labels.get("__name__").unwrap_or("");
-                    for st in &p.sample_type {
-                        let (ty, unit) = (p.str(st.r#type), p.str(st.unit));
-                        let (pt, pu) = match &p.period_type {
-                            Some(v) if !p.str(v.r#type).is_empty() => {
-                                (p.str(v.r#type).to_owned(), p.str(v.unit).to_owned())
-                            }
-                            _ => period_for(name, ty, unit),
-                        };
-                        let synthetic = [
-                            ("__profile_type__", format!("{name}:{ty}:{unit}:{pt}:{pu}")),
-                            ("__type__", ty.to_owned()),
-                            ("__unit__", unit.to_owned()),
-                            ("__period_type__", pt),
-                            ("__period_unit__", pu),
-                        ];
-                        let mut set: Vec<(String, String)> = stored
-                            .labels
-                            .iter()
-                            .filter(|(k, _)| *k != TENANT_LABEL)
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                            .chain(synthetic.into_iter().map(|(k, v)| (k.to_owned(), v)))
-                            .filter(|(k, _)| {
-                                req.label_names.is_empty() || req.label_names.contains(k)
-                            })
-                            .collect();
-                        set.sort();
-                        sets.insert(set);
-                    }
-                },
-            )
-            .map_err(ApiError::internal)?;
-        ctx.finish()?;
+                })
+                .collect();
+            set.sort();
+            sets.insert(set);
+        });
     }
     Ok(SeriesResponse {
         labels_set: sets
@@ -626,28 +773,23 @@ fn profile_types(
     req: &ProfileTypesRequest,
 ) -> Result<ProfileTypesResponse, ConnectError> {
     let sel = selection("", req.start, req.end, tenant)?;
-    let mut out = Vec::new();
-    for name in state
-        .store
-        .label_values("__name__", &sel.selector, sel.range)
-    {
-        let mut by_name = sel.selector.clone();
-        by_name.matchers.push(Matcher::equal("__name__", &name));
-        for t in state.store.profile_types(&by_name, sel.range) {
-            let Some((ty, unit)) = t.split_once(':') else {
-                continue;
-            };
-            let (pt, pu) = period_for(&name, ty, unit);
-            out.push(ProfileType {
-                id: format!("{name}:{ty}:{unit}:{pt}:{pu}"),
-                name: name.clone(),
-                sample_type: ty.to_owned(),
-                sample_unit: unit.to_owned(),
-                period_type: pt,
-                period_unit: pu,
-            });
+    let mut types: BTreeSet<profile_type::TypeLabels> = BTreeSet::new();
+    labels::typed_series(&*state.store, &sel.selector, sel.range, |_, t| {
+        if !types.contains(t) {
+            types.insert(t.clone());
         }
-    }
+    });
+    let mut out: Vec<ProfileType> = types
+        .into_iter()
+        .map(|t| ProfileType {
+            id: t.id(),
+            name: t.name,
+            sample_type: t.sample_type,
+            sample_unit: t.sample_unit,
+            period_type: t.period_type,
+            period_unit: t.period_unit,
+        })
+        .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(ProfileTypesResponse { profile_types: out })
 }
@@ -754,7 +896,10 @@ mod tests {
     fn profile_type_ids() {
         let (name, t) =
             parse_profile_type_id("process_cpu:cpu:nanoseconds:cpu:nanoseconds").unwrap();
-        assert_eq!((name, t.as_str()), ("process_cpu", "cpu:nanoseconds"));
+        assert_eq!(
+            (name.as_str(), t.as_str()),
+            ("process_cpu", "cpu:nanoseconds")
+        );
         assert!(parse_profile_type_id("cpu:nanoseconds").is_err());
         assert!(parse_profile_type_id("a::b:c:d").is_err());
         assert_eq!(
@@ -784,5 +929,30 @@ mod tests {
         );
         let e: ConnectError = ApiError::internal("y").into();
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        // As connect-go sends them (Pyroscope's server).
+        assert_eq!(
+            ConnectError::new("unimplemented", "x").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ConnectError::new("failed_precondition", "x").status(),
+            StatusCode::PRECONDITION_FAILED
+        );
+    }
+
+    #[test]
+    fn utf8_label_names_capability() {
+        let mut h = HeaderMap::new();
+        assert!(!Capabilities::of(&h).utf8_label_names);
+        h.insert(
+            header::ACCEPT,
+            "*/*; allow-utf8-labelnames=true".parse().unwrap(),
+        );
+        let caps = Capabilities::of(&h);
+        assert!(caps.utf8_label_names);
+        assert!(caps.shows("service.name"));
+        assert!(!Capabilities::default().shows("service.name"));
+        assert!(Capabilities::default().shows("service_name"));
+        assert!(!Capabilities::default().shows("1x"));
     }
 }

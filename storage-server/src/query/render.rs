@@ -24,7 +24,7 @@ use super::flamegraph::{DEFAULT_MAX_NODES, max_nodes_param, view};
 use super::querier::parse_profile_type_id;
 use super::selector::{MatchOp, Matcher, Selector};
 use super::series::{self, Aggregation, SeriesQuery};
-use super::{Params, Selection, build_tree, flamebearer};
+use super::{Params, Selection, build_tree, dot, flamebearer};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::tenant::Tenant;
@@ -46,6 +46,8 @@ pub struct RenderParams {
     #[serde(rename = "groupBy")]
     pub group_by: Option<String>,
     pub aggregation: Option<String>,
+    /// `json` (default) or `dot` (the call graph in Graphviz DOT, as text).
+    pub format: Option<String>,
     #[serde(rename = "leftQuery")]
     pub left_query: Option<String>,
     #[serde(rename = "leftFrom")]
@@ -94,19 +96,27 @@ pub fn split_query(query: &str) -> Result<(String, String), ApiError> {
                 "query must name a profile type, e.g. process_cpu:cpu:nanoseconds:cpu:nanoseconds{}",
             )
         })?;
-    let others: Vec<String> = sel
-        .matchers
-        .iter()
-        .filter(|m| !(m.name == "__name__" && m.op == MatchOp::Eq))
-        .map(|m| {
-            format!(
-                "{}{}{}",
-                m.name,
-                m.op,
-                serde_json::to_string(&m.value).unwrap_or_default()
-            )
-        })
-        .collect();
+    let others: Vec<String> =
+        sel.matchers
+            .iter()
+            .filter(|m| !(m.name == "__name__" && m.op == MatchOp::Eq))
+            .map(|m| {
+                // Names that are not Prometheus-style stay quoted.
+                let plain = m.name.chars().enumerate().all(|(i, c)| {
+                    c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+                });
+                let name = if plain && !m.name.is_empty() {
+                    m.name.clone()
+                } else {
+                    serde_json::to_string(&m.name).unwrap_or_default()
+                };
+                format!(
+                    "{name}{}{}",
+                    m.op,
+                    serde_json::to_string(&m.value).unwrap_or_default()
+                )
+            })
+            .collect();
     Ok((format!("{{{}}}", others.join(",")), id))
 }
 
@@ -123,6 +133,7 @@ fn selection(
     let (selector, id) = split_query(query)?;
     let (name, sample_type) =
         parse_profile_type_id(&id).map_err(|e| ApiError::bad_request(e.message))?;
+    let name = name.as_str();
     let mut sel = Params {
         query: Some(selector),
         from: from.map(str::to_owned),
@@ -203,6 +214,15 @@ pub async fn render_handler(
         p.until.as_deref(),
         &tenant,
     )?;
+    match p.format.as_deref().map(str::trim) {
+        None | Some("" | "json") => {}
+        Some("dot") => return render_dot(state, sel, &p, started).await,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format must be json or dot, got {other:?}"
+            )));
+        }
+    }
     let max_nodes = p.max_nodes()?;
     let aggregation = Aggregation::parse(p.aggregation.as_deref())?;
     let group_by = series::parse_group_by(p.group_by.as_deref());
@@ -258,6 +278,35 @@ pub async fn render_handler(
         .await?;
     state.metrics.observe_query("render", started.elapsed());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /pyroscope/render?format=dot`: the call graph as DOT text (empty when there is no data),
+/// of at most `max-nodes` functions (default [`dot::DEFAULT_DOT_NODES`]).
+async fn render_dot(
+    state: AppState,
+    sel: Selection,
+    p: &RenderParams,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let nodes = match p
+        .max_nodes
+        .as_deref()
+        .or(p.max_nodes_dash.as_deref())
+        .map(str::trim)
+    {
+        None | Some("" | "0") => dot::DEFAULT_DOT_NODES,
+        v => max_nodes_param("max-nodes", v)?,
+    };
+    let st = state.clone();
+    let body = state
+        .queries
+        .run(move |ctx| {
+            let tree = build_tree(&st, &sel, ctx)?;
+            Ok::<_, ApiError>(dot::render(&tree, nodes, &sel.profile_type))
+        })
+        .await?;
+    state.metrics.observe_query("render", started.elapsed());
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// `GET /pyroscope/render-diff`.

@@ -1,9 +1,25 @@
-//! PromQL-style label selectors (`{service_name="nginx", comm=~"py.*"}`): parsing and matching.
+//! PromQL-style label selectors (`{service_name="nginx", comm=~"py.*"}`): parsing and matching,
+//! the one selector language of every query surface (Kiln's API, Pyroscope's Connect methods and
+//! `/pyroscope/render`).
+//!
+//! Label names are Prometheus-style (`[a-zA-Z_][a-zA-Z0-9_.]*`) or, as in Prometheus 3 and
+//! Pyroscope, any quoted string: `{"service.name"="api"}`; a lone quoted string inside the braces
+//! is the metric name (`{"process_cpu"}` = `{__name__="process_cpu"}`).
+//!
+//! Pyroscope's profile-type labels (`__profile_type__`, `__type__`, `__unit__`,
+//! `__period_type__`, `__period_unit__`, see [`super::profile_type`]) are not series labels in
+//! Kiln: a series holds several sample types. A matcher on one is evaluated against a (series,
+//! sample type) pair: exactly by [`Selector::matches_type`], or by [`Selector::matches`] once the
+//! selector is [bound](Selector::bind) to the sample type a query reads. Unbound,
+//! [`Selector::matches`] leaves such matchers to the caller (the store's series filter cannot know
+//! the type; the query layer checks each type with `matches_type`).
 
 use std::fmt;
+use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
 
+use super::profile_type::{TypeLabels, is_type_label};
 use crate::store::Labels;
 
 /// Compiled regexes are capped so a hostile query cannot make the server build a huge automaton.
@@ -76,7 +92,11 @@ impl Matcher {
 
     /// Matches like Prometheus: a missing label has the empty value.
     pub fn matches(&self, labels: &Labels) -> bool {
-        let v = labels.get(&self.name).unwrap_or("");
+        self.matches_value(labels.get(&self.name).unwrap_or(""))
+    }
+
+    /// True when the label's value `v` (empty when absent) satisfies the matcher.
+    pub fn matches_value(&self, v: &str) -> bool {
         match (self.op, &self.regex) {
             (MatchOp::Eq, _) => v == self.value,
             (MatchOp::Ne, _) => v != self.value,
@@ -92,6 +112,9 @@ impl Matcher {
 #[derive(Clone, Debug, Default)]
 pub struct Selector {
     pub matchers: Vec<Matcher>,
+    /// The `type:unit` sample type that profile-type matchers are evaluated against in
+    /// [`Selector::matches`] (set by [`Selector::bind`]).
+    bound: Option<Arc<str>>,
 }
 
 impl Selector {
@@ -100,8 +123,45 @@ impl Selector {
         Selector::default()
     }
 
+    /// The selector as a store filters series with it: every matcher on series labels, and the
+    /// profile-type matchers against the bound sample type (unbound: not checked here, see the
+    /// module docs).
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.matchers.iter().all(|m| m.matches(labels))
+        match &self.bound {
+            Some(t) => self.matches_type(labels, t),
+            None => self
+                .matchers
+                .iter()
+                .filter(|m| !is_type_label(&m.name))
+                .all(|m| m.matches(labels)),
+        }
+    }
+
+    /// Exactly: does the series `labels` with sample type `type_unit` match every matcher?
+    pub fn matches_type(&self, labels: &Labels, type_unit: &str) -> bool {
+        let mut typed: Option<TypeLabels> = None;
+        self.matchers.iter().all(|m| {
+            if is_type_label(&m.name) {
+                let t = typed.get_or_insert_with(|| {
+                    TypeLabels::new(labels.get("__name__").unwrap_or(""), type_unit)
+                });
+                m.matches_value(&t.get(&m.name).unwrap_or_default())
+            } else {
+                m.matches(labels)
+            }
+        })
+    }
+
+    /// True when some matcher is on a profile-type label.
+    pub fn has_type_matchers(&self) -> bool {
+        self.matchers.iter().any(|m| is_type_label(&m.name))
+    }
+
+    /// The selector for reading sample type `type_unit` (`cpu:nanoseconds`): its profile-type
+    /// matchers are then evaluated by [`Selector::matches`] too.
+    pub fn bind(mut self, type_unit: &str) -> Selector {
+        self.bound = Some(Arc::from(type_unit));
+        self
     }
 
     /// Parses `{a="b", c!~"d.*"}`. An empty string or `{}` selects everything; a leading bare name
@@ -189,7 +249,10 @@ impl Parser {
         if self.peek().is_some() {
             return self.err(format!("unexpected {} after the selector", self.describe()));
         }
-        Ok(Selector { matchers })
+        Ok(Selector {
+            matchers,
+            bound: None,
+        })
     }
 
     fn name(&mut self) -> Result<String, SelectorError> {
@@ -204,7 +267,24 @@ impl Parser {
     }
 
     fn matcher(&mut self) -> Result<Matcher, SelectorError> {
-        let name = self.name()?;
+        let name_pos = self.pos;
+        let name = if matches!(self.peek(), Some('"' | '\'' | '`')) {
+            // A quoted (UTF-8) label name, or alone the metric name.
+            let name = self.string()?;
+            self.skip_ws();
+            if matches!(self.peek(), Some(',' | '}')) {
+                return Ok(Matcher::equal("__name__", &name));
+            }
+            if name.is_empty() {
+                return Err(SelectorError {
+                    pos: name_pos,
+                    msg: "empty label name".into(),
+                });
+            }
+            name
+        } else {
+            self.name()?
+        };
         self.skip_ws();
         let op = match (self.peek(), self.chars.get(self.pos + 1).copied()) {
             (Some('='), Some('~')) => MatchOp::Re,
@@ -343,6 +423,62 @@ mod tests {
         assert_eq!(s.matchers[1].value, "x\"y\\z");
         let s = Selector::parse("{a=`raw\\d`}").unwrap();
         assert_eq!(s.matchers[0].value, "raw\\d");
+    }
+
+    #[test]
+    fn quoted_utf8_label_names() {
+        let s = Selector::parse(r#"{"service.name"="api", "process_cpu", 'a b'!~"x.*"}"#).unwrap();
+        assert_eq!(s.matchers[0].name, "service.name");
+        assert_eq!(
+            (s.matchers[1].name.as_str(), s.matchers[1].value.as_str()),
+            ("__name__", "process_cpu")
+        );
+        assert_eq!(s.matchers[2].name, "a b");
+        assert!(s.matches(&labels(&[
+            ("service.name", "api"),
+            ("__name__", "process_cpu"),
+            ("a b", "y")
+        ])));
+        assert!(
+            Selector::parse(r#"{""="x"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("empty label name")
+        );
+    }
+
+    #[test]
+    fn profile_type_labels_are_matched_per_sample_type() {
+        let series = labels(&[("__name__", "process_cpu"), ("service_name", "api")]);
+        for op in ["=", "!=", "=~", "!~"] {
+            let value = match op {
+                "=" | "!=" => "process_cpu:cpu:nanoseconds:cpu:nanoseconds",
+                _ => "process_cpu:cpu:.*",
+            };
+            let s = Selector::parse(&format!(
+                r#"{{__profile_type__{op}"{value}", service_name="api"}}"#
+            ))
+            .unwrap();
+            assert!(s.has_type_matchers());
+            let positive = op == "=" || op == "=~";
+            assert_eq!(s.matches_type(&series, "cpu:nanoseconds"), positive, "{op}");
+            assert_eq!(s.matches_type(&series, "samples:count"), !positive, "{op}");
+            // Unbound, the series filter leaves the type matcher to the caller…
+            assert!(s.matches(&series), "{op}");
+            // …bound, it applies it.
+            assert_eq!(
+                s.clone().bind("cpu:nanoseconds").matches(&series),
+                positive,
+                "{op}"
+            );
+        }
+        let s = Selector::parse(r#"{__type__="samples", __unit__="count", __period_type__="cpu", __period_unit__="nanoseconds"}"#).unwrap();
+        assert!(s.matches_type(&series, "samples:count"));
+        assert!(!s.matches_type(&series, "cpu:nanoseconds"));
+        // Series labels still decide: another service does not match.
+        let s = Selector::parse(r#"{__type__="cpu", service_name="db"}"#).unwrap();
+        assert!(!s.matches_type(&series, "cpu:nanoseconds"));
+        assert!(!s.matches(&series));
     }
 
     #[test]

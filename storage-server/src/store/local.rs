@@ -1358,6 +1358,46 @@ impl Store for LocalStore {
         types.into_iter().collect()
     }
 
+    fn time_bounds(&self, selector: &Selector) -> Option<(i64, i64)> {
+        let mut bounds: Option<(i64, i64)> = None;
+        let mut widen = |lo: i64, hi: i64| {
+            let b = bounds.get_or_insert((lo, hi));
+            b.0 = b.0.min(lo);
+            b.1 = b.1.max(hi);
+        };
+        // Head records: their times, nothing kept.
+        let (_, blocks) = self.inner.snapshot(
+            |l| selector.matches(l),
+            |e| {
+                widen(e.time_nanos, e.time_nanos);
+                false
+            },
+        );
+        // Blocks: each series' span from the footer.
+        for b in &blocks {
+            for (_, s) in b.candidates(selector, TimeRange::ALL) {
+                if s.profiles > 0 {
+                    widen(s.min_time, s.max_time);
+                }
+            }
+        }
+        bounds
+    }
+
+    fn for_each_series(
+        &self,
+        selector: &Selector,
+        range: TimeRange,
+        visit: &mut dyn FnMut(&Labels, &[String]),
+    ) {
+        self.for_each_series_in_range(selector, range, |labels, t| {
+            let mut types: Vec<String> = t.collect();
+            types.sort();
+            types.dedup();
+            visit(labels, &types);
+        });
+    }
+
     fn read(
         &self,
         req: ReadRequest<'_>,

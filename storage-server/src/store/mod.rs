@@ -184,6 +184,69 @@ pub trait Store: Send + Sync + 'static {
     fn label_values(&self, name: &str, selector: &Selector, range: TimeRange) -> Vec<String>;
     /// Sorted `type:unit` profile types present among selected profiles in range.
     fn profile_types(&self, selector: &Selector, range: TimeRange) -> Vec<String>;
+    /// Calls `visit` with each selected series that has a profile in range and the sorted
+    /// `type:unit` types of its profiles in range: what label and profile-type listings need to
+    /// evaluate Pyroscope's profile-type labels (see [`crate::query::profile_type`]). A series may
+    /// be visited more than once (e.g. once per block holding it). The default decodes every
+    /// selected profile; an engine with a series index overrides it.
+    fn for_each_series(
+        &self,
+        selector: &Selector,
+        range: TimeRange,
+        visit: &mut dyn FnMut(&Labels, &[String]),
+    ) {
+        let mut series: std::collections::BTreeMap<
+            Arc<Labels>,
+            std::collections::BTreeSet<String>,
+        > = Default::default();
+        let read = self.read(
+            ReadRequest {
+                selector,
+                range,
+                profile_type: None,
+                stop: None,
+            },
+            &mut |p| {
+                let types = series.entry(p.labels.clone()).or_default();
+                for st in &p.profile.sample_type {
+                    types.insert(format!(
+                        "{}:{}",
+                        p.profile.str(st.r#type),
+                        p.profile.str(st.unit)
+                    ));
+                }
+            },
+        );
+        if let Err(e) = read {
+            tracing::warn!(error = %e, "listing series failed part way");
+        }
+        for (labels, types) in series {
+            visit(&labels, &types.into_iter().collect::<Vec<_>>());
+        }
+    }
+    /// The times (ns) of the oldest and newest selected profiles, or `None` when none is stored:
+    /// what Pyroscope's `GetProfileStats` reports. The default reads every selected profile; an
+    /// engine with per-series time spans overrides it.
+    fn time_bounds(&self, selector: &Selector) -> Option<(i64, i64)> {
+        let mut bounds: Option<(i64, i64)> = None;
+        let read = self.read(
+            ReadRequest {
+                selector,
+                range: TimeRange::ALL,
+                profile_type: None,
+                stop: None,
+            },
+            &mut |p| {
+                let (lo, hi) = bounds.get_or_insert((p.time_nanos, p.time_nanos));
+                *lo = (*lo).min(p.time_nanos);
+                *hi = (*hi).max(p.time_nanos);
+            },
+        );
+        if let Err(e) = read {
+            tracing::warn!(error = %e, "reading profile times failed part way");
+        }
+        bounds
+    }
     /// Calls `visit` for every selected profile; returns how many were visited.
     fn read(
         &self,

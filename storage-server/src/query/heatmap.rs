@@ -1,0 +1,306 @@
+//! `SelectHeatmap`: how the selected profiles' (or spans') values spread over time, as
+//! Pyroscope's pkg/model/heatmap `RangeHeatmap` buckets them. Each point is one stored profile's
+//! total for the sample type (`HEATMAP_QUERY_TYPE_INDIVIDUAL`) or one span's total within a
+//! profile (`HEATMAP_QUERY_TYPE_SPAN`, from `span_id` sample labels). Time is cut into `step`
+//! slots, each slot named by its right edge and covering (edge - step, edge]; values into 20
+//! equal buckets between the smallest and the largest value over all series. A slot lists, per
+//! value bucket, its lower bound and how many points fell in it, and (when exemplars are asked
+//! for) the largest point of each non-empty bucket.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kiln_proto::querier::{
+    Exemplar, ExemplarType, HeatmapQueryType, HeatmapSeries, HeatmapSlot, LabelPair,
+    SelectHeatmapRequest, SelectHeatmapResponse,
+};
+use prost::Message as _;
+
+use super::admission::QueryCtx;
+use super::querier::{ConnectError, typed_selection};
+use super::series;
+use super::span;
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::ReadRequest;
+use crate::tenant::Tenant;
+
+/// Value buckets per slot (Pyroscope's `DefaultYAxisBuckets`).
+pub const Y_BUCKETS: usize = 20;
+/// Most points one heatmap gathers before it is refused as too large.
+pub const MAX_POINTS: usize = 2_000_000;
+const NS_PER_MS: i64 = 1_000_000;
+
+/// A series' `group_by` label values and its points.
+pub type PointSeries = (Vec<(String, String)>, Vec<Point>);
+
+/// One point: time (ms), value, and the span it belongs to (span heatmaps).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub ts_ms: i64,
+    pub value: i64,
+    pub span: Option<u64>,
+}
+
+/// Right edge of the slot holding `ts` (slots (start - step, start], (start, start + step], …),
+/// clamped to the slots of [start, end]; Pyroscope's `normalizeTimestamp`.
+fn slot_of(ts: i64, start: i64, end: i64, step: i64) -> i64 {
+    let round_up = |t: i64| {
+        let m = start.rem_euclid(step);
+        let t = t - m;
+        let t = if t.rem_euclid(step) != 0 {
+            (t.div_euclid(step) + 1) * step
+        } else {
+            t
+        };
+        t + m
+    };
+    round_up(ts).clamp(start, round_up(end).max(start))
+}
+
+/// Buckets series of points into heatmap slots (pure: the part Pyroscope's `RangeHeatmap` does).
+pub fn bucket(
+    series: Vec<PointSeries>,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+    exemplars: bool,
+) -> Vec<HeatmapSeries> {
+    let step = step_ms.max(1);
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    for p in series.iter().flat_map(|(_, pts)| pts) {
+        lo = lo.min(p.value);
+        hi = hi.max(p.value);
+    }
+    if lo > hi {
+        return Vec::new();
+    }
+    if lo == hi {
+        hi = lo + 1;
+    }
+    let size = (hi - lo) as f64 / Y_BUCKETS as f64;
+    let mins: Vec<i64> = (0..Y_BUCKETS)
+        .map(|i| lo + (i as f64 * size) as i64)
+        .collect();
+    let bucket_of = |v: i64| -> usize {
+        // The last bucket holds everything from its lower bound up, the maximum included.
+        (0..Y_BUCKETS).rev().find(|&i| v >= mins[i]).unwrap_or(0)
+    };
+    series
+        .into_iter()
+        .filter(|(_, pts)| !pts.is_empty())
+        .map(|(labels, pts)| {
+            // slot -> (counts, best point per bucket)
+            let mut slots: BTreeMap<i64, (Vec<i32>, Vec<Option<Point>>)> = BTreeMap::new();
+            for p in pts {
+                let slot = slot_of(p.ts_ms, start_ms, end_ms, step);
+                let b = bucket_of(p.value);
+                let (counts, best) = slots
+                    .entry(slot)
+                    .or_insert_with(|| (vec![0; Y_BUCKETS], vec![None; Y_BUCKETS]));
+                counts[b] = counts[b].saturating_add(1);
+                if best[b].is_none_or(|q| p.value > q.value) {
+                    best[b] = Some(p);
+                }
+            }
+            HeatmapSeries {
+                labels: labels
+                    .into_iter()
+                    .map(|(name, value)| LabelPair { name, value })
+                    .collect(),
+                slots: slots
+                    .into_iter()
+                    .map(|(timestamp, (counts, best))| HeatmapSlot {
+                        timestamp,
+                        y_min: mins.iter().map(|&m| m as f64).collect(),
+                        counts,
+                        exemplars: if exemplars {
+                            best.into_iter()
+                                .flatten()
+                                .map(|p| Exemplar {
+                                    timestamp: p.ts_ms,
+                                    span_id: p
+                                        .span
+                                        .map(|s| format!("{s:016x}"))
+                                        .unwrap_or_default(),
+                                    value: p.value,
+                                    ..Exemplar::default()
+                                })
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// `SelectHeatmap` (blocking: run it through [`super::admission`]).
+pub fn select_heatmap(
+    state: &AppState,
+    tenant: &Tenant,
+    req: &SelectHeatmapRequest,
+    ctx: &QueryCtx,
+) -> Result<SelectHeatmapResponse, ConnectError> {
+    let sel = typed_selection(
+        &req.profile_type_id,
+        &req.label_selector,
+        req.start,
+        req.end,
+        tenant,
+    )?;
+    let spans = match HeatmapQueryType::try_from(req.query_type) {
+        Ok(HeatmapQueryType::Unspecified | HeatmapQueryType::Individual) => false,
+        Ok(HeatmapQueryType::Span) => true,
+        Err(_) => return Err(ConnectError::invalid("unknown query_type")),
+    };
+    let exemplars = match ExemplarType::try_from(req.exemplar_type) {
+        Ok(ExemplarType::Unspecified | ExemplarType::None) => false,
+        Ok(ExemplarType::Individual | ExemplarType::Span) => true,
+        Err(_) => return Err(ConnectError::invalid("unknown exemplar_type")),
+    };
+    let step_nanos = if req.step == 0.0 {
+        series::default_step_secs(sel.range.from, sel.range.until) * 1_000_000_000
+    } else {
+        series::step_nanos(Some(req.step)).ok_or_else(|| {
+            ConnectError::invalid(format!("step {} must be at least 0.001 s", req.step))
+        })?
+    };
+    let mut groups: HashMap<Vec<(String, String)>, Vec<Point>> = HashMap::new();
+    let mut points = 0usize;
+    state
+        .store
+        .read(
+            ReadRequest {
+                selector: &sel.selector,
+                range: sel.range,
+                profile_type: Some(&sel.profile_type),
+                stop: Some(ctx.stop_flag()),
+            },
+            &mut |stored| {
+                if points > MAX_POINTS || !ctx.admit_read(1, stored.profile.encoded_len()) {
+                    return;
+                }
+                let p = &stored.profile;
+                let Some(vi) = p.sample_type.iter().position(|st| {
+                    format!("{}:{}", p.str(st.r#type), p.str(st.unit)) == sel.profile_type
+                }) else {
+                    return;
+                };
+                let key: Vec<(String, String)> = req
+                    .group_by
+                    .iter()
+                    .filter_map(|n| stored.labels.get(n).map(|v| (n.clone(), v.to_owned())))
+                    .collect();
+                let ts_ms = stored.time_nanos.div_euclid(NS_PER_MS);
+                let out = groups.entry(key).or_default();
+                if spans {
+                    for (span, value) in span::span_totals(p, vi) {
+                        out.push(Point {
+                            ts_ms,
+                            value,
+                            span: Some(span),
+                        });
+                        points += 1;
+                    }
+                } else {
+                    let value = p
+                        .sample
+                        .iter()
+                        .filter_map(|s| s.value.get(vi))
+                        .fold(0i64, |a, &v| a.saturating_add(v));
+                    out.push(Point {
+                        ts_ms,
+                        value,
+                        span: None,
+                    });
+                    points += 1;
+                }
+            },
+        )
+        .map_err(ApiError::internal)?;
+    ctx.finish()?;
+    if points > MAX_POINTS {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the heatmap would hold more than {MAX_POINTS} points: narrow the time range or the \
+             label selector"
+        ))
+        .into());
+    }
+    let mut series: Vec<PointSeries> = groups.into_iter().collect();
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(limit) = req
+        .limit
+        .filter(|&l| l > 0)
+        .and_then(|l| usize::try_from(l).ok())
+    {
+        let total = |pts: &[Point]| pts.iter().fold(0i64, |a, p| a.saturating_add(p.value));
+        series.sort_by(|a, b| total(&b.1).cmp(&total(&a.1)).then_with(|| a.0.cmp(&b.0)));
+        series.truncate(limit);
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    Ok(SelectHeatmapResponse {
+        series: bucket(
+            series,
+            sel.range.from.div_euclid(NS_PER_MS),
+            sel.range.until.div_euclid(NS_PER_MS),
+            step_nanos.div_euclid(NS_PER_MS),
+            exemplars,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(ts_ms: i64, value: i64) -> Point {
+        Point {
+            ts_ms,
+            value,
+            span: None,
+        }
+    }
+
+    #[test]
+    fn slots_are_right_edges_like_pyroscope() {
+        // start 1000, step 10: slots (990,1000], (1000,1010], …
+        assert_eq!(slot_of(1000, 1000, 1100, 10), 1000);
+        assert_eq!(slot_of(1001, 1000, 1100, 10), 1010);
+        assert_eq!(slot_of(1010, 1000, 1100, 10), 1010);
+        assert_eq!(slot_of(5, 1000, 1100, 10), 1000);
+        assert_eq!(slot_of(9999, 1000, 1100, 10), 1100);
+    }
+
+    #[test]
+    fn values_fall_in_twenty_buckets() {
+        let s = bucket(
+            vec![(
+                vec![],
+                vec![pt(1000, 0), pt(1000, 100), pt(1005, 50), pt(1020, 99)],
+            )],
+            1000,
+            1100,
+            10,
+            true,
+        );
+        assert_eq!(s.len(), 1);
+        let slots = &s[0].slots;
+        assert_eq!(
+            slots.iter().map(|s| s.timestamp).collect::<Vec<_>>(),
+            [1000, 1010, 1020]
+        );
+        assert_eq!(slots[0].y_min.len(), Y_BUCKETS);
+        assert_eq!(slots[0].y_min[1], 5.0);
+        // 0 in the first bucket, 100 (the maximum) in the last.
+        assert_eq!(slots[0].counts[0], 1);
+        assert_eq!(slots[0].counts[Y_BUCKETS - 1], 1);
+        assert_eq!(slots[1].counts[10], 1);
+        assert_eq!(slots[2].counts[19], 1);
+        let total: i32 = slots.iter().flat_map(|s| &s.counts).sum();
+        assert_eq!(total, 4);
+        assert_eq!(slots[0].exemplars.len(), 2);
+        assert!(bucket(vec![], 0, 1, 1, false).is_empty());
+    }
+}

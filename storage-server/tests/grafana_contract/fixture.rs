@@ -1,0 +1,293 @@
+//! One real Kiln server for all contract tests, started once on its own runtime thread: agent-like
+//! profiles at known times, and (with the SDK venv) a real `pyroscope-io` + `pyroscope-otel` span
+//! upload.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kiln_proto::ProfileBuilder;
+use kiln_proto::pprof::Profile;
+use kiln_proto::push::{PUSH_PATH, PushRequest, RawProfileSeries, RawSample};
+use kiln_storage_server::query::time::now_nanos;
+use kiln_storage_server::{Server, ServerConfig};
+use prost::Message;
+
+pub const NS: i64 = 1_000_000_000;
+pub const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+pub const SAMPLES: &str = "process_cpu:samples:count:cpu:nanoseconds";
+/// The span program's service name.
+pub const SPAN_APP: &str = "kiln-contract-spans";
+/// Each span's busy time in the span program.
+const SPAN_SECONDS: &str = "1.5";
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An agent-like profile: `cpu` ns in `main;work;leaf_<tag>`, a tenth in `main;helper`.
+pub struct Pushed {
+    pub service: &'static str,
+    pub pid: &'static str,
+    pub tag: &'static str,
+    pub cpu: i64,
+    /// Seconds after [`Fixture::base_ns`].
+    pub at: i64,
+}
+
+/// What the agent-like part of the store holds.
+pub const PUSHED: [Pushed; 5] = [
+    Pushed {
+        service: "checkout",
+        pid: "1",
+        tag: "a",
+        cpu: 100_000_000,
+        at: 1,
+    },
+    Pushed {
+        service: "checkout",
+        pid: "1",
+        tag: "a",
+        cpu: 50_000_000,
+        at: 15,
+    },
+    Pushed {
+        service: "checkout",
+        pid: "2",
+        tag: "a",
+        cpu: 7_000_000_000,
+        at: 31,
+    },
+    Pushed {
+        service: "checkout",
+        pid: "2",
+        tag: "a",
+        cpu: 30_000_000,
+        at: 47,
+    },
+    Pushed {
+        service: "db",
+        pid: "3",
+        tag: "b",
+        cpu: 200_000_000,
+        at: 62,
+    },
+];
+
+/// The cpu total of `PUSHED` entries matching `f` (leaf plus helper).
+pub fn pushed_total(f: impl Fn(&Pushed) -> bool) -> i64 {
+    PUSHED
+        .iter()
+        .filter(|p| f(p))
+        .map(|p| p.cpu + p.cpu / 10)
+        .sum()
+}
+
+/// The span program's two spans.
+#[derive(Clone, Debug)]
+pub struct Spans {
+    pub alpha: String,
+    pub beta: String,
+}
+
+pub struct Fixture {
+    pub url: String,
+    /// Minute-aligned, ten minutes ago: the agent-like profiles lie just after it.
+    pub base_ns: i64,
+    /// `None` when the SDK venv is missing (and not required).
+    pub spans: Option<Spans>,
+}
+
+impl Fixture {
+    /// The query range of every test, in ms: from before the agent profiles to after now.
+    pub fn range_ms(&self) -> (i64, i64) {
+        (
+            self.base_ns / 1_000_000 - 60_000,
+            now_nanos() / 1_000_000 + 60_000,
+        )
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn sdk_python() -> Result<PathBuf, String> {
+    let python = repo_root().join("target/sdk-venvs/py1/bin/python");
+    if !python.exists() {
+        return Err(format!(
+            "{} is missing (run scripts/sdk-setup.sh)",
+            python.display()
+        ));
+    }
+    let ok = Command::new(&python)
+        .args(["-c", "import pyroscope.otel, opentelemetry.sdk.trace"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return Err(
+            "pyroscope-otel is not installed in target/sdk-venvs/py1 (run scripts/sdk-setup.sh)"
+                .into(),
+        );
+    }
+    Ok(python)
+}
+
+/// The shared server, started on first use.
+pub fn get() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    // Started on a thread of its own: the tests call this from inside their runtimes.
+    FIXTURE.get_or_init(|| std::thread::spawn(start).join().unwrap())
+}
+
+fn profile(tag: &str, cpu: i64, time_nanos: i64) -> Profile {
+    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
+    let main = b.function("main", "main.c");
+    let work = b.function("work", "main.c");
+    let helper = b.function("helper", "main.c");
+    let leaf = b.function(&format!("leaf_{tag}"), "main.c");
+    let l1 = b.symbolized_location(0, 0x10, &[(main, 1)]);
+    let l2 = b.symbolized_location(0, 0x20, &[(work, 2)]);
+    let l3 = b.symbolized_location(0, 0x30, &[(leaf, 3)]);
+    let l4 = b.symbolized_location(0, 0x40, &[(helper, 4)]);
+    b.add_sample(&[l3, l2, l1], &[cpu / 10_000_000, cpu], &[]);
+    b.add_sample(&[l4, l1], &[cpu / 100_000_000, cpu / 10], &[]);
+    b.period("cpu", "nanoseconds", 10_000_000);
+    b.time(time_nanos, 10 * NS);
+    b.finish()
+}
+
+fn start() -> Fixture {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = ServerConfig::with_data_dir(dir.path());
+            config.listen = "127.0.0.1:0".parse().unwrap();
+            let server = Server::bind(config).await.unwrap();
+            let url = format!("http://{}", server.local_addr().unwrap());
+            tx.send(url).unwrap();
+            // Serves until the test process exits; the directory lives as long.
+            server.run(std::future::pending()).await.unwrap();
+            drop(dir);
+        });
+    });
+    let url = rx.recv().unwrap();
+    let base_ns = (now_nanos() / NS - 600) / 60 * 60 * NS;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(push_agent_profiles(&url, base_ns));
+    let spans = match sdk_python() {
+        Ok(python) => Some(run_span_program(&python, &url)),
+        Err(why) => {
+            if std::env::var("KILN_REQUIRE_SDKS").is_ok_and(|v| v == "1") {
+                panic!("KILN_REQUIRE_SDKS=1 but the span SDK cannot run: {why}");
+            }
+            eprintln!("span profile checks skipped: {why}");
+            None
+        }
+    };
+    Fixture {
+        url,
+        base_ns,
+        spans,
+    }
+}
+
+async fn push_agent_profiles(url: &str, base_ns: i64) {
+    let http = reqwest::Client::new();
+    for p in &PUSHED {
+        let comm = if p.service == "db" {
+            "postgres"
+        } else {
+            "checkout"
+        };
+        let mut labels = vec![
+            ("__name__", "process_cpu"),
+            ("service_name", p.service),
+            ("pid", p.pid),
+            ("comm", comm),
+        ];
+        if p.service == "checkout" {
+            // An OpenTelemetry-style name that is not a Prometheus label name.
+            labels.push(("k8s.namespace.name", "shop"));
+        }
+        let req = PushRequest {
+            series: vec![RawProfileSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| kiln_proto::push::LabelPair {
+                        name: (*n).into(),
+                        value: (*v).into(),
+                    })
+                    .collect(),
+                samples: vec![RawSample {
+                    raw_profile: profile(p.tag, p.cpu, base_ns + p.at * NS).encode_to_vec(),
+                    id: String::new(),
+                }],
+            }],
+        };
+        let resp = http
+            .post(format!("{url}{PUSH_PATH}"))
+            .header("content-type", "application/proto")
+            .body(req.encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "push: {:?}", resp.text().await);
+    }
+}
+
+/// Runs tests/sdk/python/spans.py against the server; returns the span IDs it printed. The SDK
+/// flushes its last profile on shutdown, before the program exits: once it has exited, the spans
+/// are stored (the push is acknowledged after the WAL write).
+fn run_span_program(python: &Path, url: &str) -> Spans {
+    let script = repo_root().join("tests/sdk/python/spans.py");
+    let mut child = Command::new(python)
+        .arg(&script)
+        .args([url, SPAN_APP, SPAN_SECONDS])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", python.display()));
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > PROGRAM_TIMEOUT {
+            let _ = child.kill();
+            panic!("spans.py still running after {PROGRAM_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "spans.py failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("span {name} ")))
+            .unwrap_or_else(|| panic!("no span {name} in:\n{stdout}"))
+            .trim()
+            .to_owned()
+    };
+    eprintln!("spans.py ran in {:?}", started.elapsed());
+    Spans {
+        alpha: id("alpha"),
+        beta: id("beta"),
+    }
+}
