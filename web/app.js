@@ -25,7 +25,8 @@ import { fmtValue, fmtPct, fmtPoints, normalizeTimeInput, resolveTime, fmtTime }
 
 const AUTO_REFRESH_MS = 10_000;
 const WAIT_POLL_MS = 3_000;
-const TOP_LIMIT = 500;
+const TOP_LIMIT = 500; // rows asked from the server (the filter searches them all)
+const TABLE_ROWS = 200; // rows drawn
 const SPLIT_TOP_N = 5;
 
 const $ = (id) => document.getElementById(id);
@@ -55,14 +56,18 @@ const st = {
   lastRenderMs: 0,
 };
 
-function commit({ reload = false, keepZoom = true } = {}) {
-  if (!keepZoom) S.zoom = [];
-  const qs = serializeState(S);
-  const url = `${location.pathname}?${qs}${location.hash}`;
+function writeUrl() {
+  const url = `${location.pathname}?${serializeState(S)}${location.hash}`;
   if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
+}
+
+/** After a change of S: the URL, then a reload, a recompute (transforms, search) or a repaint. */
+function commit({ reload = false, keepZoom = true, paintOnly = false } = {}) {
+  if (!keepZoom) S.zoom = [];
+  writeUrl();
   if (reload) load();
   else {
-    recompute();
+    if (!paintOnly) recompute();
     render();
   }
 }
@@ -205,14 +210,18 @@ function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
+let paletteCache = null;
 function palette() {
-  return {
+  // getComputedStyle forces a style recalculation: read the theme's colours once per theme.
+  if (paletteCache) return paletteCache;
+  return (paletteCache = {
     match: cssVar("--match") || "#d63af9",
     dim: cssVar("--frame-dim") || "#e4e4e7",
     dimText: cssVar("--frame-dim-text") || "#6b6b73",
     collapsed: cssVar("--frame-collapsed") || "#d4d4d8",
     fg: cssVar("--fg") || "#111",
-  };
+    matchLegend: cssVar("--match") || "#d63af9",
+  });
 }
 
 function frameStyle(pal) {
@@ -337,14 +346,18 @@ function renderSummary() {
   out.textContent = parts.join(" · ");
 }
 
+let legendKey = "";
 function renderLegend() {
+  const key = `${!!st.data?.diff}|${S.palette}|${S.color}`;
+  if (key === legendKey) return;
+  legendKey = key;
   const lg = $("legend");
   const items = st.data?.diff
     ? [[diffColor(10, S.palette), "share grew"], [diffColor(-10, S.palette), "share shrank"], [diffColor(0), "unchanged"]]
     : S.color === "kind"
       ? [[kindColor("f", null), "user"], [kindColor("f [k]", null), "kernel [k]"], [kindColor("runtime.x", null), "runtime"], [kindColor("0x1", null), "unsymbolized"]]
       : [["linear-gradient(90deg, hsl(20 60% 65%), hsl(140 60% 65%), hsl(260 60% 65%))", "one hue per package / binary"]];
-  items.push([cssVar("--match") || "#d63af9", "search match"]);
+  items.push([palette().matchLegend, "search match"]);
   lg.replaceChildren(...items.flatMap(([c, t]) => {
     const i = document.createElement("i");
     i.className = "sw";
@@ -431,7 +444,7 @@ function syncControls() {
   $("download-pprof").href = apiUrl("api/v1/pprof", selParams());
 }
 
-$("range").replaceChildren(...RANGE_PRESETS.map(([v, t]) => new Option(t, v)), new Option("Custom (absolute or relative)", "custom"));
+$("range").replaceChildren(...RANGE_PRESETS.map(([v, t]) => new Option(t, v)), new Option("Custom", "custom"));
 $("range").addEventListener("change", () => {
   const v = $("range").value;
   if (v === "custom") {
@@ -650,7 +663,8 @@ function renderSearchInfo() {
 function zoomTo(path) {
   S.zoom = path;
   hideTooltip();
-  commit();
+  // Zooming changes neither the tree nor the table: lay out and paint only.
+  commit({ paintOnly: true });
 }
 
 function addTransform(kind, arg = "") {
@@ -898,8 +912,8 @@ function renderTable() {
   const fns = fromServer ? d.top.map((f) => ({ name: f.name, self: Number(f.self) || 0, total: Number(f.total) || 0, reason: f.reason })) : topFunctions(st.tree);
   const rows = tableRows(fns, st.tree.total, { filter: $("table-filter").value, matcher: st.matcher, sort: st.sort });
   const selected = fns.find((f) => S.search === exactRegex(f.name))?.name;
-  renderTop(tbody, rows, { unit: d.unit, selected, empty: st.matcher ? "no function matches the search" : "no functions" });
-  $("table-note").textContent = `${rows.length} of ${fns.length} functions${st.matcher ? " (filtered by the search)" : ""}${fromServer ? "" : " · after transforms"}`;
+  renderTop(tbody, rows, { unit: d.unit, selected, limit: TABLE_ROWS, empty: st.matcher ? "no function matches the search" : "no functions" });
+  $("table-note").textContent = `${Math.min(rows.length, TABLE_ROWS)} of ${rows.length}${rows.length !== fns.length ? ` (of ${fns.length})` : ""} functions${st.matcher ? " (filtered by the search)" : ""}${fromServer ? "" : " · after transforms"}`;
 }
 
 $("top-table").tBodies[0].addEventListener("click", (e) => {
@@ -1068,6 +1082,8 @@ function setTheme(t) {
     else localStorage.setItem("kiln.theme", t);
   } catch { /* storage disabled */ }
   $("theme-name").textContent = t;
+  paletteCache = null;
+  legendKey = "";
   render();
   chart.draw();
 }
@@ -1077,6 +1093,7 @@ function cycleTheme() {
 $("theme-toggle").addEventListener("click", cycleTheme);
 $("theme-name").textContent = currentTheme();
 matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+  paletteCache = null;
   render();
   chart.draw();
 });

@@ -134,7 +134,7 @@ export class Chart {
     for (const v of ticks) {
       const y = Math.round(yOf(v)) + 0.5;
       ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + pw, y); ctx.stroke();
-      ctx.fillText(d.rate === "cores" ? fmtCores(v).replace(" cores", "").replace(" core", "") : String(v), left - 6, y);
+      ctx.fillText(v === 0 ? "0" : d.rate === "cores" ? fmtCores(v).replace(/ cores?$/, "") : String(v), left - 6, y);
     }
     ctx.save();
     ctx.translate(10, top + ph / 2);

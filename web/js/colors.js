@@ -85,7 +85,20 @@ export function packageColor(name, reason) {
   return `hsl(${hue < 270 ? hue : hue + 60}, ${48 + ((hp >>> 9) & 0x1f)}%, ${54 + ((hn >>> 4) & 0xf) * 1.3}%)`;
 }
 
+// Colours are a pure function of (mode, name, reason): computed once per name, not per frame
+// per render (a big graph repaints thousands of frames on every zoom).
+const CACHE = { kind: new Map(), package: new Map() };
+const CACHE_MAX = 200_000;
+
 export function frameColor(mode, name, reason, isRoot) {
   if (isRoot) return ROOT;
-  return mode === "kind" ? kindColor(name, reason) : packageColor(name, reason);
+  const m = mode === "kind" ? CACHE.kind : CACHE.package;
+  const key = reason ? `${name}\u0000${reason}` : name;
+  let c = m.get(key);
+  if (c === undefined) {
+    if (m.size >= CACHE_MAX) m.clear();
+    c = mode === "kind" ? kindColor(name, reason) : packageColor(name, reason);
+    m.set(key, c);
+  }
+  return c;
 }

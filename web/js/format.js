@@ -1,7 +1,11 @@
 // Formatting of values, percentages, CPU cores and times. Pure: no DOM, unit-tested under node.
 
+// Intl.NumberFormat is slow to build: one per digit count, reused (tables format thousands).
+const NF = new Map();
 function fmtNum(v, digits) {
-  return v.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+  let nf = NF.get(digits);
+  if (!nf) NF.set(digits, (nf = new Intl.NumberFormat("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })));
+  return nf.format(v);
 }
 
 /** A sample value in its unit: CPU time as h/min/s/ms/µs/ns, bytes binary-prefixed, counts. */

@@ -73,7 +73,7 @@ export function renderTop(tbody, rows, { unit, selected, empty, limit = 500 }) {
     b.className = "sandwich-btn";
     b.dataset.action = "sandwich";
     b.title = `Sandwich view of ${r.name}: its callers and callees`;
-    b.textContent = "⧉";
+    b.textContent = "sandwich";
     act.append(b);
     tr.append(act);
     frag.append(tr);

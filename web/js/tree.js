@@ -135,6 +135,22 @@ export function matchedTotal(root, matcher) {
  * matches in depth-first order (for "next match").
  */
 export function markMatches(root, matcher) {
+  // Without a search, only nodes marked by a previous one need clearing (the common case is
+  // none: no walk over the whole tree).
+  if (!matcher) {
+    if (root.marked) {
+      const stack = [root];
+      while (stack.length) {
+        const n = stack.pop();
+        if (!n.sub && n !== root) continue;
+        n.hit = n.sub = false;
+        for (const c of n.children) stack.push(c);
+      }
+      root.marked = false;
+    }
+    return [];
+  }
+  Object.defineProperty(root, "marked", { value: true, writable: true, configurable: true, enumerable: false });
   const paths = [];
   const names = [];
   const order = []; // parents before children
