@@ -507,7 +507,6 @@ test("Kiln web UI in a real browser", async (t) => {
     await settle(page);
     assert.equal(param(page, "cmp"), null);
     assert.equal((await root(page)).diff, undefined);
-    await page.locator("#palette").selectOption("rg").catch(() => {});
   });
 
   await t.test("exports: pprof opened by go tool pprof, folded, SVG, JSON", async () => {
