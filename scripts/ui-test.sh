@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Starts a real Kiln server on a free port with a fresh data directory, runs the browser test
-# (web/tests/ui.test.mjs, Debian's chromium driven by playwright-core) against it, and stops it.
+# Runs the web UI's unit tests (web/tests/unit, plain `node --test`), then starts a real Kiln
+# server on a free port with a fresh data directory, runs the browser test (web/tests/ui.test.mjs,
+# Debian's chromium driven by playwright-core) against it, and stops it. Screenshots of each view
+# go to $KILN_SCREENSHOTS (default target/ui-screenshots).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+node --test web/tests/unit/
 [ -d web/node_modules/playwright-core ] || (cd web && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --locked --bin kiln
 data=$(mktemp -d)
@@ -22,4 +25,5 @@ for p in "$port" "$auth_port"; do
   done
 done
 KILN_URL="http://127.0.0.1:$port" KILN_AUTH_URL="http://127.0.0.1:$auth_port" KILN_AUTH_TOKEN="$auth_token" \
+  KILN_SCREENSHOTS="${KILN_SCREENSHOTS:-$PWD/target/ui-screenshots}" \
   CHROMIUM="${CHROMIUM:-/usr/bin/chromium}" node web/tests/ui.test.mjs

@@ -1,523 +1,183 @@
-// Kiln flame-graph UI. Plain ES module, no build step, no dependencies.
-// Talks to the server's HTTP API (docs/API.md) with relative URLs so the page
-// also works behind a path-prefixing reverse proxy.
+// Kiln's web UI: wiring of the modules under js/ to the page. Native ES modules, no build step,
+// no dependencies. What each module owns:
+//   js/api.js        server requests, token, downloads      js/url-state.js  the view in the URL
+//   js/tree.js       the call tree, top table, sandwich     js/transforms.js focus/hide/merge/…
+//   js/layout.js     flame-graph geometry, hit-testing      js/draw.js       canvas painting
+//   js/colors.js     frame kinds, packages, colours         js/diff.js       comparison colours, movers
+//   js/chart.js      CPU over time                          js/table.js      top and movers tables
+//   js/selector.js   selector parsing and completion        js/export.js     folded, SVG, JSON
+//   js/keys.js       shortcuts                              js/format.js     numbers, times
 
-const ROW_H = 18; // CSS px per flame-graph row
-const MIN_W = 0.5; // frames narrower than this (CSS px) are not drawn
-const TEXT_MIN_W = 24; // no label on frames narrower than this
+import { getJson, apiUrl, ApiError, saveFile, download, authToken, saveToken, setUnauthorizedHandler } from "./js/api.js";
+import { parseState, serializeState, baseline, RANGE_PRESETS, DEFAULTS } from "./js/url-state.js";
+import { normalize, normalizeDiff, zoomChain, markMatches, matchedTotal, topFunctions, sandwich } from "./js/tree.js";
+import { applyTransforms, describe } from "./js/transforms.js";
+import { layout, frameAt, framePath, ROW_H } from "./js/layout.js";
+import { drawFlame } from "./js/draw.js";
+import { frameColor, frameKind, packageOf, REASONS, kindColor } from "./js/colors.js";
+import { shareChange, diffColor, movers } from "./js/diff.js";
+import { Chart, stackSeries } from "./js/chart.js";
+import { tableRows, renderTop, renderMovers } from "./js/table.js";
+import { completionContext, applyCompletion, withMatcher, parseSelector } from "./js/selector.js";
+import { toFolded, toSvg, toJson } from "./js/export.js";
+import { SHORTCUTS, actionFor } from "./js/keys.js";
+import { fmtValue, fmtPct, fmtPoints, normalizeTimeInput, resolveTime, fmtTime } from "./js/format.js";
+
 const AUTO_REFRESH_MS = 10_000;
-const RANGES = { "5m": "now-5m", "15m": "now-15m", "1h": "now-1h", "6h": "now-6h", "24h": "now-24h" };
-const DEFAULTS = { label: "service_name", value: "", type: "cpu:nanoseconds", range: "1h" };
-const TOP_LIMIT = 200;
+const WAIT_POLL_MS = 3_000;
+const TOP_LIMIT = 500; // rows asked from the server (the filter searches them all)
+const TABLE_ROWS = 200; // rows drawn
+const SPLIT_TOP_N = 5;
 
 const $ = (id) => document.getElementById(id);
-const els = {
-  labelName: $("label-name"), labelValue: $("label-value"), profileType: $("profile-type"),
-  range: $("range"), customRange: $("custom-range"), from: $("from"), until: $("until"),
-  refresh: $("refresh"), auto: $("auto-refresh"), download: $("download-pprof"),
-  query: $("query"), compare: $("compare"), search: $("search"), searchMatch: $("search-match"),
-  status: $("status"), error: $("error"), truncated: $("truncated-note"),
-  breadcrumbs: $("breadcrumbs"), summary: $("summary"),
-  container: $("flame-container"), canvas: $("flamegraph"), tooltip: $("tooltip"),
-  topTable: $("top-table"),
-  authDialog: $("auth-dialog"), authForm: $("auth-form"), authMessage: $("auth-message"),
-  authToken: $("auth-token"), authRemember: $("auth-remember"),
-};
 
 // ---------------------------------------------------------------- state
 
-const state = {
-  sel: readUrl(),      // what is selected (mirrored in the URL)
-  data: null,          // last flamegraph response
-  top: null,           // last top response
-  zoomPath: [],        // names from root's child down to the zoomed node
-  frames: [],          // laid-out rectangles of the last render
-  hover: null,         // frame under the mouse
-  matcher: null,       // search predicate or null
+const S = parseState(location.search); // the view (mirrored in the URL)
+const st = {
+  data: null,         // normalized server answer (flame graph or diff)
+  tree: null,         // data.root after the transforms
+  layout: null,       // last flame-graph layout
+  matcher: null,
+  matches: [],        // paths of the outermost search matches
+  matchIdx: -1,
   matchedTotal: 0,
   status: "idle",
+  hover: -1,
+  menuFrame: null,    // {name, path} of the frame the menu is for
   sort: { key: "self", dir: "desc" },
-  selectedTopName: null,
-  inflight: null,      // AbortController of the running load
+  inflight: null,
   loadSeq: 0,
-  timer: null,
+  autoTimer: null,
+  waitTimer: null,
+  renderQueued: false,
+  labelNames: [],
+  valueCache: new Map(),
+  lastRenderMs: 0,
 };
 
-function readUrl() {
-  const p = new URLSearchParams(location.search);
-  const sel = {
-    label: p.get("label") || DEFAULTS.label,
-    value: p.get("value") ?? DEFAULTS.value,
-    type: p.get("type") || DEFAULTS.type,
-    range: p.get("range") || "",
-    from: p.get("from") || "",
-    until: p.get("until") || "",
-    query: p.get("query") || "", // raw selector override (typed by the user)
-    search: p.get("search") || "",
-    auto: p.get("auto") === "1",
-    maxNodes: p.get("max_nodes") || "", // advanced, URL only: the server's node budget
-    // Diff mode: a baseline selector, and optionally its own range (URL only).
-    compare: p.get("compare") || "",
-    compareFrom: p.get("compare_from") || "",
-    compareUntil: p.get("compare_until") || "",
-  };
-  if (sel.value === "all") sel.value = "";
-  if (!sel.range) sel.range = sel.from || sel.until ? "custom" : DEFAULTS.range;
-  if (sel.range !== "custom" && !(sel.range in RANGES)) sel.range = DEFAULTS.range;
-  return sel;
-}
-
 function writeUrl() {
-  const s = state.sel;
-  const p = new URLSearchParams();
-  if (s.query) p.set("query", s.query);
-  else {
-    if (s.label !== DEFAULTS.label) p.set("label", s.label);
-    if (s.value) p.set("value", s.value);
-  }
-  if (s.type !== DEFAULTS.type) p.set("type", s.type);
-  if (s.range === "custom") {
-    if (s.from) p.set("from", s.from);
-    if (s.until) p.set("until", s.until);
-  } else if (s.range !== DEFAULTS.range) p.set("range", s.range);
-  if (s.search) p.set("search", s.search);
-  if (s.auto) p.set("auto", "1");
-  if (s.maxNodes) p.set("max_nodes", s.maxNodes);
-  if (s.compare) p.set("compare", s.compare);
-  if (s.compareFrom) p.set("compare_from", s.compareFrom);
-  if (s.compareUntil) p.set("compare_until", s.compareUntil);
-  const qs = p.toString();
-  const url = location.pathname + (qs ? "?" + qs : "") + location.hash;
+  const url = `${location.pathname}?${serializeState(S)}${location.hash}`;
   if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
 }
 
-// PromQL-style string literal.
-function quote(v) {
-  return '"' + String(v).replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n") + '"';
-}
-
-function selector() {
-  const s = state.sel;
-  if (s.query) return s.query;
-  if (!s.value) return "{}";
-  return `{${s.label}=${quote(s.value)}}`;
-}
-
-function timeRange() {
-  const s = state.sel;
-  if (s.range === "custom") return { from: s.from || "now-1h", until: s.until || "now" };
-  return { from: RANGES[s.range], until: "now" };
-}
-
-function apiUrl(path, extra = {}) {
-  const { from, until } = timeRange();
-  const p = new URLSearchParams({ query: selector(), from, until, ...extra });
-  return `${path}?${p}`;
-}
-
-// ---------------------------------------------------------------- fetching
-
-class ApiError extends Error {}
-
-// A server started with --auth-token answers 401 without `Authorization: Bearer <token>`. The page
-// then asks for the token, keeps it for this tab (sessionStorage) or, if asked to, this browser
-// (localStorage), and sends it with every request, the pprof download included.
-const TOKEN_KEY = "kiln.authToken";
-let authRequired = false;
-let memoryToken = ""; // the token given on this page, should storage be disabled
-
-function authToken() {
-  try {
-    return sessionStorage.getItem(TOKEN_KEY) || localStorage.getItem(TOKEN_KEY) || memoryToken;
-  } catch {
-    return memoryToken; // storage disabled
-  }
-}
-function authHeaders() {
-  const t = authToken();
-  return t ? { Authorization: `Bearer ${t}` } : {};
-}
-function saveToken(token, remember) {
-  try {
-    sessionStorage.setItem(TOKEN_KEY, token);
-    if (remember) localStorage.setItem(TOKEN_KEY, token);
-    else localStorage.removeItem(TOKEN_KEY);
-  } catch { /* storage disabled: the token lasts until the page is left */ }
-  memoryToken = token;
-}
-
-/** Shows the token prompt (once, however many requests were refused). */
-function askForToken(serverMessage) {
-  authRequired = true;
-  els.authMessage.textContent = authToken()
-    ? `The server refused the token: ${serverMessage}`
-    : "This Kiln server requires a token.";
-  if (!els.authDialog.open) {
-    els.authDialog.showModal();
-    els.authToken.focus();
+/** After a change of S: the URL, then a reload, a recompute (transforms, search) or a repaint. */
+function commit({ reload = false, keepZoom = true, paintOnly = false } = {}) {
+  if (!keepZoom) S.zoom = [];
+  writeUrl();
+  if (reload) load();
+  else {
+    if (!paintOnly) recompute();
+    render();
   }
 }
 
-async function errorMessage(res) {
-  const text = await res.text();
-  let body = null;
-  try { body = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
-  return body && typeof body.error === "string" ? body.error : (text.trim() || res.statusText);
+// ---------------------------------------------------------------- loading
+
+function selParams(extra = {}) {
+  return { query: S.query, from: S.from, until: S.until, profile_type: S.type, ...extra };
 }
 
-async function getJson(url, signal) {
-  let res;
-  try {
-    res = await fetch(url, { signal, headers: { Accept: "application/json", ...authHeaders() } });
-  } catch (e) {
-    if (e.name === "AbortError") throw e;
-    throw new ApiError(`cannot reach the Kiln server (${e.message})`);
-  }
-  const text = await res.text();
-  let body = null;
-  try { body = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
-  if (!res.ok) {
-    const msg = body && typeof body.error === "string" ? body.error : (text.trim() || res.statusText);
-    if (res.status === 401) askForToken(msg);
-    throw new ApiError(`${msg} (HTTP ${res.status})`);
-  }
-  if (body === null) throw new ApiError(`unexpected non-JSON answer from ${url.split("?")[0]}`);
-  return body;
-}
-
-async function loadChoices(signal) {
-  // Profile types and label names/values are helpers for the selectors;
-  // their failure must not hide the flame graph, so errors are swallowed here.
-  const { from, until } = timeRange();
-  const range = new URLSearchParams({ from, until });
-  const [types, names, values] = await Promise.all([
-    // Types present in the selection (the server takes the selection here too).
-    getJson(`api/v1/profile_types?${new URLSearchParams({ query: selector(), from, until })}`, signal).catch(() => null),
-    getJson(`api/v1/labels?${range}`, signal).catch(() => null),
-    getJson(`api/v1/labels/${encodeURIComponent(state.sel.label)}/values?${range}`, signal).catch(() => null),
-  ]);
-  const typeList = [...(types?.profile_types ?? [])];
-  if (!typeList.includes(DEFAULTS.type)) typeList.unshift(DEFAULTS.type);
-  fillSelect(els.profileType, typeList, state.sel.type, null);
-  const nameList = [...(names?.names ?? [])];
-  for (const n of ["service_name", "comm", "pid", "node"]) if (!nameList.includes(n)) nameList.push(n);
-  nameList.sort();
-  fillSelect(els.labelName, nameList, state.sel.label, null);
-  fillSelect(els.labelValue, values?.values ?? [], state.sel.value, { value: "", text: "all" });
-  els.labelName.disabled = els.labelValue.disabled = !!state.sel.query;
-}
-
-function fillSelect(select, items, current, first) {
-  const list = [...items];
-  if (current && !list.includes(current)) list.unshift(current);
-  const frag = document.createDocumentFragment();
-  if (first) frag.append(new Option(first.text, first.value));
-  for (const v of list) frag.append(new Option(v, v));
-  select.replaceChildren(frag);
-  select.value = current;
+function isLive() {
+  return String(S.until).trim() === "now";
 }
 
 async function load({ keepChoices = false } = {}) {
-  state.inflight?.abort();
+  st.inflight?.abort();
+  clearTimeout(st.waitTimer);
   const ctl = new AbortController();
-  state.inflight = ctl;
-  const seq = ++state.loadSeq;
+  st.inflight = ctl;
+  const seq = ++st.loadSeq;
   syncControls();
-  updateDownloadLink();
-  setStatus("loading", "Loading…");
+  if (st.status !== "waiting") setStatus("loading", "Loading…");
   hideError();
   try {
     const choices = keepChoices ? null : loadChoices(ctl.signal);
-    const type = state.sel.type;
-    const maxNodes = state.sel.maxNodes ? { max_nodes: state.sel.maxNodes } : {};
-    const fgUrl = state.sel.compare
-      ? diffUrl({ profile_type: type, ...maxNodes })
-      // With no value picked ("all"), split the graph by the chosen label: processes on top,
-      // their functions below.
-      : apiUrl("api/v1/flamegraph", {
-        profile_type: type, ...maxNodes,
-        ...(!state.sel.value && !state.sel.query ? { group_by: state.sel.label } : {}),
+    const maxNodes = S.maxNodes ? { max_nodes: S.maxNodes } : {};
+    let fgUrl;
+    if (S.compare) {
+      const b = baseline(S);
+      fgUrl = apiUrl("api/v1/diff", {
+        left_query: b.query, left_from: b.from, left_until: b.until,
+        right_query: S.query, right_from: S.from, right_until: S.until, profile_type: S.type, ...maxNodes,
       });
-    const [fg, top] = await Promise.all([
+    } else {
+      // One request: the flame graph and the top table come from the same merged tree.
+      fgUrl = apiUrl("api/v1/flamegraph", selParams({ top: TOP_LIMIT, ...maxNodes }));
+    }
+    const seriesUrl = apiUrl("api/v1/series", selParams(S.split ? { group_by: S.split } : {}));
+    const [fg, series] = await Promise.all([
       getJson(fgUrl, ctl.signal),
-      getJson(apiUrl("api/v1/top", { profile_type: type, limit: String(TOP_LIMIT) }), ctl.signal),
+      getJson(seriesUrl, ctl.signal).catch((e) => (e.name === "AbortError" ? Promise.reject(e) : null)),
     ]);
     await choices;
-    if (seq !== state.loadSeq) return;
-    state.data = state.sel.compare ? normalizeDiff(fg) : normalize(fg);
-    state.top = top;
-    const hasSamples = state.data.root.total > 0;
-    if (hasSamples) {
+    if (seq !== st.loadSeq) return;
+    const unit = S.type.split(":")[1] || "";
+    st.data = S.compare ? normalizeDiff(fg, unit) : normalize(fg, unit);
+    updateChart(series);
+    if (st.data.root.total > 0) {
       setStatus("ok", "");
+    } else if (isLive() && !S.compare) {
+      // The agent ships a window every 10 s: keep asking until the first one arrives.
+      setStatus("waiting", "Waiting for the first profiles of this selection — checking every 3 s…");
+      st.waitTimer = setTimeout(() => load({ keepChoices: true }), WAIT_POLL_MS);
     } else {
-      setStatus("empty", "No samples in this range — is the agent running?");
+      setStatus("empty", "No samples in this range: try a longer range or another selector.");
     }
-    if (!resolveZoom()) state.zoomPath = [];
-    showTruncated(fg.truncated_nodes);
-    applySearch();
-    renderTop();
+    showTruncated(st.data.truncated);
+    recompute();
     render();
   } catch (e) {
-    if (e.name === "AbortError" || seq !== state.loadSeq) return;
-    state.data = null;
-    state.top = null;
-    state.zoomPath = [];
+    if (e.name === "AbortError" || seq !== st.loadSeq) return;
+    st.data = null;
     showError(e instanceof ApiError ? e.message : `unexpected error: ${e.message}`);
     setStatus("error", "query failed");
     showTruncated(0);
-    applySearch();
-    renderTop();
+    recompute();
     render();
   } finally {
-    if (state.inflight === ctl) state.inflight = null;
+    if (st.inflight === ctl) st.inflight = null;
   }
 }
 
-function normalize(fg) {
-  const root = fg.root ?? { name: "total", self: 0, total: fg.total ?? 0, children: [] };
-  (function fix(n) {
-    n.self = Number(n.self) || 0;
-    n.total = Number(n.total) || 0;
-    n.children = Array.isArray(n.children) ? n.children : [];
-    for (const c of n.children) fix(c);
-  })(root);
-  return { total: Number(fg.total) || root.total, unit: fg.unit || unitOf(state.sel.type), profiles: fg.profiles, root };
+async function loadChoices(signal) {
+  // Helpers for the pickers: their failure must not hide the flame graph.
+  const range = { from: S.from, until: S.until };
+  const [types, names] = await Promise.all([
+    getJson(apiUrl("api/v1/profile_types", { query: S.query, ...range }), signal).catch(() => null),
+    getJson(apiUrl("api/v1/labels", range), signal).catch(() => null),
+  ]);
+  const typeList = [...(types?.profile_types ?? [])];
+  if (!typeList.includes(DEFAULTS.type)) typeList.unshift(DEFAULTS.type);
+  fillSelect($("profile-type"), typeList.map((t) => [t, t]), S.type);
+  st.labelNames = (names?.names ?? []).filter((n) => n !== "__tenant__");
+  st.valueCache.clear();
+  fillSelect($("split"), [["", "(none)"], ...st.labelNames.map((n) => [n, n])], S.split);
 }
 
-// /api/v1/diff: the baseline (`compare`, left) against the page's selection (right).
-function diffUrl(extra) {
-  const { from, until } = timeRange();
-  const s = state.sel;
-  const p = new URLSearchParams({
-    left_query: s.compare, left_from: s.compareFrom || from, left_until: s.compareUntil || until,
-    right_query: selector(), right_from: from, right_until: until, ...extra,
-  });
-  return `api/v1/diff?${p}`;
+function fillSelect(select, items, current) {
+  const list = [...items];
+  if (current && !list.some(([v]) => v === current)) list.unshift([current, current]);
+  select.replaceChildren(...list.map(([v, t]) => new Option(t, v)));
+  select.value = current;
 }
 
-// A diff tree drawn like a flame graph: a frame is as wide as baseline + current together, and
-// `diff` keeps both sides for colour and tooltip.
-function normalizeDiff(d) {
-  const root = d.root ?? { name: "total", left_total: 0, right_total: 0, children: [] };
-  const stack = [root];
-  while (stack.length) {
-    const n = stack.pop();
-    n.diff = {
-      leftTotal: Number(n.left_total) || 0, leftSelf: Number(n.left_self) || 0,
-      rightTotal: Number(n.right_total) || 0, rightSelf: Number(n.right_self) || 0,
-    };
-    n.total = n.diff.leftTotal + n.diff.rightTotal;
-    n.self = n.diff.leftSelf + n.diff.rightSelf;
-    n.children = Array.isArray(n.children) ? n.children : [];
-    stack.push(...n.children);
-  }
-  return {
-    total: root.total, unit: d.unit || unitOf(state.sel.type), profiles: null, root,
-    diff: { left: Number(d.left?.total) || 0, right: Number(d.right?.total) || 0 },
-  };
+async function labelValues(name) {
+  if (st.valueCache.has(name)) return st.valueCache.get(name);
+  const p = getJson(apiUrl(`api/v1/labels/${encodeURIComponent(name)}/values`, { from: S.from, until: S.until }))
+    .then((r) => r.values ?? [])
+    .catch(() => []);
+  st.valueCache.set(name, p);
+  return p;
 }
 
-// Change of a frame's share of its side's total: > 0 grew (red), < 0 shrank (green).
-function shareChange(diff) {
-  const t = state.data.diff;
-  const l = t.left > 0 ? diff.leftTotal / t.left : 0;
-  const r = t.right > 0 ? diff.rightTotal / t.right : 0;
-  return r - l;
-}
-
-function diffColor(diff) {
-  const c = shareChange(diff);
-  // Saturates at a 20-point change in share; near zero is a neutral grey.
-  const m = Math.min(1, Math.abs(c) / 0.2);
-  if (m < 0.02) return "hsl(220, 6%, 78%)";
-  return `hsl(${c > 0 ? 0 : 130}, ${40 + m * 45}%, ${82 - m * 30}%)`;
-}
-
-const unitOf = (type) => type.split(":")[1] || "";
-
-function setStatus(st, text) {
-  state.status = st;
-  els.status.dataset.state = st;
-  els.status.textContent = text;
-  document.body.dataset.state = st;
-}
-function showError(msg) {
-  els.error.textContent = `Error: ${msg}`;
-  els.error.hidden = false;
-}
-function hideError() {
-  els.error.hidden = true;
-  els.error.textContent = "";
-}
-function showTruncated(n) {
-  if (n > 0) {
-    els.truncated.hidden = false;
-    els.truncated.textContent = `Note: ${n.toLocaleString("en-US")} small nodes were folded into "(other)" frames by the server to keep the graph manageable. Narrow the selection or zoom for more detail.`;
-  } else {
-    els.truncated.hidden = true;
-  }
-}
-
-// ---------------------------------------------------------------- controls
-
-function syncControls() {
-  const s = state.sel;
-  els.range.value = s.range;
-  els.customRange.hidden = s.range !== "custom";
-  els.from.value = toLocalInput(s.from);
-  els.until.value = toLocalInput(s.until);
-  els.query.value = selector();
-  els.compare.value = s.compare;
-  els.auto.checked = s.auto;
-  if (els.search.value !== s.search) els.search.value = s.search;
-  els.labelName.disabled = els.labelValue.disabled = !!s.query;
-  els.labelName.title = s.query ? "A custom selector is in use (clear the Selector box to use these)" : "Label that identifies the process";
-}
-
-function updateDownloadLink() {
-  els.download.href = apiUrl("api/v1/pprof");
-}
-
-// "1764301027" (any of s/ms/µs/ns) -> Date, else null
-function parseUnix(v) {
-  if (!/^\d{10,19}$/.test(v)) return null;
-  const n = Number(v);
-  const ms = v.length <= 10 ? n * 1e3 : v.length <= 13 ? n : v.length <= 16 ? n / 1e3 : n / 1e6;
-  return new Date(ms);
-}
-function toLocalInput(v) {
-  const d = parseUnix(v);
-  if (!d) return "";
-  const pad = (x) => String(x).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
-function fromLocalInput(v) {
-  if (!v) return "";
-  const t = new Date(v).getTime();
-  return Number.isFinite(t) ? String(Math.floor(t / 1000)) : "";
-}
-
-function changeSel(patch, opts) {
-  Object.assign(state.sel, patch);
-  writeUrl();
-  load(opts);
-}
-
-els.labelName.addEventListener("change", () => changeSel({ label: els.labelName.value, value: "", query: "" }));
-els.labelValue.addEventListener("change", () => changeSel({ value: els.labelValue.value, query: "" }));
-els.profileType.addEventListener("change", () => changeSel({ type: els.profileType.value }, { keepChoices: true }));
-els.range.addEventListener("change", () => {
-  const r = els.range.value;
-  if (r === "custom") {
-    // Start the custom range from what was shown.
-    const now = Math.floor(Date.now() / 1000);
-    const span = { "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400 }[state.sel.range] ?? 3600;
-    changeSel({ range: "custom", from: state.sel.from || String(now - span), until: state.sel.until || String(now) });
-  } else {
-    changeSel({ range: r, from: "", until: "" });
-  }
-});
-for (const inp of [els.from, els.until]) {
-  inp.addEventListener("change", () => {
-    const from = fromLocalInput(els.from.value);
-    const until = fromLocalInput(els.until.value);
-    if (from && until) changeSel({ range: "custom", from, until });
-  });
-}
-els.query.addEventListener("keydown", (e) => {
-  if (e.key !== "Enter") return;
-  e.preventDefault();
-  const q = els.query.value.trim();
-  // An empty box (or the selector the dropdowns would build anyway) returns control to the dropdowns.
-  const built = state.sel.value ? `{${state.sel.label}=${quote(state.sel.value)}}` : "{}";
-  changeSel({ query: q && q !== built ? q : "" });
-});
-els.compare.addEventListener("keydown", (e) => {
-  if (e.key !== "Enter") return;
-  e.preventDefault();
-  changeSel({ compare: els.compare.value.trim() });
-});
-els.refresh.addEventListener("click", () => load());
-
-els.authForm.addEventListener("submit", (e) => {
-  e.preventDefault();
-  const token = els.authToken.value.trim();
-  if (!token) return;
-  saveToken(token, els.authRemember.checked);
-  els.authToken.value = "";
-  els.authDialog.close();
-  load();
-});
-
-// Behind a token, a plain link cannot send it: fetch the file with the header and save the blob.
-els.download.addEventListener("click", async (e) => {
-  if (!authRequired && !authToken()) return; // no auth: the link downloads by itself
-  e.preventDefault();
-  const href = els.download.getAttribute("href");
-  try {
-    const res = await fetch(href, { headers: authHeaders() });
-    if (!res.ok) {
-      const msg = await errorMessage(res);
-      if (res.status === 401) askForToken(msg);
-      else showError(`pprof download failed: ${msg} (HTTP ${res.status})`);
-      return;
-    }
-    const url = URL.createObjectURL(await res.blob());
-    const a = document.createElement("a");
-    a.href = url;
-    a.download = els.download.getAttribute("download") || "kiln.pb.gz";
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  } catch (err) {
-    showError(`pprof download failed: ${err.message}`);
-  }
-});
-els.auto.addEventListener("change", () => {
-  state.sel.auto = els.auto.checked;
-  writeUrl();
-  scheduleAuto();
-});
-function scheduleAuto() {
-  clearInterval(state.timer);
-  state.timer = null;
-  if (state.sel.auto) {
-    state.timer = setInterval(() => {
-      if (!document.hidden && !state.inflight) load({ keepChoices: true });
-    }, AUTO_REFRESH_MS);
-  }
-}
-
-// ---------------------------------------------------------------- search
-
-let searchDebounce = null;
-els.search.addEventListener("input", () => {
-  clearTimeout(searchDebounce);
-  searchDebounce = setTimeout(() => setSearch(els.search.value), 120);
-});
-els.search.addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && els.search.value) {
-    e.stopPropagation();
-    els.search.value = "";
-    setSearch("");
-  }
-});
-
-function setSearch(text) {
-  clearTimeout(searchDebounce);
-  if (els.search.value !== text) els.search.value = text;
-  state.sel.search = text;
-  writeUrl();
-  applySearch();
-  render();
-  markTopSelection();
-}
+// ---------------------------------------------------------------- derived view
 
 function makeMatcher(text) {
   if (!text) return null;
+  const m = /^\/(.*)\/$/.exec(text);
   try {
-    const re = new RegExp(text, "i");
+    const re = new RegExp(m ? m[1] : text, "i");
     return (name) => re.test(name);
   } catch {
     const needle = text.toLowerCase();
@@ -525,63 +185,24 @@ function makeMatcher(text) {
   }
 }
 
-function applySearch() {
-  state.matcher = makeMatcher(state.sel.search);
-  state.matchedTotal = 0;
-  const out = els.searchMatch;
-  if (!state.matcher || !state.data) {
-    out.textContent = state.matcher ? "no data" : "";
-    out.classList.toggle("active", false);
-    out.dataset.percent = "";
-    return;
+/** Transforms, search marks and zoom resolution: everything between the data and the pixels. */
+function recompute() {
+  st.matcher = makeMatcher(S.search);
+  if (!st.data) {
+    st.tree = null;
+    st.matches = [];
+    st.matchedTotal = 0;
+  } else {
+    st.tree = applyTransforms(st.data.root, S.tf, !!st.data.diff);
+    st.matches = markMatches(st.tree, st.matcher);
+    st.matchedTotal = st.matcher ? matchedTotal(st.tree, st.matcher) : 0;
+    const chain = zoomChain(st.tree, S.zoom);
+    if (chain.length !== S.zoom.length + 1) S.zoom = chain.slice(1).map((n) => n.name);
   }
-  // Sum the totals of matching nodes, not counting a match below another match twice.
-  let sum = 0;
-  const stack = [...state.data.root.children];
-  while (stack.length) {
-    const n = stack.pop();
-    if (state.matcher(n.name)) sum += n.total;
-    else stack.push(...n.children);
-  }
-  state.matchedTotal = sum;
-  const total = state.data.root.total;
-  const pct = total > 0 ? (100 * sum) / total : 0;
-  out.dataset.percent = pct.toFixed(2);
-  out.classList.toggle("active", sum > 0);
-  out.textContent = sum > 0
-    ? `Matched: ${fmtPct(pct)} of total (${fmtValue(sum, state.data.unit)})`
-    : "Matched: 0% — no frame matches";
+  renderSearchInfo();
+  renderTransforms();
+  renderTable();
 }
-
-// ---------------------------------------------------------------- zoom
-
-function zoomChain() {
-  // [root, ..., zoomed node]
-  const chain = [state.data.root];
-  for (const name of state.zoomPath) {
-    const next = chain[chain.length - 1].children.find((c) => c.name === name);
-    if (!next) break;
-    chain.push(next);
-  }
-  return chain;
-}
-function resolveZoom() {
-  if (!state.data) return false;
-  return zoomChain().length === state.zoomPath.length + 1;
-}
-function zoomTo(path) {
-  state.zoomPath = path;
-  hideTooltip();
-  render();
-}
-
-document.addEventListener("keydown", (e) => {
-  if (e.key !== "Escape") return;
-  const t = e.target;
-  if (t instanceof HTMLInputElement && t !== els.search) return;
-  if (state.zoomPath.length) zoomTo([]);
-  hideTooltip();
-});
 
 // ---------------------------------------------------------------- rendering
 
@@ -589,205 +210,106 @@ function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
-function hash(str) {
-  // FNV-1a 32-bit
-  let h = 0x811c9dc5;
-  for (let i = 0; i < str.length; i++) {
-    h ^= str.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
+let paletteCache = null;
+function palette() {
+  // getComputedStyle forces a style recalculation: read the theme's colours once per theme.
+  if (paletteCache) return paletteCache;
+  return (paletteCache = {
+    match: cssVar("--match") || "#d63af9",
+    dim: cssVar("--frame-dim") || "#e4e4e7",
+    dimText: cssVar("--frame-dim-text") || "#6b6b73",
+    collapsed: cssVar("--frame-collapsed") || "#d4d4d8",
+    fg: cssVar("--fg") || "#111",
+    matchLegend: cssVar("--match") || "#d63af9",
+  });
 }
 
-const UNSYM = /^0x[0-9a-f]+$|\+0x[0-9a-f]+$/i;
-// What the server's `reason` codes mean (storage-server/src/query/reason.rs).
-const REASONS = {
-  no_mapping: "address in no known mapping (the process exited before its mappings were read?)",
-  no_build_id: "the binary has no build ID",
-  no_file: "code not backed by a file (JIT without a perf map?)",
-  kernel_unknown: "kernel address not in /proc/kallsyms",
-  no_debuginfo: "no debuginfo uploaded for this build ID (yet)",
-  stripped: "stripped binary and no separate debuginfo",
-  unknown_address: "no symbol covers this address",
-  invalid_offset: "address outside the binary's segments",
-  symbolizer_error: "the symbolizer failed on this binary",
-  debuginfod_miss: "no debuginfo uploaded, and debuginfod does not have it",
-  debuginfod_pending: "debuginfo is being fetched from debuginfod (reload shortly)",
-  truncated: "the stack was cut here (stack copy size or depth limit)",
-  unwind_failed: "the unwinder could not go further",
-};
-
-function frameKind(name, reason) {
-  if (reason) return "unsym";
-  if (name.endsWith(" [k]")) return "kernel";
-  if (UNSYM.test(name)) return "unsym";
-  if (name === "(other)") return "other";
-  return "user";
-}
-
-function frameColor(name, isRoot, reason) {
-  if (isRoot) return "hsl(220, 8%, 70%)";
-  const h = hash(name);
-  const a = (h & 0xff) / 255;
-  const b = ((h >>> 8) & 0xff) / 255;
-  switch (frameKind(name, reason)) {
-    case "kernel": return `hsl(${190 + a * 35}, ${55 + b * 20}%, ${58 + b * 10}%)`;
-    case "unsym": return `hsl(0, 0%, ${66 + a * 12}%)`;
-    case "other": return "hsl(40, 6%, 80%)";
-    default: {
-      // Warm palette: red -> orange -> yellow, lightness varied by name.
-      // Go/Rust style package prefix ("runtime.", "std::") shifts the hue a little
-      // so related functions look related.
-      return `hsl(${4 + a * 48}, ${72 + b * 18}%, ${56 + ((h >>> 16) & 0xff) / 255 * 12}%)`;
-    }
-  }
-}
-
-function layout(width) {
-  const frames = [];
-  if (!state.data || state.data.root.total <= 0) return frames;
-  const chain = zoomChain();
-  // Ancestors of the zoomed node are shown collapsed, full width, on top.
-  for (let i = 0; i < chain.length - 1; i++) {
-    const n = chain[i];
-    frames.push(mkFrame(n, chain.slice(1, i + 1).map((x) => x.name), 0, i * ROW_H, width, i, true));
-  }
-  const zoomed = chain[chain.length - 1];
-  const scale = width / zoomed.total;
-  const base = chain.length - 1;
-  const zoomNames = chain.slice(1).map((x) => x.name);
-  // Browsers cap a canvas at ~32k device px per side: very deep stacks are cut (zoom in to see them).
-  const maxDepth = Math.floor(30000 / (window.devicePixelRatio || 1) / ROW_H);
-  // Iterative DFS to survive very deep stacks.
-  const stack = [{ n: zoomed, x: 0, d: base, path: zoomNames }];
-  while (stack.length) {
-    const { n, x, d, path } = stack.pop();
-    const w = n.total * scale;
-    if (w < MIN_W || d >= maxDepth) continue;
-    frames.push(mkFrame(n, path, x, d * ROW_H, w, d, false));
-    let cx = x;
-    const kids = [];
-    for (const c of n.children) {
-      kids.push({ n: c, x: cx, d: d + 1, path: [...path, c.name] });
-      cx += c.total * scale;
-    }
-    for (let i = kids.length - 1; i >= 0; i--) stack.push(kids[i]);
-  }
-  return frames;
-}
-
-function mkFrame(n, path, x, y, w, depth, collapsed) {
-  return {
-    name: n.name, x, y, w, h: ROW_H, total: n.total, self: n.self, depth,
-    collapsed, highlighted: !!(state.matcher && path.length && state.matcher(n.name)),
-    path, node: n,
+function frameStyle(pal) {
+  const searching = !!st.matcher;
+  const diff = st.data?.diff;
+  return (f) => {
+    const n = f.node;
+    const isRoot = n === st.tree && !f.collapsed;
+    if (f.collapsed) return { fill: pal.collapsed, text: pal.fg };
+    if (n.hit) return { fill: pal.match, text: "#ffffff" };
+    if (searching && !isRoot) return { fill: pal.dim, text: pal.dimText };
+    if (diff && !isRoot) return { fill: diffColor(shareChange(n, diff), S.palette), text: "#111111" };
+    return { fill: frameColor(S.color, n.name, n.reason, isRoot), text: "#111111" };
   };
 }
 
-let renderQueued = false;
+function frameLabel(l) {
+  return (f) => {
+    if (f.collapsed) return `↑ ${l.chain.slice(1, -1).map((n) => n.name).join(" › ") || "total"}`;
+    if (f.node === st.tree) return rootLabel();
+    return f.node.name;
+  };
+}
+
+function rootLabel() {
+  const d = st.data;
+  if (d.diff) return `A ${fmtValue(d.diff.left, d.unit)} → B ${fmtValue(d.diff.right, d.unit)}`;
+  return `total — ${fmtValue(st.tree.total, d.unit)}${d.profiles != null ? ` in ${d.profiles} profile${d.profiles === 1 ? "" : "s"}` : ""}`;
+}
+
 function render() {
-  if (renderQueued) return;
-  renderQueued = true;
+  if (st.renderQueued) return;
+  st.renderQueued = true;
   requestAnimationFrame(() => {
-    renderQueued = false;
+    st.renderQueued = false;
     renderNow();
   });
 }
 
 function renderNow() {
-  const canvas = els.canvas;
-  const width = Math.max(1, Math.floor(els.container.clientWidth));
-  const frames = layout(width);
-  state.frames = frames;
-  const depth = frames.reduce((m, f) => Math.max(m, f.depth + 1), 0);
-  const height = depth * ROW_H;
-  const dpr = window.devicePixelRatio || 1;
-  canvas.style.height = `${height}px`;
-  canvas.width = Math.max(1, Math.round(width * dpr));
-  canvas.height = Math.max(1, Math.round(height * dpr));
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  ctx.font = `12px ui-monospace, "DejaVu Sans Mono", Menlo, monospace`;
-  ctx.textBaseline = "middle";
-  const searching = !!state.matcher;
-  const pal = {
-    match: cssVar("--match") || "#d63af9",
-    dim: cssVar("--frame-dim") || "#e4e4e7",
-    dimText: cssVar("--frame-dim-text") || "#6b6b73",
-    collapsed: cssVar("--frame-collapsed") || "#d4d4d8",
-    collapsedText: cssVar("--fg") || "#111111",
-  };
-  const charW = ctx.measureText("m").width || 7;
-  for (const f of frames) {
-    const isRoot = f.path.length === 0;
-    let fill, textColor = "#111111";
-    if (f.highlighted) {
-      fill = pal.match;
-      textColor = "#ffffff";
-    } else if (f.collapsed && !isRoot) {
-      fill = pal.collapsed;
-      textColor = pal.collapsedText;
-    } else if (searching && !isRoot) {
-      fill = pal.dim;
-      textColor = pal.dimText;
-    } else if (state.data.diff && !isRoot) {
-      fill = diffColor(f.node.diff);
-    } else {
-      fill = frameColor(f.name, isRoot, f.node?.reason);
-    }
-    ctx.fillStyle = fill;
-    // 1px gap right/bottom separates neighbours without hiding tiny frames.
-    const gap = f.w > 3 ? 1 : 0;
-    ctx.fillRect(f.x, f.y, Math.max(f.w - gap, 0.5), ROW_H - 1);
-    if (f.w >= TEXT_MIN_W) {
-      ctx.fillStyle = textColor;
-      const label = isRoot ? rootLabel() : f.name;
-      const text = fitText(ctx, label, f.w - 6, charW);
-      if (text) ctx.fillText(text, f.x + 3, f.y + ROW_H / 2);
-    }
-  }
-  ctx.globalAlpha = 1;
-  if (state.hover) {
-    const h = frames.find((f) => f.path.join("\u0000") === state.hover.path.join("\u0000") && f.collapsed === state.hover.collapsed);
-    if (h) {
-      ctx.strokeStyle = cssVar("--fg") || "#000";
-      ctx.lineWidth = 1;
-      ctx.strokeRect(h.x + 0.5, h.y + 0.5, Math.max(h.w - 2, 1), ROW_H - 2);
-    }
-  }
-  els.container.dataset.placeholder = frames.length ? "" : {
+  const t0 = performance.now();
+  const views = $("views");
+  views.dataset.view = S.view;
+  document.querySelectorAll(".seg button[data-view]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.view === S.view)));
+  $("sandwich-panel").hidden = S.view !== "sandwich";
+  const container = $("flame-container");
+  const width = Math.max(1, Math.floor(container.clientWidth));
+  const pal = palette();
+  const tree = st.tree;
+  st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient });
+  drawFlame($("flamegraph"), st.layout, width, {
+    style: frameStyle(pal), label: frameLabel(st.layout), hover: st.hover, outline: pal.fg,
+  });
+  if (S.view === "sandwich") renderSandwich(pal);
+  container.dataset.placeholder = st.layout.frames.length ? "" : ({
     loading: "Loading…",
-    empty: "Try a longer time range or another process, or check that an agent is sending profiles.",
+    waiting: "Waiting for data…",
+    empty: "No samples in this range.",
     error: "No flame graph: see the error above.",
-  }[state.status] ?? "";
-  const diffMode = !!state.data?.diff;
-  $("legend").hidden = diffMode;
-  $("legend-diff").hidden = !diffMode;
+  }[st.status] ?? "");
   renderBreadcrumbs();
   renderSummary();
+  renderLegend();
+  st.lastRenderMs = performance.now() - t0;
+  performance.measure?.("kiln:render", { start: t0, end: t0 + st.lastRenderMs });
 }
 
-function rootLabel() {
-  const d = state.data;
-  if (d.diff) return `baseline ${fmtValue(d.diff.left, d.unit)} → current ${fmtValue(d.diff.right, d.unit)}`;
-  return `total — ${fmtValue(d.root.total, d.unit)}${d.profiles != null ? ` in ${d.profiles} profile${d.profiles === 1 ? "" : "s"}` : ""}`;
-}
-
-function fitText(ctx, text, maxW, charW) {
-  if (maxW <= charW) return "";
-  if (ctx.measureText(text).width <= maxW) return text;
-  // Monospace: estimate, then correct.
-  let n = Math.max(0, Math.floor(maxW / charW) - 1);
-  while (n > 0 && ctx.measureText(text.slice(0, n) + "…").width > maxW) n--;
-  return n > 0 ? text.slice(0, n) + "…" : "";
+function renderSandwich(pal) {
+  $("sandwich-name").textContent = S.fn;
+  if (!st.tree) return;
+  const { callers, callees } = sandwich(st.tree, S.fn, !!st.data?.diff);
+  for (const [id, tree, orient] of [["sandwich-callers", callers, "flame"], ["sandwich-callees", callees, "icicle"]]) {
+    const canvas = $(id);
+    const width = Math.max(1, Math.floor(canvas.parentElement.clientWidth));
+    const l = layout(tree.total > 0 ? tree : null, [], width, { orient });
+    canvas._layout = l;
+    drawFlame(canvas, l, width, {
+      style: (f) => (f.depth === 0 ? { fill: pal.match, text: "#fff" } : frameStyle(pal)(f)),
+      label: (f) => f.node.name, outline: pal.fg,
+    });
+  }
 }
 
 function renderBreadcrumbs() {
-  const bc = els.breadcrumbs;
+  const bc = $("breadcrumbs");
   bc.replaceChildren();
-  if (!state.data || state.data.root.total <= 0) return;
-  const chain = zoomChain();
+  if (!st.tree || st.tree.total <= 0) return;
+  const chain = zoomChain(st.tree, S.zoom);
   chain.forEach((n, i) => {
     if (i > 0) {
       const sep = document.createElement("span");
@@ -797,9 +319,8 @@ function renderBreadcrumbs() {
     }
     const b = document.createElement("button");
     b.type = "button";
-    b.textContent = i === 0 ? "all (root)" : n.name;
+    b.textContent = i === 0 ? "all" : n.name;
     b.title = i === 0 ? "Reset zoom (Esc)" : n.name;
-    b.dataset.depth = String(i);
     if (i === chain.length - 1) b.setAttribute("aria-current", "true");
     b.addEventListener("click", () => zoomTo(chain.slice(1, i + 1).map((x) => x.name)));
     bc.append(b);
@@ -807,88 +328,486 @@ function renderBreadcrumbs() {
 }
 
 function renderSummary() {
-  const d = state.data;
-  if (!d || d.root.total <= 0) {
-    els.summary.textContent = "";
+  const d = st.data;
+  const out = $("summary");
+  if (!d || !st.tree || st.tree.total <= 0) {
+    out.textContent = "";
     return;
   }
-  const parts = d.diff
-    ? [`${state.sel.type}`, `diff: baseline ${fmtValue(d.diff.left, d.unit)}, current ${fmtValue(d.diff.right, d.unit)}`]
-    : [`${state.sel.type}`, `total ${fmtValue(d.root.total, d.unit)}`];
-  if (d.profiles != null) parts.push(`${d.profiles} profile${d.profiles === 1 ? "" : "s"}`);
-  if (state.zoomPath.length) {
-    const z = zoomChain().at(-1);
-    parts.push(`zoomed: ${fmtPct((100 * z.total) / d.root.total)} of total`);
+  const parts = [S.type];
+  if (d.diff) parts.push(`A ${fmtValue(d.diff.left, d.unit)} → B ${fmtValue(d.diff.right, d.unit)}`);
+  else parts.push(`total ${fmtValue(st.tree.total, d.unit)}`);
+  const secs = rangeSeconds();
+  if (!d.diff && d.unit === "nanoseconds" && secs > 0) parts.push(`≈ ${(st.tree.total / 1e9 / secs).toFixed(3)} cores avg`);
+  if (S.zoom.length) {
+    const z = zoomChain(st.tree, S.zoom).at(-1);
+    parts.push(`zoomed: ${fmtPct((100 * z.total) / st.tree.total)} of total`);
   }
-  els.summary.textContent = parts.join(" · ");
+  out.textContent = parts.join(" · ");
 }
 
-// ---------------------------------------------------------------- mouse
-
-function frameAt(x, y) {
-  for (let i = state.frames.length - 1; i >= 0; i--) {
-    const f = state.frames[i];
-    if (y >= f.y && y < f.y + f.h && x >= f.x && x < f.x + f.w) return f;
-  }
-  return null;
+let legendKey = "";
+function renderLegend() {
+  const key = `${!!st.data?.diff}|${S.palette}|${S.color}`;
+  if (key === legendKey) return;
+  legendKey = key;
+  const lg = $("legend");
+  const items = st.data?.diff
+    ? [[diffColor(10, S.palette), "share grew"], [diffColor(-10, S.palette), "share shrank"], [diffColor(0), "unchanged"]]
+    : S.color === "kind"
+      ? [[kindColor("f", null), "user"], [kindColor("f [k]", null), "kernel [k]"], [kindColor("runtime.x", null), "runtime"], [kindColor("0x1", null), "unsymbolized"]]
+      : [["linear-gradient(90deg, hsl(20 60% 65%), hsl(140 60% 65%), hsl(260 60% 65%))", "one hue per package / binary"]];
+  items.push([palette().matchLegend, "search match"]);
+  lg.replaceChildren(...items.flatMap(([c, t]) => {
+    const i = document.createElement("i");
+    i.className = "sw";
+    i.style.background = c;
+    return [i, document.createTextNode(t + " ")];
+  }));
 }
 
-function canvasPoint(e) {
-  const r = els.canvas.getBoundingClientRect();
+function rangeSeconds() {
+  const now = Date.now();
+  const a = resolveTime(S.from, now), b = resolveTime(S.until, now);
+  return a != null && b != null && b > a ? (b - a) / 1000 : 0;
+}
+
+// ---------------------------------------------------------------- status, errors
+
+function setStatus(state, text) {
+  st.status = state;
+  $("status").dataset.state = state;
+  $("status").textContent = text;
+  document.body.dataset.state = state;
+}
+function showError(msg) {
+  $("error").textContent = `Error: ${msg}`;
+  $("error").hidden = false;
+}
+function hideError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+function showTruncated(n) {
+  const el = $("truncated-note");
+  el.hidden = !(n > 0);
+  if (n > 0) el.textContent = `Note: ${n.toLocaleString("en-US")} small nodes were folded into "(other)" frames by the server to keep the graph manageable. Narrow the selection or zoom for more detail.`;
+}
+
+// ---------------------------------------------------------------- chart
+
+const chart = new Chart({
+  canvas: $("chart"), legend: $("chart-legend"), tooltip: $("chart-tooltip"),
+  onBrush: (from, until) => {
+    S.from = String(from);
+    S.until = String(until);
+    commit({ reload: true });
+  },
+  onSelect: (labels) => {
+    let q = S.query;
+    for (const [k, v] of Object.entries(labels)) q = withMatcher(q, k, v);
+    S.query = q;
+    if (S.split && labels[S.split] !== undefined) S.split = "";
+    commit({ reload: true, keepZoom: false });
+  },
+});
+
+function updateChart(series) {
+  const now = Date.now();
+  const from = resolveTime(S.from, now) ?? now - 3600e3;
+  const until = resolveTime(S.until, now) ?? now;
+  st.series = series ? stackSeries(series, SPLIT_TOP_N) : null;
+  chart.set(st.series, from, until);
+}
+
+// ---------------------------------------------------------------- controls
+
+function syncControls() {
+  const q = $("query");
+  if (document.activeElement !== q) q.value = S.query;
+  const preset = RANGE_PRESETS.find(([f]) => f === S.from && S.until === "now");
+  $("range").value = preset ? preset[0] : "custom";
+  $("from").value = S.from;
+  $("until").value = S.until;
+  $("auto-refresh").checked = S.auto;
+  if ($("search").value !== S.search) $("search").value = S.search;
+  $("orient").textContent = S.orient === "flame" ? "⇅ flame" : "⇅ icicle";
+  $("color-by").value = S.color;
+  $("compare-on").checked = S.compare;
+  $("compare-panel").hidden = !S.compare;
+  $("cmp-query").value = S.cmpQuery;
+  $("cmp-from").value = S.cmpFrom;
+  $("cmp-until").value = S.cmpUntil;
+  $("palette").value = S.palette;
+  $("cur-desc").textContent = `${S.query} · ${fmtTime(S.from)} → ${fmtTime(S.until)} (edit above)`;
+  $("split").value = S.split;
+  $("download-pprof").href = apiUrl("api/v1/pprof", selParams());
+}
+
+$("range").replaceChildren(...RANGE_PRESETS.map(([v, t]) => new Option(t, v)), new Option("Custom", "custom"));
+$("range").addEventListener("change", () => {
+  const v = $("range").value;
+  if (v === "custom") {
+    // Start from the absolute times of what was shown.
+    const now = Date.now();
+    S.from = String(Math.floor((resolveTime(S.from, now) ?? now - 3600e3) / 1000));
+    S.until = String(Math.floor((resolveTime(S.until, now) ?? now) / 1000));
+  } else {
+    S.from = v;
+    S.until = "now";
+  }
+  commit({ reload: true });
+});
+for (const [id, key] of [["from", "from"], ["until", "until"], ["cmp-from", "cmpFrom"], ["cmp-until", "cmpUntil"]]) {
+  const el = $(id);
+  el.addEventListener("change", () => {
+    const raw = el.value.trim();
+    if (!raw && key.startsWith("cmp")) {
+      S[key] = "";
+      return commit({ reload: true });
+    }
+    const v = normalizeTimeInput(raw);
+    el.classList.toggle("invalid", v == null);
+    if (v == null) return showError(`cannot read the time ${JSON.stringify(raw)}: use now-2h, a date like 2026-12-03 07:00, or Unix time`);
+    S[key] = v;
+    commit({ reload: true });
+  });
+}
+$("profile-type").addEventListener("change", () => {
+  S.type = $("profile-type").value;
+  commit({ reload: true, keepZoom: false });
+});
+$("split").addEventListener("change", () => {
+  S.split = $("split").value;
+  commit({ reload: true });
+});
+$("refresh").addEventListener("click", () => load());
+$("auto-refresh").addEventListener("change", () => {
+  S.auto = $("auto-refresh").checked;
+  commit();
+  scheduleAuto();
+});
+function scheduleAuto() {
+  clearInterval(st.autoTimer);
+  st.autoTimer = S.auto ? setInterval(() => {
+    if (!document.hidden && !st.inflight) load({ keepChoices: true });
+  }, AUTO_REFRESH_MS) : null;
+}
+$("orient").addEventListener("click", () => act("flip"));
+$("color-by").addEventListener("change", () => {
+  S.color = $("color-by").value;
+  commit();
+});
+$("compare-on").addEventListener("change", () => {
+  S.compare = $("compare-on").checked;
+  commit({ reload: true, keepZoom: false });
+});
+$("cmp-query").addEventListener("change", () => {
+  S.cmpQuery = $("cmp-query").value.trim();
+  commit({ reload: true });
+});
+$("palette").addEventListener("change", () => {
+  S.palette = $("palette").value;
+  commit();
+});
+document.querySelectorAll(".seg button[data-view]").forEach((b) => b.addEventListener("click", () => setView(b.dataset.view)));
+
+function setView(view) {
+  if (view === "sandwich") {
+    const fn = S.fn || focusName();
+    if (!fn) return;
+    S.fn = fn;
+  }
+  S.view = view;
+  commit();
+}
+
+// ---------------------------------------------------------------- selector editor
+
+const query = $("query");
+const suggest = $("query-suggest");
+let sugg = { items: [], idx: -1, ctx: null };
+
+async function updateSuggestions() {
+  const pos = query.selectionStart ?? query.value.length;
+  const text = query.value;
+  const ctx = completionContext(text, pos);
+  let items = [];
+  if (ctx?.kind === "name") items = st.labelNames.filter((n) => n.startsWith(ctx.prefix));
+  else if (ctx?.kind === "op") items = ["=", "!=", "=~", "!~"];
+  else if (ctx?.kind === "value") {
+    const values = await labelValues(ctx.name);
+    if (query.value !== text) return; // typed on meanwhile
+    items = values.filter((v) => v.toLowerCase().includes(ctx.prefix.toLowerCase()));
+  }
+  sugg = { items: items.slice(0, 50), idx: items.length ? 0 : -1, ctx };
+  drawSuggestions();
+}
+
+function drawSuggestions() {
+  suggest.replaceChildren(...sugg.items.map((it, i) => {
+    const li = document.createElement("li");
+    li.role = "option";
+    li.textContent = it;
+    li.dataset.value = it;
+    li.setAttribute("aria-selected", String(i === sugg.idx));
+    li.addEventListener("mousedown", (e) => {
+      e.preventDefault();
+      pick(i);
+    });
+    return li;
+  }));
+  const open = sugg.items.length > 0 && document.activeElement === query;
+  suggest.hidden = !open;
+  query.setAttribute("aria-expanded", String(open));
+}
+
+function pick(i) {
+  const { text, pos } = applyCompletion(query.value, query.selectionStart ?? query.value.length, sugg.ctx, sugg.items[i]);
+  query.value = text;
+  query.setSelectionRange(pos, pos);
+  updateSuggestions();
+}
+
+query.addEventListener("input", updateSuggestions);
+query.addEventListener("focus", updateSuggestions);
+query.addEventListener("click", updateSuggestions);
+query.addEventListener("blur", () => { suggest.hidden = true; });
+query.addEventListener("keydown", (e) => {
+  const open = !suggest.hidden && sugg.items.length;
+  if (open && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
+    e.preventDefault();
+    sugg.idx = (sugg.idx + (e.key === "ArrowDown" ? 1 : -1) + sugg.items.length) % sugg.items.length;
+    drawSuggestions();
+  } else if (open && e.key === "Tab") {
+    e.preventDefault();
+    pick(Math.max(0, sugg.idx));
+  } else if (e.key === "Escape") {
+    suggest.hidden = true;
+  } else if (e.key === "Enter") {
+    e.preventDefault();
+    if (open && sugg.idx >= 0 && sugg.ctx?.kind !== "op" && !/}\s*$/.test(query.value.slice(0, query.selectionStart))) {
+      pick(sugg.idx);
+      return;
+    }
+    applyQuery();
+  }
+});
+
+function applyQuery() {
+  const q = query.value.trim() || "{}";
+  try {
+    parseSelector(q);
+    query.classList.remove("invalid");
+  } catch {
+    // Sent anyway: the server's message says what is wrong.
+    query.classList.add("invalid");
+  }
+  suggest.hidden = true;
+  S.query = q;
+  commit({ reload: true, keepZoom: false });
+}
+
+// ---------------------------------------------------------------- search
+
+let searchDebounce = null;
+$("search").addEventListener("input", () => {
+  clearTimeout(searchDebounce);
+  searchDebounce = setTimeout(() => setSearch($("search").value), 150);
+});
+$("search").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") {
+    e.preventDefault();
+    setSearch($("search").value);
+    act(e.shiftKey ? "prevMatch" : "nextMatch");
+  } else if (e.key === "Escape") {
+    e.stopPropagation();
+    $("search").value = "";
+    setSearch("");
+    $("search").blur();
+  }
+});
+$("search-next").addEventListener("click", () => act("nextMatch"));
+$("search-prev").addEventListener("click", () => act("prevMatch"));
+
+function setSearch(text) {
+  clearTimeout(searchDebounce);
+  if ($("search").value !== text) $("search").value = text;
+  if (S.search === text) return;
+  S.search = text;
+  st.matchIdx = -1;
+  commit();
+}
+
+function renderSearchInfo() {
+  const out = $("search-match");
+  if (!st.matcher || !st.tree) {
+    out.textContent = st.matcher ? "no data" : "";
+    out.classList.remove("active");
+    out.dataset.percent = "";
+    out.dataset.count = "";
+    return;
+  }
+  const total = st.tree.total;
+  const pct = total > 0 ? (100 * st.matchedTotal) / total : 0;
+  out.dataset.percent = pct.toFixed(2);
+  out.dataset.count = String(st.matches.length);
+  out.classList.toggle("active", st.matchedTotal > 0);
+  out.textContent = st.matchedTotal > 0
+    ? `${st.matches.length} match${st.matches.length === 1 ? "" : "es"}${st.matchIdx >= 0 ? ` (#${st.matchIdx + 1})` : ""} · ${fmtPct(pct)} of total (${fmtValue(st.matchedTotal, st.data.unit)})`
+    : "no frame matches";
+}
+
+// ---------------------------------------------------------------- zoom and transforms
+
+function zoomTo(path) {
+  S.zoom = path;
+  hideTooltip();
+  // Zooming changes neither the tree nor the table: lay out and paint only.
+  commit({ paintOnly: true });
+}
+
+function addTransform(kind, arg = "") {
+  if (kind === "invert" && S.tf.some((t) => t.kind === "invert")) {
+    // Invert is a toggle.
+    S.tf = S.tf.filter((t) => t.kind !== "invert");
+  } else if (S.tf.some((t) => t.kind === kind && t.arg === arg)) {
+    return;
+  } else S.tf = [...S.tf, { kind, arg }];
+  commit({ keepZoom: false });
+}
+
+function renderTransforms() {
+  const list = $("tf-list");
+  list.replaceChildren(...S.tf.map((t, i) => {
+    const chip = document.createElement("span");
+    chip.className = "chip";
+    chip.dataset.kind = t.kind;
+    chip.textContent = describe(t);
+    const x = document.createElement("button");
+    x.type = "button";
+    x.title = "Remove this transform";
+    x.textContent = "×";
+    x.addEventListener("click", () => {
+      S.tf = S.tf.filter((_, k) => k !== i);
+      commit({ keepZoom: false });
+    });
+    chip.append(x);
+    return chip;
+  }));
+  if (!S.tf.length) list.textContent = "none";
+  $("tf-undo").disabled = !S.tf.length;
+  $("tf-invert").setAttribute("aria-pressed", String(S.tf.some((t) => t.kind === "invert")));
+}
+
+$("hide-input").addEventListener("keydown", (e) => {
+  if (e.key !== "Enter") return;
+  e.preventDefault();
+  const re = $("hide-input").value.trim();
+  if (!re) return;
+  try {
+    new RegExp(re);
+  } catch (err) {
+    return showError(`not a regex: ${err.message}`);
+  }
+  $("hide-input").value = "";
+  addTransform("hide", re);
+});
+$("tf-rec-all").addEventListener("click", () => addTransform("rec", ""));
+$("tf-invert").addEventListener("click", () => act("invert"));
+$("tf-undo").addEventListener("click", () => act("undo"));
+
+// ---------------------------------------------------------------- mouse on the flame graph
+
+function canvasPoint(canvas, e) {
+  const r = canvas.getBoundingClientRect();
   return { x: e.clientX - r.left, y: e.clientY - r.top };
 }
 
-els.canvas.addEventListener("mousemove", (e) => {
-  const p = canvasPoint(e);
-  const f = frameAt(p.x, p.y);
-  if (!f) {
-    hideTooltip();
-    return;
+const flame = $("flamegraph");
+flame.addEventListener("mousemove", (e) => {
+  if (!st.layout) return;
+  const p = canvasPoint(flame, e);
+  const i = frameAt(st.layout, p.x, p.y);
+  if (i < 0) return hideTooltip();
+  showTooltip(st.layout.frames[i], e);
+  if (i !== st.hover) {
+    st.hover = i;
+    render();
   }
-  const key = (x) => `${x.collapsed ? 1 : 0}\u0000${x.path.join("\u0000")}`;
-  const changed = !state.hover || key(state.hover) !== key(f);
-  state.hover = f;
-  showTooltip(f, p);
-  if (changed) render();
 });
-els.canvas.addEventListener("mouseleave", hideTooltip);
-els.canvas.addEventListener("click", (e) => {
-  const p = canvasPoint(e);
-  const f = frameAt(p.x, p.y);
-  if (!f) return;
-  zoomTo(f.path);
+flame.addEventListener("mouseleave", hideTooltip);
+flame.addEventListener("click", (e) => {
+  hideMenu();
+  const i = frameAt(st.layout, ...Object.values(canvasPoint(flame, e)));
+  if (i >= 0) zoomTo(framePath(st.layout, i));
 });
+flame.addEventListener("contextmenu", (e) => {
+  const i = frameAt(st.layout, ...Object.values(canvasPoint(flame, e)));
+  if (i < 0) return;
+  const f = st.layout.frames[i];
+  if (f.collapsed || f.node === st.tree) return;
+  e.preventDefault();
+  openMenu(f.node.name, framePath(st.layout, i), e);
+});
+for (const id of ["sandwich-callers", "sandwich-callees"]) {
+  const c = $(id);
+  c.addEventListener("mousemove", (e) => {
+    const p = canvasPoint(c, e);
+    const i = c._layout ? frameAt(c._layout, p.x, p.y) : -1;
+    if (i < 0) return hideTooltip();
+    showTooltip(c._layout.frames[i], e, c._layout.chain[0]);
+  });
+  c.addEventListener("mouseleave", hideTooltip);
+  c.addEventListener("click", (e) => {
+    const p = canvasPoint(c, e);
+    const i = c._layout ? frameAt(c._layout, p.x, p.y) : -1;
+    if (i > 0) {
+      S.fn = c._layout.frames[i].node.name;
+      commit();
+    }
+  });
+}
 
-function showTooltip(f, p) {
-  const d = state.data;
-  const t = els.tooltip;
-  const pct = d.root.total > 0 ? (100 * f.total) / d.root.total : 0;
-  const x = f.node?.diff;
-  const share = (v, t) => (t > 0 ? ` (${fmtPct((100 * v) / t)})` : "");
-  const rows = x && d.diff
-    ? [
-      ["Baseline", `${fmtValue(x.leftTotal, d.unit)}${share(x.leftTotal, d.diff.left)}`],
-      ["Current", `${fmtValue(x.rightTotal, d.unit)}${share(x.rightTotal, d.diff.right)}`],
-      ["Self (base → cur)", `${fmtValue(x.leftSelf, d.unit)} → ${fmtValue(x.rightSelf, d.unit)}`],
-      ["Share change", `${shareChange(x) >= 0 ? "+" : "−"}${fmtPct(Math.abs(100 * shareChange(x)))} points`],
-    ]
-    : [
-      ["Total", `${fmtValue(f.total, d.unit)}`],
-      ["Self", `${fmtValue(f.self, d.unit)}`],
-      ["% of total", fmtPct(pct)],
-    ];
-  if (state.zoomPath.length && !f.collapsed) {
-    const z = zoomChain().at(-1);
-    rows.push(["% of zoomed", fmtPct((100 * f.total) / z.total)]);
+function showTooltip(f, e, rootOverride) {
+  const d = st.data;
+  const t = $("tooltip");
+  const n = f.node;
+  const root = rootOverride ?? st.tree;
+  const isRoot = n === st.tree && !f.collapsed;
+  const rows = [];
+  if (f.collapsed) {
+    rows.push(["Ancestors", zoomChain(st.tree, S.zoom).slice(1, -1).map((x) => x.name).join(" › ") || "(root)"], ["", "click to zoom out one level"]);
+  } else if (d.diff) {
+    const share = (v, tot) => (tot > 0 ? ` (${fmtPct((100 * v) / tot)})` : "");
+    rows.push(
+      ["A (baseline)", `${fmtValue(n.lt, d.unit)}${share(n.lt, d.diff.left)}`],
+      ["B (current)", `${fmtValue(n.rt, d.unit)}${share(n.rt, d.diff.right)}`],
+      ["Self A → B", `${fmtValue(n.ls, d.unit)} → ${fmtValue(n.rs, d.unit)}`],
+      ["Share change", fmtPoints(shareChange(n, d.diff))],
+    );
+  } else {
+    const secs = rangeSeconds();
+    rows.push(
+      ["Total", fmtValue(n.total, d.unit)],
+      ["Self", fmtValue(n.self, d.unit)],
+      ["% of total", fmtPct(root.total > 0 ? (100 * n.total) / root.total : 0)],
+    );
+    if (S.zoom.length && !rootOverride) {
+      const z = zoomChain(st.tree, S.zoom).at(-1);
+      rows.push(["% of zoomed", fmtPct(z.total > 0 ? (100 * n.total) / z.total : 0)]);
+    }
+    if (d.unit === "nanoseconds" && secs > 0) rows.push(["CPU", `${(n.total / 1e9 / secs).toFixed(3)} cores on average`]);
   }
-  const kind = frameKind(f.name, f.node?.reason);
-  if (kind === "kernel") rows.push(["Kind", "kernel"]);
-  if (kind === "unsym") rows.push(["Kind", "unsymbolized"]);
-  const reason = f.node?.reason;
-  if (reason) rows.push(["Why no name", REASONS[reason] || reason]);
+  if (!isRoot && !f.collapsed) {
+    const kind = frameKind(n.name, n.reason);
+    rows.push(["Kind", { unsym: "unsymbolized", other: "folded small frames" }[kind] ?? kind]);
+    rows.push(["Package", packageOf(n.name)]);
+    if (n.reason) rows.push(["Why no name", REASONS[n.reason] || n.reason]);
+  }
   const name = document.createElement("div");
   name.className = "tt-name";
-  name.textContent = f.path.length ? f.name : "total (all stacks)";
+  name.textContent = f.collapsed ? "(ancestors)" : isRoot ? "total (all stacks)" : n.name;
   const table = document.createElement("table");
   for (const [k, v] of rows) {
     const tr = table.insertRow();
@@ -897,194 +816,341 @@ function showTooltip(f, p) {
   }
   t.replaceChildren(name, table);
   t.hidden = false;
-  t.dataset.name = f.name;
-  // Keep the tooltip inside the container.
-  const cw = els.container.clientWidth;
-  const tw = t.offsetWidth;
-  let left = p.x + 14;
-  if (left + tw > cw) left = Math.max(0, p.x - tw - 14);
+  t.dataset.name = n.name;
+  const tw = t.offsetWidth, th = t.offsetHeight;
+  let left = e.clientX + 14, top = e.clientY + 16;
+  if (left + tw > window.innerWidth - 4) left = Math.max(4, e.clientX - tw - 14);
+  if (top + th > window.innerHeight - 4) top = Math.max(4, e.clientY - th - 12);
   t.style.left = `${left}px`;
-  t.style.top = `${p.y + 16}px`;
+  t.style.top = `${top}px`;
 }
 
 function hideTooltip() {
-  els.tooltip.hidden = true;
-  if (state.hover) {
-    state.hover = null;
+  $("tooltip").hidden = true;
+  if (st.hover !== -1) {
+    st.hover = -1;
     render();
   }
 }
 
-// ---------------------------------------------------------------- top table
+// ---------------------------------------------------------------- frame menu
 
-const topHeaders = [...els.topTable.querySelectorAll("th[data-key]")];
-for (const th of topHeaders) {
+function openMenu(name, path, e) {
+  st.menuFrame = { name, path };
+  const m = $("frame-menu");
+  $("frame-menu-title").textContent = name;
+  m.querySelector('[data-act="lib"]').textContent = `Collapse library ${packageOf(name)}`;
+  m.hidden = false;
+  m.style.left = `${Math.min(e.clientX, window.innerWidth - m.offsetWidth - 4)}px`;
+  m.style.top = `${Math.min(e.clientY, window.innerHeight - m.offsetHeight - 4)}px`;
+  hideTooltip();
+  m.querySelector("button").focus();
+}
+function hideMenu() {
+  $("frame-menu").hidden = true;
+}
+$("frame-menu").addEventListener("click", (e) => {
+  const b = e.target.closest("button[data-act]");
+  if (!b || !st.menuFrame) return;
+  const { name, path } = st.menuFrame;
+  hideMenu();
+  const esc = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  switch (b.dataset.act) {
+    case "zoom": return zoomTo(path);
+    case "focus": return addTransform("focus", name);
+    case "hide": return addTransform("hide", `^${esc}$`);
+    case "merge": return addTransform("merge", name);
+    case "rec": return addTransform("rec", name);
+    case "lib": return addTransform("lib", packageOf(name));
+    case "sandwich":
+      S.fn = name;
+      return setView("sandwich");
+    case "search": return setSearch(`^${esc}$`);
+    case "copy": return navigator.clipboard?.writeText(name).catch(() => {});
+  }
+});
+document.addEventListener("mousedown", (e) => {
+  if (!$("frame-menu").hidden && !e.target.closest("#frame-menu")) hideMenu();
+});
+
+// ---------------------------------------------------------------- tables
+
+for (const th of document.querySelectorAll("#top-table th[data-key]")) {
   th.querySelector("button").addEventListener("click", () => {
     const key = th.dataset.key;
-    if (state.sort.key === key) state.sort.dir = state.sort.dir === "desc" ? "asc" : "desc";
-    else state.sort = { key, dir: key === "name" ? "asc" : "desc" };
-    renderTop();
+    if (st.sort.key === key) st.sort.dir = st.sort.dir === "desc" ? "asc" : "desc";
+    else st.sort = { key, dir: key === "name" ? "asc" : "desc" };
+    renderTable();
   });
 }
-
-function renderTop() {
-  const tbody = els.topTable.tBodies[0];
-  tbody.replaceChildren();
-  for (const th of topHeaders) {
-    th.setAttribute("aria-sort", th.dataset.key === state.sort.key ? (state.sort.dir === "asc" ? "ascending" : "descending") : "none");
-  }
-  const top = state.top;
-  const fns = top?.functions ?? [];
-  if (!fns.length) {
-    const td = tbody.insertRow().insertCell();
-    td.colSpan = 5;
-    td.className = "empty";
-    td.textContent = state.status === "error" ? "—" : "no functions";
-    return;
-  }
-  const total = Number(top.total) || 0;
-  const unit = top.unit || unitOf(state.sel.type);
-  const rows = fns.map((f) => ({
-    name: f.name,
-    self: Number(f.self) || 0,
-    total: Number(f.total) || 0,
-    selfPct: total > 0 ? (100 * (Number(f.self) || 0)) / total : 0,
-    totalPct: total > 0 ? (100 * (Number(f.total) || 0)) / total : 0,
-  }));
-  const { key, dir } = state.sort;
-  const sign = dir === "asc" ? 1 : -1;
-  rows.sort((a, b) => {
-    const va = a[key], vb = b[key];
-    const c = typeof va === "string" ? va.localeCompare(vb) : va - vb;
-    return c !== 0 ? sign * c : a.name.localeCompare(b.name);
-  });
-  const maxSelfPct = Math.max(...rows.map((r) => r.selfPct), 1e-9);
-  const frag = document.createDocumentFragment();
-  for (const r of rows) {
-    const tr = document.createElement("tr");
-    tr.dataset.name = r.name;
-    tr.dataset.self = String(r.self);
-    tr.dataset.total = String(r.total);
-    tr.tabIndex = 0;
-    tr.title = "Highlight in the flame graph";
-    const cells = [
-      [r.name, "name-col"],
-      [fmtValue(r.self, unit), "num"],
-      [fmtPct(r.selfPct), "num"],
-      [fmtValue(r.total, unit), "num"],
-      [fmtPct(r.totalPct), "num"],
-    ];
-    for (const [text, cls] of cells) {
-      const td = document.createElement("td");
-      td.className = cls;
-      td.textContent = text;
-      tr.append(td);
-    }
-    const bar = document.createElement("span");
-    bar.className = "bar";
-    bar.style.width = `${Math.max(1, Math.round((40 * r.selfPct) / maxSelfPct))}px`;
-    tr.cells[2].prepend(bar);
-    frag.append(tr);
-  }
-  tbody.append(frag);
-  markTopSelection();
-}
+$("table-filter").addEventListener("input", () => renderTable());
 
 function exactRegex(name) {
   return "^" + name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "$";
 }
 
-function selectTopRow(tr) {
-  const name = tr.dataset.name;
-  const q = exactRegex(name);
-  setSearch(state.sel.search === q ? "" : q);
+function renderTable() {
+  const tbody = $("top-table").tBodies[0];
+  for (const th of document.querySelectorAll("#top-table th[data-key]")) {
+    th.setAttribute("aria-sort", th.dataset.key === st.sort.key ? (st.sort.dir === "asc" ? "ascending" : "descending") : "none");
+  }
+  const d = st.data;
+  const diff = !!d?.diff;
+  $("movers").hidden = !diff;
+  $("top-table").hidden = diff;
+  $("table-title").textContent = diff ? "Comparison" : "Top functions";
+  if (!d || !st.tree) {
+    renderTop(tbody, [], { empty: st.status === "error" ? "—" : "no functions" });
+    return;
+  }
+  if (diff) {
+    renderMovers($("movers-table").tBodies[0], movers(st.tree, d.diff, 100).filter((r) => !st.matcher || st.matcher(r.name)), { unit: d.unit, palette: S.palette });
+    return;
+  }
+  // The server's table (whole tree, before the node budget) unless transforms changed the tree.
+  const fromServer = !S.tf.length && d.top;
+  const fns = fromServer ? d.top.map((f) => ({ name: f.name, self: Number(f.self) || 0, total: Number(f.total) || 0, reason: f.reason })) : topFunctions(st.tree);
+  const rows = tableRows(fns, st.tree.total, { filter: $("table-filter").value, matcher: st.matcher, sort: st.sort });
+  const selected = fns.find((f) => S.search === exactRegex(f.name))?.name;
+  renderTop(tbody, rows, { unit: d.unit, selected, limit: TABLE_ROWS, empty: st.matcher ? "no function matches the search" : "no functions" });
+  $("table-note").textContent = `${Math.min(rows.length, TABLE_ROWS)} of ${rows.length}${rows.length !== fns.length ? ` (of ${fns.length})` : ""} functions${st.matcher ? " (filtered by the search)" : ""}${fromServer ? "" : " · after transforms"}`;
 }
 
-els.topTable.tBodies[0].addEventListener("click", (e) => {
-  const tr = e.target.closest("tr[data-name]");
-  if (tr) selectTopRow(tr);
-});
-els.topTable.tBodies[0].addEventListener("keydown", (e) => {
+$("top-table").tBodies[0].addEventListener("click", (e) => {
   const tr = e.target.closest("tr[data-name]");
   if (!tr) return;
-  if (e.key === "Enter" || e.key === " ") {
+  if (e.target.closest("[data-action=sandwich]")) {
+    S.fn = tr.dataset.name;
+    return setView("sandwich");
+  }
+  const q = exactRegex(tr.dataset.name);
+  setSearch(S.search === q ? "" : q);
+});
+$("top-table").tBodies[0].addEventListener("dblclick", (e) => {
+  const tr = e.target.closest("tr[data-name]");
+  if (!tr) return;
+  S.fn = tr.dataset.name;
+  setView("sandwich");
+});
+$("top-table").tBodies[0].addEventListener("keydown", (e) => {
+  const tr = e.target.closest("tr[data-name]");
+  if (tr && (e.key === "Enter" || e.key === " ")) {
     e.preventDefault();
-    selectTopRow(tr);
+    setSearch(exactRegex(tr.dataset.name));
   }
 });
 
-function markTopSelection() {
-  for (const tr of els.topTable.tBodies[0].rows) {
-    const sel = !!tr.dataset.name && state.sel.search === exactRegex(tr.dataset.name);
-    tr.classList.toggle("selected", sel);
-    tr.setAttribute("aria-selected", String(sel));
+// ---------------------------------------------------------------- exports
+
+function exportName(ext) {
+  const fn = (S.query.match(/"([^"]+)"/)?.[1] ?? "all").replace(/[^A-Za-z0-9_.-]+/g, "_");
+  return `kiln-${fn}.${ext}`;
+}
+$("export-folded").addEventListener("click", () => {
+  if (st.tree) saveFile(toFolded(st.tree, !!st.data?.diff), exportName("folded.txt"), "text/plain");
+});
+$("export-svg").addEventListener("click", () => {
+  if (!st.layout?.frames.length) return;
+  const pal = { ...palette(), collapsed: "#cfd3da", dim: "#e6e6ea", dimText: "#74747c", fg: "#111111" };
+  const style = frameStyle(pal);
+  const width = st.layout.frames[0].w;
+  const d = st.data;
+  saveFile(toSvg(st.layout, width, {
+    color: (f) => style(f).fill,
+    label: frameLabel(st.layout),
+    title: (f) => `${f.node.name} — total ${fmtValue(f.node.total, d.unit)}, self ${fmtValue(f.node.self, d.unit)}`,
+  }), exportName("svg"), "image/svg+xml");
+});
+$("export-json").addEventListener("click", () => {
+  if (!st.tree) return;
+  saveFile(toJson({ state: { ...S }, url: location.href, unit: st.data.unit, profile_type: S.type }, st.tree), exportName("json"), "application/json");
+});
+$("download-pprof").addEventListener("click", async (e) => {
+  if (!authToken()) return; // no token: the link downloads by itself
+  e.preventDefault();
+  try {
+    await download($("download-pprof").getAttribute("href"), "kiln.pb.gz");
+  } catch (err) {
+    showError(err.message);
   }
-}
+});
 
-// ---------------------------------------------------------------- formatting
+// ---------------------------------------------------------------- keyboard
 
-function fmtNum(v, digits) {
-  return v.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
-}
-
-function fmtValue(v, unit) {
-  const a = Math.abs(v);
-  switch (unit) {
-    case "nanoseconds": {
-      if (a === 0) return "0 ms";
-      if (a >= 3600e9) return `${fmtNum(v / 3600e9, 2)} h`;
-      if (a >= 60e9) return `${fmtNum(v / 60e9, 2)} min`;
-      if (a >= 1e9) return `${fmtNum(v / 1e9, 2)} s`;
-      if (a >= 1e6) return `${fmtNum(v / 1e6, a >= 100e6 ? 0 : 1)} ms`;
-      if (a >= 1e3) return `${fmtNum(v / 1e3, 1)} µs`;
-      return `${v} ns`;
-    }
-    case "microseconds": return fmtValue(v * 1e3, "nanoseconds");
-    case "milliseconds": return fmtValue(v * 1e6, "nanoseconds");
-    case "seconds": return fmtValue(v * 1e9, "nanoseconds");
-    case "count":
-    case "samples": return `${fmtNum(v, 0)} sample${v === 1 ? "" : "s"}`;
-    case "bytes": {
-      const u = ["B", "KiB", "MiB", "GiB", "TiB"];
-      let x = v, i = 0;
-      while (Math.abs(x) >= 1024 && i < u.length - 1) { x /= 1024; i++; }
-      return `${fmtNum(x, i ? 1 : 0)} ${u[i]}`;
-    }
-    default: return `${fmtNum(v, 0)}${unit ? " " + unit : ""}`;
+function focusName() {
+  if (st.hover >= 0 && st.layout?.frames[st.hover] && !st.layout.frames[st.hover].collapsed && st.layout.frames[st.hover].node !== st.tree) {
+    return st.layout.frames[st.hover].node.name;
   }
+  return S.zoom.at(-1) ?? "";
 }
 
-function fmtPct(p) {
-  if (p === 0) return "0%";
-  if (p < 0.01) return "<0.01%";
-  return `${p >= 10 ? p.toFixed(1) : p.toFixed(2)}%`;
+function act(action) {
+  switch (action) {
+    case "focusSearch": $("search").focus(); $("search").select(); return true;
+    case "nextMatch":
+    case "prevMatch": {
+      if (!st.matches.length) return true;
+      const n = st.matches.length;
+      st.matchIdx = action === "nextMatch" ? (st.matchIdx + 1) % n : (st.matchIdx - 1 + n) % n;
+      zoomTo(st.matches[st.matchIdx]);
+      renderSearchInfo();
+      return true;
+    }
+    case "zoomOut": if (S.zoom.length) zoomTo(S.zoom.slice(0, -1)); return true;
+    case "reset":
+      hideMenu();
+      if (S.zoom.length) zoomTo([]);
+      return true;
+    case "viewBoth": setView("both"); return true;
+    case "viewGraph": setView("graph"); return true;
+    case "viewTable": setView("table"); return true;
+    case "viewSandwich": {
+      const fn = focusName();
+      if (fn) S.fn = fn;
+      setView("sandwich");
+      return true;
+    }
+    case "invert": addTransform("invert"); return true;
+    case "flip":
+      S.orient = S.orient === "flame" ? "icicle" : "flame";
+      commit();
+      return true;
+    case "focusFn": { const fn = focusName(); if (fn) addTransform("focus", fn); return true; }
+    case "mergeFn": { const fn = focusName(); if (fn) addTransform("merge", fn); return true; }
+    case "recFn": { const fn = focusName(); if (fn) addTransform("rec", fn); return true; }
+    case "libFn": { const fn = focusName(); if (fn) addTransform("lib", packageOf(fn)); return true; }
+    case "undo":
+      if (S.tf.length) {
+        S.tf = S.tf.slice(0, -1);
+        commit({ keepZoom: false });
+      }
+      return true;
+    case "compare":
+      S.compare = !S.compare;
+      commit({ reload: true, keepZoom: false });
+      return true;
+    case "theme": cycleTheme(); return true;
+    case "help": toggleHelp(); return true;
+  }
+  return false;
 }
+
+document.addEventListener("keydown", (e) => {
+  const t = e.target;
+  const inField = t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement;
+  if (e.key === "Escape" && !$("frame-menu").hidden) return hideMenu();
+  if ($("help-dialog").open && e.key === "?") {
+    e.preventDefault();
+    return $("help-dialog").close();
+  }
+  if ($("help-dialog").open || $("auth-dialog").open) return;
+  // Enter on a focused button or table row is theirs.
+  if (e.key === "Enter" && (t instanceof HTMLButtonElement || t.closest?.("tr[data-name]") || t instanceof HTMLAnchorElement)) return;
+  const a = actionFor(e, inField);
+  if (a && act(a)) e.preventDefault();
+});
+
+const helpTable = $("help-table");
+for (const s of SHORTCUTS) {
+  const tr = helpTable.insertRow();
+  const k = tr.insertCell();
+  k.append(...s.keys.flatMap((key, i) => {
+    const kbd = document.createElement("kbd");
+    kbd.textContent = key === " " ? "Space" : key;
+    return i ? [document.createTextNode(" "), kbd] : [kbd];
+  }));
+  tr.insertCell().textContent = s.help;
+}
+function toggleHelp() {
+  const d = $("help-dialog");
+  if (d.open) d.close();
+  else d.showModal();
+}
+$("help-button").addEventListener("click", toggleHelp);
+
+// ---------------------------------------------------------------- theme
+
+const THEMES = ["system", "light", "dark"];
+function currentTheme() {
+  return document.documentElement.dataset.theme || "system";
+}
+function setTheme(t) {
+  if (t === "system") delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = t;
+  try {
+    if (t === "system") localStorage.removeItem("kiln.theme");
+    else localStorage.setItem("kiln.theme", t);
+  } catch { /* storage disabled */ }
+  $("theme-name").textContent = t;
+  paletteCache = null;
+  legendKey = "";
+  render();
+  chart.draw();
+}
+function cycleTheme() {
+  setTheme(THEMES[(THEMES.indexOf(currentTheme()) + 1) % THEMES.length]);
+}
+$("theme-toggle").addEventListener("click", cycleTheme);
+$("theme-name").textContent = currentTheme();
+matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+  paletteCache = null;
+  render();
+  chart.draw();
+});
+
+// ---------------------------------------------------------------- auth
+
+setUnauthorizedHandler((msg) => {
+  $("auth-message").textContent = authToken() ? `The server refused the token: ${msg}` : "This Kiln server requires a token.";
+  if (!$("auth-dialog").open) {
+    $("auth-dialog").showModal();
+    $("auth-token").focus();
+  }
+});
+$("auth-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = $("auth-token").value.trim();
+  if (!token) return;
+  saveToken(token, $("auth-remember").checked);
+  $("auth-token").value = "";
+  $("auth-dialog").close();
+  load();
+});
 
 // ---------------------------------------------------------------- test hooks
 
 window.kiln = {
   /** Laid-out rectangles of the last render, canvas-relative CSS px. */
-  frames: () => state.frames.map(({ name, x, y, w, h, total, self, depth, collapsed, highlighted, node }) =>
-    ({ name, x, y, w, h, total, self, depth, collapsed, highlighted, ...(node?.reason ? { reason: node.reason } : {}), ...(node?.diff ? { diff: { ...node.diff } } : {}) })),
-  status: () => state.status,
-  zoomPath: () => [...state.zoomPath],
-  selection: () => ({ ...state.sel, selector: selector(), ...timeRange() }),
-  matchedPercent: () => (state.data && state.data.root.total > 0 ? (100 * state.matchedTotal) / state.data.root.total : 0),
+  frames: () => (st.layout?.frames ?? []).map((f) => ({
+    name: f.collapsed ? "(ancestors)" : f.node.name, x: f.x, y: f.y, w: f.w, h: ROW_H, total: f.node.total,
+    self: f.node.self, depth: f.depth, collapsed: f.collapsed, highlighted: !!f.node.hit && !f.collapsed,
+    ...(f.node.reason ? { reason: f.node.reason } : {}),
+    ...(st.data?.diff ? { diff: { leftTotal: f.node.lt, leftSelf: f.node.ls, rightTotal: f.node.rt, rightSelf: f.node.rs } } : {}),
+  })),
+  /** Frames of the sandwich's callers (`which` = "callers") or callees canvas. */
+  sandwichFrames: (which) => ($(`sandwich-${which}`)._layout?.frames ?? []).map((f) => ({ name: f.node.name, x: f.x, y: f.y, w: f.w, depth: f.depth, total: f.node.total })),
+  status: () => st.status,
+  zoomPath: () => [...S.zoom],
+  state: () => JSON.parse(JSON.stringify(S)),
+  selection: () => ({ ...S, selector: S.query }),
+  matchedPercent: () => (st.tree && st.tree.total > 0 ? (100 * st.matchedTotal) / st.tree.total : 0),
+  series: () => st.series,
+  chartGeometry: () => chart.geom && { left: chart.geom.left, width: chart.geom.pw, top: chart.geom.top, height: chart.geom.ph },
+  lastRenderMs: () => st.lastRenderMs,
   reload: () => load(),
   /** Resolves once no load is running and the last render has been painted. */
   idle: async () => {
-    while (state.inflight || renderQueued) await new Promise((r) => setTimeout(r, 20));
+    while (st.inflight || st.renderQueued) await new Promise((r) => setTimeout(r, 10));
   },
 };
 
 // ---------------------------------------------------------------- boot
 
-new ResizeObserver(() => render()).observe(els.container);
-window.addEventListener("popstate", () => {
-  state.sel = readUrl();
-  load();
-});
+new ResizeObserver(() => {
+  render();
+  chart.draw();
+}).observe($("flame-container"));
 syncControls();
-applySearch();
 scheduleAuto();
+recompute();
 load();

@@ -179,8 +179,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics_handler))
         .route("/", get(web::index))
-        .route("/assets/app.js", get(web::app_js))
-        .route("/assets/style.css", get(web::style_css))
+        .route("/assets/{*path}", get(web::asset))
         .fallback(|| async { ApiError::NotFound("no such endpoint (see docs/API.md)".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
         // Outermost: an unauthenticated request is turned away before its body is read.

@@ -79,8 +79,9 @@ http.createServer((req, res) => {
     res.writeHead(code, { "Content-Type": "application/json" });
     res.end(JSON.stringify(body));
   };
-  if (types[u.pathname]) {
-    const [f, ct] = types[u.pathname];
+  const mod = /^\/assets\/(js\/[a-z-]+\.js)$/.exec(u.pathname);
+  if (types[u.pathname] || mod) {
+    const [f, ct] = types[u.pathname] ?? [mod[1], "text/javascript"];
     res.writeHead(200, { "Content-Type": ct, "Cache-Control": "no-store" });
     return res.end(fs.readFileSync(path.join(web, f)));
   }
@@ -99,12 +100,19 @@ http.createServer((req, res) => {
   const scaleTree = (n) => ({ ...n, self: Math.round(n.self * scale), total: Math.round(n.total * scale), children: n.children.map(scaleTree) });
   const root = empty ? { name: "total", self: 0, total: 0, children: [] } : scaleTree(tree());
   if (u.pathname === "/api/v1/flamegraph") {
-    return setTimeout(() => json(200, { total: root.total, unit, profile_type: pt, profiles: empty ? 0 : 3, root, ...(empty ? {} : { truncated_nodes: 17 }) }), 150);
+    return setTimeout(() => json(200, { total: root.total, unit, profile_type: pt, profiles: empty ? 0 : 3, root, ...(empty ? {} : { truncated_nodes: 17 }),
+      ...(u.searchParams.has("top") ? { top: empty ? [] : topOf(root) } : {}) }), 150);
   }
   if (u.pathname === "/api/v1/diff") {
     // Baseline: main.workB a third as heavy, so the current selection shows it grown.
     const d = diffOf(scaleTree(tree(370e6)), root);
     return json(200, { unit, profile_type: pt, left: { total: d.left_total, profiles: 3 }, right: { total: d.right_total, profiles: 3 }, root: d });
+  }
+  if (u.pathname === "/api/v1/series") {
+    const now = Math.floor(Date.now() / 10000) * 10000;
+    const pts = (k) => Array.from({ length: 30 }, (_, i) => [now - (30 - i) * 10000, Math.round((1 + Math.sin(i / 3 + k)) * 4e9)]);
+    const g = u.searchParams.get("group_by");
+    return json(200, { profile_type: pt, unit, step: 10, series: empty ? [] : g ? [{ labels: { [g]: "a" }, points: pts(0) }, { labels: { [g]: "b" }, points: pts(2) }] : [{ labels: {}, points: pts(0) }] });
   }
   if (u.pathname === "/api/v1/top") return json(200, { total: root.total, unit, functions: empty ? [] : topOf(root) });
   if (u.pathname === "/api/v1/pprof") {

@@ -277,8 +277,14 @@ pub(crate) fn write_tree_json<V>(
     }
 }
 
-/// Renders the `/api/v1/flamegraph` response body.
-pub fn render(tree: &Tree, max_nodes: usize, profile_type: &str) -> String {
+/// Renders the `/api/v1/flamegraph` response body, with the top-functions table of the same tree
+/// when `top` is given.
+pub fn render(
+    tree: &Tree,
+    max_nodes: usize,
+    profile_type: &str,
+    top: Option<&[super::top::TopFunction]>,
+) -> String {
     let view = view(tree, max_nodes);
     let unit = profile_type.split_once(':').map_or("", |(_, u)| u);
     let mut out = String::with_capacity(64 + view.nodes.len() * 64);
@@ -289,6 +295,13 @@ pub fn render(tree: &Tree, max_nodes: usize, profile_type: &str) -> String {
     let _ = write!(out, ",\"profiles\":{}", tree.profiles);
     if view.truncated > 0 {
         let _ = write!(out, ",\"truncated_nodes\":{}", view.truncated);
+    }
+    if let Some(functions) = top {
+        out.push_str(",\"top\":");
+        match serde_json::to_string(functions) {
+            Ok(json) => out.push_str(&json),
+            Err(_) => out.push_str("[]"),
+        }
     }
     out.push_str(",\"root\":");
     write_tree_json(&mut out, &view, |out, v| {
@@ -340,9 +353,28 @@ mod tests {
         children.iter().for_each(check_sums);
     }
 
+    /// The table answered with the graph comes from the whole tree: a function folded into
+    /// `(other)` by the node budget still has its own row.
+    #[test]
+    fn top_table_from_the_same_tree_before_truncation() {
+        let t = tree();
+        let functions = crate::query::top::top(&t, 10);
+        let v: Value =
+            serde_json::from_str(&render(&t, 3, "cpu:nanoseconds", Some(&functions))).unwrap();
+        assert!(v["truncated_nodes"].as_u64().unwrap() > 0, "{v}");
+        let rows = v["top"].as_array().unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["a", "b", "d", "main", "c"]);
+        assert_eq!(rows[0]["self"], 50);
+        assert_eq!(rows[3]["total"], 100);
+        let none: Value = serde_json::from_str(&render(&t, 3, "cpu:nanoseconds", None)).unwrap();
+        assert!(none.get("top").is_none());
+    }
+
     #[test]
     fn full_tree() {
-        let v: Value = serde_json::from_str(&render(&tree(), 100, "cpu:nanoseconds")).unwrap();
+        let v: Value =
+            serde_json::from_str(&render(&tree(), 100, "cpu:nanoseconds", None)).unwrap();
         assert_eq!(v["total"], 100);
         assert_eq!(v["unit"], "nanoseconds");
         assert_eq!(v["profiles"], 1);
@@ -364,17 +396,18 @@ mod tests {
     #[test]
     fn truncation_is_honest_and_bounded() {
         for max in [1, 2, 3, 4, 5] {
-            let v: Value = serde_json::from_str(&render(&tree(), max, "cpu:nanoseconds")).unwrap();
+            let v: Value =
+                serde_json::from_str(&render(&tree(), max, "cpu:nanoseconds", None)).unwrap();
             let shown = count_nodes(&v["root"]);
             assert!(shown <= max.max(2), "max {max}: {shown} nodes: {v}");
             assert_eq!(v["root"]["total"], 100);
             check_sums(&v["root"]);
             assert!(v["truncated_nodes"].as_u64().unwrap() > 0, "max {max}");
         }
-        let v: Value = serde_json::from_str(&render(&tree(), 6, "cpu:nanoseconds")).unwrap();
+        let v: Value = serde_json::from_str(&render(&tree(), 6, "cpu:nanoseconds", None)).unwrap();
         assert!(v.get("truncated_nodes").is_none());
         // With 5: root, main, a, b and one (other) standing for c and d.
-        let v: Value = serde_json::from_str(&render(&tree(), 5, "cpu:nanoseconds")).unwrap();
+        let v: Value = serde_json::from_str(&render(&tree(), 5, "cpu:nanoseconds", None)).unwrap();
         assert_eq!(v["truncated_nodes"], 2);
         let main = &v["root"]["children"][0];
         let last = &main["children"][2];
@@ -390,7 +423,7 @@ mod tests {
         let cut = t.intern("[truncated: stack copy exhausted]");
         t.add([main, raw], 3);
         t.add([cut], 1);
-        let v: Value = serde_json::from_str(&render(&t, 100, "cpu:nanoseconds")).unwrap();
+        let v: Value = serde_json::from_str(&render(&t, 100, "cpu:nanoseconds", None)).unwrap();
         let main = &v["root"]["children"][0];
         assert_eq!(main["name"], "main");
         assert!(main.get("reason").is_none());
@@ -403,7 +436,7 @@ mod tests {
         let mut t = Tree::new();
         let f = t.intern("f");
         t.add(std::iter::repeat_n(f, 100_000), 1);
-        let out = render(&t, usize::MAX, "cpu:nanoseconds");
+        let out = render(&t, usize::MAX, "cpu:nanoseconds", None);
         assert!(out.ends_with("]}]}}"));
     }
 }

@@ -61,6 +61,9 @@ pub struct Params {
     pub aggregation: Option<String>,
     /// pprof: the last N seconds when `from` is absent (what `go tool pprof -seconds N` sends).
     pub seconds: Option<String>,
+    /// `/api/v1/flamegraph`: also answer the top-functions table (this many rows) from the same
+    /// merged tree, so a page needs one query per view.
+    pub top: Option<String>,
 }
 
 /// Validated selection.
@@ -260,6 +263,10 @@ pub async fn flamegraph_handler(
             "group_by takes at most 4 label names",
         ));
     }
+    let top_limit = match p.top.as_deref() {
+        None => None,
+        Some(_) => Some(p.positive("top", p.top.as_ref(), top::DEFAULT_LIMIT)?),
+    };
     let st = state.clone();
     let body = state
         .queries
@@ -269,7 +276,14 @@ pub async fn flamegraph_handler(
             } else {
                 build_grouped_tree(&st, &sel, &group_by, ctx)?
             };
-            Ok(flamegraph::render(&tree, max_nodes, &sel.profile_type))
+            // The table comes from the whole tree, before the flame graph folds small nodes.
+            let functions = top_limit.map(|n| top::top(&tree, n));
+            Ok(flamegraph::render(
+                &tree,
+                max_nodes,
+                &sel.profile_type,
+                functions.as_deref(),
+            ))
         })
         .await?;
     state.metrics.observe_query("flamegraph", started.elapsed());

@@ -1,0 +1,218 @@
+// The merged call tree as the page holds it, and what is computed from it: normalising the
+// server's answer, the zoom chain, search totals, the top-functions table, sandwich trees, and
+// rebuilding a tree from (transformed) stacks. Pure, unit-tested.
+//
+// A node: {name, reason?, self, total, children[]}; in a diff tree also ls/rs/lt/rt (baseline and
+// current self/total), with self = ls + rs and total = lt + rt so a frame is as wide as both sides.
+
+const num = (v) => Number(v) || 0;
+
+/** `/api/v1/flamegraph` answer → {root, total, unit, profiles, top, truncated, diff: null}. */
+export function normalize(fg, unit) {
+  const root = fg.root ?? { name: "total", self: 0, total: num(fg.total), children: [] };
+  const stack = [root];
+  while (stack.length) {
+    const n = stack.pop();
+    n.self = num(n.self);
+    n.total = num(n.total);
+    n.children = Array.isArray(n.children) ? n.children : [];
+    for (const c of n.children) stack.push(c);
+  }
+  return {
+    root, total: num(fg.total) || root.total, unit: fg.unit || unit, profiles: fg.profiles ?? null,
+    top: Array.isArray(fg.top) ? fg.top : null, truncated: num(fg.truncated_nodes), diff: null,
+  };
+}
+
+/** `/api/v1/diff` answer → the same shape, each node carrying both sides. */
+export function normalizeDiff(d, unit) {
+  const root = d.root ?? { name: "total", children: [] };
+  const stack = [root];
+  while (stack.length) {
+    const n = stack.pop();
+    n.ls = num(n.left_self); n.rs = num(n.right_self);
+    n.lt = num(n.left_total); n.rt = num(n.right_total);
+    n.self = n.ls + n.rs;
+    n.total = n.lt + n.rt;
+    n.children = Array.isArray(n.children) ? n.children : [];
+    for (const c of n.children) stack.push(c);
+  }
+  return {
+    root, total: root.total, unit: d.unit || unit, profiles: null, top: null,
+    truncated: num(d.truncated_nodes), diff: { left: num(d.left?.total), right: num(d.right?.total) },
+  };
+}
+
+/** [root, …, the node at `path`] (names from the root's child down), as far as the path exists. */
+export function zoomChain(root, path) {
+  const chain = [root];
+  for (const name of path) {
+    const next = chain[chain.length - 1].children.find((c) => c.name === name);
+    if (!next) break;
+    chain.push(next);
+  }
+  return chain;
+}
+
+/**
+ * Calls `visit(frames, node)` for every node with self weight, `frames` being the names and
+ * reasons from the root's child down to it (the root itself excluded). Iterative: deep stacks do
+ * not overflow.
+ */
+export function forEachStack(root, isDiff, visit) {
+  const path = [];
+  const stack = [[root, -1]];
+  while (stack.length) {
+    const [n, depth] = stack.pop();
+    path.length = depth + 1;
+    if (depth >= 0) path[depth] = n;
+    if (isDiff ? n.ls || n.rs : n.self) visit(path.slice(0, depth + 1), n);
+    for (let i = n.children.length - 1; i >= 0; i--) stack.push([n.children[i], depth + 1]);
+  }
+}
+
+function newNode(name, reason, isDiff) {
+  const n = { name, self: 0, total: 0, children: [] };
+  if (reason) n.reason = reason;
+  if (isDiff) Object.assign(n, { ls: 0, rs: 0, lt: 0, rt: 0 });
+  Object.defineProperty(n, "_kids", { value: new Map(), enumerable: false, writable: true });
+  return n;
+}
+
+/** Builds trees by adding weighted stacks; children end up sorted by total, descending. */
+export class TreeBuilder {
+  constructor(isDiff) {
+    this.isDiff = isDiff;
+    this.root = newNode("total", null, isDiff);
+  }
+  /** `frames`: [{name, reason?}] from the top; `w`: a node's {self} or {ls, rs}. */
+  add(frames, w) {
+    const d = this.isDiff;
+    let n = this.root;
+    const bump = (x) => {
+      if (d) { x.lt += w.ls; x.rt += w.rs; x.total += w.ls + w.rs; } else x.total += w.self;
+    };
+    bump(n);
+    for (const f of frames) {
+      let c = n._kids.get(f.name);
+      if (!c) {
+        c = newNode(f.name, f.reason, d);
+        n._kids.set(f.name, c);
+        n.children.push(c);
+      }
+      bump(c);
+      n = c;
+    }
+    if (d) { n.ls += w.ls; n.rs += w.rs; n.self += w.ls + w.rs; } else n.self += w.self;
+  }
+  finish() {
+    const stack = [this.root];
+    while (stack.length) {
+      const n = stack.pop();
+      n._kids = null;
+      n.children.sort((a, b) => b.total - a.total || (a.name < b.name ? -1 : 1));
+      for (const c of n.children) stack.push(c);
+    }
+    return this.root;
+  }
+}
+
+/** Sum of the totals of matching nodes, a match below another match counted once. */
+export function matchedTotal(root, matcher) {
+  let sum = 0;
+  const stack = [...root.children];
+  while (stack.length) {
+    const n = stack.pop();
+    if (matcher(n.name)) sum += n.total;
+    else for (const c of n.children) stack.push(c);
+  }
+  return sum;
+}
+
+/**
+ * Marks `hit` on matching nodes and `sub` on nodes whose subtree holds a match (so layout can keep
+ * narrow matches visible); clears both without a matcher. Returns the paths of the outermost
+ * matches in depth-first order (for "next match").
+ */
+export function markMatches(root, matcher) {
+  // Without a search, only nodes marked by a previous one need clearing (the common case is
+  // none: no walk over the whole tree).
+  if (!matcher) {
+    if (root.marked) {
+      const stack = [root];
+      while (stack.length) {
+        const n = stack.pop();
+        if (!n.sub && n !== root) continue;
+        n.hit = n.sub = false;
+        for (const c of n.children) stack.push(c);
+      }
+      root.marked = false;
+    }
+    return [];
+  }
+  Object.defineProperty(root, "marked", { value: true, writable: true, configurable: true, enumerable: false });
+  const paths = [];
+  const names = [];
+  const order = []; // parents before children
+  const parents = [];
+  const stack = [[root, -1, false, -1]];
+  while (stack.length) {
+    const [n, depth, hitAbove, parent] = stack.pop();
+    names.length = depth + 1;
+    if (depth >= 0) names[depth] = n.name;
+    n.hit = !!matcher && depth >= 0 && matcher(n.name);
+    n.sub = n.hit;
+    if (n.hit && !hitAbove) paths.push(names.slice());
+    const me = order.length;
+    order.push(n);
+    parents.push(parent);
+    for (let i = n.children.length - 1; i >= 0; i--) stack.push([n.children[i], depth + 1, hitAbove || n.hit, me]);
+  }
+  for (let i = order.length - 1; i > 0; i--) if (order[i].sub) order[parents[i]].sub = true;
+  return paths;
+}
+
+/**
+ * The top-functions table from a tree: self and total per name; a function's total counts each
+ * stack once even when it recurses (the server's rule, storage-server/src/query/top.rs).
+ */
+export function topFunctions(root) {
+  const acc = new Map();
+  const stack = root.children.map((c) => [c, new Set()]);
+  while (stack.length) {
+    const [n, above] = stack.pop();
+    let e = acc.get(n.name);
+    if (!e) {
+      e = { name: n.name, self: 0, total: 0 };
+      if (n.reason) e.reason = n.reason;
+      acc.set(n.name, e);
+    }
+    e.self += n.self;
+    if (!above.has(n.name)) e.total += n.total;
+    if (n.children.length) {
+      const next = new Set(above).add(n.name);
+      for (const c of n.children) stack.push([c, next]);
+    }
+  }
+  return [...acc.values()].sort((a, b) => b.self - a.self || b.total - a.total || (a.name < b.name ? -1 : 1));
+}
+
+/**
+ * Sandwich of function `fn`: `callers` (rooted at fn, its callers below it, outermost call of each
+ * stack) and `callees` (rooted at fn, what it calls). Both roots are named `fn`.
+ */
+export function sandwich(root, fn, isDiff) {
+  const callers = new TreeBuilder(isDiff);
+  const callees = new TreeBuilder(isDiff);
+  forEachStack(root, isDiff, (frames, n) => {
+    const i = frames.findIndex((f) => f.name === fn);
+    if (i < 0) return;
+    const w = isDiff ? { ls: n.ls, rs: n.rs } : { self: n.self };
+    callers.add(frames.slice(0, i).reverse(), w);
+    callees.add(frames.slice(i + 1), w);
+  });
+  const a = callers.finish();
+  const b = callees.finish();
+  a.name = b.name = fn;
+  return { callers: a, callees: b };
+}
