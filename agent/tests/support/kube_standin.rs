@@ -384,6 +384,10 @@ fn watch(
     let end = Instant::now() + timeout;
     let mut sent = from;
     loop {
+        // A dropped connection delivers nothing more.
+        if s.drop_generation != generation || s.dark || s.forbid_pods {
+            return Ok(());
+        }
         let new: Vec<(u64, &'static str, Value)> = s
             .events
             .iter()
@@ -399,9 +403,6 @@ fn watch(
             conn.flush()?;
             s = state.0.lock().unwrap_or_else(|p| p.into_inner());
             continue;
-        }
-        if s.drop_generation != generation || s.dark || s.forbid_pods {
-            return Ok(());
         }
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
