@@ -248,18 +248,33 @@ fn dir_inode(dir: &Path) -> Option<u64> {
     std::fs::metadata(dir).ok().map(|m| m.ino())
 }
 
-/// The mount point of the cgroup2 file system seen from the root of its hierarchy (not a
-/// container's view of a subtree), from `/proc/self/mountinfo`.
+/// The mount point of the cgroup2 file system's whole tree, from `/proc/self/mountinfo`: a mount
+/// of its root, not of a subtree. In a cgroup namespace of its own (an agent's pod) the
+/// namespace's root shows as `/` and the host's root (a hostPath volume) as `/../..`; the mount
+/// reaching highest wins, so the host's tree is walked when it is mounted.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
+    let mut best: Option<(usize, &str)> = None;
+    for line in mountinfo.lines() {
         // `id parent major:minor root mountpoint options [optional...] - fstype source superopts`
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
         let mut f = left.split_whitespace();
-        let root = f.nth(3)?;
-        let mount = f.next()?;
-        (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(mount))
-    })
+        let (Some(root), Some(mount)) = (f.nth(3), f.next()) else {
+            continue;
+        };
+        if !root.split('/').all(|p| p.is_empty() || p == "..") {
+            continue; // a subtree
+        }
+        let ups = root.split('/').filter(|p| *p == "..").count();
+        if best.is_none_or(|(b, _)| ups > b) {
+            best = Some((ups, mount));
+        }
+    }
+    best.map(|(_, m)| PathBuf::from(m))
 }
 
 #[cfg(test)]
@@ -422,6 +437,16 @@ mod tests {
         // A container's view of its own subtree is not the host tree.
         let ns = "1 0 0:24 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         assert_eq!(cgroup2_mount(ns), None);
+        // The agent's pod: its own subtree at /sys/fs/cgroup, the host's tree (a hostPath
+        // volume) seen from its cgroup namespace as `/../../..`.
+        let pod = "\
+1 0 0:24 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+2 0 0:24 /../../.. /host/sys/fs/cgroup ro - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount(pod),
+            Some(PathBuf::from("/host/sys/fs/cgroup"))
+        );
     }
 
     /// Walks a directory tree standing in for the cgroup tree (inodes of plain directories).
