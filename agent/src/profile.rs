@@ -1110,6 +1110,67 @@ ffffffff81300000 t ext4_file_read_iter
         assert_eq!(label(p, "service_name"), Some("shop/web"));
     }
 
+    fn unwound(tgid: u32) -> UnwoundSample {
+        UnwoundSample {
+            tgid,
+            comm: "gone".into(),
+            cgroup_id: 0,
+            process: None,
+            kernel: vec![],
+            user: vec![],
+            end: StackEnd::Complete,
+        }
+    }
+
+    fn get<'a>(labels: &'a [LabelPair], name: &str) -> Option<&'a str> {
+        labels
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.as_str())
+    }
+
+    /// A process gone before /proc was read still gets its cgroup (from the sample's cgroup ID)
+    /// and so its service: the systemd unit outside Kubernetes, its pod's inside.
+    #[test]
+    fn labels_from_the_cgroup_id_path_and_the_pod() {
+        let l = series_labels(
+            &unwound(42),
+            None,
+            Some("/system.slice/nginx.service"),
+            "n",
+            None,
+        );
+        assert_eq!(get(&l, "service_name"), Some("nginx"));
+        assert_eq!(get(&l, "cgroup"), Some("/system.slice/nginx.service"));
+
+        const UID: &str = "0d5b7a4e-9c3f-4b8e-a1d2-3e4f5a6b7c8d";
+        let id = "c".repeat(64);
+        let pods = crate::kube::PodIndex::default();
+        pods.upsert(crate::kube::PodInfo {
+            uid: UID.into(),
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            workload_kind: "Deployment".into(),
+            workload: "web".into(),
+            service_name: "shop/web".into(),
+            // An allow-listed pod label named like one of Kiln's own does not replace it.
+            labels: vec![
+                ("pod".into(), "spoofed".into()),
+                ("team".into(), "a".into()),
+            ],
+            containers: vec![(id.clone(), "app".into())],
+        });
+        let path = format!("/kubepods/burstable/pod{UID}/{id}");
+        let l = series_labels(&unwound(42), None, Some(&path), "n", Some(&pods));
+        assert_eq!(get(&l, "pod"), Some("web-1"));
+        assert_eq!(get(&l, "team"), Some("a"));
+        assert_eq!(get(&l, "container"), Some("app"));
+        assert_eq!(get(&l, "service_name"), Some("shop/web"));
+        assert_eq!(l.iter().filter(|x| x.name == "pod").count(), 1);
+        // Sorted by name.
+        assert!(l.windows(2).all(|w| w[0].name <= w[1].name));
+    }
+
     #[test]
     fn labels_are_sanitized() {
         assert_eq!(sanitize_label_name("k8s.pod-name"), "k8s_pod_name");
