@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start; boxing the argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server and an agent together on this machine (needs root for eBPF), then open the
@@ -180,17 +182,23 @@ pub struct AgentArgs {
     /// a second of samples at the worst case (CPUs x frequency x stack copy).
     #[arg(long, env = "KILN_RING_BUFFER", default_value = "auto", value_parser = parse_ring)]
     pub ring_buffer: RingSize,
-    /// Kubernetes API server to list this node's pods from, for pod/namespace/container labels:
+    /// Kubernetes API server to watch this node's pods from, for pod/namespace/container/workload
+    /// labels:
     /// `auto` (the in-cluster API when running in a pod, with the service account's token and
     /// CA), `off`, or a URL such as https://10.0.0.1:6443.
     #[arg(long, env = "KILN_KUBE_API", default_value = "auto")]
     pub kube_api: String,
-    /// Bearer token file for --kube-api URL (re-read on every list).
+    /// Bearer token file for --kube-api URL (re-read as it rotates).
     #[arg(long, env = "KILN_KUBE_TOKEN_FILE")]
     pub kube_token_file: Option<std::path::PathBuf>,
     /// PEM CA bundle that signed the --kube-api URL's certificate.
     #[arg(long, env = "KILN_KUBE_CA_FILE")]
     pub kube_ca_file: Option<std::path::PathBuf>,
+    /// Pod labels to copy onto every sample of the pod, comma-separated Kubernetes label keys
+    /// (e.g. `app,team,app.kubernetes.io/version`); label names are sanitized (`.`,`/`,`-` → `_`)
+    /// and never replace Kiln's own labels. At most 16.
+    #[arg(long, env = "KILN_POD_LABELS", value_delimiter = ',')]
+    pub pod_labels: Vec<String>,
 }
 
 /// A URL the agent can push to, checked while parsing so that a bad one is a usage error (exit code

@@ -252,6 +252,12 @@ fn agent_config(
             "--kube-api {other:?}: expected `auto`, `off` or an http(s):// URL of the Kubernetes API server"
         ),
     };
+    config.pod_labels = args
+        .pod_labels
+        .iter()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
     config.validate()?;
     Ok(config)
 }

@@ -7,6 +7,7 @@
 //! installs both.
 
 mod common;
+mod pods;
 
 use std::process::Command;
 

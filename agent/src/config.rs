@@ -53,6 +53,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("ring buffer size {0} must be a power of two of at least 4096 bytes")]
     RingBuffer(u32),
+    #[error("--pod-labels: {0}")]
+    PodLabels(String),
 }
 
 /// Highest sampling frequency we accept: above it the observer effect dominates (see the notes on
@@ -176,6 +178,9 @@ pub struct AgentConfig {
     pub max_stacks_per_process: usize,
     /// Where pod, namespace and container names come from (see [`crate::kube`]).
     pub kubernetes: KubeSource,
+    /// Pod labels copied onto every sample of the pod (`--pod-labels`), at most
+    /// [`crate::kube::index::MAX_POD_LABELS`].
+    pub pod_labels: Vec<String>,
 }
 
 /// Where the agent learns pod, namespace and container names.
@@ -195,12 +200,11 @@ pub enum KubeSource {
 }
 
 impl AgentConfig {
-    /// The Kubernetes API to list this node's pods from, if any.
+    /// The Kubernetes API to watch this node's pods from, if any.
     pub fn kube_config(&self) -> Option<crate::kube::KubeConfig> {
-        let refresh = Duration::from_secs(30);
-        match &self.kubernetes {
+        let mut c = match &self.kubernetes {
             KubeSource::Off => None,
-            KubeSource::Auto => crate::kube::KubeConfig::in_cluster(&self.node_name, refresh),
+            KubeSource::Auto => crate::kube::KubeConfig::in_cluster(&self.node_name),
             KubeSource::Url {
                 url,
                 token_file,
@@ -210,9 +214,12 @@ impl AgentConfig {
                 token_file: token_file.clone(),
                 ca_file: ca_file.clone(),
                 node_name: self.node_name.clone(),
-                refresh,
+                pod_labels: Vec::new(),
+                backoff: crate::kube::Backoff::default(),
             }),
-        }
+        }?;
+        c.pod_labels = self.pod_labels.clone();
+        Some(c)
     }
 }
 
@@ -240,6 +247,7 @@ impl Default for AgentConfig {
             max_processes_per_window: 4096,
             max_stacks_per_process: 16_384,
             kubernetes: KubeSource::Auto,
+            pod_labels: Vec::new(),
         }
     }
 }
@@ -249,6 +257,22 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.frequency_hz.get() > MAX_FREQUENCY_HZ {
             return Err(ConfigError::Frequency(self.frequency_hz.get()));
+        }
+        if self.pod_labels.len() > crate::kube::index::MAX_POD_LABELS {
+            return Err(ConfigError::PodLabels(format!(
+                "{} labels, at most {} allowed",
+                self.pod_labels.len(),
+                crate::kube::index::MAX_POD_LABELS
+            )));
+        }
+        if let Some(bad) = self
+            .pod_labels
+            .iter()
+            .find(|k| k.is_empty() || k.len() > 317 || k.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::PodLabels(format!(
+                "{bad:?} is not a Kubernetes label key"
+            )));
         }
         if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(3600) {
             return Err(ConfigError::Window(self.window));

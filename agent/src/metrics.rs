@@ -125,6 +125,12 @@ pub struct ProcessFileRefusalLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeErrorLabel {
+    /// See `kube::ErrorReason`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UnwindTruncationLabel {
     pub reason: UnwindTruncation,
 }
@@ -198,10 +204,15 @@ pub struct AgentMetrics {
     pub unwind_memo_misses: Counter,
     /// Bytes of ELF files (before compression) sent to the server.
     pub debuginfo_upload_bytes: Counter,
-    /// Pods in the last list of this node's pods from the Kubernetes API.
+    /// Pods of this node known from the Kubernetes API (watch).
     pub kube_pods: Gauge,
-    /// Failed attempts to list this node's pods.
-    pub kube_list_failures: Counter,
+    /// Failed Kubernetes API calls (pod list/watch, owner gets), by reason (`forbidden`,
+    /// `unauthorized`, `gone`, `not_found`, `unreachable`, `other`).
+    pub kube_api_errors: Family<KubeErrorLabel, Counter>,
+    /// Full lists of this node's pods (the first, and each after a 410 Gone or a lost watch).
+    pub kube_relists: Counter,
+    /// Pods not indexed because the index was full (`kube::MAX_PODS`).
+    pub kube_pods_refused: Counter,
     /// Files of profiled processes refused by the door to them (process_files.rs), by reason.
     pub process_files_refused: Family<ProcessFileRefusalLabel, Counter>,
     /// Bytes of perf maps parsed; appended lines only, a growing map is not re-read.
@@ -279,13 +290,23 @@ impl AgentMetrics {
         );
         r.register(
             "kube_pods",
-            "Pods in the last list of this node's pods (Kubernetes API)",
+            "Pods of this node known from the Kubernetes API (watch)",
             m.kube_pods.clone(),
         );
         r.register(
-            "kube_list_failures",
-            "Failed attempts to list this node's pods",
-            m.kube_list_failures.clone(),
+            "kube_api_errors",
+            "Failed Kubernetes API calls (pod list/watch, owner gets), by reason",
+            m.kube_api_errors.clone(),
+        );
+        r.register(
+            "kube_relists",
+            "Full lists of this node's pods (first, and after 410 Gone or a lost watch)",
+            m.kube_relists.clone(),
+        );
+        r.register(
+            "kube_pods_refused",
+            "Pods not indexed because the pod index was full",
+            m.kube_pods_refused.clone(),
         );
         r.register(
             "process_cache_size",
@@ -398,7 +419,9 @@ impl AgentMetrics {
             debuginfo_uploads: Family::default(),
             process_cache_size: Gauge::default(),
             kube_pods: Gauge::default(),
-            kube_list_failures: Counter::default(),
+            kube_api_errors: Family::default(),
+            kube_relists: Counter::default(),
+            kube_pods_refused: Counter::default(),
             unwind_stacks: Family::default(),
             unwind_frames: Counter::default(),
             unwind_truncated: Family::default(),
@@ -425,6 +448,15 @@ impl AgentMetrics {
         self.process_files_refused
             .get_or_create(&ProcessFileRefusalLabel {
                 reason: reason.as_str().to_owned(),
+            })
+            .clone()
+    }
+
+    /// The Kubernetes API error counter for `reason`.
+    pub fn kube_api_error(&self, reason: &str) -> Counter {
+        self.kube_api_errors
+            .get_or_create(&KubeErrorLabel {
+                reason: reason.to_owned(),
             })
             .clone()
     }

@@ -136,6 +136,8 @@ struct ProcessWindow {
 pub struct UnwoundSample {
     tgid: u32,
     comm: String,
+    /// The sampled task's cgroup (v2 ID), which names its pod even when /proc cannot.
+    cgroup_id: u64,
     process: Option<Arc<Process>>,
     /// Kernel frames, leaf first, return addresses moved back into the call (see [`adjusted`]).
     kernel: Vec<u64>,
@@ -162,6 +164,8 @@ pub struct Aggregator {
     kallsyms_loaded: Instant,
     /// Pod, namespace and container names (Kubernetes), when the agent knows the API server.
     pods: Option<crate::kube::PodIndex>,
+    /// Cgroup IDs of samples → paths in the host's v2 tree (see containers.rs).
+    cgroups: crate::containers::CgroupPaths,
     unwind_metrics: UnwindMetrics,
     /// Times the stack walks of the current unwind pass (wall clock).
     walk_timer: crate::ticks::IntervalTimer,
@@ -289,6 +293,7 @@ impl Aggregator {
             unwinder: Unwinder::default(),
             kallsyms_loaded: Instant::now(),
             pods: None,
+            cgroups: crate::containers::CgroupPaths::detect(),
             unwind_metrics: UnwindMetrics::new(&metrics),
             walk_timer: crate::ticks::IntervalTimer::begin(),
             frames: Vec::with_capacity(unwind::MAX_FRAMES),
@@ -389,6 +394,7 @@ impl Aggregator {
         Some(UnwoundSample {
             tgid: s.tgid,
             comm: s.comm.clone(),
+            cgroup_id: s.cgroup_id,
             kernel: adjusted(&s.kernel_stack),
             process,
             user,
@@ -420,9 +426,13 @@ impl Aggregator {
                     .inc();
                 return;
             }
+            // Labels are resolved now, at the process's first sample in the window, not at
+            // upload: a process that lived 200 ms is gone by then.
+            let by_id = self.cgroups.path(s.cgroup_id);
             let labels = series_labels(
                 &s,
                 process.as_deref(),
+                by_id.as_deref(),
                 &self.config.node_name,
                 self.pods.as_ref(),
             );
@@ -640,10 +650,12 @@ fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32) -> u64 {
     id
 }
 
-/// The series labels of a process (sorted by name; empty values left out).
+/// The series labels of a process (sorted by name; empty values left out). `cgroup_by_id` is the
+/// path of the sample's cgroup ID in the host's v2 tree, when known.
 fn series_labels(
     s: &UnwoundSample,
     p: Option<&Process>,
+    cgroup_by_id: Option<&str>,
     node: &str,
     pods: Option<&crate::kube::PodIndex>,
 ) -> Vec<LabelPair> {
@@ -658,22 +670,29 @@ fn series_labels(
         // The process is gone (or unreadable): what the sample itself says.
         None => (s.comm.clone(), s.comm.clone(), None, None),
     };
-    // Containers and pods: IDs from the cgroup path, names from the node's pod list.
+    let cgroup = match s.tgid {
+        0 => None,
+        _ => crate::containers::best_path(cgroup_by_id, cgroup.as_deref()).map(str::to_owned),
+    };
+    // Containers and pods: IDs from the cgroup path, names from the node's pods (watched).
     let container = cgroup
         .as_deref()
         .map(crate::containers::parse_cgroup_path)
         .unwrap_or_default();
-    let names = pods.and_then(|idx| idx.lookup(&container));
-    if let Some(n) = &names {
-        // Grafana's convention for Kubernetes workloads: `namespace/container`.
-        service = format!(
-            "{}/{}",
-            n.namespace,
-            n.container.as_deref().unwrap_or(&n.pod)
-        );
+    let found = pods.and_then(|idx| idx.lookup(&container));
+    let pod = found.as_ref().map(|m| m.pod.as_ref());
+    match pod {
+        // `namespace/workload`, or the pod's annotation (see kube::pod_info).
+        Some(pod) => service = pod.service_name.clone(),
+        // Outside Kubernetes (or a pod the API did not name): the systemd unit, if any.
+        None => {
+            if let Some(unit) = cgroup.as_deref().and_then(crate::containers::systemd_unit) {
+                service = unit.to_owned();
+            }
+        }
     }
     let pid = s.tgid.to_string();
-    let mut labels: Vec<LabelPair> = [
+    let own: [(&str, Option<&str>); 14] = [
         ("__name__", Some(PROFILE_NAME)),
         ("service_name", Some(service.as_str())),
         ("node", Some(node)),
@@ -683,22 +702,34 @@ fn series_labels(
         ("cgroup", cgroup.as_deref()),
         ("pod_uid", container.pod_uid.as_deref()),
         ("container_id", container.container_id.as_deref()),
-        ("namespace", names.as_ref().map(|n| n.namespace.as_str())),
-        ("pod", names.as_ref().map(|n| n.pod.as_str())),
+        ("namespace", pod.map(|p| p.namespace.as_str())),
+        ("pod", pod.map(|p| p.name.as_str())),
         (
             "container",
-            names.as_ref().and_then(|n| n.container.as_deref()),
+            found.as_ref().and_then(|m| m.container.as_deref()),
         ),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| {
-        let v = sanitize_label_value(v?);
-        (!v.is_empty()).then(|| LabelPair {
-            name: sanitize_label_name(k),
-            value: v,
+        ("workload_kind", pod.map(|p| p.workload_kind.as_str())),
+        ("workload", pod.map(|p| p.workload.as_str())),
+    ];
+    let mut labels: Vec<LabelPair> = own
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let v = sanitize_label_value(v?);
+            (!v.is_empty()).then(|| LabelPair {
+                name: sanitize_label_name(k),
+                value: v,
+            })
         })
-    })
-    .collect();
+        .collect();
+    // Allow-listed pod labels (`--pod-labels`), never replacing one of Kiln's own.
+    for (k, v) in pod.map(|p| p.labels.as_slice()).unwrap_or_default() {
+        let name = sanitize_label_name(k);
+        let v = sanitize_label_value(v);
+        let taken = own.iter().any(|(o, _)| *o == name) || labels.iter().any(|l| l.name == name);
+        if !v.is_empty() && !taken {
+            labels.push(LabelPair { name, value: v });
+        }
+    }
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     labels
 }
@@ -792,7 +823,8 @@ ffffffff81300000 t ext4_file_read_iter
             tid: tgid,
             cpu: 0,
             comm: "sampled-comm".into(),
-            cgroup_id: 1,
+            // Unknown: these samples' labels come from /proc.
+            cgroup_id: 0,
             in_kernel: !kernel.is_empty(),
             kernel_stack: kernel,
             user_regs: (!user.is_empty()).then_some(UserRegs {
@@ -1042,13 +1074,16 @@ ffffffff81300000 t ext4_file_read_iter
         std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).unwrap();
 
         let pods = crate::kube::PodIndex::default();
-        pods.replace(
-            serde_json::from_str(&format!(
-                r#"{{"items":[{{"metadata":{{"name":"web-1","namespace":"shop","uid":"{UID}"}},
-                "status":{{"containerStatuses":[{{"name":"nginx","containerID":"containerd://{id}"}}]}}}}]}}"#
-            ))
-            .unwrap(),
-        );
+        pods.upsert(crate::kube::PodInfo {
+            uid: UID.into(),
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            workload_kind: "Deployment".into(),
+            workload: "web".into(),
+            service_name: "shop/web".into(),
+            labels: vec![("app.kubernetes.io/name".into(), "web".into())],
+            containers: vec![(id.clone(), "nginx".into())],
+        });
         let (agg, _) = aggregator(4, 4);
         let mut agg = agg.with_pods(pods);
         agg.add(&sample(pid, vec![], vec![0x10]));
@@ -1069,7 +1104,71 @@ ffffffff81300000 t ext4_file_read_iter
         assert_eq!(label(p, "namespace"), Some("shop"));
         assert_eq!(label(p, "pod"), Some("web-1"));
         assert_eq!(label(p, "container"), Some("nginx"));
-        assert_eq!(label(p, "service_name"), Some("shop/nginx"));
+        assert_eq!(label(p, "workload_kind"), Some("Deployment"));
+        assert_eq!(label(p, "workload"), Some("web"));
+        assert_eq!(label(p, "app_kubernetes_io_name"), Some("web"));
+        assert_eq!(label(p, "service_name"), Some("shop/web"));
+    }
+
+    fn unwound(tgid: u32) -> UnwoundSample {
+        UnwoundSample {
+            tgid,
+            comm: "gone".into(),
+            cgroup_id: 0,
+            process: None,
+            kernel: vec![],
+            user: vec![],
+            end: StackEnd::Complete,
+        }
+    }
+
+    fn get<'a>(labels: &'a [LabelPair], name: &str) -> Option<&'a str> {
+        labels
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.as_str())
+    }
+
+    /// A process gone before /proc was read still gets its cgroup (from the sample's cgroup ID)
+    /// and so its service: the systemd unit outside Kubernetes, its pod's inside.
+    #[test]
+    fn labels_from_the_cgroup_id_path_and_the_pod() {
+        let l = series_labels(
+            &unwound(42),
+            None,
+            Some("/system.slice/nginx.service"),
+            "n",
+            None,
+        );
+        assert_eq!(get(&l, "service_name"), Some("nginx"));
+        assert_eq!(get(&l, "cgroup"), Some("/system.slice/nginx.service"));
+
+        const UID: &str = "0d5b7a4e-9c3f-4b8e-a1d2-3e4f5a6b7c8d";
+        let id = "c".repeat(64);
+        let pods = crate::kube::PodIndex::default();
+        pods.upsert(crate::kube::PodInfo {
+            uid: UID.into(),
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            workload_kind: "Deployment".into(),
+            workload: "web".into(),
+            service_name: "shop/web".into(),
+            // An allow-listed pod label named like one of Kiln's own does not replace it.
+            labels: vec![
+                ("pod".into(), "spoofed".into()),
+                ("team".into(), "a".into()),
+            ],
+            containers: vec![(id.clone(), "app".into())],
+        });
+        let path = format!("/kubepods/burstable/pod{UID}/{id}");
+        let l = series_labels(&unwound(42), None, Some(&path), "n", Some(&pods));
+        assert_eq!(get(&l, "pod"), Some("web-1"));
+        assert_eq!(get(&l, "team"), Some("a"));
+        assert_eq!(get(&l, "container"), Some("app"));
+        assert_eq!(get(&l, "service_name"), Some("shop/web"));
+        assert_eq!(l.iter().filter(|x| x.name == "pod").count(), 1);
+        // Sorted by name.
+        assert!(l.windows(2).all(|w| w[0].name <= w[1].name));
     }
 
     #[test]

@@ -67,9 +67,9 @@ pub async fn run(
     let (stop_kube_tx, stop_kube_rx) = tokio::sync::oneshot::channel::<()>();
     let (aggregator, kube_task) = match config.kube_config() {
         Some(kube) => {
-            tracing::info!(api = %kube.api_url, node = %kube.node_name, "listing this node's pods for pod/namespace/container labels");
+            tracing::info!(api = %kube.api_url, node = %kube.node_name, "watching this node's pods for pod/namespace/container/workload labels");
             let pods = crate::kube::PodIndex::default();
-            let task = tokio::spawn(crate::kube::refresh_loop(
+            let task = tokio::spawn(crate::kube::watch_pods(
                 kube,
                 pods.clone(),
                 metrics.clone(),
