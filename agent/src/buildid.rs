@@ -34,6 +34,19 @@ pub enum BuildIdError {
     },
 }
 
+impl BuildIdError {
+    /// The agent may not open the file (or the process's root): a missing capability
+    /// (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH) rather than a file without a build ID.
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            BuildIdError::Open(DoorError::Open { source, .. } | DoorError::Root { source, .. }) => {
+                source.kind() == std::io::ErrorKind::PermissionDenied
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A GNU build ID (the bytes of the `NT_GNU_BUILD_ID` note; usually 20, never empty).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BuildId(Box<[u8]>);
@@ -210,6 +223,24 @@ mod tests {
     use super::*;
     use object::Object;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_refused_open_is_told_apart_from_a_missing_file() {
+        let open = |kind: std::io::ErrorKind| {
+            BuildIdError::Open(DoorError::Open {
+                root: "/proc/1/root".into(),
+                path: "/usr/bin/x".into(),
+                source: kind.into(),
+            })
+        };
+        assert!(open(std::io::ErrorKind::PermissionDenied).is_permission_denied());
+        assert!(!open(std::io::ErrorKind::NotFound).is_permission_denied());
+        let root = BuildIdError::Open(DoorError::Root {
+            root: "/proc/1/root".into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        });
+        assert!(root.is_permission_denied());
+    }
 
     #[test]
     fn reads_the_test_binarys_own_build_id() {

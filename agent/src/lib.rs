@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod buildid;
+pub mod capabilities;
 pub mod config;
 pub mod containers;
 pub mod cputime;

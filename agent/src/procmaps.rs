@@ -255,6 +255,9 @@ pub struct Process {
     /// Executable mappings, sorted by start address.
     pub mappings: Vec<Mapping>,
     anonymous_exec: Vec<(u64, u64)>,
+    /// Starts of the mappings whose file the agent was not allowed to read (permission denied):
+    /// their frames say so, rather than "no build ID" (see [`Process::unreadable`]).
+    unreadable: Vec<u64>,
 }
 
 impl Process {
@@ -307,6 +310,7 @@ impl Process {
             );
             mappings.truncate(max_mappings);
         }
+        let mut unreadable = Vec::new();
         for m in &mut mappings {
             let MappingKind::File { path, .. } = &m.kind else {
                 continue;
@@ -320,7 +324,12 @@ impl Process {
             };
             match build_ids.get(m.file, &mapped) {
                 Ok(id) => m.build_id = id,
-                Err(e) => tracing::debug!(pid, error = %e, "no build ID for mapping"),
+                Err(e) => {
+                    if e.is_permission_denied() {
+                        unreadable.push(m.start);
+                    }
+                    tracing::debug!(pid, error = %e, "no build ID for mapping")
+                }
             }
         }
         Ok(Process {
@@ -332,7 +341,14 @@ impl Process {
             ns_pid,
             mappings,
             anonymous_exec,
+            unreadable,
         })
+    }
+
+    /// Whether the agent was refused reading `m`'s file (permission denied), so that its frames
+    /// can say why they have no name.
+    pub fn unreadable(&self, m: &Mapping) -> bool {
+        self.unreadable.binary_search(&m.start).is_ok()
     }
 
     /// The mapping containing `addr`.
@@ -419,6 +435,10 @@ pub struct ProcessCache {
     config: ProcessCacheConfig,
     entries: HashMap<u32, Entry>,
     build_ids: BuildIdCache,
+    /// Pids whose `/proc/PID/maps` the agent was refused (permission denied: another user's
+    /// process without CAP_SYS_PTRACE), so that their frames can say why they have no name.
+    /// Emptied at each sweep; at most `max_processes`.
+    denied: std::collections::HashSet<u32>,
 }
 
 impl ProcessCache {
@@ -426,6 +446,7 @@ impl ProcessCache {
         ProcessCache {
             build_ids: BuildIdCache::new(config.max_build_ids),
             entries: HashMap::new(),
+            denied: std::collections::HashSet::new(),
             config,
         }
     }
@@ -491,6 +512,11 @@ impl ProcessCache {
             Ok(p) => Arc::new(p),
             Err(err) => {
                 tracing::debug!(pid, error = %err, "cannot read process");
+                if matches!(&err, ProcError::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+                    && self.denied.len() < self.config.max_processes
+                {
+                    self.denied.insert(pid);
+                }
                 return None;
             }
         };
@@ -507,6 +533,11 @@ impl ProcessCache {
             },
         );
         Some(p)
+    }
+
+    /// Whether reading `pid`'s maps was refused since the last sweep (permission denied).
+    pub fn is_denied(&self, pid: u32) -> bool {
+        self.denied.contains(&pid)
     }
 
     /// The cached snapshot of `pid`, without touching `/proc`.
@@ -529,6 +560,7 @@ impl ProcessCache {
     /// or that exec'd (exe changed; they are re-read on their next sample). Call periodically, e.g.
     /// after each window is flushed (so the flushed window could still use them).
     pub fn sweep(&mut self) -> SweepStats {
+        self.denied.clear();
         let mut stats = SweepStats::default();
         self.entries.retain(|&pid, e| match read_start_time(pid) {
             Err(_) => {

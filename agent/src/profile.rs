@@ -37,6 +37,20 @@ use crate::perfmap::{PerfMapConfig, PerfMaps};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
 use crate::unwind::{self, StackEnd, Unwinder};
 
+/// Why a frame of a binary the agent was refused reading has no name (in the frame's name, in the
+/// server's "no symbols: …" style). Without CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH (see
+/// capabilities.rs), another user's binary is such a one.
+pub const UNREADABLE_BINARY: &str =
+    "the agent could not read the binary: permission denied (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH?)";
+
+/// Why a user frame of a process whose `/proc/PID/maps` the agent was refused has no name.
+pub const UNREADABLE_PROCESS: &str =
+    "the agent could not read the process's maps: permission denied (CAP_SYS_PTRACE?)";
+
+/// Why kernel frames have no name when `/proc/kallsyms` shows the agent only zeros.
+pub const HIDDEN_KERNEL: &str =
+    "kernel addresses hidden from the agent (kptr_restrict; it lacks CAP_SYSLOG)";
+
 /// The pprof mapping kernel frames belong to (the name `perf` uses, which the server recognizes).
 pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 /// The pprof mapping of Kiln's pseudo-frames (truncation markers), symbolized by the agent.
@@ -467,6 +481,8 @@ impl Aggregator {
             w.stacks.insert(stack_hash);
         }
 
+        // A process whose maps the agent may not read: its user frames say so (see below).
+        let denied = process.is_none() && self.processes.is_denied(s.tgid);
         let mut locations = Vec::with_capacity(kernel.len() + user.len());
         for &addr in kernel {
             let kmap = *w.kernel_mapping.get_or_insert_with(|| {
@@ -477,6 +493,12 @@ impl Aggregator {
             let loc = match self.kallsyms.lookup(addr) {
                 Some(sym) => {
                     let f = w.builder.function(sym.name, "");
+                    w.builder.symbolized_location(kmap, addr, &[(f, 0)])
+                }
+                // Hidden addresses: say why here, the server cannot tell (see HIDDEN_KERNEL).
+                None if self.kallsyms.is_restricted() => {
+                    let name = format!("{KERNEL_MAPPING}+0x{addr:x} (no symbols: {HIDDEN_KERNEL})");
+                    let f = w.builder.function(&name, "");
                     w.builder.symbolized_location(kmap, addr, &[(f, 0)])
                 }
                 None => w.builder.raw_location(kmap, addr),
@@ -494,6 +516,12 @@ impl Aggregator {
                 locations.push(loc);
                 continue;
             }
+            if denied {
+                let name = format!("0x{addr:x} (no symbols: {UNREADABLE_PROCESS})");
+                let f = w.builder.function(&name, "");
+                locations.push(w.builder.symbolized_location(0, addr, &[(f, 0)]));
+                continue;
+            }
             let mapping = process.as_deref().and_then(|p| p.find(addr));
             let mapping_id = match mapping {
                 Some(m) => window_mapping(w, m, s.tgid),
@@ -504,6 +532,21 @@ impl Aggregator {
                 mapping.and_then(|m| crate::vdso::Vdso::get().and_then(|v| v.lookup(m, addr)))
             {
                 let f = w.builder.function(name, "[vdso]");
+                locations.push(w.builder.symbolized_location(mapping_id, addr, &[(f, 0)]));
+                continue;
+            }
+            // A binary the agent may not read has no build ID we know of; the server would call
+            // it "no build ID", which is false: name the frame with the real reason here.
+            if let (Some(p), Some(m)) = (process.as_deref(), mapping)
+                && p.unreadable(m)
+            {
+                let file = m.filename();
+                let base = file.rsplit('/').next().unwrap_or(&file);
+                let name = format!(
+                    "{base}+0x{:x} (no symbols: {UNREADABLE_BINARY})",
+                    m.file_offset(addr)
+                );
+                let f = w.builder.function(&name, "");
                 locations.push(w.builder.symbolized_location(mapping_id, addr, &[(f, 0)]));
                 continue;
             }

@@ -44,6 +44,8 @@ pub async fn run(
     let metrics = AgentMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
+    // Which capabilities this process holds, and what will not work without each missing one.
+    crate::capabilities::CapSet::effective().log_report();
     let sampler = Sampler::load(SamplerConfig {
         frequency_hz: u64::from(config.frequency_hz.get()),
         stack_copy_bytes: config.stack_copy_bytes,

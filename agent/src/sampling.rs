@@ -136,10 +136,11 @@ fn ring_record_bytes(len: usize) -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
     #[error(
-        "loading eBPF needs privileges this process lacks: run as root, or grant CAP_BPF, CAP_PERFMON and \
-         CAP_SYS_RESOURCE (in Kubernetes: a privileged DaemonSet, see deploy/)"
+        "loading eBPF needs CAP_BPF and CAP_PERFMON, and this process lacks {0}: run as root, or grant \
+         them (in Kubernetes: deploy/ adds them to the agent's container; on kernels before 5.11 \
+         CAP_SYS_RESOURCE too)"
     )]
-    NotPrivileged,
+    NotPrivileged(String),
     #[error(
         "this kernel exposes no BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y is required for the CO-RE sampler)"
     )]
@@ -227,9 +228,10 @@ impl Sampler {
             .load(kiln_sampler_bpf::OBJECT)
             .map_err(|e| match &e {
                 aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                    if io_error.raw_os_error() == Some(libc::EPERM)
+                        && !missing_to_load().is_empty() =>
                 {
-                    SamplerError::NotPrivileged
+                    SamplerError::NotPrivileged(missing_to_load())
                 }
                 _ => SamplerError::Load(error_chain(&e)),
             })?;
@@ -327,8 +329,9 @@ pub fn check_preconditions() -> Result<(), SamplerError> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(SamplerError::NoBtf);
     }
-    if !privileged() {
-        return Err(SamplerError::NotPrivileged);
+    let missing = missing_to_load();
+    if !missing.is_empty() {
+        return Err(SamplerError::NotPrivileged(missing));
     }
     Ok(())
 }
@@ -345,23 +348,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Root, or the capabilities that loading a perf-event BPF program needs.
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    // CAP_BPF = 39, CAP_PERFMON = 38, CAP_SYS_ADMIN = 21, from the effective set in /proc/self/status.
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |bit: u32| eff & (1u64 << bit) != 0;
-    has(21) || (has(38) && has(39))
+/// The capabilities that loading a perf-event BPF program needs and this process lacks (`CAP_BPF
+/// and CAP_PERFMON`), or "" if it has them. From the effective set, not the uid: root in a
+/// container holds only what its bounding set allows.
+fn missing_to_load() -> String {
+    use crate::capabilities::{CapSet, Capability};
+    let caps = CapSet::effective();
+    [Capability::Bpf, Capability::Perfmon]
+        .into_iter()
+        .filter(|&c| !caps.has(c))
+        .map(Capability::name)
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer kernels).
