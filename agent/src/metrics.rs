@@ -97,6 +97,8 @@ pub enum UnwindTruncation {
     CopyExhausted,
     /// More frames than the agent keeps.
     TooDeep,
+    /// Stopped short while unwind tables were still being read (off the sampling thread).
+    TablesLoading,
     /// A read below the sampled sp or implausibly far above it.
     BadStackRead,
     /// Frame pointers led downwards.

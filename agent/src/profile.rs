@@ -259,6 +259,7 @@ fn truncation_label(t: unwind::Truncation) -> UnwindTruncation {
     match t {
         T::CopyExhausted => UnwindTruncation::CopyExhausted,
         T::TooDeep => UnwindTruncation::TooDeep,
+        T::TablesLoading => UnwindTruncation::TablesLoading,
         T::Failed(F::BadStackRead) => UnwindTruncation::BadStackRead,
         T::Failed(F::FramePointerBackwards) => UnwindTruncation::FramePointerBackwards,
         T::Failed(F::NoProgress) => UnwindTruncation::NoProgress,
