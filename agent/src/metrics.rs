@@ -122,7 +122,8 @@ pub enum UnwindSource {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessFileRefusalLabel {
-    /// `not_regular`, `too_large` or `unsafe_link` (see `process_files::Refusal`).
+    /// `not_regular`, `too_large`, `unsafe_link` or `remote_filesystem` (see
+    /// `process_files::Refusal`).
     pub reason: String,
 }
 

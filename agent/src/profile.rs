@@ -170,7 +170,7 @@ pub struct Aggregator {
     /// JIT names from perf maps, read by their own worker thread.
     perf_maps: PerfMaps,
     /// Refusals of process files already published, by reason (see process_files.rs).
-    refusals_seen: [u64; 3],
+    refusals_seen: [u64; 4],
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -294,7 +294,7 @@ impl Aggregator {
             walk_timer: crate::ticks::IntervalTimer::begin(),
             frames: Vec::with_capacity(unwind::MAX_FRAMES),
             perf_maps: PerfMaps::new(PerfMapConfig::default(), metrics.clone()),
-            refusals_seen: [0; 3],
+            refusals_seen: [0; 4],
         }
     }
 
