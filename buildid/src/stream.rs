@@ -5,8 +5,13 @@
 //! The notes a loader sees are in `PT_NOTE` segments, described by the program headers; both
 //! usually lie in the first page of the file (the headers right after the ELF header, the
 //! `.note.gnu.build-id` and `.note.go.buildid` notes just after them). So the scanner keeps the
-//! file's first bytes until it has the program headers and every `PT_NOTE` range, then reads the
-//! notes exactly as [`crate::elf_build_id`] ranks them: the GNU build ID, else the Go build ID key.
+//! file's first bytes until it has the program headers and every `PT_NOTE` range, then looks
+//! there for the GNU build ID note, which [`crate::elf_build_id`] ranks first: when it is there,
+//! it is the file's identity.
+//!
+//! A Go build ID note alone decides nothing: the identity is the Go key only when the file has no
+//! GNU note anywhere, and Go's linker (`-B`) puts its GNU note where no `PT_NOTE` segment covers
+//! it, so a Go note seen early does not prove that there is no GNU note.
 //!
 //! What it cannot see early, it leaves undecided ([`Streamed::Undecided`]) rather than guessing:
 //! a file without program headers (a relocatable object) or whose notes are not in any `PT_NOTE`
@@ -23,16 +28,15 @@ use object::read::elf::{FileHeader, ProgramHeader};
 /// for: the upload is checked whole at the end instead).
 pub const MAX_PREFIX_BYTES: usize = 1 << 20;
 
-/// `NT_GNU_BUILD_ID`, and the Go linker's build ID note type.
+/// `NT_GNU_BUILD_ID`.
 const NT_GNU_BUILD_ID: u32 = 3;
-const NT_GO_BUILD_ID: u32 = 4;
 
 /// What the bytes seen so far say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Streamed {
     /// More bytes are needed.
     Pending,
-    /// The identity from the notes of the file's `PT_NOTE` segments (GNU build ID, else Go key).
+    /// The identity: the GNU build ID note of one of the file's `PT_NOTE` segments.
     Identity(Vec<u8>),
     /// Nothing can be decided from the stream: not an ELF header the scanner reads, no program
     /// headers, no identity note in any `PT_NOTE` segment, or too far into the file. Only the
@@ -134,27 +138,25 @@ fn decide<H: FileHeader<Endian = Endianness>>(prefix: &[u8]) -> Streamed {
     if prefix.len() < notes_end {
         return Streamed::Pending;
     }
-    let (mut gnu, mut go) = (None, None);
+    let mut gnu = None;
     for p in phdrs {
         let Ok(Some(mut notes)) = p.notes(endian, prefix) else {
             continue;
         };
         loop {
             match notes.next() {
-                Ok(Some(n)) => match (n.name(), n.n_type(endian)) {
-                    (b"GNU", NT_GNU_BUILD_ID) if gnu.is_none() => gnu = Some(n.desc().to_vec()),
-                    (b"Go", NT_GO_BUILD_ID) if go.is_none() => {
-                        go = crate::go_build_id_key(n.desc())
+                Ok(Some(n)) => {
+                    if gnu.is_none() && n.name() == b"GNU" && n.n_type(endian) == NT_GNU_BUILD_ID {
+                        gnu = Some(n.desc().to_vec());
                     }
-                    _ => {}
-                },
+                }
                 Ok(None) => break,
                 // Malformed notes: the complete file's check says what it makes of them.
                 Err(_) => return Streamed::Undecided,
             }
         }
     }
-    match gnu.or(go) {
+    match gnu {
         Some(id) if !id.is_empty() => Streamed::Identity(id),
         _ => Streamed::Undecided,
     }
