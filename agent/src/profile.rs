@@ -180,6 +180,7 @@ struct UnwindMetrics {
     frame_pointers: Counter,
     evictions_seen: u64,
     loads_seen: u64,
+    dropped_seen: u64,
     rules: HitTotals,
     memo: HitTotals,
 }
@@ -209,6 +210,7 @@ impl UnwindMetrics {
             frame_pointers: m.unwind_source(UnwindSource::FramePointers),
             evictions_seen: 0,
             loads_seen: 0,
+            dropped_seen: 0,
             rules: HitTotals::default(),
             memo: HitTotals::default(),
         }
@@ -242,6 +244,11 @@ impl UnwindMetrics {
             .inc_by(stats.evictions.saturating_sub(self.evictions_seen));
         m.unwind_table_loads
             .inc_by(stats.loads.saturating_sub(self.loads_seen));
+        m.unwind_table_loads_pending
+            .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
+        m.unwind_table_loads_dropped
+            .inc_by(stats.dropped.saturating_sub(self.dropped_seen));
+        self.dropped_seen = stats.dropped;
         self.rules.publish(
             rule_stats,
             &m.unwind_rule_cache_hits,
