@@ -32,22 +32,65 @@ pub fn thread_cpu_time() -> Duration {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    /// Waits on conditions, not on time: under heavy load a 30 ms spin may get 1 ms of CPU, so
+    /// the test spins until the clock says enough CPU was used (with a generous deadline), and
+    /// checks what a wrong clock would get wrong: the wall clock (counts sleep), the process
+    /// clock (counts the other thread's work).
     #[test]
     fn counts_this_threads_work_and_not_its_sleep() {
+        // Another thread of this process burns CPU the whole time: a process-wide clock would
+        // count it while this thread sleeps.
+        let stop = Arc::new(AtomicBool::new(false));
+        let burner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = thread_cpu_time();
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                thread_cpu_time() - started
+            })
+        };
         let before = thread_cpu_time();
+        let slept_from = Instant::now();
         std::thread::sleep(Duration::from_millis(50));
+        let slept_wall = slept_from.elapsed();
         let slept = thread_cpu_time() - before;
-        assert!(slept < Duration::from_millis(25), "sleeping cost {slept:?}");
-        let before = thread_cpu_time();
-        let started = std::time::Instant::now();
-        let mut x = 0u64;
-        while started.elapsed() < Duration::from_millis(30) {
-            x = std::hint::black_box(x.wrapping_add(1));
-        }
-        let worked = thread_cpu_time() - before;
+        stop.store(true, Ordering::Relaxed);
+        let burned = burner.join().expect("burner thread");
+        // Waking up costs microseconds of CPU, never a sizeable part of the sleep.
         assert!(
-            worked >= Duration::from_millis(10),
-            "spinning 30 ms cost {worked:?}"
+            slept < slept_wall / 4,
+            "sleeping {slept_wall:?} cost {slept:?} of this thread's CPU"
+        );
+        assert!(burned > Duration::ZERO, "the other thread's clock advanced");
+
+        // Spinning: the clock advances (by at least 20 ms, however long the scheduler takes to
+        // give them) and never by more than the wall-clock time that passed.
+        let before = thread_cpu_time();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        let mut x = 0u64;
+        let mut worked = Duration::ZERO;
+        while worked < Duration::from_millis(20) {
+            assert!(
+                Instant::now() < deadline,
+                "a minute of spinning made only {worked:?} of CPU time"
+            );
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            worked = thread_cpu_time() - before;
+        }
+        let wall = started.elapsed();
+        assert!(
+            worked <= wall + Duration::from_millis(1),
+            "{worked:?} of CPU in {wall:?} of wall-clock time"
         );
     }
 }

@@ -97,6 +97,8 @@ pub enum UnwindTruncation {
     CopyExhausted,
     /// More frames than the agent keeps.
     TooDeep,
+    /// Stopped short while unwind tables were still being read (off the sampling thread).
+    TablesLoading,
     /// A read below the sampled sp or implausibly far above it.
     BadStackRead,
     /// Frame pointers led downwards.
@@ -120,7 +122,8 @@ pub enum UnwindSource {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProcessFileRefusalLabel {
-    /// `not_regular`, `too_large` or `unsafe_link` (see `process_files::Refusal`).
+    /// `not_regular`, `too_large`, `unsafe_link` or `remote_filesystem` (see
+    /// `process_files::Refusal`).
     pub reason: String,
 }
 
@@ -195,6 +198,10 @@ pub struct AgentMetrics {
     pub unwind_table_cache_evictions: Counter,
     /// Objects whose unwind tables were read from their file (cache misses).
     pub unwind_table_loads: Counter,
+    /// Objects whose tables the table worker is reading or has queued.
+    pub unwind_table_loads_pending: Gauge,
+    /// Table reads not queued because the worker's queue was full (asked for again later).
+    pub unwind_table_loads_dropped: Counter,
     /// Frames whose unwind rule came from the rule cache, and those that needed a table lookup.
     pub unwind_rule_cache_hits: Counter,
     pub unwind_rule_cache_misses: Counter,
@@ -379,6 +386,16 @@ impl AgentMetrics {
             m.unwind_table_loads.clone(),
         );
         r.register(
+            "unwind_table_loads_pending",
+            "Objects whose unwind tables the table worker is reading or has queued",
+            m.unwind_table_loads_pending.clone(),
+        );
+        r.register(
+            "unwind_table_loads_dropped",
+            "Unwind-table reads not queued because the table worker's queue was full",
+            m.unwind_table_loads_dropped.clone(),
+        );
+        r.register(
             "debuginfo_upload_bytes",
             "Bytes of object files (uncompressed) sent to the server",
             m.debuginfo_upload_bytes.clone(),
@@ -431,6 +448,8 @@ impl AgentMetrics {
             unwind_table_cache_entries: Gauge::default(),
             unwind_table_cache_evictions: Counter::default(),
             unwind_table_loads: Counter::default(),
+            unwind_table_loads_pending: Gauge::default(),
+            unwind_table_loads_dropped: Counter::default(),
             unwind_rule_cache_hits: Counter::default(),
             unwind_rule_cache_misses: Counter::default(),
             unwind_memo_hits: Counter::default(),

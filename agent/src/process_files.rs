@@ -21,10 +21,13 @@
 //!
 //! Where the reading happens is the callers' half of the rule. Perf maps are read by their own
 //! worker thread (perfmap.rs) and debuginfo candidates on a blocking thread of the runtime
-//! (debuginfo.rs). The headers of mapped objects (build IDs, unwind tables) are still read on the
-//! sampling thread, because the sample being unwound needs them: those are files the process has
-//! mapped (through `/proc/PID/map_files`), so never a FIFO or device, but a FUSE filesystem that
-//! stops answering could still hold that read.
+//! (debuginfo.rs), unwind tables by theirs (unwind/tables.rs). Build IDs (an object's headers and
+//! notes, a few pages) are read on the sampling thread when a process is first seen, so that its
+//! first samples already carry them; those are files the process has mapped (through
+//! `/proc/PID/map_files`), so never a FIFO or device, and files on FUSE or network filesystems
+//! (whose server may never answer; even `fstat` or `fstatfs` would ask it) are not opened there at
+//! all: they are recognised by their device in the process's mountinfo, which the kernel answers
+//! ([`Refusal::RemoteFilesystem`]).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
@@ -43,10 +46,18 @@ pub enum Refusal {
     TooLarge,
     /// The path goes through a magic link, or through too many symlinks.
     UnsafeLink,
+    /// On a FUSE or network filesystem, whose server (possibly the container itself) may never
+    /// answer: not read on the sampling thread (see `procmaps::remote_devices`).
+    RemoteFilesystem,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [Refusal::NotRegular, Refusal::TooLarge, Refusal::UnsafeLink];
+    pub const ALL: [Refusal; 4] = [
+        Refusal::NotRegular,
+        Refusal::TooLarge,
+        Refusal::UnsafeLink,
+        Refusal::RemoteFilesystem,
+    ];
 
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
@@ -54,6 +65,7 @@ impl Refusal {
             Refusal::NotRegular => "not_regular",
             Refusal::TooLarge => "too_large",
             Refusal::UnsafeLink => "unsafe_link",
+            Refusal::RemoteFilesystem => "remote_filesystem",
         }
     }
 
@@ -71,11 +83,21 @@ impl std::fmt::Display for Refusal {
 /// Refusals so far in this process, by [`Refusal::index`]. Process-wide rather than per caller:
 /// files are opened on several threads (sampling, perf-map worker, uploader), and the aggregator
 /// publishes the totals once per window.
-static REFUSED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static REFUSED: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
 
 /// Refusals counted so far, by reason.
-pub fn refusal_totals() -> [(Refusal, u64); 3] {
+pub fn refusal_totals() -> [(Refusal, u64); 4] {
     Refusal::ALL.map(|r| (r, REFUSED[r.index()].load(Ordering::Relaxed)))
+}
+
+/// Counts a refusal decided before any open (a file on a remote filesystem, by its device).
+pub fn count_refusal(reason: Refusal) {
+    REFUSED[reason.index()].fetch_add(1, Ordering::Relaxed);
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! with build IDs), executable path, cgroup and start time, in a bounded [`ProcessCache`] that notices
 //! new `dlopen`s, `exec`, exit and pid reuse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,6 +208,30 @@ pub fn parse_ns_pid(status: &str) -> Option<u32> {
         .and_then(|v| v.split_whitespace().last()?.parse().ok())
 }
 
+/// Devices (major, minor) of the FUSE and network filesystems in a `/proc/PID/mountinfo` text.
+///
+/// Why: a file there is served by a process (for FUSE, possibly the profiled container itself)
+/// that may never answer, and any system call on such a file (open, `fstat`, `fstatfs`, a read)
+/// may wait for it. The mountinfo text is the kernel's own, so reading it cannot stall, and the
+/// device of a mapping is in `/proc/PID/maps`: such files are known without touching them.
+pub fn remote_devices(mountinfo: &str) -> HashSet<(u32, u32)> {
+    const REMOTE: [&str; 11] = [
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p", "afs", "coda", "ncpfs", "lustre",
+    ];
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // `ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER`
+            let (mount, fs) = line.split_once(" - ")?;
+            let fstype = fs.split(' ').next()?;
+            let remote = fstype.starts_with("fuse") || REMOTE.contains(&fstype);
+            let dev = mount.split(' ').nth(2)?;
+            let (major, minor) = dev.split_once(':')?;
+            remote.then_some((major.parse().ok()?, minor.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Parses `/proc/PID/stat` into (comm, start time in clock ticks since boot — field 22).
 pub fn parse_stat(text: &str) -> Option<(String, u64)> {
     // comm (field 2) is in parentheses and may itself contain spaces and ')': split at the last ')'.
@@ -311,10 +335,21 @@ impl Process {
             mappings.truncate(max_mappings);
         }
         let mut unreadable = Vec::new();
+        // Not read on this (the sampling) thread: files on FUSE and network filesystems.
+        let remote = read_proc_file(format!("/proc/{pid}/mountinfo"))
+            .map(|t| remote_devices(&t))
+            .unwrap_or_default();
         for m in &mut mappings {
             let MappingKind::File { path, .. } = &m.kind else {
                 continue;
             };
+            if remote.contains(&(m.file.major, m.file.minor)) {
+                crate::process_files::count_refusal(
+                    crate::process_files::Refusal::RemoteFilesystem,
+                );
+                tracing::debug!(pid, path = %path.display(), "mapped file on a FUSE or network filesystem: no build ID read");
+                continue;
+            }
             let mapped = MappedFile {
                 pid,
                 start: m.start,
@@ -685,6 +720,30 @@ garbage line
         assert_eq!(parse_ns_pid("Name:\tx\n"), None);
         let me = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(parse_ns_pid(&me).is_some());
+    }
+
+    #[test]
+    fn fuse_and_network_mounts_are_known_by_their_device() {
+        let mountinfo = "\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+35 22 0:31 / /mnt/sshfs rw,nosuid,nodev,relatime shared:20 - fuse.sshfs user@host:/ rw,user_id=0
+36 22 0:32 / /mnt/nfs rw,relatime shared:21 - nfs4 server:/export rw,vers=4.2
+37 22 0:33 / /var/lib/docker/overlay2/x/merged rw,relatime - overlay overlay rw,lowerdir=/a
+38 22 8:17 / /mnt/ntfs rw,relatime shared:22 - fuseblk /dev/sdb1 rw
+39 22 0:34 / /mnt/share rw - cifs //srv/share rw
+garbage
+";
+        let remote = remote_devices(mountinfo);
+        let mut got: Vec<_> = remote.into_iter().collect();
+        got.sort();
+        assert_eq!(got, vec![(0, 31), (0, 32), (0, 34), (8, 17)]);
+        // This process's own mounts parse (the test machine's root is not remote).
+        let me = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root_dev = std::fs::metadata("/proc/self/exe").map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (libc::major(m.dev()), libc::minor(m.dev()))
+        });
+        assert!(!remote_devices(&me).contains(&root_dev.unwrap()));
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub struct Aggregator {
     /// JIT names from perf maps, read by their own worker thread.
     perf_maps: PerfMaps,
     /// Refusals of process files already published, by reason (see process_files.rs).
-    refusals_seen: [u64; 3],
+    refusals_seen: [u64; 4],
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -198,6 +198,7 @@ struct UnwindMetrics {
     frame_pointers: Counter,
     evictions_seen: u64,
     loads_seen: u64,
+    dropped_seen: u64,
     rules: HitTotals,
     memo: HitTotals,
 }
@@ -227,6 +228,7 @@ impl UnwindMetrics {
             frame_pointers: m.unwind_source(UnwindSource::FramePointers),
             evictions_seen: 0,
             loads_seen: 0,
+            dropped_seen: 0,
             rules: HitTotals::default(),
             memo: HitTotals::default(),
         }
@@ -260,6 +262,11 @@ impl UnwindMetrics {
             .inc_by(stats.evictions.saturating_sub(self.evictions_seen));
         m.unwind_table_loads
             .inc_by(stats.loads.saturating_sub(self.loads_seen));
+        m.unwind_table_loads_pending
+            .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
+        m.unwind_table_loads_dropped
+            .inc_by(stats.dropped.saturating_sub(self.dropped_seen));
+        self.dropped_seen = stats.dropped;
         self.rules.publish(
             rule_stats,
             &m.unwind_rule_cache_hits,
@@ -277,6 +284,7 @@ fn truncation_label(t: unwind::Truncation) -> UnwindTruncation {
     match t {
         T::CopyExhausted => UnwindTruncation::CopyExhausted,
         T::TooDeep => UnwindTruncation::TooDeep,
+        T::TablesLoading => UnwindTruncation::TablesLoading,
         T::Failed(F::BadStackRead) => UnwindTruncation::BadStackRead,
         T::Failed(F::FramePointerBackwards) => UnwindTruncation::FramePointerBackwards,
         T::Failed(F::NoProgress) => UnwindTruncation::NoProgress,
@@ -312,7 +320,7 @@ impl Aggregator {
             walk_timer: crate::ticks::IntervalTimer::begin(),
             frames: Vec::with_capacity(unwind::MAX_FRAMES),
             perf_maps: PerfMaps::new(PerfMapConfig::default(), metrics.clone()),
-            refusals_seen: [0; 3],
+            refusals_seen: [0; 4],
         }
     }
 

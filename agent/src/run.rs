@@ -64,7 +64,7 @@ pub async fn run(
         Arc::new(kallsyms),
         metrics.clone(),
     )
-    .with_unwinder(Unwinder::new(config.unwind_table_budget_bytes));
+    .with_unwinder(Unwinder::new(config.unwind_table_budget_bytes).with_background_loads());
     // Pod, namespace and container names, when there is a Kubernetes API to ask.
     let (stop_kube_tx, stop_kube_rx) = tokio::sync::oneshot::channel::<()>();
     let (aggregator, kube_task) = match config.kube_config() {

@@ -25,6 +25,7 @@ use kiln_agent::process_files::Refusal;
 use kiln_agent::procmaps::{ProcessCache, ProcessCacheConfig};
 use kiln_agent::profile::{Aggregator, AggregatorConfig, ProcessProfile};
 use kiln_agent::sampling::{MIN_DRAIN_INTERVAL, Sampler, SamplerConfig};
+use kiln_agent::unwind::Unwinder;
 
 const HZ: u32 = 199;
 
@@ -193,7 +194,9 @@ impl Agent {
             ProcessCache::new(ProcessCacheConfig::default()),
             Arc::new(Kallsyms::parse("")),
             metrics.clone(),
-        );
+        )
+        // As the agent runs it (run.rs): objects' unwind tables read by their own worker.
+        .with_unwinder(Unwinder::default().with_background_loads());
         let (asks, rx) = mpsc::channel::<Ask>();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();

@@ -6,6 +6,10 @@
 //! binary without one (what `go build` makes by default) the key of its Go build ID
 //! ([`go_build_id_key`]).
 
+mod stream;
+
+pub use stream::{MAX_PREFIX_BYTES, StreamScan, Streamed};
+
 use object::read::ReadRef;
 use object::{Object, ObjectSection};
 

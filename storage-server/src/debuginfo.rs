@@ -13,8 +13,10 @@
 //! `--retention-bytes` (it may use at most half of it, least recently referenced files going first).
 //!
 //! - [`http`]: the `GET`/`PUT /debuginfo/v1/{build_id}` endpoints.
+//! - [`early`]: an upload's build ID checked while its body streams in.
 //! - [`referenced`]: which build IDs ingested profiles reference (the "last referenced" time).
 
+pub mod early;
 pub mod http;
 pub mod referenced;
 

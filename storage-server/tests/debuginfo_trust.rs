@@ -789,3 +789,79 @@ async fn debuginfod_is_asked_in_the_background() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(info["scope"], "shared");
 }
+
+/// `file` then non-zero filler, `len` bytes in all.
+fn with_filler(file: &[u8], len: usize) -> Vec<u8> {
+    let mut bytes = file.to_vec();
+    let mut x = 0x9E37_79B9u32;
+    while bytes.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        bytes.push((x as u8) | 1);
+    }
+    bytes
+}
+
+/// `bytes` as a request body handed out 64 KiB at a time as the server asks for it; `pulled`
+/// counts the bytes the server took.
+fn counted_body(bytes: &[u8], pulled: Arc<AtomicU64>) -> Body {
+    use futures::StreamExt;
+    let chunks: Vec<Bytes> = bytes.chunks(64 << 10).map(Bytes::copy_from_slice).collect();
+    let stream = futures::stream::iter(chunks).map(move |c| {
+        pulled.fetch_add(c.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, std::io::Error>(c)
+    });
+    Body::from_stream(stream)
+}
+
+/// The build ID is checked while the upload streams: a file uploaded under another build ID is
+/// refused (400) as soon as its note has arrived, the rest of the body never read; the same body
+/// under its own build ID is read to the end (and refused for the filler, as before).
+#[tokio::test]
+async fn a_mismatching_upload_is_refused_before_its_body_is_read() {
+    use std::sync::atomic::Ordering;
+    let s = server(|_| {});
+    let exe = compile(&s.dir, "app", GENUINE_C, &format!("0x{FORCED_ID}"));
+    let plain = with_filler(&std::fs::read(&exe).unwrap(), 16 << 20);
+    let zst = zstd::encode_all(plain.as_slice(), 1).unwrap();
+    let other = "ffeeddccbbaa99887766554433221100ffeeddcc";
+    // Plain (sniffed) and zstd-compressed (declared).
+    for (what, body, encoding) in [("plain", &plain, None), ("zstd", &zst, Some("zstd"))] {
+        let put = |id: &str, pulled: Arc<AtomicU64>| {
+            let mut req = Request::put(format!("/debuginfo/v1/{id}"));
+            if let Some(e) = encoding {
+                req = req.header(header::CONTENT_ENCODING, e);
+            }
+            req.body(counted_body(body, pulled)).unwrap()
+        };
+        let total = body.len() as u64;
+
+        let pulled = Arc::new(AtomicU64::new(0));
+        let (status, answer) = send(&s.app, put(other, pulled.clone())).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert!(answer.contains("build ID mismatch"), "{what}: {answer}");
+        let read = pulled.load(Ordering::SeqCst);
+        eprintln!("{what}: refused after the server read {read} of {total} bytes");
+        assert!(
+            read <= 256 << 10 && read < total / 8,
+            "{what}: the server read {read} of {total} bytes before refusing"
+        );
+        assert!(files_under(&s.dir.join("data").join("tmp")).is_empty());
+
+        // Under its own build ID the same body is read whole (the filler then fails the checks
+        // of the complete file, as before).
+        let pulled = Arc::new(AtomicU64::new(0));
+        let (status, answer) = send(&s.app, put(FORCED_ID, pulled.clone())).await;
+        assert_ne!(status, StatusCode::BAD_REQUEST, "{what}: {answer:?}");
+        assert_eq!(pulled.load(Ordering::SeqCst), total, "{what}");
+    }
+    let (status, _) = get_status(&s.app, None, &format!("/debuginfo/v1/{other}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let m = metrics(&s.app).await;
+    assert!(
+        m.contains("kiln_server_debuginfo_uploads_refused_total{reason=\"wrong_build_id\"} 2"),
+        "{m}"
+    );
+}

@@ -51,6 +51,9 @@ pub enum Truncation {
     CopyExhausted,
     /// More than [`MAX_FRAMES`] frames.
     TooDeep,
+    /// The walk stopped short while some of the process's objects' unwind tables were still being
+    /// read (off the sampling thread, see [`tables`]): a later sample gets them.
+    TablesLoading,
     /// The unwinder could not go on.
     Failed(UnwindFailure),
 }
@@ -76,6 +79,7 @@ impl Truncation {
         match self {
             Truncation::CopyExhausted => "[truncated: stack copy exhausted]",
             Truncation::TooDeep => "[truncated: too many frames]",
+            Truncation::TablesLoading => "[truncated: unwind tables still loading]",
             Truncation::Failed(f) => match f {
                 UnwindFailure::BadStackRead => "[unwind failed: read outside the stack]",
                 UnwindFailure::FramePointerBackwards => {
@@ -293,6 +297,10 @@ struct ProcessUnwinder {
     unwinder: UnwinderX86_64<SectionBytes>,
     /// Windows ended since this process was last sampled.
     idle_windows: u32,
+    /// Built while some of its objects' tables were still loading: rebuilt once more are read.
+    incomplete: bool,
+    /// The table cache's [`TableCache::completed`] when built.
+    built_at: u64,
 }
 
 /// Walks the stacks of one process whose unwinder is ready ([`Unwinder::prepare`]): the per-sample
@@ -304,12 +312,22 @@ pub struct Walker<'a> {
     rules: &'a mut RuleCache,
     memo: Option<&'a mut StackMemo>,
     reads: &'a mut Vec<Read>,
+    /// Some tables were still loading when the unwinder was built.
+    incomplete: bool,
 }
 
 impl Walker<'_> {
     /// Unwinds one sample into `frames` (cleared first): the stack from the [`StackMemo`] when it
     /// provably walks the same way as one walked before, else walked frame by frame.
     pub fn walk(&mut self, regs: UserRegs, stack: &[u8], frames: &mut Vec<u64>) -> StackEnd {
+        if self.incomplete {
+            // Not memoized: the unwinder is rebuilt (under a new id) once the tables are read.
+            let end = unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+            return match end {
+                StackEnd::Complete => end,
+                StackEnd::Truncated(_) => StackEnd::Truncated(Truncation::TablesLoading),
+            };
+        }
         let Some(memo) = self.memo.as_deref_mut() else {
             return unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
         };
@@ -362,13 +380,20 @@ impl Unwinder {
     /// must still be alive) unless it is up to date, and returns a [`Walker`] for its samples;
     /// [`Unwinder::unwind`] does both.
     pub fn prepare(&mut self, process: &Arc<Process>) -> Walker<'_> {
+        self.tables.poll();
+        let completed = self.tables.completed();
         let p = match self.processes.entry(process.pid) {
-            Entry::Occupied(o) if Arc::ptr_eq(&o.get().process, process) => o.into_mut(),
+            Entry::Occupied(o)
+                if Arc::ptr_eq(&o.get().process, process)
+                    && !(o.get().incomplete && o.get().built_at != completed) =>
+            {
+                o.into_mut()
+            }
             stale => {
-                // CPU time: a build reads files and may be preempted (see cputime.rs). Builds are
+                // CPU time: a build may read files and be preempted (see cputime.rs). Builds are
                 // per process and per object, so the system call this clock costs does not matter.
                 let started = crate::cputime::thread_cpu_time();
-                let unwinder = build(&mut self.tables, &mut self.rules, process);
+                let (unwinder, incomplete) = build(&mut self.tables, &mut self.rules, process);
                 self.build_time += crate::cputime::thread_cpu_time().saturating_sub(started);
                 self.next_id += 1;
                 let fresh = ProcessUnwinder {
@@ -376,6 +401,8 @@ impl Unwinder {
                     process: process.clone(),
                     unwinder,
                     idle_windows: 0,
+                    incomplete,
+                    built_at: completed,
                 };
                 stale.insert_entry(fresh).into_mut()
             }
@@ -387,7 +414,23 @@ impl Unwinder {
             rules: &mut self.rules,
             memo: self.memo.as_mut(),
             reads: &mut self.reads,
+            incomplete: p.incomplete,
         }
+    }
+
+    /// Reads object files for unwind tables on a worker thread (what the agent does): the
+    /// sampling thread never waits for a file a container controls (see [`tables`]).
+    pub fn with_background_loads(mut self) -> Self {
+        self.tables =
+            std::mem::replace(&mut self.tables, TableCache::new(0)).with_background_loads();
+        self
+    }
+
+    /// Reads tables with `load` (tests: a read that stalls); call before
+    /// [`Unwinder::with_background_loads`].
+    pub fn with_table_loader(mut self, load: tables::LoadFn) -> Self {
+        self.tables = std::mem::replace(&mut self.tables, TableCache::new(0)).with_loader(load);
+        self
     }
 
     /// Unwinds one sample of `process`, building its unwinder first if needed.
@@ -441,17 +484,25 @@ impl Unwinder {
     }
 }
 
-/// A framehop unwinder made of `process`'s mappings' modules.
+/// A framehop unwinder made of `process`'s mappings' modules, and whether some of their tables
+/// were still loading (those modules are missing).
 fn build(
     tables: &mut TableCache,
     rules: &mut RuleCache,
     process: &Process,
-) -> UnwinderX86_64<SectionBytes> {
+) -> (UnwinderX86_64<SectionBytes>, bool) {
     let mut u = UnwinderX86_64::new();
     let mut generations = 1;
+    let mut incomplete = false;
     for m in &process.mappings {
         let t = match m.kind {
-            MappingKind::File { .. } => tables.get(process.pid, m),
+            MappingKind::File { .. } => match tables.get(process.pid, m) {
+                tables::Lookup::Ready(t) => t,
+                tables::Lookup::Loading => {
+                    incomplete = true;
+                    None
+                }
+            },
             // The vDSO's tables come from the agent's own copy of the image (see vdso.rs).
             MappingKind::Vdso => crate::vdso::Vdso::get()
                 .filter(|v| v.matches(m))
@@ -466,7 +517,7 @@ fn build(
         }
     }
     rules.generations_used(generations);
-    u
+    (u, incomplete)
 }
 
 #[cfg(test)]
@@ -611,6 +662,95 @@ mod tests {
             u.end_window();
         }
         assert_ne!(u.prepare(&me).id, id, "dropped after that, rebuilt");
+    }
+
+    #[inline(never)]
+    fn a_function_of_this_binary() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    /// The unwind tables of mapped files are read off the sampling thread. The proxy for a file
+    /// that never answers (a stalled FUSE filesystem): a loader that blocks until the test opens
+    /// a gate (at most 20 s). Were tables read on the calling thread again, `unwind` would block
+    /// there for the 20 s and the loader would record the test's thread, failing the test; here
+    /// it answers at once, with the stack marked as cut short by loading tables, and the real
+    /// tables are used once the worker has read them.
+    #[test]
+    fn a_stalled_table_read_does_not_stall_unwinding() {
+        use std::sync::{Condvar, Mutex};
+        use std::time::{Duration, Instant};
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let readers = Arc::new(Mutex::new(Vec::<Option<String>>::new()));
+        let load: tables::LoadFn = {
+            let (gate, readers) = (gate.clone(), readers.clone());
+            Arc::new(move |pid, m| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                readers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(thread);
+                let (open, cv) = &*gate;
+                let guard = open.lock().unwrap_or_else(|p| p.into_inner());
+                drop(cv.wait_timeout_while(guard, Duration::from_secs(20), |o| !*o));
+                tables::ObjectTables::load(pid, m)
+            })
+        };
+        let mut u = Unwinder::default()
+            .with_table_loader(load)
+            .with_background_loads();
+        let me = Arc::new(
+            Process::load(
+                std::process::id(),
+                &mut crate::buildid::BuildIdCache::new(64),
+                4096,
+            )
+            .expect("this process's /proc entry"),
+        );
+        // An ip in this binary; a frame-pointer chain that leaves the copy.
+        let ip = a_function_of_this_binary as *const () as usize as u64;
+        let sp = 0x7fff_0000u64;
+        let mut stack = vec![0u8; 64];
+        stack[16..24].copy_from_slice(&(sp + 4096).to_le_bytes());
+        stack[24..32].copy_from_slice(&(ip + 16).to_le_bytes());
+        let regs = UserRegs {
+            ip,
+            sp,
+            bp: sp + 16,
+        };
+        let started = Instant::now();
+        let first = u.unwind(&me, regs, &stack);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "unwinding waited for the stalled read"
+        );
+        assert_eq!(
+            first.end,
+            StackEnd::Truncated(Truncation::TablesLoading),
+            "{first:?}"
+        );
+        assert!(u.table_stats().pending > 0);
+        // Open the gate: the worker reads the tables; a later sample uses them.
+        {
+            let (open, cv) = &*gate;
+            *open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = u.unwind(&me, regs, &stack);
+            if u.table_stats().pending == 0 {
+                assert_ne!(out.end, StackEnd::Truncated(Truncation::TablesLoading));
+                break;
+            }
+            assert!(Instant::now() < deadline, "tables never arrived: {out:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let readers = readers.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(!readers.is_empty());
+        assert!(
+            readers.iter().all(|t| t.as_deref() == Some("kiln-tables")),
+            "tables read on {readers:?}"
+        );
     }
 
     #[test]

@@ -1,9 +1,19 @@
 //! Per-object unwind tables (`.eh_frame` + `.eh_frame_hdr`, or `.debug_frame`) read once per file
 //! and kept in a cache bounded by approximate bytes, evicting the least recently used.
+//!
+//! Where the files are read: the objects are files of the profiled processes, which a container
+//! controls (a FUSE filesystem that stops answering, a huge object on a slow disk), so the agent
+//! reads them on a worker thread of their own ([`TableCache::with_background_loads`]): a lookup
+//! answers [`Lookup::Loading`] until the worker is done, and the unwinder built meanwhile lacks
+//! that object (its stacks say so: `unwind::Truncation::TablesLoading`). A stalled read holds up
+//! only the worker; requests beyond its bounded queue are dropped (counted) and asked for again at
+//! the next build. Without a worker (benchmarks, tests that measure walks) tables are read on the
+//! calling thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::{Deref, Range};
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Weak};
 
 use framehop::{ExplicitModuleSectionInfo, Module};
@@ -240,11 +250,89 @@ impl TableKey {
     }
 }
 
+impl TableError {
+    /// Whether the failure may not happen again (the process exited before its file was opened,
+    /// the file was replaced): then it is remembered for [`TRANSIENT_FAILURE_SECS`] only.
+    fn is_transient(&self) -> bool {
+        matches!(self, TableError::Open(e) if !matches!(e, BuildIdError::Open(d) if d.refusal().is_some()))
+    }
+}
+
+/// Reads an object's tables: [`ObjectTables::load`], or a stand-in in tests.
+pub type LoadFn = Arc<dyn Fn(u32, &Mapping) -> Result<ObjectTables, TableError> + Send + Sync>;
+
+/// What [`TableCache::get`] knows of an object's tables.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    /// Read (`None`: the object has none, or they could not be read).
+    Ready(Option<Arc<ObjectTables>>),
+    /// Being read by the worker (or to be asked for again: its queue was full).
+    Loading,
+}
+
+impl Lookup {
+    /// The tables if they are ready.
+    pub fn ready(self) -> Option<Arc<ObjectTables>> {
+        match self {
+            Lookup::Ready(t) => t,
+            Lookup::Loading => None,
+        }
+    }
+}
+
+/// How long a failure to open an object (see [`TableError::is_transient`]) is remembered: with
+/// reads off the sampling thread, a short-lived process (a compiler run) often exits before its
+/// objects are read, and its objects (keyed by build ID) are then read for the next process that
+/// maps them, not marked as having no tables for good.
+const TRANSIENT_FAILURE_SECS: u64 = 10;
+
+/// Most reads waiting for the worker.
+const LOAD_QUEUE: usize = 64;
+
+type LoadRequest = (TableKey, u32, Mapping);
+type LoadResult = (TableKey, Result<ObjectTables, TableError>);
+
+/// The worker that reads tables, and what was asked of it.
+struct Background {
+    requests: SyncSender<LoadRequest>,
+    results: Receiver<LoadResult>,
+    /// Asked for, not yet answered.
+    pending: HashSet<TableKey>,
+}
+
+impl Background {
+    fn spawn(load: LoadFn) -> Background {
+        let (requests, rx) = std::sync::mpsc::sync_channel::<LoadRequest>(LOAD_QUEUE);
+        let (tx, results) = std::sync::mpsc::channel::<LoadResult>();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-tables".into())
+            .spawn(move || {
+                // Ends when the cache (the requests' sender) is dropped.
+                for (key, pid, m) in rx {
+                    if tx.send((key, load(pid, &m))).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // The requests' receiver went with the closure: every request fails and is counted.
+            tracing::warn!(error = %e, "cannot start the unwind-table reader; frame pointers only");
+        }
+        Background {
+            requests,
+            results,
+            pending: HashSet::new(),
+        }
+    }
+}
+
 struct Entry {
     /// `None` remembers a failure, so a file without CFI is not re-read on every sample.
     tables: Option<Arc<ObjectTables>>,
     bytes: usize,
     last_used: u64,
+    /// For a failure that may not happen again: when to read the object again.
+    retry_at: Option<std::time::Instant>,
 }
 
 /// Unwind tables by object, bounded by approximate bytes (LRU eviction).
@@ -263,6 +351,14 @@ pub struct TableCache {
     /// of reading a second copy. (Measured: with many short-lived processes mapping the same large
     /// library, evicted-and-reloaded copies held by older unwinders peaked at 339 MB of heap.)
     live: HashMap<TableKey, Weak<ObjectTables>>,
+    load: LoadFn,
+    /// The worker, when files are read off the calling thread.
+    background: Option<Background>,
+    /// Reads the worker finished, since start (a change tells unwinders built without some
+    /// tables to rebuild).
+    completed: u64,
+    /// Reads not queued because the worker's queue was full.
+    dropped: u64,
 }
 
 /// The cache's size and its running totals (for the agent's metrics).
@@ -274,6 +370,10 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Objects whose tables were read from their file (misses), since start.
     pub loads: u64,
+    /// Reads waiting for (or under way in) the worker.
+    pub pending: usize,
+    /// Reads not queued because the worker's queue was full (asked for again later).
+    pub dropped: u64,
 }
 
 /// The page size of the x86-64 mappings the kernel makes.
@@ -292,37 +392,111 @@ impl TableCache {
             evictions: 0,
             loads: 0,
             live: HashMap::new(),
+            load: Arc::new(ObjectTables::load),
+            background: None,
+            completed: 0,
+            dropped: 0,
         }
     }
 
-    /// The tables for `m`, loading them on first use.
-    pub fn get(&mut self, pid: u32, m: &Mapping) -> Option<Arc<ObjectTables>> {
+    /// Reads tables with `load` instead of [`ObjectTables::load`] (tests).
+    pub fn with_loader(mut self, load: LoadFn) -> Self {
+        self.load = load;
+        self
+    }
+
+    /// Reads tables on a worker thread from now on (see the module documentation).
+    pub fn with_background_loads(mut self) -> Self {
+        self.background = Some(Background::spawn(self.load.clone()));
+        self
+    }
+
+    /// The tables for `m`: from the cache, or read now (no worker), or asked of the worker.
+    pub fn get(&mut self, pid: u32, m: &Mapping) -> Lookup {
         self.clock += 1;
         let key = TableKey::of(m);
         if let Some(e) = self.entries.get_mut(&key) {
-            e.last_used = self.clock;
-            return e.tables.clone();
+            if e.retry_at.is_none_or(|t| std::time::Instant::now() < t) {
+                e.last_used = self.clock;
+                return Lookup::Ready(e.tables.clone());
+            }
+            if let Some(e) = self.entries.remove(&key) {
+                self.used_bytes -= e.bytes;
+            }
         }
         if let Some(t) = self.live.get(&key).and_then(Weak::upgrade) {
             self.insert(key, Some(t.clone()));
-            return Some(t);
+            return Lookup::Ready(Some(t));
         }
-        self.loads += 1;
-        let tables = match ObjectTables::load(pid, m) {
-            Ok(t) => Some(Arc::new(t)),
+        let Some(bg) = &mut self.background else {
+            self.loads += 1;
+            let loaded = (self.load)(pid, m);
+            return Lookup::Ready(self.loaded(key, pid, loaded));
+        };
+        if bg.pending.contains(&key) {
+            return Lookup::Loading;
+        }
+        match bg.requests.try_send((key.clone(), pid, m.clone())) {
+            Ok(()) => {
+                bg.pending.insert(key);
+                self.loads += 1;
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped += 1,
+        }
+        Lookup::Loading
+    }
+
+    /// Takes what the worker has read since the last call; returns how many reads finished.
+    pub fn poll(&mut self) -> usize {
+        let mut done = Vec::new();
+        if let Some(bg) = &mut self.background {
+            while let Ok((key, result)) = bg.results.try_recv() {
+                bg.pending.remove(&key);
+                done.push((key, result));
+            }
+        }
+        let n = done.len();
+        for (key, result) in done {
+            self.completed += 1;
+            // The pid is only for the log line.
+            self.loaded(key, 0, result);
+        }
+        n
+    }
+
+    /// Reads the worker finished since start.
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    /// Records a read's result; returns the tables.
+    fn loaded(
+        &mut self,
+        key: TableKey,
+        pid: u32,
+        result: Result<ObjectTables, TableError>,
+    ) -> Option<Arc<ObjectTables>> {
+        let tables = match result {
+            Ok(t) => Arc::new(t),
             Err(e) => {
                 tracing::debug!(pid, error = %e, "no unwind tables; frame pointers only there");
-                None
+                let retry_at = e.is_transient().then(|| {
+                    std::time::Instant::now()
+                        + std::time::Duration::from_secs(TRANSIENT_FAILURE_SECS)
+                });
+                self.insert(key.clone(), None);
+                if let Some(entry) = self.entries.get_mut(&key) {
+                    entry.retry_at = retry_at;
+                }
+                return None;
             }
         };
-        if let Some(t) = &tables {
-            if self.live.len() >= 2 * self.entries.len() + 64 {
-                self.live.retain(|_, w| w.strong_count() > 0);
-            }
-            self.live.insert(key.clone(), Arc::downgrade(t));
+        if self.live.len() >= 2 * self.entries.len() + 64 {
+            self.live.retain(|_, w| w.strong_count() > 0);
         }
-        self.insert(key, tables.clone());
-        tables
+        self.live.insert(key.clone(), Arc::downgrade(&tables));
+        self.insert(key, Some(tables.clone()));
+        Some(tables)
     }
 
     /// Adds an entry, evicting the least recently used until the budget holds.
@@ -365,6 +539,7 @@ impl TableCache {
                 tables,
                 bytes,
                 last_used: self.clock,
+                retry_at: None,
             },
         );
     }
@@ -379,6 +554,8 @@ impl TableCache {
             entries: self.entries.len(),
             evictions: self.evictions,
             loads: self.loads,
+            pending: self.background.as_ref().map_or(0, |b| b.pending.len()),
+            dropped: self.dropped,
         }
     }
 
@@ -463,14 +640,14 @@ mod tests {
         let held = fake(600);
         c.live.insert(TableKey::of(&m), Arc::downgrade(&held));
         // Not in the cache (evicted), but a process's unwinder still holds it: no reload.
-        let got = c.get(std::process::id(), &m).expect("reused");
+        let got = c.get(std::process::id(), &m).ready().expect("reused");
         assert!(Arc::ptr_eq(&got, &held));
         assert_eq!(c.loads, 0);
         // Once nobody holds it, a miss loads (here: fails, the file does not exist).
         drop((got, held));
         c.entries.clear();
         c.used_bytes = 0;
-        assert!(c.get(std::process::id(), &m).is_none());
+        assert!(c.get(std::process::id(), &m).ready().is_none());
         assert_eq!(c.loads, 1);
     }
 

@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::tenant::Tenant;
 
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+pub(super) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// The header carrying `--debuginfo-shared-token` on an upload to the shared store.
 pub const SHARED_TOKEN_HEADER: &str = "X-Kiln-Shared-Token";
@@ -178,18 +178,18 @@ pub async fn put_debuginfo(
     };
 
     let limits = &state.config.limits;
+    let early = super::early::EarlyCheck::new(&id, encoding == Encoding::Zstd);
     let tmp = spool_body(
         body,
         state.config.tmp_dir(),
         limits.debuginfo_max_upload_bytes,
+        early,
     )
     .await
-    .map_err(|e| {
-        let reason = match &e {
-            ApiError::PayloadTooLarge(_) => "too_large",
-            ApiError::Internal(_) => "error",
-            _ => "bad_request",
-        };
+    .map_err(|(reason, e)| {
+        if reason == "wrong_build_id" {
+            tracing::info!(build_id = id.as_str(), error = %e, "debuginfo upload refused while streaming");
+        }
         refuse(di, reason, e)
     })?;
 
@@ -246,40 +246,58 @@ fn check_shared_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
     }
 }
 
-/// Writes the request body to a temp file, failing with 413 past `limit` bytes.
+/// Writes the request body to a temp file, failing with 413 past `limit` bytes, and with 400 as
+/// soon as `early` sees a build ID other than the URL's (the rest of the body is not read: the
+/// connection is closed after the answer). On failure: the metric reason and the error.
 async fn spool_body(
     body: Body,
     tmp_dir: PathBuf,
     limit: u64,
-) -> Result<tempfile::NamedTempFile, ApiError> {
+    mut early: super::early::EarlyCheck,
+) -> Result<tempfile::NamedTempFile, (&'static str, ApiError)> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        ("error", ApiError::internal(format!("{what}: {e}")))
+    };
     let tmp = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&tmp_dir)?;
         tempfile::NamedTempFile::with_prefix_in(".debuginfo-", &tmp_dir)
     })
-    .await?
-    .map_err(|e| ApiError::internal(format!("creating upload temp file: {e}")))?;
+    .await
+    .map_err(|e| internal("creating upload temp file", &e))?
+    .map_err(|e| internal("creating upload temp file", &e))?;
     let mut file = tokio::fs::File::from_std(
         tmp.as_file()
             .try_clone()
-            .map_err(|e| ApiError::internal(format!("upload temp file: {e}")))?,
+            .map_err(|e| internal("upload temp file", &e))?,
     );
     let mut stream = body.into_data_stream();
     let mut total: u64 = 0;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            (
+                "bad_request",
+                ApiError::bad_request(format!("reading upload: {e}")),
+            )
+        })?;
         total += chunk.len() as u64;
         if total > limit {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "debuginfo upload exceeds the limit of {limit} compressed bytes"
-            )));
+            return Err((
+                "too_large",
+                ApiError::PayloadTooLarge(format!(
+                    "debuginfo upload exceeds the limit of {limit} compressed bytes"
+                )),
+            ));
         }
+        early
+            .feed(&chunk)
+            .map_err(|message| ("wrong_build_id", ApiError::bad_request(message)))?;
         tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
             .await
-            .map_err(|e| ApiError::internal(format!("writing upload temp file: {e}")))?;
+            .map_err(|e| internal("writing upload temp file", &e))?;
     }
     tokio::io::AsyncWriteExt::flush(&mut file)
         .await
-        .map_err(|e| ApiError::internal(format!("writing upload temp file: {e}")))?;
+        .map_err(|e| internal("writing upload temp file", &e))?;
     Ok(tmp)
 }
 

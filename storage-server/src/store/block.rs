@@ -724,6 +724,171 @@ pub fn read_meta(path: &Path) -> Result<(BlockMeta, File, u64), StoreError> {
     Ok((meta, file, size))
 }
 
+/// Whether the block starts with [`BLOCK_MAGIC`]. Nothing else is read from the leading bytes
+/// (the footer and every section carry their own CRCs), so a damaged leading magic costs no
+/// profile: it is reported (`kiln check`, a warning at start-up), not quarantined.
+pub fn leading_magic_ok(file: &File, path: &Path) -> Result<bool, StoreError> {
+    let mut head = [0u8; BLOCK_MAGIC.len()];
+    file.read_exact_at(&mut head, 0).map_err(io_err(path))?;
+    Ok(&head == BLOCK_MAGIC)
+}
+
+/// How many profiles a block whose footer is unreadable held, and how that was found out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostCount {
+    /// Counted in the block's own per-series profile tables, found without the footer.
+    Counted(u64),
+    /// The profile tables could not all be read: what the footer says, read without its CRC (an
+    /// estimate: the damage may be in that very number).
+    FromDamagedFooter(u64),
+    /// Neither could be read.
+    Unknown,
+}
+
+impl LostCount {
+    /// The number to count as lost (0 when unknown).
+    pub fn profiles(self) -> u64 {
+        match self {
+            LostCount::Counted(n) | LostCount::FromDamagedFooter(n) => n,
+            LostCount::Unknown => 0,
+        }
+    }
+
+    /// How the number was found, for logs and `kiln check`.
+    pub fn how(self) -> &'static str {
+        match self {
+            LostCount::Counted(_) => "counted in its profile tables",
+            LostCount::FromDamagedFooter(_) => "as its damaged footer says (unverified)",
+            LostCount::Unknown => "unknown",
+        }
+    }
+}
+
+/// Most sections walked when counting a block without its footer (far above real blocks).
+const MAX_SALVAGE_SECTIONS: usize = 1 << 22;
+
+/// Counts the profiles of a block whose footer is unreadable ([`read_meta`] failed), so that the
+/// loss is counted rather than silent.
+///
+/// Without the footer nothing says where the sections are, but the layout does: after the leading
+/// magic, the sections are zstd frames laid end to end, in a fixed order (symbols, stacks, then
+/// per series its profiles and its rows), and the footer starts where the last frame ends. Each
+/// zstd frame states its own length block by block, so the frames are walked from the start; the
+/// profile tables (every other frame from the third) are inflated and their profiles counted.
+/// When that fails too (the damage is not only in the footer), the footer's own count is used
+/// without its CRC, if it still decodes.
+pub fn count_without_footer(path: &Path, limit: usize) -> LostCount {
+    let Ok(file) = File::open(path) else {
+        return LostCount::Unknown;
+    };
+    let Ok(size) = file.metadata().map(|m| m.len()) else {
+        return LostCount::Unknown;
+    };
+    let mut frames = Vec::new();
+    let mut at = BLOCK_MAGIC.len() as u64;
+    while frames.len() < MAX_SALVAGE_SECTIONS {
+        let Some(len) = zstd_frame_len(&file, at, size) else {
+            break;
+        };
+        frames.push((at, len));
+        at += len;
+    }
+    let counted = (frames.len() >= 2 && frames.len() % 2 == 0)
+        .then(|| {
+            frames[2..]
+                .iter()
+                .step_by(2)
+                .try_fold(0u64, |total, &(offset, len)| {
+                    let mut z = vec![0u8; usize::try_from(len).ok()?];
+                    file.read_exact_at(&mut z, offset).ok()?;
+                    let mut raw = Vec::new();
+                    let decoder = zstd::stream::read::Decoder::new(z.as_slice()).ok()?;
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(decoder, limit as u64 + 1),
+                        &mut raw,
+                    )
+                    .ok()?;
+                    if raw.len() > limit {
+                        return None;
+                    }
+                    let p = SeriesProfiles::decode(raw.as_slice()).ok()?;
+                    Some(total + p.profiles.len() as u64)
+                })
+        })
+        .flatten();
+    if let Some(n) = counted {
+        return LostCount::Counted(n);
+    }
+    footer_without_crc(&file, size)
+        .map(|meta| {
+            // Two statements of the count: if the damage made them disagree, the smaller.
+            let by_series: u64 = meta.series.iter().map(|s| s.profiles).sum();
+            LostCount::FromDamagedFooter(meta.profiles.min(by_series))
+        })
+        .unwrap_or(LostCount::Unknown)
+}
+
+/// The footer as its trailer places it, decoded without checking its CRC or the magics.
+fn footer_without_crc(file: &File, size: u64) -> Option<BlockMeta> {
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    file.read_exact_at(&mut trailer, size.checked_sub(TRAILER_LEN)?)
+        .ok()?;
+    let meta_len = u64::from_le_bytes(trailer[..8].try_into().ok()?);
+    if meta_len > size.checked_sub(TRAILER_LEN + BLOCK_MAGIC.len() as u64)? {
+        return None;
+    }
+    let mut meta = vec![0u8; usize::try_from(meta_len).ok()?];
+    file.read_exact_at(&mut meta, size - TRAILER_LEN - meta_len)
+        .ok()?;
+    BlockMeta::decode(meta.as_slice()).ok()
+}
+
+/// The length of the zstd frame at `at` (RFC 8878, section 3.1.1), read from its header and block
+/// headers only; `None` when there is no sound frame there (the footer, or damage).
+fn zstd_frame_len(file: &File, at: u64, size: u64) -> Option<u64> {
+    const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+    let mut head = [0u8; 5];
+    file.read_exact_at(&mut head, at).ok()?;
+    if u32::from_le_bytes([head[0], head[1], head[2], head[3]]) != ZSTD_MAGIC {
+        return None;
+    }
+    let descriptor = head[4];
+    let single_segment = descriptor & 0x20 != 0;
+    let checksum = descriptor & 0x04 != 0;
+    let dict_id_bytes = [0u64, 1, 2, 4][usize::from(descriptor & 0x03)];
+    let content_size_bytes = match descriptor >> 6 {
+        0 => u64::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let window_bytes = u64::from(!single_segment);
+    let mut pos = at + 5 + window_bytes + dict_id_bytes + content_size_bytes;
+    loop {
+        let mut b = [0u8; 3];
+        file.read_exact_at(&mut b, pos).ok()?;
+        let header = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
+        let last = header & 1 != 0;
+        let size_field = u64::from(header >> 3);
+        let content = match (header >> 1) & 3 {
+            0 | 2 => size_field, // raw, compressed
+            1 => 1,              // RLE: one byte repeated
+            _ => return None,    // reserved
+        };
+        pos = pos.checked_add(3 + content)?;
+        if pos > size {
+            return None;
+        }
+        if last {
+            break;
+        }
+    }
+    if checksum {
+        pos += 4;
+    }
+    (pos <= size).then(|| pos - at)
+}
+
 /// Reads a section's compressed bytes and checks them against its CRC.
 fn read_verified(
     file: &File,

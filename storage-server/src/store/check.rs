@@ -50,8 +50,12 @@ pub struct SeriesDamage {
 /// What is wrong with a block.
 #[derive(Debug)]
 pub enum BlockProblem {
-    /// The footer is unreadable: nothing in the block can be found (all of it is lost).
-    Footer(String),
+    /// The footer is unreadable: nothing in the block can be found (all of it is lost; how many
+    /// profiles that is, [`block::count_without_footer`] finds out).
+    Footer {
+        reason: String,
+        lost: block::LostCount,
+    },
     /// The shared symbol or stack table is unreadable: every profile of the block is lost.
     Tables(String),
     /// Only these series are unreadable; the others read back intact.
@@ -62,8 +66,11 @@ pub enum BlockProblem {
 #[derive(Debug)]
 pub struct BlockReport {
     pub path: PathBuf,
-    /// Profiles the footer says the block holds (0 when the footer is unreadable).
+    /// Profiles the footer says the block holds (when the footer is unreadable: as counted by
+    /// [`block::count_without_footer`], 0 when unknown).
     pub profiles: u64,
+    /// Whether the block starts with its magic (a damaged one costs nothing: reported only).
+    pub magic_ok: bool,
     /// Whether the file lies in `blocks/quarantine/` (set aside by an earlier start-up).
     pub set_aside: bool,
     pub problem: Option<BlockProblem>,
@@ -73,7 +80,8 @@ impl BlockReport {
     /// Profiles known lost in this block.
     pub fn profiles_lost(&self) -> u64 {
         match &self.problem {
-            None | Some(BlockProblem::Footer(_)) => 0,
+            None => 0,
+            Some(BlockProblem::Footer { lost, .. }) => lost.profiles(),
             Some(BlockProblem::Tables(_)) => self.profiles,
             Some(BlockProblem::Series(s)) => s.iter().map(|s| s.profiles).sum(),
         }
@@ -90,11 +98,15 @@ pub struct Report {
 impl Report {
     pub fn is_clean(&self) -> bool {
         self.segments.iter().all(SegmentReport::is_clean)
-            && self.blocks.iter().all(|b| b.problem.is_none())
+            && self
+                .blocks
+                .iter()
+                .all(|b| b.problem.is_none() && b.magic_ok)
     }
 
     /// Profiles known lost: those of damaged block sections, plus one per damaged WAL stretch
-    /// (each holds at least one record). A block with an unreadable footer adds an unknown number.
+    /// (each holds at least one record). A block with an unreadable footer adds what its profile
+    /// tables count (or its damaged footer says), nothing when neither can be read.
     pub fn profiles_lost(&self) -> u64 {
         let wal: usize = self
             .segments
@@ -139,11 +151,19 @@ impl fmt::Display for Report {
         for b in &self.blocks {
             let p = b.path.display();
             let aside = if b.set_aside { " (set aside)" } else { "" };
+            if !b.magic_ok {
+                writeln!(
+                    f,
+                    "block {p}{aside}: damaged leading magic (nothing lost: its footer and sections carry their own CRCs)"
+                )?;
+            }
             match &b.problem {
                 None => {}
-                Some(BlockProblem::Footer(why)) => writeln!(
+                Some(BlockProblem::Footer { reason, lost }) => writeln!(
                     f,
-                    "block {p}{aside}: footer unreadable, all of its profiles are lost: {why}"
+                    "block {p}{aside}: footer unreadable, all of its profiles are lost ({} profiles, {}): {reason}",
+                    lost.profiles(),
+                    lost.how()
                 )?,
                 Some(BlockProblem::Tables(why)) => writeln!(
                     f,
@@ -164,7 +184,11 @@ impl fmt::Display for Report {
             }
         }
         let bad_segments = self.segments.iter().filter(|s| !s.is_clean()).count();
-        let bad_blocks = self.blocks.iter().filter(|b| b.problem.is_some()).count();
+        let bad_blocks = self
+            .blocks
+            .iter()
+            .filter(|b| b.problem.is_some() || !b.magic_ok)
+            .count();
         let records: usize = self.segments.iter().map(|s| s.records).sum();
         let profiles: u64 = self.blocks.iter().map(|b| b.profiles).sum();
         write!(
@@ -244,14 +268,21 @@ fn check_block(path: PathBuf, set_aside: bool) -> BlockReport {
     let (meta, file) = match block::read_meta(&path) {
         Ok((meta, file, _)) => (meta, file),
         Err(e) => {
+            let lost = block::count_without_footer(&path, MAX_SECTION_BYTES);
             return BlockReport {
                 path,
-                profiles: 0,
+                profiles: lost.profiles(),
+                magic_ok: true,
                 set_aside,
-                problem: Some(BlockProblem::Footer(e.to_string())),
+                problem: Some(BlockProblem::Footer {
+                    reason: e.to_string(),
+                    lost,
+                }),
             };
         }
     };
+    // An unreadable leading magic is damage to report, not a reason to doubt the rest.
+    let magic_ok = block::leading_magic_ok(&file, &path).unwrap_or(false);
     let verdict = block::verify(&file, &path, &meta, MAX_SECTION_BYTES, true);
     let problem = if let Some(why) = verdict.tables {
         Some(BlockProblem::Tables(why))
@@ -276,6 +307,7 @@ fn check_block(path: PathBuf, set_aside: bool) -> BlockReport {
     BlockReport {
         path,
         profiles: meta.profiles,
+        magic_ok,
         set_aside,
         problem,
     }

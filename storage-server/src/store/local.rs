@@ -1155,16 +1155,29 @@ fn load_blocks(
         }
         match block::read_meta(&path) {
             Ok((meta, file, size)) => {
+                if !block::leading_magic_ok(&file, &path)? {
+                    tracing::warn!(
+                        block = %path.display(),
+                        "block's leading magic is damaged; nothing is lost (its footer and sections carry their own CRCs), and compaction rewrites it"
+                    );
+                }
                 blocks.push(Block::new(meta, path, file, size, interner, false))
             }
             Err(e) => {
-                // Without its footer nothing in the block can be found, so all of it goes.
+                // Without its footer nothing in the block can be found, so all of it goes; how
+                // much that is, the block's own profile tables still tell.
+                let lost = block::count_without_footer(&path, MAX_SECTION_BYTES);
                 tracing::error!(
                     block = %path.display(),
                     error = %e,
+                    profiles_lost = lost.profiles(),
+                    count = lost.how(),
                     "block footer unreadable: moving the block to {QUARANTINE_DIR}/ (its profiles are lost)"
                 );
                 losses.blocks.fetch_add(1, Ordering::Relaxed);
+                losses
+                    .profiles
+                    .fetch_add(lost.profiles(), Ordering::Relaxed);
                 set_aside(&path, &name)?;
             }
         }
