@@ -134,7 +134,7 @@ impl AppState {
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> String {
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.stats()).await {
-        Ok(s) if s.upload_backlog_blocks > 0 || s.bucket_request_errors > 0 => format!(
+        Ok(s) if s.upload_backlog_blocks > 0 => format!(
             "ok\nupload_backlog_blocks={} upload_backlog_bytes={} bucket_request_errors={}\n",
             s.upload_backlog_blocks, s.upload_backlog_bytes, s.bucket_request_errors
         ),

@@ -57,6 +57,9 @@ pub enum StoreError {
     /// The object store failed or answered something unusable (see [`bucket`]).
     #[error("object storage: {0}")]
     Bucket(String),
+    /// A read needs more bucket blocks than the local cache may hold.
+    #[error("{0}")]
+    CacheTooSmall(String),
 }
 
 impl StoreError {

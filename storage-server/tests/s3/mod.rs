@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use kiln_storage_server::store::bucket::client::Bucket;
-use object_store::aws::AmazonS3ConfigKey as K;
 
 /// Why the `s3_*` tests are ignored by default.
 pub const NEEDS_S3: &str = "needs KILN_TEST_S3_ENDPOINT (scripts/test.sh starts a Ceph RGW)";
@@ -59,19 +58,9 @@ pub fn prefix_for_dir(dir: &Path) -> String {
 /// The test bucket under `prefix`.
 pub fn bucket(prefix: &str) -> Bucket {
     let env = aws_env();
-    let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
     Bucket::from_url_with(
         &format!("s3://{}/{prefix}", bucket_name()),
-        [
-            (K::Endpoint, get("AWS_ENDPOINT_URL")),
-            (K::AccessKeyId, get("AWS_ACCESS_KEY_ID")),
-            (K::SecretAccessKey, get("AWS_SECRET_ACCESS_KEY")),
-            (K::Region, get("AWS_REGION")),
-            (
-                K::Client(object_store::ClientConfigKey::AllowHttp),
-                "true".into(),
-            ),
-        ],
+        env.iter().map(|(k, v)| (*k, v.as_str())),
     )
     .unwrap()
 }

@@ -54,11 +54,12 @@ impl Bucket {
         Bucket::from_url_with(url, [])
     }
 
-    /// [`Bucket::from_url`] with settings that override the environment's (tests use it to point
-    /// at their own endpoint without touching the process environment).
-    pub fn from_url_with(
+    /// [`Bucket::from_url`] with settings that override the environment's, named like the
+    /// variables (`aws_endpoint_url`, `aws_allow_http` …): tests point at their own endpoint
+    /// without touching the process environment.
+    pub fn from_url_with<'a>(
         url: &str,
-        overrides: impl IntoIterator<Item = (object_store::aws::AmazonS3ConfigKey, String)>,
+        overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Bucket, String> {
         let rest = url
             .strip_prefix("s3://")
@@ -67,8 +68,20 @@ impl Bucket {
         if name.is_empty() {
             return Err(format!("--storage {url:?}: no bucket name"));
         }
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(name);
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(name)
+            // Give up on one request well before the caller's timeout, so an outage shows up as
+            // failed requests (and a growing backlog) rather than as stuck threads.
+            .with_retry(object_store::RetryConfig {
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(15),
+                ..object_store::RetryConfig::default()
+            });
         for (key, value) in overrides {
+            let key = key
+                .to_ascii_lowercase()
+                .parse::<object_store::aws::AmazonS3ConfigKey>()
+                .map_err(|e| format!("object store setting {key}: {e}"))?;
             builder = builder.with_config(key, value);
         }
         let store = builder

@@ -15,7 +15,7 @@
 //! exist (a compactor died before deleting them, or deletion waits out its grace period), each
 //! profile is counted once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,23 +76,54 @@ pub struct LeaseBody {
     pub expires_nanos: i64,
 }
 
-/// The records readers use: those no other known record covers. Records covered by one that is
-/// itself covered are hidden too (`covers` is transitive).
+/// Which records count, decided the same way by every server from the same records.
+///
+/// Compacted records are taken in key (creation) order; one is *rejected* if it covers a block
+/// already claimed by an accepted record that it does not itself cover (two compactions of
+/// overlapping block sets — only possible if a lease was lost to a clock jump — must not both
+/// count). A rejected record is ignored whole: its sources keep standing for themselves.
+/// Returns (covered keys, rejected keys).
+pub fn resolve(records: &BTreeMap<String, BlockRecord>) -> (HashSet<&str>, HashSet<&str>) {
+    let mut claimed: HashMap<&str, &str> = HashMap::new();
+    let mut rejected: HashSet<&str> = HashSet::new();
+    for r in records.values().filter(|r| !r.covers.is_empty()) {
+        let covers: HashSet<&str> = r.covers.iter().map(String::as_str).collect();
+        let conflict = r.covers.iter().any(|k| {
+            claimed
+                .get(k.as_str())
+                .is_some_and(|by| !covers.contains(by))
+        });
+        if conflict {
+            rejected.insert(r.key.as_str());
+            continue;
+        }
+        for k in &r.covers {
+            claimed.insert(k.as_str(), r.key.as_str());
+        }
+    }
+    (claimed.into_keys().collect(), rejected)
+}
+
+/// The records readers use: those no accepted compaction covers, minus rejected compactions
+/// ([`resolve`]). `covers` is transitive, so a compaction of compactions hides everything below.
 pub fn visible(records: &BTreeMap<String, BlockRecord>) -> Vec<&BlockRecord> {
-    let covered: HashSet<&str> = records
-        .values()
-        .flat_map(|r| r.covers.iter().map(String::as_str))
-        .collect();
+    let (covered, rejected) = resolve(records);
     records
         .values()
-        .filter(|r| !covered.contains(r.key.as_str()))
+        .filter(|r| !covered.contains(r.key.as_str()) && !rejected.contains(r.key.as_str()))
         .collect()
 }
 
-/// Records covered by a visible record created before `before` (their grace period is over, so no
-/// reader still needs them): the garbage a maintenance pass deletes.
+/// Records no reader needs once their grace period is over: those covered by a visible record
+/// created before `before`, and rejected compactions older than that. A maintenance pass deletes
+/// them.
 pub fn collectable(records: &BTreeMap<String, BlockRecord>, before: i64) -> Vec<String> {
-    let mut out = HashSet::new();
+    let (_, rejected) = resolve(records);
+    let mut out: HashSet<String> = rejected
+        .into_iter()
+        .filter(|k| created_of(k) < before)
+        .map(str::to_owned)
+        .collect();
     for r in visible(records) {
         if created_of(&r.key) < before {
             out.extend(
@@ -144,6 +175,21 @@ mod tests {
         m2.remove("05-b-c");
         let keys: Vec<&str> = visible(&m2).iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["03-b-z", "04-a-c"]);
+    }
+
+    #[test]
+    fn of_two_overlapping_compactions_only_the_first_counts() {
+        let m = map(vec![
+            rec("01-a-x", &[]),
+            rec("02-a-y", &[]),
+            rec("03-b-z", &[]),
+            rec("04-a-c", &["01-a-x", "02-a-y"]),
+            // Raced the first one (a lost lease) and overlaps it on 02-a-y.
+            rec("05-b-c", &["02-a-y", "03-b-z"]),
+        ]);
+        let keys: Vec<&str> = visible(&m).iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["03-b-z", "04-a-c"], "each source counted once");
+        assert_eq!(collectable(&m, 6), ["01-a-x", "02-a-y", "05-b-c"]);
     }
 
     #[test]

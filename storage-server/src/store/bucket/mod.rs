@@ -356,8 +356,8 @@ impl Inner {
             }
             if !path.exists() {
                 if !fits {
-                    return Err(StoreError::Bucket(format!(
-                        "the query's range needs more than the block cache's {budget} bytes; narrow the range or raise --bucket-cache-bytes"
+                    return Err(StoreError::CacheTooSmall(format!(
+                        "the query's range needs more than the block cache's {budget} bytes; narrow the range or raise --storage-cache-bytes"
                     )));
                 }
                 if let Err(e) = self.download(r, &path) {
@@ -373,10 +373,7 @@ impl Inner {
         }
         // Blocks of this server not uploaded yet, unless a compaction elsewhere already covers
         // them (they were uploaded before a crash and compacted since).
-        let covered: BTreeSet<&str> = records
-            .values()
-            .flat_map(|r| r.covers.iter().map(String::as_str))
-            .collect();
+        let (covered, _) = layout::resolve(&records);
         for o in self.outgoing() {
             if !covered.contains(o.record.key.as_str()) && !want.contains_key(&o.record.key) {
                 want.insert(o.record.key, o.path);
@@ -492,7 +489,10 @@ impl Inner {
             return Ok(());
         };
         let now = time::now_nanos();
-        if !lease.valid(now, self.config.lease_nanos() / 4) {
+        // Half the lease must be left: the two PUTs below must finish before it runs out, or a
+        // successor could compact an overlapping set (readers would then count only the first
+        // commit, see `layout::resolve`, but the work would be wasted).
+        if !lease.valid(now, self.config.lease_nanos() / 2) {
             let _ = fs::remove_file(&staged);
             return Err(StoreError::Bucket(
                 "compaction outlived its lease; leaving it to the next holder".into(),
