@@ -33,6 +33,7 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon data avail warn = 1
+mon data avail crit = 1
 run dir = $D/run
 admin socket = $D/run/\$cluster-\$name.asok
 log file = $D/log/\$cluster-\$name.log
