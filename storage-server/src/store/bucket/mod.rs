@@ -135,15 +135,30 @@ impl BucketStore {
             .name("kiln-bucket-sync".into())
             .spawn(move || {
                 let mut last_maintenance = Instant::now();
+                // Consecutive failed rounds: an outage is logged when it starts, then once a
+                // minute or so, and when it ends — not every round.
+                let mut failing = 0u64;
                 while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(tick) {
                     let Some(inner) = weak.upgrade() else { break };
                     let _w = lock(&inner.work);
-                    if let Err(e) = inner.sync() {
-                        tracing::warn!(error = %e, "bucket sync failed; uploads wait in the outbox and are retried");
+                    match inner.sync() {
+                        Err(e) => {
+                            if failing.is_multiple_of(60) {
+                                tracing::warn!(error = %e, failed_rounds = failing + 1, "bucket sync failed; uploads wait in the outbox and are retried");
+                            }
+                            failing += 1;
+                        }
+                        Ok(()) if failing > 0 => {
+                            tracing::info!(failed_rounds = failing, "bucket sync works again");
+                            failing = 0;
+                        }
+                        Ok(()) => {}
                     }
                     if last_maintenance.elapsed() >= maintain_every {
                         last_maintenance = Instant::now();
-                        if let Err(e) = inner.maintain(time::now_nanos()) {
+                        if let Err(e) = inner.maintain(time::now_nanos())
+                            && failing == 0
+                        {
                             tracing::warn!(error = %e, "bucket maintenance failed; will retry");
                         }
                     }
