@@ -151,6 +151,34 @@ pub struct ServerArgs {
     /// right after start-up); damaged data is quarantined and counted on /metrics either way.
     #[arg(long, env = "KILN_VERIFY")]
     pub verify: bool,
+    /// Keep blocks in S3-compatible object storage, shared by every server given the same URL:
+    /// `s3://BUCKET[/PREFIX]`. Endpoint and credentials come from the standard variables
+    /// (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; AWS_ALLOW_HTTP=true
+    /// for a plain-HTTP endpoint). The write-ahead log stays in --data-dir. Default: local disk.
+    #[arg(long, env = "KILN_STORAGE", value_parser = parse_storage)]
+    pub storage: Option<String>,
+    /// With --storage: a profile pushed to any server is readable from every server within this
+    /// long (each server uploads its head and re-reads the block list every third of it).
+    #[arg(long, env = "KILN_STORAGE_FRESHNESS", default_value = "15s", value_parser = parse_duration)]
+    pub storage_freshness: Duration,
+    /// With --storage: local disk for blocks downloaded from the bucket, e.g. 10GiB (newest kept;
+    /// survives restarts).
+    #[arg(long, env = "KILN_STORAGE_CACHE_BYTES", default_value = "10GiB", value_parser = parse_bytes)]
+    pub storage_cache_bytes: u64,
+    /// With --storage: how long a compaction or retention lease outlives a server that died
+    /// holding it (tests shorten it).
+    #[arg(long, env = "KILN_STORAGE_LEASE", default_value = "5m", value_parser = parse_duration, hide = true)]
+    pub storage_lease: Duration,
+}
+
+/// `--storage`: `s3://BUCKET[/PREFIX]` (or an empty value / `local` for local disk).
+fn parse_storage(s: &str) -> Result<String, String> {
+    match s.strip_prefix("s3://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {
+            Ok(s.trim_end_matches('/').to_owned())
+        }
+        _ => Err(format!("expected s3://BUCKET[/PREFIX], got {s:?}")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]

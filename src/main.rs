@@ -190,6 +190,16 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
     config.store.max_segment_bytes = args.wal_segment_bytes;
     config.store.maintenance_interval_secs = args.store_maintenance_interval.as_secs().max(1);
     config.store.verify_on_open = args.verify;
+    config.bucket = args
+        .storage
+        .clone()
+        .map(|url| kiln_storage_server::BucketConfig {
+            url,
+            freshness_secs: args.storage_freshness.as_secs().max(1),
+            cache_bytes: args.storage_cache_bytes,
+            lease_secs: args.storage_lease.as_secs().max(1),
+            ..Default::default()
+        });
     config.queries.max_concurrent = args.query_concurrency;
     config.queries.max_queued = args.query_queue;
     config.queries.queue_timeout_secs = args.query_queue_timeout.as_secs().max(1);

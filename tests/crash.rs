@@ -3,14 +3,14 @@
 //! second); after a restart every acknowledged profile is there exactly once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_proto::{ProfileBuilder, encode_profile_gzip};
-use serde_json::Value;
+mod common;
+
+use common::free_port;
+use common::push::{profile, push_body, stored};
 
 /// Kills (SIGKILL) the server if a check fails midway.
 struct Server(Child);
@@ -20,14 +20,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(data: &Path, port: u16) -> Server {
@@ -59,51 +51,6 @@ fn start(data: &Path, port: u16) -> Server {
     panic!("kiln server did not become healthy");
 }
 
-/// Protobuf length-delimited field.
-fn field(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
-    varint(out, u64::from(tag << 3 | 2));
-    varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A Pyroscope `PushRequest` with one series and one gzipped pprof, encoded by hand (the root
-/// package has no protobuf dependency of its own).
-fn push_body(service: &str, gz: &[u8]) -> Vec<u8> {
-    let mut series = Vec::new();
-    for (name, value) in [("__name__", "process_cpu"), ("service_name", service)] {
-        let mut pair = Vec::new();
-        field(&mut pair, 1, name.as_bytes());
-        field(&mut pair, 2, value.as_bytes());
-        field(&mut series, 1, &pair);
-    }
-    let mut sample = Vec::new();
-    field(&mut sample, 1, gz);
-    field(&mut series, 2, &sample);
-    let mut req = Vec::new();
-    field(&mut req, 1, &series);
-    req
-}
-
-/// Profile `i`: one stack whose leaf is the unique function `f{i}`, worth `i + 1`.
-fn profile(i: u64) -> Vec<u8> {
-    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
-    let main = b.function("main", "main.c");
-    let leaf = b.function(&format!("f{i}"), "leaf.c");
-    let l_main = b.symbolized_location(0, 0x10, &[(main, 1)]);
-    let l_leaf = b.symbolized_location(0, 0x20 + i, &[(leaf, 2)]);
-    let v = i as i64 + 1;
-    b.add_sample(&[l_leaf, l_main], &[v, v * 1000], &[]);
-    encode_profile_gzip(&b.finish())
-}
-
 /// Pushes profiles `from..` until `deadline`, returning the acknowledged ones. Returns right after
 /// a 200 so that the caller's SIGKILL follows an acknowledgement immediately.
 fn push_until(port: u16, from: u64, deadline: Instant) -> Vec<u64> {
@@ -125,23 +72,6 @@ fn push_until(port: u16, from: u64, deadline: Instant) -> Vec<u64> {
             return acked;
         }
     }
-}
-
-/// Self value of every `f{i}` function in the stored data.
-fn stored(port: u16) -> BTreeMap<u64, i64> {
-    let url = format!(
-        "http://127.0.0.1:{port}/api/v1/top?from=0&until=now&profile_type=samples:count&limit=100000"
-    );
-    let v: Value = reqwest::blocking::get(url).unwrap().json().unwrap();
-    v["functions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| {
-            let i = f["name"].as_str()?.strip_prefix('f')?.parse().ok()?;
-            Some((i, f["self"].as_i64()?))
-        })
-        .collect()
 }
 
 fn block_files(dir: &Path) -> usize {

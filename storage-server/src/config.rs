@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub queries: QueryLimits,
     /// Connection limits and timeouts of the HTTP listener.
     pub http: HttpLimits,
+    /// Blocks in S3-compatible object storage shared by several servers (`--storage s3://…`)
+    /// instead of on local disk only.
+    pub bucket: Option<BucketConfig>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             debuginfo_shared_token: None,
             queries: QueryLimits::default(),
             http: HttpLimits::default(),
+            bucket: None,
         }
     }
 }
@@ -266,5 +270,49 @@ impl ServerConfig {
     }
     pub fn tmp_dir(&self) -> PathBuf {
         self.data_dir.join("tmp")
+    }
+}
+
+/// The object-storage backend ([`crate::store::BucketStore`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct BucketConfig {
+    /// `s3://BUCKET[/PREFIX]`; endpoint and credentials from the standard `AWS_*` variables.
+    pub url: String,
+    /// A profile pushed to one server is readable from every server within this many seconds:
+    /// each server flushes and uploads its head, and re-reads the block list, every third of it.
+    pub freshness_secs: u64,
+    /// Bytes of downloaded blocks kept on local disk (newest first; survives restarts).
+    pub cache_bytes: u64,
+    /// How long a compaction or retention lease lasts if its holder dies (seconds).
+    pub lease_secs: u64,
+    /// How long blocks replaced by a compaction stay in the bucket, for readers that listed them
+    /// just before (seconds).
+    pub grace_secs: u64,
+}
+
+impl Default for BucketConfig {
+    fn default() -> Self {
+        BucketConfig {
+            url: String::new(),
+            freshness_secs: 15,
+            cache_bytes: 10 << 30,
+            lease_secs: 300,
+            grace_secs: 120,
+        }
+    }
+}
+
+impl BucketConfig {
+    /// How often the sync thread flushes, uploads and refreshes: a third of the freshness bound,
+    /// leaving a third for the upload itself.
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_millis((self.freshness_secs.max(1) * 1000 / 3).max(200))
+    }
+    pub fn lease_nanos(&self) -> i64 {
+        i64::try_from(self.lease_secs.max(1)).unwrap_or(i64::MAX / 2) * 1_000_000_000
+    }
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
     }
 }

@@ -45,12 +45,19 @@ impl ApiError {
     pub fn internal(msg: impl std::fmt::Display) -> Self {
         ApiError::Internal(msg.to_string())
     }
-    /// A storage failure: 507 when the disk or quota is full, else 500.
+    /// A storage failure: 507 when the disk or quota is full; with object storage, 413 when the
+    /// query's range needs more blocks than the local cache holds and 503 (retry in 10 s) when the
+    /// bucket does not answer; else 500.
     pub fn store(msg: impl Into<String>, e: &crate::store::StoreError) -> Self {
-        if e.is_disk_full() {
-            ApiError::InsufficientStorage(msg.into())
-        } else {
-            ApiError::Internal(msg.into())
+        use crate::store::StoreError;
+        match e {
+            e if e.is_disk_full() => ApiError::InsufficientStorage(msg.into()),
+            StoreError::CacheTooSmall(_) => ApiError::PayloadTooLarge(msg.into()),
+            StoreError::Bucket(_) => ApiError::Unavailable {
+                message: msg.into(),
+                retry_after_secs: 10,
+            },
+            _ => ApiError::Internal(msg.into()),
         }
     }
     pub fn status(&self) -> StatusCode {

@@ -28,7 +28,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
-pub use config::{Limits, ServerConfig, StoreConfig};
+pub use config::{BucketConfig, Limits, ServerConfig, StoreConfig};
 use debuginfo::DebugInfo;
 pub use error::ApiError;
 use metrics::Metrics;
@@ -64,12 +64,22 @@ impl AppState {
         // Debuginfo shares the data directory's size budget with the profiles.
         let mut store_config = config.store.clone();
         store_config.other_bytes = Some(debuginfo.total_bytes());
-        let store = LocalStore::open(
-            config.segments_dir(),
-            store_config,
-            config.limits.max_decompressed_bytes,
-        )?;
-        let mut state = AppState::with_debuginfo(config, Arc::new(store), debuginfo);
+        let store: SharedStore = match &config.bucket {
+            None => Arc::new(LocalStore::open(
+                config.segments_dir(),
+                store_config,
+                config.limits.max_decompressed_bytes,
+            )?),
+            // The WAL stays local, in the same place; blocks go to the bucket.
+            Some(bucket) => Arc::new(store::BucketStore::open(
+                config.segments_dir(),
+                store::bucket::client::Bucket::from_url(&bucket.url).map_err(anyhow::Error::msg)?,
+                bucket.clone(),
+                store_config,
+                config.limits.max_decompressed_bytes,
+            )?),
+        };
+        let mut state = AppState::with_debuginfo(config, store, debuginfo);
         state.dir_lock = Some(Arc::new(lock));
         state.debuginfo.get().map_err(|e| {
             anyhow::anyhow!(
@@ -118,6 +128,20 @@ impl AppState {
 }
 
 /// Creates `dir` and removes uploads left behind by a crash: nothing is in flight at startup.
+/// `GET /healthz`: `ok` while the server serves. With object storage, a second line reports the
+/// upload backlog (blocks flushed here but not yet in the bucket, e.g. during an outage): the
+/// server still takes pushes (they are durable in its WAL and outbox) and answers 200.
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> String {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.stats()).await {
+        Ok(s) if s.upload_backlog_blocks > 0 => format!(
+            "ok\nupload_backlog_blocks={} upload_backlog_bytes={} bucket_request_errors={}\n",
+            s.upload_backlog_blocks, s.upload_backlog_bytes, s.bucket_request_errors
+        ),
+        _ => "ok".to_owned(),
+    }
+}
+
 fn clean_tmp_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)? {
@@ -176,7 +200,7 @@ pub fn router(state: AppState) -> Router {
             get(query::render::render_diff_handler),
         )
         .merge(query::services::routes())
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics_handler))
         .route("/", get(web::index))
         .route("/assets/{*path}", get(web::asset))

@@ -47,6 +47,9 @@ pub struct Metrics {
     store_quarantined_bytes: Gauge,
     store_profiles_lost: Counter,
     store_wal_damaged_bytes: Counter,
+    store_upload_backlog_blocks: Gauge,
+    store_upload_backlog_bytes: Gauge,
+    store_bucket_request_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -75,6 +78,9 @@ impl Metrics {
             store_quarantined_bytes: Gauge::default(),
             store_profiles_lost: Counter::default(),
             store_wal_damaged_bytes: Counter::default(),
+            store_upload_backlog_blocks: Gauge::default(),
+            store_upload_backlog_bytes: Gauge::default(),
+            store_bucket_request_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,6 +139,21 @@ impl Metrics {
             "store_profiles_lost",
             "Stored profiles found unreadable since start (damaged block sections; one per damaged WAL record)",
             m.store_profiles_lost.clone(),
+        );
+        registry.register(
+            "store_upload_backlog_blocks",
+            "With object storage: blocks flushed here and not yet uploaded (waiting out an outage)",
+            m.store_upload_backlog_blocks.clone(),
+        );
+        registry.register(
+            "store_upload_backlog_bytes",
+            "With object storage: bytes of blocks not yet uploaded",
+            m.store_upload_backlog_bytes.clone(),
+        );
+        registry.register(
+            "store_bucket_request_errors",
+            "With object storage: requests that failed (timeouts, 5xx, refused connections) since start",
+            m.store_bucket_request_errors.clone(),
         );
         registry.register(
             "store_wal_damaged_bytes",
@@ -211,11 +232,16 @@ impl Metrics {
         self.store_series.set(clamp(s.series));
         self.store_profiles.set(clamp(s.profiles));
         self.store_quarantined_bytes.set(clamp(s.quarantined_bytes));
+        self.store_upload_backlog_blocks
+            .set(clamp(s.upload_backlog_blocks));
+        self.store_upload_backlog_bytes
+            .set(clamp(s.upload_backlog_bytes));
         // The store keeps running totals; the counters catch up with them.
         for (counter, total) in [
             (&self.store_quarantined_blocks, s.quarantined_blocks),
             (&self.store_profiles_lost, s.profiles_lost),
             (&self.store_wal_damaged_bytes, s.wal_damaged_bytes),
+            (&self.store_bucket_request_errors, s.bucket_request_errors),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }

@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 
 use kiln_proto::ProfileBuilder;
 use kiln_proto::pprof::Profile;
+use kiln_storage_server::BucketConfig;
 use kiln_storage_server::StoreConfig;
 use kiln_storage_server::query::selector::Selector;
 use kiln_storage_server::query::time::{TimeRange, now_nanos};
-use kiln_storage_server::store::{Labels, LocalStore, NewProfile, ReadRequest, Store};
+use kiln_storage_server::store::{BucketStore, Labels, LocalStore, NewProfile, ReadRequest, Store};
+
+mod s3;
 use prost::Message;
 
 const SEC: i64 = 1_000_000_000;
@@ -826,6 +829,25 @@ fn local_store_with_tiny_segments_conforms() {
             },
         )
     });
+}
+
+/// The object-storage backend on a real Ceph RGW: the WAL in `dir`, blocks in the bucket under a
+/// prefix of its own (the same for every reopen of `dir`).
+fn bucket(dir: &Path, cfg: &StoreConfig) -> BucketStore {
+    BucketStore::open(
+        dir,
+        s3::bucket(&s3::prefix_for_dir(dir)),
+        BucketConfig::default(),
+        cfg.clone(),
+        64 << 20,
+    )
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs KILN_TEST_S3_ENDPOINT (scripts/test.sh starts a Ceph RGW)"]
+fn s3_bucket_store_conforms() {
+    conformance(bucket);
 }
 
 /// LocalStore specifics the generic suite cannot see: compaction leaves one block per hour, the WAL

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod push;
 pub mod wait;
 
 use std::net::TcpListener;

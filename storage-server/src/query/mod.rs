@@ -192,7 +192,7 @@ pub(crate) fn build_tree(
                 }
             },
         )
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::store(e.to_string(), &e))?;
     ctx.finish()?;
     Ok(tree)
 }
@@ -234,7 +234,7 @@ pub(crate) fn build_grouped_tree(
                 );
             },
         )
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::store(e.to_string(), &e))?;
     ctx.finish()?;
     Ok(tree)
 }
@@ -355,7 +355,7 @@ pub(crate) fn merged_pprof(
                 }
             },
         )
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::store(e.to_string(), &e))?;
     ctx.finish()?;
     Ok(merger.finish(preferred.or(only_type)))
 }

@@ -152,7 +152,7 @@ pub fn compute(
                 e.1 += 1;
             },
         )
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::store(e.to_string(), &e))?;
     ctx.finish()?;
     let mut out: Vec<(i64, Series)> = groups
         .into_iter()

@@ -139,6 +139,10 @@ struct Block {
     /// Set once any part of the block is known damaged (the fast path of every read checks it).
     damaged: AtomicBool,
     health: Mutex<Health>,
+    /// Set when the block belongs to the bucket (see [`super::bucket`]): its key there. Such a
+    /// block lives in the bucket store's outbox or cache, never in `blocks/`, and its lifecycle
+    /// (compaction, retention, eviction) is the bucket store's.
+    bucket_key: Option<Arc<str>>,
 }
 
 /// What is known about a block's sections.
@@ -216,6 +220,7 @@ impl Block {
                 verified,
                 ..Health::default()
             }),
+            bucket_key: None,
         }
     }
 
@@ -326,6 +331,29 @@ struct Inner {
     next_id: AtomicU64,
     interner: Mutex<Interner>,
     losses: Losses,
+    /// Whether compaction and retention of blocks are this engine's job.
+    role: Role,
+}
+
+/// Who compacts and expires the blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// This engine: the embedded default.
+    Standalone,
+    /// The bucket store wrapping this engine ([`super::bucket`]): the engine keeps the WAL, the
+    /// head and blocks not yet uploaded, and reads whatever bucket blocks it is handed.
+    BucketHead,
+}
+
+/// A block flushed here and not yet handed to the bucket.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingBlock {
+    pub id: u64,
+    pub partition_start: i64,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub profiles: u64,
+    pub size: u64,
 }
 
 /// The embedded storage engine. Dropping it stops its background thread.
@@ -349,7 +377,17 @@ impl LocalStore {
         config: StoreConfig,
         max_profile_bytes: usize,
     ) -> Result<LocalStore, StoreError> {
-        let inner = Arc::new(Inner::open(dir.into(), config, max_profile_bytes)?);
+        LocalStore::open_as(dir, config, max_profile_bytes, Role::Standalone)
+    }
+
+    /// [`LocalStore::open`] in the given role.
+    pub(crate) fn open_as(
+        dir: impl Into<PathBuf>,
+        config: StoreConfig,
+        max_profile_bytes: usize,
+        role: Role,
+    ) -> Result<LocalStore, StoreError> {
+        let inner = Arc::new(Inner::open(dir.into(), config, max_profile_bytes, role)?);
         if inner.config.verify_on_open {
             inner.verify_blocks();
         }
@@ -421,6 +459,7 @@ impl Inner {
         dir: PathBuf,
         config: StoreConfig,
         max_profile_bytes: usize,
+        role: Role,
     ) -> Result<Inner, StoreError> {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let blocks_dir = dir.join("blocks");
@@ -567,6 +606,7 @@ impl Inner {
             next_id: AtomicU64::new(next_id),
             interner,
             losses,
+            role,
         })
     }
 
@@ -761,6 +801,10 @@ impl Inner {
     /// Compaction, then retention (whether or not compaction succeeded), then forgetting label
     /// sets of deleted blocks. Caller holds `maintenance`.
     fn compact_and_expire(&self, now_nanos: i64) -> Result<(), StoreError> {
+        if self.role == Role::BucketHead {
+            // The bucket store does both, once for all servers.
+            return Ok(());
+        }
         let compacted = self.compact();
         let expired = self.apply_retention(now_nanos);
         lock(&self.interner).prune();
@@ -945,32 +989,6 @@ impl Inner {
 
     fn merge(&self, inputs: &[Arc<Block>]) -> Result<(), StoreError> {
         let started = Instant::now();
-        let mut builder = BlockBuilder::new();
-        for b in inputs {
-            // Damage found only now (it happened after verification): quarantine it and leave
-            // this hour uncompacted rather than fail every maintenance run from now on.
-            let tables = match Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.quarantine(b, None, &e.to_string());
-                    return Ok(());
-                }
-            };
-            for (i, s) in b.meta.series.iter().enumerate() {
-                let data = match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.quarantine(b, Some(i), &e.to_string());
-                        return Ok(());
-                    }
-                };
-                data.for_each(
-                    &tables,
-                    |_| true,
-                    |meta, p| builder.add(&b.labels[i], meta.time_nanos, &meta.profile_types, &p),
-                );
-            }
-        }
         let mut sources: Vec<u64> = inputs
             .iter()
             .flat_map(|b| b.meta.sources.iter().copied())
@@ -979,7 +997,8 @@ impl Inner {
         sources.dedup();
         let id = self.next_id();
         let replaces: Vec<u64> = inputs.iter().map(|b| b.meta.id).collect();
-        let (meta, path, size) = builder.write(
+        let Some((meta, path, size)) = self.build_merged(
+            inputs,
             &self.blocks_dir,
             Provenance {
                 id,
@@ -988,7 +1007,10 @@ impl Inner {
                 sources,
                 replaces: replaces.clone(),
             },
-        )?;
+        )?
+        else {
+            return Ok(());
+        };
         let file = File::open(&path).map_err(io_err(&path))?;
         let merged = Arc::new(Block::new(meta, path, file, size, &self.interner, true));
         {
@@ -1010,6 +1032,43 @@ impl Inner {
             "compacted blocks"
         );
         Ok(())
+    }
+
+    /// Writes the profiles of `inputs` into one new block in `dir`; `None` when an input turned
+    /// out damaged (it is quarantined and the merge is skipped).
+    fn build_merged(
+        &self,
+        inputs: &[Arc<Block>],
+        dir: &Path,
+        provenance: Provenance,
+    ) -> Result<Option<(BlockMeta, PathBuf, u64)>, StoreError> {
+        let mut builder = BlockBuilder::new();
+        for b in inputs {
+            // Damage found only now (it happened after verification): quarantine it and leave
+            // this hour uncompacted rather than fail every maintenance run from now on.
+            let tables = match Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.quarantine(b, None, &e.to_string());
+                    return Ok(None);
+                }
+            };
+            for (i, s) in b.meta.series.iter().enumerate() {
+                let data = match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.quarantine(b, Some(i), &e.to_string());
+                        return Ok(None);
+                    }
+                };
+                data.for_each(
+                    &tables,
+                    |_| true,
+                    |meta, p| builder.add(&b.labels[i], meta.time_nanos, &meta.profile_types, &p),
+                );
+            }
+        }
+        builder.write(dir, provenance).map(Some)
     }
 
     fn wal_bytes(&self) -> u64 {
@@ -1632,6 +1691,7 @@ impl Store for LocalStore {
                     .sum::<u64>(),
             profiles_lost: losses.profiles.load(Ordering::Relaxed),
             wal_damaged_bytes: losses.wal_bytes.load(Ordering::Relaxed),
+            ..StoreStats::default()
         }
     }
 
@@ -1642,5 +1702,154 @@ impl Store for LocalStore {
     fn maintain(&self, now_nanos: i64) -> Result<(), StoreError> {
         let _m = lock(&self.inner.maintenance);
         self.inner.compact_and_expire(now_nanos)
+    }
+}
+
+/// What the bucket store ([`super::bucket`]) needs from the engine under it. Blocks handed to the
+/// bucket carry their key; the engine only reads them.
+impl LocalStore {
+    /// Blocks flushed here and not yet handed to the bucket. Taken under the maintenance lock, so
+    /// the flush that made each of them has finished (its WAL segments are gone): handing one over
+    /// can then never leave both the block and its records behind for a restart to see twice.
+    pub(crate) fn pending_blocks(&self) -> Vec<PendingBlock> {
+        let _m = lock(&self.inner.maintenance);
+        read_lock(&self.inner.state)
+            .blocks
+            .iter()
+            .filter(|b| b.bucket_key.is_none())
+            .map(|b| PendingBlock {
+                id: b.meta.id,
+                partition_start: b.meta.partition_start,
+                min_time: b.meta.min_time,
+                max_time: b.meta.max_time,
+                profiles: b.meta.profiles,
+                size: b.size,
+            })
+            .collect()
+    }
+
+    /// Moves local block `id` out of `blocks/` to `to` (the bucket store's outbox) and from now on
+    /// knows it as bucket block `key`. Atomic on disk: a crash leaves the file in one place.
+    pub(crate) fn hand_over(&self, id: u64, key: &str, to: &Path) -> Result<(), StoreError> {
+        let _m = lock(&self.inner.maintenance);
+        let mut state = write_lock(&self.inner.state);
+        let Some(i) = state
+            .blocks
+            .iter()
+            .position(|b| b.meta.id == id && b.bucket_key.is_none())
+        else {
+            return Ok(());
+        };
+        let old = state.blocks[i].clone();
+        let file = old.file.try_clone().map_err(io_err(&old.path))?;
+        fs::rename(&old.path, to).map_err(io_err(&old.path))?;
+        if let Some(dir) = to.parent() {
+            block::sync_dir(dir)?;
+        }
+        block::sync_dir(&self.inner.blocks_dir)?;
+        let health = lock(&old.health);
+        state.blocks[i] = Arc::new(Block {
+            meta: old.meta.clone(),
+            labels: old.labels.clone(),
+            path: to.to_owned(),
+            file,
+            size: old.size,
+            damaged: AtomicBool::new(old.is_damaged()),
+            health: Mutex::new(Health {
+                verified: health.verified,
+                broken: health.broken.clone(),
+                bad_series: health.bad_series.clone(),
+            }),
+            bucket_key: Some(key.into()),
+        });
+        Ok(())
+    }
+
+    /// Makes the bucket blocks readable here exactly `want` (key → file): opens the new ones,
+    /// forgets those not listed (an in-flight read keeps its handle). Local blocks stay as they are.
+    /// A file that cannot be opened is left out and reported.
+    pub(crate) fn set_bucket_blocks(&self, want: &BTreeMap<String, PathBuf>) -> Vec<String> {
+        let have: HashSet<String> = read_lock(&self.inner.state)
+            .blocks
+            .iter()
+            .filter_map(|b| b.bucket_key.as_deref().map(str::to_owned))
+            .collect();
+        let mut opened = Vec::new();
+        let mut failed = Vec::new();
+        for (key, path) in want.iter().filter(|(k, _)| !have.contains(*k)) {
+            match block::read_meta(path) {
+                Ok((meta, file, size)) => {
+                    let mut b =
+                        Block::new(meta, path.clone(), file, size, &self.inner.interner, false);
+                    b.bucket_key = Some(key.as_str().into());
+                    opened.push(Arc::new(b));
+                }
+                Err(e) => {
+                    tracing::error!(key, path = %path.display(), error = %e, "cached bucket block unreadable");
+                    failed.push(key.clone());
+                }
+            }
+        }
+        let mut state = write_lock(&self.inner.state);
+        state
+            .blocks
+            .retain(|b| b.bucket_key.as_deref().is_none_or(|k| want.contains_key(k)));
+        state.blocks.extend(opened);
+        drop(state);
+        lock(&self.inner.interner).prune();
+        failed
+    }
+
+    /// Merges the bucket blocks `keys` (all readable here) into one new block file in `dir`.
+    /// `None` when one of them is missing here or damaged.
+    pub(crate) fn merge_bucket_blocks(
+        &self,
+        keys: &[String],
+        dir: &Path,
+    ) -> Result<Option<(PathBuf, u64)>, StoreError> {
+        let inputs: Vec<Arc<Block>> = {
+            let state = read_lock(&self.inner.state);
+            keys.iter()
+                .filter_map(|k| {
+                    state
+                        .blocks
+                        .iter()
+                        .find(|b| b.bucket_key.as_deref() == Some(k.as_str()))
+                        .cloned()
+                })
+                .collect()
+        };
+        if inputs.len() != keys.len() {
+            return Ok(None);
+        }
+        for b in &inputs {
+            self.inner.verify_block(b);
+            if b.is_damaged() {
+                return Ok(None);
+            }
+        }
+        let id = self.inner.next_id();
+        let provenance = Provenance {
+            id,
+            flush_id: id,
+            flush_parts: 1,
+            sources: Vec::new(),
+            replaces: Vec::new(),
+        };
+        Ok(self
+            .inner
+            .build_merged(&inputs, dir, provenance)?
+            .map(|(_, path, size)| (path, size)))
+    }
+
+    /// Bytes of the WAL plus blocks not yet handed to the bucket, and the profiles in them.
+    pub(crate) fn local_usage(&self) -> (u64, u64) {
+        let wal = self.inner.wal_bytes();
+        let state = read_lock(&self.inner.state);
+        let local = state.blocks.iter().filter(|b| b.bucket_key.is_none());
+        let (bytes, profiles) = local.fold((wal, state.head.profiles), |(b, p), blk| {
+            (b + blk.size, p + blk.readable_profiles())
+        });
+        (bytes, profiles)
     }
 }

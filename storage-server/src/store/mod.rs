@@ -3,8 +3,9 @@
 //! [`LocalStore`] is the embedded engine: a write-ahead log of CRC-framed segments (fsync'd before a
 //! push is acknowledged) whose sealed segments are flushed in the background into immutable,
 //! hour-partitioned, columnar blocks with deduplicated symbols and stacks ([`block`]); blocks of
-//! one hour are compacted together and deleted by age and total size (retention). An
-//! object-storage backend can implement the same trait later.
+//! one hour are compacted together and deleted by age and total size (retention).
+//! [`BucketStore`] runs the same engine as a head in front of S3-compatible object storage, for
+//! several servers sharing one bucket ([`bucket`]).
 //!
 //! Damage on disk costs only what is damaged: WAL replay skips a bad record and carries on at the
 //! next good one ([`segment`]); a block section that fails its CRC hides only the series (or, for
@@ -12,6 +13,7 @@
 //! offline (`kiln check`).
 
 pub mod block;
+pub mod bucket;
 pub mod check;
 mod local;
 mod segment;
@@ -23,6 +25,7 @@ use kiln_proto::pprof::Profile;
 use crate::query::selector::Selector;
 use crate::query::time::TimeRange;
 
+pub use bucket::BucketStore;
 pub use local::LocalStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,12 @@ pub enum StoreError {
     RecordTooLarge(usize),
     #[error("bad block {path}: {reason}")]
     Block { path: String, reason: String },
+    /// The object store failed or answered something unusable (see [`bucket`]).
+    #[error("object storage: {0}")]
+    Bucket(String),
+    /// A read needs more bucket blocks than the local cache may hold.
+    #[error("{0}")]
+    CacheTooSmall(String),
 }
 
 impl StoreError {
@@ -152,6 +161,12 @@ pub struct StoreStats {
     pub profiles_lost: u64,
     /// WAL bytes skipped as damaged since the store was opened.
     pub wal_damaged_bytes: u64,
+    /// Blocks flushed but not yet in the object store (0 on local disk).
+    pub upload_backlog_blocks: u64,
+    /// Their bytes.
+    pub upload_backlog_bytes: u64,
+    /// Object store requests that failed since the store was opened.
+    pub bucket_request_errors: u64,
 }
 
 /// Which profiles a read wants.

@@ -1,0 +1,221 @@
+//! [`Bucket`]: a blocking, bounded view of the object store (through the `object_store` crate)
+//! under one prefix. Every request has a timeout and is counted; the store's engine threads call
+//! these from outside any async context, so requests run on a small runtime of their own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+/// One request's deadline. Blocks are at most `max_block_bytes` (128 MiB by default); at a modest
+/// 10 MB/s that is well under this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// LIST pages fetched for one listing at most: 1,000 keys a page (S3), so 100 k objects.
+const MAX_LIST_KEYS: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    /// A conditional create found the key taken.
+    #[error("object {0} already exists")]
+    AlreadyExists(String),
+    #[error("object store request on {key} failed: {reason}")]
+    Request { key: String, reason: String },
+}
+
+/// Request counters (for `/metrics`).
+#[derive(Default, Debug)]
+pub struct Requests {
+    pub get: AtomicU64,
+    pub put: AtomicU64,
+    pub list: AtomicU64,
+    pub delete: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// The object store under `prefix`.
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    rt: tokio::runtime::Runtime,
+    pub requests: Requests,
+}
+
+impl Bucket {
+    /// `url` is `s3://bucket/prefix`; endpoint and credentials come from the standard `AWS_*`
+    /// environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ALLOW_HTTP` …).
+    pub fn from_url(url: &str) -> Result<Bucket, String> {
+        Bucket::from_url_with(url, [])
+    }
+
+    /// [`Bucket::from_url`] with settings that override the environment's, named like the
+    /// variables (`aws_endpoint_url`, `aws_allow_http` …): tests point at their own endpoint
+    /// without touching the process environment.
+    pub fn from_url_with<'a>(
+        url: &str,
+        overrides: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Bucket, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("--storage {url:?}: expected s3://BUCKET[/PREFIX]"))?;
+        let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if name.is_empty() {
+            return Err(format!("--storage {url:?}: no bucket name"));
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(name)
+            // Give up on one request well before the caller's timeout, so an outage shows up as
+            // failed requests (and a growing backlog) rather than as stuck threads.
+            .with_retry(object_store::RetryConfig {
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(15),
+                ..object_store::RetryConfig::default()
+            });
+        for (key, value) in overrides {
+            let key = key
+                .to_ascii_lowercase()
+                .parse::<object_store::aws::AmazonS3ConfigKey>()
+                .map_err(|e| format!("object store setting {key}: {e}"))?;
+            builder = builder.with_config(key, value);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| format!("--storage {url:?}: {e}"))?;
+        Bucket::new(Arc::new(store), prefix)
+    }
+
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Bucket, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kiln-bucket")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the object store runtime: {e}"))?;
+        let prefix = prefix.trim_matches('/');
+        Ok(Bucket {
+            store,
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            rt,
+            requests: Requests::default(),
+        })
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        ObjPath::from(format!("{}{key}", self.prefix))
+    }
+
+    /// Runs `fut` on the bucket's runtime with the request timeout, from any thread.
+    fn run<T>(
+        &self,
+        key: &str,
+        fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> Result<T, BucketError>
+    where
+        T: Send + 'static,
+    {
+        let handle = self
+            .rt
+            .spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
+        let out = match futures::executor::block_on(handle) {
+            Ok(Ok(r)) => r.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => BucketError::NotFound(key.to_owned()),
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. } => {
+                    BucketError::AlreadyExists(key.to_owned())
+                }
+                e => BucketError::Request {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                },
+            }),
+            Ok(Err(_)) => Err(BucketError::Request {
+                key: key.to_owned(),
+                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+            }),
+            Err(e) => Err(BucketError::Request {
+                key: key.to_owned(),
+                reason: format!("request task failed: {e}"),
+            }),
+        };
+        if matches!(out, Err(BucketError::Request { .. })) {
+            self.requests.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        out
+    }
+
+    pub fn get(&self, key: &str) -> Result<Bytes, BucketError> {
+        self.requests.get.fetch_add(1, Ordering::Relaxed);
+        let (store, path) = (self.store.clone(), self.path(key));
+        self.run(key, async move { store.get(&path).await?.bytes().await })
+    }
+
+    /// Writes `body` at `key`, replacing what is there.
+    pub fn put(&self, key: &str, body: Bytes) -> Result<(), BucketError> {
+        self.put_opts(key, body, PutMode::Overwrite)
+    }
+
+    /// Writes `body` at `key` only if nothing is there (`If-None-Match: *`), else
+    /// [`BucketError::AlreadyExists`].
+    pub fn create(&self, key: &str, body: Bytes) -> Result<(), BucketError> {
+        self.put_opts(key, body, PutMode::Create)
+    }
+
+    fn put_opts(&self, key: &str, body: Bytes, mode: PutMode) -> Result<(), BucketError> {
+        self.requests.put.fetch_add(1, Ordering::Relaxed);
+        let (store, path) = (self.store.clone(), self.path(key));
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        self.run(key, async move {
+            store
+                .put_opts(&path, PutPayload::from_bytes(body), opts)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Deletes `key`; a missing key is fine.
+    pub fn delete(&self, key: &str) -> Result<(), BucketError> {
+        self.requests.delete.fetch_add(1, Ordering::Relaxed);
+        let (store, path) = (self.store.clone(), self.path(key));
+        match self.run(key, async move { store.delete(&path).await }) {
+            Err(BucketError::NotFound(_)) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Keys (relative to the prefix) under `dir/`, greater than `dir/after` when given.
+    pub fn list(&self, dir: &str, after: Option<&str>) -> Result<Vec<String>, BucketError> {
+        self.requests.list.fetch_add(1, Ordering::Relaxed);
+        let store = self.store.clone();
+        let under = self.path(dir);
+        let offset = after.map(|a| self.path(&format!("{dir}/{a}")));
+        let strip = self.prefix.clone();
+        let paths = self.run(dir, async move {
+            let stream = match &offset {
+                Some(o) => store.list_with_offset(Some(&under), o),
+                None => store.list(Some(&under)),
+            };
+            stream
+                .map_ok(|m| m.location.to_string())
+                .take(MAX_LIST_KEYS)
+                .try_collect::<Vec<String>>()
+                .await
+        })?;
+        Ok(paths
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&strip).map(str::to_owned))
+            .collect())
+    }
+}
