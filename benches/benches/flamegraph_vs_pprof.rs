@@ -379,7 +379,7 @@ fn main() {
         .expect("read");
     read_time += last.elapsed();
     let t_render = Instant::now();
-    let rendered = flamegraph::render(&tree, flamegraph::DEFAULT_MAX_NODES, PROFILE_TYPE);
+    let rendered = flamegraph::render(&tree, flamegraph::DEFAULT_MAX_NODES, PROFILE_TYPE, None);
     let render_time = t_render.elapsed();
     let parts_total = t.elapsed();
     assert_eq!(tree.total(), want_total);
