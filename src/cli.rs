@@ -191,6 +191,10 @@ pub struct AgentArgs {
     /// PEM CA bundle that signed the --kube-api URL's certificate.
     #[arg(long, env = "KILN_KUBE_CA_FILE")]
     pub kube_ca_file: Option<std::path::PathBuf>,
+    /// Interpreted runtimes whose functions are named in samples, a comma-separated list:
+    /// `python` (CPython 3.8-3.13, read at sample time), or `none` for native frames only.
+    #[arg(long, env = "KILN_RUNTIMES", default_value = "python")]
+    pub runtimes: kiln_agent::config::Runtimes,
 }
 
 /// A URL the agent can push to, checked while parsing so that a bad one is a usage error (exit code

@@ -44,7 +44,7 @@ pub async fn run(
     let metrics = AgentMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
-    let sampler = Sampler::load(SamplerConfig {
+    let mut sampler = Sampler::load(SamplerConfig {
         frequency_hz: u64::from(config.frequency_hz.get()),
         stack_copy_bytes: config.stack_copy_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
@@ -63,6 +63,11 @@ pub async fn run(
         metrics.clone(),
     )
     .with_unwinder(Unwinder::new(config.unwind_table_budget_bytes));
+    let aggregator = if config.runtimes.python {
+        aggregator.with_python(crate::python::Python::new(Some(sampler.take_python_map()?)))
+    } else {
+        aggregator
+    };
     // Pod, namespace and container names, when there is a Kubernetes API to ask.
     let (stop_kube_tx, stop_kube_rx) = tokio::sync::oneshot::channel::<()>();
     let (aggregator, kube_task) = match config.kube_config() {
