@@ -865,6 +865,8 @@ ffffffff81300000 t ext4_file_read_iter
             }),
             user_stack: user,
             stack_copy: Default::default(),
+            py_status: kiln_sampler_bpf::PyStatus::None,
+            py_frames: Vec::new(),
         }
     }
 
