@@ -918,9 +918,6 @@ fn root_python_accuracy_under_kiln_up() {
     let workloads = Workloads(children);
     let pids: Vec<u32> = workloads.0.iter().map(Child::id).collect();
 
-    // py-spy, while kiln samples the same processes.
-    let py_spy: Vec<Option<Tally>> = pids.iter().map(|&p| py_spy_reference(p, 5)).collect();
-
     let base = &kiln.base;
     let flame_of = |pid: u32| {
         get_json(&format!(
@@ -964,6 +961,9 @@ fn root_python_accuracy_under_kiln_up() {
         .zip(&pids)
         .map(|((_, _, native), &pid)| tally_of(pid, *native))
         .collect();
+    // py-spy on the same processes, still running under kiln (after kiln's figures: each dump
+    // stops the process for a moment).
+    let py_spy: Vec<Option<Tally>> = pids.iter().map(|&p| py_spy_reference(p, 5)).collect();
     drop(workloads);
     drop(kiln);
 
