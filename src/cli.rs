@@ -227,6 +227,10 @@ pub struct AgentArgs {
     /// and never replace Kiln's own labels. At most 16.
     #[arg(long, env = "KILN_POD_LABELS", value_delimiter = ',')]
     pub pod_labels: Vec<String>,
+    /// Interpreted runtimes whose functions are named in samples, a comma-separated list:
+    /// `python` (CPython 3.8-3.13, read at sample time), or `none` for native frames only.
+    #[arg(long, env = "KILN_RUNTIMES", default_value = "python")]
+    pub runtimes: kiln_agent::config::Runtimes,
 }
 
 /// A URL the agent can push to, checked while parsing so that a bad one is a usage error (exit code

@@ -243,6 +243,7 @@ fn agent_config(
             .map(u32::try_from)
             .transpose()
             .context("--ring-buffer must be below 4 GiB")?,
+        runtimes: args.runtimes,
         ..Default::default()
     };
     if let Some(node) = &args.node_name {

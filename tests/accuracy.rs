@@ -26,6 +26,11 @@
 //! `main.main`). Kiln's figure comes from the flame graph API and must be >= 95 %; perf's (from
 //! `perf script`) is printed beside it as the reference. Run with `--nocapture` to see the table.
 //!
+//! `root_python_accuracy_under_kiln_up` does the same for CPython (`tests/workloads/acc_chain.py`,
+//! py_main -> py_alpha -> py_beta -> py_hot; and a variant where py_hot calls a C extension built
+//! from `acc_native.c`) under Debian's python3.11 and every pyenv CPython 3.8-3.13 installed, with
+//! `py-spy dump` on the same processes as the reference.
+//!
 //! Needs root (eBPF, perf, mount namespaces), gcc, g++, rustc, go, binutils and perf (Debian's
 //! linux-perf): ignored by a plain `cargo test`; `scripts/test.sh` runs it as root
 //! (`-- --ignored root_`) after `.ci/run` installs them.
@@ -705,6 +710,332 @@ fn root_unwinding_accuracy_matrix_against_perf() {
     assert!(
         failures.is_empty(),
         "cells below {MIN_PERCENT}% (or with fewer than {MIN_SAMPLES} hot samples):\n{}",
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python: the same chain in CPython, named from the interpreter's own frames (agent/src/python/).
+// ---------------------------------------------------------------------------------------------
+
+/// The Python chain, root first, as kiln names it (qualified names).
+const PY_CHAIN: [&str; 4] = ["py_main", "py_alpha", "py_beta", "py_hot"];
+/// The Python workloads run at most this long (the test stops them as soon as it has its figures).
+const PY_WORKLOAD_CAP_SECONDS: u64 = 540;
+/// The C extension's function py_hot calls in the native cells.
+const PY_NATIVE_LEAF: &str = "kiln_native_spin";
+
+/// One CPython interpreter installed here, with what building a C extension for it needs.
+struct Interpreter {
+    /// `debian` or `pyenv`.
+    origin: &'static str,
+    path: PathBuf,
+    /// `3.11.2`.
+    version: String,
+    include: PathBuf,
+    ext_suffix: String,
+}
+
+/// Debian's python3.11 and every pyenv CPython 3.8–3.13 found. Debian's and a pyenv 3.11 must be
+/// there (the image has both; .ci/run installs Debian's with its headers).
+fn python_interpreters() -> Vec<Interpreter> {
+    let mut paths: Vec<(&'static str, PathBuf)> =
+        vec![("debian", PathBuf::from("/usr/bin/python3.11"))];
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(r) = std::env::var_os("PYENV_ROOT") {
+        roots.push(PathBuf::from(r).join("versions"));
+    }
+    roots.push(PathBuf::from("/root/.pyenv/versions"));
+    roots.push(PathBuf::from("/opt/pyenv/versions"));
+    for root in roots {
+        let Ok(rd) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        for d in dirs {
+            for minor in 8..=13 {
+                let p = d.join(format!("bin/python3.{minor}"));
+                if p.exists() && !paths.iter().any(|(_, q)| q == &p) {
+                    paths.push(("pyenv", p));
+                }
+            }
+        }
+    }
+    let interpreters: Vec<Interpreter> = paths
+        .into_iter()
+        .filter(|(_, p)| p.exists())
+        .map(|(origin, path)| {
+            let out = run_ok(
+                "python",
+                Command::new(&path).args([
+                    "-c",
+                    "import sys, sysconfig; print('%d.%d.%d' % sys.version_info[:3]); \
+                     print(sysconfig.get_paths()['include']); print(sysconfig.get_config_var('EXT_SUFFIX'))",
+                ]),
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut lines = text.lines();
+            Interpreter {
+                origin,
+                version: lines.next().unwrap_or("").to_owned(),
+                include: PathBuf::from(lines.next().unwrap_or("")),
+                ext_suffix: lines.next().unwrap_or(".so").to_owned(),
+                path,
+            }
+        })
+        .collect();
+    for origin in ["debian", "pyenv"] {
+        assert!(
+            interpreters
+                .iter()
+                .any(|i| i.origin == origin && i.version.starts_with("3.11.")),
+            "no {origin} CPython 3.11 found (Debian: apt-get install python3.11-dev; the image has pyenv's)"
+        );
+    }
+    interpreters
+}
+
+/// Builds the C extension for `py` into `dir` (importable with `PYTHONPATH=dir`).
+fn build_native_extension(py: &Interpreter, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    run_ok(
+        "C extension",
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O2", "-g"])
+            .arg(format!("-I{}", py.include.display()))
+            .arg(workload("acc_native.c"))
+            .arg("-o")
+            .arg(dir.join(format!("kiln_native{}", py.ext_suffix))),
+    );
+}
+
+/// A native cell's tally: every `kiln_native_spin` node counts; it is chained when the Python
+/// frames above it are, in order and adjacent, py_main, py_alpha, py_beta, py_hot, with no Python
+/// frame between py_hot and it (only the interpreter's call into the extension).
+fn native_tally(flame: &Value) -> (Tally, Vec<(String, u64)>) {
+    fn walk<'a>(
+        node: &'a Value,
+        path: &mut Vec<&'a str>,
+        tally: &mut Tally,
+        wrong: &mut Vec<(String, u64)>,
+    ) {
+        for child in node["children"].as_array().into_iter().flatten() {
+            let name = child["name"].as_str().unwrap_or("");
+            let total = child["total"].as_u64().unwrap_or(0);
+            if name == PY_NATIVE_LEAF {
+                tally.hot += total;
+                let at = path.iter().rposition(|n| *n == PY_CHAIN[3]);
+                let ok = at.is_some_and(|i| {
+                    path[..=i].ends_with(&PY_CHAIN)
+                        && !path[i + 1..].iter().any(|n| n.starts_with("py_"))
+                });
+                if ok {
+                    tally.chained += total;
+                } else {
+                    wrong.push((format!("{};{name}", path.join(";")), total));
+                }
+                continue;
+            }
+            path.push(name);
+            walk(child, path, tally, wrong);
+            path.pop();
+        }
+    }
+    let mut tally = Tally::default();
+    let mut wrong = Vec::new();
+    walk(&flame["root"], &mut Vec::new(), &mut tally, &mut wrong);
+    wrong.sort_by_key(|w| std::cmp::Reverse(w.1));
+    (tally, wrong)
+}
+
+/// py-spy's view of a process, as a same-run reference: `dumps` `py-spy dump`s, of which `hot`
+/// showed py_hot and `chained` showed it under py_beta, py_alpha, py_main. `None` without py-spy
+/// (.ci/run installs it in a venv; `PY_SPY` names the binary).
+fn py_spy_reference(pid: u32, dumps: u32) -> Option<Tally> {
+    let py_spy = std::env::var_os("PY_SPY").map_or_else(|| PathBuf::from("py-spy"), PathBuf::from);
+    let mut tally = Tally::default();
+    for _ in 0..dumps {
+        let out = Command::new(&py_spy)
+            .args(["dump", "--pid", &pid.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Leaf first: "    py_hot (/path/acc_chain.py:14)".
+        let frames: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().split_once(" (").map(|(f, _)| f))
+            .collect();
+        if let Some(at) = frames.iter().position(|f| *f == PY_CHAIN[3]) {
+            tally.hot += 1;
+            if frames[at + 1..].starts_with(&[PY_CHAIN[2], PY_CHAIN[1], PY_CHAIN[0]]) {
+                tally.chained += 1;
+            }
+        }
+    }
+    Some(tally)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn root_python_accuracy_under_kiln_up() {
+    require_root();
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let interpreters = python_interpreters();
+    let kiln = KilnUp::start_with(&dir.path().join("data"), FREQUENCY_HZ, &[]);
+    let agent_health = format!("http://127.0.0.1:{}/healthz", kiln.metrics_port);
+    wait_until(within(60), "the agent answers /healthz", || {
+        is_healthy(&agent_health)
+    });
+
+    // Two cells per interpreter: pure Python, and py_hot calling the C extension. They run until
+    // the test stops them (at most PY_WORKLOAD_CAP_SECONDS).
+    let cap = PY_WORKLOAD_CAP_SECONDS.to_string();
+    let mut cells: Vec<(String, &Interpreter, bool)> = Vec::new();
+    let mut children = Vec::new();
+    for (i, py) in interpreters.iter().enumerate() {
+        let ext_dir = dir.path().join(format!("ext{i}"));
+        build_native_extension(py, &ext_dir);
+        for native in [false, true] {
+            let mut cmd = Command::new(&py.path);
+            cmd.arg(workload("acc_chain.py")).arg(&cap);
+            if native {
+                cmd.arg("native").env("PYTHONPATH", &ext_dir);
+            }
+            match cmd.stdout(Stdio::null()).spawn() {
+                Ok(c) => children.push(c),
+                Err(e) => {
+                    kill_all(&mut children);
+                    panic!("cannot start {}: {e}", py.path.display());
+                }
+            }
+            let name = format!(
+                "{} {}{}",
+                py.origin,
+                py.version,
+                if native { " + C ext" } else { "" }
+            );
+            cells.push((name, py, native));
+        }
+    }
+    let workloads = Workloads(children);
+    let pids: Vec<u32> = workloads.0.iter().map(Child::id).collect();
+
+    let base = &kiln.base;
+    // Samples taken before the agent first saw a process (and registered it with the sampler)
+    // carry native frames only: that start-up gap is not what this test measures, so once every
+    // cell has Python-named samples, only windows after that moment count.
+    let since = std::cell::Cell::new(None::<u64>);
+    let flame_of = |pid: u32| {
+        let from = since.get().map_or("now-10m".to_owned(), |s| s.to_string());
+        get_json(&format!(
+            "{base}/api/v1/flamegraph?query={}&from={from}&until=now",
+            enc(&format!(r#"{{pid="{pid}"}}"#))
+        ))
+    };
+    let tally_of = |pid: u32, native: bool| {
+        let flame = flame_of(pid);
+        let (tally, mut wrong) = if native {
+            native_tally(&flame)
+        } else {
+            kiln_tally(&flame, PY_CHAIN)
+        };
+        if tally.hot == 0 {
+            wrong = heaviest_stacks(&flame, 8);
+        }
+        (tally, wrong)
+    };
+    let period_ns = 1e9 / f64::from(FREQUENCY_HZ);
+    let enough = |t: &Tally| (t.hot as f64 / period_ns) as u64 >= MIN_SAMPLES;
+    // Until every cell has enough samples of its hot function (the agent needs the Python files
+    // only for native frames: the Python names come with the profile).
+    // Generous: on a loaded 2-CPU machine (load 20-30) the agent's first windows took ~250 s.
+    let _ = poll_until(
+        within(PY_WORKLOAD_CAP_SECONDS - 60),
+        Duration::from_secs(2),
+        || {
+            let now: Vec<Tally> = cells
+                .iter()
+                .zip(&pids)
+                .map(|((_, _, native), &pid)| tally_of(pid, *native).0)
+                .collect();
+            eprintln!(
+                "[{:?}] kiln: hot samples per Python cell: {:?}",
+                started.elapsed(),
+                now.iter()
+                    .map(|t| (t.hot as f64 / period_ns) as u64)
+                    .collect::<Vec<_>>()
+            );
+            if since.get().is_none() && now.iter().all(|t| t.hot > 0) {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                // Windows are 2 s long and these samples already arrived, so the processes were
+                // registered at least a window before now.
+                since.set(Some(unix));
+                return None;
+            }
+            (since.get().is_some() && now.iter().all(enough)).then_some(())
+        },
+    );
+    let results: Vec<(Tally, Vec<(String, u64)>)> = cells
+        .iter()
+        .zip(&pids)
+        .map(|((_, _, native), &pid)| tally_of(pid, *native))
+        .collect();
+    // py-spy on the same processes, still running under kiln (after kiln's figures: each dump
+    // stops the process for a moment).
+    let py_spy: Vec<Option<Tally>> = pids.iter().map(|&p| py_spy_reference(p, 5)).collect();
+    drop(workloads);
+    drop(kiln);
+
+    let pct = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.1}"));
+    let mut table = format!(
+        "\n{:<28} {:<48} {:>9} {:>8} {:>13} {:>9}\n",
+        "cell", "interpreter", "kiln hot", "kiln %", "py-spy dumps", "py-spy %"
+    );
+    for (((name, py, _), (tally, _)), spy) in cells.iter().zip(&results).zip(&py_spy) {
+        table.push_str(&format!(
+            "{:<28} {:<48} {:>9.0} {:>8} {:>13} {:>9}\n",
+            name,
+            py.path.display(),
+            tally.hot as f64 / period_ns,
+            pct(tally.percent()),
+            spy.map_or("-".to_owned(), |s| format!("{}/5", s.hot)),
+            pct(spy.and_then(Tally::percent)),
+        ));
+    }
+    table.push_str(&format!(
+        "(hot = samples in {} (pure) or {PY_NATIVE_LEAF} (C ext); % = of those, the ones under {} -> {} -> {} -> {}; py-spy: `py-spy dump` snapshots, Python frames only)\n",
+        PY_CHAIN[3], PY_CHAIN[0], PY_CHAIN[1], PY_CHAIN[2], PY_CHAIN[3]
+    ));
+    println!("{table}");
+    eprintln!("{table}");
+    eprintln!("total wall time {:?}", started.elapsed());
+
+    let mut failures = Vec::new();
+    for ((name, _, _), (tally, wrong)) in cells.iter().zip(&results) {
+        let samples = (tally.hot as f64 / period_ns).round() as u64;
+        if samples < MIN_SAMPLES || tally.percent().is_none_or(|p| p < MIN_PERCENT) {
+            let mut msg = format!(
+                "{name}: {samples} hot samples, {}% under the whole chain; off the chain:",
+                pct(tally.percent())
+            );
+            for (stack, ns) in wrong.iter().take(6) {
+                msg.push_str(&format!("\n  {:>5.0}  {stack}", *ns as f64 / period_ns));
+            }
+            failures.push(msg);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "Python cells below {MIN_PERCENT}% (or with fewer than {MIN_SAMPLES} hot samples):\n{}",
         failures.join("\n")
     );
 }

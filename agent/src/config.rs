@@ -181,6 +181,42 @@ pub struct AgentConfig {
     /// Pod labels copied onto every sample of the pod (`--pod-labels`), at most
     /// [`crate::kube::index::MAX_POD_LABELS`].
     pub pod_labels: Vec<String>,
+    /// Interpreted runtimes whose frames are read and named (see [`crate::python`]).
+    pub runtimes: Runtimes,
+}
+
+/// Which interpreted runtimes the agent reads (`--runtimes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Runtimes {
+    /// CPython 3.8–3.13: Python frames in every sample of a CPython process.
+    pub python: bool,
+}
+
+impl Default for Runtimes {
+    fn default() -> Self {
+        Runtimes { python: true }
+    }
+}
+
+impl std::str::FromStr for Runtimes {
+    type Err = String;
+
+    /// A comma-separated list of `python`, or `none`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut r = Runtimes { python: false };
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "python" => r.python = true,
+                "none" => {}
+                other => {
+                    return Err(format!(
+                        "unknown runtime {other:?}: expected a comma-separated list of `python`, or `none`"
+                    ));
+                }
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// Where the agent learns pod, namespace and container names.
@@ -248,6 +284,7 @@ impl Default for AgentConfig {
             max_stacks_per_process: 16_384,
             kubernetes: KubeSource::Auto,
             pod_labels: Vec::new(),
+            runtimes: Runtimes::default(),
         }
     }
 }

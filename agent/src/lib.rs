@@ -16,6 +16,7 @@ pub mod perfmap;
 pub mod process_files;
 pub mod procmaps;
 pub mod profile;
+pub mod python;
 mod run;
 pub mod sampling;
 pub mod ship;

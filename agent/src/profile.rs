@@ -35,6 +35,7 @@ use crate::kallsyms::Kallsyms;
 use crate::metrics::{AgentMetrics, SampleDropReason, UnwindSource, UnwindTruncation};
 use crate::perfmap::{PerfMapConfig, PerfMaps};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
+use crate::python::{PyStack, Python, StackItem};
 use crate::unwind::{self, StackEnd, Unwinder};
 
 /// Why a frame of a binary the agent was refused reading has no name (in the frame's name, in the
@@ -55,6 +56,8 @@ pub const HIDDEN_KERNEL: &str =
 pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 /// The pprof mapping of Kiln's pseudo-frames (truncation markers), symbolized by the agent.
 pub const PSEUDO_MAPPING: &str = "[kiln]";
+/// The pprof mapping of Python frames (named by the agent: function, file, line).
+pub const PYTHON_MAPPING: &str = "[python]";
 /// Series name of CPU profiles (Pyroscope's convention).
 pub const PROFILE_NAME: &str = "process_cpu";
 /// Longest label value kept; longer ones are cut (at a character boundary).
@@ -158,6 +161,8 @@ pub struct UnwoundSample {
     /// User frames, likewise.
     user: Vec<u64>,
     end: StackEnd,
+    /// The Python frames read at sample time, named (see python/).
+    python: Option<PyStack>,
 }
 
 /// Groups samples per process over a window; [`Aggregator::flush`] ends the window.
@@ -189,6 +194,8 @@ pub struct Aggregator {
     perf_maps: PerfMaps,
     /// Refusals of process files already published, by reason (see process_files.rs).
     refusals_seen: [u64; 4],
+    /// CPython processes and their code objects; `None` when Python frames are switched off.
+    python: Option<Python>,
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -321,7 +328,15 @@ impl Aggregator {
             frames: Vec::with_capacity(unwind::MAX_FRAMES),
             perf_maps: PerfMaps::new(PerfMapConfig::default(), metrics.clone()),
             refusals_seen: [0; 4],
+            python: None,
         }
+    }
+
+    /// Names Python frames of CPython processes (see python/): `python` holds the sampler's map
+    /// of them.
+    pub fn with_python(mut self, python: Python) -> Self {
+        self.python = Some(python);
+        self
     }
 
     /// Replaces the user-stack unwinder (e.g. with another table budget).
@@ -413,6 +428,14 @@ impl Aggregator {
             // No copy (or no process to find tables in): the kernel's walk is all there is.
             _ => (fp_user, StackEnd::Complete),
         };
+        // Python frames are named now, while their code objects surely still exist.
+        let python = match (&mut self.python, &process) {
+            (Some(py), Some(p)) if s.user_regs.is_some() => {
+                py.observe(p);
+                py.resolve(p, s.py_status, &s.py_frames)
+            }
+            _ => None,
+        };
         Some(UnwoundSample {
             tgid: s.tgid,
             comm: s.comm.clone(),
@@ -421,6 +444,7 @@ impl Aggregator {
             process,
             user,
             end,
+            python,
         })
     }
 
@@ -431,6 +455,7 @@ impl Aggregator {
             process,
             user,
             end,
+            python,
             ..
         } = &s;
         let (kernel, user, end) = (kernel.as_slice(), user.as_slice(), *end);
@@ -478,6 +503,11 @@ impl Aggregator {
         kernel.hash(&mut h);
         user.hash(&mut h);
         end.hash(&mut h);
+        if let Some(PyStack::Frames { frames, .. }) = python {
+            for f in frames {
+                (f.code, f.line, f.entry).hash(&mut h);
+            }
+        }
         let stack_hash = h.finish();
         if !w.stacks.contains(&stack_hash) {
             if w.stacks.len() >= self.config.max_stacks_per_process {
@@ -513,7 +543,30 @@ impl Aggregator {
             };
             locations.push(loc);
         }
-        for &addr in user {
+        let spliced: Vec<StackItem<'_>> = match python {
+            Some(py) => py.splice(user, |a| {
+                process.as_deref().and_then(|p| p.find(a)).map(|m| m.file)
+            }),
+            None => user.iter().map(|&a| StackItem::Native(a)).collect(),
+        };
+        for item in spliced {
+            let addr = match item {
+                StackItem::Native(addr) => addr,
+                StackItem::Python(f) => {
+                    let pymap = w.builder.mapping(0, 0, 0, PYTHON_MAPPING, "");
+                    w.builder.mark_symbolized(pymap);
+                    let func = w.builder.function(&f.name, &f.file);
+                    locations.push(
+                        w.builder
+                            .symbolized_location(pymap, f.code, &[(func, f.line)]),
+                    );
+                    continue;
+                }
+                StackItem::Marker(name) => {
+                    locations.push(pseudo_location(&mut w.builder, name));
+                    continue;
+                }
+            };
             // JIT code named from the runtime's /tmp/perf-PID.map (see perfmap.rs).
             if let Some(loc) = crate::perfmap::jit_location(
                 &mut w.builder,
@@ -561,11 +614,7 @@ impl Aggregator {
             locations.push(w.builder.raw_location(mapping_id, addr));
         }
         if let StackEnd::Truncated(why) = end {
-            let pmap = w.builder.mapping(0, 0, 0, PSEUDO_MAPPING, "");
-            w.builder.mark_symbolized(pmap);
-            let f = w.builder.function(why.frame_name(), "");
-            // Address 0 in the pseudo-mapping: the name is the whole identity of this frame.
-            locations.push(w.builder.symbolized_location(pmap, 0, &[(f, 0)]));
+            locations.push(pseudo_location(&mut w.builder, why.frame_name()));
         }
         w.builder
             .add_sample(&locations, &[1, self.period_nanos], &[]);
@@ -623,6 +672,11 @@ impl Aggregator {
         let processes = &self.processes;
         self.perf_maps
             .retain(|pid, start| processes.cached(pid).is_some_and(|p| p.start_time == start));
+        if let Some(py) = &mut self.python {
+            py.end_window(|pid, start| {
+                processes.cached(pid).is_some_and(|p| p.start_time == start)
+            });
+        }
         self.publish_refusals();
         self.unwinder.end_window();
         self.unwind_metrics.publish_tables(
@@ -662,6 +716,15 @@ impl Aggregator {
     pub fn processes_in_window(&self) -> usize {
         self.windows.len()
     }
+}
+
+/// A named pseudo-frame (a truncation or Python marker) in [`PSEUDO_MAPPING`].
+fn pseudo_location(builder: &mut ProfileBuilder, name: &str) -> u64 {
+    let pmap = builder.mapping(0, 0, 0, PSEUDO_MAPPING, "");
+    builder.mark_symbolized(pmap);
+    let f = builder.function(name, "");
+    // Address 0 in the pseudo-mapping: the name is the whole identity of this frame.
+    builder.symbolized_location(pmap, 0, &[(f, 0)])
 }
 
 /// Leaf first: the leaf stays, every other frame is a return address and moves back one byte.
@@ -885,6 +948,8 @@ ffffffff81300000 t ext4_file_read_iter
             }),
             user_stack: user,
             stack_copy: Default::default(),
+            py_status: kiln_sampler_bpf::PyStatus::None,
+            py_frames: Vec::new(),
         }
     }
 
@@ -1170,6 +1235,7 @@ ffffffff81300000 t ext4_file_read_iter
             kernel: vec![],
             user: vec![],
             end: StackEnd::Complete,
+            python: None,
         }
     }
 

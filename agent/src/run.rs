@@ -46,7 +46,7 @@ pub async fn run(
 
     // Which capabilities this process holds, and what will not work without each missing one.
     crate::capabilities::CapSet::effective().log_report();
-    let sampler = Sampler::load(SamplerConfig {
+    let mut sampler = Sampler::load(SamplerConfig {
         frequency_hz: u64::from(config.frequency_hz.get()),
         stack_copy_bytes: config.stack_copy_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
@@ -65,6 +65,11 @@ pub async fn run(
         metrics.clone(),
     )
     .with_unwinder(Unwinder::new(config.unwind_table_budget_bytes).with_background_loads());
+    let aggregator = if config.runtimes.python {
+        aggregator.with_python(crate::python::Python::new(Some(sampler.take_python_map()?)))
+    } else {
+        aggregator
+    };
     // Pod, namespace and container names, when there is a Kubernetes API to ask.
     let (stop_kube_tx, stop_kube_rx) = tokio::sync::oneshot::channel::<()>();
     let (aggregator, kube_task) = match config.kube_config() {

@@ -289,6 +289,20 @@ impl Sampler {
         })
     }
 
+    /// The sampler's map of CPython processes to walk (see python/), once: the caller owns it.
+    pub fn take_python_map(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<MapData, u32, kiln_sampler_bpf::PyProc>, SamplerError> {
+        let map = self
+            ._ebpf
+            .take_map(names::PY_PROCS)
+            .ok_or(SamplerError::Missing(names::PY_PROCS))?;
+        aya::maps::HashMap::try_from(map).map_err(|source| SamplerError::Map {
+            name: names::PY_PROCS,
+            source,
+        })
+    }
+
     /// Number of CPUs sampled.
     pub fn cpus(&self) -> usize {
         self.cpus

@@ -14,9 +14,61 @@
 #define KILN_MAX_STACK_COPY 32768
 #define KILN_COMM_LEN 16
 
+/* Most interpreted (Python) frames recorded per sample; deeper stacks are marked truncated. */
+#define KILN_MAX_PY_FRAMES 64
+
 /* flags */
 #define KILN_SAMPLE_USER_REGS 1u   /* user_ip/sp/bp are valid (not a kernel thread) */
 #define KILN_SAMPLE_IN_KERNEL 2u   /* the CPU was in kernel mode when sampled */
+
+/* py_status: what the Python walk found (0: the process is not a registered CPython) */
+#define KILN_PY_NONE 0u
+#define KILN_PY_OK 1u            /* the whole frame chain was read */
+#define KILN_PY_TRUNCATED 2u     /* more than KILN_MAX_PY_FRAMES frames: the outermost are missing */
+#define KILN_PY_NO_THREAD 3u     /* no thread state of this thread (a thread not running Python) */
+#define KILN_PY_READ_FAILED 4u   /* a pointer of the chain could not be read (paged out, or torn) */
+
+/* One interpreted frame as read at sample time. `code` is the code object's address; bit 0 set
+ * marks the outermost frame run by one native call of the eval loop (the boundary where the
+ * agent splices frames into the native stack; code objects are 8-byte aligned); 0 is a 3.12+
+ * eval-loop shim frame, which marks the frame recorded before it as that boundary. `instr` is the
+ * version's instruction position (see agent/src/python/), `firstlineno` the code object's
+ * co_firstlineno, which the agent checks when it reads the object (a reused address). */
+struct kiln_py_frame {
+	__u64 code;
+	__u32 instr;
+	__s32 firstlineno;
+};
+
+/* Per-process layout of one CPython version, written by the agent into `kiln_py_procs` (offsets
+ * in bytes; KILN_PY_NO_OFFSET where the version has no such field). */
+#define KILN_PY_NO_OFFSET 0xffffffffu
+/* entry_kind: how the eval loop marks the frames one native call runs */
+#define KILN_PY_ENTRY_EVERY 0u   /* <= 3.10: one native eval call per frame */
+#define KILN_PY_ENTRY_FLAG 1u    /* 3.11: a bool `is_entry` at frame_owner */
+#define KILN_PY_ENTRY_CSTACK 2u  /* 3.12+: a shim frame whose `owner` byte is FRAME_OWNED_BY_CSTACK (3) */
+/* instr_kind */
+#define KILN_PY_INSTR_LASTI 0u   /* <= 3.10: an int f_lasti at frame_instr */
+#define KILN_PY_INSTR_PTR 1u     /* 3.11+: a pointer into the code object at frame_instr */
+struct kiln_py_proc {
+	__u64 runtime;              /* address of _PyRuntime */
+	__u32 runtime_interpreters_head;
+	__u32 interp_next;
+	__u32 interp_threads_head;
+	__u32 tstate_next;
+	__u32 tstate_thread_id;
+	__u32 tstate_frame;
+	__u32 cframe_current_frame; /* KILN_PY_NO_OFFSET: tstate_frame points at the frame itself */
+	__u32 frame_code;
+	__u32 frame_previous;
+	__u32 frame_instr;
+	__u32 frame_owner;
+	__u32 code_firstlineno;
+	__u32 entry_kind;
+	__u32 instr_kind;
+};
+#define KILN_PY_PROC_SIZE 64
+_Static_assert(sizeof(struct kiln_py_proc) == KILN_PY_PROC_SIZE, "py proc size is part of the contract");
 
 struct kiln_sample_header {
 	__u64 time_ns;       /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -35,9 +87,12 @@ struct kiln_sample_header {
 	__u32 reserved;
 	__u64 kernel_stack[KILN_MAX_STACK_DEPTH];
 	__u64 user_stack[KILN_MAX_STACK_DEPTH];
+	__u32 py_status;          /* KILN_PY_* */
+	__u32 py_frames;          /* entries of py[] filled, leaf first */
+	struct kiln_py_frame py[KILN_MAX_PY_FRAMES];
 };
 
-#define KILN_SAMPLE_HEADER_SIZE 2120
+#define KILN_SAMPLE_HEADER_SIZE 3152
 _Static_assert(sizeof(struct kiln_sample_header) == KILN_SAMPLE_HEADER_SIZE, "header size is part of the contract");
 
 /* Every field's offset and size is part of the contract too (one line per field, in order; the
@@ -62,5 +117,8 @@ KILN_SAMPLE_FIELD(stack_copy_len, 80, 4);
 KILN_SAMPLE_FIELD(reserved, 84, 4);
 KILN_SAMPLE_FIELD(kernel_stack, 88, 1016);
 KILN_SAMPLE_FIELD(user_stack, 1104, 1016);
+KILN_SAMPLE_FIELD(py_status, 2120, 4);
+KILN_SAMPLE_FIELD(py_frames, 2124, 4);
+KILN_SAMPLE_FIELD(py, 2128, 1024);
 
 #endif

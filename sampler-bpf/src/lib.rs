@@ -10,6 +10,8 @@ pub static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sampler.bpf
 pub const MAX_STACK_DEPTH: usize = 127;
 pub const MAX_STACK_COPY: usize = 32768;
 pub const COMM_LEN: usize = 16;
+/// `KILN_MAX_PY_FRAMES`: most interpreted frames recorded per sample.
+pub const MAX_PY_FRAMES: usize = 64;
 
 /// `user_ip/sp/bp` are valid.
 pub const FLAG_USER_REGS: u32 = 1;
@@ -36,7 +38,98 @@ pub struct SampleHeader {
     pub reserved: u32,
     pub kernel_stack: [u64; MAX_STACK_DEPTH],
     pub user_stack: [u64; MAX_STACK_DEPTH],
+    pub py_status: u32,
+    pub py_frames: u32,
+    pub py: [PyFrameRaw; MAX_PY_FRAMES],
 }
+
+/// Mirror of `struct kiln_py_frame`: one interpreted frame as read at sample time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrameRaw {
+    /// Code object address; bit 0 marks the outermost frame of one native eval call.
+    pub code: u64,
+    /// The version's instruction position (see the agent's python module).
+    pub instr: u32,
+    /// `co_firstlineno` as read at sample time.
+    pub firstlineno: i32,
+}
+
+/// One interpreted frame of a sample, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PyFrame {
+    pub code: u64,
+    pub instr: u32,
+    pub firstlineno: i32,
+    /// The outermost frame run by one native call of the eval loop: the Python frames of that
+    /// native frame end here.
+    pub entry: bool,
+}
+
+/// What the sampler's Python walk found (`py_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PyStatus {
+    /// The process is not a registered CPython (or the sample has no user context).
+    None,
+    /// The whole frame chain was read.
+    Complete,
+    /// More than [`MAX_PY_FRAMES`] frames: the outermost are missing.
+    Truncated,
+    /// The thread has no Python thread state (it is not running Python).
+    NoThread,
+    /// A pointer of the chain could not be read.
+    ReadFailed,
+}
+
+impl PyStatus {
+    fn from_raw(v: u32) -> PyStatus {
+        match v {
+            1 => PyStatus::Complete,
+            2 => PyStatus::Truncated,
+            3 => PyStatus::NoThread,
+            4 => PyStatus::ReadFailed,
+            _ => PyStatus::None,
+        }
+    }
+}
+
+/// Mirror of `struct kiln_py_proc`: the per-process layout the agent writes into
+/// [`names::PY_PROCS`] (offsets in bytes, [`PY_NO_OFFSET`] where the version has no such field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProc {
+    pub runtime: u64,
+    pub runtime_interpreters_head: u32,
+    pub interp_next: u32,
+    pub interp_threads_head: u32,
+    pub tstate_next: u32,
+    pub tstate_thread_id: u32,
+    pub tstate_frame: u32,
+    pub cframe_current_frame: u32,
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_instr: u32,
+    pub frame_owner: u32,
+    pub code_firstlineno: u32,
+    pub entry_kind: u32,
+    pub instr_kind: u32,
+}
+
+// SAFETY: plain integers, no padding (64 bytes, asserted), every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PyProc {}
+
+/// `KILN_PY_PROC_SIZE`.
+const _: () = assert!(core::mem::size_of::<PyProc>() == 64);
+const _: () = assert!(core::mem::size_of::<PyFrameRaw>() == 16);
+pub const PY_NO_OFFSET: u32 = u32::MAX;
+/// `entry_kind` values.
+pub const PY_ENTRY_EVERY: u32 = 0;
+pub const PY_ENTRY_FLAG: u32 = 1;
+pub const PY_ENTRY_CSTACK: u32 = 2;
+/// `instr_kind` values.
+pub const PY_INSTR_LASTI: u32 = 0;
+pub const PY_INSTR_PTR: u32 = 1;
 
 // The layout contract, generated from the header's `KILN_SAMPLE_FIELD` list by build.rs: the size
 // (`SAMPLE_HEADER_SIZE`) and every field's offset and size, asserted at compile time here as the C
@@ -76,6 +169,9 @@ pub struct RawSample<'a> {
     pub user_regs: Option<UserRegs>,
     /// Bytes of user stack starting at `user_regs.sp`.
     pub stack_copy: std::borrow::Cow<'a, [u8]>,
+    pub py_status: PyStatus,
+    /// Interpreted frames, leaf first (empty unless the process is a registered CPython).
+    pub py_frames: Vec<PyFrame>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -125,6 +221,8 @@ impl<'a> RawSample<'a> {
                 bp: h.user_bp,
             }),
             stack_copy: std::borrow::Cow::Borrowed(&copy[..claimed]),
+            py_status: PyStatus::from_raw(h.py_status),
+            py_frames: py_frames(&h.py[..(h.py_frames as usize).min(MAX_PY_FRAMES)]),
         })
     }
 
@@ -135,9 +233,31 @@ impl<'a> RawSample<'a> {
             comm: self.comm,
             kernel_stack: self.kernel_stack,
             user_stack: self.user_stack,
+            py_frames: self.py_frames,
             ..self
         }
     }
+}
+
+/// Decodes the recorded interpreted frames: a shim frame (code 0, 3.12+) marks the frame before
+/// it as the first of its eval call and is dropped.
+fn py_frames(raw: &[PyFrameRaw]) -> Vec<PyFrame> {
+    let mut out: Vec<PyFrame> = Vec::with_capacity(raw.len());
+    for f in raw {
+        if f.code == 0 {
+            if let Some(prev) = out.last_mut() {
+                prev.entry = true;
+            }
+            continue;
+        }
+        out.push(PyFrame {
+            code: f.code & !1,
+            instr: f.instr,
+            firstlineno: f.firstlineno,
+            entry: f.code & 1 != 0,
+        });
+    }
+    out
 }
 
 /// Global variables the agent sets before loading (names as in `sampler.bpf.c`).
@@ -154,6 +274,10 @@ pub mod names {
     pub const DROPS: &str = "kiln_drops";
     /// Array with one scratch slot per possible CPU (its max_entries is set at load time).
     pub const SCRATCH: &str = "kiln_scratch_map";
+    /// Hash of tgid -> [`super::PyProc`]: the CPython processes to walk.
+    pub const PY_PROCS: &str = "kiln_py_procs";
+    /// Most entries of [`PY_PROCS`].
+    pub const PY_PROCS_MAX: usize = 4096;
 }
 
 #[cfg(test)]
@@ -172,6 +296,20 @@ mod tests {
         h.user_stack_bytes = 16;
         h.kernel_stack_bytes = -14;
         h.stack_copy_len = claimed;
+        h.py_status = 1;
+        h.py_frames = 3;
+        h.py[0] = PyFrameRaw {
+            code: 0x7000,
+            instr: 10,
+            firstlineno: 3,
+        };
+        // A 3.12 shim: the frame before it is the first its eval call ran.
+        h.py[1] = PyFrameRaw::default();
+        h.py[2] = PyFrameRaw {
+            code: 0x8000 | 1,
+            instr: 4,
+            firstlineno: 1,
+        };
         let mut v = vec![0u8; SAMPLE_HEADER_SIZE];
         unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast::<SampleHeader>(), h) };
         v.extend_from_slice(copy);
@@ -190,6 +328,24 @@ mod tests {
         );
         assert_eq!(s.user_regs.unwrap().ip, 0x1000);
         assert_eq!(&*s.stack_copy, &[1u8, 2, 3][..]);
+        assert_eq!(s.py_status, PyStatus::Complete);
+        assert_eq!(
+            s.py_frames,
+            vec![
+                PyFrame {
+                    code: 0x7000,
+                    instr: 10,
+                    firstlineno: 3,
+                    entry: true
+                },
+                PyFrame {
+                    code: 0x8000,
+                    instr: 4,
+                    firstlineno: 1,
+                    entry: true
+                }
+            ]
+        );
     }
 
     #[test]

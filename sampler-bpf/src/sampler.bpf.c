@@ -20,9 +20,13 @@
 
 /* Only the kernel fields read here are declared; CO-RE relocates them against this kernel's BTF. */
 struct mm_struct;
+struct thread_struct {
+	unsigned long fsbase;
+} __attribute__((preserve_access_index));
 struct task_struct {
 	unsigned int flags;
 	struct mm_struct *mm;
+	struct thread_struct thread;
 } __attribute__((preserve_access_index));
 
 struct pt_regs {
@@ -68,6 +72,129 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } kiln_drops SEC(".maps");
+
+/* CPython processes the agent has recognised, by tgid: where their runtime state is and the
+ * layout of their version (agent/src/python/). Bounded: the agent stops registering when full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct kiln_py_proc);
+} kiln_py_procs SEC(".maps");
+
+/* Thread state of each Python thread seen, by tid: found once by walking the interpreter's thread
+ * list, then only re-checked (its thread_id must still be this thread's). LRU: bounded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} kiln_py_threads SEC(".maps");
+
+/* Bound of the thread search below (the verifier needs every loop bounded). */
+#define KILN_PY_MAX_THREADS 64
+#define KILN_PY_OWNED_BY_CSTACK 3
+
+static __always_inline int read_u64(__u64 *dst, __u64 addr)
+{
+	return bpf_probe_read_user(dst, sizeof(*dst), (const void *)addr);
+}
+
+/* The PyThreadState of the current thread: CPython stores pthread_self() in thread_id, and on
+ * x86-64 pthread_self() is the thread pointer, the task's fs base. Threads of the first
+ * interpreter on the runtime's list are searched (subinterpreters' threads are not), at most
+ * KILN_PY_MAX_THREADS of them; a hit is remembered in kiln_py_threads. */
+static __always_inline __u64 py_thread_state(const struct kiln_py_proc *cfg, __u32 tid, __u64 fsbase)
+{
+	__u64 tstate = 0, id = 0;
+	__u64 *cached = bpf_map_lookup_elem(&kiln_py_threads, &tid);
+	if (cached) {
+		tstate = *cached;
+		if (read_u64(&id, tstate + cfg->tstate_thread_id) == 0 && id == fsbase)
+			return tstate;
+	}
+	__u64 interp = 0;
+	if (read_u64(&interp, cfg->runtime + cfg->runtime_interpreters_head) != 0 || interp == 0)
+		return 0;
+	if (read_u64(&tstate, interp + cfg->interp_threads_head) != 0)
+		return 0;
+	for (int i = 0; i < KILN_PY_MAX_THREADS; i++) {
+		if (tstate == 0)
+			return 0;
+		if (read_u64(&id, tstate + cfg->tstate_thread_id) != 0)
+			return 0;
+		if (id == fsbase) {
+			bpf_map_update_elem(&kiln_py_threads, &tid, &tstate, BPF_ANY);
+			return tstate;
+		}
+		if (read_u64(&tstate, tstate + cfg->tstate_next) != 0)
+			return 0;
+	}
+	return 0;
+}
+
+/* Reads the current thread's Python frames into h->py (leaf first) and sets py_status. The loop
+ * has one counter and few branches so that the verifier's cost stays linear in
+ * KILN_MAX_PY_FRAMES: a 3.12+ shim frame (owned by the C stack) is recorded as code 0 and the
+ * agent folds it into the entry mark of the frame before it (sampler-bpf/src/lib.rs). */
+static __always_inline void py_walk(struct kiln_sample_header *h, const struct kiln_py_proc *cfg, __u64 fsbase)
+{
+	__u64 tstate = py_thread_state(cfg, h->tid, fsbase);
+	if (tstate == 0) {
+		h->py_status = KILN_PY_NO_THREAD;
+		return;
+	}
+	__u64 frame = 0;
+	int i = 0;
+	if (read_u64(&frame, tstate + cfg->tstate_frame) != 0)
+		goto failed;
+	if (cfg->cframe_current_frame != KILN_PY_NO_OFFSET && frame != 0 &&
+	    read_u64(&frame, frame + cfg->cframe_current_frame) != 0)
+		goto failed;
+	for (i = 0; i < KILN_MAX_PY_FRAMES; i++) {
+		if (frame == 0) {
+			h->py_frames = i;
+			h->py_status = KILN_PY_OK;
+			return;
+		}
+		__u8 owner = 0;
+		if (cfg->entry_kind != KILN_PY_ENTRY_EVERY &&
+		    bpf_probe_read_user(&owner, 1, (const void *)(frame + cfg->frame_owner)) != 0)
+			goto failed;
+		__u64 code = 0, ip = 0;
+		__s32 first = 0;
+		if (read_u64(&code, frame + cfg->frame_code) != 0)
+			goto failed;
+		if (cfg->instr_kind == KILN_PY_INSTR_PTR) {
+			if (read_u64(&ip, frame + cfg->frame_instr) != 0)
+				goto failed;
+			ip = ip - code;
+		} else {
+			__s32 lasti = 0;
+			if (bpf_probe_read_user(&lasti, sizeof(lasti), (const void *)(frame + cfg->frame_instr)) != 0)
+				goto failed;
+			ip = lasti < 0 ? 0 : (__u64)lasti;
+		}
+		/* A failed read leaves 0: the agent then finds the code object changed. */
+		bpf_probe_read_user(&first, sizeof(first), (const void *)(code + cfg->code_firstlineno));
+		__u64 entry = cfg->entry_kind == KILN_PY_ENTRY_EVERY || (cfg->entry_kind == KILN_PY_ENTRY_FLAG && owner != 0);
+		int shim = cfg->entry_kind == KILN_PY_ENTRY_CSTACK && owner == KILN_PY_OWNED_BY_CSTACK;
+		struct kiln_py_frame *f = &h->py[i];
+		f->code = shim ? 0 : ((code & ~1ULL) | entry);
+		f->instr = ip > 0xffffffffULL ? 0xffffffffu : (__u32)ip;
+		f->firstlineno = first;
+		if (read_u64(&frame, frame + cfg->frame_previous) != 0) {
+			i++;
+			goto failed;
+		}
+	}
+	h->py_frames = KILN_MAX_PY_FRAMES;
+	h->py_status = frame == 0 ? KILN_PY_OK : KILN_PY_TRUNCATED;
+	return;
+failed:
+	h->py_frames = i < 0 ? 0 : (i > KILN_MAX_PY_FRAMES ? KILN_MAX_PY_FRAMES : i);
+	h->py_status = KILN_PY_READ_FAILED;
+}
 
 /* Copies up to `want` bytes of user stack from `sp`. A copy that would run past the top of the
  * stack mapping faults as a whole; then the longest copy that ends on a page boundary below `want`
@@ -137,6 +264,8 @@ int kiln_sample(void *ctx)
 	h->flags = 0;
 	h->reserved = 0;
 	h->user_ip = h->user_sp = h->user_bp = 0;
+	h->py_status = KILN_PY_NONE;
+	h->py_frames = 0;
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 
 	const struct kiln_uapi_regs *regs = ctx;
@@ -163,6 +292,10 @@ int kiln_sample(void *ctx)
 		}
 		h->flags |= KILN_SAMPLE_USER_REGS;
 		copied = copy_user_stack(s->stack, h->user_sp, kiln_stack_copy_bytes);
+		/* Interpreted frames change with every bytecode: they are read now or never. */
+		const struct kiln_py_proc *py = bpf_map_lookup_elem(&kiln_py_procs, &tgid);
+		if (py)
+			py_walk(h, py, BPF_CORE_READ(task, thread.fsbase));
 	}
 	h->stack_copy_len = copied;
 
