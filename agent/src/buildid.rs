@@ -3,10 +3,14 @@
 //! read, not the whole file), and a cache per (device, inode) so a shared library is read once
 //! however many processes map it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use object::read::ReadCache;
 
@@ -169,51 +173,241 @@ pub fn read_build_id(file: &File, path: &Path) -> Result<Option<BuildId>, BuildI
 /// both use [`kiln_buildid::elf_build_id`].
 pub use kiln_buildid::elf_build_id;
 
-/// Build IDs by file identity, bounded. Files without a build ID are remembered too (as `None`) so
-/// they are not reopened; failures to open are not, since they are often transient (process exited).
-pub struct BuildIdCache {
-    entries: HashMap<FileId, Option<BuildId>>,
+/// What [`BuildIdCache::get`] knows of a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Read: the file's build ID, or `None` when it has none (or is not an object file).
+    Ready(Option<BuildId>),
+    /// Being read by the worker: ask again later ([`BuildIdCache::generation`] moves on each
+    /// answer).
+    Pending,
+    /// The agent may not open the file (permission denied: a missing capability), so that its
+    /// frames can say why they have no name.
+    Unreadable,
+    /// Could not be read for another reason (often transient: the process exited); logged.
+    Failed,
+}
+
+/// How long the worker's failure to read a file is remembered before it is tried again: long
+/// enough not to re-read on every re-load of a process, short enough that a short-lived failure
+/// (the process exited while its file was opened) does not stick.
+const FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+/// Most reads queued for the worker; beyond it a file is asked for again on a later re-load.
+const WORKER_QUEUE: usize = 256;
+
+/// A read the worker does: where to open the file, and under which identity to remember it.
+struct Request {
+    id: FileId,
+    pid: u32,
+    start: u64,
+    end: u64,
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Request {
+    fn mapped(&self) -> MappedFile<'_> {
+        MappedFile {
+            pid: self.pid,
+            start: self.start,
+            end: self.end,
+            path: &self.path,
+            inode: self.inode,
+        }
+    }
+}
+
+type Reader = dyn Fn(&MappedFile<'_>) -> Result<Option<BuildId>, BuildIdError> + Send + Sync;
+
+#[derive(Default)]
+struct State {
+    ids: HashMap<FileId, Option<BuildId>>,
+    /// Files the worker failed to read, when, and whether it was a refusal (permission).
+    failures: HashMap<FileId, (Instant, bool)>,
+    queued: HashSet<FileId>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Moves on every answer the worker stores, so that a process waiting for build IDs knows
+    /// when a re-load is worth it.
+    generation: AtomicU64,
     capacity: usize,
 }
 
-impl BuildIdCache {
-    pub fn new(capacity: usize) -> Self {
-        BuildIdCache {
-            entries: HashMap::new(),
-            capacity: capacity.max(1),
-        }
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain maps behind: still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The build ID of the file behind `mapped`, reading it on first sight of `id`.
-    ///
-    /// (device, inode) pairs can be reused after a file is deleted; the cache accepts that small risk
-    /// rather than stat'ing every file on every lookup.
-    pub fn get(
-        &mut self,
-        id: FileId,
-        mapped: &MappedFile<'_>,
-    ) -> Result<Option<BuildId>, BuildIdError> {
-        if let Some(hit) = self.entries.get(&id) {
-            return Ok(hit.clone());
-        }
-        let file = open_mapped_file(mapped)?;
-        let build_id = read_build_id(file.file(), file.shown_path())?;
-        if self.entries.len() >= self.capacity {
+    fn remember(&self, id: FileId, build_id: Option<BuildId>) {
+        let mut st = self.state();
+        if st.ids.len() >= self.capacity {
             // Rare (tens of thousands of distinct files): start over rather than track recency on
             // every hit.
             tracing::debug!(capacity = self.capacity, "build ID cache full; clearing it");
-            self.entries.clear();
+            st.ids.clear();
         }
-        self.entries.insert(id, build_id.clone());
-        Ok(build_id)
+        st.ids.insert(id, build_id);
+    }
+}
+
+/// Build IDs by file identity, bounded. Files without a build ID are remembered too (as `None`) so
+/// they are not reopened.
+///
+/// Two modes. [`BuildIdCache::with_worker`] (the agent): a miss is handed to a worker thread
+/// (`kiln-buildids`) and answered [`Lookup::Pending`], so that opening and reading a file a
+/// container controls never happens on the sampling thread, whatever that file does. The
+/// aggregator fills the build ID in when the worker has it (at the latest when the window is
+/// flushed). [`BuildIdCache::new`] reads on the caller's thread (tests, benchmarks, tools).
+pub struct BuildIdCache {
+    shared: Arc<Shared>,
+    worker: Option<SyncSender<Request>>,
+    reader: Arc<Reader>,
+}
+
+fn read_mapped(mapped: &MappedFile<'_>) -> Result<Option<BuildId>, BuildIdError> {
+    let file = open_mapped_file(mapped)?;
+    read_build_id(file.file(), file.shown_path())
+}
+
+impl BuildIdCache {
+    /// A cache that reads on the caller's thread.
+    pub fn new(capacity: usize) -> Self {
+        BuildIdCache {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                generation: AtomicU64::new(0),
+                capacity: capacity.max(1),
+            }),
+            worker: None,
+            reader: Arc::new(read_mapped),
+        }
+    }
+
+    /// A cache whose misses are read by a worker thread. Falls back to reading on the caller's
+    /// thread if the thread cannot be started (logged).
+    pub fn with_worker(capacity: usize) -> Self {
+        Self::with_worker_reading(capacity, Arc::new(read_mapped))
+    }
+
+    fn with_worker_reading(capacity: usize, reader: Arc<Reader>) -> Self {
+        let mut cache = BuildIdCache::new(capacity);
+        cache.reader = reader.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(WORKER_QUEUE);
+        let shared = cache.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-buildids".into())
+            .spawn(move || {
+                // Ends when the cache (the sender) is dropped.
+                for req in rx {
+                    let result = reader(&req.mapped());
+                    match result {
+                        Ok(id) => shared.remember(req.id, id),
+                        Err(e) => {
+                            tracing::debug!(pid = req.pid, path = %req.path.display(), error = %e, "no build ID for mapping");
+                            let mut st = shared.state();
+                            if st.failures.len() >= shared.capacity {
+                                st.failures.clear();
+                            }
+                            st.failures
+                                .insert(req.id, (Instant::now(), e.is_permission_denied()));
+                        }
+                    }
+                    shared.state().queued.remove(&req.id);
+                    shared.generation.fetch_add(1, Ordering::Release);
+                }
+            });
+        match spawned {
+            Ok(_) => cache.worker = Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the build ID reader thread; reading build IDs on the sampling thread")
+            }
+        }
+        cache
+    }
+
+    /// The build ID of the file behind `mapped`: from the cache, read now (no worker), or queued
+    /// for the worker ([`Lookup::Pending`]).
+    ///
+    /// (device, inode) pairs can be reused after a file is deleted; the cache accepts that small risk
+    /// rather than stat'ing every file on every lookup.
+    pub fn get(&mut self, id: FileId, mapped: &MappedFile<'_>) -> Lookup {
+        let Some(worker) = &self.worker else {
+            if let Some(hit) = self.shared.state().ids.get(&id) {
+                return Lookup::Ready(hit.clone());
+            }
+            return match (self.reader)(mapped) {
+                Ok(build_id) => {
+                    self.shared.remember(id, build_id.clone());
+                    Lookup::Ready(build_id)
+                }
+                // Failures to open are not remembered: they are often transient (process exited).
+                Err(e) => {
+                    tracing::debug!(pid = mapped.pid, error = %e, "no build ID for mapping");
+                    if e.is_permission_denied() {
+                        Lookup::Unreadable
+                    } else {
+                        Lookup::Failed
+                    }
+                }
+            };
+        };
+        let mut st = self.shared.state();
+        if let Some(hit) = st.ids.get(&id) {
+            return Lookup::Ready(hit.clone());
+        }
+        if let Some(&(at, denied)) = st.failures.get(&id) {
+            if at.elapsed() < FAILURE_MEMORY {
+                return if denied {
+                    Lookup::Unreadable
+                } else {
+                    Lookup::Failed
+                };
+            }
+            st.failures.remove(&id);
+        }
+        if st.queued.contains(&id) {
+            return Lookup::Pending;
+        }
+        let req = Request {
+            id,
+            pid: mapped.pid,
+            start: mapped.start,
+            end: mapped.end,
+            path: mapped.path.to_owned(),
+            inode: mapped.inode,
+        };
+        match worker.try_send(req) {
+            Ok(()) => {
+                st.queued.insert(id);
+                Lookup::Pending
+            }
+            // Full: asked for again at a later re-load of the process.
+            Err(TrySendError::Full(_)) => Lookup::Pending,
+            Err(TrySendError::Disconnected(_)) => Lookup::Failed,
+        }
+    }
+
+    /// What the cache holds for `id`, without reading or queueing anything: `Some(None)` for a
+    /// file known to have no build ID, `None` when not (yet) known.
+    pub fn known(&self, id: FileId) -> Option<Option<BuildId>> {
+        self.shared.state().ids.get(&id).cloned()
+    }
+
+    /// A counter that moves each time the worker stores an answer.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.shared.state().ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -268,6 +462,60 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_read_is_answered_pending_and_filled_in_by_the_worker() {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let reader_thread = Arc::new(Mutex::new(None::<String>));
+        let seen = reader_thread.clone();
+        let reader: Arc<Reader> = Arc::new(move |m: &MappedFile<'_>| {
+            *seen.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+            // A read that does not come back until the test says so (a FIFO, a stalled FUSE
+            // file). Were it on the caller's thread, `get` would not answer Pending; the 20 s
+            // bound makes such a regression fail instead of hang.
+            let _ = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(20));
+            read_mapped(m)
+        });
+        let mut cache = BuildIdCache::with_worker_reading(8, reader);
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let meta = std::fs::metadata(&exe).unwrap();
+        let mapped = MappedFile {
+            pid: std::process::id(),
+            start: 1,
+            end: 2,
+            path: &exe,
+            inode: meta.ino(),
+        };
+        let id = FileId {
+            major: 0,
+            minor: 0,
+            inode: meta.ino(),
+        };
+        let before = cache.generation();
+        assert_eq!(cache.get(id, &mapped), Lookup::Pending);
+        // Asked again while the read is stuck: still pending, not queued twice.
+        assert_eq!(cache.get(id, &mapped), Lookup::Pending);
+        assert_eq!(cache.known(id), None);
+        release.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cache.generation() == before {
+            assert!(Instant::now() < deadline, "the worker never answered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            reader_thread.lock().unwrap().as_deref(),
+            Some("kiln-buildids")
+        );
+        let Lookup::Ready(Some(id_read)) = cache.get(id, &mapped) else {
+            panic!("the worker's answer is served from the cache")
+        };
+        assert_eq!(cache.known(id), Some(Some(id_read)));
+        assert_eq!(cache.generation(), before + 1, "one read, not two");
+    }
+
+    #[test]
     fn cache_reads_once_per_file_and_checks_inodes() {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let meta = std::fs::metadata(&exe).unwrap();
@@ -286,14 +534,16 @@ mod tests {
             inode: meta.ino(),
         };
         let mut cache = BuildIdCache::new(8);
-        let first = cache.get(id, &mapped).unwrap().unwrap();
+        let Lookup::Ready(Some(first)) = cache.get(id, &mapped) else {
+            panic!("the test binary has a build ID")
+        };
         assert_eq!(cache.len(), 1);
         // A second lookup is served from the cache even though the mapping no longer opens.
         let gone = MappedFile {
             path: Path::new("/nonexistent"),
             ..mapped.clone()
         };
-        assert_eq!(cache.get(id, &gone).unwrap(), Some(first));
+        assert_eq!(cache.get(id, &gone), Lookup::Ready(Some(first)));
 
         let wrong = MappedFile {
             inode: meta.ino() + 1,

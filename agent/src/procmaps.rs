@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::buildid::{BuildId, BuildIdCache, FileId, MappedFile};
+use crate::buildid::{BuildId, BuildIdCache, FileId, Lookup, MappedFile};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -282,6 +282,9 @@ pub struct Process {
     /// Starts of the mappings whose file the agent was not allowed to read (permission denied):
     /// their frames say so, rather than "no build ID" (see [`Process::unreadable`]).
     unreadable: Vec<u64>,
+    /// Starts of the mappings whose build ID the reader thread has not answered yet (see
+    /// [`BuildIdCache::with_worker`]): the aggregator asks the cache again for them.
+    pending_build_ids: Vec<u64>,
 }
 
 impl Process {
@@ -335,6 +338,7 @@ impl Process {
             mappings.truncate(max_mappings);
         }
         let mut unreadable = Vec::new();
+        let mut pending_build_ids = Vec::new();
         // Not read on this (the sampling) thread: files on FUSE and network filesystems.
         let remote = read_proc_file(format!("/proc/{pid}/mountinfo"))
             .map(|t| remote_devices(&t))
@@ -358,13 +362,10 @@ impl Process {
                 inode: m.file.inode,
             };
             match build_ids.get(m.file, &mapped) {
-                Ok(id) => m.build_id = id,
-                Err(e) => {
-                    if e.is_permission_denied() {
-                        unreadable.push(m.start);
-                    }
-                    tracing::debug!(pid, error = %e, "no build ID for mapping")
-                }
+                Lookup::Ready(id) => m.build_id = id,
+                Lookup::Pending => pending_build_ids.push(m.start),
+                Lookup::Unreadable => unreadable.push(m.start),
+                Lookup::Failed => {}
             }
         }
         Ok(Process {
@@ -377,6 +378,7 @@ impl Process {
             mappings,
             anonymous_exec,
             unreadable,
+            pending_build_ids,
         })
     }
 
@@ -384,6 +386,16 @@ impl Process {
     /// can say why they have no name.
     pub fn unreadable(&self, m: &Mapping) -> bool {
         self.unreadable.binary_search(&m.start).is_ok()
+    }
+
+    /// Whether `m`'s build ID was still being read when this snapshot was taken.
+    pub fn build_id_pending(&self, m: &Mapping) -> bool {
+        self.pending_build_ids.binary_search(&m.start).is_ok()
+    }
+
+    /// Whether any build ID was still being read when this snapshot was taken.
+    pub fn has_pending_build_ids(&self) -> bool {
+        !self.pending_build_ids.is_empty()
     }
 
     /// The mapping containing `addr`.
@@ -427,6 +439,9 @@ pub struct ProcessCacheConfig {
     /// each time a re-read did not explain the unknown address.
     pub min_refresh_interval: Duration,
     pub max_refresh_interval: Duration,
+    /// Read build IDs on a worker thread (the agent) instead of the caller's (tests, tools): the
+    /// files are the profiled containers', and the caller is the sampling thread.
+    pub build_id_worker: bool,
 }
 
 impl Default for ProcessCacheConfig {
@@ -437,6 +452,7 @@ impl Default for ProcessCacheConfig {
             max_build_ids: 32_768,
             min_refresh_interval: Duration::from_secs(1),
             max_refresh_interval: Duration::from_secs(60),
+            build_id_worker: false,
         }
     }
 }
@@ -445,6 +461,7 @@ impl From<&crate::config::AgentConfig> for ProcessCacheConfig {
     fn from(c: &crate::config::AgentConfig) -> Self {
         ProcessCacheConfig {
             max_processes: c.max_cached_processes,
+            build_id_worker: true,
             ..Default::default()
         }
     }
@@ -455,6 +472,9 @@ struct Entry {
     loaded_at: Instant,
     refresh_interval: Duration,
     last_used: Instant,
+    /// [`BuildIdCache::generation`] when `process` was loaded: if it moved and the snapshot still
+    /// waits for build IDs, a re-load picks them up.
+    build_id_generation: u64,
 }
 
 /// What a [`ProcessCache::sweep`] removed.
@@ -479,7 +499,11 @@ pub struct ProcessCache {
 impl ProcessCache {
     pub fn new(config: ProcessCacheConfig) -> Self {
         ProcessCache {
-            build_ids: BuildIdCache::new(config.max_build_ids),
+            build_ids: if config.build_id_worker {
+                BuildIdCache::with_worker(config.max_build_ids)
+            } else {
+                BuildIdCache::new(config.max_build_ids)
+            },
             entries: HashMap::new(),
             denied: std::collections::HashSet::new(),
             config,
@@ -501,10 +525,16 @@ impl ProcessCache {
             e.last_used = now;
             let exec_suspected = leader_comm.is_some_and(|c| c != e.process.comm);
             let miss = addrs.iter().any(|&a| !e.process.covers(a));
-            if !(exec_suspected || miss) || now.duration_since(e.loaded_at) < e.refresh_interval {
+            let generation = self.build_ids.generation();
+            let build_ids_read =
+                e.process.has_pending_build_ids() && generation != e.build_id_generation;
+            if !(exec_suspected || miss || build_ids_read)
+                || now.duration_since(e.loaded_at) < e.refresh_interval
+            {
                 return Some(e.process.clone());
             }
             let prev = e.refresh_interval;
+            e.build_id_generation = generation;
             match Process::load(
                 pid,
                 &mut self.build_ids,
@@ -539,6 +569,7 @@ impl ProcessCache {
                 }
             }
         }
+        let build_id_generation = self.build_ids.generation();
         let p = match Process::load(
             pid,
             &mut self.build_ids,
@@ -565,6 +596,7 @@ impl ProcessCache {
                 loaded_at: now,
                 refresh_interval: self.config.min_refresh_interval,
                 last_used: now,
+                build_id_generation,
             },
         );
         Some(p)
@@ -573,6 +605,12 @@ impl ProcessCache {
     /// Whether reading `pid`'s maps was refused since the last sweep (permission denied).
     pub fn is_denied(&self, pid: u32) -> bool {
         self.denied.contains(&pid)
+    }
+
+    /// The build ID of a file as far as it is known now, without reading anything (see
+    /// [`BuildIdCache::known`]).
+    pub fn known_build_id(&self, file: FileId) -> Option<Option<BuildId>> {
+        self.build_ids.known(file)
     }
 
     /// The cached snapshot of `pid`, without touching `/proc`.

@@ -144,6 +144,10 @@ struct ProcessWindow {
     mappings: HashMap<MappingKey, u64>,
     kernel_mapping: Option<u64>,
     objects: HashMap<BuildId, ObjectRef>,
+    /// Mappings interned before the reader thread had their file's build ID (see
+    /// [`BuildIdCache::with_worker`](crate::buildid::BuildIdCache::with_worker)): given their
+    /// build ID at [`Aggregator::flush`] when it has arrived by then.
+    awaiting_build_id: Vec<(u64, Mapping)>,
     /// Hashes of the (adjusted) address stacks seen, to enforce the distinct-stack limit before
     /// interning anything for a stack that will be dropped.
     stacks: HashSet<u64>,
@@ -491,6 +495,7 @@ impl Aggregator {
                     mappings: HashMap::new(),
                     kernel_mapping: None,
                     objects: HashMap::new(),
+                    awaiting_build_id: Vec::new(),
                     stacks: HashSet::new(),
                 },
             );
@@ -585,7 +590,12 @@ impl Aggregator {
             }
             let mapping = process.as_deref().and_then(|p| p.find(addr));
             let mapping_id = match mapping {
-                Some(m) => window_mapping(w, m, s.tgid),
+                Some(m) => window_mapping(
+                    w,
+                    m,
+                    s.tgid,
+                    process.as_deref().is_some_and(|p| p.build_id_pending(m)),
+                ),
                 None => 0,
             };
             // vDSO frames are named here: the server has no file for them (see vdso.rs).
@@ -651,6 +661,13 @@ impl Aggregator {
             .windows
             .drain()
             .map(|(pid, mut w)| {
+                // Build IDs the reader thread found since their mappings were interned.
+                for (id, m) in std::mem::take(&mut w.awaiting_build_id) {
+                    if let Some(Some(b)) = self.processes.known_build_id(m.file) {
+                        w.builder.set_mapping_build_id(id, &b.to_hex());
+                        offer_object(&mut w, &m, &b, pid);
+                    }
+                }
                 w.builder
                     .period("cpu", "nanoseconds", self.period_nanos)
                     .time(start_nanos, duration_nanos);
@@ -736,7 +753,9 @@ fn adjusted(stack: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32) -> u64 {
+/// The window's pprof mapping for `m`, interned once; its object is offered for upload. A
+/// mapping whose build ID is still being read (`pending`) waits for it until the flush.
+fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32, pending: bool) -> u64 {
     let key = MappingKey {
         start: m.start,
         end: m.end,
@@ -751,7 +770,17 @@ fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32) -> u64 {
         .builder
         .mapping(m.start, m.end, m.offset, &m.filename(), &build_id);
     w.mappings.insert(key, id);
-    if let (Some(b), MappingKind::File { path, .. }) = (&m.build_id, &m.kind) {
+    match &m.build_id {
+        Some(b) => offer_object(w, m, b, pid),
+        None if pending => w.awaiting_build_id.push((id, m.clone())),
+        None => {}
+    }
+    id
+}
+
+/// Offers `m`'s file (build ID `b`) to the debuginfo uploader, once per window.
+fn offer_object(w: &mut ProcessWindow, m: &Mapping, b: &BuildId, pid: u32) {
+    if let MappingKind::File { path, .. } = &m.kind {
         w.objects.entry(b.clone()).or_insert_with(|| ObjectRef {
             build_id: b.clone(),
             pid,
@@ -761,7 +790,6 @@ fn window_mapping(w: &mut ProcessWindow, m: &Mapping, pid: u32) -> u64 {
             inode: m.file.inode,
         });
     }
-    id
 }
 
 /// The series labels of a process (sorted by name; empty values left out). `cgroup_by_id` is the
@@ -1055,6 +1083,68 @@ ffffffff81300000 t ext4_file_read_iter
         assert_eq!(metrics.profiles_built.get(), 1);
         // The next window starts empty.
         assert!(agg.flush().is_empty());
+    }
+
+    /// The agent reads build IDs on a worker thread: the first sample of a new binary sees its
+    /// build ID pending, and the flushed profile still carries it (and offers the file for upload).
+    #[test]
+    fn build_ids_read_by_the_worker_reach_the_flushed_profile() {
+        let leaf = leaf_fn as *const () as usize as u64;
+        let pid = std::process::id();
+        let metrics = AgentMetrics::unregistered();
+        let mut agg = Aggregator::new(
+            AggregatorConfig {
+                frequency_hz: NonZeroU32::new(100).unwrap(),
+                node_name: "node-a".into(),
+                max_processes_per_window: 16,
+                max_stacks_per_process: 16,
+            },
+            ProcessCache::new(ProcessCacheConfig {
+                build_id_worker: true,
+                ..Default::default()
+            }),
+            Arc::new(Kallsyms::parse(KSYMS)),
+            metrics,
+        );
+        agg.add(&sample(pid, vec![], vec![leaf]));
+        let p = agg.processes.cached(pid).unwrap();
+        let m = p.find(leaf).unwrap().clone();
+        assert!(
+            p.build_id_pending(&m) && m.build_id.is_none(),
+            "a file never seen is read by the worker, not by the sampling thread"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agg.processes.known_build_id(m.file).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never read the build ID"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = agg.flush();
+        let pp = &out[0];
+        let prof = &pp.profile;
+        let bytes = std::fs::read("/proc/self/exe").unwrap();
+        let expected = object::Object::build_id(&object::File::parse(&*bytes).unwrap())
+            .unwrap()
+            .unwrap();
+        let loc = &prof.location[prof.sample[0].location_id[0] as usize - 1];
+        let umap = &prof.mapping[loc.mapping_id as usize - 1];
+        assert_eq!(prof.str(umap.build_id), hex::encode(expected));
+        assert_eq!(pp.objects.len(), 1);
+        assert_eq!(pp.objects[0].build_id.as_bytes(), expected);
+        // The next sample's snapshot is re-read with the build ID in place.
+        let mut refreshed = None;
+        while refreshed.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the snapshot never got its build ID"
+            );
+            agg.add(&sample(pid, vec![], vec![leaf]));
+            let p = agg.processes.cached(pid).unwrap();
+            refreshed = p.find(leaf).and_then(|m| m.build_id.clone());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A stack copy too short for the first return address: the user stack is the sampled ip and

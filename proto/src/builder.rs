@@ -236,6 +236,18 @@ impl ProfileBuilder {
         self.profile.sample.len()
     }
 
+    /// Sets the build ID of mapping `id` (from [`ProfileBuilder::mapping`]) learnt after it was
+    /// interned. Unknown ids are ignored.
+    pub fn set_mapping_build_id(&mut self, id: u64, build_id: &str) {
+        let build_id = self.string(build_id);
+        if let Some(m) = id
+            .checked_sub(1)
+            .and_then(|i| self.profile.mapping.get_mut(i as usize))
+        {
+            m.build_id = build_id;
+        }
+    }
+
     pub fn finish(self) -> Profile {
         self.profile
     }
