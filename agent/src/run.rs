@@ -66,7 +66,9 @@ pub async fn run(
     )
     .with_unwinder(Unwinder::new(config.unwind_table_budget_bytes).with_background_loads());
     let aggregator = if config.runtimes.python {
-        aggregator.with_python(crate::python::Python::new(Some(sampler.take_python_map()?)))
+        aggregator.with_python(
+            crate::python::Python::new(Some(sampler.take_python_map()?)).with_detector(),
+        )
     } else {
         aggregator
     };

@@ -33,7 +33,7 @@
 pub mod layouts;
 pub mod lines;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -85,6 +85,13 @@ pub enum Detection {
     Readable(Arc<Target>),
     /// CPython that cannot be read; the reason becomes a frame `[python: <reason>]`.
     Unreadable(String),
+}
+
+impl Detection {
+    /// A CPython whose frames the agent reads.
+    pub fn is_readable(&self) -> bool {
+        matches!(self, Detection::Readable(_))
+    }
 }
 
 /// Recognises CPython in a process from its mappings (see the module docs).
@@ -379,6 +386,18 @@ pub struct Python {
     codes: HashMap<CodeKey, CodeInfo>,
     window: u64,
     mem: Option<(u32, u64, File)>,
+    /// The detection thread, when there is one (see [`Python::with_detector`]).
+    detector: Option<Detector>,
+}
+
+/// Most processes waiting for the detection thread.
+const DETECTION_QUEUE: usize = 64;
+
+/// The channel to and from the `kiln-python` thread, and the processes it is reading.
+struct Detector {
+    requests: std::sync::mpsc::SyncSender<Arc<Process>>,
+    results: std::sync::mpsc::Receiver<(u32, u64, usize, Detection)>,
+    in_flight: HashSet<u32>,
 }
 
 impl Python {
@@ -390,12 +409,51 @@ impl Python {
             codes: HashMap::new(),
             window: 0,
             mem: None,
+            detector: None,
         }
     }
 
+    /// Reads interpreters on a worker thread (`kiln-python`) from now on, so that opening and
+    /// parsing a container's `python`/`libpython` file never happens on the sampling thread: a
+    /// process is named once the worker has recognised it (its first samples carry native frames
+    /// only, as before registration). Without it, [`Python::observe`] detects inline (tests).
+    pub fn with_detector(mut self) -> Python {
+        let (requests, inbox) = std::sync::mpsc::sync_channel::<Arc<Process>>(DETECTION_QUEUE);
+        let (answers, results) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-python".into())
+            .spawn(move || {
+                // Ends when the Python state (the sender) is dropped.
+                for p in inbox {
+                    let d = detect(&p);
+                    if answers
+                        .send((p.pid, p.start_time, p.mappings.len(), d))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                self.detector = Some(Detector {
+                    requests,
+                    results,
+                    in_flight: HashSet::new(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the Python detection thread; detecting on the sampling thread")
+            }
+        }
+        self
+    }
+
     /// Learns whether `p` is CPython (once per process, again when its mappings change while it
-    /// is not recognised) and registers it with the sampler.
-    pub fn observe(&mut self, p: &Process) -> &Detection {
+    /// is not recognised) and registers it with the sampler. With a detector the answer may come
+    /// later: until then the process counts as not Python.
+    pub fn observe(&mut self, p: &Arc<Process>) -> &Detection {
+        self.collect_detections();
         let fresh = match self.procs.get(&p.pid) {
             Some(s) if s.start_time == p.start_time => {
                 !matches!(s.detection, Detection::NotPython) || s.mappings == p.mappings.len()
@@ -403,50 +461,79 @@ impl Python {
             _ => false,
         };
         if !fresh {
-            let detection = detect(p);
-            match &detection {
-                Detection::Readable(t) => tracing::info!(
-                    pid = p.pid,
-                    version = format!("{}.{}", t.layout.major, t.layout.minor),
-                    "CPython recognised: Python frames on"
-                ),
-                Detection::Unreadable(why) => {
-                    tracing::info!(pid = p.pid, reason = %why, "CPython that cannot be read")
+            match &mut self.detector {
+                None => {
+                    let detection = detect(p);
+                    self.record(p.pid, p.start_time, p.mappings.len(), detection);
                 }
-                Detection::NotPython => {}
-            }
-            let registered = match (&detection, self.bpf.as_mut()) {
-                (Detection::Readable(t), Some(map)) => {
-                    match map.insert(p.pid, t.layout.bpf_config(t.runtime), 0) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(pid = p.pid, error = %e, "cannot register a Python process with the sampler (map full?)");
-                            false
-                        }
+                Some(d) => {
+                    // Full queue: asked again at the process's next sample.
+                    if !d.in_flight.contains(&p.pid) && d.requests.try_send(p.clone()).is_ok() {
+                        d.in_flight.insert(p.pid);
                     }
                 }
-                _ => false,
-            };
-            let detection = match (detection, registered || self.bpf.is_none()) {
-                (Detection::Readable(_), false) => {
-                    Detection::Unreadable("too many Python processes".into())
-                }
-                (d, _) => d,
-            };
-            self.procs.insert(
-                p.pid,
-                ProcState {
-                    start_time: p.start_time,
-                    mappings: p.mappings.len(),
-                    detection,
-                    registered,
-                },
-            );
+            }
         }
         match self.procs.get(&p.pid) {
-            Some(s) => &s.detection,
-            None => &Detection::NotPython,
+            Some(s) if s.start_time == p.start_time => &s.detection,
+            _ => &Detection::NotPython,
         }
+    }
+
+    /// Takes in what the detection thread has answered.
+    fn collect_detections(&mut self) {
+        let Some(d) = &mut self.detector else {
+            return;
+        };
+        let answers: Vec<_> = d.results.try_iter().collect();
+        for (pid, start_time, mappings, detection) in answers {
+            if let Some(d) = &mut self.detector {
+                d.in_flight.remove(&pid);
+            }
+            self.record(pid, start_time, mappings, detection);
+        }
+    }
+
+    /// Logs a detection and registers a readable interpreter with the sampler.
+    fn record(&mut self, pid: u32, start_time: u64, mappings: usize, detection: Detection) {
+        match &detection {
+            Detection::Readable(t) => tracing::info!(
+                pid,
+                version = format!("{}.{}", t.layout.major, t.layout.minor),
+                "CPython recognised: Python frames on"
+            ),
+            Detection::Unreadable(why) => {
+                tracing::info!(pid, reason = %why, "CPython that cannot be read")
+            }
+            Detection::NotPython => {}
+        }
+        let registered = match (&detection, self.bpf.as_mut()) {
+            (Detection::Readable(t), Some(map)) => {
+                match map.insert(pid, t.layout.bpf_config(t.runtime), 0) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(pid, error = %e, "cannot register a Python process with the sampler (map full?)");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
+        let detection = match (detection, registered || self.bpf.is_none()) {
+            (Detection::Readable(_), false) => {
+                Detection::Unreadable("too many Python processes".into())
+            }
+            (d, _) => d,
+        };
+        self.procs.insert(
+            pid,
+            ProcState {
+                start_time,
+                mappings,
+                detection,
+                registered,
+            },
+        );
     }
 
     /// The Python part of a sample of process `p` (observed before), or `None` when it has none.
@@ -700,6 +787,52 @@ struct CodeHeader {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The agent detects interpreters on its `kiln-python` thread: the first observation of a
+    /// real CPython answers "not Python (yet)" at once, and the thread's answer arrives later.
+    /// Inline detection would recognise it at the first call.
+    #[test]
+    fn interpreters_are_read_off_the_sampling_thread() {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import sys; sys.stdin.read()"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (Debian's python3.11) is installed");
+        let pid = child.id();
+        let mut py = Python::new(None).with_detector();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // The interpreter maps its libraries after exec: wait until the mappings are there.
+        let p = loop {
+            let p = Arc::new(
+                Process::load(pid, &mut crate::buildid::BuildIdCache::new(64), 4096).unwrap(),
+            );
+            if p.exe.as_deref().is_some_and(|e| {
+                e.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("python"))
+            }) && detect(&p).is_readable()
+            {
+                break p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "python3 never became readable"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(
+            matches!(py.observe(&p), Detection::NotPython),
+            "the first answer does not wait for the file to be read"
+        );
+        while !py.observe(&p).is_readable() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the detection thread never answered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
 
     #[test]
     fn versions_from_file_names() {
