@@ -16,11 +16,11 @@ KILN_CHECK_PREBUILT=1 cargo build -p kiln-sampler-bpf --locked
 echo "--- unit, integration and end-to-end tests (benches run once as tests)"
 # The real Pyroscope SDKs (scripts/sdk-setup.sh) must be there: their test fails instead of skipping.
 export KILN_REQUIRE_SDKS=1
-cargo test --workspace --all-targets --locked
+cargo test --workspace --all-targets --locked --no-fail-fast
 
 echo "--- root-only tests (eBPF, perf, namespaces, cgroups)"
 if [ "$(id -u)" = 0 ]; then
-    cargo test --workspace --all-targets --locked -- --ignored root_
+    cargo test --workspace --all-targets --locked --no-fail-fast -- --ignored root_
 else
     skipped=$(cargo test --workspace --all-targets --locked -q -- --ignored --list root_ 2>/dev/null |
         grep -c ': test$' || true)
@@ -41,7 +41,7 @@ if [ "$(id -u)" = 0 ] && [ "${KILN_SKIP_S3:-0}" != 1 ]; then
     trap stop_ceph EXIT
     scripts/ceph-rgw-up.sh "$s3_dir" "$s3_port"
     export KILN_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port KILN_TEST_S3_DIR=$s3_dir KILN_REQUIRE_S3=1
-    cargo test --workspace --all-targets --locked -- --ignored s3_
+    cargo test --workspace --all-targets --locked --no-fail-fast -- --ignored s3_
     stop_ceph
     trap - EXIT
 else
