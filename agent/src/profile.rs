@@ -140,6 +140,9 @@ struct MappingKey {
 
 struct ProcessWindow {
     labels: Vec<LabelPair>,
+    /// A pod process whose pod the watch had not delivered at the window's first sample: its
+    /// labels are made again at the flush, when the pod is likely known by then.
+    relabel: Option<LabelInputs>,
     builder: ProfileBuilder,
     mappings: HashMap<MappingKey, u64>,
     kernel_mapping: Option<u64>,
@@ -480,17 +483,13 @@ impl Aggregator {
             // Labels are resolved now, at the process's first sample in the window, not at
             // upload: a process that lived 200 ms is gone by then.
             let by_id = self.cgroups.path(s.cgroup_id);
-            let labels = series_labels(
-                &s,
-                process.as_deref(),
-                by_id.as_deref(),
-                &self.config.node_name,
-                self.pods.as_ref(),
-            );
+            let inputs = LabelInputs::of(&s, process.as_deref(), by_id.as_deref());
+            let labels = inputs.labels(&self.config.node_name, self.pods.as_ref());
             self.windows.insert(
                 s.tgid,
                 ProcessWindow {
                     labels,
+                    relabel: inputs.pod_unknown(self.pods.as_ref()).then_some(inputs),
                     builder: ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]),
                     mappings: HashMap::new(),
                     kernel_mapping: None,
@@ -661,6 +660,12 @@ impl Aggregator {
             .windows
             .drain()
             .map(|(pid, mut w)| {
+                // The pod the watch delivered since the window's first sample.
+                if let Some(inputs) = w.relabel.take()
+                    && !inputs.pod_unknown(self.pods.as_ref())
+                {
+                    w.labels = inputs.labels(&self.config.node_name, self.pods.as_ref());
+                }
                 // Build IDs the reader thread found since their mappings were interned.
                 for (id, m) in std::mem::take(&mut w.awaiting_build_id) {
                     if let Some(Some(b)) = self.processes.known_build_id(m.file) {
@@ -792,8 +797,128 @@ fn offer_object(w: &mut ProcessWindow, m: &Mapping, b: &BuildId, pid: u32) {
     }
 }
 
-/// The series labels of a process (sorted by name; empty values left out). `cgroup_by_id` is the
-/// path of the sample's cgroup ID in the host's v2 tree, when known.
+/// What a process's series labels are made of, read at its first sample in a window (a process
+/// that lived 200 ms is gone by the flush); the pod's names are looked up from it (see
+/// [`LabelInputs::labels`]), again at the flush when the pod was not known yet.
+#[derive(Clone, Debug)]
+struct LabelInputs {
+    tgid: u32,
+    service: String,
+    comm: String,
+    exe: Option<String>,
+    cgroup: Option<String>,
+    container: crate::containers::ContainerRef,
+}
+
+impl LabelInputs {
+    /// `cgroup_by_id` is the path of the sample's cgroup ID in the host's v2 tree, when known.
+    fn of(s: &UnwoundSample, p: Option<&Process>, cgroup_by_id: Option<&str>) -> LabelInputs {
+        let (service, comm, exe, cgroup) = match p {
+            _ if s.tgid == 0 => ("swapper".to_owned(), "swapper".to_owned(), None, None),
+            Some(p) => (
+                p.service_name().to_owned(),
+                p.comm.clone(),
+                p.exe.as_ref().map(|e| e.to_string_lossy().into_owned()),
+                p.cgroup.clone(),
+            ),
+            // The process is gone (or unreadable): what the sample itself says.
+            None => (s.comm.clone(), s.comm.clone(), None, None),
+        };
+        let cgroup = match s.tgid {
+            0 => None,
+            _ => crate::containers::best_path(cgroup_by_id, cgroup.as_deref()).map(str::to_owned),
+        };
+        // Containers and pods: IDs from the cgroup path, names from the node's pods (watched).
+        let container = cgroup
+            .as_deref()
+            .map(crate::containers::parse_cgroup_path)
+            .unwrap_or_default();
+        LabelInputs {
+            tgid: s.tgid,
+            service,
+            comm,
+            exe,
+            cgroup,
+            container,
+        }
+    }
+
+    /// A pod process whose pod the index does not know (yet): the watch had not delivered it
+    /// when the window started (agent start-up, a pod just created).
+    fn pod_unknown(&self, pods: Option<&crate::kube::PodIndex>) -> bool {
+        !self.container.is_empty() && pods.is_some_and(|idx| idx.lookup(&self.container).is_none())
+    }
+
+    /// The series labels (sorted by name; empty values left out).
+    fn labels(&self, node: &str, pods: Option<&crate::kube::PodIndex>) -> Vec<LabelPair> {
+        let LabelInputs {
+            tgid,
+            service,
+            comm,
+            exe,
+            cgroup,
+            container,
+        } = self;
+        let mut service = service.clone();
+        let found = pods.and_then(|idx| idx.lookup(container));
+        let pod = found.as_ref().map(|m| m.pod.as_ref());
+        match pod {
+            // `namespace/workload`, or the pod's annotation (see kube::pod_info).
+            Some(pod) => service = pod.service_name.clone(),
+            // Outside Kubernetes (or a pod the API did not name): the systemd unit, if any.
+            None => {
+                if let Some(unit) = cgroup.as_deref().and_then(crate::containers::systemd_unit) {
+                    service = unit.to_owned();
+                }
+            }
+        }
+        let pid = tgid.to_string();
+        let own: [(&str, Option<&str>); 14] = [
+            ("__name__", Some(PROFILE_NAME)),
+            ("service_name", Some(service.as_str())),
+            ("node", Some(node)),
+            ("pid", Some(pid.as_str())),
+            ("comm", Some(comm.as_str())),
+            ("executable", exe.as_deref()),
+            ("cgroup", cgroup.as_deref()),
+            ("pod_uid", container.pod_uid.as_deref()),
+            ("container_id", container.container_id.as_deref()),
+            ("namespace", pod.map(|p| p.namespace.as_str())),
+            ("pod", pod.map(|p| p.name.as_str())),
+            (
+                "container",
+                found.as_ref().and_then(|m| m.container.as_deref()),
+            ),
+            ("workload_kind", pod.map(|p| p.workload_kind.as_str())),
+            ("workload", pod.map(|p| p.workload.as_str())),
+        ];
+        let mut labels: Vec<LabelPair> = own
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let v = sanitize_label_value(v?);
+                (!v.is_empty()).then(|| LabelPair {
+                    name: sanitize_label_name(k),
+                    value: v,
+                })
+            })
+            .collect();
+        // Allow-listed pod labels (`--pod-labels`), never replacing one of Kiln's own.
+        for (k, v) in pod.map(|p| p.labels.as_slice()).unwrap_or_default() {
+            let name = sanitize_label_name(k);
+            let v = sanitize_label_value(v);
+            let taken =
+                own.iter().any(|(o, _)| *o == name) || labels.iter().any(|l| l.name == name);
+            if !v.is_empty() && !taken {
+                labels.push(LabelPair { name, value: v });
+            }
+        }
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        labels
+    }
+}
+
+/// The series labels of a process's sample (see [`LabelInputs`]).
+#[cfg(test)]
 fn series_labels(
     s: &UnwoundSample,
     p: Option<&Process>,
@@ -801,79 +926,7 @@ fn series_labels(
     node: &str,
     pods: Option<&crate::kube::PodIndex>,
 ) -> Vec<LabelPair> {
-    let (mut service, comm, exe, cgroup) = match p {
-        _ if s.tgid == 0 => ("swapper".to_owned(), "swapper".to_owned(), None, None),
-        Some(p) => (
-            p.service_name().to_owned(),
-            p.comm.clone(),
-            p.exe.as_ref().map(|e| e.to_string_lossy().into_owned()),
-            p.cgroup.clone(),
-        ),
-        // The process is gone (or unreadable): what the sample itself says.
-        None => (s.comm.clone(), s.comm.clone(), None, None),
-    };
-    let cgroup = match s.tgid {
-        0 => None,
-        _ => crate::containers::best_path(cgroup_by_id, cgroup.as_deref()).map(str::to_owned),
-    };
-    // Containers and pods: IDs from the cgroup path, names from the node's pods (watched).
-    let container = cgroup
-        .as_deref()
-        .map(crate::containers::parse_cgroup_path)
-        .unwrap_or_default();
-    let found = pods.and_then(|idx| idx.lookup(&container));
-    let pod = found.as_ref().map(|m| m.pod.as_ref());
-    match pod {
-        // `namespace/workload`, or the pod's annotation (see kube::pod_info).
-        Some(pod) => service = pod.service_name.clone(),
-        // Outside Kubernetes (or a pod the API did not name): the systemd unit, if any.
-        None => {
-            if let Some(unit) = cgroup.as_deref().and_then(crate::containers::systemd_unit) {
-                service = unit.to_owned();
-            }
-        }
-    }
-    let pid = s.tgid.to_string();
-    let own: [(&str, Option<&str>); 14] = [
-        ("__name__", Some(PROFILE_NAME)),
-        ("service_name", Some(service.as_str())),
-        ("node", Some(node)),
-        ("pid", Some(pid.as_str())),
-        ("comm", Some(comm.as_str())),
-        ("executable", exe.as_deref()),
-        ("cgroup", cgroup.as_deref()),
-        ("pod_uid", container.pod_uid.as_deref()),
-        ("container_id", container.container_id.as_deref()),
-        ("namespace", pod.map(|p| p.namespace.as_str())),
-        ("pod", pod.map(|p| p.name.as_str())),
-        (
-            "container",
-            found.as_ref().and_then(|m| m.container.as_deref()),
-        ),
-        ("workload_kind", pod.map(|p| p.workload_kind.as_str())),
-        ("workload", pod.map(|p| p.workload.as_str())),
-    ];
-    let mut labels: Vec<LabelPair> = own
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let v = sanitize_label_value(v?);
-            (!v.is_empty()).then(|| LabelPair {
-                name: sanitize_label_name(k),
-                value: v,
-            })
-        })
-        .collect();
-    // Allow-listed pod labels (`--pod-labels`), never replacing one of Kiln's own.
-    for (k, v) in pod.map(|p| p.labels.as_slice()).unwrap_or_default() {
-        let name = sanitize_label_name(k);
-        let v = sanitize_label_value(v);
-        let taken = own.iter().any(|(o, _)| *o == name) || labels.iter().any(|l| l.name == name);
-        if !v.is_empty() && !taken {
-            labels.push(LabelPair { name, value: v });
-        }
-    }
-    labels.sort_by(|a, b| a.name.cmp(&b.name));
-    labels
+    LabelInputs::of(s, p, cgroup_by_id).labels(node, pods)
 }
 
 /// A Prometheus-style label name: `[a-zA-Z_][a-zA-Z0-9_]*`, other characters become `_`, capped.

@@ -3,8 +3,11 @@
 //!
 //! Where the files are read: the objects are files of the profiled processes, which a container
 //! controls (a FUSE filesystem that stops answering, a huge object on a slow disk), so the agent
-//! reads them on a worker thread of their own ([`TableCache::with_background_loads`]): a lookup
-//! answers [`Lookup::Loading`] until the worker is done, and the unwinder built meanwhile lacks
+//! reads them on a worker thread of their own ([`TableCache::with_background_loads`]). A lookup
+//! waits for the worker's answer a little (at most 250 ms once per object and 400 ms per second
+//! in all: a normal read takes milliseconds, and without the wait the first samples of every new
+//! process were cut short — the native accuracy matrix fell to 88–95 %), then answers
+//! [`Lookup::Loading`] until the worker is done, and the unwinder built meanwhile lacks
 //! that object (its stacks say so: `unwind::Truncation::TablesLoading`). A stalled read holds up
 //! only the worker; requests beyond its bounded queue are dropped (counted) and asked for again at
 //! the next build. Without a worker (benchmarks, tests that measure walks) tables are read on the
@@ -289,6 +292,12 @@ const TRANSIENT_FAILURE_SECS: u64 = 10;
 /// Most reads waiting for the worker.
 const LOAD_QUEUE: usize = 64;
 
+/// Longest the sampling thread waits for one object's tables (once per object).
+const WAIT_PER_OBJECT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Longest the sampling thread waits for tables in all, per second.
+const WAIT_PER_SECOND: std::time::Duration = std::time::Duration::from_millis(400);
+
 type LoadRequest = (TableKey, u32, Mapping);
 type LoadResult = (TableKey, Result<ObjectTables, TableError>);
 
@@ -298,6 +307,11 @@ struct Background {
     results: Receiver<LoadResult>,
     /// Asked for, not yet answered.
     pending: HashSet<TableKey>,
+    /// Objects whose answer the caller already waited for (see [`TableCache::wait_for`]).
+    waited_for: HashSet<TableKey>,
+    /// Time spent waiting for answers since `budget_since` (at most [`WAIT_PER_SECOND`]).
+    waited_this_second: std::time::Duration,
+    budget_since: std::time::Instant,
 }
 
 impl Background {
@@ -322,6 +336,9 @@ impl Background {
             requests,
             results,
             pending: HashSet::new(),
+            waited_for: HashSet::new(),
+            waited_this_second: std::time::Duration::ZERO,
+            budget_since: std::time::Instant::now(),
         }
     }
 }
@@ -433,17 +450,72 @@ impl TableCache {
             let loaded = (self.load)(pid, m);
             return Lookup::Ready(self.loaded(key, pid, loaded));
         };
-        if bg.pending.contains(&key) {
+        if !bg.pending.contains(&key) {
+            match bg.requests.try_send((key.clone(), pid, m.clone())) {
+                Ok(()) => {
+                    bg.pending.insert(key.clone());
+                    bg.waited_for.remove(&key);
+                    self.loads += 1;
+                }
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.dropped += 1;
+                    return Lookup::Loading;
+                }
+            }
+        }
+        self.wait_for(&key)
+    }
+
+    /// Waits a little for the worker's answer on `key`: most reads take milliseconds, and a stack
+    /// cut short for want of tables (or walked by frame pointers alone) is a worse stack. The
+    /// wait is bounded twice: at most [`WAIT_PER_OBJECT`] once per object (a read that outlives
+    /// it is never waited for again), and at most [`WAIT_PER_SECOND`] in all per second, so a
+    /// stalled file costs sampling a bounded delay (the ring buffer holds a second of samples),
+    /// never a stall.
+    fn wait_for(&mut self, key: &TableKey) -> Lookup {
+        let Some(bg) = &mut self.background else {
+            return Lookup::Loading;
+        };
+        if !bg.waited_for.insert(key.clone()) {
             return Lookup::Loading;
         }
-        match bg.requests.try_send((key.clone(), pid, m.clone())) {
-            Ok(()) => {
-                bg.pending.insert(key);
-                self.loads += 1;
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped += 1,
+        if bg.waited_for.len() > 4 * LOAD_QUEUE {
+            // Bounded: forget objects long answered (a pending one is at worst waited for again).
+            let pending = &bg.pending;
+            bg.waited_for.retain(|k| pending.contains(k));
+            bg.waited_for.insert(key.clone());
         }
-        Lookup::Loading
+        let now = std::time::Instant::now();
+        if now.duration_since(bg.budget_since) >= std::time::Duration::from_secs(1) {
+            bg.budget_since = now;
+            bg.waited_this_second = std::time::Duration::ZERO;
+        }
+        let allowed = WAIT_PER_OBJECT.min(WAIT_PER_SECOND.saturating_sub(bg.waited_this_second));
+        let deadline = now + allowed;
+        loop {
+            let Some(bg) = &mut self.background else {
+                return Lookup::Loading;
+            };
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let answer = if left.is_zero() {
+                bg.results.try_recv().ok()
+            } else {
+                bg.results.recv_timeout(left).ok()
+            };
+            let Some((done, result)) = answer else {
+                bg.waited_this_second += std::time::Instant::now().duration_since(now);
+                return Lookup::Loading;
+            };
+            bg.pending.remove(&done);
+            self.completed += 1;
+            let tables = self.loaded(done.clone(), 0, result);
+            if done == *key {
+                if let Some(bg) = &mut self.background {
+                    bg.waited_this_second += std::time::Instant::now().duration_since(now);
+                }
+                return Lookup::Ready(tables);
+            }
+        }
     }
 
     /// Takes what the worker has read since the last call; returns how many reads finished.
