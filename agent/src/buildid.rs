@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use object::read::ReadCache;
@@ -193,6 +193,9 @@ pub enum Lookup {
 /// (the process exited while its file was opened) does not stick.
 const FAILURE_MEMORY: Duration = Duration::from_secs(10);
 
+/// After a wait for a build ID ran out, how long [`BuildIdCache::get`] waits for none.
+const STALL_PAUSE: Duration = Duration::from_secs(30);
+
 /// Most reads queued for the worker; beyond it a file is asked for again on a later re-load.
 const WORKER_QUEUE: usize = 256;
 
@@ -230,6 +233,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Signalled by the worker after each answer (see [`BuildIdCache::get`]'s bounded wait).
+    answered: Condvar,
     /// Moves on every answer the worker stores, so that a process waiting for build IDs knows
     /// when a re-load is worth it.
     generation: AtomicU64,
@@ -266,6 +271,10 @@ pub struct BuildIdCache {
     shared: Arc<Shared>,
     worker: Option<SyncSender<Request>>,
     reader: Arc<Reader>,
+    /// How long [`BuildIdCache::get`] waits for the worker's answer (once per file).
+    wait: Duration,
+    /// After a wait ran out (a read that stalls): no waiting until then.
+    stalled_until: Option<Instant>,
 }
 
 fn read_mapped(mapped: &MappedFile<'_>) -> Result<Option<BuildId>, BuildIdError> {
@@ -279,18 +288,26 @@ impl BuildIdCache {
         BuildIdCache {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
+                answered: Condvar::new(),
                 generation: AtomicU64::new(0),
                 capacity: capacity.max(1),
             }),
             worker: None,
             reader: Arc::new(read_mapped),
+            wait: Duration::ZERO,
+            stalled_until: None,
         }
     }
 
     /// A cache whose misses are read by a worker thread. Falls back to reading on the caller's
-    /// thread if the thread cannot be started (logged).
-    pub fn with_worker(capacity: usize) -> Self {
-        Self::with_worker_reading(capacity, Arc::new(read_mapped))
+    /// thread if the thread cannot be started (logged). A miss waits for the worker's answer at
+    /// most `wait` (once per file; after a wait that ran out, none for [`STALL_PAUSE`]): a read
+    /// takes milliseconds, and a mapping without its build ID for its first samples would leave a
+    /// stripped binary without its separate debug file's unwind tables meanwhile.
+    pub fn with_worker(capacity: usize, wait: Duration) -> Self {
+        let mut cache = Self::with_worker_reading(capacity, Arc::new(read_mapped));
+        cache.wait = wait;
+        cache
     }
 
     fn with_worker_reading(capacity: usize, reader: Arc<Reader>) -> Self {
@@ -318,6 +335,7 @@ impl BuildIdCache {
                     }
                     shared.state().queued.remove(&req.id);
                     shared.generation.fetch_add(1, Ordering::Release);
+                    shared.answered.notify_all();
                 }
             });
         match spawned {
@@ -383,11 +401,34 @@ impl BuildIdCache {
         match worker.try_send(req) {
             Ok(()) => {
                 st.queued.insert(id);
-                Lookup::Pending
             }
             // Full: asked for again at a later re-load of the process.
-            Err(TrySendError::Full(_)) => Lookup::Pending,
-            Err(TrySendError::Disconnected(_)) => Lookup::Failed,
+            Err(TrySendError::Full(_)) => return Lookup::Pending,
+            Err(TrySendError::Disconnected(_)) => return Lookup::Failed,
+        }
+        // A bounded wait for the answer (see `with_worker`).
+        let now = Instant::now();
+        if self.wait.is_zero() || self.stalled_until.is_some_and(|t| now < t) {
+            return Lookup::Pending;
+        }
+        let (st, timeout) = self
+            .shared
+            .answered
+            .wait_timeout_while(st, self.wait, |st| st.queued.contains(&id))
+            .unwrap_or_else(PoisonError::into_inner);
+        if timeout.timed_out() {
+            tracing::warn!(
+                waited_ms = self.wait.as_millis() as u64,
+                "a mapped file's build ID is slow to read; not waiting for any for a while"
+            );
+            self.stalled_until = Some(Instant::now() + STALL_PAUSE);
+            return Lookup::Pending;
+        }
+        match (st.ids.get(&id), st.failures.get(&id)) {
+            (Some(hit), _) => Lookup::Ready(hit.clone()),
+            (None, Some(&(_, true))) => Lookup::Unreadable,
+            (None, Some(_)) => Lookup::Failed,
+            (None, None) => Lookup::Pending,
         }
     }
 

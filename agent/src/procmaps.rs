@@ -442,6 +442,8 @@ pub struct ProcessCacheConfig {
     /// Read build IDs on a worker thread (the agent) instead of the caller's (tests, tools): the
     /// files are the profiled containers', and the caller is the sampling thread.
     pub build_id_worker: bool,
+    /// With the worker: how long a miss waits for its answer (see [`BuildIdCache::with_worker`]).
+    pub build_id_wait: Duration,
 }
 
 impl Default for ProcessCacheConfig {
@@ -453,6 +455,7 @@ impl Default for ProcessCacheConfig {
             min_refresh_interval: Duration::from_secs(1),
             max_refresh_interval: Duration::from_secs(60),
             build_id_worker: false,
+            build_id_wait: Duration::from_secs(2),
         }
     }
 }
@@ -500,7 +503,7 @@ impl ProcessCache {
     pub fn new(config: ProcessCacheConfig) -> Self {
         ProcessCache {
             build_ids: if config.build_id_worker {
-                BuildIdCache::with_worker(config.max_build_ids)
+                BuildIdCache::with_worker(config.max_build_ids, config.build_id_wait)
             } else {
                 BuildIdCache::new(config.max_build_ids)
             },

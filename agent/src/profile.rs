@@ -1154,6 +1154,8 @@ ffffffff81300000 t ext4_file_read_iter
             },
             ProcessCache::new(ProcessCacheConfig {
                 build_id_worker: true,
+                // No wait: this test is about answers that arrive after the first sample.
+                build_id_wait: Duration::ZERO,
                 ..Default::default()
             }),
             Arc::new(Kallsyms::parse(KSYMS)),

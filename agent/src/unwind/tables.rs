@@ -4,9 +4,9 @@
 //! Where the files are read: the objects are files of the profiled processes, which a container
 //! controls (a FUSE filesystem that stops answering, a huge object on a slow disk), so the agent
 //! reads them on a worker thread of their own ([`TableCache::with_background_loads`]). A lookup
-//! waits for the worker's answer a little (at most 250 ms once per object and 400 ms per second
-//! in all: a normal read takes milliseconds, and without the wait the first samples of every new
-//! process were cut short — the native accuracy matrix fell to 88–95 %), then answers
+//! waits for the worker's answer, bounded (at most 2 s once per object, and after a wait that ran
+//! out none for 30 s: without the wait the first samples of every new process were cut short —
+//! the native accuracy matrix fell to 80–95 % under load), then answers
 //! [`Lookup::Loading`] until the worker is done, and the unwinder built meanwhile lacks
 //! that object (its stacks say so: `unwind::Truncation::TablesLoading`). A stalled read holds up
 //! only the worker; requests beyond its bounded queue are dropped (counted) and asked for again at
@@ -293,10 +293,10 @@ const TRANSIENT_FAILURE_SECS: u64 = 10;
 const LOAD_QUEUE: usize = 64;
 
 /// Longest the sampling thread waits for one object's tables (once per object).
-const WAIT_PER_OBJECT: std::time::Duration = std::time::Duration::from_millis(250);
+const WAIT_PER_OBJECT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Longest the sampling thread waits for tables in all, per second.
-const WAIT_PER_SECOND: std::time::Duration = std::time::Duration::from_millis(400);
+/// After a wait for tables ran out, how long the sampling thread waits for none.
+const STALL_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
 
 type LoadRequest = (TableKey, u32, Mapping);
 type LoadResult = (TableKey, Result<ObjectTables, TableError>);
@@ -309,9 +309,8 @@ struct Background {
     pending: HashSet<TableKey>,
     /// Objects whose answer the caller already waited for (see [`TableCache::wait_for`]).
     waited_for: HashSet<TableKey>,
-    /// Time spent waiting for answers since `budget_since` (at most [`WAIT_PER_SECOND`]).
-    waited_this_second: std::time::Duration,
-    budget_since: std::time::Instant,
+    /// After a wait ran out: no waiting until then.
+    stalled_until: Option<std::time::Instant>,
 }
 
 impl Background {
@@ -337,8 +336,7 @@ impl Background {
             results,
             pending: HashSet::new(),
             waited_for: HashSet::new(),
-            waited_this_second: std::time::Duration::ZERO,
-            budget_since: std::time::Instant::now(),
+            stalled_until: None,
         }
     }
 }
@@ -466,17 +464,18 @@ impl TableCache {
         self.wait_for(&key)
     }
 
-    /// Waits a little for the worker's answer on `key`: most reads take milliseconds, and a stack
-    /// cut short for want of tables (or walked by frame pointers alone) is a worse stack. The
-    /// wait is bounded twice: at most [`WAIT_PER_OBJECT`] once per object (a read that outlives
-    /// it is never waited for again), and at most [`WAIT_PER_SECOND`] in all per second, so a
-    /// stalled file costs sampling a bounded delay (the ring buffer holds a second of samples),
-    /// never a stall.
+    /// Waits for the worker's answer on `key`, bounded: a stack cut short for want of tables (or
+    /// walked by frame pointers alone) is a wrong stack, and a normal read takes milliseconds
+    /// (more under load: the native accuracy matrix needed several hundred). At most
+    /// [`WAIT_PER_OBJECT`], once per object; after a wait that ran out (a read that stalls), none
+    /// at all for [`STALL_PAUSE`]. A stalled file thus delays sampling's processing by at most
+    /// [`WAIT_PER_OBJECT`] per [`STALL_PAUSE`] (samples wait in the ring buffer), never stops it.
     fn wait_for(&mut self, key: &TableKey) -> Lookup {
         let Some(bg) = &mut self.background else {
             return Lookup::Loading;
         };
-        if !bg.waited_for.insert(key.clone()) {
+        let now = std::time::Instant::now();
+        if bg.stalled_until.is_some_and(|t| now < t) || !bg.waited_for.insert(key.clone()) {
             return Lookup::Loading;
         }
         if bg.waited_for.len() > 4 * LOAD_QUEUE {
@@ -485,34 +484,29 @@ impl TableCache {
             bg.waited_for.retain(|k| pending.contains(k));
             bg.waited_for.insert(key.clone());
         }
-        let now = std::time::Instant::now();
-        if now.duration_since(bg.budget_since) >= std::time::Duration::from_secs(1) {
-            bg.budget_since = now;
-            bg.waited_this_second = std::time::Duration::ZERO;
-        }
-        let allowed = WAIT_PER_OBJECT.min(WAIT_PER_SECOND.saturating_sub(bg.waited_this_second));
-        let deadline = now + allowed;
+        let deadline = now + WAIT_PER_OBJECT;
         loop {
             let Some(bg) = &mut self.background else {
                 return Lookup::Loading;
             };
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let answer = if left.is_zero() {
-                bg.results.try_recv().ok()
-            } else {
-                bg.results.recv_timeout(left).ok()
+            let answer = match bg.results.recv_timeout(left) {
+                Ok(answer) => answer,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    tracing::warn!(
+                        waited_ms = WAIT_PER_OBJECT.as_millis() as u64,
+                        "an object file's unwind tables are slow to read; not waiting for any for a while"
+                    );
+                    bg.stalled_until = Some(std::time::Instant::now() + STALL_PAUSE);
+                    return Lookup::Loading;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Lookup::Loading,
             };
-            let Some((done, result)) = answer else {
-                bg.waited_this_second += std::time::Instant::now().duration_since(now);
-                return Lookup::Loading;
-            };
+            let (done, result) = answer;
             bg.pending.remove(&done);
             self.completed += 1;
             let tables = self.loaded(done.clone(), 0, result);
             if done == *key {
-                if let Some(bg) = &mut self.background {
-                    bg.waited_this_second += std::time::Instant::now().duration_since(now);
-                }
                 return Lookup::Ready(tables);
             }
         }
