@@ -35,25 +35,10 @@ pub fn render(tree: &Tree, max_nodes: usize, sample_type: &str) -> String {
         return String::new();
     }
     // Per function name: (flat, cum); cum counts a stack once even through recursion.
-    let mut funcs: HashMap<u32, (i64, i64)> = HashMap::new();
+    let funcs = super::top::function_totals(tree);
     let mut edges: HashMap<(u32, u32), i64> = HashMap::new();
-    for (i, node) in tree.nodes.iter().enumerate().skip(1) {
-        let e = funcs.entry(node.name).or_default();
-        e.0 = e.0.saturating_add(node.self_value);
-        let mut up = node.parent;
-        let mut recursive = false;
-        while up != ROOT {
-            let p = &tree.nodes[up as usize];
-            if p.name == node.name {
-                recursive = true;
-                break;
-            }
-            up = p.parent;
-        }
-        if !recursive {
-            e.1 = e.1.saturating_add(node.total);
-        }
-        if node.parent != ROOT && i != ROOT as usize {
+    for node in tree.nodes.iter().skip(1) {
+        if node.parent != ROOT {
             let caller = tree.nodes[node.parent as usize].name;
             let w = edges.entry((caller, node.name)).or_default();
             *w = w.saturating_add(node.total);

@@ -28,9 +28,9 @@ pub struct TopResponse {
     pub functions: Vec<TopFunction>,
 }
 
-/// Functions sorted by self descending. A function's total counts each stack once, even when it
-/// recurses: only nodes with no ancestor of the same name contribute.
-pub fn top(tree: &Tree, limit: usize) -> Vec<TopFunction> {
+/// Per function name (its id in `tree.names`): (self, total). A function's total counts each
+/// stack once, even when it recurses: only nodes with no ancestor of the same name contribute.
+pub fn function_totals(tree: &Tree) -> HashMap<u32, (i64, i64)> {
     let mut acc: HashMap<u32, (i64, i64)> = HashMap::new();
     for node in tree.nodes.iter().skip(1) {
         let e = acc.entry(node.name).or_default();
@@ -49,6 +49,12 @@ pub fn top(tree: &Tree, limit: usize) -> Vec<TopFunction> {
             e.1 = e.1.saturating_add(node.total);
         }
     }
+    acc
+}
+
+/// Functions sorted by self descending, totals as [`function_totals`] counts them.
+pub fn top(tree: &Tree, limit: usize) -> Vec<TopFunction> {
+    let acc = function_totals(tree);
     let mut out: Vec<TopFunction> = acc
         .into_iter()
         .map(|(name, (self_value, total))| TopFunction {
