@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 node --test web/tests/unit/
 [ -d web/node_modules/playwright-core ] || (cd web && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --locked --bin kiln
+# The binary the test suite already built: the same command as scripts/test.sh's, so after it this is
+# a no-op. (`cargo build --bin kiln` would rebuild reqwest, axum, kube… with another feature set:
+# dev-dependencies unify features in a test build; that cost CI ~2-6 min.)
+cargo test --workspace --all-targets --locked --no-run --quiet
 data=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/debug/kiln server --listen "127.0.0.1:$port" --data-dir "$data/open" &
