@@ -54,11 +54,19 @@ const st = {
   valueCache: new Map(),
   lastRenderMs: 0,
   flameWidth: 0,     // #flame-container's width, kept by a ResizeObserver
+  urlQueued: false,  // a URL update waits for the next frame
 };
 
 function writeUrl() {
-  const url = `${location.pathname}?${serializeState(S)}${location.hash}`;
-  if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
+  // history.replaceState costs milliseconds (Chromium hands the entry to the browser process):
+  // done once per burst of changes, after the frame that shows them, not inside a zoom's frame.
+  if (st.urlQueued) return;
+  st.urlQueued = true;
+  requestAnimationFrame(() => setTimeout(() => {
+    st.urlQueued = false;
+    const url = `${location.pathname}?${serializeState(S)}${location.hash}`;
+    if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
+  }, 0));
 }
 
 /** After a change of S: the URL, then a reload, a recompute (transforms, search) or a repaint. */
@@ -1153,9 +1161,9 @@ window.kiln = {
   chartGeometry: () => chart.geom && { left: chart.geom.left, width: chart.geom.pw, top: chart.geom.top, height: chart.geom.ph },
   lastRenderMs: () => st.lastRenderMs,
   reload: () => load(),
-  /** Resolves once no load is running and the last render has been painted. */
+  /** Resolves once no load is running, the last render has been painted and the URL written. */
   idle: async () => {
-    while (st.inflight || st.renderQueued) await new Promise((r) => setTimeout(r, 10));
+    while (st.inflight || st.renderQueued || st.urlQueued) await new Promise((r) => setTimeout(r, 10));
   },
 };
 

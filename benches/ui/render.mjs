@@ -198,7 +198,10 @@ const zoomRuns = (page, zooms) => page.evaluate(async ([n, settle]) => {
     }
     const works = [...perFrame.values()].map(([start, end]) => end - start);
     works[0] += handler;
-    out.push({ work: Math.max(...works), win: [mark, fs.reduce((a, x) => (x.end > a.end ? x : a)).mark] });
+    // The CPU window ends a frame later, so that work a page defers past the paint (tasks queued
+    // by the frame) still counts.
+    await settled();
+    out.push({ work: Math.max(...works), win: [mark, window.__frames.reduce((a, x) => (x.end > a.end ? x : a)).mark] });
     // Back to the root (both pages reset on Escape).
     document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
     await settled();
@@ -283,8 +286,11 @@ async function profileLoad(browser, page, loadOnce, file) {
   const { profile } = await cdp.send("Profiler.stop");
   await browser.stopTracing();
   await browser.startTracing(page, { path: file.replace(/(\.json)?$/, ".zoom.json"), categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink"] });
-  const z = await zoomRuns(page, 4);
+  await cdp.send("Profiler.start");
+  const z = (await zoomRuns(page, 6)).map((x) => x.work);
+  const { profile: zp } = await cdp.send("Profiler.stop");
   await browser.stopTracing();
+  printSelf("JS self time in the zooms (ms):", zp);
   console.error(`# traced zooms: ${z.map((x) => x.toFixed(1)).join(", ")} ms; trace in ${file.replace(/(\.json)?$/, ".zoom.json")}`);
   console.error(`# traced load: render ${r.render.toFixed(1)} ms (paint callback ${r.paint.toFixed(1)} ms); trace in ${file}`);
   const events = JSON.parse(fs.readFileSync(file, "utf8")).traceEvents;
@@ -296,6 +302,10 @@ async function profileLoad(browser, page, loadOnce, file) {
   }
   console.error("# main-thread trace events (ms, nested events counted in each):");
   for (const [n, ms] of [...byName].sort((a, b) => b[1] - a[1]).slice(0, 18)) console.error(`#   ${ms.toFixed(1).padStart(8)}  ${n}`);
+  printSelf("JS self time in the load (ms):", profile);
+}
+
+function printSelf(title, profile) {
   const self = new Map();
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   for (let i = 0; i < profile.samples.length; i++) {
@@ -303,7 +313,7 @@ async function profileLoad(browser, page, loadOnce, file) {
     const key = `${cf.functionName || "(anonymous)"} ${cf.url.split("/").pop()}:${cf.lineNumber + 1}`;
     self.set(key, (self.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
   }
-  console.error("# JS self time (ms):");
+  console.error(`# ${title}`);
   for (const [n, ms] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 22)) console.error(`#   ${ms.toFixed(1).padStart(8)}  ${n}`);
 }
 

@@ -15,13 +15,21 @@ const TEXT_MIN_W = 20;
 export function drawFlame(canvas, l, width, { style, label, hover = -1, outline = "#000", thinFill = "#c8c8cc" }) {
   const height = Math.max(1, l.rows * l.rowH);
   const dpr = globalThis.devicePixelRatio || 1;
-  canvas.style.height = `${l.rows ? height : 0}px`;
   const bw = Math.max(1, Math.round(width * dpr)), bh = Math.max(1, Math.round(height * dpr));
-  if (canvas.width !== bw) canvas.width = bw;
-  if (canvas.height !== bh) canvas.height = bh;
+  // A new backing store (any change of canvas.width/height) costs more than painting a big graph:
+  // keep it while the graph is at most a little shorter (zooms change the row count), and show
+  // only the graph's rows by the container's height (it clips, style.css).
+  if (canvas.width !== bw || canvas.height < bh || canvas.height > bh * 1.5 + 64) {
+    canvas.width = bw;
+    canvas.height = bh;
+  }
+  const cssH = `${canvas.height / dpr}px`;
+  if (canvas.style.height !== cssH) canvas.style.height = cssH;
+  const boxH = l.rows ? `${height}px` : ""; // empty: the container's placeholder sizes it
+  if (canvas.parentElement && canvas.parentElement.style.height !== boxH) canvas.parentElement.style.height = boxH;
   const ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, width, height);
+  ctx.clearRect(0, 0, width, canvas.height / dpr);
   const rowH = l.rowH;
   // Sub-pixel frames (layout.js `thin`): one muted run per row segment, under the frames.
   const thin = l.thin ?? [];

@@ -183,7 +183,8 @@ function fillRow(tr, r, { unit, selected, maxSelfPct }) {
   setText(c[0], r.name);
   setText(c[1], fmtValue(r.self, unit));
   const bar = c[2].firstChild;
-  const bw = `${Math.max(1, Math.round((40 * r.selfPct) / maxSelfPct))}px`;
+  // No sliver for a function without self time.
+  const bw = `${r.selfPct > 0 ? Math.max(1, Math.round((40 * r.selfPct) / maxSelfPct)) : 0}px`;
   if (bar.style.width !== bw) bar.style.width = bw;
   setText(c[2].lastChild, fmtPct(r.selfPct));
   setText(c[3], fmtValue(r.total, unit));
