@@ -17,7 +17,7 @@ import { drawFlame } from "./js/draw.js";
 import { frameColor, frameKind, packageOf, REASONS, kindColor } from "./js/colors.js";
 import { shareChange, diffColor, movers } from "./js/diff.js";
 import { Chart, stackSeries } from "./js/chart.js";
-import { tableRows, renderTop, renderMovers } from "./js/table.js";
+import { tableRows, TopTable, renderMovers } from "./js/table.js";
 import { completionContext, applyCompletion, withMatcher, parseSelector } from "./js/selector.js";
 import { toFolded, toSvg, toJson } from "./js/export.js";
 import { SHORTCUTS, actionFor } from "./js/keys.js";
@@ -26,7 +26,6 @@ import { fmtValue, fmtPct, fmtPoints, normalizeTimeInput, resolveTime, fmtTime }
 const AUTO_REFRESH_MS = 10_000;
 const WAIT_POLL_MS = 3_000;
 const TOP_LIMIT = 500; // rows asked from the server (the filter searches them all)
-const TABLE_ROWS = 200; // rows drawn
 const SPLIT_TOP_N = 5;
 
 const $ = (id) => document.getElementById(id);
@@ -54,11 +53,20 @@ const st = {
   labelNames: [],
   valueCache: new Map(),
   lastRenderMs: 0,
+  flameWidth: 0,     // #flame-container's width, kept by a ResizeObserver
+  urlQueued: false,  // a URL update waits for the next frame
 };
 
 function writeUrl() {
-  const url = `${location.pathname}?${serializeState(S)}${location.hash}`;
-  if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
+  // history.replaceState costs milliseconds (Chromium hands the entry to the browser process):
+  // done once per burst of changes, after the frame that shows them, not inside a zoom's frame.
+  if (st.urlQueued) return;
+  st.urlQueued = true;
+  requestAnimationFrame(() => setTimeout(() => {
+    st.urlQueued = false;
+    const url = `${location.pathname}?${serializeState(S)}${location.hash}`;
+    if (url !== location.pathname + location.search + location.hash) history.replaceState(null, "", url);
+  }, 0));
 }
 
 /** After a change of S: the URL, then a reload, a recompute (transforms, search) or a repaint. */
@@ -219,6 +227,7 @@ function palette() {
     dim: cssVar("--frame-dim") || "#e4e4e7",
     dimText: cssVar("--frame-dim-text") || "#6b6b73",
     collapsed: cssVar("--frame-collapsed") || "#d4d4d8",
+    thin: cssVar("--frame-thin") || "#d8c3b4",
     fg: cssVar("--fg") || "#111",
     matchLegend: cssVar("--match") || "#d63af9",
   });
@@ -227,14 +236,24 @@ function palette() {
 function frameStyle(pal) {
   const searching = !!st.matcher;
   const diff = st.data?.diff;
+  // One style object per colour, not one per frame per paint (a big graph has tens of thousands).
+  const collapsed = { fill: pal.collapsed, text: pal.fg };
+  const hit = { fill: pal.match, text: "#ffffff" };
+  const dim = { fill: pal.dim, text: pal.dimText };
+  const byFill = new Map();
+  const dark = (fill) => {
+    let s = byFill.get(fill);
+    if (!s) byFill.set(fill, (s = { fill, text: "#111111" }));
+    return s;
+  };
   return (f) => {
     const n = f.node;
     const isRoot = n === st.tree && !f.collapsed;
-    if (f.collapsed) return { fill: pal.collapsed, text: pal.fg };
-    if (n.hit) return { fill: pal.match, text: "#ffffff" };
-    if (searching && !isRoot) return { fill: pal.dim, text: pal.dimText };
-    if (diff && !isRoot) return { fill: diffColor(shareChange(n, diff), S.palette), text: "#111111" };
-    return { fill: frameColor(S.color, n.name, n.reason, isRoot), text: "#111111" };
+    if (f.collapsed) return collapsed;
+    if (n.hit) return hit;
+    if (searching && !isRoot) return dim;
+    if (diff && !isRoot) return dark(diffColor(shareChange(n, diff), S.palette));
+    return dark(frameColor(S.color, n.name, n.reason, isRoot));
   };
 }
 
@@ -268,12 +287,15 @@ function renderNow() {
   document.querySelectorAll(".seg button[data-view]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.view === S.view)));
   $("sandwich-panel").hidden = S.view !== "sandwich";
   const container = $("flame-container");
-  const width = Math.max(1, Math.floor(container.clientWidth));
+  // The width from the ResizeObserver: reading clientWidth here would force a style and layout
+  // of the whole page (the table just rebuilt) in the middle of the frame.
+  const width = Math.max(1, Math.floor(st.flameWidth || container.clientWidth));
   const pal = palette();
   const tree = st.tree;
   st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient });
   drawFlame($("flamegraph"), st.layout, width, {
     style: frameStyle(pal), label: frameLabel(st.layout), hover: st.hover, outline: pal.fg,
+    thinFill: st.matcher ? pal.dim : pal.thin,
   });
   if (S.view === "sandwich") renderSandwich(pal);
   container.dataset.placeholder = st.layout.frames.length ? "" : ({
@@ -300,7 +322,7 @@ function renderSandwich(pal) {
     canvas._layout = l;
     drawFlame(canvas, l, width, {
       style: (f) => (f.depth === 0 ? { fill: pal.match, text: "#fff" } : frameStyle(pal)(f)),
-      label: (f) => f.node.name, outline: pal.fg,
+      label: (f) => f.node.name, outline: pal.fg, thinFill: pal.thin,
     });
   }
 }
@@ -357,7 +379,7 @@ function renderLegend() {
     : S.color === "kind"
       ? [[kindColor("f", null), "user"], [kindColor("f [k]", null), "kernel [k]"], [kindColor("runtime.x", null), "runtime"], [kindColor("0x1", null), "unsymbolized"]]
       : [["linear-gradient(90deg, hsl(20 60% 65%), hsl(140 60% 65%), hsl(260 60% 65%))", "one hue per package / binary"]];
-  items.push([palette().matchLegend, "search match"]);
+  items.push([palette().matchLegend, "search match"], [palette().thin, "frames under 1 px"]);
   lg.replaceChildren(...items.flatMap(([c, t]) => {
     const i = document.createElement("i");
     i.className = "sw";
@@ -889,8 +911,9 @@ function exactRegex(name) {
   return "^" + name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "$";
 }
 
+const topTable = new TopTable($("top-table").tBodies[0], $("top-table").closest(".table-wrap"));
+
 function renderTable() {
-  const tbody = $("top-table").tBodies[0];
   for (const th of document.querySelectorAll("#top-table th[data-key]")) {
     th.setAttribute("aria-sort", th.dataset.key === st.sort.key ? (st.sort.dir === "asc" ? "ascending" : "descending") : "none");
   }
@@ -900,7 +923,7 @@ function renderTable() {
   $("top-table").hidden = diff;
   $("table-title").textContent = diff ? "Comparison" : "Top functions";
   if (!d || !st.tree) {
-    renderTop(tbody, [], { empty: st.status === "error" ? "—" : "no functions" });
+    topTable.set([], { empty: st.status === "error" ? "—" : "no functions" });
     return;
   }
   if (diff) {
@@ -912,8 +935,8 @@ function renderTable() {
   const fns = fromServer ? d.top.map((f) => ({ name: f.name, self: Number(f.self) || 0, total: Number(f.total) || 0, reason: f.reason })) : topFunctions(st.tree);
   const rows = tableRows(fns, st.tree.total, { filter: $("table-filter").value, matcher: st.matcher, sort: st.sort });
   const selected = fns.find((f) => S.search === exactRegex(f.name))?.name;
-  renderTop(tbody, rows, { unit: d.unit, selected, limit: TABLE_ROWS, empty: st.matcher ? "no function matches the search" : "no functions" });
-  $("table-note").textContent = `${Math.min(rows.length, TABLE_ROWS)} of ${rows.length}${rows.length !== fns.length ? ` (of ${fns.length})` : ""} functions${st.matcher ? " (filtered by the search)" : ""}${fromServer ? "" : " · after transforms"}`;
+  topTable.set(rows, { unit: d.unit, selected, empty: st.matcher ? "no function matches the search" : "no functions" });
+  $("table-note").textContent = `${rows.length}${rows.length !== fns.length ? ` of ${fns.length}` : ""} functions${st.matcher ? " (filtered by the search)" : ""}${fromServer ? "" : " · after transforms"}`;
 }
 
 $("top-table").tBodies[0].addEventListener("click", (e) => {
@@ -1138,15 +1161,17 @@ window.kiln = {
   chartGeometry: () => chart.geom && { left: chart.geom.left, width: chart.geom.pw, top: chart.geom.top, height: chart.geom.ph },
   lastRenderMs: () => st.lastRenderMs,
   reload: () => load(),
-  /** Resolves once no load is running and the last render has been painted. */
+  /** Resolves once no load is running, the last render has been painted and the URL written. */
   idle: async () => {
-    while (st.inflight || st.renderQueued) await new Promise((r) => setTimeout(r, 10));
+    while (st.inflight || st.renderQueued || st.urlQueued) await new Promise((r) => setTimeout(r, 10));
   },
 };
 
 // ---------------------------------------------------------------- boot
 
-new ResizeObserver(() => {
+new ResizeObserver((entries) => {
+  // Rounded like clientWidth (what the canvas width was taken from before).
+  for (const e of entries) st.flameWidth = Math.round(e.contentRect.width);
   render();
   chart.draw();
 }).observe($("flame-container"));

@@ -12,6 +12,7 @@
 //   zoom    the animation-frame callback after a click on a frame (one frame per zoom)
 // Targets (issue 11): render ≤ 100 ms, zoom ≤ 16 ms per frame.
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
@@ -105,21 +106,110 @@ async function servePage(ctx, dir) {
   });
 }
 
-// Times every animation-frame callback (both pages paint in requestAnimationFrame).
+// In-page instrumentation, installed before the page's own scripts (the same for both pages):
+// - `__dataAt`: when the flame-graph answer's body has been received (Response.text()/json()
+//   resolved for /api/v1/flamegraph). Both pages read bodies with text() then JSON.parse, so
+//   parsing counts as rendering work.
+// - `__frames`: every animation-frame callback's start and duration, and `end`: when a message
+//   posted from inside the callback is delivered, i.e. after that frame's style recalculation,
+//   layout and paint (they run in the same task as the callbacks), so `end` is when the frame is
+//   fully painted.
 const INIT = () => {
   window.__frames = [];
+  window.__dataAt = 0;
+  window.__markN = 0; // user-timing marks bound the windows whose main-thread CPU time is summed
+  for (const m of ["text", "json"]) {
+    const orig = Response.prototype[m];
+    Response.prototype[m] = function () {
+      const url = this.url;
+      return orig.call(this).then((v) => {
+        if (url.includes("/api/v1/flamegraph")) {
+          window.__dataAt = performance.now();
+          performance.mark((window.__dataMark = `bench:data:${++window.__markN}`));
+        }
+        return v;
+      });
+    };
+  }
   const raf = window.requestAnimationFrame.bind(window);
   window.requestAnimationFrame = (cb) => raf((ts) => {
     const start = performance.now();
     cb(ts);
-    window.__frames.push({ start, dur: performance.now() - start });
+    const rec = { ts, start, dur: performance.now() - start, end: 0 };
+    window.__frames.push(rec);
+    const ch = new MessageChannel();
+    ch.port1.onmessage = () => {
+      rec.end = performance.now();
+      performance.mark((rec.mark = `bench:end:${++window.__markN}`));
+    };
+    ch.port2.postMessage(0);
   });
 };
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const max = (xs) => Math.max(...xs);
 
-async function measure(browser, label, dir) {
+/**
+ * From trace events: `cpu(markA, markB)` = the main thread's CPU ms between two user-timing
+ * marks (each mark carries the thread's CPU clock, `tts`).
+ */
+function cpuIn(events) {
+  const marks = new Map();
+  for (const e of events) {
+    if (e.cat?.includes("blink.user_timing") && e.name.startsWith("bench:") && e.tts != null) marks.set(e.name, e);
+  }
+  return (a, b) => {
+    const from = marks.get(a), to = marks.get(b);
+    if (!from || !to || from.tid !== to.tid) throw new Error(`marks ${a}/${b} missing from the trace`);
+    return (to.tts - from.tts) / 1000;
+  };
+}
+
+/** One settled frame: resolves after the next animation frame has been painted. */
+const SETTLE = () => new Promise((res) => requestAnimationFrame(() => { const ch = new MessageChannel(); ch.port1.onmessage = () => res(); ch.port2.postMessage(0); }));
+
+const zoomRuns = (page, zooms) => page.evaluate(async ([n, settle]) => {
+  const settled = eval(settle);
+  const canvas = document.getElementById("flamegraph");
+  const out = [];
+  const click = (f) => {
+    const r = canvas.getBoundingClientRect();
+    canvas.dispatchEvent(new MouseEvent("click", { bubbles: true, clientX: r.left + f.x + f.w / 2, clientY: r.top + f.y + f.h / 2 }));
+  };
+  for (let i = 0; i < n; i++) {
+    const cands = window.kiln.frames().filter((f) => !f.collapsed && f.depth >= 1 + (i % 3) && f.w > 8);
+    if (!cands.length) break;
+    const f = cands[(i * 7) % cands.length];
+    await settled();
+    window.__frames = [];
+    const mark = `bench:click:${++window.__markN}`;
+    performance.mark(mark);
+    const t0 = performance.now();
+    click(f);
+    const handler = performance.now() - t0;
+    await settled();
+    const fs = window.__frames.filter((x) => x.end > 0).sort((a, b) => a.start - b.start);
+    if (!fs.length) throw new Error("the click painted no frame");
+    // Callbacks of one frame share its rAF timestamp; the handler counts in the first frame.
+    const perFrame = new Map(); // rAF timestamp → [first start, last end]
+    for (const x of fs) {
+      const g = perFrame.get(x.ts) ?? [Infinity, 0];
+      perFrame.set(x.ts, [Math.min(g[0], x.start), Math.max(g[1], x.end)]);
+    }
+    const works = [...perFrame.values()].map(([start, end]) => end - start);
+    works[0] += handler;
+    // The CPU window ends a frame later, so that work a page defers past the paint (tasks queued
+    // by the frame) still counts.
+    await settled();
+    out.push({ work: Math.max(...works), win: [mark, window.__frames.reduce((a, x) => (x.end > a.end ? x : a)).mark] });
+    // Back to the root (both pages reset on Escape).
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
+    await settled();
+  }
+  return out;
+}, [zooms, SETTLE.toString()]);
+
+async function measure(browser, label, dir, trace) {
   const ctx = await browser.newContext({ viewport: { width: 1920, height: 1080 }, deviceScaleFactor: 1 });
   await servePage(ctx, dir);
   await ctx.addInitScript(INIT);
@@ -129,65 +219,125 @@ async function measure(browser, label, dir) {
   await page.goto("http://kiln.bench/?from=now-1h&until=now");
   await page.waitForFunction(() => window.kiln?.status() === "ok", null, { timeout: 120_000 });
   await page.evaluate(() => window.kiln.idle());
-  const render = [], load = [];
+  const render = [], paint = [], load = [];
+  const loadOnce = () => page.evaluate(async (settle) => {
+    const settled = eval(settle);
+    await settled();
+    window.__frames = [];
+    window.__dataAt = 0;
+    const t0 = performance.now();
+    await window.kiln.reload();
+    await window.kiln.idle();
+    await settled();
+    await settled();
+    const fs = window.__frames.filter((f) => f.start >= window.__dataAt && f.end > 0);
+    if (!window.__dataAt || !fs.length) throw new Error("no flame-graph answer or no frame after it");
+    // The frame that paints the graph: the longest callback after the answer arrived.
+    const p = fs.reduce((a, f) => (f.dur > a.dur ? f : a));
+    return { render: p.end - window.__dataAt, paint: p.dur, load: p.end - t0, win: [window.__dataMark, p.mark] };
+  }, SETTLE.toString());
+  // Chromium's trace (user-timing marks only: light) gives the main thread's CPU time in each
+  // window, which other processes on a busy machine inflate far less than the
+  // wall-clock times above.
+  const traceFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "kiln-ui-bench-")), "cpu.json");
+  await browser.startTracing(page, { path: traceFile, categories: ["blink.user_timing"] });
+  const wins = [];
   for (let i = 0; i < RUNS; i++) {
-    const r = await page.evaluate(async () => {
-      await new Promise((res) => setTimeout(res, 50));
-      window.__frames = [];
-      const t0 = performance.now();
-      await window.kiln.reload();
-      await window.kiln.idle();
-      await new Promise((res) => requestAnimationFrame(() => setTimeout(res, 0)));
-      const fs = window.__frames.filter((f) => f.start >= t0);
-      const paint = fs.reduce((a, f) => (f.dur > a.dur ? f : a), { dur: 0, start: t0 });
-      return { render: paint.dur, load: paint.start + paint.dur - t0 };
-    });
+    const r = await loadOnce();
     render.push(r.render);
+    paint.push(r.paint);
     load.push(r.load);
+    wins.push(r.win);
   }
   // Zoom: click frames one to three levels down, wide enough to hit, then go back to the root.
-  const zoom = await page.evaluate(async (n) => {
-    const canvas = document.getElementById("flamegraph");
-    const out = [];
-    const frame = () => new Promise((res) => requestAnimationFrame(() => setTimeout(res, 0)));
-    const click = (f) => {
-      const r = canvas.getBoundingClientRect();
-      canvas.dispatchEvent(new MouseEvent("click", { bubbles: true, clientX: r.left + f.x + f.w / 2, clientY: r.top + f.y + f.h / 2 }));
-    };
-    for (let i = 0; i < n; i++) {
-      const cands = window.kiln.frames().filter((f) => !f.collapsed && f.depth >= 1 + (i % 3) && f.w > 8);
-      if (!cands.length) break;
-      const f = cands[(i * 7) % cands.length];
-      window.__frames = [];
-      click(f);
-      await frame();
-      out.push(Math.max(0, ...window.__frames.map((x) => x.dur)));
-      // Back to the root (both pages reset on Escape).
-      document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
-      await frame();
-    }
-    return out;
-  }, ZOOMS);
+  // Per zoom, the main thread's work per frame, the most of any frame it caused: a frame's
+  // animation-frame callbacks and its style/layout/paint (start of the first callback to `end`),
+  // the click handler counted in the first frame; the idle wait for vsync between is not work.
+  const zooms = await zoomRuns(page, ZOOMS);
+  await browser.stopTracing();
+  const cpu = cpuIn(JSON.parse(fs.readFileSync(traceFile, "utf8")).traceEvents);
+  if (!process.env.KEEP) fs.rmSync(path.dirname(traceFile), { recursive: true, force: true });
+  const renderCpu = wins.map((w) => cpu(...w));
+  const zoomCpu = zooms.map((z) => cpu(...z.win));
+  const zoom = zooms.map((z) => z.work);
   const drawn = await page.evaluate(() => window.kiln.frames().length);
+  if (trace) await profileLoad(browser, page, loadOnce, trace);
   await ctx.close();
   if (errors.length) throw new Error(`${label}: page errors: ${errors.join("; ")}`);
-  return { label, drawn, render: { median: median(render), max: max(render) }, load: { median: median(load), max: max(load) }, zoom: { median: median(zoom), max: max(zoom), n: zoom.length } };
+  const st = (xs) => ({ median: median(xs), max: max(xs) });
+  return {
+    label, drawn, render: st(render), renderCpu: st(renderCpu), paint: st(paint), load: st(load),
+    zoom: { ...st(zoom), n: zoom.length }, zoomCpu: st(zoomCpu),
+  };
+}
+
+/**
+ * --trace FILE: one more load of the new page under Chromium's tracing (written to FILE, opens in
+ * chrome://tracing or Perfetto) and V8's sampling profiler; prints where the main thread's time
+ * went (trace events by name, and the JS functions with the most self time).
+ */
+async function profileLoad(browser, page, loadOnce, file) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Profiler.enable");
+  await cdp.send("Profiler.setSamplingInterval", { interval: 200 });
+  await browser.startTracing(page, { path: file, categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink"] });
+  await cdp.send("Profiler.start");
+  const r = await loadOnce();
+  const { profile } = await cdp.send("Profiler.stop");
+  await browser.stopTracing();
+  await browser.startTracing(page, { path: file.replace(/(\.json)?$/, ".zoom.json"), categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink", "cc"] });
+  await cdp.send("Profiler.start");
+  const z = (await zoomRuns(page, 6)).map((x) => x.work);
+  const { profile: zp } = await cdp.send("Profiler.stop");
+  await browser.stopTracing();
+  printSelf("JS self time in the zooms (ms):", zp);
+  console.error(`# traced zooms: ${z.map((x) => x.toFixed(1)).join(", ")} ms; trace in ${file.replace(/(\.json)?$/, ".zoom.json")}`);
+  console.error(`# traced load: render ${r.render.toFixed(1)} ms (paint callback ${r.paint.toFixed(1)} ms); trace in ${file}`);
+  const events = JSON.parse(fs.readFileSync(file, "utf8")).traceEvents;
+  const main = events.find((e) => e.name === "thread_name" && e.args?.name === "CrRendererMain");
+  const byName = new Map();
+  for (const e of events) {
+    if (e.ph !== "X" || !e.dur || (main && (e.pid !== main.pid || e.tid !== main.tid))) continue;
+    byName.set(e.name, (byName.get(e.name) ?? 0) + e.dur / 1000);
+  }
+  console.error("# main-thread trace events (ms, nested events counted in each):");
+  for (const [n, ms] of [...byName].sort((a, b) => b[1] - a[1]).slice(0, 18)) console.error(`#   ${ms.toFixed(1).padStart(8)}  ${n}`);
+  printSelf("JS self time in the load (ms):", profile);
+}
+
+function printSelf(title, profile) {
+  const self = new Map();
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  for (let i = 0; i < profile.samples.length; i++) {
+    const cf = byId.get(profile.samples[i]).callFrame;
+    const key = `${cf.functionName || "(anonymous)"} ${cf.url.split("/").pop()}:${cf.lineNumber + 1}`;
+    self.set(key, (self.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
+  }
+  console.error(`# ${title}`);
+  for (const [n, ms] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 22)) console.error(`#   ${ms.toFixed(1).padStart(8)}  ${n}`);
 }
 
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"] });
 const results = [];
 try {
-  for (const [label, dir] of pages) results.push(await measure(browser, label, dir));
+  for (const [label, dir] of pages) results.push(await measure(browser, label, dir, label === "new" ? args.trace : null));
 } finally {
   await browser.close();
 }
 const f = (x) => x.toFixed(1).padStart(7);
 console.log(`tree ${count} nodes (${(fgBody.length / 1e6).toFixed(1)} MB JSON), ${RUNS} loads, ${ZOOMS} zooms, 1920x1080, Chromium headless`);
-console.log("page   frames  render ms (med/max)   load→paint ms (med/max)   zoom frame ms (med/max)");
+console.log("wall-clock ms (med/max), and the page's main-thread CPU ms in the same windows (med/max):");
+console.log("page   frames   render             render CPU        paint cb          load→paint           zoom frame        zoom CPU");
+const mm = (x) => `${f(x.median)} /${f(x.max)}`;
 for (const r of results) {
-  console.log(`${r.label.padEnd(5)} ${String(r.drawn).padStart(7)} ${f(r.render.median)} /${f(r.render.max)}      ${f(r.load.median)} /${f(r.load.max)}          ${f(r.zoom.median)} /${f(r.zoom.max)}`);
+  console.log(`${r.label.padEnd(5)} ${String(r.drawn).padStart(7)} ${mm(r.render)} ${mm(r.renderCpu)} ${mm(r.paint)} ${mm(r.load)} ${mm(r.zoom)} ${mm(r.zoomCpu)}`);
 }
-if (args.json) fs.writeFileSync(args.json, JSON.stringify({ nodes: count, results }, null, 1));
+if (results.length === 2) {
+  const [n, o] = results;
+  const q = (k) => (n[k].median / o[k].median).toFixed(2);
+  console.log(`new/old (medians): render ${q("render")} (CPU ${q("renderCpu")}), zoom ${q("zoom")} (CPU ${q("zoomCpu")})`);
+}
+if (args.json) fs.mkdirSync(path.dirname(args.json), { recursive: true }), fs.writeFileSync(args.json, JSON.stringify({ nodes: count, results }, null, 1));
 const cur = results[0];
 const ok = cur.render.median <= 100 && cur.zoom.median <= 16;
 console.log(`targets (render ≤ 100 ms, zoom ≤ 16 ms/frame, medians): ${ok ? "met" : "NOT met"}`);

@@ -9,7 +9,7 @@ import { TreeBuilder } from "../../js/tree.js";
 import { layout } from "../../js/layout.js";
 import { actionFor, SHORTCUTS } from "../../js/keys.js";
 import { stackSeries, niceTicks, OTHER } from "../../js/chart.js";
-import { tableRows } from "../../js/table.js";
+import { tableRows, visibleWindow } from "../../js/table.js";
 import { frameKind, packageOf, frameColor } from "../../js/colors.js";
 
 test("values, percentages, cores", () => {
@@ -150,6 +150,17 @@ test("table rows: filter, search, sort, percentages", () => {
   assert.deepEqual(rows.map((r) => r.name), ["main.work", "main.fib"]);
   rows = tableRows(fns, 100, { matcher: (n) => n.endsWith("x") });
   assert.deepEqual(rows.map((r) => r.name), ["runtime.x"]);
+});
+
+test("top table virtualization: rows in view plus a margin, padding for the rest", () => {
+  assert.deepEqual(visibleWindow(500, 0, 480, 28, 10), { first: 0, last: 28, padTop: 0, padBottom: 472 * 28 });
+  const w = visibleWindow(500, 2800, 480, 28, 10); // row 100 at the top
+  assert.deepEqual([w.first, w.last], [90, 128]);
+  assert.equal(w.padTop + (w.last - w.first) * 28 + w.padBottom, 500 * 28, "scroll height kept");
+  assert.deepEqual(visibleWindow(12, 0, 480, 28, 10), { first: 0, last: 12, padTop: 0, padBottom: 0 });
+  const end = visibleWindow(500, 1e6, 480, 28, 10); // scrolled past the end (rows shrank)
+  assert.equal(end.last, 500);
+  assert.ok(end.first <= 500 - 480 / 28, "the last rows are in the DOM");
 });
 
 test("frame kinds, packages and colours", () => {

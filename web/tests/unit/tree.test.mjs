@@ -176,6 +176,28 @@ test("layout: root spans the width, children below, narrow frames skipped", () =
   assert.ok(!tiny.frames.some((f) => f.node.name === "runtime.mallocgc"), "0.6 px frame skipped");
 });
 
+test("layout: sub-pixel frames are runs per row, not frames; narrower ones skipped", () => {
+  // root (100) → a (99.2) and 8 siblings of 0.1 each at 1000 px: 1 px each, then at 100 px 0.1 px.
+  const kids = [{ name: "a", self: 99.2, total: 99.2, children: [] }];
+  for (let i = 0; i < 8; i++) kids.push({ name: `s${i}`, self: 0, total: 0.1, children: [{ name: `c${i}`, self: 0.1, total: 0.1, children: [] }] });
+  const root = { name: "total", self: 0, total: 100, children: kids };
+  const wide = layout(root, [], 1000);
+  assert.equal(wide.frames.length, 1 + 1 + 8 + 8, "1 px frames are frames");
+  assert.deepEqual(wide.thin, []);
+  const mid = layout(root, [], 600); // siblings 0.6 px: a run at depth 1, and one under it
+  assert.deepEqual(mid.frames.map((f) => f.node.name), ["total", "a"]);
+  assert.equal(mid.thin.length, 6, "one run on each of two rows");
+  const [x, d, w, x2, d2] = mid.thin;
+  assert.deepEqual([d, d2], [1, 2]);
+  assert.equal(x, Math.floor(600 * 0.992));
+  assert.equal(x2, x);
+  assert.ok(w >= 4 && w <= 6, `run covers the 4.8 px of the siblings: ${w}`);
+  assert.equal(mid.rows, 3, "rows count the runs");
+  const narrow = layout(root, [], 300); // 0.3 px: skipped altogether
+  assert.deepEqual(narrow.thin, []);
+  assert.equal(narrow.rows, 2);
+});
+
 test("layout: flame orientation puts the root at the bottom", () => {
   const l = layout(T(), [], 800, { orient: "flame" });
   const root = l.frames[0];
