@@ -65,6 +65,10 @@ pub struct Point {
     #[prost(int64, tag = "2")]
     #[serde(with = "int64")]
     pub timestamp: i64,
+    /// Profiles that made the point (asked for with `exemplar_type`).
+    #[prost(message, repeated, tag = "4")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exemplars: Vec<Exemplar>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -387,6 +391,10 @@ pub struct SelectSeriesRequest {
     #[prost(int64, optional, tag = "9")]
     #[serde(with = "opt_int64")]
     pub limit: Option<i64>,
+    /// `EXEMPLAR_TYPE_INDIVIDUAL`: each point names its largest profile.
+    #[prost(enumeration = "ExemplarType", tag = "10")]
+    #[serde(alias = "exemplar_type", with = "exemplar_type")]
+    pub exemplar_type: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -928,6 +936,7 @@ mod tests {
             step: 10.0,
             aggregation: Some(TimeSeriesAggregationType::Average as i32),
             limit: None,
+            exemplar_type: 0,
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(

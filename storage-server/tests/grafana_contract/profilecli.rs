@@ -133,6 +133,7 @@ async fn profilecli_contract() {
             group_by: vec!["service_name".into()],
             aggregation: Some(TimeSeriesAggregationType::Sum as i32),
             limit: Some(1),
+            exemplar_type: 0,
         },
         &h,
     )
