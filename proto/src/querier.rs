@@ -221,6 +221,10 @@ pub struct SelectMergeStacktracesRequest {
     #[serde(alias = "stack_trace_selector")]
     pub stack_trace_selector: Option<StackTraceSelector>,
     /// Only samples of these spans (newer clients send span profiles this way).
+    /// Only the profiles with these IDs (an exemplar's `profile_id`).
+    #[prost(string, repeated, tag = "8")]
+    #[serde(alias = "profile_id_selector")]
+    pub profile_id_selector: Vec<String>,
     #[prost(string, repeated, tag = "11")]
     #[serde(alias = "span_selector")]
     pub span_selector: Vec<String>,
@@ -344,6 +348,10 @@ pub struct SelectMergeProfileRequest {
     #[prost(message, optional, tag = "6")]
     #[serde(alias = "stack_trace_selector")]
     pub stack_trace_selector: Option<StackTraceSelector>,
+    /// Only the profiles with these IDs (an exemplar's `profile_id`).
+    #[prost(string, repeated, tag = "7")]
+    #[serde(alias = "profile_id_selector")]
+    pub profile_id_selector: Vec<String>,
 }
 
 /// `types.v1.StackTraceSelector`: stacks whose root-first frames start with `call_site`.

@@ -530,6 +530,7 @@ async fn connect_querier_proto_and_json() {
         end,
         max_nodes: None,
         stack_trace_selector: None,
+        profile_id_selector: vec![],
     };
     let (status, _, body) = connect_raw(
         &app,

@@ -5,7 +5,8 @@
 //! slots, each slot named by its right edge and covering (edge - step, edge]; values into 20
 //! equal buckets between the smallest and the largest value over all series. A slot lists, per
 //! value bucket, its lower bound and how many points fell in it, and (when exemplars are asked
-//! for) the largest point of each non-empty bucket.
+//! for) the largest point of each non-empty bucket, named by its profile's ID
+//! ([`super::profile_id`]) or its span.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,6 +17,7 @@ use kiln_proto::querier::{
 use std::sync::Arc;
 
 use super::admission::QueryCtx;
+use super::profile_id::profile_id;
 use super::querier::{ConnectError, TypedRequest, enum_field, step_nanos};
 use super::{profile_total, read_each, span, value_index};
 use crate::AppState;
@@ -32,11 +34,12 @@ const NS_PER_MS: i64 = 1_000_000;
 /// A series' `group_by` label values and its points.
 pub type PointSeries = (Vec<(String, String)>, Vec<Point>);
 
-/// One point: time (ms), value, the span it belongs to (span heatmaps), and the series labels of
-/// its profile (for its exemplar).
+/// One point: time (ms), value, the span it belongs to (span heatmaps), and its profile's exact
+/// time and series labels (for its exemplar).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Point {
     pub ts_ms: i64,
+    pub time_nanos: i64,
     pub value: i64,
     pub span: Option<u64>,
     pub labels: Arc<Labels>,
@@ -128,6 +131,12 @@ pub fn bucket(
                                         .map(|s| format!("{s:016x}"))
                                         .unwrap_or_default(),
                                     value: p.value,
+                                    // A span is part of a profile: as Pyroscope, no profile ID.
+                                    profile_id: if p.span.is_none() {
+                                        profile_id(&p.labels, p.time_nanos)
+                                    } else {
+                                        String::new()
+                                    },
                                     labels: exemplar_labels(&p.labels, group_by),
                                     ..Exemplar::default()
                                 })
@@ -193,6 +202,7 @@ pub fn select_heatmap(
             for (span, value) in span::span_totals(p, vi) {
                 out.push(Point {
                     ts_ms,
+                    time_nanos: stored.time_nanos,
                     value,
                     span: Some(span),
                     labels: stored.labels.clone(),
@@ -203,6 +213,7 @@ pub fn select_heatmap(
             let value = profile_total(p, &sel.profile_type).unwrap_or(0);
             out.push(Point {
                 ts_ms,
+                time_nanos: stored.time_nanos,
                 value,
                 span: None,
                 labels: stored.labels.clone(),
@@ -248,6 +259,7 @@ mod tests {
     fn pt(ts_ms: i64, value: i64) -> Point {
         Point {
             ts_ms,
+            time_nanos: ts_ms * 1_000_000,
             value,
             span: None,
             labels: Arc::new(Labels::new(vec![
@@ -299,6 +311,10 @@ mod tests {
         assert_eq!(slots[0].exemplars.len(), 2);
         let e = &slots[2].exemplars[0];
         assert_eq!((e.timestamp, e.value), (1020, 99));
+        assert_eq!(
+            e.profile_id,
+            profile_id(&pt(1020, 99).labels, 1_020_000_000)
+        );
         assert_eq!(
             e.labels,
             [LabelPair {

@@ -11,6 +11,7 @@ pub mod heatmap;
 pub mod labels;
 pub mod merge;
 pub mod pprof;
+pub mod profile_id;
 pub mod profile_type;
 pub mod querier;
 pub mod reason;

@@ -42,8 +42,8 @@ use super::flamegraph::{DEFAULT_MAX_NODES, clamp_max_nodes, view};
 use super::selector::{Matcher, Selector};
 use super::series::{self, Aggregation, SeriesQuery};
 use super::{
-    Params, Selection, build_tree, flamebearer, heatmap, labels, merged_pprof, pprof, profile_type,
-    span,
+    Params, Selection, build_tree, flamebearer, heatmap, labels, merged_pprof, pprof, profile_id,
+    profile_type, span,
 };
 use crate::AppState;
 use crate::error::ApiError;
@@ -300,6 +300,7 @@ async fn dispatch(
             } else {
                 Some(span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?)
             };
+            let ids = profile_ids(&req.profile_id_selector, spans.is_some())?;
             query(state, codec, move |ctx| {
                 let sel = req.selection(&tenant)?;
                 if format == ProfileFormat::Pprof {
@@ -308,7 +309,10 @@ async fn dispatch(
                     if spans.is_some() {
                         return Ok(SelectMergeStacktracesResponse::default());
                     }
-                    let mut profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                    let mut profile = match &ids {
+                        Some(ids) => profile_id::merged_pprof(&st, &sel, ids, ctx)?,
+                        None => merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?,
+                    };
                     if let Some(call_site) = &req.stack_trace_selector {
                         let names: Vec<String> =
                             call_site.call_site.iter().map(|l| l.name.clone()).collect();
@@ -321,9 +325,10 @@ async fn dispatch(
                         ..SelectMergeStacktracesResponse::default()
                     });
                 }
-                let tree = match &spans {
-                    Some(spans) => span::build_span_tree(&st, &sel, spans, ctx)?,
-                    None => build_tree(&st, &sel, ctx)?,
+                let tree = match (&spans, &ids) {
+                    (Some(spans), _) => span::build_span_tree(&st, &sel, spans, ctx)?,
+                    (None, Some(ids)) => profile_id::build_tree(&st, &sel, ids, ctx)?,
+                    (None, None) => build_tree(&st, &sel, ctx)?,
                 };
                 Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
@@ -376,6 +381,7 @@ async fn dispatch(
         }
         "SelectMergeProfile" => {
             let req: SelectMergeProfileRequest = codec.decode(&body)?;
+            let ids = profile_ids(&req.profile_id_selector, false)?;
             query_raw(state, move |ctx| {
                 let sel = req.selection(&tenant)?;
                 let call_site: Vec<String> = req
@@ -383,7 +389,10 @@ async fn dispatch(
                     .as_ref()
                     .map(|s| s.call_site.iter().map(|l| l.name.clone()).collect())
                     .unwrap_or_default();
-                let mut profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                let mut profile = match &ids {
+                    Some(ids) => profile_id::merged_pprof(&st, &sel, ids, ctx)?,
+                    None => merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?,
+                };
                 if !call_site.is_empty() {
                     pprof::keep_call_site(&mut profile, &call_site);
                 }
@@ -481,6 +490,21 @@ async fn request_body(
         check_identity(headers)?;
         Ok(body.to_vec())
     }
+}
+
+/// A request's `profile_id_selector` ([`profile_id`]); it does not combine with a span selector,
+/// as in profilecli (one names whole profiles, the other samples).
+fn profile_ids(
+    ids: &[String],
+    with_spans: bool,
+) -> Result<Option<profile_id::ProfileIds>, ConnectError> {
+    let ids = profile_id::ProfileIds::parse(ids).map_err(ConnectError::invalid)?;
+    if ids.is_some() && with_spans {
+        return Err(ConnectError::invalid(
+            "profile_id_selector and span_selector cannot be used together",
+        ));
+    }
+    Ok(ids)
 }
 
 /// The requested format of a flame-graph answer.
@@ -906,12 +930,12 @@ fn select_series(
                 .map(|(timestamp, value)| Point {
                     value,
                     timestamp,
-                    // Kiln keeps no profile ID (see docs/API.md): time, value and labels.
                     exemplars: s
                         .exemplars
                         .get(&timestamp)
                         .map(|x| Exemplar {
                             timestamp: x.time_nanos.div_euclid(NS_PER_MS),
+                            profile_id: profile_id::profile_id(&x.labels, x.time_nanos),
                             value: x.value,
                             labels: heatmap::exemplar_labels(&x.labels, &req.group_by),
                             ..Exemplar::default()

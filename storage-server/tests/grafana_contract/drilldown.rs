@@ -246,6 +246,7 @@ async fn drilldown_app_contract() {
         end,
         max_nodes: Some(16384),
         stack_trace_selector: None,
+        profile_id_selector: vec![],
     };
     let bin = post(
         url,

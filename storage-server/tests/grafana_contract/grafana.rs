@@ -284,7 +284,7 @@ async fn grafana_datasource_contract() {
                 (p.timestamp..p.timestamp + 15_000).contains(&e.timestamp),
                 "{p:?}"
             );
-            assert!(e.profile_id.is_empty());
+            assert_eq!(e.profile_id.len(), 36, "a UUID: {e:?}");
             let label = |n: &str| e.labels.iter().find(|l| l.name == n).map(|l| &l.value[..]);
             assert_eq!(label("service_name"), Some("checkout"), "{e:?}");
             assert_eq!(label("pid"), None, "grouped: on the series, {e:?}");
@@ -299,6 +299,23 @@ async fn grafana_datasource_contract() {
         .collect();
     pushed.sort();
     assert_eq!(named, pushed);
+    // Its profile ID selects that profile's flame graph (Grafana's exemplar link).
+    let e = &ex.series[0].points[0].exemplars[0];
+    let one: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            profile_type_id: CPU.into(),
+            label_selector: selector.into(),
+            start,
+            end,
+            profile_id_selector: vec![e.profile_id.clone()],
+            ..Default::default()
+        },
+        &headers(true),
+    )
+    .await;
+    assert_eq!(one.flamegraph.unwrap().total, e.value);
     // Span exemplars on series: Pyroscope's own answer.
     let span_ex = post(
         url,

@@ -156,6 +156,97 @@ async fn profilecli_contract() {
     .await;
     assert_eq!(v.names, ["checkout", "postgres"]);
 
+    // query exemplars, then query profile --profile-id <exemplar's ID>: the ID selects that one
+    // profile again, as a pprof, through the SelectMergeProfile fallback and as a tree.
+    let heat: SelectHeatmapResponse = proto(
+        url,
+        &path("SelectHeatmap"),
+        &SelectHeatmapRequest {
+            profile_type_id: CPU.into(),
+            label_selector: "{service_name=\"checkout\"}".into(),
+            start,
+            end,
+            step: 60.0,
+            query_type: HeatmapQueryType::Individual as i32,
+            exemplar_type: ExemplarType::Individual as i32,
+            ..Default::default()
+        },
+        &h,
+    )
+    .await;
+    let best = heat
+        .series
+        .iter()
+        .flat_map(|s| &s.slots)
+        .flat_map(|s| &s.exemplars)
+        .max_by_key(|e| e.value)
+        .unwrap()
+        .clone();
+    // The largest checkout profile: pid 2's 7 s of cpu (plus its helper's tenth).
+    assert_eq!(best.value, 7_700_000_000);
+    assert_eq!(best.profile_id.len(), 36, "a UUID: {best:?}");
+    let by_id = SelectMergeStacktracesRequest {
+        profile_id_selector: vec![best.profile_id.clone()],
+        format: ProfileFormat::Pprof as i32,
+        ..req.clone()
+    };
+    let one: SelectMergeStacktracesResponse =
+        proto(url, &path("SelectMergeStacktraces"), &by_id, &h).await;
+    let cpu_total =
+        |p: &kiln_proto::pprof::Profile| p.sample.iter().map(|s| s.value[0]).sum::<i64>();
+    assert_eq!(cpu_total(&one.pprof.unwrap().profile.unwrap()), best.value);
+    let legacy: kiln_proto::pprof::Profile = proto(
+        url,
+        &path("SelectMergeProfile"),
+        &SelectMergeProfileRequest {
+            profile_type_id: CPU.into(),
+            label_selector: "{}".into(),
+            start,
+            end,
+            profile_id_selector: vec![best.profile_id.clone()],
+            ..Default::default()
+        },
+        &h,
+    )
+    .await;
+    assert_eq!(cpu_total(&legacy), best.value);
+    let tree: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            format: ProfileFormat::Tree as i32,
+            ..by_id.clone()
+        },
+        &h,
+    )
+    .await;
+    assert_eq!(decode_tree(&tree.tree).unwrap().total, best.value);
+    // An ID no profile has selects nothing; with a span selector it is refused, as profilecli does.
+    let none: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            profile_id_selector: vec!["00000000-0000-8000-8000-000000000000".into()],
+            ..by_id.clone()
+        },
+        &h,
+    )
+    .await;
+    assert_eq!(cpu_total(&none.pprof.unwrap().profile.unwrap()), 0);
+    let both = post(
+        url,
+        &path("SelectMergeStacktraces"),
+        "application/proto",
+        SelectMergeStacktracesRequest {
+            span_selector: vec!["00f067aa0ba902b7".into()],
+            ..by_id.clone()
+        }
+        .encode_to_vec(),
+        &h,
+    )
+    .await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST, "{}", both.text());
+
     // Span profile through the legacy call and the tree format, as querySpanProfile does.
     let Some(spans) = &fx.spans else {
         eprintln!("span profile checks skipped (no SDK venv)");
