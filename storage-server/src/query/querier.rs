@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use super::admission::QueryCtx;
 use super::diff::DiffTree;
 use super::flamegraph::{DEFAULT_MAX_NODES, clamp_max_nodes, view};
+use super::merge::{ROOT, Tree};
 use super::selector::{Matcher, Selector};
 use super::series::{self, Aggregation, SeriesQuery};
 use super::{
@@ -325,11 +326,18 @@ async fn dispatch(
                         ..SelectMergeStacktracesResponse::default()
                     });
                 }
-                let tree = match (&spans, &ids) {
+                let mut tree = match (&spans, &ids) {
                     (Some(spans), _) => span::build_span_tree(&st, &sel, spans, ctx)?,
                     (None, Some(ids)) => profile_id::build_tree(&st, &sel, ids, ctx)?,
                     (None, None) => build_tree(&st, &sel, ctx)?,
                 };
+                if let Some(call_site) = &req.stack_trace_selector
+                    && !call_site.call_site.is_empty()
+                {
+                    let names: Vec<String> =
+                        call_site.call_site.iter().map(|l| l.name.clone()).collect();
+                    tree = keep_call_site(&tree, &names);
+                }
                 Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
             .await
@@ -558,10 +566,50 @@ typed_requests!(
     SelectHeatmapRequest
 );
 
+/// The stacks of `tree` that begin (root first) with the frames `call_site`, whole: Pyroscope's
+/// stack trace selector on a flame graph or tree (`profilecli query tree --stacktrace-selector`),
+/// as [`pprof::keep_call_site`] is on a pprof.
+fn keep_call_site(tree: &Tree, call_site: &[String]) -> Tree {
+    let children = tree.child_lists();
+    let mut out = Tree::new();
+    out.profiles = tree.profiles;
+    let mut at = ROOT;
+    for name in call_site {
+        let next = children[at as usize]
+            .iter()
+            .find(|&&c| tree.names[tree.nodes[c as usize].name as usize] == *name);
+        match next {
+            Some(&c) => at = c,
+            None => return out,
+        }
+    }
+    // Every node below the call site (itself included) adds its self value along its path.
+    let mut todo = vec![at];
+    while let Some(n) = todo.pop() {
+        let node = &tree.nodes[n as usize];
+        if node.self_value != 0 {
+            let mut path = Vec::new();
+            let mut p = n;
+            while p != ROOT {
+                path.push(tree.nodes[p as usize].name);
+                p = tree.nodes[p as usize].parent;
+            }
+            let path: Vec<u32> = path
+                .into_iter()
+                .rev()
+                .map(|name| out.intern(&tree.names[name as usize]))
+                .collect();
+            out.add(path, node.self_value);
+        }
+        todo.extend(&children[n as usize]);
+    }
+    out
+}
+
 /// A flame-graph answer in the requested format: Pyroscope's levels, its binary tree alone
 /// (`PROFILE_FORMAT_TREE`) or the DOT call graph (`PROFILE_FORMAT_DOT`), as pkg/querier answers.
 fn stacktraces(
-    tree: &super::merge::Tree,
+    tree: &Tree,
     max_nodes: usize,
     format: ProfileFormat,
     sel: &Selection,
@@ -1041,6 +1089,32 @@ mod tests {
             ConnectError::new("failed_precondition", "x").status(),
             StatusCode::PRECONDITION_FAILED
         );
+    }
+
+    #[test]
+    fn call_site_keeps_whole_stacks_through_it() {
+        let mut t = Tree::new();
+        let [main, work, leaf, helper] = ["main", "work", "leaf", "helper"].map(|n| t.intern(n));
+        t.add([main, work, leaf], 10);
+        t.add([main, work], 3);
+        t.add([main, helper], 5);
+        t.add([helper], 7);
+        t.profiles = 2;
+        let kept = keep_call_site(&t, &["main".into(), "work".into()]);
+        assert_eq!((kept.total(), kept.profiles), (13, 2));
+        let names: Vec<&str> = kept.nodes[1..]
+            .iter()
+            .map(|n| kept.names[n.name as usize].as_str())
+            .collect();
+        assert!(
+            !names.contains(&"helper") && names.contains(&"leaf"),
+            "{names:?}"
+        );
+        assert_eq!(
+            keep_call_site(&t, &["main".into(), "nope".into()]).total(),
+            0
+        );
+        assert_eq!(keep_call_site(&t, &["main".into()]).total(), 18);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - `query series`: `Series{matchers: [--query], labelNames: --label-names, start, end}`.
 //! - `query profile`: `SelectMergeStacktraces{…, format: PROFILE_FORMAT_PPROF}`, falling back to
 //!   `SelectMergeProfile` when the answer has no pprof (`queryPprofWithFallback`).
-//! - `query tree` / span profiles: `SelectMergeStacktraces{…, format: PROFILE_FORMAT_TREE}` /
+//! - `query tree` / span profiles: `SelectMergeStacktraces{…, format: PROFILE_FORMAT_TREE,
+//!   stackTraceSelector}` /
 //!   `SelectMergeSpanProfile{…, format: PROFILE_FORMAT_TREE}`, read with
 //!   `model.UnmarshalTree` (`querySpanProfile`).
 //! - `query top`: `SelectSeries{groupBy, limit}`; `query exemplars`: `SelectHeatmap`.
@@ -90,6 +91,30 @@ async fn profilecli_contract() {
     let mut names = Vec::new();
     names_of(&t, &mut names);
     assert!(names.contains(&"leaf_b".to_owned()), "{names:?}");
+    // query tree --stacktrace-selector main --stacktrace-selector work (queryProfileTree): only
+    // the stacks through main;work, whole.
+    let through_work: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            stack_trace_selector: Some(StackTraceSelector {
+                call_site: ["main", "work"]
+                    .map(|name| Location { name: name.into() })
+                    .to_vec(),
+            }),
+            ..req.clone()
+        },
+        &h,
+    )
+    .await;
+    let w = decode_tree(&through_work.tree).unwrap();
+    assert_eq!(w.total, fixture::PUSHED.iter().map(|p| p.cpu).sum::<i64>());
+    let mut names = Vec::new();
+    names_of(&w, &mut names);
+    assert!(
+        names.contains(&"leaf_b".to_owned()) && !names.contains(&"helper".to_owned()),
+        "{names:?}"
+    );
 
     // query profile: PROFILE_FORMAT_PPROF carries the merged pprof, gzip request body too
     // (connect-go's WithSendGzip).
