@@ -520,6 +520,30 @@ async fn connect_querier_proto_and_json() {
             &fg.levels[0].values[..6],
             &[0, fg.left_ticks, 0, 0, fg.right_ticks, 0]
         );
+        // A side narrowed by a call site: only its stacks through main;helper.
+        let resp: DiffResponse = connect(
+            &app,
+            codec,
+            "Diff",
+            &DiffRequest {
+                left: Some(side("{service_name=\"a\"}")),
+                right: Some(SelectMergeStacktracesRequest {
+                    stack_trace_selector: Some(StackTraceSelector {
+                        call_site: vec![
+                            Location {
+                                name: "main".into(),
+                            },
+                            Location {
+                                name: "helper".into(),
+                            },
+                        ],
+                    }),
+                    ..side("{service_name=\"b\"}")
+                }),
+            },
+        )
+        .await;
+        assert_eq!(resp.flamegraph.unwrap().right_ticks, 200 / 10);
     }
 
     // SelectMergeProfile: a pprof of just that sample type.

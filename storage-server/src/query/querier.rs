@@ -296,28 +296,21 @@ async fn dispatch(
         "SelectMergeStacktraces" => {
             let req: SelectMergeStacktracesRequest = codec.decode(&body)?;
             let format = profile_format(req.format)?;
-            let spans = if req.span_selector.is_empty() {
-                None
-            } else {
-                Some(span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?)
-            };
-            let ids = profile_ids(&req.profile_id_selector, spans.is_some())?;
+            let narrow = Narrowing::of(&req)?;
             query(state, codec, move |ctx| {
                 let sel = req.selection(&tenant)?;
                 if format == ProfileFormat::Pprof {
                     // A span pprof is not merged here: the answer without `pprof` makes clients
                     // fall back to SelectMergeSpanProfile (profilecli's querySpanProfile).
-                    if spans.is_some() {
+                    if narrow.spans.is_some() {
                         return Ok(SelectMergeStacktracesResponse::default());
                     }
-                    let mut profile = match &ids {
+                    let mut profile = match &narrow.ids {
                         Some(ids) => profile_id::merged_pprof(&st, &sel, ids, ctx)?,
                         None => merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?,
                     };
-                    if let Some(call_site) = &req.stack_trace_selector {
-                        let names: Vec<String> =
-                            call_site.call_site.iter().map(|l| l.name.clone()).collect();
-                        pprof::keep_call_site(&mut profile, &names);
+                    if !narrow.call_site.is_empty() {
+                        pprof::keep_call_site(&mut profile, &narrow.call_site);
                     }
                     return Ok(SelectMergeStacktracesResponse {
                         pprof: Some(PprofProfile {
@@ -326,18 +319,7 @@ async fn dispatch(
                         ..SelectMergeStacktracesResponse::default()
                     });
                 }
-                let mut tree = match (&spans, &ids) {
-                    (Some(spans), _) => span::build_span_tree(&st, &sel, spans, ctx)?,
-                    (None, Some(ids)) => profile_id::build_tree(&st, &sel, ids, ctx)?,
-                    (None, None) => build_tree(&st, &sel, ctx)?,
-                };
-                if let Some(call_site) = &req.stack_trace_selector
-                    && !call_site.call_site.is_empty()
-                {
-                    let names: Vec<String> =
-                        call_site.call_site.iter().map(|l| l.name.clone()).collect();
-                    tree = keep_call_site(&tree, &names);
-                }
+                let tree = narrow.tree(&st, &sel, ctx)?;
                 Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
             .await
@@ -358,14 +340,19 @@ async fn dispatch(
             let (Some(left), Some(right)) = (req.left, req.right) else {
                 return Err(ConnectError::invalid("left and right are both required"));
             };
+            let side = |name: &str, req: &SelectMergeStacktracesRequest| {
+                let sel = req
+                    .selection(&tenant)
+                    .map_err(|e| ConnectError::invalid(format!("{name}: {}", e.message)))?;
+                let narrow = Narrowing::of(req)
+                    .map_err(|e| ConnectError::invalid(format!("{name}: {}", e.message)))?;
+                Ok::<_, ConnectError>((sel, narrow))
+            };
+            let (l, l_narrow) = side("left", &left)?;
+            let (r, r_narrow) = side("right", &right)?;
             query(state, codec, move |ctx| {
-                let l = left
-                    .selection(&tenant)
-                    .map_err(|e| ConnectError::invalid(format!("left: {}", e.message)))?;
-                let r = right
-                    .selection(&tenant)
-                    .map_err(|e| ConnectError::invalid(format!("right: {}", e.message)))?;
-                let diff = DiffTree::new(&build_tree(&st, &l, ctx)?, &build_tree(&st, &r, ctx)?);
+                let diff =
+                    DiffTree::new(&l_narrow.tree(&st, &l, ctx)?, &r_narrow.tree(&st, &r, ctx)?);
                 let max = max_nodes(left.max_nodes.or(right.max_nodes));
                 Ok(DiffResponse {
                     flamegraph: Some(flamebearer::encode_diff(&diff.view(max))),
@@ -513,6 +500,49 @@ fn profile_ids(
         ));
     }
     Ok(ids)
+}
+
+/// What narrows a `SelectMergeStacktraces` read (or a `Diff` side) beyond its label selector:
+/// span IDs, profile IDs, a call site.
+struct Narrowing {
+    spans: Option<span::SpanSet>,
+    ids: Option<profile_id::ProfileIds>,
+    /// `stack_trace_selector.call_site`, root first; empty: every stack.
+    call_site: Vec<String>,
+}
+
+impl Narrowing {
+    fn of(req: &SelectMergeStacktracesRequest) -> Result<Narrowing, ConnectError> {
+        let spans = if req.span_selector.is_empty() {
+            None
+        } else {
+            Some(span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?)
+        };
+        Ok(Narrowing {
+            ids: profile_ids(&req.profile_id_selector, spans.is_some())?,
+            spans,
+            call_site: req
+                .stack_trace_selector
+                .iter()
+                .flat_map(|s| &s.call_site)
+                .map(|l| l.name.clone())
+                .collect(),
+        })
+    }
+
+    /// The merged tree of `sel` so narrowed (blocking: inside [`query`]).
+    fn tree(&self, st: &AppState, sel: &Selection, ctx: &QueryCtx) -> Result<Tree, ConnectError> {
+        let tree = match (&self.spans, &self.ids) {
+            (Some(spans), _) => span::build_span_tree(st, sel, spans, ctx)?,
+            (None, Some(ids)) => profile_id::build_tree(st, sel, ids, ctx)?,
+            (None, None) => build_tree(st, sel, ctx)?,
+        };
+        Ok(if self.call_site.is_empty() {
+            tree
+        } else {
+            keep_call_site(&tree, &self.call_site)
+        })
+    }
 }
 
 /// The requested format of a flame-graph answer.
