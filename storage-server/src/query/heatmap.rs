@@ -176,9 +176,16 @@ pub fn select_heatmap(
         HeatmapQueryType::Unspecified | HeatmapQueryType::Individual => false,
         HeatmapQueryType::Span => true,
     };
+    // Exemplars of the points' own kind, as Pyroscope's query backend requires.
     let exemplars = match enum_field(req.exemplar_type, "exemplar_type")? {
         ExemplarType::Unspecified | ExemplarType::None => false,
-        ExemplarType::Individual | ExemplarType::Span => true,
+        ExemplarType::Individual if !spans => true,
+        ExemplarType::Span if spans => true,
+        ExemplarType::Individual | ExemplarType::Span => {
+            return Err(ConnectError::invalid(
+                "exemplar_type must match query_type (individual or span)",
+            ));
+        }
     };
     let step_nanos = step_nanos(req.step, &sel)?;
     let mut groups: HashMap<Vec<(String, String)>, Vec<Point>> = HashMap::new();

@@ -410,6 +410,38 @@ async fn grafana_datasource_contract() {
             .any(|l| l.name == "pid" && l.value == "2"),
         "{best:?}"
     );
+    // Its profile ID selects that profile.
+    let one: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            profile_type_id: CPU.into(),
+            label_selector: selector.into(),
+            start,
+            end,
+            profile_id_selector: vec![best.profile_id.clone()],
+            ..Default::default()
+        },
+        &headers(true),
+    )
+    .await;
+    assert_eq!(one.flamegraph.unwrap().total, best.value);
+    // Span exemplars of profile points: refused, as Pyroscope does.
+    let mixed = post(
+        url,
+        &path("SelectHeatmap"),
+        "application/proto",
+        prost::Message::encode_to_vec(&SelectHeatmapRequest {
+            profile_type_id: CPU.into(),
+            label_selector: selector.into(),
+            query_type: HeatmapQueryType::Individual as i32,
+            exemplar_type: ExemplarType::Span as i32,
+            ..Default::default()
+        }),
+        &headers(true),
+    )
+    .await;
+    assert_eq!(mixed.status, StatusCode::BAD_REQUEST, "{}", mixed.text());
 
     // Span profiles (trace to profiles): only the selected span's samples.
     let Some(spans) = &fx.spans else {

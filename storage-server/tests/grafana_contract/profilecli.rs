@@ -7,7 +7,8 @@
 //!   stackTraceSelector}` /
 //!   `SelectMergeSpanProfile{…, format: PROFILE_FORMAT_TREE}`, read with
 //!   `model.UnmarshalTree` (`querySpanProfile`).
-//! - `query top`: `SelectSeries{groupBy, limit}`; `query exemplars`: `SelectHeatmap`.
+//! - `query top`: `SelectSeries{groupBy, limit}`; `query exemplars`: `SelectSeries{step,
+//!   exemplarType: INDIVIDUAL}` then `query profile --profile-id`, or with spans `SelectHeatmap`.
 //! - `query label-names` / `label-values`: `LabelNames` / `LabelValues`.
 
 use kiln_proto::querier::*;
@@ -166,6 +167,36 @@ async fn profilecli_contract() {
     assert_eq!(top.series.len(), 1);
     assert_eq!(top.series[0].labels[0].value, "checkout");
 
+    // query label-names --query '{service_name="db"}' (query.go: one matcher, the query).
+    let n: LabelNamesResponse = proto(
+        url,
+        &path("LabelNames"),
+        &LabelNamesRequest {
+            matchers: vec!["{service_name=\"db\"}".into()],
+            start,
+            end,
+        },
+        &h,
+    )
+    .await;
+    for want in [
+        "__name__",
+        "__profile_type__",
+        "comm",
+        "pid",
+        "service_name",
+    ] {
+        assert!(
+            n.names.iter().any(|x| x == want),
+            "{want} not in {:?}",
+            n.names
+        );
+    }
+    assert!(
+        !n.names.iter().any(|x| x == "k8s.namespace.name"),
+        "checkout's only"
+    );
+
     // query label-values.
     let v: LabelValuesResponse = proto(
         url,
@@ -181,29 +212,30 @@ async fn profilecli_contract() {
     .await;
     assert_eq!(v.names, ["checkout", "postgres"]);
 
-    // query exemplars, then query profile --profile-id <exemplar's ID>: the ID selects that one
-    // profile again, as a pprof, through the SelectMergeProfile fallback and as a tree.
-    let heat: SelectHeatmapResponse = proto(
+    // query exemplars (query-exemplars.go: SelectSeries with individual exemplars and a step of
+    // the range over --top-n, 10), then query profile --profile-id <the top exemplar's ID>: the ID
+    // selects that one profile again, as a pprof, through the SelectMergeProfile fallback and as a
+    // tree.
+    let ex: SelectSeriesResponse = proto(
         url,
-        &path("SelectHeatmap"),
-        &SelectHeatmapRequest {
+        &path("SelectSeries"),
+        &SelectSeriesRequest {
             profile_type_id: CPU.into(),
             label_selector: "{service_name=\"checkout\"}".into(),
             start,
             end,
-            step: 60.0,
-            query_type: HeatmapQueryType::Individual as i32,
+            step: (end - start) as f64 / 1000.0 / 10.0,
             exemplar_type: ExemplarType::Individual as i32,
             ..Default::default()
         },
         &h,
     )
     .await;
-    let best = heat
+    let best = ex
         .series
         .iter()
-        .flat_map(|s| &s.slots)
-        .flat_map(|s| &s.exemplars)
+        .flat_map(|s| &s.points)
+        .flat_map(|p| &p.exemplars)
         .max_by_key(|e| e.value)
         .unwrap()
         .clone();
