@@ -87,6 +87,25 @@ async fn flame_graph(
     resp.flamegraph
 }
 
+/// The flame-graph total of the profile an exemplar names (what its link in Grafana opens).
+async fn exemplar_total(url: &str, selector: &str, start: i64, end: i64, id: &str) -> i64 {
+    let resp: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            profile_type_id: CPU.into(),
+            label_selector: selector.into(),
+            start,
+            end,
+            profile_id_selector: vec![id.to_owned()],
+            ..Default::default()
+        },
+        &headers(true),
+    )
+    .await;
+    resp.flamegraph.unwrap().total
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_datasource_contract() {
     let fx = fixture::get();
@@ -301,21 +320,10 @@ async fn grafana_datasource_contract() {
     assert_eq!(named, pushed);
     // Its profile ID selects that profile's flame graph (Grafana's exemplar link).
     let e = &ex.series[0].points[0].exemplars[0];
-    let one: SelectMergeStacktracesResponse = proto(
-        url,
-        &path("SelectMergeStacktraces"),
-        &SelectMergeStacktracesRequest {
-            profile_type_id: CPU.into(),
-            label_selector: selector.into(),
-            start,
-            end,
-            profile_id_selector: vec![e.profile_id.clone()],
-            ..Default::default()
-        },
-        &headers(true),
-    )
-    .await;
-    assert_eq!(one.flamegraph.unwrap().total, e.value);
+    assert_eq!(
+        exemplar_total(url, selector, start, end, &e.profile_id).await,
+        e.value
+    );
     // Span exemplars on series: Pyroscope's own answer.
     let span_ex = post(
         url,
@@ -411,21 +419,10 @@ async fn grafana_datasource_contract() {
         "{best:?}"
     );
     // Its profile ID selects that profile.
-    let one: SelectMergeStacktracesResponse = proto(
-        url,
-        &path("SelectMergeStacktraces"),
-        &SelectMergeStacktracesRequest {
-            profile_type_id: CPU.into(),
-            label_selector: selector.into(),
-            start,
-            end,
-            profile_id_selector: vec![best.profile_id.clone()],
-            ..Default::default()
-        },
-        &headers(true),
-    )
-    .await;
-    assert_eq!(one.flamegraph.unwrap().total, best.value);
+    assert_eq!(
+        exemplar_total(url, selector, start, end, &best.profile_id).await,
+        best.value
+    );
     // Span exemplars of profile points: refused, as Pyroscope does.
     let mixed = post(
         url,
