@@ -324,6 +324,22 @@ async fn grafana_datasource_contract() {
         exemplar_total(url, selector, start, end, &e.profile_id).await,
         e.value
     );
+    // The editor's aggregation AVERAGE: the mean profile total of each step (the four checkout
+    // profiles share one minute).
+    let avg: SelectSeriesResponse = proto(
+        url,
+        &path("SelectSeries"),
+        &SelectSeriesRequest {
+            step: 60.0,
+            aggregation: Some(TimeSeriesAggregationType::Average as i32),
+            ..series_req.clone()
+        },
+        &headers(true),
+    )
+    .await;
+    let points = &avg.series[0].points;
+    assert_eq!(points.len(), 1, "{points:?}");
+    assert_eq!(points[0].value, want as f64 / 4.0);
     // Span exemplars on series: Pyroscope's own answer.
     let span_ex = post(
         url,
