@@ -65,6 +65,10 @@ pub struct Point {
     #[prost(int64, tag = "2")]
     #[serde(with = "int64")]
     pub timestamp: i64,
+    /// Profiles that made the point (asked for with `exemplar_type`).
+    #[prost(message, repeated, tag = "4")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exemplars: Vec<Exemplar>,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -217,6 +221,10 @@ pub struct SelectMergeStacktracesRequest {
     #[serde(alias = "stack_trace_selector")]
     pub stack_trace_selector: Option<StackTraceSelector>,
     /// Only samples of these spans (newer clients send span profiles this way).
+    /// Only the profiles with these IDs (an exemplar's `profile_id`).
+    #[prost(string, repeated, tag = "8")]
+    #[serde(alias = "profile_id_selector")]
+    pub profile_id_selector: Vec<String>,
     #[prost(string, repeated, tag = "11")]
     #[serde(alias = "span_selector")]
     pub span_selector: Vec<String>,
@@ -340,6 +348,10 @@ pub struct SelectMergeProfileRequest {
     #[prost(message, optional, tag = "6")]
     #[serde(alias = "stack_trace_selector")]
     pub stack_trace_selector: Option<StackTraceSelector>,
+    /// Only the profiles with these IDs (an exemplar's `profile_id`).
+    #[prost(string, repeated, tag = "7")]
+    #[serde(alias = "profile_id_selector")]
+    pub profile_id_selector: Vec<String>,
 }
 
 /// `types.v1.StackTraceSelector`: stacks whose root-first frames start with `call_site`.
@@ -387,6 +399,10 @@ pub struct SelectSeriesRequest {
     #[prost(int64, optional, tag = "9")]
     #[serde(with = "opt_int64")]
     pub limit: Option<i64>,
+    /// `EXEMPLAR_TYPE_INDIVIDUAL`: each point names its largest profile.
+    #[prost(enumeration = "ExemplarType", tag = "10")]
+    #[serde(alias = "exemplar_type", with = "exemplar_type")]
+    pub exemplar_type: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
@@ -928,6 +944,7 @@ mod tests {
             step: 10.0,
             aggregation: Some(TimeSeriesAggregationType::Average as i32),
             limit: None,
+            exemplar_type: 0,
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(

@@ -7,9 +7,8 @@ use std::process::Command;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
-use kiln_proto::ProfileBuilder;
 use kiln_proto::pprof::Profile;
-use kiln_proto::push::{PUSH_PATH, PushRequest, RawProfileSeries, RawSample};
+use kiln_proto::push::PUSH_PATH;
 use kiln_proto::querier::*;
 use kiln_storage_server::query::flamebearer::{Decoded, decode};
 use kiln_storage_server::query::time::now_nanos;
@@ -20,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tower::ServiceExt;
 
-const NS: i64 = 1_000_000_000;
+mod support;
+use support::NS;
 const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
 
 async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Bytes) {
@@ -41,38 +41,11 @@ async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
 
 /// main -> work -> leaf_<tag>, plus main -> helper; `cpu` ns in the leaf, a tenth in helper.
 fn profile(tag: &str, cpu: i64, time_nanos: i64) -> Profile {
-    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
-    let main = b.function("main", "main.c");
-    let work = b.function("work", "main.c");
-    let helper = b.function("helper", "main.c");
-    let leaf = b.function(&format!("leaf_{tag}"), "main.c");
-    let l1 = b.symbolized_location(0, 0x10, &[(main, 1)]);
-    let l2 = b.symbolized_location(0, 0x20, &[(work, 2)]);
-    let l3 = b.symbolized_location(0, 0x30, &[(leaf, 3)]);
-    let l4 = b.symbolized_location(0, 0x40, &[(helper, 4)]);
-    b.add_sample(&[l3, l2, l1], &[1, cpu], &[]);
-    b.add_sample(&[l4, l1], &[1, cpu / 10], &[]);
-    b.period("cpu", "nanoseconds", 10_000_000);
-    b.time(time_nanos, 10 * NS);
-    b.finish()
+    support::agent_profile(tag, cpu, [1, 1], time_nanos)
 }
 
 async fn push(app: &Router, labels: &[(&str, &str)], p: &Profile) {
-    let req = PushRequest {
-        series: vec![RawProfileSeries {
-            labels: labels
-                .iter()
-                .map(|(n, v)| kiln_proto::push::LabelPair {
-                    name: (*n).into(),
-                    value: (*v).into(),
-                })
-                .collect(),
-            samples: vec![RawSample {
-                raw_profile: p.encode_to_vec(),
-                id: String::new(),
-            }],
-        }],
-    };
+    let req = support::push_request(labels, p);
     let (status, body) = send(
         app,
         Request::post(PUSH_PATH)
@@ -495,6 +468,7 @@ async fn connect_querier_proto_and_json() {
                 step: 60.0,
                 aggregation: Some(TimeSeriesAggregationType::Sum as i32),
                 limit: None,
+                exemplar_type: 0,
             },
         )
         .await;
@@ -546,6 +520,30 @@ async fn connect_querier_proto_and_json() {
             &fg.levels[0].values[..6],
             &[0, fg.left_ticks, 0, 0, fg.right_ticks, 0]
         );
+        // A side narrowed by a call site: only its stacks through main;helper.
+        let resp: DiffResponse = connect(
+            &app,
+            codec,
+            "Diff",
+            &DiffRequest {
+                left: Some(side("{service_name=\"a\"}")),
+                right: Some(SelectMergeStacktracesRequest {
+                    stack_trace_selector: Some(StackTraceSelector {
+                        call_site: vec![
+                            Location {
+                                name: "main".into(),
+                            },
+                            Location {
+                                name: "helper".into(),
+                            },
+                        ],
+                    }),
+                    ..side("{service_name=\"b\"}")
+                }),
+            },
+        )
+        .await;
+        assert_eq!(resp.flamegraph.unwrap().right_ticks, 200 / 10);
     }
 
     // SelectMergeProfile: a pprof of just that sample type.
@@ -556,6 +554,7 @@ async fn connect_querier_proto_and_json() {
         end,
         max_nodes: None,
         stack_trace_selector: None,
+        profile_id_selector: vec![],
     };
     let (status, _, body) = connect_raw(
         &app,

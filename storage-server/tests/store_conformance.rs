@@ -265,11 +265,82 @@ pub fn conformance<S: Store>(make: impl Fn(&Path, &StoreConfig) -> S) {
         series_types_and_time_bounds(&make, stage);
         reopen_durability(&make, stage);
         merged_reads_match(&make, stage);
+        read_scope_counts(&make, stage);
     }
     torn_wal_tail(&make);
     retention_by_age_drops_oldest(&make);
     retention_by_size_drops_oldest(&make);
     compaction_preserves_totals(&make);
+}
+
+/// `read_scope` (Pyroscope's `AnalyzeQuery`) counts what `read` would read: the selected series,
+/// profiles and samples of the type asked for, in the head or in blocks depending on the stage,
+/// with their bytes.
+fn read_scope_counts<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, stage: Stage) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = make(dir.path(), &config());
+    let t = base();
+    store
+        .append(vec![
+            new_profile(series("a"), t + SEC, &cpu_profile(1, t + SEC)),
+            new_profile(series("a"), t + 2 * SEC, &cpu_profile(2, t + 2 * SEC)),
+            new_profile(series("b"), t + 3 * SEC, &cpu_profile(3, t + 3 * SEC)),
+            new_profile(series("w"), t + 4 * SEC, &wall_profile(t + 4 * SEC)),
+        ])
+        .unwrap();
+    settle(&store, stage);
+    let scope = |selector: &str, profile_type: Option<&str>, range: TimeRange| {
+        let selector = sel(selector);
+        store
+            .read_scope(ReadRequest {
+                selector: &selector,
+                range,
+                profile_type,
+                stop: None,
+            })
+            .unwrap()
+    };
+    let a = scope(
+        r#"{service_name="a"}"#,
+        Some("cpu:nanoseconds"),
+        TimeRange::ALL,
+    );
+    let (here, empty) = match stage {
+        Stage::Head => (a.head, a.blocks),
+        Stage::Flushed | Stage::Compacted => (a.blocks, a.head),
+    };
+    // Two profiles of three samples each, one series.
+    assert_eq!(
+        (here.series, here.profiles, here.samples),
+        (1, 2, 6),
+        "{stage:?}: {a:?}"
+    );
+    assert!(
+        here.blocks >= 1 && here.profile_bytes > 0,
+        "{stage:?}: {a:?}"
+    );
+    if !matches!(stage, Stage::Head) {
+        assert!(here.index_bytes > 0 && here.symbol_bytes > 0, "{a:?}");
+    }
+    assert_eq!(empty, Default::default(), "{stage:?}: {a:?}");
+    // Every series, cpu type: a and b; wall: w alone; out of range: nothing.
+    let all = scope("", Some("cpu:nanoseconds"), TimeRange::ALL);
+    assert_eq!(all.head.profiles + all.blocks.profiles, 3, "{stage:?}");
+    assert_eq!(all.head.series + all.blocks.series, 2, "{stage:?}");
+    let wall = scope("", Some("wall:nanoseconds"), TimeRange::ALL);
+    assert_eq!(
+        (
+            wall.head.profiles + wall.blocks.profiles,
+            wall.head.samples + wall.blocks.samples
+        ),
+        (1, 1),
+        "{stage:?}"
+    );
+    let before = TimeRange {
+        from: t - HOUR,
+        until: t,
+    };
+    assert_eq!(scope("", None, before), Default::default(), "{stage:?}");
 }
 
 /// `read_merged` covers the same profiles and sums to the same values per stack as `read`.

@@ -229,6 +229,9 @@ impl Store for ReferencingStore {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
+    fn read_scope(&self, req: ReadRequest<'_>) -> Result<crate::store::ReadScope, StoreError> {
+        self.inner.read_scope(req)
+    }
     fn read_merged(
         &self,
         req: ReadRequest<'_>,

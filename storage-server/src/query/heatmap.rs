@@ -5,7 +5,8 @@
 //! slots, each slot named by its right edge and covering (edge - step, edge]; values into 20
 //! equal buckets between the smallest and the largest value over all series. A slot lists, per
 //! value bucket, its lower bound and how many points fell in it, and (when exemplars are asked
-//! for) the largest point of each non-empty bucket.
+//! for) the largest point of each non-empty bucket, named by its profile's ID
+//! ([`super::profile_id`]) or its span.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,16 +14,16 @@ use kiln_proto::querier::{
     Exemplar, ExemplarType, HeatmapQueryType, HeatmapSeries, HeatmapSlot, LabelPair,
     SelectHeatmapRequest, SelectHeatmapResponse,
 };
-use prost::Message as _;
+use std::sync::Arc;
 
 use super::admission::QueryCtx;
-use super::querier::{ConnectError, typed_selection};
-use super::series;
-use super::span;
+use super::profile_id::profile_id;
+use super::querier::{ConnectError, TypedRequest, enum_field, step_nanos};
+use super::{profile_total, read_each, span, value_index};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::ReadRequest;
-use crate::tenant::Tenant;
+use crate::store::Labels;
+use crate::tenant::{TENANT_LABEL, Tenant};
 
 /// Value buckets per slot (Pyroscope's `DefaultYAxisBuckets`).
 pub const Y_BUCKETS: usize = 20;
@@ -33,12 +34,15 @@ const NS_PER_MS: i64 = 1_000_000;
 /// A series' `group_by` label values and its points.
 pub type PointSeries = (Vec<(String, String)>, Vec<Point>);
 
-/// One point: time (ms), value, and the span it belongs to (span heatmaps).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One point: time (ms), value, the span it belongs to (span heatmaps), and its profile's exact
+/// time and series labels (for its exemplar).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Point {
     pub ts_ms: i64,
+    pub time_nanos: i64,
     pub value: i64,
     pub span: Option<u64>,
+    pub labels: Arc<Labels>,
 }
 
 /// Right edge of the slot holding `ts` (slots (start - step, start], (start, start + step], …),
@@ -58,12 +62,16 @@ fn slot_of(ts: i64, start: i64, end: i64, step: i64) -> i64 {
 }
 
 /// Buckets series of points into heatmap slots (pure: the part Pyroscope's `RangeHeatmap` does).
+/// With `exemplars`, each non-empty bucket of a slot names its largest point: time, value, span
+/// and the profile's labels other than the `group_by` ones (the series has those), as
+/// Pyroscope's heatmap builder keeps them.
 pub fn bucket(
     series: Vec<PointSeries>,
     start_ms: i64,
     end_ms: i64,
     step_ms: i64,
     exemplars: bool,
+    group_by: &[String],
 ) -> Vec<HeatmapSeries> {
     let step = step_ms.max(1);
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
@@ -98,7 +106,7 @@ pub fn bucket(
                     .entry(slot)
                     .or_insert_with(|| (vec![0; Y_BUCKETS], vec![None; Y_BUCKETS]));
                 counts[b] = counts[b].saturating_add(1);
-                if best[b].is_none_or(|q| p.value > q.value) {
+                if best[b].as_ref().is_none_or(|q| p.value > q.value) {
                     best[b] = Some(p);
                 }
             }
@@ -123,6 +131,13 @@ pub fn bucket(
                                         .map(|s| format!("{s:016x}"))
                                         .unwrap_or_default(),
                                     value: p.value,
+                                    // A span is part of a profile: as Pyroscope, no profile ID.
+                                    profile_id: if p.span.is_none() {
+                                        profile_id(&p.labels, p.time_nanos)
+                                    } else {
+                                        String::new()
+                                    },
+                                    labels: exemplar_labels(&p.labels, group_by),
                                     ..Exemplar::default()
                                 })
                                 .collect()
@@ -136,6 +151,19 @@ pub fn bucket(
         .collect()
 }
 
+/// An exemplar's labels: its profile's series labels but the `group_by` ones (its series has
+/// them) and Kiln's tenant label.
+pub(crate) fn exemplar_labels(labels: &Labels, group_by: &[String]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .filter(|(k, _)| *k != TENANT_LABEL && !group_by.iter().any(|g| g == k))
+        .map(|(name, value)| LabelPair {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+        .collect()
+}
+
 /// `SelectHeatmap` (blocking: run it through [`super::admission`]).
 pub fn select_heatmap(
     state: &AppState,
@@ -143,84 +171,63 @@ pub fn select_heatmap(
     req: &SelectHeatmapRequest,
     ctx: &QueryCtx,
 ) -> Result<SelectHeatmapResponse, ConnectError> {
-    let sel = typed_selection(
-        &req.profile_type_id,
-        &req.label_selector,
-        req.start,
-        req.end,
-        tenant,
-    )?;
-    let spans = match HeatmapQueryType::try_from(req.query_type) {
-        Ok(HeatmapQueryType::Unspecified | HeatmapQueryType::Individual) => false,
-        Ok(HeatmapQueryType::Span) => true,
-        Err(_) => return Err(ConnectError::invalid("unknown query_type")),
+    let sel = req.selection(tenant)?;
+    let spans = match enum_field(req.query_type, "query_type")? {
+        HeatmapQueryType::Unspecified | HeatmapQueryType::Individual => false,
+        HeatmapQueryType::Span => true,
     };
-    let exemplars = match ExemplarType::try_from(req.exemplar_type) {
-        Ok(ExemplarType::Unspecified | ExemplarType::None) => false,
-        Ok(ExemplarType::Individual | ExemplarType::Span) => true,
-        Err(_) => return Err(ConnectError::invalid("unknown exemplar_type")),
+    // Exemplars of the points' own kind, as Pyroscope's query backend requires.
+    let exemplars = match enum_field(req.exemplar_type, "exemplar_type")? {
+        ExemplarType::Unspecified | ExemplarType::None => false,
+        ExemplarType::Individual if !spans => true,
+        ExemplarType::Span if spans => true,
+        ExemplarType::Individual | ExemplarType::Span => {
+            return Err(ConnectError::invalid(
+                "exemplar_type must match query_type (individual or span)",
+            ));
+        }
     };
-    let step_nanos = if req.step == 0.0 {
-        series::default_step_secs(sel.range.from, sel.range.until) * 1_000_000_000
-    } else {
-        series::step_nanos(Some(req.step)).ok_or_else(|| {
-            ConnectError::invalid(format!("step {} must be at least 0.001 s", req.step))
-        })?
-    };
+    let step_nanos = step_nanos(req.step, &sel)?;
     let mut groups: HashMap<Vec<(String, String)>, Vec<Point>> = HashMap::new();
     let mut points = 0usize;
-    state
-        .store
-        .read(
-            ReadRequest {
-                selector: &sel.selector,
-                range: sel.range,
-                profile_type: Some(&sel.profile_type),
-                stop: Some(ctx.stop_flag()),
-            },
-            &mut |stored| {
-                if points > MAX_POINTS || !ctx.admit_read(1, stored.profile.encoded_len()) {
-                    return;
-                }
-                let p = &stored.profile;
-                let Some(vi) = p.sample_type.iter().position(|st| {
-                    format!("{}:{}", p.str(st.r#type), p.str(st.unit)) == sel.profile_type
-                }) else {
-                    return;
-                };
-                let key: Vec<(String, String)> = req
-                    .group_by
-                    .iter()
-                    .filter_map(|n| stored.labels.get(n).map(|v| (n.clone(), v.to_owned())))
-                    .collect();
-                let ts_ms = stored.time_nanos.div_euclid(NS_PER_MS);
-                let out = groups.entry(key).or_default();
-                if spans {
-                    for (span, value) in span::span_totals(p, vi) {
-                        out.push(Point {
-                            ts_ms,
-                            value,
-                            span: Some(span),
-                        });
-                        points += 1;
-                    }
-                } else {
-                    let value = p
-                        .sample
-                        .iter()
-                        .filter_map(|s| s.value.get(vi))
-                        .fold(0i64, |a, &v| a.saturating_add(v));
-                    out.push(Point {
-                        ts_ms,
-                        value,
-                        span: None,
-                    });
-                    points += 1;
-                }
-            },
-        )
-        .map_err(ApiError::internal)?;
-    ctx.finish()?;
+    read_each(state, &sel, ctx, &mut |stored, _| {
+        if points > MAX_POINTS {
+            return;
+        }
+        let p = &stored.profile;
+        let Some(vi) = value_index(p, &sel.profile_type) else {
+            return;
+        };
+        let key: Vec<(String, String)> = req
+            .group_by
+            .iter()
+            .filter_map(|n| stored.labels.get(n).map(|v| (n.clone(), v.to_owned())))
+            .collect();
+        let ts_ms = stored.time_nanos.div_euclid(NS_PER_MS);
+        let out = groups.entry(key).or_default();
+        if spans {
+            for (span, value) in span::span_totals(p, vi) {
+                out.push(Point {
+                    ts_ms,
+                    time_nanos: stored.time_nanos,
+                    value,
+                    span: Some(span),
+                    labels: stored.labels.clone(),
+                });
+                points += 1;
+            }
+        } else {
+            let value = profile_total(p, &sel.profile_type).unwrap_or(0);
+            out.push(Point {
+                ts_ms,
+                time_nanos: stored.time_nanos,
+                value,
+                span: None,
+                labels: stored.labels.clone(),
+            });
+            points += 1;
+        }
+    })?;
     if points > MAX_POINTS {
         return Err(ApiError::PayloadTooLarge(format!(
             "the heatmap would hold more than {MAX_POINTS} points: narrow the time range or the \
@@ -247,6 +254,7 @@ pub fn select_heatmap(
             sel.range.until.div_euclid(NS_PER_MS),
             step_nanos.div_euclid(NS_PER_MS),
             exemplars,
+            &req.group_by,
         ),
     })
 }
@@ -258,8 +266,13 @@ mod tests {
     fn pt(ts_ms: i64, value: i64) -> Point {
         Point {
             ts_ms,
+            time_nanos: ts_ms * 1_000_000,
             value,
             span: None,
+            labels: Arc::new(Labels::new(vec![
+                ("pid".into(), ts_ms.to_string()),
+                ("service_name".into(), "api".into()),
+            ])),
         }
     }
 
@@ -284,6 +297,7 @@ mod tests {
             1100,
             10,
             true,
+            &["service_name".to_owned()],
         );
         assert_eq!(s.len(), 1);
         let slots = &s[0].slots;
@@ -300,7 +314,21 @@ mod tests {
         assert_eq!(slots[2].counts[19], 1);
         let total: i32 = slots.iter().flat_map(|s| &s.counts).sum();
         assert_eq!(total, 4);
+        // Per non-empty bucket its largest point, named by its profile's labels but the grouped.
         assert_eq!(slots[0].exemplars.len(), 2);
-        assert!(bucket(vec![], 0, 1, 1, false).is_empty());
+        let e = &slots[2].exemplars[0];
+        assert_eq!((e.timestamp, e.value), (1020, 99));
+        assert_eq!(
+            e.profile_id,
+            profile_id(&pt(1020, 99).labels, 1_020_000_000)
+        );
+        assert_eq!(
+            e.labels,
+            [LabelPair {
+                name: "pid".into(),
+                value: "1020".into()
+            }]
+        );
+        assert!(bucket(vec![], 0, 1, 1, false, &[]).is_empty());
     }
 }

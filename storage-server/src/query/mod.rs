@@ -11,6 +11,7 @@ pub mod heatmap;
 pub mod labels;
 pub mod merge;
 pub mod pprof;
+pub mod profile_id;
 pub mod profile_type;
 pub mod querier;
 pub mod reason;
@@ -34,7 +35,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::ReadRequest;
+use crate::store::{ReadRequest, StoredProfile};
 use crate::tenant::Tenant;
 use admission::QueryCtx;
 use merge::Tree;
@@ -198,8 +199,7 @@ pub(crate) fn build_tree(
 }
 
 /// Like [`build_tree`], with each profile's stacks under one frame per `group_by` label
-/// (`name=value`, `name=` when the series lacks it): the flame graph by process. Reads stored
-/// profiles one by one, since the store's pre-merged read drops series labels.
+/// (`name=value`, `name=` when the series lacks it): the flame graph by process.
 pub(crate) fn build_grouped_tree(
     state: &AppState,
     sel: &Selection,
@@ -207,6 +207,27 @@ pub(crate) fn build_grouped_tree(
     ctx: &QueryCtx,
 ) -> Result<Tree, ApiError> {
     let mut tree = Tree::new();
+    read_each(state, sel, ctx, &mut |stored, resolver| {
+        let frames: Vec<String> = group_by
+            .iter()
+            .map(|name| format!("{name}={}", stored.labels.get(name).unwrap_or("")))
+            .collect();
+        let prefix: Vec<&str> = frames.iter().map(String::as_str).collect();
+        tree.merge_profile_under(&stored.profile, &sel.profile_type, resolver, &prefix);
+    })?;
+    Ok(tree)
+}
+
+/// Calls `visit` with each stored profile of the selection's sample type that the query's read
+/// budget admits, and a resolver naming frames from the tenant's debuginfo (blocking: run it
+/// through [`admission`]; stops early like [`build_tree`]). For queries that need what the
+/// store's pre-merged read drops: each profile's series labels, time or sample labels.
+pub(crate) fn read_each(
+    state: &AppState,
+    sel: &Selection,
+    ctx: &QueryCtx,
+    visit: &mut dyn FnMut(&StoredProfile, &mut Resolver),
+) -> Result<(), ApiError> {
     let mut resolver = Resolver::new(Some(&state.debuginfo)).for_tenant(&sel.tenant);
     state
         .store
@@ -218,25 +239,31 @@ pub(crate) fn build_grouped_tree(
                 stop: Some(ctx.stop_flag()),
             },
             &mut |stored| {
-                if !ctx.admit_read(1, stored.profile.encoded_len()) {
-                    return;
+                if ctx.admit_read(1, stored.profile.encoded_len()) {
+                    visit(&stored, &mut resolver);
                 }
-                let frames: Vec<String> = group_by
-                    .iter()
-                    .map(|name| format!("{name}={}", stored.labels.get(name).unwrap_or("")))
-                    .collect();
-                let prefix: Vec<&str> = frames.iter().map(String::as_str).collect();
-                tree.merge_profile_under(
-                    &stored.profile,
-                    &sel.profile_type,
-                    &mut resolver,
-                    &prefix,
-                );
             },
         )
         .map_err(|e| ApiError::store(e.to_string(), &e))?;
-    ctx.finish()?;
-    Ok(tree)
+    ctx.finish()
+}
+
+/// The index of sample type `type_unit` (`cpu:nanoseconds`) among `p`'s values.
+pub(crate) fn value_index(p: &kiln_proto::pprof::Profile, type_unit: &str) -> Option<usize> {
+    p.sample_type
+        .iter()
+        .position(|st| format!("{}:{}", p.str(st.r#type), p.str(st.unit)) == type_unit)
+}
+
+/// `p`'s total of sample type `type_unit` (saturating), if it has that type.
+pub(crate) fn profile_total(p: &kiln_proto::pprof::Profile, type_unit: &str) -> Option<i64> {
+    let vi = value_index(p, type_unit)?;
+    Some(
+        p.sample
+            .iter()
+            .filter_map(|s| s.value.get(vi))
+            .fold(0i64, |a, &v| a.saturating_add(v)),
+    )
 }
 
 /// `GET /api/v1/flamegraph`.

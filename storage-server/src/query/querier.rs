@@ -23,13 +23,13 @@ use axum::response::{IntoResponse, Response};
 use kiln_proto::codec::CodecError;
 use kiln_proto::pprof::Profile;
 use kiln_proto::querier::{
-    AnalyzeQueryRequest, AnalyzeQueryResponse, DiffRequest, DiffResponse, GetProfileStatsRequest,
-    GetProfileStatsResponse, LabelNamesRequest, LabelNamesResponse, LabelPair, LabelValuesRequest,
-    LabelValuesResponse, Labels, Point, PprofProfile, ProfileFormat, ProfileType,
-    ProfileTypesRequest, ProfileTypesResponse, QueryImpact, QueryScope, SelectHeatmapRequest,
-    SelectMergeProfileRequest, SelectMergeSpanProfileRequest, SelectMergeStacktracesRequest,
-    SelectMergeStacktracesResponse, SelectSeriesRequest, SelectSeriesResponse, Series,
-    SeriesRequest, SeriesResponse, TimeSeriesAggregationType,
+    AnalyzeQueryRequest, AnalyzeQueryResponse, DiffRequest, DiffResponse, Exemplar, ExemplarType,
+    GetProfileStatsRequest, GetProfileStatsResponse, LabelNamesRequest, LabelNamesResponse,
+    LabelPair, LabelValuesRequest, LabelValuesResponse, Labels, Point, PprofProfile, ProfileFormat,
+    ProfileType, ProfileTypesRequest, ProfileTypesResponse, QueryImpact, QueryScope,
+    SelectHeatmapRequest, SelectMergeProfileRequest, SelectMergeSpanProfileRequest,
+    SelectMergeStacktracesRequest, SelectMergeStacktracesResponse, SelectSeriesRequest,
+    SelectSeriesResponse, Series, SeriesRequest, SeriesResponse, TimeSeriesAggregationType,
 };
 use prost::Message;
 use serde::Serialize;
@@ -39,14 +39,16 @@ use serde_json::{Value, json};
 use super::admission::QueryCtx;
 use super::diff::DiffTree;
 use super::flamegraph::{DEFAULT_MAX_NODES, clamp_max_nodes, view};
+use super::merge::{ROOT, Tree};
 use super::selector::{Matcher, Selector};
 use super::series::{self, Aggregation, SeriesQuery};
 use super::{
-    Params, Selection, build_tree, flamebearer, heatmap, labels, merged_pprof, pprof, profile_type,
-    span,
+    Params, Selection, build_tree, flamebearer, heatmap, labels, merged_pprof, pprof, profile_id,
+    profile_type, span,
 };
 use crate::AppState;
 use crate::error::ApiError;
+use crate::store::{ReadRequest, ReadScope, ScopeStats};
 use crate::tenant::{TENANT_LABEL, Tenant};
 
 const NS_PER_MS: i64 = 1_000_000;
@@ -294,30 +296,21 @@ async fn dispatch(
         "SelectMergeStacktraces" => {
             let req: SelectMergeStacktracesRequest = codec.decode(&body)?;
             let format = profile_format(req.format)?;
-            let spans = if req.span_selector.is_empty() {
-                None
-            } else {
-                Some(span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?)
-            };
+            let narrow = Narrowing::of(&req)?;
             query(state, codec, move |ctx| {
-                let sel = typed_selection(
-                    &req.profile_type_id,
-                    &req.label_selector,
-                    req.start,
-                    req.end,
-                    &tenant,
-                )?;
+                let sel = req.selection(&tenant)?;
                 if format == ProfileFormat::Pprof {
                     // A span pprof is not merged here: the answer without `pprof` makes clients
                     // fall back to SelectMergeSpanProfile (profilecli's querySpanProfile).
-                    if spans.is_some() {
+                    if narrow.spans.is_some() {
                         return Ok(SelectMergeStacktracesResponse::default());
                     }
-                    let mut profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
-                    if let Some(call_site) = &req.stack_trace_selector {
-                        let names: Vec<String> =
-                            call_site.call_site.iter().map(|l| l.name.clone()).collect();
-                        pprof::keep_call_site(&mut profile, &names);
+                    let mut profile = match &narrow.ids {
+                        Some(ids) => profile_id::merged_pprof(&st, &sel, ids, ctx)?,
+                        None => merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?,
+                    };
+                    if !narrow.call_site.is_empty() {
+                        pprof::keep_call_site(&mut profile, &narrow.call_site);
                     }
                     return Ok(SelectMergeStacktracesResponse {
                         pprof: Some(PprofProfile {
@@ -326,10 +319,7 @@ async fn dispatch(
                         ..SelectMergeStacktracesResponse::default()
                     });
                 }
-                let tree = match &spans {
-                    Some(spans) => span::build_span_tree(&st, &sel, spans, ctx)?,
-                    None => build_tree(&st, &sel, ctx)?,
-                };
+                let tree = narrow.tree(&st, &sel, ctx)?;
                 Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
             .await
@@ -339,13 +329,7 @@ async fn dispatch(
             let format = profile_format(req.format)?;
             let spans = span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?;
             query(state, codec, move |ctx| {
-                let sel = typed_selection(
-                    &req.profile_type_id,
-                    &req.label_selector,
-                    req.start,
-                    req.end,
-                    &tenant,
-                )?;
+                let sel = req.selection(&tenant)?;
                 let tree = span::build_span_tree(&st, &sel, &spans, ctx)?;
                 Ok(stacktraces(&tree, max_nodes(req.max_nodes), format, &sel))
             })
@@ -356,24 +340,19 @@ async fn dispatch(
             let (Some(left), Some(right)) = (req.left, req.right) else {
                 return Err(ConnectError::invalid("left and right are both required"));
             };
+            let side = |name: &str, req: &SelectMergeStacktracesRequest| {
+                let sel = req
+                    .selection(&tenant)
+                    .map_err(|e| ConnectError::invalid(format!("{name}: {}", e.message)))?;
+                let narrow = Narrowing::of(req)
+                    .map_err(|e| ConnectError::invalid(format!("{name}: {}", e.message)))?;
+                Ok::<_, ConnectError>((sel, narrow))
+            };
+            let (l, l_narrow) = side("left", &left)?;
+            let (r, r_narrow) = side("right", &right)?;
             query(state, codec, move |ctx| {
-                let l = typed_selection(
-                    &left.profile_type_id,
-                    &left.label_selector,
-                    left.start,
-                    left.end,
-                    &tenant,
-                )
-                .map_err(|e| ConnectError::invalid(format!("left: {}", e.message)))?;
-                let r = typed_selection(
-                    &right.profile_type_id,
-                    &right.label_selector,
-                    right.start,
-                    right.end,
-                    &tenant,
-                )
-                .map_err(|e| ConnectError::invalid(format!("right: {}", e.message)))?;
-                let diff = DiffTree::new(&build_tree(&st, &l, ctx)?, &build_tree(&st, &r, ctx)?);
+                let diff =
+                    DiffTree::new(&l_narrow.tree(&st, &l, ctx)?, &r_narrow.tree(&st, &r, ctx)?);
                 let max = max_nodes(left.max_nodes.or(right.max_nodes));
                 Ok(DiffResponse {
                     flamegraph: Some(flamebearer::encode_diff(&diff.view(max))),
@@ -397,20 +376,18 @@ async fn dispatch(
         }
         "SelectMergeProfile" => {
             let req: SelectMergeProfileRequest = codec.decode(&body)?;
+            let ids = profile_ids(&req.profile_id_selector, false)?;
             query_raw(state, move |ctx| {
-                let sel = typed_selection(
-                    &req.profile_type_id,
-                    &req.label_selector,
-                    req.start,
-                    req.end,
-                    &tenant,
-                )?;
+                let sel = req.selection(&tenant)?;
                 let call_site: Vec<String> = req
                     .stack_trace_selector
                     .as_ref()
                     .map(|s| s.call_site.iter().map(|l| l.name.clone()).collect())
                     .unwrap_or_default();
-                let mut profile = merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?;
+                let mut profile = match &ids {
+                    Some(ids) => profile_id::merged_pprof(&st, &sel, ids, ctx)?,
+                    None => merged_pprof(&st, &sel, Some(&sel.profile_type), None, ctx)?,
+                };
                 if !call_site.is_empty() {
                     pprof::keep_call_site(&mut profile, &call_site);
                 }
@@ -442,8 +419,11 @@ async fn dispatch(
         }
         "AnalyzeQuery" => {
             let req: AnalyzeQueryRequest = codec.decode(&body)?;
-            let resp = blocking(move || analyze_query(&st, &tenant, &req)).await?;
-            codec.reply(&resp)
+            // Through the query slots: the head's records are decoded for their sample counts.
+            query(state, codec, move |ctx| {
+                analyze_query(&st, &tenant, &req, ctx)
+            })
+            .await
         }
         other => Err(ConnectError::new(
             "unimplemented",
@@ -507,16 +487,159 @@ async fn request_body(
     }
 }
 
+/// A request's `profile_id_selector` ([`profile_id`]); it does not combine with a span selector,
+/// as in profilecli (one names whole profiles, the other samples).
+fn profile_ids(
+    ids: &[String],
+    with_spans: bool,
+) -> Result<Option<profile_id::ProfileIds>, ConnectError> {
+    let ids = profile_id::ProfileIds::parse(ids).map_err(ConnectError::invalid)?;
+    if ids.is_some() && with_spans {
+        return Err(ConnectError::invalid(
+            "profile_id_selector and span_selector cannot be used together",
+        ));
+    }
+    Ok(ids)
+}
+
+/// What narrows a `SelectMergeStacktraces` read (or a `Diff` side) beyond its label selector:
+/// span IDs, profile IDs, a call site.
+struct Narrowing {
+    spans: Option<span::SpanSet>,
+    ids: Option<profile_id::ProfileIds>,
+    /// `stack_trace_selector.call_site`, root first; empty: every stack.
+    call_site: Vec<String>,
+}
+
+impl Narrowing {
+    fn of(req: &SelectMergeStacktracesRequest) -> Result<Narrowing, ConnectError> {
+        let spans = if req.span_selector.is_empty() {
+            None
+        } else {
+            Some(span::SpanSet::parse(&req.span_selector).map_err(ConnectError::invalid)?)
+        };
+        Ok(Narrowing {
+            ids: profile_ids(&req.profile_id_selector, spans.is_some())?,
+            spans,
+            call_site: req
+                .stack_trace_selector
+                .iter()
+                .flat_map(|s| &s.call_site)
+                .map(|l| l.name.clone())
+                .collect(),
+        })
+    }
+
+    /// The merged tree of `sel` so narrowed (blocking: inside [`query`]).
+    fn tree(&self, st: &AppState, sel: &Selection, ctx: &QueryCtx) -> Result<Tree, ConnectError> {
+        let tree = match (&self.spans, &self.ids) {
+            (Some(spans), _) => span::build_span_tree(st, sel, spans, ctx)?,
+            (None, Some(ids)) => profile_id::build_tree(st, sel, ids, ctx)?,
+            (None, None) => build_tree(st, sel, ctx)?,
+        };
+        Ok(if self.call_site.is_empty() {
+            tree
+        } else {
+            keep_call_site(&tree, &self.call_site)
+        })
+    }
+}
+
 /// The requested format of a flame-graph answer.
 fn profile_format(format: i32) -> Result<ProfileFormat, ConnectError> {
-    ProfileFormat::try_from(format)
-        .map_err(|_| ConnectError::invalid(format!("unknown profile format {format}")))
+    enum_field(format, "profile format")
+}
+
+/// A request's `step` (seconds, fractional) in ns: 0 means the default for the range.
+pub(crate) fn step_nanos(step: f64, sel: &Selection) -> Result<i64, ConnectError> {
+    if step == 0.0 {
+        return Ok(series::default_step_secs(sel.range.from, sel.range.until) * 1_000_000_000);
+    }
+    series::step_nanos(Some(step))
+        .ok_or_else(|| ConnectError::invalid(format!("step {step} must be at least 0.001 s")))
+}
+
+/// A proto enum field's value, or `invalid_argument` naming the field: proto3 keeps unknown enum
+/// numbers, so each is checked before use.
+pub(crate) fn enum_field<E: TryFrom<i32>>(value: i32, field: &str) -> Result<E, ConnectError> {
+    E::try_from(value).map_err(|_| ConnectError::invalid(format!("unknown {field} {value}")))
+}
+
+/// The selection fields every request that reads one profile type carries (`profile_typeID`,
+/// `label_selector`, `start`, `end` in ms): one place turns them into a [`Selection`].
+pub(crate) trait TypedRequest {
+    /// (profile type ID, label selector, start ms, end ms).
+    fn fields(&self) -> (&str, &str, i64, i64);
+
+    /// [`typed_selection`] of the request's fields for `tenant`.
+    fn selection(&self, tenant: &Tenant) -> Result<Selection, ConnectError> {
+        let (id, selector, start, end) = self.fields();
+        typed_selection(id, selector, start, end, tenant)
+    }
+}
+
+macro_rules! typed_requests {
+    ($($t:ty),*) => {$(
+        impl TypedRequest for $t {
+            fn fields(&self) -> (&str, &str, i64, i64) {
+                (&self.profile_type_id, &self.label_selector, self.start, self.end)
+            }
+        }
+    )*};
+}
+
+typed_requests!(
+    SelectMergeStacktracesRequest,
+    SelectMergeSpanProfileRequest,
+    SelectMergeProfileRequest,
+    SelectSeriesRequest,
+    SelectHeatmapRequest
+);
+
+/// The stacks of `tree` that begin (root first) with the frames `call_site`, whole: Pyroscope's
+/// stack trace selector on a flame graph or tree (`profilecli query tree --stacktrace-selector`),
+/// as [`pprof::keep_call_site`] is on a pprof.
+fn keep_call_site(tree: &Tree, call_site: &[String]) -> Tree {
+    let children = tree.child_lists();
+    let mut out = Tree::new();
+    out.profiles = tree.profiles;
+    let mut at = ROOT;
+    for name in call_site {
+        let next = children[at as usize]
+            .iter()
+            .find(|&&c| tree.names[tree.nodes[c as usize].name as usize] == *name);
+        match next {
+            Some(&c) => at = c,
+            None => return out,
+        }
+    }
+    // Every node below the call site (itself included) adds its self value along its path.
+    let mut todo = vec![at];
+    while let Some(n) = todo.pop() {
+        let node = &tree.nodes[n as usize];
+        if node.self_value != 0 {
+            let mut path = Vec::new();
+            let mut p = n;
+            while p != ROOT {
+                path.push(tree.nodes[p as usize].name);
+                p = tree.nodes[p as usize].parent;
+            }
+            let path: Vec<u32> = path
+                .into_iter()
+                .rev()
+                .map(|name| out.intern(&tree.names[name as usize]))
+                .collect();
+            out.add(path, node.self_value);
+        }
+        todo.extend(&children[n as usize]);
+    }
+    out
 }
 
 /// A flame-graph answer in the requested format: Pyroscope's levels, its binary tree alone
 /// (`PROFILE_FORMAT_TREE`) or the DOT call graph (`PROFILE_FORMAT_DOT`), as pkg/querier answers.
 fn stacktraces(
-    tree: &super::merge::Tree,
+    tree: &Tree,
     max_nodes: usize,
     format: ProfileFormat,
     sel: &Selection,
@@ -539,40 +662,80 @@ fn stacktraces(
     }
 }
 
-/// `AnalyzeQuery`: what the query would read. Kiln has one store component; the series count is
-/// exact (from the index), the profile and byte counts are not known without reading and are 0.
+/// `AnalyzeQuery`: what the query would read, in the shape of Pyroscope's querier
+/// (pkg/querier/analyze_query.go): two query scopes, "Short term storage" (Kiln's head: WAL
+/// records not yet in blocks) and "Long term storage" (blocks, on disk or from the bucket), each
+/// with the files, series, profiles, samples and bytes that a read of the query decompresses
+/// ([`crate::store::Store::read_scope`]); the impact sums their bytes and counts the (series,
+/// profile type) pairs the query selects, as Pyroscope counts its `Series` answer. A query without
+/// a profile type (`{…}`) reads every type, unless its type matchers leave exactly one.
 fn analyze_query(
     state: &AppState,
     tenant: &Tenant,
     req: &AnalyzeQueryRequest,
+    ctx: &QueryCtx,
 ) -> Result<AnalyzeQueryResponse, ConnectError> {
     let q = req.query.trim();
-    let sel = if q.is_empty() || q.starts_with('{') {
-        selection(q, req.start, req.end, tenant)?
-    } else {
+    let typed = !(q.is_empty() || q.starts_with('{'));
+    let sel = if typed {
         let (selector, id) = super::render::split_query(q)?;
         typed_selection(&id, &selector, req.start, req.end, tenant)?
+    } else {
+        selection(q, req.start, req.end, tenant)?
     };
-    let mut series = BTreeSet::new();
-    let bound = sel.selector.has_type_matchers() || !q.starts_with('{');
+    let mut pairs = BTreeSet::new();
+    let mut types = BTreeSet::new();
     labels::typed_series(&*state.store, &sel.selector, sel.range, |l, t| {
-        if !bound || format!("{}:{}", t.sample_type, t.sample_unit) == sel.profile_type {
-            series.insert(l.clone());
+        let type_unit = format!("{}:{}", t.sample_type, t.sample_unit);
+        if !typed || type_unit == sel.profile_type {
+            pairs.insert((l.clone(), t.id()));
+            types.insert(type_unit);
         }
     });
-    let stats = state.store.stats();
-    let n = series.len() as u64;
+    let (selector, profile_type) = if typed {
+        (sel.selector.clone(), Some(sel.profile_type.clone()))
+    } else {
+        match types.first() {
+            Some(t) if types.len() == 1 && sel.selector.has_type_matchers() => {
+                (sel.selector.clone().bind(t), Some(t.clone()))
+            }
+            _ => (sel.selector.clone(), None),
+        }
+    };
+    let scope = if pairs.is_empty() {
+        ReadScope::default()
+    } else {
+        state
+            .store
+            .read_scope(ReadRequest {
+                selector: &selector,
+                range: sel.range,
+                profile_type: profile_type.as_deref(),
+                stop: Some(ctx.stop_flag()),
+            })
+            .map_err(|e| ApiError::store(e.to_string(), &e))?
+    };
+    ctx.finish()?;
+    let query_scope = |name: &str, s: &ScopeStats| QueryScope {
+        component_type: name.into(),
+        component_count: 1,
+        block_count: s.blocks,
+        series_count: s.series,
+        profile_count: s.profiles,
+        sample_count: s.samples,
+        index_bytes: s.index_bytes,
+        profile_bytes: s.profile_bytes,
+        symbol_bytes: s.symbol_bytes,
+    };
+    let bytes = |s: &ScopeStats| s.index_bytes + s.profile_bytes + s.symbol_bytes;
     Ok(AnalyzeQueryResponse {
-        query_scopes: vec![QueryScope {
-            component_type: "Kiln store (WAL and blocks)".into(),
-            component_count: 1,
-            block_count: stats.blocks,
-            series_count: n,
-            ..QueryScope::default()
-        }],
+        query_scopes: vec![
+            query_scope("Short term storage", &scope.head),
+            query_scope("Long term storage", &scope.blocks),
+        ],
         query_impact: Some(QueryImpact {
-            total_bytes_in_time_range: 0,
-            total_queried_series: n,
+            total_bytes_in_time_range: bytes(&scope.head) + bytes(&scope.blocks),
+            total_queried_series: pairs.len() as u64,
             deduplication_needed: false,
         }),
     })
@@ -800,24 +963,26 @@ fn select_series(
     req: &SelectSeriesRequest,
     ctx: &QueryCtx,
 ) -> Result<SelectSeriesResponse, ConnectError> {
-    let sel = typed_selection(
-        &req.profile_type_id,
-        &req.label_selector,
-        req.start,
-        req.end,
-        tenant,
-    )?;
-    let step_nanos = if req.step == 0.0 {
-        series::default_step_secs(sel.range.from, sel.range.until) * 1_000_000_000
-    } else {
-        series::step_nanos(Some(req.step)).ok_or_else(|| {
-            ConnectError::invalid(format!("step {} must be at least 0.001 s", req.step))
-        })?
+    let sel = req.selection(tenant)?;
+    let step_nanos = step_nanos(req.step, &sel)?;
+    let aggregation = match req
+        .aggregation
+        .map(|a| enum_field(a, "aggregation"))
+        .transpose()?
+    {
+        None | Some(TimeSeriesAggregationType::Sum) => Aggregation::Sum,
+        Some(TimeSeriesAggregationType::Average) => Aggregation::Average,
     };
-    let aggregation = match req.aggregation.map(TimeSeriesAggregationType::try_from) {
-        None | Some(Ok(TimeSeriesAggregationType::Sum)) => Aggregation::Sum,
-        Some(Ok(TimeSeriesAggregationType::Average)) => Aggregation::Average,
-        Some(Err(_)) => return Err(ConnectError::invalid("unknown aggregation")),
+    // As Pyroscope's query backend (pkg/querybackend/query_time_series.go).
+    let exemplars = match enum_field(req.exemplar_type, "exemplar_type")? {
+        ExemplarType::Unspecified | ExemplarType::None => false,
+        ExemplarType::Individual => true,
+        ExemplarType::Span => {
+            return Err(ConnectError::new(
+                "unimplemented",
+                "exemplar type span is not implemented",
+            ));
+        }
     };
     let q = SeriesQuery {
         group_by: req.group_by.clone(),
@@ -827,6 +992,7 @@ fn select_series(
             .limit
             .filter(|&l| l > 0)
             .and_then(|l| usize::try_from(l).ok()),
+        exemplars,
     };
     let series = series::compute(state, &sel, &q, ctx)?
         .into_iter()
@@ -839,7 +1005,22 @@ fn select_series(
             points: s
                 .points
                 .into_iter()
-                .map(|(timestamp, value)| Point { value, timestamp })
+                .map(|(timestamp, value)| Point {
+                    value,
+                    timestamp,
+                    exemplars: s
+                        .exemplars
+                        .get(&timestamp)
+                        .map(|x| Exemplar {
+                            timestamp: x.time_nanos.div_euclid(NS_PER_MS),
+                            profile_id: profile_id::profile_id(&x.labels, x.time_nanos),
+                            value: x.value,
+                            labels: heatmap::exemplar_labels(&x.labels, &req.group_by),
+                            ..Exemplar::default()
+                        })
+                        .into_iter()
+                        .collect(),
+                })
                 .collect(),
         })
         .collect();
@@ -938,6 +1119,32 @@ mod tests {
             ConnectError::new("failed_precondition", "x").status(),
             StatusCode::PRECONDITION_FAILED
         );
+    }
+
+    #[test]
+    fn call_site_keeps_whole_stacks_through_it() {
+        let mut t = Tree::new();
+        let [main, work, leaf, helper] = ["main", "work", "leaf", "helper"].map(|n| t.intern(n));
+        t.add([main, work, leaf], 10);
+        t.add([main, work], 3);
+        t.add([main, helper], 5);
+        t.add([helper], 7);
+        t.profiles = 2;
+        let kept = keep_call_site(&t, &["main".into(), "work".into()]);
+        assert_eq!((kept.total(), kept.profiles), (13, 2));
+        let names: Vec<&str> = kept.nodes[1..]
+            .iter()
+            .map(|n| kept.names[n.name as usize].as_str())
+            .collect();
+        assert!(
+            !names.contains(&"helper") && names.contains(&"leaf"),
+            "{names:?}"
+        );
+        assert_eq!(
+            keep_call_site(&t, &["main".into(), "nope".into()]).total(),
+            0
+        );
+        assert_eq!(keep_call_site(&t, &["main".into()]).total(), 18);
     }
 
     #[test]

@@ -240,6 +240,7 @@ pub async fn render_handler(
                 step_nanos: step_secs * NS_PER_SEC,
                 aggregation,
                 limit: None,
+                exemplars: false,
             };
             let total = series::compute(&st, &sel, &q, ctx)?;
             let total_points = total.first().map_or(&[][..], |s| &s.points[..]);

@@ -3,19 +3,19 @@
 //! combination of the `group_by` labels' values.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use prost::Message as _;
 use serde_json::{Value, json};
 
 use super::admission::QueryCtx;
-use super::{Params, Selection, params};
+use super::{Params, Selection, params, profile_total, read_each};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::ReadRequest;
+use crate::store::Labels;
 use crate::tenant::Tenant;
 
 const NS_PER_SEC: i64 = 1_000_000_000;
@@ -55,6 +55,8 @@ pub struct SeriesQuery {
     pub aggregation: Aggregation,
     /// Keep the `limit` series with the largest totals.
     pub limit: Option<usize>,
+    /// Name each point's largest profile ([`Series::exemplars`]).
+    pub exemplars: bool,
 }
 
 /// One series: its `group_by` label values (labels absent from a profile are left out) and its
@@ -63,6 +65,17 @@ pub struct SeriesQuery {
 pub struct Series {
     pub labels: Vec<(String, String)>,
     pub points: Vec<(i64, f64)>,
+    /// With [`SeriesQuery::exemplars`]: per point (by its time, ms), the profile with the largest
+    /// total in it, as Pyroscope keeps one exemplar per point.
+    pub exemplars: BTreeMap<i64, Exemplar>,
+}
+
+/// One stored profile standing for a point: its time, its total, its series labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exemplar {
+    pub time_nanos: i64,
+    pub value: i64,
+    pub labels: Arc<Labels>,
 }
 
 /// The step to use when none is given: about [`TARGET_POINTS`] buckets over the range, whole
@@ -100,8 +113,8 @@ pub fn parse_group_by(s: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Bucket start (ns) -> (sum of the profiles' totals, how many profiles).
-type Buckets = BTreeMap<i64, (i64, u64)>;
+/// Bucket start (ns) -> (sum of the profiles' totals, how many profiles, the largest when asked).
+type Buckets = BTreeMap<i64, (i64, u64, Option<Exemplar>)>;
 
 /// Reads the selection and buckets it (blocking: run it through [`super::admission`]; stops early
 /// when `ctx` is stopped or its budget is spent).
@@ -112,65 +125,61 @@ pub fn compute(
     ctx: &QueryCtx,
 ) -> Result<Vec<Series>, ApiError> {
     let mut groups: HashMap<Vec<(String, String)>, Buckets> = HashMap::new();
-    state
-        .store
-        .read(
-            ReadRequest {
-                selector: &sel.selector,
-                range: sel.range,
-                profile_type: Some(&sel.profile_type),
-                stop: Some(ctx.stop_flag()),
-            },
-            &mut |stored| {
-                if !ctx.admit_read(1, stored.profile.encoded_len()) {
-                    return;
-                }
-                let p = &stored.profile;
-                let Some(vi) = p.sample_type.iter().position(|st| {
-                    format!("{}:{}", p.str(st.r#type), p.str(st.unit)) == sel.profile_type
-                }) else {
-                    return;
-                };
-                let total = p
-                    .sample
-                    .iter()
-                    .filter_map(|s| s.value.get(vi))
-                    .fold(0i64, |a, &v| a.saturating_add(v));
-                let key: Vec<(String, String)> = q
-                    .group_by
-                    .iter()
-                    .filter_map(|name| {
-                        stored
-                            .labels
-                            .get(name)
-                            .map(|v| (name.clone(), v.to_owned()))
-                    })
-                    .collect();
-                let bucket = stored.time_nanos.div_euclid(q.step_nanos) * q.step_nanos;
-                let e = groups.entry(key).or_default().entry(bucket).or_default();
-                e.0 = e.0.saturating_add(total);
-                e.1 += 1;
-            },
-        )
-        .map_err(|e| ApiError::store(e.to_string(), &e))?;
-    ctx.finish()?;
+    read_each(state, sel, ctx, &mut |stored, _| {
+        let Some(total) = profile_total(&stored.profile, &sel.profile_type) else {
+            return;
+        };
+        let key: Vec<(String, String)> = q
+            .group_by
+            .iter()
+            .filter_map(|name| {
+                stored
+                    .labels
+                    .get(name)
+                    .map(|v| (name.clone(), v.to_owned()))
+            })
+            .collect();
+        let bucket = stored.time_nanos.div_euclid(q.step_nanos) * q.step_nanos;
+        let e = groups.entry(key).or_default().entry(bucket).or_default();
+        e.0 = e.0.saturating_add(total);
+        e.1 += 1;
+        if q.exemplars && e.2.as_ref().is_none_or(|x| total > x.value) {
+            e.2 = Some(Exemplar {
+                time_nanos: stored.time_nanos,
+                value: total,
+                labels: stored.labels.clone(),
+            });
+        }
+    })?;
     let mut out: Vec<(i64, Series)> = groups
         .into_iter()
         .map(|(labels, buckets)| {
             let total = buckets
                 .values()
-                .fold(0i64, |a, (s, _)| a.saturating_add(*s));
+                .fold(0i64, |a, (s, _, _)| a.saturating_add(*s));
+            let mut exemplars = BTreeMap::new();
             let points = buckets
                 .into_iter()
-                .map(|(t, (sum, n))| {
+                .map(|(t, (sum, n, top))| {
                     let v = match q.aggregation {
                         Aggregation::Sum => sum as f64,
                         Aggregation::Average => sum as f64 / n as f64,
                     };
-                    (t.div_euclid(NS_PER_MS), v)
+                    let t = t.div_euclid(NS_PER_MS);
+                    if let Some(top) = top {
+                        exemplars.insert(t, top);
+                    }
+                    (t, v)
                 })
                 .collect();
-            (total, Series { labels, points })
+            (
+                total,
+                Series {
+                    labels,
+                    points,
+                    exemplars,
+                },
+            )
         })
         .collect();
     if let Some(limit) = q.limit {
@@ -210,6 +219,7 @@ pub async fn series_handler(
         step_nanos,
         aggregation: Aggregation::parse(p.aggregation.as_deref())?,
         limit,
+        exemplars: false,
     };
     let st = state.clone();
     let sel2 = sel.clone();

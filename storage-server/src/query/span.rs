@@ -6,16 +6,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kiln_proto::pprof::{Profile, Sample};
-use prost::Message as _;
-
-use super::Selection;
 use super::admission::QueryCtx;
 use super::merge::Tree;
-use super::symbolize::Resolver;
+use super::{Selection, read_each};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::ReadRequest;
+use kiln_proto::pprof::{Profile, Sample};
 
 /// The sample label naming the span a sample was taken in.
 pub const SPAN_ID_LABEL: &str = "span_id";
@@ -103,30 +99,14 @@ pub fn build_span_tree(
     ctx: &QueryCtx,
 ) -> Result<Tree, ApiError> {
     let mut tree = Tree::new();
-    let mut resolver = Resolver::new(Some(&state.debuginfo)).for_tenant(&sel.tenant);
-    state
-        .store
-        .read(
-            ReadRequest {
-                selector: &sel.selector,
-                range: sel.range,
-                profile_type: Some(&sel.profile_type),
-                stop: Some(ctx.stop_flag()),
-            },
-            &mut |stored| {
-                if !ctx.admit_read(1, stored.profile.encoded_len()) {
-                    return;
-                }
-                let p = &stored.profile;
-                let Some(key) = span_key(p) else {
-                    return;
-                };
-                let keep = |s: &Sample| span_of(p, key, s).is_some_and(|id| spans.contains(id));
-                tree.merge_samples_where(p, &sel.profile_type, &mut resolver, &[], &keep);
-            },
-        )
-        .map_err(ApiError::internal)?;
-    ctx.finish()?;
+    read_each(state, sel, ctx, &mut |stored, resolver| {
+        let p = &stored.profile;
+        let Some(key) = span_key(p) else {
+            return;
+        };
+        let keep = |s: &Sample| span_of(p, key, s).is_some_and(|id| spans.contains(id));
+        tree.merge_samples_where(p, &sel.profile_type, resolver, &[], &keep);
+    })?;
     Ok(tree)
 }
 

@@ -255,6 +255,20 @@ impl Block {
             .sum()
     }
 
+    /// Bytes of the footer (and trailer): everything after the last section.
+    fn footer_bytes(&self) -> u64 {
+        let end = |r: &Option<block::SectionRef>| r.as_ref().map_or(0, |r| r.offset + r.len);
+        let m = &self.meta;
+        let last = m
+            .series
+            .iter()
+            .flat_map(|s| [end(&s.profiles_section), end(&s.rows_section)])
+            .chain([end(&m.symbols), end(&m.stacks)])
+            .max()
+            .unwrap_or(0);
+        self.size.saturating_sub(last)
+    }
+
     fn overlaps(&self, range: TimeRange) -> bool {
         self.meta.min_time <= range.until && range.from <= self.meta.max_time
     }
@@ -1693,6 +1707,67 @@ impl Store for LocalStore {
             wal_damaged_bytes: losses.wal_bytes.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
+    }
+
+    fn read_scope(&self, req: ReadRequest<'_>) -> Result<super::ReadScope, StoreError> {
+        let wants_type = |types: &[String]| {
+            req.profile_type
+                .is_none_or(|t| types.iter().any(|p| p == t))
+        };
+        let (head, blocks) = self.inner.snapshot(
+            |l| req.selector.matches(l),
+            |e| req.range.contains(e.time_nanos) && wants_type(&e.profile_types),
+        );
+        let mut scope = super::ReadScope::default();
+        // Blocks, from their footers: what `read` decompresses is the symbol and stack tables of
+        // each block with a candidate series, and each candidate series' sections whole.
+        let mut series: HashSet<&Arc<Labels>> = HashSet::new();
+        for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
+            let mut touched = false;
+            for (i, s) in b
+                .candidates(req.selector, req.range)
+                .filter(|(_, s)| wants_type(&s.profile_types))
+            {
+                touched = true;
+                series.insert(&b.labels[i]);
+                let s_bytes = |r: &Option<block::SectionRef>| r.as_ref().map_or(0, |r| r.len);
+                scope.blocks.profiles += s.profiles;
+                scope.blocks.samples += s.rows;
+                scope.blocks.profile_bytes +=
+                    s_bytes(&s.profiles_section) + s_bytes(&s.rows_section);
+            }
+            if touched {
+                let m = &b.meta;
+                scope.blocks.blocks += 1;
+                scope.blocks.symbol_bytes += [&m.symbols, &m.stacks]
+                    .iter()
+                    .map(|r| r.as_ref().map_or(0, |r| r.len))
+                    .sum::<u64>();
+                scope.blocks.index_bytes += b.footer_bytes();
+            }
+        }
+        scope.blocks.series = series.len() as u64;
+        // Head: the selected WAL records, decoded for their sample counts as a read would.
+        let mut series: HashSet<&Arc<Labels>> = HashSet::new();
+        let mut segments = HashSet::new();
+        for r in &head {
+            if req.stopped() {
+                break;
+            }
+            series.insert(&r.labels);
+            segments.insert(r.entry.segment);
+            scope.head.profiles += 1;
+            scope.head.profile_bytes += u64::from(r.entry.len);
+            if let Some(f) = &r.file {
+                match self.inner.read_entry(&r.entry, f) {
+                    Ok(p) => scope.head.samples += p.sample.len() as u64,
+                    Err(e) => tracing::error!(error = %e, "skipping unreadable profile"),
+                }
+            }
+        }
+        scope.head.series = series.len() as u64;
+        scope.head.blocks = segments.len() as u64;
+        Ok(scope)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

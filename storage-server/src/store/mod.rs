@@ -169,6 +169,34 @@ pub struct StoreStats {
     pub bucket_request_errors: u64,
 }
 
+/// What a read would touch in one tier of the store: the figures of Pyroscope's `AnalyzeQuery`
+/// query scopes (see [`Store::read_scope`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeStats {
+    /// Files holding a selected profile: blocks, or WAL segments for the head.
+    pub blocks: u64,
+    /// Distinct series (label sets) read.
+    pub series: u64,
+    /// Stored profiles the read decodes.
+    pub profiles: u64,
+    /// Their samples (pprof samples; block rows).
+    pub samples: u64,
+    /// Index bytes read from disk: block footers (the head's index is in memory: 0).
+    pub index_bytes: u64,
+    /// Compressed bytes of the profiles themselves: block series sections, WAL records.
+    pub profile_bytes: u64,
+    /// Compressed bytes of shared symbol and stack tables (blocks only: a WAL record is a whole
+    /// pprof, its symbols are in `profile_bytes`).
+    pub symbol_bytes: u64,
+}
+
+/// [`ScopeStats`] of the head (WAL, short term) and of the blocks (long term).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadScope {
+    pub head: ScopeStats,
+    pub blocks: ScopeStats,
+}
+
 /// Which profiles a read wants.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadRequest<'a> {
@@ -269,6 +297,24 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(StoredProfile),
     ) -> Result<usize, StoreError>;
     fn stats(&self) -> StoreStats;
+    /// What [`Store::read`] of `req` would touch, without reading it where the engine has an
+    /// index: Pyroscope's `AnalyzeQuery`. Stops early (partial figures) when `req.stop` is raised.
+    /// The default reads every selected profile and counts it as head.
+    fn read_scope(&self, req: ReadRequest<'_>) -> Result<ReadScope, StoreError> {
+        let mut head = ScopeStats::default();
+        let mut series = std::collections::HashSet::new();
+        self.read(req, &mut |p| {
+            head.profiles += 1;
+            head.samples += p.profile.sample.len() as u64;
+            head.profile_bytes += prost::Message::encoded_len(&p.profile) as u64;
+            series.insert(p.labels);
+        })?;
+        head.series = series.len() as u64;
+        Ok(ReadScope {
+            head,
+            blocks: ScopeStats::default(),
+        })
+    }
     /// Like [`Store::read`] for flame graphs and tables: calls `visit` with the selection already
     /// merged where the store can do it cheaply (the local engine sums each block's rows by stack
     /// id, so the caller resolves every stack once per block instead of once per profile). Sample

@@ -19,8 +19,12 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use kiln_proto::querier::{AnalyzeQueryResponse, QueryScope};
+use kiln_storage_server::query::time::now_nanos;
+
 use crate::client::{enc, get, json, post, strings};
 use crate::fixture::{self, CPU, pushed_total};
+use crate::support::{NS, agent_profile, push_http, spawn_server};
 
 const HEADERS: [(&str, &str); 1] = [("X-Grafana-Org-Id", "1")];
 
@@ -242,6 +246,7 @@ async fn drilldown_app_contract() {
         end,
         max_nodes: Some(16384),
         stack_trace_selector: None,
+        profile_id_selector: vec![],
     };
     let bin = post(
         url,
@@ -263,7 +268,16 @@ async fn drilldown_app_contract() {
         &HEADERS,
     )
     .await;
+    // Everything is in the head (short term storage) here: its two checkout series, four profiles.
+    assert_eq!(
+        analysis["queryScopes"][0]["componentType"],
+        "Short term storage"
+    );
     assert_eq!(analysis["queryScopes"][0]["seriesCount"], "2", "{analysis}");
+    assert_eq!(
+        analysis["queryScopes"][0]["profileCount"], "4",
+        "{analysis}"
+    );
     assert_eq!(analysis["queryImpact"]["totalQueriedSeries"], "2");
     // No GitHub integration: a Connect error the app shows, not a 404.
     let vcs = post(
@@ -277,4 +291,133 @@ async fn drilldown_app_contract() {
     assert_eq!(vcs.status, StatusCode::PRECONDITION_FAILED);
     let e: Value = vcs.json();
     assert_eq!(e["code"], "failed_precondition");
+}
+
+/// The query-analysis figures (`AnalyzeQuery`, `queryAnalysisApiClient.ts`) are what the store
+/// holds: profiles pushed are counted in short term storage (the head), and after a flush in long
+/// term storage (blocks), with their samples, series and bytes; another tenant's query reads
+/// nothing. Its own server, since it flushes the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drilldown_query_analysis_counts_the_store() {
+    let server = spawn_server();
+    let url = server.url.as_str();
+    let base = (now_nanos() / NS - 600) / 60 * 60 * NS;
+    let (start, end) = (base / 1_000_000 - 60_000, now_nanos() / 1_000_000 + 60_000);
+    let labels = |svc: &'static str, pid: &'static str| {
+        [
+            ("__name__", "process_cpu"),
+            ("service_name", svc),
+            ("pid", pid),
+        ]
+    };
+    let push = |svc, pid, at: i64| {
+        let l = labels(svc, pid);
+        async move {
+            // Two samples per profile: leaf and helper.
+            let p = agent_profile("a", 100_000_000, [10, 1], base + at * NS);
+            push_http(url, &l, &p).await;
+        }
+    };
+    // Three checkout profiles in two series, one db profile.
+    push("checkout", "1", 1).await;
+    push("checkout", "1", 11).await;
+    push("checkout", "2", 21).await;
+    push("db", "3", 31).await;
+    let analyze = |query: String, headers: &'static [(&'static str, &'static str)]| async move {
+        let v = json(
+            url,
+            "/querier.v1.QuerierService/AnalyzeQuery",
+            json!({"start": start, "end": end, "query": query}),
+            headers,
+        )
+        .await;
+        serde_json::from_value::<AnalyzeQueryResponse>(v.clone())
+            .unwrap_or_else(|e| panic!("{e}: {v}"))
+    };
+    let checkout = format!("{CPU}{{service_name=\"checkout\"}}");
+    let bytes = |s: &QueryScope| s.index_bytes + s.profile_bytes + s.symbol_bytes;
+
+    let a = analyze(checkout.clone(), &HEADERS).await;
+    let [head, blocks] = &a.query_scopes[..] else {
+        panic!("two scopes: {a:?}")
+    };
+    assert_eq!(head.component_type, "Short term storage");
+    assert_eq!(blocks.component_type, "Long term storage");
+    assert_eq!(
+        (
+            head.block_count,
+            head.series_count,
+            head.profile_count,
+            head.sample_count
+        ),
+        (1, 2, 3, 6),
+        "one WAL segment: {a:?}"
+    );
+    assert!(head.profile_bytes > 0, "{a:?}");
+    assert_eq!(
+        (blocks.block_count, blocks.profile_count, bytes(blocks)),
+        (0, 0, 0)
+    );
+    let impact = a.query_impact.clone().unwrap();
+    assert_eq!(impact.total_queried_series, 2);
+    assert_eq!(impact.total_bytes_in_time_range, bytes(head));
+
+    // Flushed into blocks, then one more profile into the head.
+    let state = server.state.clone();
+    tokio::task::spawn_blocking(move || state.store.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    push("checkout", "2", 41).await;
+    let a = analyze(checkout.clone(), &HEADERS).await;
+    let [head, blocks] = &a.query_scopes[..] else {
+        panic!("two scopes: {a:?}")
+    };
+    assert_eq!(
+        (head.series_count, head.profile_count, head.sample_count),
+        (1, 1, 2),
+        "{a:?}"
+    );
+    assert!(blocks.block_count >= 1, "{a:?}");
+    assert_eq!(
+        (
+            blocks.series_count,
+            blocks.profile_count,
+            blocks.sample_count
+        ),
+        (2, 3, 6),
+        "{a:?}"
+    );
+    assert!(
+        blocks.index_bytes > 0 && blocks.profile_bytes > 0 && blocks.symbol_bytes > 0,
+        "{a:?}"
+    );
+    let impact = a.query_impact.clone().unwrap();
+    assert_eq!(impact.total_queried_series, 2);
+    assert_eq!(
+        impact.total_bytes_in_time_range,
+        bytes(head) + bytes(blocks)
+    );
+
+    // A selector without a profile type reads both sample types: the same profiles, and a
+    // (series, type) pair per type as Pyroscope counts its Series answer.
+    let untyped = analyze("{service_name=\"checkout\"}".into(), &HEADERS).await;
+    assert_eq!(
+        untyped.query_scopes[1].profile_count + untyped.query_scopes[0].profile_count,
+        4
+    );
+    assert_eq!(untyped.query_impact.unwrap().total_queried_series, 4);
+    // The db service alone; another tenant reads nothing.
+    let db = analyze(format!("{CPU}{{service_name=\"db\"}}"), &HEADERS).await;
+    assert_eq!(db.query_scopes[1].profile_count, 1, "{db:?}");
+    assert_eq!(db.query_scopes[0].profile_count, 0, "{db:?}");
+    let other = analyze(checkout, &[("X-Scope-OrgID", "another-team")]).await;
+    assert!(
+        other
+            .query_scopes
+            .iter()
+            .all(|s| s.profile_count == 0 && bytes(s) == 0),
+        "{other:?}"
+    );
+    assert_eq!(other.query_impact.unwrap().total_queried_series, 0);
 }

@@ -7,14 +7,11 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kiln_proto::ProfileBuilder;
 use kiln_proto::pprof::Profile;
-use kiln_proto::push::{PUSH_PATH, PushRequest, RawProfileSeries, RawSample};
 use kiln_storage_server::query::time::now_nanos;
-use kiln_storage_server::{Server, ServerConfig};
-use prost::Message;
 
-pub const NS: i64 = 1_000_000_000;
+pub use crate::support::NS;
+use crate::support::{agent_profile, push_http, spawn_server};
 pub const CPU: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
 pub const SAMPLES: &str = "process_cpu:samples:count:cpu:nanoseconds";
 /// The span program's service name.
@@ -140,44 +137,13 @@ pub fn get() -> &'static Fixture {
     FIXTURE.get_or_init(|| std::thread::spawn(start).join().unwrap())
 }
 
+/// An agent-like profile as [`PUSHED`] describes it: one sample per 10 ms of cpu.
 fn profile(tag: &str, cpu: i64, time_nanos: i64) -> Profile {
-    let mut b = ProfileBuilder::new(&[("samples", "count"), ("cpu", "nanoseconds")]);
-    let main = b.function("main", "main.c");
-    let work = b.function("work", "main.c");
-    let helper = b.function("helper", "main.c");
-    let leaf = b.function(&format!("leaf_{tag}"), "main.c");
-    let l1 = b.symbolized_location(0, 0x10, &[(main, 1)]);
-    let l2 = b.symbolized_location(0, 0x20, &[(work, 2)]);
-    let l3 = b.symbolized_location(0, 0x30, &[(leaf, 3)]);
-    let l4 = b.symbolized_location(0, 0x40, &[(helper, 4)]);
-    b.add_sample(&[l3, l2, l1], &[cpu / 10_000_000, cpu], &[]);
-    b.add_sample(&[l4, l1], &[cpu / 100_000_000, cpu / 10], &[]);
-    b.period("cpu", "nanoseconds", 10_000_000);
-    b.time(time_nanos, 10 * NS);
-    b.finish()
+    agent_profile(tag, cpu, [cpu / 10_000_000, cpu / 100_000_000], time_nanos)
 }
 
 fn start() -> Fixture {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let dir = tempfile::tempdir().unwrap();
-            let mut config = ServerConfig::with_data_dir(dir.path());
-            config.listen = "127.0.0.1:0".parse().unwrap();
-            let server = Server::bind(config).await.unwrap();
-            let url = format!("http://{}", server.local_addr().unwrap());
-            tx.send(url).unwrap();
-            // Serves until the test process exits; the directory lives as long.
-            server.run(std::future::pending()).await.unwrap();
-            drop(dir);
-        });
-    });
-    let url = rx.recv().unwrap();
+    let url = spawn_server().url;
     let base_ns = (now_nanos() / NS - 600) / 60 * 60 * NS;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -202,7 +168,6 @@ fn start() -> Fixture {
 }
 
 async fn push_agent_profiles(url: &str, base_ns: i64) {
-    let http = reqwest::Client::new();
     for p in &PUSHED {
         let comm = if p.service == "db" {
             "postgres"
@@ -219,29 +184,7 @@ async fn push_agent_profiles(url: &str, base_ns: i64) {
             // An OpenTelemetry-style name that is not a Prometheus label name.
             labels.push(("k8s.namespace.name", "shop"));
         }
-        let req = PushRequest {
-            series: vec![RawProfileSeries {
-                labels: labels
-                    .iter()
-                    .map(|(n, v)| kiln_proto::push::LabelPair {
-                        name: (*n).into(),
-                        value: (*v).into(),
-                    })
-                    .collect(),
-                samples: vec![RawSample {
-                    raw_profile: profile(p.tag, p.cpu, base_ns + p.at * NS).encode_to_vec(),
-                    id: String::new(),
-                }],
-            }],
-        };
-        let resp = http
-            .post(format!("{url}{PUSH_PATH}"))
-            .header("content-type", "application/proto")
-            .body(req.encode_to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "push: {:?}", resp.text().await);
+        push_http(url, &labels, &profile(p.tag, p.cpu, base_ns + p.at * NS)).await;
     }
 }
 

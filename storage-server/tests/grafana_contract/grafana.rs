@@ -87,6 +87,25 @@ async fn flame_graph(
     resp.flamegraph
 }
 
+/// The flame-graph total of the profile an exemplar names (what its link in Grafana opens).
+async fn exemplar_total(url: &str, selector: &str, start: i64, end: i64, id: &str) -> i64 {
+    let resp: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            profile_type_id: CPU.into(),
+            label_selector: selector.into(),
+            start,
+            end,
+            profile_id_selector: vec![id.to_owned()],
+            ..Default::default()
+        },
+        &headers(true),
+    )
+    .await;
+    resp.flamegraph.unwrap().total
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_datasource_contract() {
     let fx = fixture::get();
@@ -259,6 +278,83 @@ async fn grafana_datasource_contract() {
     assert_eq!(top.series.len(), 1);
     assert_eq!(top.series[0].labels[0].value, "2");
 
+    // Exemplars (`exemplarType: EXEMPLAR_TYPE_INDIVIDUAL`): each point names its largest profile,
+    // with its own time and total and its labels but the grouped one; Kiln keeps no profile ID.
+    let ex: SelectSeriesResponse = proto(
+        url,
+        &path("SelectSeries"),
+        &SelectSeriesRequest {
+            group_by: vec!["pid".into()],
+            exemplar_type: ExemplarType::Individual as i32,
+            ..series_req.clone()
+        },
+        &headers(true),
+    )
+    .await;
+    let mut named = Vec::new();
+    for s in &ex.series {
+        for p in &s.points {
+            let [e] = &p.exemplars[..] else {
+                panic!("one exemplar per point: {p:?}")
+            };
+            // One checkout profile per 15 s step here: the exemplar is the point.
+            assert_eq!(e.value as f64, p.value, "{p:?}");
+            assert!(
+                (p.timestamp..p.timestamp + 15_000).contains(&e.timestamp),
+                "{p:?}"
+            );
+            assert_eq!(e.profile_id.len(), 36, "a UUID: {e:?}");
+            let label = |n: &str| e.labels.iter().find(|l| l.name == n).map(|l| &l.value[..]);
+            assert_eq!(label("service_name"), Some("checkout"), "{e:?}");
+            assert_eq!(label("pid"), None, "grouped: on the series, {e:?}");
+            named.push((s.labels[0].value.clone(), e.timestamp));
+        }
+    }
+    named.sort();
+    let mut pushed: Vec<(String, i64)> = crate::fixture::PUSHED
+        .iter()
+        .filter(|p| p.service == "checkout")
+        .map(|p| (p.pid.to_owned(), fx.base_ns / 1_000_000 + p.at * 1000))
+        .collect();
+    pushed.sort();
+    assert_eq!(named, pushed);
+    // Its profile ID selects that profile's flame graph (Grafana's exemplar link).
+    let e = &ex.series[0].points[0].exemplars[0];
+    assert_eq!(
+        exemplar_total(url, selector, start, end, &e.profile_id).await,
+        e.value
+    );
+    // The editor's aggregation AVERAGE: the mean profile total of each step (the four checkout
+    // profiles share one minute).
+    let avg: SelectSeriesResponse = proto(
+        url,
+        &path("SelectSeries"),
+        &SelectSeriesRequest {
+            step: 60.0,
+            aggregation: Some(TimeSeriesAggregationType::Average as i32),
+            ..series_req.clone()
+        },
+        &headers(true),
+    )
+    .await;
+    let points = &avg.series[0].points;
+    assert_eq!(points.len(), 1, "{points:?}");
+    assert_eq!(points[0].value, want as f64 / 4.0);
+    // Span exemplars on series: Pyroscope's own answer.
+    let span_ex = post(
+        url,
+        &path("SelectSeries"),
+        "application/proto",
+        prost::Message::encode_to_vec(&SelectSeriesRequest {
+            exemplar_type: ExemplarType::Span as i32,
+            ..series_req.clone()
+        }),
+        &headers(true),
+    )
+    .await;
+    assert_eq!(span_ex.status, StatusCode::NOT_FOUND);
+    assert_eq!(span_ex.json()["code"], "unimplemented");
+
     // Profile-type labels inside the label selector narrow the read type like the ID does.
     let typed = flame_graph(
         url,
@@ -327,9 +423,38 @@ async fn grafana_datasource_contract() {
     let best = slots
         .iter()
         .flat_map(|s| &s.exemplars)
-        .map(|e| e.value)
-        .max();
-    assert_eq!(best, Some(7_700_000_000));
+        .max_by_key(|e| e.value)
+        .unwrap();
+    // The largest profile (pid 2 at 31 s): its time and labels.
+    assert_eq!(best.value, 7_700_000_000);
+    assert_eq!(best.timestamp, fx.base_ns / 1_000_000 + 31_000);
+    assert!(
+        best.labels
+            .iter()
+            .any(|l| l.name == "pid" && l.value == "2"),
+        "{best:?}"
+    );
+    // Its profile ID selects that profile.
+    assert_eq!(
+        exemplar_total(url, selector, start, end, &best.profile_id).await,
+        best.value
+    );
+    // Span exemplars of profile points: refused, as Pyroscope does.
+    let mixed = post(
+        url,
+        &path("SelectHeatmap"),
+        "application/proto",
+        prost::Message::encode_to_vec(&SelectHeatmapRequest {
+            profile_type_id: CPU.into(),
+            label_selector: selector.into(),
+            query_type: HeatmapQueryType::Individual as i32,
+            exemplar_type: ExemplarType::Span as i32,
+            ..Default::default()
+        }),
+        &headers(true),
+    )
+    .await;
+    assert_eq!(mixed.status, StatusCode::BAD_REQUEST, "{}", mixed.text());
 
     // Span profiles (trace to profiles): only the selected span's samples.
     let Some(spans) = &fx.spans else {

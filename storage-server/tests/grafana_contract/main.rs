@@ -17,3 +17,5 @@ mod drilldown;
 mod fixture;
 mod grafana;
 mod profilecli;
+#[path = "../support/mod.rs"]
+mod support;

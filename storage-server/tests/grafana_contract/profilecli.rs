@@ -3,10 +3,12 @@
 //! - `query series`: `Series{matchers: [--query], labelNames: --label-names, start, end}`.
 //! - `query profile`: `SelectMergeStacktraces{…, format: PROFILE_FORMAT_PPROF}`, falling back to
 //!   `SelectMergeProfile` when the answer has no pprof (`queryPprofWithFallback`).
-//! - `query tree` / span profiles: `SelectMergeStacktraces{…, format: PROFILE_FORMAT_TREE}` /
+//! - `query tree` / span profiles: `SelectMergeStacktraces{…, format: PROFILE_FORMAT_TREE,
+//!   stackTraceSelector}` /
 //!   `SelectMergeSpanProfile{…, format: PROFILE_FORMAT_TREE}`, read with
 //!   `model.UnmarshalTree` (`querySpanProfile`).
-//! - `query top`: `SelectSeries{groupBy, limit}`; `query exemplars`: `SelectHeatmap`.
+//! - `query top`: `SelectSeries{groupBy, limit}`; `query exemplars`: `SelectSeries{step,
+//!   exemplarType: INDIVIDUAL}` then `query profile --profile-id`, or with spans `SelectHeatmap`.
 //! - `query label-names` / `label-values`: `LabelNames` / `LabelValues`.
 
 use kiln_proto::querier::*;
@@ -90,6 +92,30 @@ async fn profilecli_contract() {
     let mut names = Vec::new();
     names_of(&t, &mut names);
     assert!(names.contains(&"leaf_b".to_owned()), "{names:?}");
+    // query tree --stacktrace-selector main --stacktrace-selector work (queryProfileTree): only
+    // the stacks through main;work, whole.
+    let through_work: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            stack_trace_selector: Some(StackTraceSelector {
+                call_site: ["main", "work"]
+                    .map(|name| Location { name: name.into() })
+                    .to_vec(),
+            }),
+            ..req.clone()
+        },
+        &h,
+    )
+    .await;
+    let w = decode_tree(&through_work.tree).unwrap();
+    assert_eq!(w.total, fixture::PUSHED.iter().map(|p| p.cpu).sum::<i64>());
+    let mut names = Vec::new();
+    names_of(&w, &mut names);
+    assert!(
+        names.contains(&"leaf_b".to_owned()) && !names.contains(&"helper".to_owned()),
+        "{names:?}"
+    );
 
     // query profile: PROFILE_FORMAT_PPROF carries the merged pprof, gzip request body too
     // (connect-go's WithSendGzip).
@@ -133,12 +159,43 @@ async fn profilecli_contract() {
             group_by: vec!["service_name".into()],
             aggregation: Some(TimeSeriesAggregationType::Sum as i32),
             limit: Some(1),
+            exemplar_type: 0,
         },
         &h,
     )
     .await;
     assert_eq!(top.series.len(), 1);
     assert_eq!(top.series[0].labels[0].value, "checkout");
+
+    // query label-names --query '{service_name="db"}' (query.go: one matcher, the query).
+    let n: LabelNamesResponse = proto(
+        url,
+        &path("LabelNames"),
+        &LabelNamesRequest {
+            matchers: vec!["{service_name=\"db\"}".into()],
+            start,
+            end,
+        },
+        &h,
+    )
+    .await;
+    for want in [
+        "__name__",
+        "__profile_type__",
+        "comm",
+        "pid",
+        "service_name",
+    ] {
+        assert!(
+            n.names.iter().any(|x| x == want),
+            "{want} not in {:?}",
+            n.names
+        );
+    }
+    assert!(
+        !n.names.iter().any(|x| x == "k8s.namespace.name"),
+        "checkout's only"
+    );
 
     // query label-values.
     let v: LabelValuesResponse = proto(
@@ -154,6 +211,98 @@ async fn profilecli_contract() {
     )
     .await;
     assert_eq!(v.names, ["checkout", "postgres"]);
+
+    // query exemplars (query-exemplars.go: SelectSeries with individual exemplars and a step of
+    // the range over --top-n, 10), then query profile --profile-id <the top exemplar's ID>: the ID
+    // selects that one profile again, as a pprof, through the SelectMergeProfile fallback and as a
+    // tree.
+    let ex: SelectSeriesResponse = proto(
+        url,
+        &path("SelectSeries"),
+        &SelectSeriesRequest {
+            profile_type_id: CPU.into(),
+            label_selector: "{service_name=\"checkout\"}".into(),
+            start,
+            end,
+            step: (end - start) as f64 / 1000.0 / 10.0,
+            exemplar_type: ExemplarType::Individual as i32,
+            ..Default::default()
+        },
+        &h,
+    )
+    .await;
+    let best = ex
+        .series
+        .iter()
+        .flat_map(|s| &s.points)
+        .flat_map(|p| &p.exemplars)
+        .max_by_key(|e| e.value)
+        .unwrap()
+        .clone();
+    // The largest checkout profile: pid 2's 7 s of cpu (plus its helper's tenth).
+    assert_eq!(best.value, 7_700_000_000);
+    assert_eq!(best.profile_id.len(), 36, "a UUID: {best:?}");
+    let by_id = SelectMergeStacktracesRequest {
+        profile_id_selector: vec![best.profile_id.clone()],
+        format: ProfileFormat::Pprof as i32,
+        ..req.clone()
+    };
+    let one: SelectMergeStacktracesResponse =
+        proto(url, &path("SelectMergeStacktraces"), &by_id, &h).await;
+    let cpu_total =
+        |p: &kiln_proto::pprof::Profile| p.sample.iter().map(|s| s.value[0]).sum::<i64>();
+    assert_eq!(cpu_total(&one.pprof.unwrap().profile.unwrap()), best.value);
+    let legacy: kiln_proto::pprof::Profile = proto(
+        url,
+        &path("SelectMergeProfile"),
+        &SelectMergeProfileRequest {
+            profile_type_id: CPU.into(),
+            label_selector: "{}".into(),
+            start,
+            end,
+            profile_id_selector: vec![best.profile_id.clone()],
+            ..Default::default()
+        },
+        &h,
+    )
+    .await;
+    assert_eq!(cpu_total(&legacy), best.value);
+    let tree: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            format: ProfileFormat::Tree as i32,
+            ..by_id.clone()
+        },
+        &h,
+    )
+    .await;
+    assert_eq!(decode_tree(&tree.tree).unwrap().total, best.value);
+    // An ID no profile has selects nothing; with a span selector it is refused, as profilecli does.
+    let none: SelectMergeStacktracesResponse = proto(
+        url,
+        &path("SelectMergeStacktraces"),
+        &SelectMergeStacktracesRequest {
+            profile_id_selector: vec!["00000000-0000-8000-8000-000000000000".into()],
+            ..by_id.clone()
+        },
+        &h,
+    )
+    .await;
+    assert_eq!(cpu_total(&none.pprof.unwrap().profile.unwrap()), 0);
+    let both = post(
+        url,
+        &path("SelectMergeStacktraces"),
+        "application/proto",
+        SelectMergeStacktracesRequest {
+            span_selector: vec!["00f067aa0ba902b7".into()],
+            ..by_id.clone()
+        }
+        .encode_to_vec(),
+        &h,
+    )
+    .await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST, "{}", both.text());
 
     // Span profile through the legacy call and the tree format, as querySpanProfile does.
     let Some(spans) = &fx.spans else {

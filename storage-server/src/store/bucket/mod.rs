@@ -708,6 +708,12 @@ impl Store for BucketStore {
         self.inner.local.read_merged(req, visit)
     }
 
+    fn read_scope(&self, req: ReadRequest<'_>) -> Result<super::ReadScope, StoreError> {
+        // The bucket's blocks are read through the engine's cache, as a read would.
+        self.inner.ensure(req.range)?;
+        self.inner.local.read_scope(req)
+    }
+
     fn stats(&self) -> StoreStats {
         let inner = &self.inner;
         let mut s = inner.local.stats();
