@@ -5,11 +5,12 @@
 //! Kiln does not keep the ID an SDK sends with a profile (the push API's `RawSample.ID`); a stored
 //! profile is known by its series and its time instead. Its ID is derived from those two: a UUID
 //! (RFC 9562 version 8, the custom layout) of a 128-bit hash of the series labels and the time in
-//! nanoseconds. The same profile always gets the same ID from the same Kiln build, and two
-//! profiles share one only if they share series and nanosecond — then both are selected.
+//! nanoseconds. The hash is XXH3-128, a published algorithm with fixed output, so the same
+//! profile gets the same ID from every Kiln build and version (an ID pasted into a ticket keeps
+//! working after an upgrade); two profiles share one only if they share series and nanosecond —
+//! then both are selected.
 
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hasher};
 
 use kiln_proto::pprof::Profile;
 
@@ -27,20 +28,16 @@ pub const MAX_IDS: usize = 10_000;
 /// The ID of the profile of series `labels` stored at `time_nanos`, e.g.
 /// `5f0c2c1e-93b1-8c4e-a7d2-0e4b9f6a1c3d`.
 pub fn profile_id(labels: &Labels, time_nanos: i64) -> String {
-    let half = |seed: u8| {
-        // Fed field by field (not through `Hash` impls) with separators no label contains.
-        let mut h = DefaultHasher::new();
-        h.write_u8(seed);
-        for (k, v) in labels.iter() {
-            h.write(k.as_bytes());
-            h.write_u8(0xff);
-            h.write(v.as_bytes());
-            h.write_u8(0xff);
-        }
-        h.write_i64(time_nanos);
-        h.finish()
-    };
-    let mut x = (u128::from(half(0)) << 64) | u128::from(half(1));
+    // Field by field, with separators no label contains.
+    let mut bytes = Vec::with_capacity(64);
+    for (k, v) in labels.iter() {
+        bytes.extend_from_slice(k.as_bytes());
+        bytes.push(0xff);
+        bytes.extend_from_slice(v.as_bytes());
+        bytes.push(0xff);
+    }
+    bytes.extend_from_slice(&time_nanos.to_le_bytes());
+    let mut x = twox_hash::XxHash3_128::oneshot(&bytes);
     // Version 8 in bits 76..80, variant 0b10 in bits 62..64.
     x = (x & !(0xf << 76)) | (0x8 << 76);
     x = (x & !(0x3 << 62)) | (0x2 << 62);
@@ -136,5 +133,16 @@ mod tests {
         assert!(!ids.contains(&l, 2_000));
         assert!(ProfileIds::parse(&[]).unwrap().is_none());
         assert!(ProfileIds::parse(&vec![String::new(); MAX_IDS + 1]).is_err());
+    }
+
+    #[test]
+    fn ids_do_not_change_between_builds() {
+        // Pinned: an exemplar link or a `--profile-id` saved yesterday must select the same
+        // profile after an upgrade. Changing the derivation breaks them: do not.
+        let l = Labels::new(vec![("service_name".into(), "api".into())]);
+        assert_eq!(
+            profile_id(&l, 1_000),
+            "d6ef48e3-d99a-80a5-ba43-5e5fffa10998"
+        );
     }
 }
