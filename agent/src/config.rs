@@ -367,6 +367,18 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
+    /// `--runtimes` switches each runtime on or off; a wrong name is refused with the list.
+    #[test]
+    fn runtimes_parse_as_a_list() {
+        let r: Runtimes = "python,java".parse().unwrap();
+        assert!(r.python && r.java);
+        let r: Runtimes = "java".parse().unwrap();
+        assert!(!r.python && r.java);
+        let r: Runtimes = "none".parse().unwrap();
+        assert!(!r.python && !r.java);
+        assert!("jvm".parse::<Runtimes>().unwrap_err().contains("`java`"));
+    }
+
     #[test]
     fn defaults_are_valid() {
         let c = AgentConfig::default();
