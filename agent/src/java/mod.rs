@@ -713,7 +713,6 @@ mod tests {
             .iter()
             .find(|m| matches!(&m.kind, MappingKind::File { path, .. } if path.ends_with("libjvm.so")))
             .unwrap();
-        let _ = lib;
         // (detect() already proved the symbols; read them the same way.)
         if let MappingKind::File { path, .. } = &lib.kind {
             let data = std::fs::read(format!("/proc/{}/root{}", p.pid, path.display())).unwrap();
@@ -773,6 +772,37 @@ mod tests {
         );
         // Not JIT code: a pc of libc.
         assert_eq!(jvm.blob(libc::getpid as *const () as u64).unwrap(), None);
+    }
+
+    /// A process with a `libjvm.so` that has no vmStructs (here: a copy of libdl preloaded into
+    /// `sleep`) is a JVM the agent cannot read, and says why.
+    #[test]
+    fn a_jvm_without_vmstructs_is_named_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("libjvm.so");
+        std::fs::copy("/lib/x86_64-linux-gnu/libdl.so.2", &fake).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .env("LD_PRELOAD", &fake)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let detection = loop {
+            let p = Process::load(child.id(), &mut crate::buildid::BuildIdCache::new(64), 4096)
+                .unwrap();
+            match detect(&p) {
+                Detection::NotJava if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                d => break d,
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        match detection {
+            Detection::Unreadable(why) => assert_eq!(&*why, "[java: vmStructs not found]"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
