@@ -65,6 +65,8 @@ const INTERP_BCP: i64 = -8;
 /// A JVM the agent can read.
 #[derive(Debug)]
 pub struct Jvm {
+    /// The process (keys the per-window caches).
+    pub pid: u32,
     pub offsets: Offsets,
     mem: Mem,
     /// The code heaps, once the JVM has made them (it may be sampled during start-up).
@@ -174,6 +176,7 @@ pub fn detect(p: &Process) -> Detection {
         Err(e) => return unreadable(e.to_string()),
     };
     Detection::Readable(Arc::new(Jvm {
+        pid: p.pid,
         offsets,
         mem,
         heaps: OnceLock::new(),
@@ -194,13 +197,13 @@ pub enum RawFrame {
 /// Java frames it met, by their index in the walked stack.
 pub struct JitWalk<'a> {
     jvm: &'a Jvm,
-    blobs: &'a mut HashMap<(usize, u64), Option<Blob>>,
+    blobs: &'a mut HashMap<(u32, u64), Option<Blob>>,
     pub frames: Vec<(usize, RawFrame)>,
 }
 
 impl JitWalk<'_> {
     fn blob(&mut self, pc: u64) -> Option<Blob> {
-        let key = (self.jvm as *const Jvm as usize, pc);
+        let key = (self.jvm.pid, pc);
         if let Some(b) = self.blobs.get(&key) {
             return *b;
         }
@@ -309,11 +312,17 @@ struct Detector {
     in_flight: HashSet<u32>,
 }
 
+/// (`Method*`, bytecode index) at a compiled pc, innermost first.
+type Scopes = Arc<[(u64, i32)]>;
+
 /// Per-agent Java state: which processes are JVMs, and the method and code blob caches.
 pub struct Java {
     procs: HashMap<u32, ProcState>,
     methods: HashMap<(u32, u64, u64), MethodInfo>,
-    blobs: HashMap<(usize, u64), Option<Blob>>,
+    blobs: HashMap<(u32, u64), Option<Blob>>,
+    /// The (method, bci) scopes of compiled pcs, for one window, keyed by (process, blob start,
+    /// compile id, pc): a blob freed and reused by another compilation has another compile id.
+    scopes: HashMap<(u32, u64, u32, u64), Scopes>,
     window: u64,
     detector: Option<Detector>,
 }
@@ -330,6 +339,7 @@ impl Java {
             procs: HashMap::new(),
             methods: HashMap::new(),
             blobs: HashMap::new(),
+            scopes: HashMap::new(),
             window: 0,
             detector: None,
         }
@@ -443,15 +453,30 @@ impl Java {
                     vec![self.frame(p, jvm, method, Bci::Pointer(bcp))]
                 }
                 RawFrame::Compiled { blob, pc } => {
-                    let BlobKind::Nmethod { method, .. } = blob.kind else {
+                    let BlobKind::Nmethod { method, compile_id } = blob.kind else {
                         continue;
                     };
-                    match codecache::scopes_at(&jvm.mem, &jvm.offsets, &blob, pc) {
-                        Ok(scopes) if !scopes.is_empty() => scopes
-                            .into_iter()
-                            .map(|(m, bci)| self.frame(p, jvm, m, Bci::Index(bci)))
-                            .collect(),
-                        _ => vec![self.frame(p, jvm, method, Bci::Index(-1))],
+                    let key = (p.pid, blob.start, compile_id, pc);
+                    let scopes = match self.scopes.get(&key) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s: Scopes = codecache::scopes_at(&jvm.mem, &jvm.offsets, &blob, pc)
+                                .unwrap_or_default()
+                                .into();
+                            if self.scopes.len() >= MAX_CACHED_BLOBS {
+                                self.scopes.clear();
+                            }
+                            self.scopes.insert(key, s.clone());
+                            s
+                        }
+                    };
+                    if scopes.is_empty() {
+                        vec![self.frame(p, jvm, method, Bci::Index(-1))]
+                    } else {
+                        scopes
+                            .iter()
+                            .map(|&(m, bci)| self.frame(p, jvm, m, Bci::Index(bci)))
+                            .collect()
                     }
                 }
             };
@@ -510,6 +535,7 @@ impl Java {
     pub fn end_window(&mut self, mut alive: impl FnMut(u32, u64) -> bool) {
         self.window += 1;
         self.blobs.clear();
+        self.scopes.clear();
         self.procs.retain(|pid, s| alive(*pid, s.start_time));
         let procs = &self.procs;
         self.methods.retain(|k, _| procs.contains_key(&k.0));
