@@ -1039,3 +1039,214 @@ fn root_python_accuracy_under_kiln_up() {
         failures.join("\n")
     );
 }
+
+/// The Java chain, as the agent names methods (class.method).
+const JAVA_CHAIN: [&str; 4] = ["JChain.main", "JChain.alpha", "JChain.beta", "JChain.hot"];
+/// The JNI function `hot` calls in the `native` cells, and the native method that wraps it.
+const JAVA_NATIVE_LEAF: &str = "Java_JChain_nativeSpin";
+const JAVA_NATIVE_METHOD: &str = "JChain.nativeSpin";
+/// Seconds a Java workload runs at most (the test stops it earlier).
+const JAVA_WORKLOAD_CAP_SECONDS: u64 = 300;
+
+/// A JNI cell's tally: every `Java_JChain_nativeSpin` node counts; it is chained when the frames
+/// above it are main, alpha, beta, hot, adjacent and in order, with only the native method's own
+/// frame (`JChain.nativeSpin`) between hot and it.
+fn java_native_tally(flame: &Value) -> (Tally, Vec<(String, u64)>) {
+    fn walk<'a>(
+        node: &'a Value,
+        path: &mut Vec<&'a str>,
+        tally: &mut Tally,
+        wrong: &mut Vec<(String, u64)>,
+    ) {
+        for child in node["children"].as_array().into_iter().flatten() {
+            let name = child["name"].as_str().unwrap_or("");
+            let total = child["total"].as_u64().unwrap_or(0);
+            if name == JAVA_NATIVE_LEAF {
+                tally.hot += total;
+                let ok = path.ends_with(&[
+                    JAVA_CHAIN[0],
+                    JAVA_CHAIN[1],
+                    JAVA_CHAIN[2],
+                    JAVA_CHAIN[3],
+                    JAVA_NATIVE_METHOD,
+                ]);
+                if ok {
+                    tally.chained += total;
+                } else {
+                    wrong.push((format!("{};{name}", path.join(";")), total));
+                }
+                continue;
+            }
+            path.push(name);
+            walk(child, path, tally, wrong);
+            path.pop();
+        }
+    }
+    let mut tally = Tally::default();
+    let mut wrong = Vec::new();
+    walk(&flame["root"], &mut Vec::new(), &mut tally, &mut wrong);
+    wrong.sort_by_key(|w| std::cmp::Reverse(w.1));
+    (tally, wrong)
+}
+
+/// Java (HotSpot, the installed JDK 17) under `kiln up`, unchanged (no agent, no flag): JIT-compiled
+/// (default flags) and interpreted (`-Xint`) cells, each pure Java and with `hot` calling a JNI
+/// function. ≥ 95 % of hot's samples must carry main → alpha → beta → hot by name, in order.
+#[test]
+#[ignore = "needs root"]
+fn root_java_accuracy_under_kiln_up() {
+    require_root();
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let classes = dir.path().join("classes");
+    std::fs::create_dir_all(&classes).unwrap();
+    run_ok(
+        "javac (openjdk-17-jdk-headless)",
+        Command::new("javac")
+            .arg("-d")
+            .arg(&classes)
+            .arg(workload("JChain.java")),
+    );
+    let java_home = Path::new("/usr/lib/jvm/java-17-openjdk-amd64");
+    run_ok(
+        "JNI library",
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O2", "-g"])
+            .arg(format!("-I{}", java_home.join("include").display()))
+            .arg(format!("-I{}", java_home.join("include/linux").display()))
+            .arg(workload("jchain_native.c"))
+            .arg("-o")
+            .arg(classes.join("libjchain.so")),
+    );
+    let kiln = KilnUp::start_with(&dir.path().join("data"), FREQUENCY_HZ, &[]);
+    let agent_health = format!("http://127.0.0.1:{}/healthz", kiln.metrics_port);
+    wait_until(within(60), "the agent answers /healthz", || {
+        is_healthy(&agent_health)
+    });
+
+    let cap = JAVA_WORKLOAD_CAP_SECONDS.to_string();
+    let mut cells: Vec<(String, bool)> = Vec::new();
+    let mut children = Vec::new();
+    for (mode, flags) in [("JIT", &[][..]), ("-Xint", &["-Xint"][..])] {
+        for native in [false, true] {
+            let mut cmd = Command::new(java_home.join("bin/java"));
+            cmd.args(flags)
+                .arg(format!("-Djava.library.path={}", classes.display()))
+                .arg("-cp")
+                .arg(&classes)
+                .arg("JChain")
+                .arg(&cap);
+            if native {
+                cmd.arg("native");
+            }
+            match cmd.stdout(Stdio::null()).spawn() {
+                Ok(c) => children.push(c),
+                Err(e) => {
+                    kill_all(&mut children);
+                    panic!("cannot start java: {e}");
+                }
+            }
+            cells.push((
+                format!("JDK 17 {mode}{}", if native { " + JNI" } else { "" }),
+                native,
+            ));
+        }
+    }
+    let workloads = Workloads(children);
+    let pids: Vec<u32> = workloads.0.iter().map(Child::id).collect();
+
+    let base = &kiln.base;
+    // Samples taken before the agent read a JVM's vmStructs carry native frames only: once every
+    // cell has named samples, only windows after that moment count.
+    let since = std::cell::Cell::new(None::<u64>);
+    let tally_of = |pid: u32, native: bool| {
+        let from = since.get().map_or("now-10m".to_owned(), |s| s.to_string());
+        let flame = get_json(&format!(
+            "{base}/api/v1/flamegraph?query={}&from={from}&until=now",
+            enc(&format!(r#"{{pid="{pid}"}}"#))
+        ));
+        let (tally, mut wrong) = if native {
+            java_native_tally(&flame)
+        } else {
+            kiln_tally(&flame, JAVA_CHAIN)
+        };
+        if tally.hot == 0 {
+            wrong = heaviest_stacks(&flame, 8);
+        }
+        (tally, wrong)
+    };
+    let period_ns = 1e9 / f64::from(FREQUENCY_HZ);
+    let enough = |t: &Tally| (t.hot as f64 / period_ns) as u64 >= MIN_SAMPLES;
+    let _ = poll_until(
+        within(JAVA_WORKLOAD_CAP_SECONDS - 30),
+        Duration::from_secs(2),
+        || {
+            let now: Vec<Tally> = cells
+                .iter()
+                .zip(&pids)
+                .map(|((_, native), &pid)| tally_of(pid, *native).0)
+                .collect();
+            eprintln!(
+                "[{:?}] kiln: hot samples per Java cell: {:?}",
+                started.elapsed(),
+                now.iter()
+                    .map(|t| (t.hot as f64 / period_ns) as u64)
+                    .collect::<Vec<_>>()
+            );
+            if since.get().is_none() && now.iter().all(|t| t.hot > 0) {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                since.set(Some(unix));
+                return None;
+            }
+            (since.get().is_some() && now.iter().all(enough)).then_some(())
+        },
+    );
+    let results: Vec<(Tally, Vec<(String, u64)>)> = cells
+        .iter()
+        .zip(&pids)
+        .map(|((_, native), &pid)| tally_of(pid, *native))
+        .collect();
+    drop(workloads);
+    drop(kiln);
+
+    let pct = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.1}"));
+    let mut table = format!("\n{:<24} {:>9} {:>8}\n", "cell", "kiln hot", "kiln %");
+    for ((name, _), (tally, _)) in cells.iter().zip(&results) {
+        table.push_str(&format!(
+            "{:<24} {:>9.0} {:>8}\n",
+            name,
+            tally.hot as f64 / period_ns,
+            pct(tally.percent())
+        ));
+    }
+    table.push_str(&format!(
+        "(hot = samples in {} (pure) or {JAVA_NATIVE_LEAF} (JNI); % = of those, the ones under {} -> {} -> {} -> {})\n",
+        JAVA_CHAIN[3], JAVA_CHAIN[0], JAVA_CHAIN[1], JAVA_CHAIN[2], JAVA_CHAIN[3]
+    ));
+    println!("{table}");
+    eprintln!("{table}");
+    eprintln!("total wall time {:?}", started.elapsed());
+
+    let mut failures = Vec::new();
+    for ((name, _), (tally, wrong)) in cells.iter().zip(&results) {
+        let samples = (tally.hot as f64 / period_ns).round() as u64;
+        if samples < MIN_SAMPLES || tally.percent().is_none_or(|p| p < MIN_PERCENT) {
+            let mut msg = format!(
+                "{name}: {samples} hot samples, {}% under the whole chain; off the chain:",
+                pct(tally.percent())
+            );
+            for (stack, ns) in wrong.iter().take(6) {
+                msg.push_str(&format!("\n  {:>5.0}  {stack}", *ns as f64 / period_ns));
+            }
+            failures.push(msg);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "Java cells below {MIN_PERCENT}% (or with fewer than {MIN_SAMPLES} hot samples):\n{}",
+        failures.join("\n")
+    );
+}

@@ -190,27 +190,37 @@ pub struct AgentConfig {
 pub struct Runtimes {
     /// CPython 3.8–3.13: Python frames in every sample of a CPython process.
     pub python: bool,
+    /// HotSpot JVMs (JDK 17): Java frames named and unwound through JIT code (see
+    /// [`crate::java`]).
+    pub java: bool,
 }
 
 impl Default for Runtimes {
     fn default() -> Self {
-        Runtimes { python: true }
+        Runtimes {
+            python: true,
+            java: true,
+        }
     }
 }
 
 impl std::str::FromStr for Runtimes {
     type Err = String;
 
-    /// A comma-separated list of `python`, or `none`.
+    /// A comma-separated list of `python`, `java`, or `none`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut r = Runtimes { python: false };
+        let mut r = Runtimes {
+            python: false,
+            java: false,
+        };
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "python" => r.python = true,
+                "java" => r.java = true,
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown runtime {other:?}: expected a comma-separated list of `python`, or `none`"
+                        "unknown runtime {other:?}: expected a comma-separated list of `python`, `java`, or `none`"
                     ));
                 }
             }
@@ -356,6 +366,18 @@ pub fn hostname() -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// `--runtimes` switches each runtime on or off; a wrong name is refused with the list.
+    #[test]
+    fn runtimes_parse_as_a_list() {
+        let r: Runtimes = "python,java".parse().unwrap();
+        assert!(r.python && r.java);
+        let r: Runtimes = "java".parse().unwrap();
+        assert!(!r.python && r.java);
+        let r: Runtimes = "none".parse().unwrap();
+        assert!(!r.python && !r.java);
+        assert!("jvm".parse::<Runtimes>().unwrap_err().contains("`java`"));
+    }
 
     #[test]
     fn defaults_are_valid() {

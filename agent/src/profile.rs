@@ -58,6 +58,8 @@ pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 pub const PSEUDO_MAPPING: &str = "[kiln]";
 /// The pprof mapping of Python frames (named by the agent: function, file, line).
 pub const PYTHON_MAPPING: &str = "[python]";
+/// The pprof mapping of Java frames (named by the agent: class.method, line).
+pub const JAVA_MAPPING: &str = "[java]";
 /// Series name of CPU profiles (Pyroscope's convention).
 pub const PROFILE_NAME: &str = "process_cpu";
 /// Longest label value kept; longer ones are cut (at a character boundary).
@@ -170,6 +172,8 @@ pub struct UnwoundSample {
     end: StackEnd,
     /// The Python frames read at sample time, named (see python/).
     python: Option<PyStack>,
+    /// The Java frames the walk found, named (see java/).
+    java: Option<crate::java::JavaStack>,
 }
 
 /// Groups samples per process over a window; [`Aggregator::flush`] ends the window.
@@ -203,6 +207,8 @@ pub struct Aggregator {
     refusals_seen: [u64; 4],
     /// CPython processes and their code objects; `None` when Python frames are switched off.
     python: Option<Python>,
+    /// JVMs, their code caches and methods; `None` when Java frames are switched off.
+    java: Option<crate::java::Java>,
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -336,7 +342,14 @@ impl Aggregator {
             perf_maps: PerfMaps::new(PerfMapConfig::default(), metrics.clone()),
             refusals_seen: [0; 4],
             python: None,
+            java: None,
         }
+    }
+
+    /// Names Java frames of HotSpot JVMs and unwinds through their JIT code (see java/).
+    pub fn with_java(mut self, java: crate::java::Java) -> Self {
+        self.java = Some(java);
+        self
     }
 
     /// Names Python frames of CPython processes (see python/): `python` holds the sampler's map
@@ -421,13 +434,31 @@ impl Aggregator {
             let leader_comm = (s.tid == s.tgid).then_some(s.comm.as_str());
             self.processes.resolve(s.tgid, leader_comm, &fp_user)
         };
+        // A JVM: its JIT frames are stepped over by the Java hook, which also finds its Java frames.
+        let jvm = match (&mut self.java, &process) {
+            (Some(j), Some(p)) if s.user_regs.is_some() => Some(j.observe(p)),
+            _ => None,
+        };
+        let mut java_raw = Vec::new();
         let (user, end) = match (&process, s.user_regs) {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
                 let mut walker = self.unwinder.prepare(p);
                 let started = crate::ticks::now();
-                let end = walker.walk(regs, &s.stack_copy, &mut self.frames);
+                let end = match (&jvm, &mut self.java) {
+                    (Some(crate::java::Detection::Readable(jvm)), Some(java)) => {
+                        let mut hook = java.walk(jvm);
+                        let end = walker.walk_jit(regs, &s.stack_copy, &mut self.frames, &mut hook);
+                        java_raw = hook.frames;
+                        end
+                    }
+                    _ => walker.walk(regs, &s.stack_copy, &mut self.frames),
+                };
                 self.walk_timer.add_since(started);
                 let (frames, end, source) = unwind::choose(&self.frames, end, user);
+                if source != unwind::Source::Dwarf {
+                    // The Java frames were found by index in the walk that was not taken.
+                    java_raw.clear();
+                }
                 self.unwind_metrics
                     .record(&self.metrics, source, frames.len(), end);
                 (adjusted(frames), end)
@@ -443,6 +474,16 @@ impl Aggregator {
             }
             _ => None,
         };
+        let java = match (jvm, &mut self.java, &process) {
+            (Some(crate::java::Detection::Readable(jvm)), Some(java), Some(p)) => {
+                Some(java.resolve(p, &jvm, &java_raw))
+            }
+            (Some(crate::java::Detection::Unreadable(why)), _, _) => Some(crate::java::JavaStack {
+                frames: Vec::new(),
+                unreadable: Some(why),
+            }),
+            _ => None,
+        };
         Some(UnwoundSample {
             tgid: s.tgid,
             comm: s.comm.clone(),
@@ -452,6 +493,7 @@ impl Aggregator {
             user,
             end,
             python,
+            java,
         })
     }
 
@@ -463,6 +505,7 @@ impl Aggregator {
             user,
             end,
             python,
+            java,
             ..
         } = &s;
         let (kernel, user, end) = (kernel.as_slice(), user.as_slice(), *end);
@@ -512,6 +555,14 @@ impl Aggregator {
                 (f.code, f.line, f.entry).hash(&mut h);
             }
         }
+        if let Some(j) = java {
+            for (i, frames) in &j.frames {
+                i.hash(&mut h);
+                for f in frames {
+                    (f.method, f.line).hash(&mut h);
+                }
+            }
+        }
         let stack_hash = h.finish();
         if !w.stacks.contains(&stack_hash) {
             if w.stacks.len() >= self.config.max_stacks_per_process {
@@ -553,7 +604,26 @@ impl Aggregator {
             }),
             None => user.iter().map(|&a| StackItem::Native(a)).collect(),
         };
-        for item in spliced {
+        // Java frames replace the walked frames they were found at (a JVM is never also CPython,
+        // so `spliced` is the walked stack itself then).
+        let mut java_frames = java.as_ref().map(|j| j.frames.iter().peekable());
+        for (index, item) in spliced.into_iter().enumerate() {
+            if python.is_none()
+                && let Some(jf) = java_frames.as_mut()
+                && let Some((_, named)) = jf.next_if(|(i, _)| *i == index)
+            {
+                let jmap = w.builder.mapping(0, 0, 0, JAVA_MAPPING, "");
+                w.builder.mark_symbolized(jmap);
+                for f in named {
+                    let func = w.builder.function(&f.name, "");
+                    locations.push(w.builder.symbolized_location(
+                        jmap,
+                        f.method,
+                        &[(func, f.line)],
+                    ));
+                }
+                continue;
+            }
             let addr = match item {
                 StackItem::Native(addr) => addr,
                 StackItem::Python(f) => {
@@ -624,6 +694,9 @@ impl Aggregator {
         }
         if let StackEnd::Truncated(why) = end {
             locations.push(pseudo_location(&mut w.builder, why.frame_name()));
+        }
+        if let Some(why) = java.as_ref().and_then(|j| j.unreadable.as_deref()) {
+            locations.push(pseudo_location(&mut w.builder, why));
         }
         w.builder
             .add_sample(&locations, &[1, self.period_nanos], &[]);
@@ -696,6 +769,11 @@ impl Aggregator {
             .retain(|pid, start| processes.cached(pid).is_some_and(|p| p.start_time == start));
         if let Some(py) = &mut self.python {
             py.end_window(|pid, start| {
+                processes.cached(pid).is_some_and(|p| p.start_time == start)
+            });
+        }
+        if let Some(java) = &mut self.java {
+            java.end_window(|pid, start| {
                 processes.cached(pid).is_some_and(|p| p.start_time == start)
             });
         }
@@ -1381,6 +1459,7 @@ ffffffff81300000 t ext4_file_read_iter
             user: vec![],
             end: StackEnd::Complete,
             python: None,
+            java: None,
         }
     }
 

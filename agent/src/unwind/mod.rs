@@ -182,6 +182,21 @@ impl RuleCache {
     }
 }
 
+/// Frames of JIT code that DWARF tables do not describe but the runtime that made it does (a JVM's
+/// code cache: see [`crate::java`]). Asked before framehop at every frame of a walk that has one.
+pub trait JitFrames {
+    /// Steps over the frame at `ip` (frame number `index`, leaf 0) when it is this runtime's code:
+    /// `Some(Ok(caller))` with the caller's registers (`ip` the return address), `Some(Err(addr))`
+    /// when the stack word at `addr` could not be read, `None` when `ip` is not JIT code (framehop
+    /// goes on). `read` reads the stack copy.
+    fn step(
+        &mut self,
+        index: usize,
+        regs: UserRegs,
+        read: &mut dyn FnMut(u64) -> Result<u64, ()>,
+    ) -> Option<Result<UserRegs, u64>>;
+}
+
 /// Unwinds one stack with a ready framehop unwinder. Public for the tests and the benchmark.
 pub fn unwind_with(
     unwinder: &UnwinderX86_64<SectionBytes>,
@@ -190,7 +205,15 @@ pub fn unwind_with(
     stack: &[u8],
 ) -> Unwound {
     let mut frames = Vec::with_capacity(32);
-    let end = unwind_logged(unwinder, rules, regs, stack, &mut Vec::new(), &mut frames);
+    let end = unwind_logged(
+        unwinder,
+        rules,
+        regs,
+        stack,
+        &mut Vec::new(),
+        &mut frames,
+        None,
+    );
     Unwound { frames, end }
 }
 
@@ -203,6 +226,7 @@ fn unwind_logged(
     stack: &[u8],
     reads: &mut Vec<Read>,
     frames: &mut Vec<u64>,
+    mut jit: Option<&mut dyn JitFrames>,
 ) -> StackEnd {
     reads.clear();
     let sp = regs.sp;
@@ -223,6 +247,46 @@ fn unwind_logged(
     let mut address = FrameAddress::from_instruction_pointer(regs.ip);
     // framehop's `iter_frames`, frame by frame, so that each frame uses its own cache way.
     loop {
+        if let Some(jit) = jit.as_deref_mut() {
+            let at = UserRegs {
+                ip: address.address(),
+                sp: unwind_regs.sp(),
+                bp: unwind_regs.bp(),
+            };
+            let mut read_word = |a: u64| read(a);
+            match jit.step(frames.len() - 1, at, &mut read_word) {
+                None => {}
+                Some(Ok(caller)) => {
+                    let Some(next) = FrameAddress::from_return_address(caller.ip) else {
+                        return StackEnd::Truncated(Truncation::Failed(
+                            UnwindFailure::NullReturnAddress,
+                        ));
+                    };
+                    if caller.sp <= at.sp {
+                        return StackEnd::Truncated(Truncation::Failed(UnwindFailure::NoProgress));
+                    }
+                    if frames.len() == MAX_FRAMES {
+                        break StackEnd::Truncated(Truncation::TooDeep);
+                    }
+                    frames.push(caller.ip);
+                    unwind_regs = UnwindRegsX86_64::new(caller.ip, caller.sp, caller.bp);
+                    address = next;
+                    continue;
+                }
+                Some(Err(a)) => {
+                    break StackEnd::Truncated(
+                        if a >= sp
+                            && a.saturating_add(8) > copy_end
+                            && a - sp < PLAUSIBLE_STACK_BYTES
+                        {
+                            Truncation::CopyExhausted
+                        } else {
+                            Truncation::Failed(UnwindFailure::BadStackRead)
+                        },
+                    );
+                }
+            }
+        }
         let cache = rules.way(address.address_for_lookup());
         match unwinder.unwind_frame(address, &mut unwind_regs, cache, &mut read) {
             Ok(Some(return_address)) => {
@@ -322,22 +386,72 @@ impl Walker<'_> {
     pub fn walk(&mut self, regs: UserRegs, stack: &[u8], frames: &mut Vec<u64>) -> StackEnd {
         if self.incomplete {
             // Not memoized: the unwinder is rebuilt (under a new id) once the tables are read.
-            let end = unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+            let end = unwind_logged(
+                self.unwinder,
+                self.rules,
+                regs,
+                stack,
+                self.reads,
+                frames,
+                None,
+            );
             return match end {
                 StackEnd::Complete => end,
                 StackEnd::Truncated(_) => StackEnd::Truncated(Truncation::TablesLoading),
             };
         }
         let Some(memo) = self.memo.as_deref_mut() else {
-            return unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+            return unwind_logged(
+                self.unwinder,
+                self.rules,
+                regs,
+                stack,
+                self.reads,
+                frames,
+                None,
+            );
         };
         let key = MemoKey::new(self.id, regs, stack.len());
         if let Some(end) = memo.lookup(&key, stack, frames) {
             return end;
         }
-        let end = unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+        let end = unwind_logged(
+            self.unwinder,
+            self.rules,
+            regs,
+            stack,
+            self.reads,
+            frames,
+            None,
+        );
         memo.store(key, self.reads, frames, end);
         end
+    }
+
+    /// [`Walker::walk`] with JIT frames stepped over by `jit`. Never memoized: where a JIT's code
+    /// is, and how large its frames are, changes without any stack word changing.
+    pub fn walk_jit(
+        &mut self,
+        regs: UserRegs,
+        stack: &[u8],
+        frames: &mut Vec<u64>,
+        jit: &mut dyn JitFrames,
+    ) -> StackEnd {
+        let end = unwind_logged(
+            self.unwinder,
+            self.rules,
+            regs,
+            stack,
+            self.reads,
+            frames,
+            Some(jit),
+        );
+        match end {
+            StackEnd::Truncated(_) if self.incomplete => {
+                StackEnd::Truncated(Truncation::TablesLoading)
+            }
+            _ => end,
+        }
     }
 }
 
