@@ -228,8 +228,9 @@ pub struct AgentArgs {
     #[arg(long, env = "KILN_POD_LABELS", value_delimiter = ',')]
     pub pod_labels: Vec<String>,
     /// Interpreted runtimes whose functions are named in samples, a comma-separated list:
-    /// `python` (CPython 3.8-3.13, read at sample time), or `none` for native frames only.
-    #[arg(long, env = "KILN_RUNTIMES", default_value = "python")]
+    /// `python` (CPython 3.8-3.13, read at sample time), `node` (Node.js/V8, JavaScript frames
+    /// found in the stack copy), or `none` for native frames only.
+    #[arg(long, env = "KILN_RUNTIMES", default_value = "python,node")]
     pub runtimes: kiln_agent::config::Runtimes,
 }
 

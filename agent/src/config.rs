@@ -190,27 +190,36 @@ pub struct AgentConfig {
 pub struct Runtimes {
     /// CPython 3.8–3.13: Python frames in every sample of a CPython process.
     pub python: bool,
+    /// Node.js (V8): JavaScript frames in every sample of a `node` process (see [`crate::node`]).
+    pub node: bool,
 }
 
 impl Default for Runtimes {
     fn default() -> Self {
-        Runtimes { python: true }
+        Runtimes {
+            python: true,
+            node: true,
+        }
     }
 }
 
 impl std::str::FromStr for Runtimes {
     type Err = String;
 
-    /// A comma-separated list of `python`, or `none`.
+    /// A comma-separated list of `python`, `node`, or `none`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut r = Runtimes { python: false };
+        let mut r = Runtimes {
+            python: false,
+            node: false,
+        };
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "python" => r.python = true,
+                "node" => r.node = true,
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown runtime {other:?}: expected a comma-separated list of `python`, or `none`"
+                        "unknown runtime {other:?}: expected a comma-separated list of `python`, `node`, or `none`"
                     ));
                 }
             }
@@ -409,5 +418,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::Zero("queue_capacity")));
+    }
+
+    #[test]
+    fn runtimes_are_a_list() {
+        let r: Runtimes = "python,node".parse().unwrap();
+        assert_eq!(r, Runtimes::default());
+        let r: Runtimes = "node".parse().unwrap();
+        assert!(r.node && !r.python);
+        let r: Runtimes = "none".parse().unwrap();
+        assert!(!r.node && !r.python);
+        assert!("node,ruby".parse::<Runtimes>().unwrap_err().contains("ruby"));
     }
 }

@@ -12,6 +12,7 @@ pub mod debuglink;
 pub mod kallsyms;
 pub mod kube;
 pub mod metrics;
+pub mod node;
 pub mod perfmap;
 pub mod process_files;
 pub mod procmaps;

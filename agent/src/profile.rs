@@ -33,6 +33,7 @@ use crate::buildid::{BuildId, FileId, ObjectRef};
 use crate::config::AgentConfig;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::{AgentMetrics, SampleDropReason, UnwindSource, UnwindTruncation};
+use crate::node::{JsFrame, Node, NodeStack, Slot};
 use crate::perfmap::{PerfMapConfig, PerfMaps};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
 use crate::python::{PyStack, Python, StackItem};
@@ -58,6 +59,8 @@ pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 pub const PSEUDO_MAPPING: &str = "[kiln]";
 /// The pprof mapping of Python frames (named by the agent: function, file, line).
 pub const PYTHON_MAPPING: &str = "[python]";
+/// The pprof mapping of JavaScript frames (named by the agent: function, script; see node/).
+pub const JS_MAPPING: &str = "[js]";
 /// Series name of CPU profiles (Pyroscope's convention).
 pub const PROFILE_NAME: &str = "process_cpu";
 /// Longest label value kept; longer ones are cut (at a character boundary).
@@ -170,6 +173,8 @@ pub struct UnwoundSample {
     end: StackEnd,
     /// The Python frames read at sample time, named (see python/).
     python: Option<PyStack>,
+    /// The JavaScript frames of a Node process, named (see node/).
+    node: Option<NodeStack>,
 }
 
 /// Groups samples per process over a window; [`Aggregator::flush`] ends the window.
@@ -203,6 +208,10 @@ pub struct Aggregator {
     refusals_seen: [u64; 4],
     /// CPython processes and their code objects; `None` when Python frames are switched off.
     python: Option<Python>,
+    /// Node processes and their functions' names; `None` when JavaScript frames are switched off.
+    node: Option<Node>,
+    /// Each frame's rbp, for Node samples (kept for its capacity).
+    frame_pointers: Vec<u64>,
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -336,7 +345,15 @@ impl Aggregator {
             perf_maps: PerfMaps::new(PerfMapConfig::default(), metrics.clone()),
             refusals_seen: [0; 4],
             python: None,
+            node: None,
+            frame_pointers: Vec::with_capacity(unwind::MAX_FRAMES),
         }
+    }
+
+    /// Names JavaScript frames of Node processes (see node/).
+    pub fn with_node(mut self, node: Node) -> Self {
+        self.node = Some(node);
+        self
     }
 
     /// Names Python frames of CPython processes (see python/): `python` holds the sampler's map
@@ -421,19 +438,44 @@ impl Aggregator {
             let leader_comm = (s.tid == s.tgid).then_some(s.comm.as_str());
             self.processes.resolve(s.tgid, leader_comm, &fp_user)
         };
-        let (user, end) = match (&process, s.user_regs) {
+        // A Node process: its frames' rbp values are needed to find its JavaScript frames.
+        let node_kind = match (&mut self.node, &process) {
+            (Some(n), Some(p)) if s.user_regs.is_some() => match n.observe(p) {
+                crate::node::Detection::NotNode => None,
+                d => Some(d.is_readable()),
+            },
+            _ => None,
+        };
+        let (user, end, node) = match (&process, s.user_regs) {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
                 let mut walker = self.unwinder.prepare(p);
                 let started = crate::ticks::now();
-                let end = walker.walk(regs, &s.stack_copy, &mut self.frames);
+                let end = if node_kind == Some(true) {
+                    walker.walk_with_frame_pointers(
+                        regs,
+                        &s.stack_copy,
+                        &mut self.frames,
+                        &mut self.frame_pointers,
+                    )
+                } else {
+                    walker.walk(regs, &s.stack_copy, &mut self.frames)
+                };
                 self.walk_timer.add_since(started);
                 let (frames, end, source) = unwind::choose(&self.frames, end, user);
                 self.unwind_metrics
                     .record(&self.metrics, source, frames.len(), end);
-                (adjusted(frames), end)
+                // JavaScript frames are named now, while their functions surely still exist.
+                let node = match (&mut self.node, node_kind) {
+                    (Some(n), Some(readable)) => {
+                        let fps: &[u64] = if readable { &self.frame_pointers } else { &[] };
+                        n.resolve(p, frames, fps, regs.sp, &s.stack_copy)
+                    }
+                    _ => None,
+                };
+                (adjusted(frames), end, node)
             }
             // No copy (or no process to find tables in): the kernel's walk is all there is.
-            _ => (fp_user, StackEnd::Complete),
+            _ => (fp_user, StackEnd::Complete, None),
         };
         // Python frames are named now, while their code objects surely still exist.
         let python = match (&mut self.python, &process) {
@@ -452,6 +494,7 @@ impl Aggregator {
             user,
             end,
             python,
+            node,
         })
     }
 
@@ -463,6 +506,7 @@ impl Aggregator {
             user,
             end,
             python,
+            node,
             ..
         } = &s;
         let (kernel, user, end) = (kernel.as_slice(), user.as_slice(), *end);
@@ -512,6 +556,13 @@ impl Aggregator {
                 (f.code, f.line, f.entry).hash(&mut h);
             }
         }
+        if let Some(NodeStack::Frames(slots)) = node {
+            for slot in slots {
+                if let Slot::Js(f) = slot {
+                    f.id.hash(&mut h);
+                }
+            }
+        }
         let stack_hash = h.finish();
         if !w.stacks.contains(&stack_hash) {
             if w.stacks.len() >= self.config.max_stacks_per_process {
@@ -547,13 +598,44 @@ impl Aggregator {
             };
             locations.push(loc);
         }
-        let spliced: Vec<StackItem<'_>> = match python {
-            Some(py) => py.splice(user, |a| {
-                process.as_deref().and_then(|p| p.find(a)).map(|m| m.file)
-            }),
-            None => user.iter().map(|&a| StackItem::Native(a)).collect(),
+        let spliced: Vec<UserItem<'_>> = match (python, node) {
+            (Some(py), _) => py
+                .splice(user, |a| {
+                    process.as_deref().and_then(|p| p.find(a)).map(|m| m.file)
+                })
+                .into_iter()
+                .map(UserItem::Stack)
+                .collect(),
+            (None, Some(node)) => {
+                let mut items: Vec<UserItem<'_>> = Vec::with_capacity(user.len() + 1);
+                for (i, &a) in user.iter().enumerate() {
+                    match node.slot(i) {
+                        Slot::Native => items.push(UserItem::Stack(StackItem::Native(a))),
+                        Slot::Js(f) => items.push(UserItem::Js(f)),
+                        Slot::Same => {}
+                    }
+                }
+                if let NodeStack::Unreadable(why) = node {
+                    items.push(UserItem::Stack(StackItem::Marker(why)));
+                }
+                items
+            }
+            (None, None) => user
+                .iter()
+                .map(|&a| UserItem::Stack(StackItem::Native(a)))
+                .collect(),
         };
         for item in spliced {
+            let item = match item {
+                UserItem::Js(f) => {
+                    let jsmap = w.builder.mapping(0, 0, 0, JS_MAPPING, "");
+                    w.builder.mark_symbolized(jsmap);
+                    let func = w.builder.function(&f.name, &f.script);
+                    locations.push(w.builder.symbolized_location(jsmap, f.id, &[(func, 0)]));
+                    continue;
+                }
+                UserItem::Stack(item) => item,
+            };
             let addr = match item {
                 StackItem::Native(addr) => addr,
                 StackItem::Python(f) => {
@@ -699,6 +781,11 @@ impl Aggregator {
                 processes.cached(pid).is_some_and(|p| p.start_time == start)
             });
         }
+        if let Some(node) = &mut self.node {
+            node.end_window(|pid, start| {
+                processes.cached(pid).is_some_and(|p| p.start_time == start)
+            });
+        }
         self.publish_refusals();
         self.unwinder.end_window();
         self.unwind_metrics.publish_tables(
@@ -738,6 +825,12 @@ impl Aggregator {
     pub fn processes_in_window(&self) -> usize {
         self.windows.len()
     }
+}
+
+/// One user frame of a sample in the aggregation loop: native or Python (spliced), or JavaScript.
+enum UserItem<'a> {
+    Stack(StackItem<'a>),
+    Js(&'a JsFrame),
 }
 
 /// A named pseudo-frame (a truncation or Python marker) in [`PSEUDO_MAPPING`].
@@ -1381,6 +1474,7 @@ ffffffff81300000 t ext4_file_read_iter
             user: vec![],
             end: StackEnd::Complete,
             python: None,
+            node: None,
         }
     }
 

@@ -204,6 +204,7 @@ mod tests {
             stack,
             &mut reads,
             &mut frames,
+            None,
         );
         assert!(!reads.is_empty());
         memo.store(key, &reads, &frames, end);
@@ -291,6 +292,7 @@ mod tests {
             &s,
             &mut reads,
             &mut frames,
+            None,
         );
         // Keys (unwinder ids) whose sets are the same as unwinder 1's.
         let first = MemoKey::new(1, regs(), s.len());

@@ -190,12 +190,22 @@ pub fn unwind_with(
     stack: &[u8],
 ) -> Unwound {
     let mut frames = Vec::with_capacity(32);
-    let end = unwind_logged(unwinder, rules, regs, stack, &mut Vec::new(), &mut frames);
+    let end = unwind_logged(
+        unwinder,
+        rules,
+        regs,
+        stack,
+        &mut Vec::new(),
+        &mut frames,
+        None,
+    );
     Unwound { frames, end }
 }
 
 /// [`unwind_with`] into `frames`, recording every stack word read (offset from sp, value) in
-/// `reads`, for the [`StackMemo`] (both cleared first).
+/// `reads`, for the [`StackMemo`] (both cleared first), and with `frame_pointers` the value of rbp
+/// in each frame (same index as `frames`: what the frame's code sees, restored by CFI or the
+/// frame-pointer rule), which runtimes such as V8 use to find their frames' data.
 fn unwind_logged(
     unwinder: &UnwinderX86_64<SectionBytes>,
     rules: &mut RuleCache,
@@ -203,8 +213,13 @@ fn unwind_logged(
     stack: &[u8],
     reads: &mut Vec<Read>,
     frames: &mut Vec<u64>,
+    mut frame_pointers: Option<&mut Vec<u64>>,
 ) -> StackEnd {
     reads.clear();
+    if let Some(fps) = frame_pointers.as_deref_mut() {
+        fps.clear();
+        fps.push(regs.bp);
+    }
     let sp = regs.sp;
     let copy_end = sp.saturating_add(stack.len() as u64);
     let mut read = |addr: u64| -> Result<u64, ()> {
@@ -235,6 +250,9 @@ fn unwind_logged(
                     break StackEnd::Truncated(Truncation::TooDeep);
                 }
                 frames.push(return_address);
+                if let Some(fps) = frame_pointers.as_deref_mut() {
+                    fps.push(unwind_regs.bp());
+                }
                 address = next;
             }
             Ok(None) => break StackEnd::Complete,
@@ -322,22 +340,74 @@ impl Walker<'_> {
     pub fn walk(&mut self, regs: UserRegs, stack: &[u8], frames: &mut Vec<u64>) -> StackEnd {
         if self.incomplete {
             // Not memoized: the unwinder is rebuilt (under a new id) once the tables are read.
-            let end = unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+            let end = unwind_logged(
+                self.unwinder,
+                self.rules,
+                regs,
+                stack,
+                self.reads,
+                frames,
+                None,
+            );
             return match end {
                 StackEnd::Complete => end,
                 StackEnd::Truncated(_) => StackEnd::Truncated(Truncation::TablesLoading),
             };
         }
         let Some(memo) = self.memo.as_deref_mut() else {
-            return unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+            return unwind_logged(
+                self.unwinder,
+                self.rules,
+                regs,
+                stack,
+                self.reads,
+                frames,
+                None,
+            );
         };
         let key = MemoKey::new(self.id, regs, stack.len());
         if let Some(end) = memo.lookup(&key, stack, frames) {
             return end;
         }
-        let end = unwind_logged(self.unwinder, self.rules, regs, stack, self.reads, frames);
+        let end = unwind_logged(
+            self.unwinder,
+            self.rules,
+            regs,
+            stack,
+            self.reads,
+            frames,
+            None,
+        );
         memo.store(key, self.reads, frames, end);
         end
+    }
+}
+
+impl Walker<'_> {
+    /// [`Walker::walk`] that also gives each frame's rbp in `frame_pointers` (see
+    /// [`unwind_logged`]). Never memoized: the memo keeps return addresses only.
+    pub fn walk_with_frame_pointers(
+        &mut self,
+        regs: UserRegs,
+        stack: &[u8],
+        frames: &mut Vec<u64>,
+        frame_pointers: &mut Vec<u64>,
+    ) -> StackEnd {
+        let end = unwind_logged(
+            self.unwinder,
+            self.rules,
+            regs,
+            stack,
+            self.reads,
+            frames,
+            Some(frame_pointers),
+        );
+        match end {
+            StackEnd::Truncated(_) if self.incomplete => {
+                StackEnd::Truncated(Truncation::TablesLoading)
+            }
+            _ => end,
+        }
     }
 }
 
