@@ -428,6 +428,11 @@ mod tests {
         assert!(r.node && !r.python);
         let r: Runtimes = "none".parse().unwrap();
         assert!(!r.node && !r.python);
-        assert!("node,ruby".parse::<Runtimes>().unwrap_err().contains("ruby"));
+        assert!(
+            "node,ruby"
+                .parse::<Runtimes>()
+                .unwrap_err()
+                .contains("ruby")
+        );
     }
 }

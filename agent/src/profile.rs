@@ -467,6 +467,17 @@ impl Aggregator {
                 // JavaScript frames are named now, while their functions surely still exist.
                 let node = match (&mut self.node, node_kind) {
                     (Some(n), Some(readable)) => {
+                        // The kernel's frame-pointer walk was taken: its frames' rbp values are
+                        // the chain from the sampled rbp, not what the DWARF walk recorded.
+                        if readable && source == unwind::Source::FramePointers {
+                            crate::node::frame_pointer_chain(
+                                regs.bp,
+                                regs.sp,
+                                &s.stack_copy,
+                                frames.len(),
+                                &mut self.frame_pointers,
+                            );
+                        }
                         let fps: &[u64] = if readable { &self.frame_pointers } else { &[] };
                         n.resolve(p, frames, fps, regs.sp, &s.stack_copy)
                     }

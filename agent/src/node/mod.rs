@@ -471,6 +471,17 @@ pub fn js_functions(
         .collect()
 }
 
+/// The rbp of each of `n` frames of a pure frame-pointer walk (the kernel's) from `bp`: each
+/// frame's saved rbp is the next one's, read from the stack copy (0 once outside it).
+pub fn frame_pointer_chain(bp: u64, sp: u64, copy: &[u8], n: usize, out: &mut Vec<u64>) {
+    out.clear();
+    let mut fp = bp;
+    for _ in 0..n {
+        out.push(fp);
+        fp = copy_word(copy, sp, fp).unwrap_or(0);
+    }
+}
+
 /// Cache key of a function's names (see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct FnKey {

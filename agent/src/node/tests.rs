@@ -258,3 +258,15 @@ fn node_file_names() {
         assert!(!is_node_file(no), "{no}");
     }
 }
+
+/// The kernel's walk follows saved rbp values: each frame's rbp is read from the copy.
+#[test]
+fn frame_pointers_of_a_kernel_walk_follow_the_chain() {
+    let sp = 0x7000_0000u64;
+    let mut copy = vec![0u8; 128];
+    copy[16..24].copy_from_slice(&(sp + 64).to_le_bytes());
+    copy[64..72].copy_from_slice(&(sp + 4096).to_le_bytes());
+    let mut out = Vec::new();
+    frame_pointer_chain(sp + 16, sp, &copy, 4, &mut out);
+    assert_eq!(out, [sp + 16, sp + 64, sp + 4096, 0]);
+}
