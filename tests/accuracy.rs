@@ -1081,7 +1081,9 @@ fn root_node_accuracy_under_kiln_up() {
     let mut children = Vec::new();
     for (_, flags, args) in &cells {
         let mut cmd = Command::new(&node);
-        cmd.args(*flags)
+        // `--perf-basic-prof` also writes isolate-*-v8.log into the working directory.
+        cmd.current_dir(dir.path())
+            .args(*flags)
             .arg(workload("acc_chain.js"))
             .arg(&cap)
             .args(*args);
