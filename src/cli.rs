@@ -229,8 +229,9 @@ pub struct AgentArgs {
     pub pod_labels: Vec<String>,
     /// Interpreted runtimes whose functions are named in samples, a comma-separated list:
     /// `python` (CPython 3.8-3.13, read at sample time), `java` (HotSpot JDK 17, from its
-    /// vmStructs), or `none` for native frames only.
-    #[arg(long, env = "KILN_RUNTIMES", default_value = "python,java")]
+    /// vmStructs), `node` (Node.js/V8, JavaScript frames found in the stack copy), or `none` for
+    /// native frames only.
+    #[arg(long, env = "KILN_RUNTIMES", default_value = "python,java,node")]
     pub runtimes: kiln_agent::config::Runtimes,
 }
 

@@ -1250,3 +1250,157 @@ fn root_java_accuracy_under_kiln_up() {
         failures.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Node.js: the same chain in JavaScript, named from V8's own frames (agent/src/node/).
+// ---------------------------------------------------------------------------------------------
+
+/// The JavaScript chain, root first, as kiln names it.
+const JS_CHAIN: [&str; 4] = ["js_main", "js_alpha", "js_beta", "js_hot"];
+/// The Node workloads run at most this long (the test stops them as soon as it has its figures).
+const JS_WORKLOAD_CAP_SECONDS: u64 = 400;
+
+/// `node main → alpha → beta → hot`, run unchanged (no flags) under `kiln up`: ≥ 95 % of
+/// js_hot's samples carry the whole chain by name, in order — pure JavaScript, js_hot hashing
+/// with `crypto` (native code under it), and the pure workload under `--perf-basic-prof` (a
+/// program that writes a perf map keeps its frames named).
+#[test]
+#[ignore = "needs root"]
+fn root_node_accuracy_under_kiln_up() {
+    require_root();
+    let started = Instant::now();
+    let node = PathBuf::from("/usr/bin/node");
+    assert!(node.exists(), "node (the image's Node.js 20) is installed");
+    let version = String::from_utf8_lossy(
+        &run_ok("node --version", Command::new(&node).arg("--version")).stdout,
+    )
+    .trim()
+    .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = KilnUp::start_with(&dir.path().join("data"), FREQUENCY_HZ, &[]);
+    let agent_health = format!("http://127.0.0.1:{}/healthz", kiln.metrics_port);
+    wait_until(within(60), "the agent answers /healthz", || {
+        is_healthy(&agent_health)
+    });
+
+    let cap = JS_WORKLOAD_CAP_SECONDS.to_string();
+    let cells: [(&str, &[&str], &[&str]); 3] = [
+        ("javascript", &[], &[]),
+        ("javascript + crypto", &[], &["native"]),
+        ("--perf-basic-prof", &["--perf-basic-prof"], &[]),
+    ];
+    let mut children = Vec::new();
+    for (_, flags, args) in &cells {
+        let mut cmd = Command::new(&node);
+        // `--perf-basic-prof` also writes isolate-*-v8.log into the working directory.
+        cmd.current_dir(dir.path())
+            .args(*flags)
+            .arg(workload("acc_chain.js"))
+            .arg(&cap)
+            .args(*args);
+        match cmd.stdout(Stdio::null()).spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                kill_all(&mut children);
+                panic!("cannot start node: {e}");
+            }
+        }
+    }
+    let workloads = Workloads(children);
+    let pids: Vec<u32> = workloads.0.iter().map(Child::id).collect();
+
+    let base = &kiln.base;
+    // As for Python: samples before the agent recognised a process carry native frames only;
+    // once every cell has named samples, only windows after that moment count.
+    let since = std::cell::Cell::new(None::<u64>);
+    let tally_of = |pid: u32| {
+        let from = since.get().map_or("now-10m".to_owned(), |s| s.to_string());
+        let flame = get_json(&format!(
+            "{base}/api/v1/flamegraph?query={}&from={from}&until=now",
+            enc(&format!(r#"{{pid="{pid}"}}"#))
+        ));
+        let (tally, mut wrong) = kiln_tally(&flame, JS_CHAIN);
+        if tally.hot == 0 {
+            wrong = heaviest_stacks(&flame, 8);
+        }
+        (tally, wrong)
+    };
+    let period_ns = 1e9 / f64::from(FREQUENCY_HZ);
+    let enough = |t: &Tally| (t.hot as f64 / period_ns) as u64 >= MIN_SAMPLES;
+    let _ = poll_until(
+        within(JS_WORKLOAD_CAP_SECONDS - 60),
+        Duration::from_secs(2),
+        || {
+            let now: Vec<Tally> = pids.iter().map(|&pid| tally_of(pid).0).collect();
+            eprintln!(
+                "[{:?}] kiln: js_hot samples per Node cell: {:?}",
+                started.elapsed(),
+                now.iter()
+                    .map(|t| (t.hot as f64 / period_ns) as u64)
+                    .collect::<Vec<_>>()
+            );
+            if since.get().is_none() && now.iter().all(|t| t.hot > 0) {
+                let unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                since.set(Some(unix));
+                return None;
+            }
+            (since.get().is_some() && now.iter().all(enough)).then_some(())
+        },
+    );
+    let results: Vec<(Tally, Vec<(String, u64)>)> = pids.iter().map(|&p| tally_of(p)).collect();
+    let perf_map_written = Path::new(&format!("/tmp/perf-{}.map", pids[2])).exists();
+    drop(workloads);
+    drop(kiln);
+    for pid in &pids {
+        let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    }
+
+    let pct = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.1}"));
+    let mut table = format!(
+        "\n{:<24} {:<24} {:>9} {:>8}\n",
+        "cell", "node", "kiln hot", "kiln %"
+    );
+    for ((name, _, _), (tally, _)) in cells.iter().zip(&results) {
+        table.push_str(&format!(
+            "{:<24} {:<24} {:>9.0} {:>8}\n",
+            name,
+            format!("{} {version}", node.display()),
+            tally.hot as f64 / period_ns,
+            pct(tally.percent()),
+        ));
+    }
+    table.push_str(&format!(
+        "(hot = samples in {} and what it called; % = of those, the ones under {} -> {} -> {})\n",
+        JS_CHAIN[3], JS_CHAIN[0], JS_CHAIN[1], JS_CHAIN[2]
+    ));
+    println!("{table}");
+    eprintln!("{table}");
+    eprintln!("total wall time {:?}", started.elapsed());
+
+    assert!(
+        perf_map_written,
+        "node --perf-basic-prof wrote no /tmp/perf-PID.map"
+    );
+    let mut failures = Vec::new();
+    for ((name, _, _), (tally, wrong)) in cells.iter().zip(&results) {
+        let samples = (tally.hot as f64 / period_ns).round() as u64;
+        if samples < MIN_SAMPLES || tally.percent().is_none_or(|p| p < MIN_PERCENT) {
+            let mut msg = format!(
+                "{name}: {samples} hot samples, {}% under the whole chain; off the chain:",
+                pct(tally.percent())
+            );
+            for (stack, ns) in wrong.iter().take(6) {
+                msg.push_str(&format!("\n  {:>5.0}  {stack}", *ns as f64 / period_ns));
+            }
+            failures.push(msg);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "Node cells below {MIN_PERCENT}% (or with fewer than {MIN_SAMPLES} hot samples):\n{}",
+        failures.join("\n")
+    );
+}

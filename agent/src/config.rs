@@ -193,6 +193,8 @@ pub struct Runtimes {
     /// HotSpot JVMs (JDK 17): Java frames named and unwound through JIT code (see
     /// [`crate::java`]).
     pub java: bool,
+    /// Node.js (V8): JavaScript frames in every sample of a `node` process (see [`crate::node`]).
+    pub node: bool,
 }
 
 impl Default for Runtimes {
@@ -200,6 +202,7 @@ impl Default for Runtimes {
         Runtimes {
             python: true,
             java: true,
+            node: true,
         }
     }
 }
@@ -207,20 +210,22 @@ impl Default for Runtimes {
 impl std::str::FromStr for Runtimes {
     type Err = String;
 
-    /// A comma-separated list of `python`, `java`, or `none`.
+    /// A comma-separated list of `python`, `java`, `node`, or `none`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut r = Runtimes {
             python: false,
             java: false,
+            node: false,
         };
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "python" => r.python = true,
                 "java" => r.java = true,
+                "node" => r.node = true,
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown runtime {other:?}: expected a comma-separated list of `python`, `java`, or `none`"
+                        "unknown runtime {other:?}: expected a comma-separated list of `python`, `java`, `node`, or `none`"
                     ));
                 }
             }
@@ -431,5 +436,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::Zero("queue_capacity")));
+    }
+
+    #[test]
+    fn runtimes_are_a_list() {
+        let r: Runtimes = "python,node".parse().unwrap();
+        assert_eq!(r, Runtimes::default());
+        let r: Runtimes = "node".parse().unwrap();
+        assert!(r.node && !r.python);
+        let r: Runtimes = "none".parse().unwrap();
+        assert!(!r.node && !r.python);
+        assert!(
+            "node,ruby"
+                .parse::<Runtimes>()
+                .unwrap_err()
+                .contains("ruby")
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod java;
 pub mod kallsyms;
 pub mod kube;
 pub mod metrics;
+pub mod node;
 pub mod perfmap;
 pub mod process_files;
 pub mod procmaps;

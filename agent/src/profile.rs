@@ -33,6 +33,7 @@ use crate::buildid::{BuildId, FileId, ObjectRef};
 use crate::config::AgentConfig;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::{AgentMetrics, SampleDropReason, UnwindSource, UnwindTruncation};
+use crate::node::{JsFrame, Node, NodeStack, Slot};
 use crate::perfmap::{PerfMapConfig, PerfMaps};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
 use crate::python::{PyStack, Python, StackItem};
@@ -60,6 +61,8 @@ pub const PSEUDO_MAPPING: &str = "[kiln]";
 pub const PYTHON_MAPPING: &str = "[python]";
 /// The pprof mapping of Java frames (named by the agent: class.method, line).
 pub const JAVA_MAPPING: &str = "[java]";
+/// The pprof mapping of JavaScript frames (named by the agent: function, script; see node/).
+pub const JS_MAPPING: &str = "[js]";
 /// Series name of CPU profiles (Pyroscope's convention).
 pub const PROFILE_NAME: &str = "process_cpu";
 /// Longest label value kept; longer ones are cut (at a character boundary).
@@ -174,6 +177,8 @@ pub struct UnwoundSample {
     python: Option<PyStack>,
     /// The Java frames the walk found, named (see java/).
     java: Option<crate::java::JavaStack>,
+    /// The JavaScript frames of a Node process, named (see node/).
+    node: Option<NodeStack>,
 }
 
 /// Groups samples per process over a window; [`Aggregator::flush`] ends the window.
@@ -209,6 +214,10 @@ pub struct Aggregator {
     python: Option<Python>,
     /// JVMs, their code caches and methods; `None` when Java frames are switched off.
     java: Option<crate::java::Java>,
+    /// Node processes and their functions' names; `None` when JavaScript frames are switched off.
+    node: Option<Node>,
+    /// Each frame's rbp, for Node samples (kept for its capacity).
+    frame_pointers: Vec<u64>,
 }
 
 /// Handles on the per-sample unwind counters (no label lookup per sample) and the table-cache
@@ -343,12 +352,20 @@ impl Aggregator {
             refusals_seen: [0; 4],
             python: None,
             java: None,
+            node: None,
+            frame_pointers: Vec::with_capacity(unwind::MAX_FRAMES),
         }
     }
 
     /// Names Java frames of HotSpot JVMs and unwinds through their JIT code (see java/).
     pub fn with_java(mut self, java: crate::java::Java) -> Self {
         self.java = Some(java);
+        self
+    }
+
+    /// Names JavaScript frames of Node processes (see node/).
+    pub fn with_node(mut self, node: Node) -> Self {
+        self.node = Some(node);
         self
     }
 
@@ -439,8 +456,16 @@ impl Aggregator {
             (Some(j), Some(p)) if s.user_regs.is_some() => Some(j.observe(p)),
             _ => None,
         };
+        // A Node process: its frames' rbp values are needed to find its JavaScript frames.
+        let node_kind = match (&mut self.node, &process) {
+            (Some(n), Some(p)) if s.user_regs.is_some() => match n.observe(p) {
+                crate::node::Detection::NotNode => None,
+                d => Some(d.is_readable()),
+            },
+            _ => None,
+        };
         let mut java_raw = Vec::new();
-        let (user, end) = match (&process, s.user_regs) {
+        let (user, end, node) = match (&process, s.user_regs) {
             (Some(p), Some(regs)) if !s.stack_copy.is_empty() => {
                 let mut walker = self.unwinder.prepare(p);
                 let started = crate::ticks::now();
@@ -451,6 +476,12 @@ impl Aggregator {
                         java_raw = hook.frames;
                         end
                     }
+                    _ if node_kind == Some(true) => walker.walk_with_frame_pointers(
+                        regs,
+                        &s.stack_copy,
+                        &mut self.frames,
+                        &mut self.frame_pointers,
+                    ),
                     _ => walker.walk(regs, &s.stack_copy, &mut self.frames),
                 };
                 self.walk_timer.add_since(started);
@@ -461,10 +492,29 @@ impl Aggregator {
                 }
                 self.unwind_metrics
                     .record(&self.metrics, source, frames.len(), end);
-                (adjusted(frames), end)
+                // JavaScript frames are named now, while their functions surely still exist.
+                let node = match (&mut self.node, node_kind) {
+                    (Some(n), Some(readable)) => {
+                        // The kernel's frame-pointer walk was taken: its frames' rbp values are
+                        // the chain from the sampled rbp, not what the DWARF walk recorded.
+                        if readable && source == unwind::Source::FramePointers {
+                            crate::node::frame_pointer_chain(
+                                regs.bp,
+                                regs.sp,
+                                &s.stack_copy,
+                                frames.len(),
+                                &mut self.frame_pointers,
+                            );
+                        }
+                        let fps: &[u64] = if readable { &self.frame_pointers } else { &[] };
+                        n.resolve(p, frames, fps, regs.sp, &s.stack_copy)
+                    }
+                    _ => None,
+                };
+                (adjusted(frames), end, node)
             }
             // No copy (or no process to find tables in): the kernel's walk is all there is.
-            _ => (fp_user, StackEnd::Complete),
+            _ => (fp_user, StackEnd::Complete, None),
         };
         // Python frames are named now, while their code objects surely still exist.
         let python = match (&mut self.python, &process) {
@@ -494,6 +544,7 @@ impl Aggregator {
             end,
             python,
             java,
+            node,
         })
     }
 
@@ -506,6 +557,7 @@ impl Aggregator {
             end,
             python,
             java,
+            node,
             ..
         } = &s;
         let (kernel, user, end) = (kernel.as_slice(), user.as_slice(), *end);
@@ -563,6 +615,13 @@ impl Aggregator {
                 }
             }
         }
+        if let Some(NodeStack::Frames(slots)) = node {
+            for slot in slots {
+                if let Slot::Js(f) = slot {
+                    f.id.hash(&mut h);
+                }
+            }
+        }
         let stack_hash = h.finish();
         if !w.stacks.contains(&stack_hash) {
             if w.stacks.len() >= self.config.max_stacks_per_process {
@@ -598,14 +657,35 @@ impl Aggregator {
             };
             locations.push(loc);
         }
-        let spliced: Vec<StackItem<'_>> = match python {
-            Some(py) => py.splice(user, |a| {
-                process.as_deref().and_then(|p| p.find(a)).map(|m| m.file)
-            }),
-            None => user.iter().map(|&a| StackItem::Native(a)).collect(),
+        let spliced: Vec<UserItem<'_>> = match (python, node) {
+            (Some(py), _) => py
+                .splice(user, |a| {
+                    process.as_deref().and_then(|p| p.find(a)).map(|m| m.file)
+                })
+                .into_iter()
+                .map(UserItem::Stack)
+                .collect(),
+            (None, Some(node)) => {
+                let mut items: Vec<UserItem<'_>> = Vec::with_capacity(user.len() + 1);
+                for (i, &a) in user.iter().enumerate() {
+                    match node.slot(i) {
+                        Slot::Native => items.push(UserItem::Stack(StackItem::Native(a))),
+                        Slot::Js(f) => items.push(UserItem::Js(f)),
+                        Slot::Same => {}
+                    }
+                }
+                if let NodeStack::Unreadable(why) = node {
+                    items.push(UserItem::Stack(StackItem::Marker(why)));
+                }
+                items
+            }
+            (None, None) => user
+                .iter()
+                .map(|&a| UserItem::Stack(StackItem::Native(a)))
+                .collect(),
         };
-        // Java frames replace the walked frames they were found at (a JVM is never also CPython,
-        // so `spliced` is the walked stack itself then).
+        // Java frames replace the walked frames they were found at (a JVM is never also CPython
+        // or Node, so `spliced` is the walked stack itself then).
         let mut java_frames = java.as_ref().map(|j| j.frames.iter().peekable());
         for (index, item) in spliced.into_iter().enumerate() {
             if python.is_none()
@@ -624,6 +704,17 @@ impl Aggregator {
                 }
                 continue;
             }
+            let item = match item {
+                UserItem::Js(f) => {
+                    let jsmap = w.builder.mapping(0, 0, 0, JS_MAPPING, "");
+                    w.builder.mark_symbolized(jsmap);
+                    let func = w.builder.function(&f.name, &f.script);
+                    locations.push(w.builder.symbolized_location(jsmap, f.id, &[(func, 0)]));
+                    continue;
+                }
+                UserItem::Stack(item) => item,
+            };
+
             let addr = match item {
                 StackItem::Native(addr) => addr,
                 StackItem::Python(f) => {
@@ -777,6 +868,11 @@ impl Aggregator {
                 processes.cached(pid).is_some_and(|p| p.start_time == start)
             });
         }
+        if let Some(node) = &mut self.node {
+            node.end_window(|pid, start| {
+                processes.cached(pid).is_some_and(|p| p.start_time == start)
+            });
+        }
         self.publish_refusals();
         self.unwinder.end_window();
         self.unwind_metrics.publish_tables(
@@ -816,6 +912,12 @@ impl Aggregator {
     pub fn processes_in_window(&self) -> usize {
         self.windows.len()
     }
+}
+
+/// One user frame of a sample in the aggregation loop: native or Python (spliced), or JavaScript.
+enum UserItem<'a> {
+    Stack(StackItem<'a>),
+    Js(&'a JsFrame),
 }
 
 /// A named pseudo-frame (a truncation or Python marker) in [`PSEUDO_MAPPING`].
@@ -1460,6 +1562,7 @@ ffffffff81300000 t ext4_file_read_iter
             end: StackEnd::Complete,
             python: None,
             java: None,
+            node: None,
         }
     }
 

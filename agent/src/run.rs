@@ -77,6 +77,11 @@ pub async fn run(
     } else {
         aggregator
     };
+    let aggregator = if config.runtimes.node {
+        aggregator.with_node(crate::node::Node::new().with_detector())
+    } else {
+        aggregator
+    };
     // Pod, namespace and container names, when there is a Kubernetes API to ask.
     let (stop_kube_tx, stop_kube_rx) = tokio::sync::oneshot::channel::<()>();
     let (aggregator, kube_task) = match config.kube_config() {

@@ -205,6 +205,7 @@ mod tests {
             &mut reads,
             &mut frames,
             None,
+            None,
         );
         assert!(!reads.is_empty());
         memo.store(key, &reads, &frames, end);
@@ -292,6 +293,7 @@ mod tests {
             &s,
             &mut reads,
             &mut frames,
+            None,
             None,
         );
         // Keys (unwinder ids) whose sets are the same as unwinder 1's.

@@ -213,12 +213,15 @@ pub fn unwind_with(
         &mut Vec::new(),
         &mut frames,
         None,
+        None,
     );
     Unwound { frames, end }
 }
 
 /// [`unwind_with`] into `frames`, recording every stack word read (offset from sp, value) in
-/// `reads`, for the [`StackMemo`] (both cleared first).
+/// `reads`, for the [`StackMemo`] (both cleared first), and with `frame_pointers` the value of rbp
+/// in each frame (same index as `frames`: what the frame's code sees, restored by CFI or the
+/// frame-pointer rule), which runtimes such as V8 use to find their frames' data.
 fn unwind_logged(
     unwinder: &UnwinderX86_64<SectionBytes>,
     rules: &mut RuleCache,
@@ -227,8 +230,13 @@ fn unwind_logged(
     reads: &mut Vec<Read>,
     frames: &mut Vec<u64>,
     mut jit: Option<&mut dyn JitFrames>,
+    mut frame_pointers: Option<&mut Vec<u64>>,
 ) -> StackEnd {
     reads.clear();
+    if let Some(fps) = frame_pointers.as_deref_mut() {
+        fps.clear();
+        fps.push(regs.bp);
+    }
     let sp = regs.sp;
     let copy_end = sp.saturating_add(stack.len() as u64);
     let mut read = |addr: u64| -> Result<u64, ()> {
@@ -269,6 +277,9 @@ fn unwind_logged(
                         break StackEnd::Truncated(Truncation::TooDeep);
                     }
                     frames.push(caller.ip);
+                    if let Some(fps) = frame_pointers.as_deref_mut() {
+                        fps.push(caller.bp);
+                    }
                     unwind_regs = UnwindRegsX86_64::new(caller.ip, caller.sp, caller.bp);
                     address = next;
                     continue;
@@ -299,6 +310,9 @@ fn unwind_logged(
                     break StackEnd::Truncated(Truncation::TooDeep);
                 }
                 frames.push(return_address);
+                if let Some(fps) = frame_pointers.as_deref_mut() {
+                    fps.push(unwind_regs.bp());
+                }
                 address = next;
             }
             Ok(None) => break StackEnd::Complete,
@@ -394,6 +408,7 @@ impl Walker<'_> {
                 self.reads,
                 frames,
                 None,
+                None,
             );
             return match end {
                 StackEnd::Complete => end,
@@ -409,6 +424,7 @@ impl Walker<'_> {
                 self.reads,
                 frames,
                 None,
+                None,
             );
         };
         let key = MemoKey::new(self.id, regs, stack.len());
@@ -422,6 +438,7 @@ impl Walker<'_> {
             stack,
             self.reads,
             frames,
+            None,
             None,
         );
         memo.store(key, self.reads, frames, end);
@@ -445,6 +462,36 @@ impl Walker<'_> {
             self.reads,
             frames,
             Some(jit),
+            None,
+        );
+        match end {
+            StackEnd::Truncated(_) if self.incomplete => {
+                StackEnd::Truncated(Truncation::TablesLoading)
+            }
+            _ => end,
+        }
+    }
+}
+
+impl Walker<'_> {
+    /// [`Walker::walk`] that also gives each frame's rbp in `frame_pointers` (see
+    /// [`unwind_logged`]). Never memoized: the memo keeps return addresses only.
+    pub fn walk_with_frame_pointers(
+        &mut self,
+        regs: UserRegs,
+        stack: &[u8],
+        frames: &mut Vec<u64>,
+        frame_pointers: &mut Vec<u64>,
+    ) -> StackEnd {
+        let end = unwind_logged(
+            self.unwinder,
+            self.rules,
+            regs,
+            stack,
+            self.reads,
+            frames,
+            None,
+            Some(frame_pointers),
         );
         match end {
             StackEnd::Truncated(_) if self.incomplete => {

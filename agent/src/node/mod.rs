@@ -1,0 +1,768 @@
+//! Node.js (V8): JavaScript functions by name and script in every sample of an unmodified `node`
+//! process, in place of the JIT and interpreter frames that ran them. No flag in the profiled
+//! process (`--perf-basic-prof` is not needed; where it is used, perfmap.rs still names the JIT
+//! code V8 frames do not cover).
+//!
+//! V8 keeps a frame pointer in every JavaScript frame, and each such frame holds its `JSFunction`
+//! at a fixed offset below the frame pointer (`v8dbg_off_fp_function`). Those slots are in the
+//! copy of the user stack the sampler takes, so nothing new happens in the kernel:
+//!
+//! 1. **Recognise** ([`detect`], on the `kiln-node` thread): a process that maps an executable
+//!    named `node*` (or `libnode.so*`) whose symbol table has V8's postmortem constants
+//!    (`v8dbg_*`) is Node. The layout comes from those constants ([`layout`]), i.e. from the
+//!    running binary itself, whatever its version; the range of V8's embedded builtins (the
+//!    `Builtins_*` symbols, where interpreted frames run) from the same table.
+//! 2. **Find the frames** ([`Node::resolve`]): the unwinder gives each user frame its rbp
+//!    ([`crate::unwind::Walker::walk_with_frame_pointers`]). A frame whose code is V8's (JIT code
+//!    in anonymous memory, or a builtin) and whose frame holds a heap object (not a Smi frame-type
+//!    marker) in the context slot is a JavaScript frame; its function is the word at
+//!    `fp + off_fp_function` in the stack copy. Several native frames with the same frame pointer
+//!    (a bytecode handler running in its function's interpreter frame) are one JavaScript frame.
+//! 3. **Name** ([`name_function`]): `JSFunction → SharedFunctionInfo → name` (a String, or the
+//!    function-name slot of its ScopeInfo) and `→ Script → name`, read from `/proc/PID/mem`, each
+//!    object's type checked through its map: a word that is not what it should be never yields a
+//!    name. Names are cached by (process, function address, code address: the return address,
+//!    which belongs to one code object) and re-checked against memory once per window, so an
+//!    address reused by another function is noticed within a window.
+//!
+//! Not done: line numbers (the frame's position is in the bytecode offset or the code's source
+//! position table; turning it into a line needs the script's line ends) and functions TurboFan
+//! or Maglev inlined into their caller (they appear as their caller).
+//!
+//! A `node` the agent cannot read (no `v8dbg_*` constants, pointer compression) keeps its native
+//! frames and gets one frame saying why, e.g. `[node: no v8dbg_off_fp_function symbol]`.
+
+pub mod layout;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use object::read::ReadCache;
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind};
+
+use crate::buildid::{FileId, MappedFile};
+use crate::procmaps::{MappingKind, Process};
+use layout::Layout;
+
+/// Most functions whose names are cached (all processes); beyond it the cache is emptied. An
+/// entry is ~100 bytes plus its names.
+pub const MAX_CACHED_FUNCTIONS: usize = 32_768;
+/// Longest name read, in characters; longer ones are cut.
+const MAX_NAME_CHARS: u64 = 512;
+/// Deepest chain of cons strings followed for one name.
+const MAX_CONS_DEPTH: u32 = 4;
+/// Slots of a ScopeInfo searched for the function name after its context locals.
+const SCOPE_INFO_SEARCH_SLOTS: u64 = 4;
+/// Most context locals a ScopeInfo is believed to have (V8 limits them far lower).
+const MAX_CONTEXT_LOCALS: i64 = 1 << 16;
+/// Largest `node` object file parsed for its symbols.
+const MAX_NODE_BYTES: u64 = 1 << 30;
+/// Most processes waiting for the detection thread.
+const DETECTION_QUEUE: usize = 64;
+/// Most node binaries whose constants the detection thread keeps.
+const MAX_BINARIES: usize = 16;
+
+/// A `node` the agent can read.
+#[derive(Debug)]
+pub struct Target {
+    pub layout: Layout,
+    /// Address range of V8's embedded builtins in the process (interpreter, stubs).
+    pub builtins: (u64, u64),
+}
+
+/// What a process is, as far as Node goes.
+#[derive(Clone, Debug)]
+pub enum Detection {
+    NotNode,
+    Readable(Arc<Target>),
+    /// Node that cannot be read; the reason becomes a frame `[node: <reason>]`.
+    Unreadable(String),
+}
+
+impl Detection {
+    pub fn is_readable(&self) -> bool {
+        matches!(self, Detection::Readable(_))
+    }
+}
+
+/// What a node binary says about itself: its layout (or why not) and its builtins' range, as
+/// addresses in the file.
+#[derive(Clone, Debug)]
+struct Binary {
+    layout: Result<Layout, String>,
+    builtins: Option<(u64, u64)>,
+}
+
+/// `node`, `nodejs`, `node20`, `libnode.so.115`: files that may be Node (the `v8dbg_*` constants
+/// decide).
+fn is_node_file(name: &str) -> bool {
+    let versioned = name
+        .strip_prefix("node")
+        .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'));
+    name == "node" || name == "nodejs" || versioned || name.starts_with("libnode.so")
+}
+
+/// Recognises Node in a process (see the module docs); `binaries` keeps parsed binaries by file.
+fn detect_with(p: &Process, binaries: &mut HashMap<FileId, Binary>) -> Detection {
+    for m in &p.mappings {
+        let MappingKind::File { path, .. } = &m.kind else {
+            continue;
+        };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !is_node_file(name) {
+            continue;
+        }
+        let mapped = MappedFile {
+            pid: p.pid,
+            start: m.start,
+            end: m.end,
+            path,
+            inode: m.file.inode,
+        };
+        let file = match crate::buildid::open_mapped_file(&mapped) {
+            Ok(f) if f.len() <= MAX_NODE_BYTES => f,
+            Ok(_) => return Detection::Unreadable("node binary too large".into()),
+            Err(e) => {
+                tracing::debug!(pid = p.pid, error = %e, "cannot open the node binary");
+                continue;
+            }
+        };
+        let cache = ReadCache::new(file.file());
+        let Ok(obj) = object::File::parse(&cache) else {
+            continue;
+        };
+        if binaries.len() >= MAX_BINARIES && !binaries.contains_key(&m.file) {
+            binaries.clear();
+        }
+        let binary = binaries
+            .entry(m.file)
+            .or_insert_with(|| read_binary(&obj))
+            .clone();
+        let layout = match binary.layout {
+            Ok(l) => l,
+            Err(why) => return Detection::Unreadable(why),
+        };
+        let Some((start, end)) = binary.builtins else {
+            return Detection::Unreadable("no Builtins_* symbols".into());
+        };
+        // Where the file's addresses are in the process (ELF: one bias for the whole file).
+        let Some(bias) = obj.segments().find_map(|seg| {
+            let (off, size) = seg.file_range();
+            (off..off + size).contains(&m.offset).then(|| {
+                m.start
+                    .wrapping_sub(m.offset)
+                    .wrapping_add(off)
+                    .wrapping_sub(seg.address())
+            })
+        }) else {
+            return Detection::Unreadable("no segment maps the node binary's code".into());
+        };
+        return Detection::Readable(Arc::new(Target {
+            layout,
+            builtins: (start.wrapping_add(bias), end.wrapping_add(bias)),
+        }));
+    }
+    Detection::NotNode
+}
+
+/// Recognises Node in a process (see the module docs).
+pub fn detect(p: &Process) -> Detection {
+    detect_with(p, &mut HashMap::new())
+}
+
+/// Reads a node binary's `v8dbg_*` constants and its builtins' range.
+fn read_binary<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Binary {
+    let mut constants: HashMap<String, i64> = HashMap::new();
+    let mut builtins: Option<(u64, u64)> = None;
+    for sym in obj.symbols().chain(obj.dynamic_symbols()) {
+        let Ok(name) = sym.name() else {
+            continue;
+        };
+        if let Some(c) = name.strip_prefix("v8dbg_") {
+            if constants.contains_key(c) {
+                continue;
+            }
+            if let Some(v) = constant_value(obj, &sym) {
+                constants.insert(c.to_owned(), v);
+            }
+        } else if name.starts_with("Builtins_") && sym.address() != 0 {
+            let (s, e) = (sym.address(), sym.address() + sym.size().max(1));
+            builtins = Some(builtins.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
+        }
+    }
+    Binary {
+        layout: Layout::from_constants(|n| constants.get(n).copied()).map_err(|e| e.to_string()),
+        builtins,
+    }
+}
+
+/// A `v8dbg_*` constant: an `int` at the symbol's address (in `.bss` when it is zero).
+fn constant_value<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    sym: &object::Symbol<'d, '_, R>,
+) -> Option<i64> {
+    let section = obj.section_by_index(sym.section_index()?).ok()?;
+    if section.kind() == SectionKind::UninitializedData {
+        return Some(0);
+    }
+    let bytes = section.data_range(sym.address(), 4).ok()??;
+    Some(i64::from(i32::from_le_bytes(bytes.try_into().ok()?)))
+}
+
+/// Reads a profiled process's memory.
+pub trait Memory {
+    /// Fills `buf` from `addr`; false when it cannot.
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool;
+
+    fn word(&mut self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b).then(|| u64::from_le_bytes(b))
+    }
+}
+
+/// `/proc/PID/mem`.
+pub struct ProcMem<'a>(pub &'a File);
+
+impl Memory for ProcMem<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        self.0.read_exact_at(buf, addr).is_ok()
+    }
+}
+
+/// A JavaScript frame's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsFrame {
+    /// The function's name, `(anonymous)` when it has none.
+    pub name: Arc<str>,
+    /// The script's name (a path, `node:internal/…`), empty when unknown.
+    pub script: Arc<str>,
+    /// The `SharedFunctionInfo`'s address: the frame's location key.
+    pub id: u64,
+}
+
+/// Why a word is not a function the agent can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameError {
+    /// Memory could not be read.
+    Unreadable,
+    /// The word is not a JSFunction (its `shared` field is not a SharedFunctionInfo).
+    NotAFunction,
+}
+
+/// The words a function's name depends on: re-checked once per window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    shared: u64,
+    name_or_scope_info: u64,
+    script: u64,
+}
+
+fn instance_type(l: &Layout, mem: &mut impl Memory, obj: u64) -> Option<u16> {
+    let map = l.heap_object(mem.word(obj + l.object_map)?)?;
+    let mut b = [0u8; 2];
+    mem.read(map + l.map_instance_type, &mut b)
+        .then(|| u16::from_le_bytes(b))
+}
+
+/// A JavaScript string's text (sequential, thin and cons strings; `None` for others or a word
+/// that is not a string).
+fn read_string(l: &Layout, mem: &mut impl Memory, tagged: u64, depth: u32) -> Option<String> {
+    let obj = l.heap_object(tagged)?;
+    let ty = instance_type(l, mem, obj)?;
+    if ty >= l.first_nonstring_type {
+        return None;
+    }
+    let mut b = [0u8; 4];
+    if !mem.read(obj + l.string_length, &mut b) {
+        return None;
+    }
+    let len = u64::try_from(i32::from_le_bytes(b))
+        .ok()?
+        .min(MAX_NAME_CHARS);
+    let rep = ty & l.string_representation_mask;
+    let one_byte = ty & l.string_encoding_mask == l.one_byte_string_tag;
+    if rep == l.seq_string_tag {
+        if one_byte {
+            let mut bytes = vec![0u8; len as usize];
+            mem.read(obj + l.seq_one_byte_chars, &mut bytes)
+                .then(|| bytes.iter().map(|&c| char::from(c)).collect())
+        } else {
+            let mut bytes = vec![0u8; 2 * len as usize];
+            if !mem.read(obj + l.seq_two_byte_chars, &mut bytes) {
+                return None;
+            }
+            let units = bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]));
+            Some(
+                char::decode_utf16(units)
+                    .map(|c| c.unwrap_or('\u{fffd}'))
+                    .collect(),
+            )
+        }
+    } else if depth >= MAX_CONS_DEPTH {
+        None
+    } else if rep == l.thin_string_tag {
+        let actual = mem.word(obj + l.thin_actual)?;
+        read_string(l, mem, actual, depth + 1)
+    } else if rep == l.cons_string_tag {
+        let (first, second) = (
+            mem.word(obj + l.cons_first)?,
+            mem.word(obj + l.cons_second)?,
+        );
+        let first = read_string(l, mem, first, depth + 1)?;
+        let second = read_string(l, mem, second, depth + 1)?;
+        Some(
+            (first + &second)
+                .chars()
+                .take(MAX_NAME_CHARS as usize)
+                .collect(),
+        )
+    } else {
+        None
+    }
+}
+
+/// The function name held by a ScopeInfo (V8 keeps a compiled function's name there): the first
+/// string in the few slots after its context locals' names and infos (the slots before the name
+/// are Smis; a function without a name of its own has its inferred name there instead). The
+/// slots' exact order depends on flags whose bits move between V8 versions, so the search
+/// accepts only a string and stops at any other heap object — llnode reads it the same way.
+fn scope_info_name(l: &Layout, mem: &mut impl Memory, info: u64) -> Option<String> {
+    let slot = |i: u64| info + l.scope_info_slots + 8 * i;
+    let locals = l.smi(mem.word(slot(l.scope_info_context_locals))?)?;
+    if !(0..=MAX_CONTEXT_LOCALS).contains(&locals) {
+        return None;
+    }
+    // Names then infos, or (many locals) one hash table then infos: either way the infos end at
+    // or after `first_vars + locals`, and everything from there to the name is a Smi.
+    let start = l.scope_info_first_vars + locals as u64;
+    for i in start..start + SCOPE_INFO_SEARCH_SLOTS + locals as u64 {
+        let w = mem.word(slot(i))?;
+        if l.smi(w).is_some() {
+            continue;
+        }
+        return read_string(l, mem, w, 0);
+    }
+    None
+}
+
+/// Reads the words a function's name comes from, checking each object's type.
+fn identity(l: &Layout, mem: &mut impl Memory, function: u64) -> Result<Identity, NameError> {
+    let shared_word = mem
+        .word(function + l.function_shared)
+        .ok_or(NameError::Unreadable)?;
+    let shared = l.heap_object(shared_word).ok_or(NameError::NotAFunction)?;
+    if instance_type(l, mem, shared) != Some(l.type_shared) {
+        return Err(NameError::NotAFunction);
+    }
+    let name_or_scope_info = mem
+        .word(shared + l.shared_name_or_scope_info)
+        .ok_or(NameError::Unreadable)?;
+    let script = mem
+        .word(shared + l.shared_script)
+        .ok_or(NameError::Unreadable)?;
+    Ok(Identity {
+        shared,
+        name_or_scope_info,
+        script,
+    })
+}
+
+/// Names the JSFunction at `function` (untagged address) from the process's memory.
+pub fn name_function(
+    l: &Layout,
+    mem: &mut impl Memory,
+    function: u64,
+) -> Result<JsFrame, NameError> {
+    let id = identity(l, mem, function)?;
+    Ok(name_identity(l, mem, id))
+}
+
+fn name_identity(l: &Layout, mem: &mut impl Memory, id: Identity) -> JsFrame {
+    let name = match l.heap_object(id.name_or_scope_info) {
+        Some(obj) => match instance_type(l, mem, obj) {
+            Some(t) if t < l.first_nonstring_type => read_string(l, mem, id.name_or_scope_info, 0),
+            Some(t) if t == l.type_scope_info => scope_info_name(l, mem, obj),
+            _ => None,
+        },
+        None => None,
+    }
+    .filter(|n| !n.is_empty())
+    .unwrap_or_else(|| "(anonymous)".to_owned());
+    let script = l
+        .heap_object(id.script)
+        .filter(|&s| instance_type(l, mem, s) == Some(l.type_script))
+        .and_then(|s| mem.word(s + l.script_name))
+        .and_then(|n| read_string(l, mem, n, 0))
+        .unwrap_or_default();
+    JsFrame {
+        name: name.into(),
+        script: script.into(),
+        id: id.shared,
+    }
+}
+
+/// What one user frame of a Node sample is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// A native frame (or V8 code that is not a JavaScript frame: stubs, entry and exit frames).
+    Native,
+    /// A JavaScript frame.
+    Js(Arc<JsFrame>),
+    /// More code of the JavaScript frame just before (same frame pointer): left out.
+    Same,
+}
+
+/// The Node part of one sample.
+#[derive(Clone, Debug)]
+pub enum NodeStack {
+    /// One slot per user frame (fewer when the stack went on past what was unwound with frame
+    /// pointers: the rest are native).
+    Frames(Vec<Slot>),
+    /// A Node process that cannot be read: its native frames, plus this frame at the root.
+    Unreadable(Arc<str>),
+}
+
+impl NodeStack {
+    /// The slot of user frame `i`.
+    pub fn slot(&self, i: usize) -> &Slot {
+        match self {
+            NodeStack::Frames(s) => s.get(i).unwrap_or(&Slot::Native),
+            NodeStack::Unreadable(_) => &Slot::Native,
+        }
+    }
+}
+
+/// The word at `addr` in the stack copy taken at `sp`.
+fn copy_word(copy: &[u8], sp: u64, addr: u64) -> Option<u64> {
+    let off = usize::try_from(addr.checked_sub(sp)?).ok()?;
+    let b = copy.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Where each frame's function is: `Some(function)` for a JavaScript frame (see the module docs).
+/// `frames` are the unwound addresses, `fps` each frame's rbp, `copy` the stack copy at `sp`;
+/// `is_v8_code` says whether an address is V8's code.
+pub fn js_functions(
+    l: &Layout,
+    frames: &[u64],
+    fps: &[u64],
+    sp: u64,
+    copy: &[u8],
+    is_v8_code: impl Fn(u64) -> bool,
+) -> Vec<Option<u64>> {
+    frames
+        .iter()
+        .zip(fps)
+        .map(|(&pc, &fp)| {
+            if !is_v8_code(pc) {
+                return None;
+            }
+            let context = copy_word(copy, sp, fp.wrapping_add_signed(l.fp_context))?;
+            // Typed frames (entry, exit, stubs) keep a Smi frame-type marker there.
+            l.heap_object(context)?;
+            l.heap_object(copy_word(copy, sp, fp.wrapping_add_signed(l.fp_function))?)
+        })
+        .collect()
+}
+
+/// The rbp of each of `n` frames of a pure frame-pointer walk (the kernel's) from `bp`: each
+/// frame's saved rbp is the next one's, read from the stack copy (0 once outside it).
+pub fn frame_pointer_chain(bp: u64, sp: u64, copy: &[u8], n: usize, out: &mut Vec<u64>) {
+    out.clear();
+    let mut fp = bp;
+    for _ in 0..n {
+        out.push(fp);
+        fp = copy_word(copy, sp, fp).unwrap_or(0);
+    }
+}
+
+/// Cache key of a function's names (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FnKey {
+    pid: u32,
+    start_time: u64,
+    function: u64,
+    code: u64,
+}
+
+struct FnEntry {
+    frame: Arc<JsFrame>,
+    identity: Identity,
+    checked_window: u64,
+}
+
+struct ProcState {
+    start_time: u64,
+    mappings: usize,
+    detection: Detection,
+}
+
+/// The channel to and from the `kiln-node` thread.
+struct Detector {
+    requests: std::sync::mpsc::SyncSender<Arc<Process>>,
+    results: std::sync::mpsc::Receiver<(u32, u64, usize, Detection)>,
+    in_flight: HashSet<u32>,
+}
+
+/// Per-agent Node state: which processes are Node, and the function name cache.
+pub struct Node {
+    procs: HashMap<u32, ProcState>,
+    functions: HashMap<FnKey, FnEntry>,
+    window: u64,
+    mem: Option<(u32, u64, File)>,
+    detector: Option<Detector>,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Node {
+    /// Detection inline (tests); the agent adds [`Node::with_detector`].
+    pub fn new() -> Node {
+        Node {
+            procs: HashMap::new(),
+            functions: HashMap::new(),
+            window: 0,
+            mem: None,
+            detector: None,
+        }
+    }
+
+    /// Reads node binaries on a worker thread (`kiln-node`): parsing a 100 MB binary's symbol
+    /// table never happens on the sampling thread. A process is named once the worker has
+    /// recognised it (its first samples carry native frames only).
+    pub fn with_detector(mut self) -> Node {
+        let (requests, inbox) = std::sync::mpsc::sync_channel::<Arc<Process>>(DETECTION_QUEUE);
+        let (answers, results) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kiln-node".into())
+            .spawn(move || {
+                let mut binaries = HashMap::new();
+                for p in inbox {
+                    let d = detect_with(&p, &mut binaries);
+                    if answers
+                        .send((p.pid, p.start_time, p.mappings.len(), d))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                self.detector = Some(Detector {
+                    requests,
+                    results,
+                    in_flight: HashSet::new(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the Node detection thread; detecting on the sampling thread")
+            }
+        }
+        self
+    }
+
+    /// Learns whether `p` is Node (once per process, again when its mappings change while it is
+    /// not recognised). With a detector the answer may come later.
+    pub fn observe(&mut self, p: &Arc<Process>) -> &Detection {
+        self.collect_detections();
+        let fresh = match self.procs.get(&p.pid) {
+            Some(s) if s.start_time == p.start_time => {
+                !matches!(s.detection, Detection::NotNode) || s.mappings == p.mappings.len()
+            }
+            _ => false,
+        };
+        if !fresh {
+            match &mut self.detector {
+                None => {
+                    let d = detect(p);
+                    self.record(p.pid, p.start_time, p.mappings.len(), d);
+                }
+                Some(d) => {
+                    if !d.in_flight.contains(&p.pid) && d.requests.try_send(p.clone()).is_ok() {
+                        d.in_flight.insert(p.pid);
+                    }
+                }
+            }
+        }
+        match self.procs.get(&p.pid) {
+            Some(s) if s.start_time == p.start_time => &s.detection,
+            _ => &Detection::NotNode,
+        }
+    }
+
+    fn collect_detections(&mut self) {
+        let Some(d) = &mut self.detector else {
+            return;
+        };
+        let answers: Vec<_> = d.results.try_iter().collect();
+        for (pid, start_time, mappings, detection) in answers {
+            if let Some(d) = &mut self.detector {
+                d.in_flight.remove(&pid);
+            }
+            self.record(pid, start_time, mappings, detection);
+        }
+    }
+
+    fn record(&mut self, pid: u32, start_time: u64, mappings: usize, detection: Detection) {
+        match &detection {
+            Detection::Readable(_) => {
+                tracing::info!(pid, "Node.js recognised: JavaScript frames on")
+            }
+            Detection::Unreadable(why) => {
+                tracing::info!(pid, reason = %why, "Node.js that cannot be read")
+            }
+            Detection::NotNode => {}
+        }
+        self.procs.insert(
+            pid,
+            ProcState {
+                start_time,
+                mappings,
+                detection,
+            },
+        );
+    }
+
+    /// Whether samples of `p` need frame pointers (a readable Node), after [`Node::observe`].
+    pub fn wants_frame_pointers(&self, p: &Process) -> bool {
+        matches!(self.procs.get(&p.pid), Some(s) if s.start_time == p.start_time && s.detection.is_readable())
+    }
+
+    /// The Node part of a sample of `p`: `frames` (unwound, not adjusted) with their rbp values
+    /// `fps`, the stack copy `copy` taken at `sp`. `None` when `p` is not Node.
+    pub fn resolve(
+        &mut self,
+        p: &Process,
+        frames: &[u64],
+        fps: &[u64],
+        sp: u64,
+        copy: &[u8],
+    ) -> Option<NodeStack> {
+        let state = self.procs.get(&p.pid)?;
+        if state.start_time != p.start_time {
+            return None;
+        }
+        let target = match &state.detection {
+            Detection::NotNode => return None,
+            Detection::Unreadable(why) => {
+                return Some(NodeStack::Unreadable(format!("[node: {why}]").into()));
+            }
+            Detection::Readable(t) => t.clone(),
+        };
+        let (b0, b1) = target.builtins;
+        let is_v8_code = |a: u64| (b0..b1).contains(&a) || p.find(a).is_none();
+        let functions = js_functions(&target.layout, frames, fps, sp, copy, is_v8_code);
+        let mut slots = Vec::with_capacity(frames.len());
+        let mut last_fp = None;
+        for (i, f) in functions.into_iter().enumerate() {
+            let Some(function) = f else {
+                slots.push(Slot::Native);
+                last_fp = None;
+                continue;
+            };
+            let fp = fps.get(i).copied();
+            if last_fp.is_some() && last_fp == fp {
+                slots.push(Slot::Same);
+                continue;
+            }
+            match self.function(p, &target.layout, function, frames[i]) {
+                Ok(frame) => {
+                    slots.push(Slot::Js(frame));
+                    last_fp = fp;
+                }
+                Err(_) => {
+                    slots.push(Slot::Native);
+                    last_fp = None;
+                }
+            }
+        }
+        Some(NodeStack::Frames(slots))
+    }
+
+    /// The cached names of the function at `function` (untagged) running `code`.
+    fn function(
+        &mut self,
+        p: &Process,
+        l: &Layout,
+        function: u64,
+        code: u64,
+    ) -> Result<Arc<JsFrame>, NameError> {
+        let key = FnKey {
+            pid: p.pid,
+            start_time: p.start_time,
+            function,
+            code,
+        };
+        let window = self.window;
+        if let Some(e) = self.functions.get(&key)
+            && e.checked_window == window
+        {
+            return Ok(e.frame.clone());
+        }
+        self.open_mem(p)?;
+        let Some((_, _, file)) = &self.mem else {
+            return Err(NameError::Unreadable);
+        };
+        let mut mem = ProcMem(file);
+        let id = identity(l, &mut mem, function)?;
+        if let Some(e) = self.functions.get_mut(&key)
+            && e.identity == id
+        {
+            e.checked_window = window;
+            return Ok(e.frame.clone());
+        }
+        let frame = Arc::new(name_identity(l, &mut mem, id));
+        if self.functions.len() >= MAX_CACHED_FUNCTIONS {
+            tracing::debug!("JavaScript function cache full: emptied");
+            self.functions.clear();
+        }
+        self.functions.insert(
+            key,
+            FnEntry {
+                frame: frame.clone(),
+                identity: id,
+                checked_window: window,
+            },
+        );
+        Ok(frame)
+    }
+
+    /// Opens `/proc/PID/mem` of `p` (kept open for the last process read).
+    fn open_mem(&mut self, p: &Process) -> Result<(), NameError> {
+        let open = matches!(&self.mem, Some((pid, st, _)) if *pid == p.pid && *st == p.start_time);
+        if !open {
+            let f =
+                File::open(format!("/proc/{}/mem", p.pid)).map_err(|_| NameError::Unreadable)?;
+            self.mem = Some((p.pid, p.start_time, f));
+        }
+        Ok(())
+    }
+
+    /// Ends a window: cached names are re-checked when next used, processes that are gone are
+    /// forgotten.
+    pub fn end_window(&mut self, mut alive: impl FnMut(u32, u64) -> bool) {
+        self.window += 1;
+        self.procs.retain(|pid, s| alive(*pid, s.start_time));
+        let procs = &self.procs;
+        self.functions.retain(|k, _| {
+            procs
+                .get(&k.pid)
+                .is_some_and(|s| s.start_time == k.start_time)
+        });
+        self.mem = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+#![allow(clippy::unwrap_used)]
+
+use super::layout::tests::node20;
+use super::*;
+use std::collections::BTreeMap;
+
+fn layout() -> Layout {
+    let c = node20();
+    Layout::from_constants(|n| c.get(n).copied()).unwrap()
+}
+
+/// A process image made of words and bytes at addresses.
+#[derive(Default)]
+struct FakeMemory(BTreeMap<u64, u8>);
+
+impl FakeMemory {
+    fn put(&mut self, addr: u64, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            self.0.insert(addr + i as u64, b);
+        }
+    }
+    fn word(&mut self, addr: u64, w: u64) {
+        self.put(addr, &w.to_le_bytes());
+    }
+    /// An object at `addr` whose map says `ty`.
+    fn object(&mut self, addr: u64, ty: u16) {
+        let map = 0x10_0000 + u64::from(ty) * 0x100;
+        self.word(addr, map + 1);
+        self.put(map + 12, &ty.to_le_bytes());
+    }
+    fn one_byte_string(&mut self, addr: u64, s: &str) {
+        self.object(addr, 8);
+        self.put(addr + 12, &(s.len() as i32).to_le_bytes());
+        self.put(addr + 16, s.as_bytes());
+    }
+}
+
+impl Memory for FakeMemory {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        for (i, b) in buf.iter_mut().enumerate() {
+            match self.0.get(&(addr + i as u64)) {
+                Some(&v) => *b = v,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+const SMI: u32 = 32;
+const FUNCTION: u64 = 0x20_0000;
+const SHARED: u64 = 0x21_0000;
+const SCRIPT: u64 = 0x22_0000;
+
+/// A function whose SharedFunctionInfo points at `name_or_scope_info`, in script "/app/x.js".
+fn function(m: &mut FakeMemory, name_or_scope_info: u64) {
+    m.object(FUNCTION, 2066);
+    m.word(FUNCTION + 24, SHARED + 1);
+    m.object(SHARED, 262);
+    m.word(SHARED + 16, name_or_scope_info);
+    m.word(SHARED + 32, SCRIPT + 1);
+    m.object(SCRIPT, 167);
+    m.word(SCRIPT + 16, 0x23_0001);
+    m.one_byte_string(0x23_0000, "/app/x.js");
+}
+
+#[test]
+fn a_function_named_by_its_string_name() {
+    let mut m = FakeMemory::default();
+    function(&mut m, 0x24_0001);
+    m.one_byte_string(0x24_0000, "alpha");
+    let f = name_function(&layout(), &mut m, FUNCTION).unwrap();
+    assert_eq!((&*f.name, &*f.script, f.id), ("alpha", "/app/x.js", SHARED));
+}
+
+/// A compiled function keeps its name in its ScopeInfo, after the context locals' names and
+/// infos and a few Smis; a two-byte name and a cons string are read too.
+#[test]
+fn a_function_named_by_its_scope_info() {
+    let mut m = FakeMemory::default();
+    let info = 0x25_0000;
+    function(&mut m, info + 1);
+    m.object(info, 261);
+    // Slots from +8: flags, parameter count, 2 context locals, 2 names, 2 infos, receiver info,
+    // then the function variable's name.
+    let slots = [
+        1u64 << SMI,
+        1 << SMI,
+        2 << SMI,
+        0x26_0001,
+        0x26_1001,
+        5 << SMI,
+        6 << SMI,
+        7 << SMI,
+        0x27_0001,
+    ];
+    for (i, w) in slots.iter().enumerate() {
+        m.word(info + 8 + 8 * i as u64, *w);
+    }
+    m.one_byte_string(0x26_0000, "local_a");
+    m.one_byte_string(0x26_1000, "local_b");
+    // "héllo", two-byte, as the cons string "hé" + "llo".
+    m.object(0x27_0000, 33);
+    m.put(0x27_000c, &5i32.to_le_bytes());
+    m.word(0x27_0010, 0x28_0001);
+    m.word(0x27_0018, 0x29_0001);
+    m.object(0x28_0000, 0);
+    m.put(0x28_000c, &2i32.to_le_bytes());
+    m.put(0x28_0010, &[b'h', 0, 0xe9, 0]);
+    m.one_byte_string(0x29_0000, "llo");
+    assert_eq!(
+        &*name_function(&layout(), &mut m, FUNCTION).unwrap().name,
+        "h\u{e9}llo"
+    );
+    // No name (Smi zero sentinel) and no inferred name: anonymous.
+    m.word(info + 8 + 8 * 8, 0);
+    m.word(info + 8 + 8 * 9, 0x2a_0001);
+    m.object(0x2a_0000, 300); // undefined (an oddball): not a string, the search stops
+    assert_eq!(
+        &*name_function(&layout(), &mut m, FUNCTION).unwrap().name,
+        "(anonymous)"
+    );
+}
+
+/// A word that is not a JSFunction (its `shared` is not a SharedFunctionInfo) is never named.
+#[test]
+fn a_word_that_is_not_a_function_is_refused() {
+    let mut m = FakeMemory::default();
+    function(&mut m, 0x24_0001);
+    m.object(SHARED, 167);
+    assert_eq!(
+        name_function(&layout(), &mut m, FUNCTION),
+        Err(NameError::NotAFunction)
+    );
+    assert_eq!(
+        name_function(&layout(), &mut m, 0x9_0000),
+        Err(NameError::Unreadable)
+    );
+}
+
+/// JavaScript frames are those of V8 code with a heap object in the context slot; typed frames
+/// (a Smi marker there) and native code are not.
+#[test]
+fn frames_with_a_function_slot_are_javascript_frames() {
+    let sp = 0x7000_0000u64;
+    let mut copy = vec![0u8; 256];
+    let mut put = |addr: u64, w: u64| {
+        let o = (addr - sp) as usize;
+        copy[o..o + 8].copy_from_slice(&w.to_le_bytes());
+    };
+    // A JS frame at fp sp+64, a stub frame (Smi marker) at sp+128, a JS frame at sp+192.
+    put(sp + 64 - 8, 0x5555_0001);
+    put(sp + 64 - 16, 0x6666_0001);
+    put(sp + 128 - 8, 4 << SMI);
+    put(sp + 128 - 16, 0x6666_1001);
+    put(sp + 192 - 8, 0x5555_0001);
+    put(sp + 192 - 16, 0x6666_2001);
+    let frames = [0x1000, 0x1001, 0x1002, 0x9000, 0x1003];
+    let fps = [sp + 64, sp + 64, sp + 128, sp + 128, sp + 192];
+    let got = js_functions(&layout(), &frames, &fps, sp, &copy, |a| a < 0x2000);
+    assert_eq!(
+        got,
+        [
+            Some(0x6666_0000),
+            Some(0x6666_0000),
+            None,
+            None,
+            Some(0x6666_2000)
+        ]
+    );
+    // A frame pointer outside the copy: not readable, not a JS frame.
+    let got = js_functions(&layout(), &[0x1000], &[sp + 4096], sp, &copy, |_| true);
+    assert_eq!(got, [None]);
+}
+
+/// The real thing: the layout from /usr/bin/node's own constants, and functions of a running
+/// node named from its memory (their addresses printed by V8's %DebugPrint).
+#[test]
+fn functions_of_a_running_node_are_named() {
+    let script = tempfile::NamedTempFile::with_suffix(".js").unwrap();
+    std::fs::write(
+        script.path(),
+        r#"
+function js_alpha(x) { let s = 0; for (let i = 0; i < x; i++) s += i; return s; }
+const js_arrow = (y) => { const z = y * 2; return () => z; };
+class Klass { method_one(a) { return a + 1; } }
+function many_locals() {
+  let a1=1,a2=2,a3=3,a4=4,a5=5,a6=6,a7=7,a8=8,a9=9;
+  return () => a1+a2+a3+a4+a5+a6+a7+a8+a9;
+}
+js_alpha(10); js_arrow(1)(); new Klass().method_one(1); many_locals()();
+%DebugPrint(js_alpha);
+%DebugPrint(js_arrow);
+%DebugPrint(Klass.prototype.method_one);
+%DebugPrint(many_locals);
+process.stdin.resume();
+"#,
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("node")
+        .arg("--allow-natives-syntax")
+        .arg(script.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js 20) is installed");
+    let pid = child.id();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addresses = Vec::new();
+    while addresses.len() < 4 {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            panic!("node exited before printing its functions");
+        }
+        if let Some(rest) = line.strip_prefix("DebugPrint: 0x") {
+            let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            addresses.push(u64::from_str_radix(&hex, 16).unwrap() - 1);
+        }
+    }
+    let p = Process::load(pid, &mut crate::buildid::BuildIdCache::new(64), 4096).unwrap();
+    let Detection::Readable(target) = detect(&p) else {
+        panic!("node not readable: {:?}", detect(&p));
+    };
+    let (b0, b1) = target.builtins;
+    assert!(
+        b0 < b1 && p.find(b0).is_some(),
+        "builtins inside node's code"
+    );
+    let mem = File::open(format!("/proc/{pid}/mem")).unwrap();
+    let names: Vec<(String, String)> = addresses
+        .iter()
+        .map(|&a| {
+            let f = name_function(&target.layout, &mut ProcMem(&mem), a).unwrap();
+            (f.name.to_string(), f.script.to_string())
+        })
+        .collect();
+    let path = script.path().to_string_lossy().into_owned();
+    assert_eq!(
+        names,
+        [
+            ("js_alpha".to_owned(), path.clone()),
+            ("js_arrow".to_owned(), path.clone()),
+            ("method_one".to_owned(), path.clone()),
+            ("many_locals".to_owned(), path.clone()),
+        ]
+    );
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn node_file_names() {
+    for yes in ["node", "nodejs", "node20", "node18.19", "libnode.so.115"] {
+        assert!(is_node_file(yes), "{yes}");
+    }
+    for no in ["node-pty.node", "nodemon", "binding.node", "python3"] {
+        assert!(!is_node_file(no), "{no}");
+    }
+}
+
+/// The kernel's walk follows saved rbp values: each frame's rbp is read from the copy.
+#[test]
+fn frame_pointers_of_a_kernel_walk_follow_the_chain() {
+    let sp = 0x7000_0000u64;
+    let mut copy = vec![0u8; 128];
+    copy[16..24].copy_from_slice(&(sp + 64).to_le_bytes());
+    copy[64..72].copy_from_slice(&(sp + 4096).to_le_bytes());
+    let mut out = Vec::new();
+    frame_pointer_chain(sp + 16, sp, &copy, 4, &mut out);
+    assert_eq!(out, [sp + 16, sp + 64, sp + 4096, 0]);
+}
