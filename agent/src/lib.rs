@@ -14,6 +14,7 @@ pub mod kube;
 pub mod metrics;
 pub mod perfmap;
 pub mod process_files;
+pub mod process_memory;
 pub mod procmaps;
 pub mod profile;
 pub mod python;
