@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod node;
 pub mod perfmap;
 pub mod process_files;
+pub mod process_memory;
 pub mod procmaps;
 pub mod profile;
 pub mod python;

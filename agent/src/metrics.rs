@@ -222,6 +222,9 @@ pub struct AgentMetrics {
     pub kube_pods_refused: Counter,
     /// Files of profiled processes refused by the door to them (process_files.rs), by reason.
     pub process_files_refused: Family<ProcessFileRefusalLabel, Counter>,
+    /// Reads of profiled processes' memory refused by the door to it (process_memory.rs), by
+    /// reason (`remote_filesystem`, `unmapped`).
+    pub process_memory_reads_refused: Family<ProcessFileRefusalLabel, Counter>,
     /// Bytes of perf maps parsed; appended lines only, a growing map is not re-read.
     pub perf_map_bytes_parsed: Counter,
     /// Perf-map reads not queued because the perf-map worker was busy (retried later).
@@ -406,6 +409,11 @@ impl AgentMetrics {
             m.process_files_refused.clone(),
         );
         r.register(
+            "process_memory_reads_refused",
+            "Reads of profiled processes' memory not made (in a mapping of a FUSE or network file, or unmapped), by reason",
+            m.process_memory_reads_refused.clone(),
+        );
+        r.register(
             "perf_map_bytes_parsed",
             "Bytes of JIT perf maps parsed (only what was appended since the last read)",
             m.perf_map_bytes_parsed.clone(),
@@ -456,6 +464,7 @@ impl AgentMetrics {
             unwind_memo_misses: Counter::default(),
             debuginfo_upload_bytes: Counter::default(),
             process_files_refused: Family::default(),
+            process_memory_reads_refused: Family::default(),
             perf_map_bytes_parsed: Counter::default(),
             perf_map_requests_dropped: Counter::default(),
             ringbuf_seen: Arc::new(AtomicU64::new(0)),
@@ -465,6 +474,18 @@ impl AgentMetrics {
     /// The counter of files refused for `reason`.
     pub fn process_file_refused(&self, reason: crate::process_files::Refusal) -> Counter {
         self.process_files_refused
+            .get_or_create(&ProcessFileRefusalLabel {
+                reason: reason.as_str().to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of memory reads refused for `reason`.
+    pub fn process_memory_read_refused(
+        &self,
+        reason: crate::process_memory::MemoryRefusal,
+    ) -> Counter {
+        self.process_memory_reads_refused
             .get_or_create(&ProcessFileRefusalLabel {
                 reason: reason.as_str().to_owned(),
             })

@@ -125,20 +125,21 @@ pub fn parse_maps(text: &str) -> ParsedMaps {
     out
 }
 
-struct MapsLine<'a> {
-    start: u64,
-    end: u64,
-    perms: &'a str,
-    offset: u64,
-    major: u32,
-    minor: u32,
-    inode: u64,
-    path: &'a str,
+/// One line of `/proc/PID/maps` (also read by process_memory.rs, which needs every mapping).
+pub(crate) struct MapsLine<'a> {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) perms: &'a str,
+    pub(crate) offset: u64,
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+    pub(crate) inode: u64,
+    pub(crate) path: &'a str,
 }
 
 impl<'a> MapsLine<'a> {
     /// `start-end perms offset major:minor inode   path` (path optional, may contain spaces).
-    fn parse(line: &'a str) -> Option<Self> {
+    pub(crate) fn parse(line: &'a str) -> Option<Self> {
         let mut rest = line;
         let mut field = || -> Option<&'a str> {
             let trimmed = rest.trim_start_matches(' ');
@@ -683,7 +684,7 @@ impl ProcessCache {
 /// Reads a `/proc` file whole. Its size reads as 0, so `fs::read_to_string` would start from a
 /// 32-byte buffer and double it, a syscall each time (8 reads for an ordinary maps file); 16 KiB
 /// takes most in one.
-fn read_proc_file(path: impl AsRef<Path>) -> std::io::Result<String> {
+pub(crate) fn read_proc_file(path: impl AsRef<Path>) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::with_capacity(16 << 10);
     std::fs::File::open(path)?.read_to_string(&mut text)?;

@@ -210,6 +210,8 @@ pub struct Aggregator {
     perf_maps: PerfMaps,
     /// Refusals of process files already published, by reason (see process_files.rs).
     refusals_seen: [u64; 4],
+    /// Same for the memory door's refusals (`kiln_agent_process_memory_reads_refused_total`).
+    memory_refusals_seen: [u64; 2],
     /// CPython processes and their code objects; `None` when Python frames are switched off.
     python: Option<Python>,
     /// JVMs, their code caches and methods; `None` when Java frames are switched off.
@@ -350,6 +352,7 @@ impl Aggregator {
             frames: Vec::with_capacity(unwind::MAX_FRAMES),
             perf_maps: PerfMaps::new(PerfMapConfig::default(), metrics.clone()),
             refusals_seen: [0; 4],
+            memory_refusals_seen: [0; 2],
             python: None,
             java: None,
             node: None,
@@ -888,7 +891,8 @@ impl Aggregator {
     }
 
     /// Adds the door's refusals (counted on whichever thread opened the file) since the last call
-    /// to `kiln_agent_process_files_refused_total`.
+    /// to `kiln_agent_process_files_refused_total`, and the memory door's to
+    /// `kiln_agent_process_memory_reads_refused_total`.
     fn publish_refusals(&mut self) {
         for (seen, (reason, total)) in self
             .refusals_seen
@@ -897,6 +901,16 @@ impl Aggregator {
         {
             self.metrics
                 .process_file_refused(reason)
+                .inc_by(total.saturating_sub(*seen));
+            *seen = total;
+        }
+        for (seen, (reason, total)) in self
+            .memory_refusals_seen
+            .iter_mut()
+            .zip(crate::process_memory::refusal_totals())
+        {
+            self.metrics
+                .process_memory_read_refused(reason)
                 .inc_by(total.saturating_sub(*seen));
             *seen = total;
         }

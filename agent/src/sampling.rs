@@ -303,6 +303,19 @@ impl Sampler {
         })
     }
 
+    /// The kernel's record of the loaded sampler program: how many instructions its verifier
+    /// processed (`verified_instruction_count`; the kernel refuses a program past 1 M) and, while
+    /// BPF run-time statistics are on (`kernel.bpf_stats_enabled`), its run count and time.
+    pub fn program_info(&self) -> Result<aya::programs::ProgramInfo, SamplerError> {
+        let program: &PerfEvent = self
+            ._ebpf
+            .program(names::PROGRAM)
+            .ok_or(SamplerError::Missing(names::PROGRAM))?
+            .try_into()
+            .map_err(SamplerError::Program)?;
+        program.info().map_err(SamplerError::Program)
+    }
+
     /// Number of CPUs sampled.
     pub fn cpus(&self) -> usize {
         self.cpus

@@ -1,9 +1,22 @@
 //! The agent's own cost on a busy machine, against `perf record --call-graph dwarf` + `perf script`
 //! on the same workload in the same run.
 //!
-//! What runs: two CPU-burning workloads with known call chains, one per CPU (built here with gcc from
-//! `tests/workloads/`: `callchain.c` at -O0 with frame pointers, `nofp_chain.c` at -O2
-//! -fomit-frame-pointer with 8 extra frames), a real `kiln server`, and then, for each frequency,
+//! What runs: for each workload set (`KILN_OH_WORKLOADS`, default `native,python,java,node`), two
+//! CPU-burning threads with known call chains, one per CPU, a real `kiln server`, and then, for each
+//! frequency, the agent and the baseline below. The sets:
+//!
+//! - `native`: built here with gcc from `tests/workloads/`: `callchain.c` at -O0 with frame
+//!   pointers, `nofp_chain.c` at -O2 -fomit-frame-pointer with 8 extra frames;
+//! - `python`: two CPython processes (`python3`, Debian's or pyenv's) running
+//!   `benches/workloads/oh_chain.py`: a pure-Python hot loop under main -> alpha -> 20 levels ->
+//!   beta -> hot;
+//! - `java`: one JVM (`java` of openjdk-17, the class built with `javac`) running
+//!   `benches/workloads/OhChain.java` on two threads, the same chain;
+//! - `node`: two `node` processes running `benches/workloads/oh_chain.js`, the same chain.
+//!
+//! The agent runs with its defaults, so the runtime sets measure whatever it does with those
+//! processes: reading Python frames in the sampler and naming them, and whatever it learns to do
+//! for Java and Node.js, with no change here.
 //!
 //! 1. the real `kiln agent` (the release binary, `target/release/kiln` or `$KILN_BIN`) pushing to
 //!    that server: after a warm-up its CPU (`usage_usec` of a cgroup v2 made for it; `/proc/PID/stat`
@@ -24,8 +37,8 @@
 //! `cargo test --benches` runs this without `--bench`: it then only checks its `/proc` parsers on
 //! itself and returns (no root, no perf, no release build needed).
 //!
-//! Knobs: `KILN_OH_CHURN=1` (add a gcc compile loop: a build machine, new processes all the
-//! time), `KILN_OH_FREQS` (default `19,99`), `KILN_OH_WARMUP` (s, default 15), `KILN_OH_SECONDS`
+//! Knobs: `KILN_OH_WORKLOADS` (default `native,python,java,node`), `KILN_OH_CHURN=1` (add a gcc
+//! compile loop: a build machine, new processes all the time), `KILN_OH_FREQS` (default `19,99`), `KILN_OH_WARMUP` (s, default 15), `KILN_OH_SECONDS`
 //! (s, default 40), `KILN_OH_AGENT_ARGS` (extra agent flags, space-separated), `KILN_OH_NO_PERF=1`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -64,6 +77,41 @@ fn smoke() {
     let stat = "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n";
     assert_eq!(usage_seconds(stat), Some(1.5));
     assert_eq!(usage_seconds("user_usec 1\n"), None);
+    // The runtime workloads parse (cheap: no JVM; javac would take seconds).
+    let programs = workspace().join("benches/workloads");
+    for (tool_name, args) in [
+        (
+            "python3",
+            vec![
+                "-c".into(),
+                "import ast, sys; ast.parse(open(sys.argv[1]).read())".into(),
+                programs.join("oh_chain.py").display().to_string(),
+            ],
+        ),
+        (
+            "node",
+            vec![
+                "--check".into(),
+                programs.join("oh_chain.js").display().to_string(),
+            ],
+        ),
+    ] {
+        match tool(tool_name) {
+            Ok(t) => {
+                let st = Command::new(t).args(&args).status().expect(tool_name);
+                assert!(
+                    st.success(),
+                    "{tool_name} {args:?} failed: the workload does not parse"
+                );
+            }
+            Err(e) => println!("agent_overhead: workload syntax not checked: {e}"),
+        }
+    }
+    assert!(programs.join("OhChain.java").is_file());
+    assert_eq!(
+        Workload::ALL.map(Workload::name).join(","),
+        "native,python,java,node"
+    );
     println!(
         "agent_overhead: test mode (no --bench): parsers checked; the measurement needs \
          `cargo bench -p kiln-benches --bench agent_overhead` as root"
@@ -346,7 +394,148 @@ fn run_measured(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<f64>
     Ok(secs(ru.ru_utime) + secs(ru.ru_stime))
 }
 
+/// What keeps the CPUs busy while the agent is measured (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Native,
+    Python,
+    Java,
+    Node,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] = [
+        Workload::Native,
+        Workload::Python,
+        Workload::Java,
+        Workload::Node,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Native => "native",
+            Workload::Python => "python",
+            Workload::Java => "java",
+            Workload::Node => "node",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Workload::Native => {
+                "callchain (gcc -O0, FP) and nofp_chain (gcc -O2 -fomit-frame-pointer, 8 extra frames)"
+            }
+            Workload::Python => "2 x python3 oh_chain.py (pure-Python hot loop, 24-deep chain)",
+            Workload::Java => "1 JVM, 2 threads of OhChain (24-deep chain)",
+            Workload::Node => "2 x node oh_chain.js (24-deep chain)",
+        }
+    }
+
+    /// `KILN_OH_WORKLOADS`: names separated by commas.
+    fn from_env() -> Result<Vec<Workload>> {
+        let list =
+            std::env::var("KILN_OH_WORKLOADS").unwrap_or_else(|_| "native,python,java,node".into());
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                Workload::ALL
+                    .into_iter()
+                    .find(|w| w.name() == n)
+                    .ok_or_else(|| format!("KILN_OH_WORKLOADS: unknown workload {n:?}"))
+            })
+            .collect()
+    }
+
+    /// Starts the workload's processes (built in `dir` where they need building).
+    fn start(self, root: &Path, dir: &Path) -> Result<Vec<Guard>> {
+        let programs = root.join("benches/workloads");
+        // The call chain's extra depth: main -> alpha -> 20 levels -> beta -> hot.
+        let depth = "20";
+        match self {
+            Workload::Native => {
+                let fp = dir.join("callchain_fp");
+                let nofp = dir.join("nofp_chain");
+                let wl = root.join("tests/workloads");
+                gcc(
+                    &wl.join("callchain.c"),
+                    &fp,
+                    &["-O0", "-g", "-fno-omit-frame-pointer"],
+                )?;
+                gcc(
+                    &wl.join("nofp_chain.c"),
+                    &nofp,
+                    &["-O2", "-g", "-fomit-frame-pointer"],
+                )?;
+                Ok(vec![
+                    spawn(Command::new(&fp).arg("100000"))?,
+                    spawn(Command::new(&nofp).args(["100000", "8"]))?,
+                ])
+            }
+            Workload::Python => (0..2)
+                .map(|_| {
+                    spawn(
+                        Command::new(tool("python3")?)
+                            .arg(programs.join("oh_chain.py"))
+                            .arg(depth),
+                    )
+                })
+                .collect(),
+            Workload::Java => {
+                let classes = dir.join("java-classes");
+                let status = Command::new(tool("javac")?)
+                    .arg("-d")
+                    .arg(&classes)
+                    .arg(programs.join("OhChain.java"))
+                    .status()
+                    .map_err(|e| format!("javac: {e}"))?;
+                if !status.success() {
+                    return Err("javac failed on OhChain.java".into());
+                }
+                Ok(vec![spawn(
+                    Command::new(tool("java")?)
+                        .arg("-cp")
+                        .arg(&classes)
+                        .args(["OhChain", depth, "2"]),
+                )?])
+            }
+            Workload::Node => (0..2)
+                .map(|_| {
+                    spawn(
+                        Command::new(tool("node")?)
+                            .arg(programs.join("oh_chain.js"))
+                            .arg(depth),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `name` from `PATH`, or a message saying what to install.
+fn tool(name: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "{name} not found on PATH: install it (python3; openjdk-17-jdk-headless for java \
+                 and javac; Node.js for node) or leave its workload out of KILN_OH_WORKLOADS"
+            )
+        })
+}
+
+fn spawn(cmd: &mut Command) -> Result<Guard> {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(|c| Guard(Some(c)))
+        .map_err(|e| format!("{cmd:?}: {e}"))
+}
+
 struct AgentRun {
+    workload: Workload,
     freq: u64,
     seconds: f64,
     cpu_s: f64,
@@ -364,7 +553,16 @@ struct PerfRun {
     record_cpu_s: f64,
     script_cpu_s: f64,
     samples: u64,
-    data_bytes: u64,
+}
+
+/// What one measurement needs besides the workload.
+struct Setup {
+    kiln: PathBuf,
+    server_addr: String,
+    warmup: Duration,
+    seconds: Duration,
+    extra: Vec<String>,
+    dir: PathBuf,
 }
 
 fn run() -> Result<()> {
@@ -382,49 +580,33 @@ fn run() -> Result<()> {
             kiln.display()
         ));
     }
+    let workloads = Workload::from_env()?;
     let freqs: Vec<u64> = std::env::var("KILN_OH_FREQS")
         .unwrap_or_else(|_| "19,99".into())
         .split(',')
         .filter_map(|f| f.trim().parse().ok())
         .collect();
-    let warmup = Duration::from_secs(env_u64("KILN_OH_WARMUP", 15));
-    let seconds = Duration::from_secs(env_u64("KILN_OH_SECONDS", 40));
     let with_perf = std::env::var_os("KILN_OH_NO_PERF").is_none();
-    let extra: Vec<String> = std::env::var("KILN_OH_AGENT_ARGS")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let fp = dir.path().join("callchain_fp");
-    let nofp = dir.path().join("nofp_chain");
-    let wl = root.join("tests/workloads");
-    gcc(
-        &wl.join("callchain.c"),
-        &fp,
-        &["-O0", "-g", "-fno-omit-frame-pointer"],
-    )?;
-    gcc(
-        &wl.join("nofp_chain.c"),
-        &nofp,
-        &["-O2", "-g", "-fomit-frame-pointer"],
-    )?;
-    let spawn = |cmd: &mut Command| -> Result<Guard> {
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(|c| Guard(Some(c)))
-            .map_err(|e| format!("{cmd:?}: {e}"))
+    let setup = Setup {
+        kiln: kiln.clone(),
+        server_addr: format!("127.0.0.1:{}", free_port()?),
+        warmup: Duration::from_secs(env_u64("KILN_OH_WARMUP", 15)),
+        seconds: Duration::from_secs(env_u64("KILN_OH_SECONDS", 40)),
+        extra: std::env::var("KILN_OH_AGENT_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        dir: dir.path().to_path_buf(),
     };
-    let _w1 = spawn(Command::new(&fp).arg("100000"))?;
-    let _w2 = spawn(Command::new(&nofp).args(["100000", "8"]))?;
+
     // The build-machine case: a new compiler process tree (gcc, cc1, as, collect2, ld) every few
     // hundred milliseconds, each a new process whose maps, build IDs and tables the agent reads.
     let churn = std::env::var_os("KILN_OH_CHURN").is_some();
-    let _w3 = if churn {
+    let _churn = if churn {
         let out = dir.path().join("churn.out");
-        let src = wl.join("nofp_chain.c");
+        let src = root.join("tests/workloads/nofp_chain.c");
         Some(spawn(Command::new("sh").arg("-c").arg(format!(
             "while :; do gcc -O2 -g -o '{}' '{}' || exit 1; done",
             out.display(),
@@ -434,161 +616,186 @@ fn run() -> Result<()> {
         None
     };
 
-    let server_addr = format!("127.0.0.1:{}", free_port()?);
     let mut server = spawn(
         Command::new(&kiln)
-            .args(["server", "--listen", &server_addr, "--data-dir"])
+            .args(["server", "--listen", &setup.server_addr, "--data-dir"])
             .arg(dir.path().join("data")),
     )?;
-    wait_healthy(&server_addr, &mut server, "kiln server")?;
+    wait_healthy(&setup.server_addr, &mut server, "kiln server")?;
     println!(
-        "agent_overhead: kiln {} ; workloads: {} (gcc -O0, FP) and {} (gcc -O2 -fomit-frame-pointer, \
-         8 extra frames), one per CPU{}; warm-up {} s, measured {} s",
+        "agent_overhead: kiln {}; workloads {}{}; warm-up {} s, measured {} s",
         kiln.display(),
-        fp.display(),
-        nofp.display(),
+        workloads
+            .iter()
+            .map(|w| w.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         if churn {
-            ", plus a gcc compile loop (KILN_OH_CHURN)"
+            ", each beside a gcc compile loop (KILN_OH_CHURN)"
         } else {
             ""
         },
-        warmup.as_secs(),
-        seconds.as_secs()
+        setup.warmup.as_secs(),
+        setup.seconds.as_secs()
     );
 
-    let mut agent_runs = Vec::new();
-    let mut perf_runs = Vec::new();
-    for &freq in &freqs {
-        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
-        let mut agent = spawn(
-            Command::new(&kiln)
-                .args(["agent", "--server-url"])
-                .arg(format!("http://{server_addr}"))
-                .args(["--frequency", &freq.to_string()])
-                .args(["--metrics-listen", &metrics_addr])
-                .args(&extra),
-        )?;
-        wait_healthy(&metrics_addr, &mut agent, "kiln agent")?;
-        let pid = agent.pid();
-        // A cgroup of its own: microsecond CPU totals of all its threads, exited ones included.
-        let cgroup = CpuCgroup::create(
-            &format!("kiln-agent-overhead-{}-{freq}", std::process::id()),
-            pid,
-        );
-        let cpu = |pid: u32| -> Result<f64> {
-            match &cgroup {
-                Some(cg) => cg.cpu_seconds(),
-                None => cpu_seconds(pid),
-            }
-        };
-        std::thread::sleep(warmup);
-        let m0 = http_get(&metrics_addr, "/metrics")?;
-        let (c0, t0) = (cpu(pid)?, Instant::now());
-        std::thread::sleep(seconds);
-        let c1 = cpu(pid)?;
-        let elapsed = t0.elapsed().as_secs_f64();
-        let m1 = http_get(&metrics_addr, "/metrics")?;
-        let mem = memory(pid)?;
-        agent.stop(Duration::from_secs(10));
-        let d = |name: &str| metric_sum(&m1, name) - metric_sum(&m0, name);
-        let run = AgentRun {
-            freq,
-            seconds: elapsed,
-            cpu_s: c1 - c0,
-            samples: d("kiln_agent_samples_received_total"),
-            unwind_s: d("kiln_agent_unwind_seconds_total"),
-            build_s: d("kiln_agent_unwind_build_seconds_total"),
-            stacks: d("kiln_agent_unwind_stacks_total"),
-            frames: d("kiln_agent_unwind_frames_total"),
-            memo_hits: d("kiln_agent_unwind_memo_hits_total"),
-            ring_drops: metric_sum(&m1, "kiln_agent_samples_dropped_total"),
-            mem,
-        };
-        println!(
-            "  agent {freq} Hz: {:.3} s CPU ({}) in {:.1} s, {:.0} samples ({:.0}/s), {:.0} stacks \
-             unwound ({:.1} frames/stack; {:.1} % from the stack memo; walks {:.3} s, unwinder \
-             builds {:.3} s), {:.0} samples dropped since start, RSS {} KiB (anon {} KiB, file {} KiB), peak {} KiB",
-            run.cpu_s,
-            if cgroup.is_some() {
-                "cgroup cpu.stat"
+    let mut runs: Vec<(AgentRun, Option<PerfRun>)> = Vec::new();
+    for &workload in &workloads {
+        println!("workload {}: {}", workload.name(), workload.describe());
+        let _running = workload.start(&root, dir.path())?;
+        for &freq in &freqs {
+            let agent = measure_agent(&setup, workload, freq)?;
+            let perf = if with_perf {
+                Some(measure_perf(&setup, freq)?)
             } else {
-                "/proc/PID/stat ticks"
-            },
-            run.seconds,
-            run.samples,
-            run.samples / run.seconds,
-            run.stacks,
-            run.frames / run.stacks.max(1.0),
-            100.0 * run.memo_hits / run.stacks.max(1.0),
-            run.unwind_s,
-            run.build_s,
-            run.ring_drops,
-            mem.rss_kib,
-            mem.anon_kib,
-            mem.file_kib,
-            mem.hwm_kib
-        );
-        agent_runs.push(run);
-
-        if with_perf {
-            let data = dir.path().join(format!("perf-{freq}.data"));
-            let record_cpu = run_measured(
-                Command::new("perf")
-                    .args(["record", "-e", "cpu-clock", "-F", &freq.to_string()])
-                    .args(["-a", "--call-graph", "dwarf", "-q", "-o"])
-                    .arg(&data)
-                    .args(["--", "sleep", &seconds.as_secs().to_string()]),
-                |_| {},
-            )?;
-            let data_bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
-            let mut samples = 0u64;
-            // perf script's default also runs addr2line on every DSO for inlined frames, which
-            // on a machine with big Rust/LLVM libraries takes minutes; `--no-inline` keeps its
-            // DWARF unwinding and symbol lookup. KILN_OH_PERF_INLINE=1 measures the default.
-            let mut script = Command::new("perf");
-            script.args(["script", "-i"]).arg(&data);
-            if std::env::var_os("KILN_OH_PERF_INLINE").is_none() {
-                script.arg("--no-inline");
-            }
-            let script_cpu = run_measured(&mut script, |l| {
-                // A sample starts with an unindented header line; frames are indented.
-                if !l.starts_with([' ', '\t', '\n']) {
-                    samples += 1;
-                }
-            })?;
-            let _ = std::fs::remove_file(&data);
-            println!(
-                "  perf  {freq} Hz: record {record_cpu:.2} s CPU, script {script_cpu:.2} s CPU, \
-                 {samples} samples, {:.1} MB of perf.data",
-                data_bytes as f64 / 1e6
-            );
-            perf_runs.push(PerfRun {
-                record_cpu_s: record_cpu,
-                script_cpu_s: script_cpu,
-                samples,
-                data_bytes,
-            });
+                None
+            };
+            runs.push((agent, perf));
         }
     }
     server.stop(Duration::from_secs(10));
+    print_table(&runs);
+    Ok(())
+}
 
+/// The agent at `freq` on the running workload: CPU over the measured interval, samples, RSS.
+fn measure_agent(setup: &Setup, workload: Workload, freq: u64) -> Result<AgentRun> {
+    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+    let mut agent = spawn(
+        Command::new(&setup.kiln)
+            .args(["agent", "--server-url"])
+            .arg(format!("http://{}", setup.server_addr))
+            .args(["--frequency", &freq.to_string()])
+            .args(["--metrics-listen", &metrics_addr])
+            .args(&setup.extra),
+    )?;
+    wait_healthy(&metrics_addr, &mut agent, "kiln agent")?;
+    let pid = agent.pid();
+    // A cgroup of its own: microsecond CPU totals of all its threads, exited ones included.
+    let cgroup = CpuCgroup::create(
+        &format!(
+            "kiln-agent-overhead-{}-{}-{freq}",
+            std::process::id(),
+            workload.name()
+        ),
+        pid,
+    );
+    let cpu = |pid: u32| -> Result<f64> {
+        match &cgroup {
+            Some(cg) => cg.cpu_seconds(),
+            None => cpu_seconds(pid),
+        }
+    };
+    std::thread::sleep(setup.warmup);
+    let m0 = http_get(&metrics_addr, "/metrics")?;
+    let (c0, t0) = (cpu(pid)?, Instant::now());
+    std::thread::sleep(setup.seconds);
+    let c1 = cpu(pid)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let m1 = http_get(&metrics_addr, "/metrics")?;
+    let mem = memory(pid)?;
+    agent.stop(Duration::from_secs(10));
+    let d = |name: &str| metric_sum(&m1, name) - metric_sum(&m0, name);
+    let run = AgentRun {
+        workload,
+        freq,
+        seconds: elapsed,
+        cpu_s: c1 - c0,
+        samples: d("kiln_agent_samples_received_total"),
+        unwind_s: d("kiln_agent_unwind_seconds_total"),
+        build_s: d("kiln_agent_unwind_build_seconds_total"),
+        stacks: d("kiln_agent_unwind_stacks_total"),
+        frames: d("kiln_agent_unwind_frames_total"),
+        memo_hits: d("kiln_agent_unwind_memo_hits_total"),
+        ring_drops: metric_sum(&m1, "kiln_agent_samples_dropped_total"),
+        mem,
+    };
+    println!(
+        "  agent {freq} Hz: {:.3} s CPU ({}) in {:.1} s, {:.0} samples ({:.0}/s), {:.0} stacks \
+         unwound ({:.1} frames/stack; {:.1} % from the stack memo; walks {:.3} s, unwinder \
+         builds {:.3} s), {:.0} samples dropped since start, RSS {} KiB (anon {} KiB, file {} KiB), peak {} KiB",
+        run.cpu_s,
+        if cgroup.is_some() {
+            "cgroup cpu.stat"
+        } else {
+            "/proc/PID/stat ticks"
+        },
+        run.seconds,
+        run.samples,
+        run.samples / run.seconds,
+        run.stacks,
+        run.frames / run.stacks.max(1.0),
+        100.0 * run.memo_hits / run.stacks.max(1.0),
+        run.unwind_s,
+        run.build_s,
+        run.ring_drops,
+        mem.rss_kib,
+        mem.anon_kib,
+        mem.file_kib,
+        mem.hwm_kib
+    );
+    Ok(run)
+}
+
+/// The baseline: `perf record --call-graph dwarf` for the same interval, then `perf script`.
+fn measure_perf(setup: &Setup, freq: u64) -> Result<PerfRun> {
+    let data = setup.dir.join(format!("perf-{freq}.data"));
+    let record_cpu = run_measured(
+        Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", &freq.to_string()])
+            .args(["-a", "--call-graph", "dwarf", "-q", "-o"])
+            .arg(&data)
+            .args(["--", "sleep", &setup.seconds.as_secs().to_string()]),
+        |_| {},
+    )?;
+    let data_bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    let mut samples = 0u64;
+    // perf script's default also runs addr2line on every DSO for inlined frames, which on a
+    // machine with big Rust/LLVM libraries takes minutes; `--no-inline` keeps its DWARF
+    // unwinding and symbol lookup. KILN_OH_PERF_INLINE=1 measures the default.
+    let mut script = Command::new("perf");
+    script.args(["script", "-i"]).arg(&data);
+    if std::env::var_os("KILN_OH_PERF_INLINE").is_none() {
+        script.arg("--no-inline");
+    }
+    let script_cpu = run_measured(&mut script, |l| {
+        // A sample starts with an unindented header line; frames are indented.
+        if !l.starts_with([' ', '\t', '\n']) {
+            samples += 1;
+        }
+    })?;
+    let _ = std::fs::remove_file(&data);
+    println!(
+        "  perf  {freq} Hz: record {record_cpu:.2} s CPU, script {script_cpu:.2} s CPU, \
+         {samples} samples, {:.1} MB of perf.data",
+        data_bytes as f64 / 1e6
+    );
+    Ok(PerfRun {
+        record_cpu_s: record_cpu,
+        script_cpu_s: script_cpu,
+        samples,
+    })
+}
+
+/// The agent's figures against the targets and against `perf script` in the same run.
+fn print_table(runs: &[(AgentRun, Option<PerfRun>)]) {
     println!();
     println!(
-        "| freq | agent CPU | samples/s | agent % of a CPU per 100 samples/s (<= 0.3) | agent RSS end / peak MiB (<= 64) | kiln unwind us/sample: walk + unwinder builds = total | perf record+script CPU us/sample | perf script us/sample | perf script / kiln unwind total (>= 100x) | perf script / kiln walk |"
+        "| workload | freq | agent CPU | samples/s | agent % of a CPU per 100 samples/s (<= 0.3) | agent RSS end / peak MiB (<= 64) | targets | kiln unwind us/sample: walk + unwinder builds = total | perf record+script CPU us/sample | perf script us/sample | perf script / kiln unwind total (>= 100x) | perf script / kiln walk |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (i, a) in agent_runs.iter().enumerate() {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (a, perf) in runs {
         let rate = a.samples / a.seconds;
         let pct = 100.0 * a.cpu_s / a.seconds;
         let per100 = pct / (rate / 100.0).max(f64::MIN_POSITIVE);
+        let peak_mib = a.mem.hwm_kib as f64 / 1024.0;
         let walk_us = 1e6 * a.unwind_s / a.stacks.max(1.0);
         let build_us = 1e6 * a.build_s / a.stacks.max(1.0);
         let unwind_us = walk_us + build_us;
-        let (perf_all, perf_script, ratio, ratio_walk) = match perf_runs.get(i) {
+        let (perf_all, perf_script, ratio, ratio_walk) = match perf {
             Some(p) if p.samples > 0 => {
                 let all = 1e6 * (p.record_cpu_s + p.script_cpu_s) / p.samples as f64;
                 let script = 1e6 * p.script_cpu_s / p.samples as f64;
-                let _ = p.data_bytes;
                 (
                     format!("{all:.1}"),
                     format!("{script:.1}"),
@@ -598,14 +805,20 @@ fn run() -> Result<()> {
             }
             _ => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
+        let met = if per100 <= 0.3 && peak_mib <= 64.0 {
+            "met"
+        } else {
+            "NOT met"
+        };
         println!(
-            "| {} Hz | {:.3} % | {:.0} | {:.3} % | {:.1} / {:.1} | {:.2} + {:.2} = {:.2} | {} | {} | {} | {} |",
+            "| {} | {} Hz | {:.3} % | {:.0} | {:.3} % | {:.1} / {:.1} | {met} | {:.2} + {:.2} = {:.2} | {} | {} | {} | {} |",
+            a.workload.name(),
             a.freq,
             pct,
             rate,
             per100,
             a.mem.rss_kib as f64 / 1024.0,
-            a.mem.hwm_kib as f64 / 1024.0,
+            peak_mib,
             walk_us,
             build_us,
             unwind_us,
@@ -616,12 +829,15 @@ fn run() -> Result<()> {
         );
     }
     println!(
-        "\nagent CPU per sample (all of it: unwind, aggregation, pprof, shipping), us: {}",
-        agent_runs
-            .iter()
-            .map(|a| format!("{} Hz {:.1}", a.freq, 1e6 * a.cpu_s / a.samples.max(1.0)))
+        "\nagent CPU per sample (all of it: unwind, runtime frames, aggregation, pprof, shipping), us: {}",
+        runs.iter()
+            .map(|(a, _)| format!(
+                "{} {} Hz {:.1}",
+                a.workload.name(),
+                a.freq,
+                1e6 * a.cpu_s / a.samples.max(1.0)
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    Ok(())
 }

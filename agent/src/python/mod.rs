@@ -34,8 +34,6 @@ pub mod layouts;
 pub mod lines;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -44,6 +42,7 @@ use object::read::ReadCache;
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 use crate::buildid::{FileId, MappedFile};
+use crate::process_memory::ProcessMemory;
 use crate::procmaps::{MappingKind, Process};
 use layouts::Layout;
 
@@ -54,6 +53,8 @@ pub const MAX_CACHED_CODES: usize = 32_768;
 const MAX_STRING_CHARS: u64 = 1024;
 /// Largest line table read; a larger one gives frames without lines.
 const MAX_LINE_TABLE: u64 = 64 << 10;
+/// Most processes whose memory readers are kept open within a window.
+const MAX_MEMORY_READERS: usize = 16;
 /// Largest interpreter object file parsed for its symbols.
 const MAX_INTERPRETER_BYTES: u64 = 1 << 30;
 
@@ -254,7 +255,18 @@ pub enum PyStack {
     },
     /// A CPython process that cannot be read: its native frames, plus this frame at the root.
     Unreadable(Arc<str>),
+    /// The sampler found no thread state for the sampled thread. A thread that does not run
+    /// Python (a native helper thread) keeps its native stack as it is; one whose native stack
+    /// runs the eval loop gets [`THREAD_STATE_NOT_FOUND`] at its root rather than a silent
+    /// native-only stack.
+    NoThreadState(Arc<Target>),
 }
+
+/// The frame of a sample of a thread running Python whose thread state the sampler did not find:
+/// it searches the first interpreter's threads only, and at most `KILN_PY_MAX_THREADS` (64) of
+/// them, newest first (sampler-bpf/src/sampler.bpf.c).
+pub const THREAD_STATE_NOT_FOUND: &str =
+    "[python: thread state not found: a subinterpreter, or beyond the first 64 threads]";
 
 /// One element of a spliced user stack, leaf first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,6 +293,14 @@ impl PyStack {
                 out.push(StackItem::Marker(why));
                 return out;
             }
+            PyStack::NoThreadState(target) => {
+                let mut out: Vec<StackItem<'a>> =
+                    user.iter().map(|&a| StackItem::Native(a)).collect();
+                if user.iter().any(|&a| target.is_eval(a)) {
+                    out.push(StackItem::Marker(THREAD_STATE_NOT_FOUND));
+                }
+                return out;
+            }
             PyStack::Frames {
                 target,
                 frames,
@@ -305,13 +325,22 @@ impl PyStack {
         let (first, last) = (evals.first().copied(), evals.last().copied());
         let mut out = Vec::with_capacity(user.len() + frames.len() + 1);
         let mut next = groups.iter();
+        // A cut chain is marked where its frames are missing: right after the outermost Python
+        // frame read, under the native frames of the calls whose frames were not read.
+        let mut cut = *cut;
         for (i, &addr) in user.iter().enumerate() {
             if target.is_eval(addr) {
                 match next.next() {
                     Some(g) => out.extend(g.iter().map(StackItem::Python)),
-                    // More native eval calls than Python frames read: a call just starting or
-                    // ending; the native frame stays.
-                    None => out.push(StackItem::Native(addr)),
+                    // More native eval calls than Python frames read: the chain was cut (these
+                    // calls ran the frames not read), or a call is just starting or ending; the
+                    // native frame stays.
+                    None => {
+                        if let Some(cut) = cut.take() {
+                            out.push(StackItem::Marker(cut));
+                        }
+                        out.push(StackItem::Native(addr));
+                    }
                 }
                 continue;
             }
@@ -385,7 +414,9 @@ pub struct Python {
     bpf: Option<BpfHashMap<MapData, u32, PyProc>>,
     codes: HashMap<CodeKey, CodeInfo>,
     window: u64,
-    mem: Option<(u32, u64, File)>,
+    /// Memory readers of the processes read in this window (at most [`MAX_MEMORY_READERS`]),
+    /// by pid: each holds the process's mappings, so that reads stay off FUSE and network files.
+    mem: HashMap<u32, ProcessMemory>,
     /// The detection thread, when there is one (see [`Python::with_detector`]).
     detector: Option<Detector>,
 }
@@ -408,7 +439,7 @@ impl Python {
             bpf,
             codes: HashMap::new(),
             window: 0,
-            mem: None,
+            mem: HashMap::new(),
             detector: None,
         }
     }
@@ -546,8 +577,11 @@ impl Python {
             Detection::Readable(t) => t.clone(),
         };
         let cut = match status {
-            // A sample before registration, or a thread that does not run Python: native only.
-            PyStatus::None | PyStatus::NoThread => return None,
+            // A sample before registration: native only.
+            PyStatus::None => return None,
+            // A thread that does not run Python, or one the sampler's search missed (see
+            // `PyStack::NoThreadState`: the native stack tells them apart).
+            PyStatus::NoThread => return Some(PyStack::NoThreadState(target)),
             PyStatus::Complete => None,
             PyStatus::Truncated => Some("[truncated: too many Python frames]"),
             PyStatus::ReadFailed => Some("[truncated: Python frame unreadable]"),
@@ -740,19 +774,27 @@ impl Python {
         Ok(data.into_boxed_slice())
     }
 
-    /// Reads the process's memory (`/proc/PID/mem`, kept open for the last process read).
+    /// Reads the process's memory through its [`ProcessMemory`] (opened once per window).
     fn read(&mut self, p: &Process, addr: u64, buf: &mut [u8]) -> Result<(), CodeError> {
-        let open = matches!(&self.mem, Some((pid, st, _)) if *pid == p.pid && *st == p.start_time);
-        if !open {
-            let f =
-                File::open(format!("/proc/{}/mem", p.pid)).map_err(|_| CodeError::Unreadable)?;
-            self.mem = Some((p.pid, p.start_time, f));
+        if !self
+            .mem
+            .get(&p.pid)
+            .is_some_and(|m| m.is_of(p.pid, p.start_time))
+        {
+            if self.mem.len() >= MAX_MEMORY_READERS {
+                self.mem.clear();
+            }
+            let m = ProcessMemory::open(p.pid, p.start_time).map_err(|e| {
+                tracing::debug!(pid = p.pid, error = %e, "cannot read a Python process's memory");
+                CodeError::Unreadable
+            })?;
+            self.mem.insert(p.pid, m);
         }
-        let Some((_, _, f)) = &self.mem else {
-            return Err(CodeError::Unreadable);
-        };
-        f.read_exact_at(buf, addr)
-            .map_err(|_| CodeError::Unreadable)
+        let m = self.mem.get_mut(&p.pid).ok_or(CodeError::Unreadable)?;
+        m.read(addr, buf).map_err(|e| {
+            tracing::trace!(pid = p.pid, error = %e, "Python object unreadable");
+            CodeError::Unreadable
+        })
     }
 
     /// Ends a window: cached code objects are re-checked when next used, processes that are gone
@@ -774,7 +816,7 @@ impl Python {
             }
             self.codes.retain(|k, _| k.pid != pid);
         }
-        self.mem = None;
+        self.mem.clear();
     }
 }
 
@@ -924,6 +966,55 @@ mod tests {
         assert_eq!(
             names(&unreadable.splice(&[0x1100, 0x10], file)),
             ["0x1100", "0x10", "[python: unsupported version 3.14]"]
+        );
+    }
+
+    /// More than `MAX_PY_FRAMES` Python frames: the sampler read the innermost ones. The cut is
+    /// marked like a cut native stack (a `[truncated: …]` frame), where the frames are missing:
+    /// above the native eval calls whose frames were not read, below the native root.
+    #[test]
+    fn a_cut_python_chain_is_marked_where_its_frames_are_missing() {
+        let stack = PyStack::Frames {
+            target: target(),
+            frames: vec![frame("hot", false), frame("recurse", true)],
+            cut: Some("[truncated: too many Python frames]"),
+        };
+        // leaf eval, libpython machinery, two outer evals (their frames not read), main.
+        let user = [0x1100, 0x3000, 0x1200, 0x3100, 0x1300, 0x10];
+        let file = |a: u64| {
+            Some(FileId {
+                major: 1,
+                minor: 1,
+                inode: if a == 0x10 { 9 } else { 7 },
+            })
+        };
+        assert_eq!(
+            names(&stack.splice(&user, file)),
+            [
+                "hot",
+                "recurse",
+                "[truncated: too many Python frames]",
+                "0x1200",
+                "0x1300",
+                "0x10"
+            ]
+        );
+    }
+
+    /// A thread the sampler found no thread state for: a native thread of a Python process keeps
+    /// its stack unmarked; a thread that is running the eval loop (a subinterpreter's, or one
+    /// beyond the sampler's search) says so instead of passing for a native-only stack.
+    #[test]
+    fn a_python_thread_without_thread_state_is_marked() {
+        let stack = PyStack::NoThreadState(target());
+        let file = |_| None;
+        assert_eq!(
+            names(&stack.splice(&[0x9000, 0x10], file)),
+            ["0x9000", "0x10"]
+        );
+        assert_eq!(
+            names(&stack.splice(&[0x500, 0x1100, 0x3000, 0x10], file)),
+            ["0x500", "0x1100", "0x3000", "0x10", THREAD_STATE_NOT_FOUND]
         );
     }
 }
