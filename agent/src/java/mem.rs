@@ -1,17 +1,21 @@
-//! Reads of a JVM's memory through `/proc/PID/mem` (the agent never attaches to the process).
+//! Reads of a JVM's memory through `/proc/PID/mem` (the agent never attaches to the process), by
+//! way of the agent's one door to process memory ([`ProcessMemory`]: no reads of FUSE- or
+//! network-backed mappings).
 //!
 //! A read that fails (the process exited, the address is unmapped) is an error the caller turns
 //! into a named frame; nothing read here is trusted beyond its bounds: lengths are capped by the
 //! callers.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+use crate::process_memory::ProcessMemory;
 
 /// The memory of one process, opened once (a `/proc/PID/mem` file stays bound to the process it
-/// was opened for, so a reused pid can never be read through it).
+/// was opened for, so a reused pid can never be read through it). The lock is uncontended: the
+/// detection thread hands a JVM over before the sampling thread reads it.
 #[derive(Debug)]
 pub struct Mem {
-    file: File,
+    inner: Mutex<ProcessMemory>,
 }
 
 /// A read outside the process's readable memory.
@@ -19,9 +23,9 @@ pub struct Mem {
 pub struct Unreadable;
 
 impl Mem {
-    pub fn open(pid: u32) -> std::io::Result<Mem> {
+    pub fn open(pid: u32, start_time: u64) -> Result<Mem, crate::process_memory::MemoryError> {
         Ok(Mem {
-            file: File::open(format!("/proc/{pid}/mem"))?,
+            inner: Mutex::new(ProcessMemory::open(pid, start_time)?),
         })
     }
 
@@ -30,7 +34,8 @@ impl Mem {
         if addr == 0 {
             return Err(Unreadable);
         }
-        self.file.read_exact_at(buf, addr).map_err(|_| Unreadable)
+        let mut m = self.inner.lock().map_err(|_| Unreadable)?;
+        m.read(addr, buf).map_err(|_| Unreadable)
     }
 
     pub fn u64(&self, addr: u64) -> Result<u64, Unreadable> {

@@ -167,7 +167,7 @@ pub fn detect(p: &Process) -> Detection {
     if syms.addrs.len() < vmstructs::SYMBOL_NAMES.len() {
         return unreadable(VmStructsError::NoSymbols.to_string());
     }
-    let mem = match Mem::open(p.pid) {
+    let mem = match Mem::open(p.pid, p.start_time) {
         Ok(m) => m,
         Err(e) => return unreadable(format!("memory unreadable ({e})")),
     };

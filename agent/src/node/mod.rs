@@ -35,8 +35,6 @@
 pub mod layout;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use object::read::ReadCache;
@@ -224,12 +222,11 @@ pub trait Memory {
     }
 }
 
-/// `/proc/PID/mem`.
-pub struct ProcMem<'a>(pub &'a File);
-
-impl Memory for ProcMem<'_> {
+/// `/proc/PID/mem`, through the agent's one door to process memory (no reads of FUSE- or
+/// network-backed mappings: see process_memory.rs).
+impl Memory for crate::process_memory::ProcessMemory {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
-        self.0.read_exact_at(buf, addr).is_ok()
+        crate::process_memory::ProcessMemory::read(self, addr, buf).is_ok()
     }
 }
 
@@ -379,7 +376,7 @@ pub fn name_function(
     mem: &mut impl Memory,
     function: u64,
 ) -> Result<JsFrame, NameError> {
-    let id = identity(l, mem, function)?;
+    let id = identity(l, &mut *mem, function)?;
     Ok(name_identity(l, mem, id))
 }
 
@@ -515,7 +512,7 @@ pub struct Node {
     procs: HashMap<u32, ProcState>,
     functions: HashMap<FnKey, FnEntry>,
     window: u64,
-    mem: Option<(u32, u64, File)>,
+    mem: Option<crate::process_memory::ProcessMemory>,
     detector: Option<Detector>,
 }
 
@@ -711,18 +708,17 @@ impl Node {
             return Ok(e.frame.clone());
         }
         self.open_mem(p)?;
-        let Some((_, _, file)) = &self.mem else {
+        let Some(mem) = self.mem.as_mut() else {
             return Err(NameError::Unreadable);
         };
-        let mut mem = ProcMem(file);
-        let id = identity(l, &mut mem, function)?;
+        let id = identity(l, &mut *mem, function)?;
         if let Some(e) = self.functions.get_mut(&key)
             && e.identity == id
         {
             e.checked_window = window;
             return Ok(e.frame.clone());
         }
-        let frame = Arc::new(name_identity(l, &mut mem, id));
+        let frame = Arc::new(name_identity(l, &mut *mem, id));
         if self.functions.len() >= MAX_CACHED_FUNCTIONS {
             tracing::debug!("JavaScript function cache full: emptied");
             self.functions.clear();
@@ -740,11 +736,11 @@ impl Node {
 
     /// Opens `/proc/PID/mem` of `p` (kept open for the last process read).
     fn open_mem(&mut self, p: &Process) -> Result<(), NameError> {
-        let open = matches!(&self.mem, Some((pid, st, _)) if *pid == p.pid && *st == p.start_time);
+        let open = matches!(&self.mem, Some(m) if m.is_of(p.pid, p.start_time));
         if !open {
-            let f =
-                File::open(format!("/proc/{}/mem", p.pid)).map_err(|_| NameError::Unreadable)?;
-            self.mem = Some((p.pid, p.start_time, f));
+            let m = crate::process_memory::ProcessMemory::open(p.pid, p.start_time)
+                .map_err(|_| NameError::Unreadable)?;
+            self.mem = Some(m);
         }
         Ok(())
     }

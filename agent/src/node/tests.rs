@@ -226,11 +226,11 @@ process.stdin.resume();
         b0 < b1 && p.find(b0).is_some(),
         "builtins inside node's code"
     );
-    let mem = File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut mem = crate::process_memory::ProcessMemory::open(pid, p.start_time).unwrap();
     let names: Vec<(String, String)> = addresses
         .iter()
         .map(|&a| {
-            let f = name_function(&target.layout, &mut ProcMem(&mem), a).unwrap();
+            let f = name_function(&target.layout, &mut mem, a).unwrap();
             (f.name.to_string(), f.script.to_string())
         })
         .collect();

@@ -222,6 +222,9 @@ pub fn unwind_with(
 /// `reads`, for the [`StackMemo`] (both cleared first), and with `frame_pointers` the value of rbp
 /// in each frame (same index as `frames`: what the frame's code sees, restored by CFI or the
 /// frame-pointer rule), which runtimes such as V8 use to find their frames' data.
+// The two optional outputs (a runtime's JIT hook, per-frame rbp values) are independent: one
+// argument each reads better at the call sites than a struct of options.
+#[allow(clippy::too_many_arguments)]
 fn unwind_logged(
     unwinder: &UnwinderX86_64<SectionBytes>,
     rules: &mut RuleCache,
