@@ -42,8 +42,19 @@ pub struct Requests {
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping (see the `Drop` impl).
+    rt: Option<tokio::runtime::Runtime>,
     pub requests: Requests,
+}
+
+impl Drop for Bucket {
+    /// Stops the runtime without waiting for it: a plain drop blocks, which tokio forbids when the
+    /// last owner of the store is dropped inside an async context (a server shutting down, a test).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Bucket {
@@ -105,7 +116,7 @@ impl Bucket {
             } else {
                 format!("{prefix}/")
             },
-            rt,
+            rt: Some(rt),
             requests: Requests::default(),
         })
     }
@@ -123,9 +134,13 @@ impl Bucket {
     where
         T: Send + 'static,
     {
-        let handle = self
-            .rt
-            .spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
+        let Some(rt) = &self.rt else {
+            return Err(BucketError::Request {
+                key: key.to_owned(),
+                reason: "the object store client is shutting down".into(),
+            });
+        };
+        let handle = rt.spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
         let out = match futures::executor::block_on(handle) {
             Ok(Ok(r)) => r.map_err(|e| match e {
                 object_store::Error::NotFound { .. } => BucketError::NotFound(key.to_owned()),
