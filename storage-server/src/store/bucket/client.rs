@@ -38,6 +38,39 @@ pub struct Requests {
     pub errors: AtomicU64,
 }
 
+/// Requests made so far, by kind (a [`Requests`] snapshot; on `/metrics` as
+/// `kiln_server_object_store_requests_total{op=…}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub get: u64,
+    pub put: u64,
+    pub list: u64,
+    pub delete: u64,
+}
+
+impl RequestCounts {
+    /// `(op label, count)` pairs.
+    pub fn by_op(&self) -> [(&'static str, u64); 4] {
+        [
+            ("get", self.get),
+            ("put", self.put),
+            ("list", self.list),
+            ("delete", self.delete),
+        ]
+    }
+}
+
+impl Requests {
+    pub fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            get: self.get.load(Ordering::Relaxed),
+            put: self.put.load(Ordering::Relaxed),
+            list: self.list.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The object store under `prefix`.
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
@@ -208,6 +241,30 @@ impl Bucket {
             Err(BucketError::NotFound(_)) => Ok(()),
             r => r,
         }
+    }
+
+    /// Keys (relative to the prefix) under `dir/` with their last-modified time (ns since the
+    /// epoch, the object store's clock).
+    pub fn list_with_times(&self, dir: &str) -> Result<Vec<(String, i64)>, BucketError> {
+        self.requests.list.fetch_add(1, Ordering::Relaxed);
+        let store = self.store.clone();
+        let under = self.path(dir);
+        let strip = self.prefix.clone();
+        let metas = self.run(dir, async move {
+            store
+                .list(Some(&under))
+                .map_ok(|m| {
+                    let nanos = m.last_modified.timestamp_nanos_opt().unwrap_or(i64::MAX);
+                    (m.location.to_string(), nanos)
+                })
+                .take(MAX_LIST_KEYS)
+                .try_collect::<Vec<(String, i64)>>()
+                .await
+        })?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|(p, t)| Some((p.strip_prefix(&strip)?.to_owned(), t)))
+            .collect())
     }
 
     /// Keys (relative to the prefix) under `dir/`, greater than `dir/after` when given.
