@@ -277,12 +277,17 @@ fn s3_three_servers_kill_9_during_upload_and_compaction_lose_nothing() {
     for round in 0..5 {
         push_to(&servers[round % 2], 20, &mut acked);
         let holder = poll_until(within(20), Duration::from_millis(10), || {
+            // A held lease epoch (released ones stay behind, held by no server).
             let leases = look.list("leases", None).ok()?;
-            let key = leases.iter().find(|k| k.contains("compact-"))?;
-            let body = look.get(key).ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            let holder = v["holder"].as_str()?.to_owned();
-            ids.iter().position(|id| *id == holder)
+            leases
+                .iter()
+                .filter(|k| k.contains("compact-"))
+                .find_map(|key| {
+                    let body = look.get(key).ok()?;
+                    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                    let holder = v["holder"].as_str()?;
+                    ids.iter().position(|id| id == holder)
+                })
         });
         if let Some(h) = holder {
             servers[h].kill_9();
