@@ -169,6 +169,11 @@ pub struct ServerArgs {
     /// holding it (tests shorten it).
     #[arg(long, env = "KILN_STORAGE_LEASE", default_value = "5m", value_parser = parse_duration, hide = true)]
     pub storage_lease: Duration,
+    /// With --storage: how long blocks replaced by a compaction (and orphaned block objects) stay
+    /// in the bucket before they are deleted, for readers that listed them just before (tests
+    /// shorten it).
+    #[arg(long, env = "KILN_STORAGE_GRACE", default_value = "2m", value_parser = parse_duration, hide = true)]
+    pub storage_grace: Duration,
 }
 
 /// `--storage`: `s3://BUCKET[/PREFIX]` (or an empty value / `local` for local disk).

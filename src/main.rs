@@ -198,7 +198,7 @@ fn server_config(args: &ServerArgs) -> kiln_storage_server::config::ServerConfig
             freshness_secs: args.storage_freshness.as_secs().max(1),
             cache_bytes: args.storage_cache_bytes,
             lease_secs: args.storage_lease.as_secs().max(1),
-            ..Default::default()
+            grace_secs: args.storage_grace.as_secs(),
         });
     config.queries.max_concurrent = args.query_concurrency;
     config.queries.max_queued = args.query_queue;

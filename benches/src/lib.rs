@@ -1,5 +1,7 @@
 //! Shared inputs for Kiln's benchmarks (the benchmarks themselves live in benches/benches/).
 
+pub mod fleet;
+
 use kiln_proto::ProfileBuilder;
 use kiln_proto::pprof::Profile;
 

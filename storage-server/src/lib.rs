@@ -244,6 +244,11 @@ impl Server {
         Ok(Server { listener, state })
     }
 
+    /// Serves `state` (opened by the caller, e.g. over a store it built) on `listener`.
+    pub fn with_state(state: AppState, listener: tokio::net::TcpListener) -> Server {
+        Server { listener, state }
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -50,6 +50,12 @@ pub struct Metrics {
     store_upload_backlog_blocks: Gauge,
     store_upload_backlog_bytes: Gauge,
     store_bucket_request_errors: Counter,
+    object_store_requests: Family<OpLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: String,
 }
 
 impl Default for Metrics {
@@ -81,6 +87,7 @@ impl Metrics {
             store_upload_backlog_blocks: Gauge::default(),
             store_upload_backlog_bytes: Gauge::default(),
             store_bucket_request_errors: Counter::default(),
+            object_store_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +161,11 @@ impl Metrics {
             "store_bucket_request_errors",
             "With object storage: requests that failed (timeouts, 5xx, refused connections) since start",
             m.store_bucket_request_errors.clone(),
+        );
+        registry.register(
+            "object_store_requests",
+            "With object storage: requests made to the object store since start, by kind (get, put, list, delete)",
+            m.object_store_requests.clone(),
         );
         registry.register(
             "store_wal_damaged_bytes",
@@ -243,6 +255,12 @@ impl Metrics {
             (&self.store_wal_damaged_bytes, s.wal_damaged_bytes),
             (&self.store_bucket_request_errors, s.bucket_request_errors),
         ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        for (op, total) in s.bucket_requests.by_op() {
+            let counter = self
+                .object_store_requests
+                .get_or_create(&OpLabels { op: op.into() });
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }

@@ -1,8 +1,17 @@
 //! The query API beyond flame graphs: series, diff, Pyroscope's Connect `querier.v1` service (proto
 //! and JSON), the legacy `/pyroscope/render` endpoints, and `go tool pprof` against a bare host.
+//!
+//! Every test runs on each storage backend (`on_every_backend!` at the end): `local::NAME` on one
+//! server's local disk, and `s3_bucket::NAME` on two servers sharing a bucket of a real object
+//! store (a Ceph RGW at KILN_TEST_S3_ENDPOINT; ignored without one, run by scripts/test.sh). The
+//! assertions are the same: object storage must not change a single answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod s3;
+
+use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -12,7 +21,8 @@ use kiln_proto::push::PUSH_PATH;
 use kiln_proto::querier::*;
 use kiln_storage_server::query::flamebearer::{Decoded, decode};
 use kiln_storage_server::query::time::now_nanos;
-use kiln_storage_server::{AppState, ServerConfig, router};
+use kiln_storage_server::store::BucketStore;
+use kiln_storage_server::{AppState, BucketConfig, ServerConfig, router};
 use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,10 +67,55 @@ async fn push(app: &Router, labels: &[(&str, &str)], p: &Profile) {
     assert_eq!(status, StatusCode::OK, "{body:?}");
 }
 
+/// Which storage a test runs on.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    /// One server on local disk: everything is ingested and queried there.
+    Local,
+    /// Two servers on one bucket: the fixture's profiles are ingested by a first server and
+    /// uploaded (blocks in the bucket), the test queries a second one, which downloads them and
+    /// holds the fixture's last profile (and whatever the test pushes) in its own head.
+    Bucket,
+}
+
+/// A server's state in `dir` on `backend` (for the bucket: blocks under a prefix named after
+/// `prefix_dir`, so several servers share one).
+fn open_state(backend: Backend, dir: &Path, prefix_dir: &Path) -> AppState {
+    let mut config = ServerConfig::with_data_dir(dir);
+    match backend {
+        Backend::Local => AppState::open(config).unwrap(),
+        Backend::Bucket => {
+            let bucket = BucketConfig {
+                url: format!(
+                    "s3://{}/{}",
+                    s3::bucket_name(),
+                    s3::prefix_for_dir(prefix_dir)
+                ),
+                ..BucketConfig::default()
+            };
+            let store = BucketStore::open(
+                config.segments_dir(),
+                s3::bucket(&s3::prefix_for_dir(prefix_dir)),
+                bucket.clone(),
+                config.store.clone(),
+                config.limits.max_decompressed_bytes,
+            )
+            .unwrap();
+            config.bucket = Some(bucket);
+            AppState::with_store(config, Arc::new(store))
+        }
+    }
+}
+
 /// A store with services `a` (pid 1 and 2) and `b` (pid 3), profiles at known times: returns the
-/// app and the minute-aligned base time (ns), a few minutes ago.
-async fn fixture(dir: &std::path::Path) -> (Router, i64) {
-    let app = router(AppState::open(ServerConfig::with_data_dir(dir)).unwrap());
+/// app to query and the minute-aligned base time (ns), a few minutes ago.
+async fn fixture(backend: Backend, dir: &Path) -> (Router, i64) {
+    let query = open_state(backend, &dir.join("query"), dir);
+    let ingest = match backend {
+        Backend::Local => query.clone(),
+        Backend::Bucket => open_state(backend, &dir.join("ingest"), dir),
+    };
+    let (app, first) = (router(query.clone()), router(ingest.clone()));
     let base = (now_nanos() / NS - 600) / 60 * 60 * NS;
     let lbl = |svc: &'static str, pid: &'static str, comm: &'static str| {
         [
@@ -70,25 +125,36 @@ async fn fixture(dir: &std::path::Path) -> (Router, i64) {
             ("comm", comm),
         ]
     };
-    push(&app, &lbl("a", "1", "app"), &profile("a", 100, base + NS)).await;
+    push(&first, &lbl("a", "1", "app"), &profile("a", 100, base + NS)).await;
     push(
-        &app,
+        &first,
         &lbl("a", "1", "app"),
         &profile("a", 50, base + 5 * NS),
     )
     .await;
     push(
-        &app,
+        &first,
         &lbl("a", "1", "app"),
         &profile("a", 30, base + 12 * NS),
     )
     .await;
     push(
-        &app,
+        &first,
         &lbl("a", "2", "app"),
         &profile("a", 7_000, base + 3 * NS),
     )
     .await;
+    if let Backend::Bucket = backend {
+        // Upload from the first server (then stop it: its blocks outlive it), and let the
+        // second one read the bucket's block list, as its sync thread does every few seconds.
+        tokio::task::spawn_blocking(move || {
+            ingest.store.flush().unwrap();
+            drop(ingest);
+            query.store.flush().unwrap();
+        })
+        .await
+        .unwrap();
+    }
     push(
         &app,
         &lbl("b", "3", "db"),
@@ -111,10 +177,9 @@ fn total(cpu: i64) -> i64 {
     cpu + cpu / 10
 }
 
-#[tokio::test]
-async fn series_buckets_by_step_with_group_by() {
+async fn series_buckets_by_step_with_group_by(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (app, base) = fixture(dir.path()).await;
+    let (app, base) = fixture(backend, dir.path()).await;
     let b = base / 1_000_000;
     let (status, v) = get(
         &app,
@@ -184,10 +249,9 @@ fn find<'a>(node: &'a Value, name: &str) -> Option<&'a Value> {
         .find_map(|c| find(c, name))
 }
 
-#[tokio::test]
-async fn diff_carries_left_and_right_totals() {
+async fn diff_carries_left_and_right_totals(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (app, base) = fixture(dir.path()).await;
+    let (app, base) = fixture(backend, dir.path()).await;
     let (status, v) = get(
         &app,
         &format!(
@@ -314,10 +378,9 @@ fn max_self(d: &Decoded) -> i64 {
     d.children.iter().map(max_self).fold(d.self_value, i64::max)
 }
 
-#[tokio::test]
-async fn connect_querier_proto_and_json() {
+async fn connect_querier_proto_and_json(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (app, base) = fixture(dir.path()).await;
+    let (app, base) = fixture(backend, dir.path()).await;
     let (start, end) = ms(base);
     for codec in [Codec::Proto, Codec::Json] {
         // ProfileTypes.
@@ -608,10 +671,9 @@ async fn connect_querier_proto_and_json() {
     );
 }
 
-#[tokio::test]
-async fn connect_errors_use_connect_codes() {
+async fn connect_errors_use_connect_codes(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (app, _) = fixture(dir.path()).await;
+    let (app, _) = fixture(backend, dir.path()).await;
     let bad_type = SelectMergeStacktracesRequest {
         profile_type_id: "cpu:nanoseconds".into(),
         ..Default::default()
@@ -715,10 +777,9 @@ fn levels(v: &Value) -> Vec<Level> {
         .collect()
 }
 
-#[tokio::test]
-async fn render_with_group_by_and_render_diff() {
+async fn render_with_group_by_and_render_diff(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (app, base) = fixture(dir.path()).await;
+    let (app, base) = fixture(backend, dir.path()).await;
     let (status, v) = get(
         &app,
         &format!(
@@ -835,16 +896,20 @@ fn go_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn go_tool_pprof_bare_host() {
+async fn go_tool_pprof_bare_host(backend: Backend) {
     if !go_available() {
         eprintln!("SKIPPED: `go` is not installed (Debian golang-go provides `go tool pprof`)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::with_data_dir(dir.path().join("data"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let server = kiln_storage_server::Server::bind(config).await.unwrap();
+    let listener = kiln_storage_server::Server::bind_listener("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (data, prefix) = (dir.path().join("data"), dir.path().to_owned());
+    let state = tokio::task::spawn_blocking(move || open_state(backend, &data, &prefix))
+        .await
+        .unwrap();
+    let server = kiln_storage_server::Server::with_state(state, listener);
     let addr = server.local_addr().unwrap();
     let app = router(server.state().clone());
     let now = now_nanos();
@@ -912,3 +977,36 @@ async fn go_tool_pprof_bare_host() {
     tx.send(()).unwrap();
     handle.await.unwrap().unwrap();
 }
+
+/// Runs each named test (an `async fn(Backend)`) on local disk (`local::NAME`) and on a bucket
+/// (`s3_bucket::NAME`, ignored without an object store: scripts/test.sh runs `--ignored s3_`).
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Local).await
+                }
+            )*
+        }
+        mod s3_bucket {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs KILN_TEST_S3_ENDPOINT (scripts/test.sh starts a Ceph RGW)"]
+                async fn $test() {
+                    super::$test(super::Backend::Bucket).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    series_buckets_by_step_with_group_by,
+    diff_carries_left_and_right_totals,
+    connect_querier_proto_and_json,
+    connect_errors_use_connect_codes,
+    render_with_group_by_and_render_diff,
+    go_tool_pprof_bare_host,
+);

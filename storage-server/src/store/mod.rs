@@ -167,6 +167,8 @@ pub struct StoreStats {
     pub upload_backlog_bytes: u64,
     /// Object store requests that failed since the store was opened.
     pub bucket_request_errors: u64,
+    /// Object store requests made since the store was opened, by kind (0 on local disk).
+    pub bucket_requests: bucket::client::RequestCounts,
 }
 
 /// What a read would touch in one tier of the store: the figures of Pyroscope's `AnalyzeQuery`

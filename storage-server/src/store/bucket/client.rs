@@ -38,12 +38,56 @@ pub struct Requests {
     pub errors: AtomicU64,
 }
 
+/// Requests made so far, by kind (a [`Requests`] snapshot; on `/metrics` as
+/// `kiln_server_object_store_requests_total{op=…}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub get: u64,
+    pub put: u64,
+    pub list: u64,
+    pub delete: u64,
+}
+
+impl RequestCounts {
+    /// `(op label, count)` pairs.
+    pub fn by_op(&self) -> [(&'static str, u64); 4] {
+        [
+            ("get", self.get),
+            ("put", self.put),
+            ("list", self.list),
+            ("delete", self.delete),
+        ]
+    }
+}
+
+impl Requests {
+    pub fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            get: self.get.load(Ordering::Relaxed),
+            put: self.put.load(Ordering::Relaxed),
+            list: self.list.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The object store under `prefix`.
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping (see the `Drop` impl).
+    rt: Option<tokio::runtime::Runtime>,
     pub requests: Requests,
+}
+
+impl Drop for Bucket {
+    /// Stops the runtime without waiting for it: a plain drop blocks, which tokio forbids when the
+    /// last owner of the store is dropped inside an async context (a server shutting down, a test).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Bucket {
@@ -105,7 +149,7 @@ impl Bucket {
             } else {
                 format!("{prefix}/")
             },
-            rt,
+            rt: Some(rt),
             requests: Requests::default(),
         })
     }
@@ -123,9 +167,13 @@ impl Bucket {
     where
         T: Send + 'static,
     {
-        let handle = self
-            .rt
-            .spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
+        let Some(rt) = &self.rt else {
+            return Err(BucketError::Request {
+                key: key.to_owned(),
+                reason: "the object store client is shutting down".into(),
+            });
+        };
+        let handle = rt.spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
         let out = match futures::executor::block_on(handle) {
             Ok(Ok(r)) => r.map_err(|e| match e {
                 object_store::Error::NotFound { .. } => BucketError::NotFound(key.to_owned()),
@@ -193,6 +241,30 @@ impl Bucket {
             Err(BucketError::NotFound(_)) => Ok(()),
             r => r,
         }
+    }
+
+    /// Keys (relative to the prefix) under `dir/` with their last-modified time (ns since the
+    /// epoch, the object store's clock).
+    pub fn list_with_times(&self, dir: &str) -> Result<Vec<(String, i64)>, BucketError> {
+        self.requests.list.fetch_add(1, Ordering::Relaxed);
+        let store = self.store.clone();
+        let under = self.path(dir);
+        let strip = self.prefix.clone();
+        let metas = self.run(dir, async move {
+            store
+                .list(Some(&under))
+                .map_ok(|m| {
+                    let nanos = m.last_modified.timestamp_nanos_opt().unwrap_or(i64::MAX);
+                    (m.location.to_string(), nanos)
+                })
+                .take(MAX_LIST_KEYS)
+                .try_collect::<Vec<(String, i64)>>()
+                .await
+        })?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|(p, t)| Some((p.strip_prefix(&strip)?.to_owned(), t)))
+            .collect())
     }
 
     /// Keys (relative to the prefix) under `dir/`, greater than `dir/after` when given.

@@ -30,6 +30,12 @@ pub fn block_key(key: &str) -> String {
 pub fn meta_key(key: &str) -> String {
     format!("{META}/{key}.json")
 }
+/// The block key from a `blocks/KEY.blk` listing entry.
+pub fn key_of_block(path: &str) -> Option<&str> {
+    path.strip_prefix(BLOCKS)?
+        .strip_prefix('/')?
+        .strip_suffix(".blk")
+}
 /// The record key from a `meta/KEY.json` listing entry.
 pub fn key_of_meta(path: &str) -> Option<&str> {
     path.strip_prefix(META)?
@@ -60,6 +66,9 @@ pub struct BlockRecord {
     /// Keys of the blocks this one was compacted from, and of everything they covered.
     #[serde(default)]
     pub covers: Vec<String>,
+    /// 0 for an uploaded block, one more than its highest input for a compacted one.
+    #[serde(default)]
+    pub level: u32,
 }
 
 /// `index.json`.
@@ -152,6 +161,7 @@ mod tests {
             size: 1,
             profiles: 1,
             covers: covers.iter().map(|s| (*s).to_owned()).collect(),
+            level: 0,
         }
     }
 

@@ -45,6 +45,12 @@ use layout::BlockRecord;
 const LIST_SKEW_NANOS: i64 = 300 * 1_000_000_000;
 /// Record bodies fetched in one refresh at most (the rest come on the next one).
 const MAX_META_GETS_PER_REFRESH: usize = 2_000;
+/// Blocks downloaded ahead of queries per sync round at most (newest first).
+const PREFETCH_PER_ROUND: usize = 8;
+/// Compacted blocks of one level merged into the next level once this many are there.
+const FAN_IN: usize = 4;
+/// Orphaned block objects deleted in one maintenance pass at most.
+const MAX_ORPHANS_PER_PASS: usize = 100;
 
 impl From<BucketError> for StoreError {
     fn from(e: BucketError) -> StoreError {
@@ -120,7 +126,7 @@ impl BucketStore {
         });
         {
             let _w = lock(&inner.work);
-            inner.apply_view(None)?;
+            inner.apply_view(None, 0)?;
             // Upload what an earlier run left and read the list; the head is flushed by the
             // background thread (at open it is just what the WAL replay found).
             if let Err(e) = inner.upload().and_then(|()| inner.refresh()) {
@@ -153,6 +159,11 @@ impl BucketStore {
                             failing = 0;
                         }
                         Ok(()) => {}
+                    }
+                    if failing == 0
+                        && let Err(e) = inner.apply_view(None, PREFETCH_PER_ROUND)
+                    {
+                        tracing::warn!(error = %e, "prefetching bucket blocks failed; will retry");
                     }
                     if last_maintenance.elapsed() >= maintain_every {
                         last_maintenance = Instant::now();
@@ -241,6 +252,7 @@ impl Inner {
             size: p.size,
             profiles: p.profiles,
             covers: Vec::new(),
+            level: 0,
         };
         let block = self.outbox.join(format!("{key}.blk"));
         let sidecar = block.with_extension("json");
@@ -332,7 +344,7 @@ impl Inner {
         }
         *lock(&self.records) = next;
         self.save_records();
-        self.apply_view(None)
+        self.apply_view(None, 0)
     }
 
     fn save_records(&self) {
@@ -349,9 +361,10 @@ impl Inner {
     }
 
     /// Makes what the engine reads match the visible records: downloads those missing from the
-    /// cache (newest first, while they fit in `cache_bytes`; all of `need`'s range or an error),
+    /// cache that `need`'s range covers (all of them, or an error), and up to `prefetch` others
+    /// (newest first, while they fit in `cache_bytes`),
     /// evicts what is no longer visible or does not fit, and adds the outbox. Caller holds `work`.
-    fn apply_view(&self, need: Option<TimeRange>) -> Result<(), StoreError> {
+    fn apply_view(&self, need: Option<TimeRange>, mut prefetch: usize) -> Result<(), StoreError> {
         let records = lock(&self.records).clone();
         let mut visible: Vec<BlockRecord> =
             layout::visible(&records).into_iter().cloned().collect();
@@ -374,6 +387,14 @@ impl Inner {
                     return Err(StoreError::CacheTooSmall(format!(
                         "the query's range needs more than the block cache's {budget} bytes; narrow the range or raise --storage-cache-bytes"
                     )));
+                }
+                // A query fetches what it reads; the rest comes a few blocks per sync round, so
+                // neither a start nor a refresh waits for a whole bucket to download.
+                if !needed(r) {
+                    if prefetch == 0 {
+                        continue;
+                    }
+                    prefetch -= 1;
                 }
                 if let Err(e) = self.download(r, &path) {
                     if needed(r) {
@@ -430,22 +451,25 @@ impl Inner {
         self.refresh()?;
         let compacted = self.compact(now);
         let expired = self.expire(now);
-        self.apply_view(None)?;
+        self.apply_view(None, 0)?;
         compacted.and(expired)
     }
 
-    /// Merges the visible blocks of each partition (smallest first, up to `max_block_bytes`) on
-    /// whichever server holds the partition's lease.
+    /// Merges blocks of each partition on whichever server holds the partition's lease, by
+    /// level: uploaded blocks (level 0) as soon as there are two, compacted ones once
+    /// [`FAN_IN`] of a level are there (into the next level), smallest first up to
+    /// `max_block_bytes` — so a big compacted block is not rewritten for every new small one.
     fn compact(&self, now: i64) -> Result<(), StoreError> {
         let records = lock(&self.records).clone();
-        let mut by_partition: BTreeMap<i64, Vec<BlockRecord>> = BTreeMap::new();
+        let mut groups: BTreeMap<(i64, u32), Vec<BlockRecord>> = BTreeMap::new();
         for r in layout::visible(&records) {
-            by_partition
-                .entry(r.partition_start)
+            groups
+                .entry((r.partition_start, r.level))
                 .or_default()
                 .push(r.clone());
         }
-        for (partition, mut group) in by_partition {
+        let mut leased: BTreeSet<i64> = BTreeSet::new();
+        for ((partition, level), mut group) in groups {
             group.sort_by_key(|r| r.size);
             let mut take: Vec<BlockRecord> = Vec::new();
             let mut total = 0;
@@ -456,11 +480,13 @@ impl Inner {
                 total += r.size;
                 take.push(r);
             }
-            if take.len() < 2 {
+            let fan_in = if level == 0 { 2 } else { FAN_IN };
+            // One compaction per partition per pass: the next level waits for the next pass.
+            if take.len() < fan_in || !leased.insert(partition) {
                 continue;
             }
             let lease_nanos = self.config.lease_nanos();
-            let Some(lease) = lease::acquire(
+            let Some(mut lease) = lease::acquire(
                 &self.bucket,
                 &format!("compact-{partition}"),
                 &self.server,
@@ -470,18 +496,33 @@ impl Inner {
             else {
                 continue;
             };
-            let result = self.compact_group(&take, &records, &lease);
+            let result = self.compact_group(&take, &records, &mut lease);
             lease::release(&self.bucket, lease);
             result?;
         }
         Ok(())
     }
 
+    /// Renews `lease` (see [`lease::renew`]); an error if it was lost, so the caller drops its
+    /// work before committing anything.
+    fn keep_lease(&self, lease: &mut lease::Lease, doing: &str) -> Result<(), StoreError> {
+        if lease::renew(&self.bucket, lease, time::now_nanos())? {
+            return Ok(());
+        }
+        tracing::warn!(
+            doing,
+            "lost the bucket lease (it expired and another server took it); dropping this work"
+        );
+        Err(StoreError::Bucket(format!(
+            "{doing}: lost the lease to another server; nothing committed"
+        )))
+    }
+
     fn compact_group(
         &self,
         inputs: &[BlockRecord],
         records: &BTreeMap<String, BlockRecord>,
-        lease: &lease::Lease,
+        lease: &mut lease::Lease,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         // Inputs must be readable here: fetch those the cache dropped.
@@ -503,16 +544,8 @@ impl Inner {
         let Some((staged, size)) = self.local.merge_bucket_blocks(&keys, &self.staging)? else {
             return Ok(());
         };
-        let now = time::now_nanos();
-        // Half the lease must be left: the two PUTs below must finish before it runs out, or a
-        // successor could compact an overlapping set (readers would then count only the first
-        // commit, see `layout::resolve`, but the work would be wasted).
-        if !lease.valid(now, self.config.lease_nanos() / 2) {
-            let _ = fs::remove_file(&staged);
-            return Err(StoreError::Bucket(
-                "compaction outlived its lease; leaving it to the next holder".into(),
-            ));
-        }
+        // Downloading and merging may have outlived the lease: check before the upload.
+        self.keep_lease(lease, "compaction")?;
         let mut covers: BTreeSet<String> = keys.iter().cloned().collect();
         for r in inputs {
             covers.extend(
@@ -523,26 +556,34 @@ impl Inner {
             );
         }
         let record = BlockRecord {
-            key: layout::new_key(now, &self.server, "c"),
+            key: layout::new_key(time::now_nanos(), &self.server, "c"),
             partition_start: inputs[0].partition_start,
             min_time: inputs.iter().map(|r| r.min_time).min().unwrap_or(0),
             max_time: inputs.iter().map(|r| r.max_time).max().unwrap_or(0),
             size,
             profiles: inputs.iter().map(|r| r.profiles).sum(),
             covers: covers.into_iter().collect(),
+            level: inputs.iter().map(|r| r.level).max().unwrap_or(0) + 1,
         };
         let body = fs::read(&staged).map_err(io_err(&staged))?;
         self.bucket
             .put(&layout::block_key(&record.key), Bytes::from(body))?;
+        crash_point("compact-before-commit");
+        // The ownership check right before the commit: a conditional create that fails if another
+        // server took the lease over while this one uploaded (its output block is then garbage,
+        // collected as an orphan). Afterwards a full lease is left for the one small PUT below.
+        self.keep_lease(lease, "compaction commit")?;
         // The commit: from here on readers show this block instead of its inputs.
         self.bucket.create(
             &layout::meta_key(&record.key),
             Bytes::from(serde_json::to_vec(&record).unwrap_or_default()),
         )?;
+        crash_point("compact-after-commit");
         let cached = self.cache_path(&record.key);
         fs::rename(&staged, &cached).map_err(io_err(&staged))?;
         tracing::info!(
             key = record.key,
+            level = record.level,
             inputs = inputs.len(),
             input_bytes = inputs.iter().map(|r| r.size).sum::<u64>(),
             output_bytes = size,
@@ -550,7 +591,7 @@ impl Inner {
             "compacted bucket blocks"
         );
         lock(&self.records).insert(record.key.clone(), record);
-        self.apply_view(None)
+        self.apply_view(None, 0)
     }
 
     /// The engine's current bucket blocks (key → file), outbox included.
@@ -587,12 +628,13 @@ impl Inner {
         else {
             return Ok(());
         };
-        let result = self.expire_locked(now);
+        let mut lease = lease;
+        let result = self.expire_locked(now, &mut lease);
         lease::release(&self.bucket, lease);
         result
     }
 
-    fn expire_locked(&self, now: i64) -> Result<(), StoreError> {
+    fn expire_locked(&self, now: i64, lease: &mut lease::Lease) -> Result<(), StoreError> {
         let records = lock(&self.records).clone();
         let mut visible: Vec<&BlockRecord> = layout::visible(&records);
         visible.sort_by_key(|r| (r.max_time, r.key.clone()));
@@ -634,12 +676,17 @@ impl Inner {
         }
         let grace = i64::try_from(self.config.grace().as_nanos()).unwrap_or(i64::MAX);
         gone.extend(layout::collectable(&records, now.saturating_sub(grace)));
+        // Deleting and rewriting the index must not race a successor (a stale index would list
+        // records deleted since): prove the lease is still ours first.
+        self.keep_lease(lease, "retention")?;
         for key in &gone {
             // Record first: once it is gone no reader looks for the block.
             self.bucket.delete(&layout::meta_key(key))?;
+            crash_point("retire-after-record");
             self.bucket.delete(&layout::block_key(key))?;
             lock(&self.records).remove(key);
         }
+        self.collect_orphans(grace)?;
         let index = layout::Index {
             built_nanos: now,
             records: lock(&self.records).values().cloned().collect(),
@@ -649,6 +696,42 @@ impl Inner {
             Bytes::from(serde_json::to_vec(&index).unwrap_or_default()),
         )?;
         self.save_records();
+        Ok(())
+    }
+
+    /// Deletes block objects that have no record and are older than the grace period: the output
+    /// of a compaction that died (or lost its lease) before its commit, or a retired block whose
+    /// record was deleted just before a crash. Young ones are left alone — an upload in progress
+    /// writes its block before its record — and each candidate's record is looked up once more
+    /// (this server's list may lag). At most [`MAX_ORPHANS_PER_PASS`] per pass.
+    fn collect_orphans(&self, grace_nanos: i64) -> Result<(), StoreError> {
+        let known = lock(&self.records).clone();
+        let mut deleted = 0;
+        for (path, modified) in self.bucket.list_with_times(layout::BLOCKS)? {
+            let Some(key) = layout::key_of_block(&path) else {
+                continue;
+            };
+            // The object store's clock stamped it; the grace period absorbs skew with ours.
+            let age = time::now_nanos().saturating_sub(modified);
+            if known.contains_key(key) || age < grace_nanos {
+                continue;
+            }
+            if deleted >= MAX_ORPHANS_PER_PASS {
+                break;
+            }
+            match self.bucket.get(&layout::meta_key(key)) {
+                Err(BucketError::NotFound(_)) => {}
+                Ok(_) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!(
+                key,
+                age_secs = age / 1_000_000_000,
+                "deleting an orphaned block (no record: a crashed compaction or retirement)"
+            );
+            self.bucket.delete(&path)?;
+            deleted += 1;
+        }
         Ok(())
     }
 
@@ -666,7 +749,7 @@ impl Inner {
             return Ok(());
         }
         let _w = lock(&self.work);
-        self.apply_view(Some(range))
+        self.apply_view(Some(range), 0)
     }
 }
 
@@ -735,6 +818,7 @@ impl Store for BucketStore {
         s.upload_backlog_blocks = outgoing.len() as u64;
         s.upload_backlog_bytes = outgoing.iter().map(|o| o.record.size).sum();
         s.bucket_request_errors = inner.bucket.requests.errors.load(Ordering::Relaxed);
+        s.bucket_requests = inner.bucket.requests.snapshot();
         s
     }
 
@@ -756,6 +840,24 @@ impl BucketStore {
         if let Err(e) = self.inner.ensure(range) {
             tracing::warn!(error = %e, "listing from the cached blocks only");
         }
+    }
+}
+
+/// Stops the process right here when `KILN_BUCKET_CRASH_AT` names this point: how the tests put
+/// a `kill -9` exactly between two object-store writes (nothing after this runs: no destructor,
+/// no flush, no lease release). Unset in production; the lookup costs nothing next to a PUT.
+fn crash_point(name: &str) {
+    if std::env::var("KILN_BUCKET_CRASH_AT").is_ok_and(|v| v == name) {
+        tracing::error!(
+            point = name,
+            "KILN_BUCKET_CRASH_AT: killing this process here"
+        );
+        // SIGKILL ourselves, like `kill -9`: the kernel ends us with nothing else run.
+        // SAFETY: getpid and kill have no preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
     }
 }
 
