@@ -8,9 +8,9 @@
 //   js/selector.js   selector parsing and completion        js/export.js     folded, SVG, JSON
 //   js/keys.js       shortcuts                              js/format.js     numbers, times
 
-import { getJson, apiUrl, ApiError, saveFile, download, authToken, saveToken, setUnauthorizedHandler } from "./js/api.js";
+import { getJson, getBinary, apiUrl, ApiError, saveFile, download, authToken, saveToken, setUnauthorizedHandler } from "./js/api.js";
 import { parseState, serializeState, baseline, RANGE_PRESETS, DEFAULTS } from "./js/url-state.js";
-import { normalize, normalizeDiff, zoomChain, markMatches, matchedTotal, topFunctions, sandwich } from "./js/tree.js";
+import { decodeColumnar, normalizeDiff, zoomChain, markMatches, matchedTotal, topFunctions, sandwich } from "./js/tree.js";
 import { applyTransforms, describe } from "./js/transforms.js";
 import { layout, frameAt, framePath, ROW_H } from "./js/layout.js";
 import { drawFlame } from "./js/draw.js";
@@ -111,17 +111,19 @@ async function load({ keepChoices = false } = {}) {
       });
     } else {
       // One request: the flame graph and the top table come from the same merged tree.
-      fgUrl = apiUrl("api/v1/flamegraph", selParams({ top: TOP_LIMIT, ...maxNodes }));
+      // Columnar: a names table and flat binary columns (a big graph's nested JSON cost more
+      // to parse than to draw).
+      fgUrl = apiUrl("api/v1/flamegraph", selParams({ top: TOP_LIMIT, format: "columnar", ...maxNodes }));
     }
     const seriesUrl = apiUrl("api/v1/series", selParams(S.split ? { group_by: S.split } : {}));
     const [fg, series] = await Promise.all([
-      getJson(fgUrl, ctl.signal),
+      S.compare ? getJson(fgUrl, ctl.signal) : getBinary(fgUrl, ctl.signal),
       getJson(seriesUrl, ctl.signal).catch((e) => (e.name === "AbortError" ? Promise.reject(e) : null)),
     ]);
     await choices;
     if (seq !== st.loadSeq) return;
     const unit = S.type.split(":")[1] || "";
-    st.data = S.compare ? normalizeDiff(fg, unit) : normalize(fg, unit);
+    st.data = S.compare ? normalizeDiff(fg, unit) : decodeColumnar(fg, unit);
     updateChart(series);
     if (st.data.root.total > 0) {
       setStatus("ok", "");

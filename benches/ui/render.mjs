@@ -18,6 +18,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 
 // playwright-core is installed once for the web tests (web/node_modules, `cd web && npm ci`).
 const here = path.dirname(fileURLToPath(import.meta.url));
+const { encodeColumnar } = await import(pathToFileURL(path.join(here, "..", "..", "web", "tests", "columnar.mjs")).href);
 const { chromium } = await import(pathToFileURL(path.join(here, "..", "..", "web", "node_modules", "playwright-core", "index.mjs")).href);
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((a, v, i, all) => (v.startsWith("--") ? [...a, [v.slice(2), all[i + 1]]] : a), []));
@@ -83,8 +84,10 @@ function makeTree(n) {
 
 const { root, count, functions } = makeTree(NODES);
 const fgBody = JSON.stringify({ total: root.total, unit: "nanoseconds", profile_type: "cpu:nanoseconds", profiles: 1, top: functions, root });
+// The same answer in the columnar format (`format=columnar`), for a page that asks for it.
+const fgColumnar = Buffer.from(encodeColumnar({ total: root.total, unit: "nanoseconds", profile_type: "cpu:nanoseconds", profiles: 1, top: functions, root }));
 const topBody = JSON.stringify({ total: root.total, unit: "nanoseconds", profile_type: "cpu:nanoseconds", profiles: 1, functions });
-console.error(`# tree: ${count} nodes, ${(fgBody.length / 1e6).toFixed(1)} MB of JSON`);
+console.error(`# tree: ${count} nodes, ${(fgBody.length / 1e6).toFixed(1)} MB of JSON, ${(fgColumnar.length / 1e6).toFixed(1)} MB columnar`);
 
 // ---------------------------------------------------------------- serving
 
@@ -92,7 +95,10 @@ async function servePage(ctx, dir) {
   await ctx.route("http://kiln.bench/**", (r) => {
     const u = new URL(r.request().url());
     const json = (body) => r.fulfill({ body, contentType: "application/json" });
-    if (u.pathname === "/api/v1/flamegraph") return json(fgBody);
+    if (u.pathname === "/api/v1/flamegraph") {
+      if (u.searchParams.get("format") === "columnar") return r.fulfill({ body: fgColumnar, contentType: "application/octet-stream" });
+      return json(fgBody);
+    }
     if (u.pathname === "/api/v1/top") return json(topBody);
     if (u.pathname === "/api/v1/profile_types") return json('{"profile_types":["cpu:nanoseconds"]}');
     if (u.pathname === "/api/v1/labels") return json('{"names":["service_name"]}');
@@ -107,9 +113,10 @@ async function servePage(ctx, dir) {
 }
 
 // In-page instrumentation, installed before the page's own scripts (the same for both pages):
-// - `__dataAt`: when the flame-graph answer's body has been received (Response.text()/json()
-//   resolved for /api/v1/flamegraph). Both pages read bodies with text() then JSON.parse, so
-//   parsing counts as rendering work.
+// - `__dataAt`: when the flame-graph answer's body has been received (Response.text()/json()/
+//   arrayBuffer() resolved for /api/v1/flamegraph). The old page reads JSON with text() then
+//   JSON.parse, the new one the columnar format with arrayBuffer() then decodes it: parsing and
+//   decoding count as rendering work.
 // - `__frames`: every animation-frame callback's start and duration, and `end`: when a message
 //   posted from inside the callback is delivered, i.e. after that frame's style recalculation,
 //   layout and paint (they run in the same task as the callbacks), so `end` is when the frame is
@@ -118,7 +125,7 @@ const INIT = () => {
   window.__frames = [];
   window.__dataAt = 0;
   window.__markN = 0; // user-timing marks bound the windows whose main-thread CPU time is summed
-  for (const m of ["text", "json"]) {
+  for (const m of ["text", "json", "arrayBuffer"]) {
     const orig = Response.prototype[m];
     Response.prototype[m] = function () {
       const url = this.url;

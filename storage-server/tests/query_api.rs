@@ -1009,4 +1009,51 @@ on_every_backend!(
     connect_errors_use_connect_codes,
     render_with_group_by_and_render_diff,
     go_tool_pprof_bare_host,
+    flamegraph_columnar_format_over_http,
 );
+
+fn count_json_nodes(v: &Value) -> usize {
+    1 + v["children"]
+        .as_array()
+        .map_or(0, |c| c.iter().map(count_json_nodes).sum())
+}
+
+/// `format=columnar` (what the web page asks for) answers the same graph and table as the JSON
+/// format, as octet-stream in the documented layout; an unknown format is a 400 that says so.
+async fn flamegraph_columnar_format_over_http(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, base) = fixture(backend, dir.path()).await;
+    let q = format!("/api/v1/flamegraph?{}&top=10", range(base));
+    let (status, json) = get(&app, &q).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get(format!("{q}&format=columnar"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "application/octet-stream"
+    );
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(&body[..4], b"KFG1");
+    let h = u32::from_le_bytes(body[4..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&body[8..8 + h]).unwrap();
+    let n = header["nodes"].as_u64().unwrap() as usize;
+    assert_eq!(n, count_json_nodes(&json["root"]));
+    assert_eq!(body.len(), (8 + h).div_ceil(8) * 8 + 24 * n);
+    assert_eq!(header["total"], json["total"]);
+    assert_eq!(header["top"], json["top"]);
+    assert!(header["names"].as_array().unwrap().len() > 3, "{header}");
+
+    let (status, err) = get(&app, &format!("{q}&format=xml")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(err["error"].as_str().unwrap().contains("format"), "{err}");
+}

@@ -47,22 +47,35 @@ async function messageOf(res) {
   return { text, body, msg: body && typeof body.error === "string" ? body.error : (text.trim() || res.statusText) };
 }
 
-export async function getJson(url, signal) {
+/** A GET whose answer is OK, or the server's error message as an ApiError. */
+async function okResponse(url, signal, accept) {
   let res;
   try {
-    res = await fetch(url, { signal, headers: { Accept: "application/json", ...authHeaders() } });
+    res = await fetch(url, { signal, headers: { Accept: accept, ...authHeaders() } });
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach the Kiln server (${e.message})`, 0);
   }
-  const { body, msg } = await messageOf(res);
   if (!res.ok) {
+    const { msg } = await messageOf(res);
     if (res.status === 401) {
       authRequired = true;
       onUnauthorized(msg);
     }
     throw new ApiError(`${msg} (HTTP ${res.status})`, res.status);
   }
+  return res;
+}
+
+/** A binary answer (the flame graph's columnar format) as an ArrayBuffer. */
+export async function getBinary(url, signal) {
+  const res = await okResponse(url, signal, "application/octet-stream");
+  return res.arrayBuffer();
+}
+
+export async function getJson(url, signal) {
+  const res = await okResponse(url, signal, "application/json");
+  const { body } = await messageOf(res);
   if (body === null) throw new ApiError(`unexpected non-JSON answer from ${url.split("?")[0]}`, res.status);
   return body;
 }

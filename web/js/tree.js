@@ -24,6 +24,53 @@ export function normalize(fg, unit) {
   };
 }
 
+/**
+ * `/api/v1/flamegraph?format=columnar` answer (an ArrayBuffer) → the same shape as `normalize`.
+ * The layout (storage-server/src/query/flamegraph.rs `render_columnar`, docs/API.md): "KFG1", u32
+ * header length, a JSON header (the JSON answer's fields but `root`, plus `nodes`, `names`,
+ * `reasons`), padding to 8 bytes, then columns f64 self, f64 total, u32 parent, u32 name index, in
+ * depth-first preorder with children widest first. The columns are read in place (typed-array
+ * views, little-endian like every platform a browser runs on); no text is parsed per node, and
+ * names are shared strings from the table.
+ */
+export function decodeColumnar(buf, unit) {
+  const bad = (why) => new Error(`malformed flame-graph answer: ${why}`);
+  if (!(buf instanceof ArrayBuffer) || buf.byteLength < 8) throw bad("too short");
+  const head = new Uint8Array(buf, 0, 8);
+  if (String.fromCharCode(head[0], head[1], head[2], head[3]) !== "KFG1") throw bad("not the columnar format (KFG1)");
+  const h = new DataView(buf).getUint32(4, true);
+  if (8 + h > buf.byteLength) throw bad("header past the end");
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 8, h)));
+  const n = num(header.nodes);
+  const names = Array.isArray(header.names) ? header.names : [];
+  const reasons = Array.isArray(header.reasons) ? header.reasons : [];
+  const start = Math.ceil((8 + h) / 8) * 8;
+  if (start + n * 24 !== buf.byteLength) throw bad(`${n} nodes do not fill ${buf.byteLength} bytes`);
+  const self = new Float64Array(buf, start, n);
+  const total = new Float64Array(buf, start + 8 * n, n);
+  const parent = new Uint32Array(buf, start + 16 * n, n);
+  const name = new Uint32Array(buf, start + 20 * n, n);
+  const nodes = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const k = name[i];
+    if (k >= names.length) throw bad(`node ${i} names entry ${k} of ${names.length}`);
+    const node = { name: names[k], self: self[i], total: total[i], children: [] };
+    if (reasons[k]) node.reason = reasons[k];
+    nodes[i] = node;
+    if (i > 0) {
+      const p = parent[i];
+      // Preorder: a parent always comes first, so the tree is built in this one pass.
+      if (p >= i) throw bad(`node ${i} has parent ${p}`);
+      nodes[p].children.push(node);
+    }
+  }
+  const root = n ? nodes[0] : { name: "total", self: 0, total: num(header.total), children: [] };
+  return {
+    root, total: num(header.total) || root.total, unit: header.unit || unit, profiles: header.profiles ?? null,
+    top: Array.isArray(header.top) ? header.top : null, truncated: num(header.truncated_nodes), diff: null,
+  };
+}
+
 /** `/api/v1/diff` answer → the same shape, each node carrying both sides. */
 export function normalizeDiff(d, unit) {
   const root = d.root ?? { name: "total", children: [] };

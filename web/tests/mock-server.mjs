@@ -7,6 +7,7 @@ import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { encodeColumnar } from "./columnar.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const web = path.join(here, "..");
@@ -100,8 +101,15 @@ http.createServer((req, res) => {
   const scaleTree = (n) => ({ ...n, self: Math.round(n.self * scale), total: Math.round(n.total * scale), children: n.children.map(scaleTree) });
   const root = empty ? { name: "total", self: 0, total: 0, children: [] } : scaleTree(tree());
   if (u.pathname === "/api/v1/flamegraph") {
-    return setTimeout(() => json(200, { total: root.total, unit, profile_type: pt, profiles: empty ? 0 : 3, root, ...(empty ? {} : { truncated_nodes: 17 }),
-      ...(u.searchParams.has("top") ? { top: empty ? [] : topOf(root) } : {}) }), 150);
+    const fg = { total: root.total, unit, profile_type: pt, profiles: empty ? 0 : 3, root, ...(empty ? {} : { truncated_nodes: 17 }),
+      ...(u.searchParams.has("top") ? { top: empty ? [] : topOf(root) } : {}) };
+    if (u.searchParams.get("format") === "columnar") {
+      return setTimeout(() => {
+        res.writeHead(200, { "Content-Type": "application/octet-stream" });
+        res.end(Buffer.from(encodeColumnar(fg)));
+      }, 150);
+    }
+    return setTimeout(() => json(200, fg), 150);
   }
   if (u.pathname === "/api/v1/diff") {
     // Baseline: main.workB a third as heavy, so the current selection shows it grown.

@@ -65,6 +65,8 @@ pub struct Params {
     /// `/api/v1/flamegraph`: also answer the top-functions table (this many rows) from the same
     /// merged tree, so a page needs one query per view.
     pub top: Option<String>,
+    /// `/api/v1/flamegraph`: `json` (default) or `columnar` (see [`flamegraph::render_columnar`]).
+    pub format: Option<String>,
 }
 
 /// Validated selection.
@@ -276,6 +278,7 @@ pub async fn flamegraph_handler(
     let p = params(q)?;
     let sel = p.selection()?.for_tenant(&tenant);
     let max_nodes = flamegraph::max_nodes_param("max_nodes", p.max_nodes.as_deref())?;
+    let format = flamegraph::Format::parse(p.format.as_deref())?;
     let group_by: Vec<String> = p
         .group_by
         .as_deref()
@@ -305,16 +308,28 @@ pub async fn flamegraph_handler(
             };
             // The table comes from the whole tree, before the flame graph folds small nodes.
             let functions = top_limit.map(|n| top::top(&tree, n));
-            Ok(flamegraph::render(
-                &tree,
-                max_nodes,
-                &sel.profile_type,
-                functions.as_deref(),
-            ))
+            let (body, content_type) = match format {
+                flamegraph::Format::Json => (
+                    flamegraph::render(&tree, max_nodes, &sel.profile_type, functions.as_deref())
+                        .into_bytes(),
+                    "application/json",
+                ),
+                flamegraph::Format::Columnar => (
+                    flamegraph::render_columnar(
+                        &tree,
+                        max_nodes,
+                        &sel.profile_type,
+                        functions.as_deref(),
+                    ),
+                    "application/octet-stream",
+                ),
+            };
+            Ok((body, content_type))
         })
         .await?;
     state.metrics.observe_query("flamegraph", started.elapsed());
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let (body, content_type) = body;
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 /// `GET /api/v1/top`.
