@@ -375,13 +375,18 @@ mod tests {
     /// `--runtimes` switches each runtime on or off; a wrong name is refused with the list.
     #[test]
     fn runtimes_parse_as_a_list() {
+        let r: Runtimes = "python,java,node".parse().unwrap();
+        assert_eq!(r, Runtimes::default());
         let r: Runtimes = "python,java".parse().unwrap();
-        assert!(r.python && r.java);
+        assert!(r.python && r.java && !r.node);
         let r: Runtimes = "java".parse().unwrap();
         assert!(!r.python && r.java);
+        let r: Runtimes = "node".parse().unwrap();
+        assert!(r.node && !r.python && !r.java);
         let r: Runtimes = "none".parse().unwrap();
-        assert!(!r.python && !r.java);
+        assert!(!r.python && !r.java && !r.node);
         assert!("jvm".parse::<Runtimes>().unwrap_err().contains("`java`"));
+        assert!("node,ruby".parse::<Runtimes>().unwrap_err().contains("ruby"));
     }
 
     #[test]
@@ -436,21 +441,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::Zero("queue_capacity")));
-    }
-
-    #[test]
-    fn runtimes_are_a_list() {
-        let r: Runtimes = "python,node".parse().unwrap();
-        assert_eq!(r, Runtimes::default());
-        let r: Runtimes = "node".parse().unwrap();
-        assert!(r.node && !r.python);
-        let r: Runtimes = "none".parse().unwrap();
-        assert!(!r.node && !r.python);
-        assert!(
-            "node,ruby"
-                .parse::<Runtimes>()
-                .unwrap_err()
-                .contains("ruby")
-        );
     }
 }
