@@ -98,21 +98,12 @@ struct DeltaPart {
 }
 
 /// See the module docs.
+#[derive(Default)]
 pub struct HeadAgg {
     tables: TableBuilder,
     parts: HashMap<Arc<Labels>, BTreeMap<i64, Part>>,
     /// Summed entries over all parts (for the memory estimate).
     sum_entries: usize,
-}
-
-impl Default for HeadAgg {
-    fn default() -> Self {
-        HeadAgg {
-            tables: TableBuilder::new(),
-            parts: HashMap::new(),
-            sum_entries: 0,
-        }
-    }
 }
 
 impl HeadAgg {
