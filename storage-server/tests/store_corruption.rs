@@ -450,8 +450,13 @@ fn regions(path: &Path) -> Vec<(u64, u64, Region)> {
         out.push((s.offset, s.offset + s.len, Region::Tables));
     }
     for (i, series) in meta.series.iter().enumerate() {
-        for s in [&series.profiles_section, &series.rows_section] {
-            let s = s.as_ref().unwrap();
+        // The totals section (per-stack sums) is optional: blocks before it lack it.
+        for s in [
+            &series.profiles_section,
+            &series.rows_section,
+            &series.totals_section,
+        ] {
+            let Some(s) = s.as_ref() else { continue };
             out.push((s.offset, s.offset + s.len, Region::Series(i)));
         }
     }

@@ -81,26 +81,31 @@ impl Tree {
         self.nodes[ROOT as usize].total
     }
 
+    /// The child of `node` named `name`, created when missing.
+    fn child(&mut self, node: u32, name: u32) -> u32 {
+        let key = (u64::from(node) << 32) | u64::from(name);
+        match self.children.get(&key) {
+            Some(&child) => child,
+            None => {
+                let child = self.nodes.len() as u32;
+                self.nodes.push(Node {
+                    name,
+                    parent: node,
+                    total: 0,
+                    self_value: 0,
+                });
+                self.children.insert(key, child);
+                child
+            }
+        }
+    }
+
     /// Adds `value` along `path` (name ids, root first).
     pub fn add(&mut self, path: impl IntoIterator<Item = u32>, value: i64) {
         let mut node = ROOT;
         self.nodes[ROOT as usize].total = self.nodes[ROOT as usize].total.saturating_add(value);
         for name in path {
-            let key = (u64::from(node) << 32) | u64::from(name);
-            node = match self.children.get(&key) {
-                Some(&child) => child,
-                None => {
-                    let child = self.nodes.len() as u32;
-                    self.nodes.push(Node {
-                        name,
-                        parent: node,
-                        total: 0,
-                        self_value: 0,
-                    });
-                    self.children.insert(key, child);
-                    child
-                }
-            };
+            node = self.child(node, name);
             let n = &mut self.nodes[node as usize];
             n.total = n.total.saturating_add(value);
         }
@@ -177,22 +182,64 @@ impl Tree {
         }
         let unknown = self.intern("(unknown)");
         let prefix: Vec<u32> = prefix.iter().map(|n| self.intern(n)).collect();
-        let mut path = Vec::new();
+        // The nodes of the `prefix` frames, root first (made with the first sample added, so a
+        // profile with nothing to add leaves no node behind).
+        let mut base: Vec<u32> = Vec::with_capacity(prefix.len());
+        let mut base_node = ROOT;
+        // The previous sample's path: its locations (leaf first, as stored), the tree nodes of
+        // its frames (root first) and, per location root first, how many of those nodes it ends
+        // at. A sample that shares a root-side run of locations with the previous one reuses
+        // those nodes and looks up only the frames after them: stores hand merged profiles over
+        // with their stacks in root-first order, so most lookups are skipped.
+        let mut prev: &[u64] = &[];
+        let mut path: Vec<u32> = Vec::new();
+        let mut loc_ends: Vec<usize> = Vec::new();
         for s in &p.sample {
             let value = s.value.get(vi).copied().unwrap_or(0);
             if value == 0 || !keep(s) {
                 continue;
             }
-            path.clear();
-            path.extend_from_slice(&prefix);
-            // Stacks are stored leaf first.
-            for loc in s.location_id.iter().rev() {
-                match loc_names.get(loc) {
-                    Some(&(a, b)) => path.extend_from_slice(&names[a as usize..b as usize]),
-                    None => path.push(unknown),
+            if base.len() < prefix.len() {
+                for &name in &prefix {
+                    base_node = self.child(base_node, name);
+                    base.push(base_node);
                 }
             }
-            self.add(path.iter().copied(), value);
+            let locs = &s.location_id;
+            let shared = locs
+                .iter()
+                .rev()
+                .zip(prev.iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count();
+            loc_ends.truncate(shared);
+            path.truncate(loc_ends.last().copied().unwrap_or(0));
+            let mut node = path.last().copied().unwrap_or(base_node);
+            // Stacks are stored leaf first.
+            for loc in locs.iter().rev().skip(shared) {
+                match loc_names.get(loc) {
+                    Some(&(a, b)) => {
+                        for &name in &names[a as usize..b as usize] {
+                            node = self.child(node, name);
+                            path.push(node);
+                        }
+                    }
+                    None => {
+                        node = self.child(node, unknown);
+                        path.push(node);
+                    }
+                }
+                loc_ends.push(path.len());
+            }
+            prev = locs;
+            let root = &mut self.nodes[ROOT as usize];
+            root.total = root.total.saturating_add(value);
+            for &n in base.iter().chain(&path) {
+                let n = &mut self.nodes[n as usize];
+                n.total = n.total.saturating_add(value);
+            }
+            let n = &mut self.nodes[node as usize];
+            n.self_value = n.self_value.saturating_add(value);
         }
         self.profiles += 1;
         true

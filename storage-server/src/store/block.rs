@@ -68,6 +68,11 @@ pub struct SeriesMeta {
     pub profiles_section: Option<SectionRef>,
     #[prost(message, optional, tag = "8")]
     pub rows_section: Option<SectionRef>,
+    /// The series' rows summed by stack id, per profile type ([`SeriesTotals`]): what a merged
+    /// flame graph over the series' whole span in this block reads instead of every row. Absent in
+    /// blocks written before it existed (format-compatible: those are merged from their rows).
+    #[prost(message, optional, tag = "9")]
+    pub totals_section: Option<SectionRef>,
 }
 
 impl SeriesMeta {
@@ -196,6 +201,28 @@ struct SeriesRows {
     label_sets: Vec<u32>,
 }
 
+/// A series' rows in one block summed by stack id, one entry per `type:unit` sample type.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SeriesTotals {
+    #[prost(message, repeated, tag = "1")]
+    types: Vec<TypeTotals>,
+}
+
+/// The sums of one sample type: stack ids ascending, delta-encoded, with their summed values
+/// (zero sums left out).
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypeTotals {
+    #[prost(string, tag = "1")]
+    profile_type: String,
+    /// Profiles of the series that have this sample type.
+    #[prost(uint64, tag = "2")]
+    profiles: u64,
+    #[prost(uint32, repeated, tag = "3")]
+    stack_deltas: Vec<u32>,
+    #[prost(sint64, repeated, tag = "4")]
+    values: Vec<i64>,
+}
+
 pub fn partition_of(time_nanos: i64) -> i64 {
     time_nanos.div_euclid(PARTITION_NANOS) * PARTITION_NANOS
 }
@@ -254,26 +281,455 @@ struct SeriesBuild {
     min_time: i64,
     max_time: i64,
     types: BTreeSet<String>,
+    /// Per `type:unit` sample type: profiles having it, and its values summed by stack id.
+    totals: BTreeMap<String, (u64, HashMap<u32, i64, FxBuild>)>,
 }
 
 type FunctionKey = (u32, u32, u32, i64);
 type MappingKey = (u64, u64, u64, u32, u32, [bool; 4]);
 type LocationKey = (u32, u64, Vec<(u32, i64)>, bool);
 
+/// Deduplicated symbol and stack tables under construction, with table-wide ids as in
+/// [`Tables`]: what a block's [`BlockBuilder`] fills, and what the head's aggregate (in
+/// `super::local`) keeps so a query merges each distinct stack once instead of every stored row.
+pub struct TableBuilder {
+    tables: Tables,
+    string_ids: HashMap<String, u32, FxBuild>,
+    function_ids: HashMap<FunctionKey, u32, FxBuild>,
+    mapping_ids: HashMap<MappingKey, u32, FxBuild>,
+    location_ids: HashMap<LocationKey, u32, FxBuild>,
+    label_set_ids: HashMap<Vec<Label>, u32, FxBuild>,
+    stack_ids: HashMap<Vec<u32>, u32, FxBuild>,
+    /// Bytes held, roughly (strings, symbols, stacks and their maps): what bounds the head's use.
+    bytes: usize,
+}
+
+/// One profile's ids mapped into a [`TableBuilder`] (strings filled on first use).
+pub struct ProfileIds {
+    strings: Vec<Option<u32>>,
+    locations: HashMap<u64, u32, FxBuild>,
+}
+
+impl Default for TableBuilder {
+    fn default() -> Self {
+        TableBuilder::new()
+    }
+}
+
+impl TableBuilder {
+    pub fn new() -> TableBuilder {
+        let mut t = TableBuilder {
+            tables: Tables {
+                symbols: Symbols::default(),
+                stack_starts: vec![0],
+                stack_locations: Vec::new(),
+            },
+            string_ids: HashMap::default(),
+            function_ids: HashMap::default(),
+            mapping_ids: HashMap::default(),
+            location_ids: HashMap::default(),
+            label_set_ids: HashMap::default(),
+            stack_ids: HashMap::default(),
+            bytes: 0,
+        };
+        // pprof (and every reader) expects string 0 to be "".
+        t.string("");
+        t
+    }
+
+    /// The tables built so far (stack ids `0..stacks()`).
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn string(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.string_ids.get(s) {
+            return id;
+        }
+        let id = self.tables.symbols.strings.len() as u32;
+        self.tables.symbols.strings.push(s.to_owned());
+        self.string_ids.insert(s.to_owned(), id);
+        self.bytes += 2 * s.len() + 64;
+        id
+    }
+
+    /// Maps the functions, mappings and locations of `p` into the tables.
+    pub fn map_profile(&mut self, p: &Profile) -> ProfileIds {
+        let mut ids = ProfileIds {
+            strings: vec![None; p.string_table.len()],
+            locations: HashMap::with_capacity_and_hasher(p.location.len(), FxBuild::default()),
+        };
+        let mut fmap: HashMap<u64, u32, FxBuild> =
+            HashMap::with_capacity_and_hasher(p.function.len(), FxBuild::default());
+        for f in &p.function {
+            let key = (
+                self.profile_string(&mut ids, p, f.name),
+                self.profile_string(&mut ids, p, f.system_name),
+                self.profile_string(&mut ids, p, f.filename),
+                f.start_line,
+            );
+            fmap.insert(f.id, self.function(key));
+        }
+        let mut mmap: HashMap<u64, u32, FxBuild> =
+            HashMap::with_capacity_and_hasher(p.mapping.len(), FxBuild::default());
+        for m in &p.mapping {
+            let key = (
+                m.memory_start,
+                m.memory_limit,
+                m.file_offset,
+                self.profile_string(&mut ids, p, m.filename),
+                self.profile_string(&mut ids, p, m.build_id),
+                [
+                    m.has_functions,
+                    m.has_filenames,
+                    m.has_line_numbers,
+                    m.has_inline_frames,
+                ],
+            );
+            mmap.insert(m.id, self.mapping(key));
+        }
+        for l in &p.location {
+            let key: LocationKey = (
+                mmap.get(&l.mapping_id).copied().unwrap_or(0),
+                l.address,
+                l.line
+                    .iter()
+                    .map(|ln| (fmap.get(&ln.function_id).copied().unwrap_or(0), ln.line))
+                    .collect(),
+                l.is_folded,
+            );
+            let id = self.location(key);
+            ids.locations.insert(l.id, id);
+        }
+        ids
+    }
+
+    /// The table id of string `i` of `p` (0 for an index out of range).
+    pub fn profile_string(&mut self, ids: &mut ProfileIds, p: &Profile, i: i64) -> u32 {
+        let Ok(idx) = usize::try_from(i) else {
+            return 0;
+        };
+        match ids.strings.get(idx) {
+            Some(Some(id)) => *id,
+            Some(None) => {
+                let id = self.string(&p.string_table[idx]);
+                ids.strings[idx] = Some(id);
+                id
+            }
+            None => 0,
+        }
+    }
+
+    /// The stack id of `sample` (of the profile `ids` maps); `scratch` is reused between calls.
+    pub fn sample_stack(
+        &mut self,
+        ids: &ProfileIds,
+        sample: &Sample,
+        scratch: &mut Vec<u32>,
+    ) -> u32 {
+        scratch.clear();
+        for loc in &sample.location_id {
+            let id = match ids.locations.get(loc) {
+                Some(&id) => id,
+                // A dangling id (ingest validates, but be total): an empty location keeps depth.
+                None => self.location((0, 0, Vec::new(), false)),
+            };
+            scratch.push(id);
+        }
+        self.stack(scratch)
+    }
+
+    /// Like [`TableBuilder::map_profile`] without adding anything: the locations of `p` already
+    /// in the tables (others are left out of the map).
+    pub fn find_profile(&self, p: &Profile) -> ProfileIds {
+        let mut ids = ProfileIds {
+            strings: Vec::new(),
+            locations: HashMap::with_capacity_and_hasher(p.location.len(), FxBuild::default()),
+        };
+        let s = |i: i64| -> Option<u32> {
+            let s = usize::try_from(i)
+                .ok()
+                .and_then(|i| p.string_table.get(i))?;
+            self.string_ids.get(s.as_str()).copied()
+        };
+        let mut fmap: HashMap<u64, u32, FxBuild> = HashMap::default();
+        for f in &p.function {
+            let key = (s(f.name), s(f.system_name), s(f.filename));
+            if let (Some(a), Some(b), Some(c)) = key
+                && let Some(&id) = self.function_ids.get(&(a, b, c, f.start_line))
+            {
+                fmap.insert(f.id, id);
+            }
+        }
+        let mut mmap: HashMap<u64, u32, FxBuild> = HashMap::default();
+        for m in &p.mapping {
+            if let (Some(file), Some(build)) = (s(m.filename), s(m.build_id)) {
+                let key = (
+                    m.memory_start,
+                    m.memory_limit,
+                    m.file_offset,
+                    file,
+                    build,
+                    [
+                        m.has_functions,
+                        m.has_filenames,
+                        m.has_line_numbers,
+                        m.has_inline_frames,
+                    ],
+                );
+                if let Some(&id) = self.mapping_ids.get(&key) {
+                    mmap.insert(m.id, id);
+                }
+            }
+        }
+        for l in &p.location {
+            let key: LocationKey = (
+                mmap.get(&l.mapping_id).copied().unwrap_or(0),
+                l.address,
+                l.line
+                    .iter()
+                    .map(|ln| (fmap.get(&ln.function_id).copied().unwrap_or(0), ln.line))
+                    .collect(),
+                l.is_folded,
+            );
+            if let Some(&id) = self.location_ids.get(&key) {
+                ids.locations.insert(l.id, id);
+            }
+        }
+        ids
+    }
+
+    /// Like [`TableBuilder::sample_stack`] without adding anything: `None` when the stack is not
+    /// in the tables.
+    pub fn find_stack(
+        &self,
+        ids: &ProfileIds,
+        sample: &Sample,
+        scratch: &mut Vec<u32>,
+    ) -> Option<u32> {
+        scratch.clear();
+        for loc in &sample.location_id {
+            let id = match ids.locations.get(loc) {
+                Some(&id) => id,
+                None => *self.location_ids.get(&(0, 0, Vec::new(), false))?,
+            };
+            scratch.push(id);
+        }
+        self.stack_ids.get(scratch.as_slice()).copied()
+    }
+
+    fn function(&mut self, key: FunctionKey) -> u32 {
+        if let Some(&id) = self.function_ids.get(&key) {
+            return id;
+        }
+        self.tables.symbols.functions.push(Function {
+            id: 0,
+            name: i64::from(key.0),
+            system_name: i64::from(key.1),
+            filename: i64::from(key.2),
+            start_line: key.3,
+        });
+        let id = self.tables.symbols.functions.len() as u32;
+        self.function_ids.insert(key, id);
+        self.bytes += 96;
+        id
+    }
+
+    fn mapping(&mut self, key: MappingKey) -> u32 {
+        if let Some(&id) = self.mapping_ids.get(&key) {
+            return id;
+        }
+        self.tables.symbols.mappings.push(Mapping {
+            id: 0,
+            memory_start: key.0,
+            memory_limit: key.1,
+            file_offset: key.2,
+            filename: i64::from(key.3),
+            build_id: i64::from(key.4),
+            has_functions: key.5[0],
+            has_filenames: key.5[1],
+            has_line_numbers: key.5[2],
+            has_inline_frames: key.5[3],
+        });
+        let id = self.tables.symbols.mappings.len() as u32;
+        self.mapping_ids.insert(key, id);
+        self.bytes += 160;
+        id
+    }
+
+    fn location(&mut self, key: LocationKey) -> u32 {
+        if let Some(&id) = self.location_ids.get(&key) {
+            return id;
+        }
+        self.tables.symbols.locations.push(Location {
+            id: 0,
+            mapping_id: u64::from(key.0),
+            address: key.1,
+            line: key
+                .2
+                .iter()
+                .map(|&(f, line)| Line {
+                    function_id: u64::from(f),
+                    line,
+                })
+                .collect(),
+            is_folded: key.3,
+        });
+        let id = self.tables.symbols.locations.len() as u32;
+        self.bytes += 160 + 48 * key.2.len();
+        self.location_ids.insert(key, id);
+        id
+    }
+
+    fn stack(&mut self, locations: &[u32]) -> u32 {
+        if let Some(&id) = self.stack_ids.get(locations) {
+            return id;
+        }
+        let id = self.stacks() as u32;
+        self.tables.stack_locations.extend_from_slice(locations);
+        self.tables
+            .stack_starts
+            .push(self.tables.stack_locations.len());
+        self.stack_ids.insert(locations.to_vec(), id);
+        self.bytes += 64 + 8 * locations.len();
+        id
+    }
+
+    fn label_set(&mut self, labels: Vec<Label>) -> u32 {
+        if let Some(&id) = self.label_set_ids.get(&labels) {
+            return id;
+        }
+        self.tables.symbols.label_sets.push(LabelSet {
+            labels: labels.clone(),
+        });
+        let id = self.tables.symbols.label_sets.len() as u32;
+        self.bytes += 64 + 64 * labels.len();
+        self.label_set_ids.insert(labels, id);
+        id
+    }
+
+    /// How many distinct stacks the tables hold.
+    pub fn stacks(&self) -> usize {
+        self.tables.stacks()
+    }
+
+    /// Stack `id` of `from` in these tables (its locations, mappings, functions and strings
+    /// copied by value): how the head's aggregate moves what it keeps into fresh tables after a
+    /// flush. `memo` maps `from`'s location ids already copied.
+    pub fn import_stack(
+        &mut self,
+        from: &Tables,
+        id: u32,
+        memo: &mut HashMap<u32, u32, FxBuild>,
+    ) -> u32 {
+        let mut locs = Vec::with_capacity(from.stack(id).len());
+        for &l in from.stack(id) {
+            let new = match memo.get(&l) {
+                Some(&n) => n,
+                None => {
+                    let n = self.import_location(from, l);
+                    memo.insert(l, n);
+                    n
+                }
+            };
+            locs.push(new);
+        }
+        self.stack(&locs)
+    }
+
+    fn import_location(&mut self, from: &Tables, id: u32) -> u32 {
+        let l = id
+            .checked_sub(1)
+            .and_then(|i| from.symbols.locations.get(i as usize))
+            .cloned()
+            .unwrap_or_default();
+        let mapping = match usize::try_from(l.mapping_id)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| from.symbols.mappings.get(i))
+        {
+            Some(m) => {
+                let key = (
+                    m.memory_start,
+                    m.memory_limit,
+                    m.file_offset,
+                    self.string(from.str(m.filename)),
+                    self.string(from.str(m.build_id)),
+                    [
+                        m.has_functions,
+                        m.has_filenames,
+                        m.has_line_numbers,
+                        m.has_inline_frames,
+                    ],
+                );
+                self.mapping(key)
+            }
+            None => 0,
+        };
+        let lines = l
+            .line
+            .iter()
+            .map(|ln| {
+                let f = match usize::try_from(ln.function_id)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| from.symbols.functions.get(i))
+                {
+                    Some(f) => {
+                        let key = (
+                            self.string(from.str(f.name)),
+                            self.string(from.str(f.system_name)),
+                            self.string(from.str(f.filename)),
+                            f.start_line,
+                        );
+                        self.function(key)
+                    }
+                    None => 0,
+                };
+                (f, ln.line)
+            })
+            .collect();
+        self.location((mapping, l.address, lines, l.is_folded))
+    }
+
+    /// The tables as a block stores them.
+    fn into_sections(self) -> (Symbols, Stacks) {
+        let lengths = self
+            .tables
+            .stack_starts
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as u32)
+            .collect();
+        (
+            self.tables.symbols,
+            Stacks {
+                lengths,
+                locations: self.tables.stack_locations,
+            },
+        )
+    }
+}
+
+/// The `type:unit` name of each sample type of `p`, `None` for a column that repeats an earlier
+/// one (reads take the first column of a type, see [`Tables::value_index`]).
+pub fn sample_type_names(p: &Profile) -> Vec<Option<String>> {
+    let mut seen: Vec<Option<String>> = Vec::with_capacity(p.sample_type.len());
+    for st in &p.sample_type {
+        let name = format!("{}:{}", p.str(st.r#type), p.str(st.unit));
+        let repeat = seen.iter().flatten().any(|n| *n == name);
+        seen.push((!repeat).then_some(name));
+    }
+    seen
+}
+
 /// Accumulates profiles into one block's tables, deduplicating symbols and stacks as they come.
 pub struct BlockBuilder {
-    strings: Vec<String>,
-    string_ids: HashMap<String, u32>,
-    functions: Vec<Function>,
-    function_ids: HashMap<FunctionKey, u32>,
-    mappings: Vec<Mapping>,
-    mapping_ids: HashMap<MappingKey, u32>,
-    locations: Vec<Location>,
-    location_ids: HashMap<LocationKey, u32>,
-    label_sets: Vec<LabelSet>,
-    label_set_ids: HashMap<Vec<Label>, u32>,
-    stacks: Stacks,
-    stack_ids: HashMap<Vec<u32>, u32>,
+    t: TableBuilder,
     series: BTreeMap<Labels, SeriesBuild>,
     min_time: i64,
     max_time: i64,
@@ -289,28 +745,14 @@ impl Default for BlockBuilder {
 
 impl BlockBuilder {
     pub fn new() -> BlockBuilder {
-        let mut b = BlockBuilder {
-            strings: Vec::new(),
-            string_ids: HashMap::new(),
-            functions: Vec::new(),
-            function_ids: HashMap::new(),
-            mappings: Vec::new(),
-            mapping_ids: HashMap::new(),
-            locations: Vec::new(),
-            location_ids: HashMap::new(),
-            label_sets: Vec::new(),
-            label_set_ids: HashMap::new(),
-            stacks: Stacks::default(),
-            stack_ids: HashMap::new(),
+        BlockBuilder {
+            t: TableBuilder::new(),
             series: BTreeMap::new(),
             min_time: i64::MAX,
             max_time: i64::MIN,
             rows: 0,
             profiles: 0,
-        };
-        // pprof (and every reader) expects string 0 to be "".
-        b.string("");
-        b
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -322,125 +764,15 @@ impl BlockBuilder {
         self.profiles
     }
 
-    fn string(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.string_ids.get(s) {
-            return id;
-        }
-        let id = self.strings.len() as u32;
-        self.strings.push(s.to_owned());
-        self.string_ids.insert(s.to_owned(), id);
-        id
-    }
-
     /// Adds one profile of series `labels`, stored at `time_nanos`.
     pub fn add(&mut self, labels: &Labels, time_nanos: i64, profile_types: &[String], p: &Profile) {
-        // Profile string index → block string id, filled on first use.
-        let mut smap: Vec<Option<u32>> = vec![None; p.string_table.len()];
-        let mut s = |b: &mut BlockBuilder, i: i64| -> u32 {
-            let Ok(idx) = usize::try_from(i) else {
-                return 0;
-            };
-            match smap.get(idx) {
-                Some(Some(id)) => *id,
-                Some(None) => {
-                    let id = b.string(&p.string_table[idx]);
-                    smap[idx] = Some(id);
-                    id
-                }
-                None => 0,
-            }
-        };
-        let mut fmap: HashMap<u64, u32> = HashMap::with_capacity(p.function.len());
-        for f in &p.function {
-            let key = (
-                s(self, f.name),
-                s(self, f.system_name),
-                s(self, f.filename),
-                f.start_line,
-            );
-            let id = match self.function_ids.get(&key) {
-                Some(&id) => id,
-                None => {
-                    self.functions.push(Function {
-                        id: 0,
-                        name: i64::from(key.0),
-                        system_name: i64::from(key.1),
-                        filename: i64::from(key.2),
-                        start_line: key.3,
-                    });
-                    let id = self.functions.len() as u32;
-                    self.function_ids.insert(key, id);
-                    id
-                }
-            };
-            fmap.insert(f.id, id);
-        }
-        let mut mmap: HashMap<u64, u32> = HashMap::with_capacity(p.mapping.len());
-        for m in &p.mapping {
-            let key = (
-                m.memory_start,
-                m.memory_limit,
-                m.file_offset,
-                s(self, m.filename),
-                s(self, m.build_id),
-                [
-                    m.has_functions,
-                    m.has_filenames,
-                    m.has_line_numbers,
-                    m.has_inline_frames,
-                ],
-            );
-            let id = match self.mapping_ids.get(&key) {
-                Some(&id) => id,
-                None => {
-                    self.mappings.push(Mapping {
-                        id: 0,
-                        memory_start: key.0,
-                        memory_limit: key.1,
-                        file_offset: key.2,
-                        filename: i64::from(key.3),
-                        build_id: i64::from(key.4),
-                        has_functions: key.5[0],
-                        has_filenames: key.5[1],
-                        has_line_numbers: key.5[2],
-                        has_inline_frames: key.5[3],
-                    });
-                    let id = self.mappings.len() as u32;
-                    self.mapping_ids.insert(key, id);
-                    id
-                }
-            };
-            mmap.insert(m.id, id);
-        }
-        let mut lmap: HashMap<u64, u32> = HashMap::with_capacity(p.location.len());
-        for l in &p.location {
-            let key: LocationKey = (
-                mmap.get(&l.mapping_id).copied().unwrap_or(0),
-                l.address,
-                l.line
-                    .iter()
-                    .map(|ln| (fmap.get(&ln.function_id).copied().unwrap_or(0), ln.line))
-                    .collect(),
-                l.is_folded,
-            );
-            let id = self.location(key);
-            lmap.insert(l.id, id);
-        }
-
+        let mut ids = self.t.map_profile(p);
+        let t = &mut self.t;
         let n = p.sample_type.len();
         let mut rows: Vec<(u32, u32, &Sample)> = Vec::with_capacity(p.sample.len());
         let mut stack = Vec::new();
         for sample in &p.sample {
-            stack.clear();
-            for loc in &sample.location_id {
-                let id = match lmap.get(loc) {
-                    Some(&id) => id,
-                    // A dangling id (ingest validates, but be total): an empty location keeps depth.
-                    None => self.location((0, 0, Vec::new(), false)),
-                };
-                stack.push(id);
-            }
-            let stack_id = self.stack(&stack);
+            let stack_id = t.sample_stack(&ids, sample, &mut stack);
             let label_set = if sample.label.is_empty() {
                 0
             } else {
@@ -448,38 +780,39 @@ impl BlockBuilder {
                     .label
                     .iter()
                     .map(|l| Label {
-                        key: i64::from(s(self, l.key)),
-                        str: i64::from(s(self, l.str)),
+                        key: i64::from(t.profile_string(&mut ids, p, l.key)),
+                        str: i64::from(t.profile_string(&mut ids, p, l.str)),
                         num: l.num,
-                        num_unit: i64::from(s(self, l.num_unit)),
+                        num_unit: i64::from(t.profile_string(&mut ids, p, l.num_unit)),
                     })
                     .collect();
-                self.label_set(set)
+                t.label_set(set)
             };
             rows.push((stack_id, label_set, sample));
         }
         rows.sort_by_key(|r| (r.0, r.1));
 
+        let mut s = |i: i64| i64::from(t.profile_string(&mut ids, p, i));
         let meta = ProfileMeta {
             time_nanos,
             duration_nanos: p.duration_nanos,
             period: p.period,
             period_type: p.period_type.map(|vt| ValueType {
-                r#type: i64::from(s(self, vt.r#type)),
-                unit: i64::from(s(self, vt.unit)),
+                r#type: s(vt.r#type),
+                unit: s(vt.unit),
             }),
             sample_types: p
                 .sample_type
                 .iter()
                 .map(|vt| ValueType {
-                    r#type: i64::from(s(self, vt.r#type)),
-                    unit: i64::from(s(self, vt.unit)),
+                    r#type: s(vt.r#type),
+                    unit: s(vt.unit),
                 })
                 .collect(),
-            default_sample_type: i64::from(s(self, p.default_sample_type)),
-            drop_frames: i64::from(s(self, p.drop_frames)),
-            keep_frames: i64::from(s(self, p.keep_frames)),
-            comments: p.comment.iter().map(|&c| i64::from(s(self, c))).collect(),
+            default_sample_type: s(p.default_sample_type),
+            drop_frames: s(p.drop_frames),
+            keep_frames: s(p.keep_frames),
+            comments: p.comment.iter().map(|&c| s(c)).collect(),
             profile_types: profile_types.to_vec(),
             rows: rows.len() as u32,
             pprof_time_nanos: p.time_nanos,
@@ -506,6 +839,16 @@ impl BlockBuilder {
                     .push(sample.value.get(col).copied().unwrap_or(0));
             }
         }
+        for (col, name) in sample_type_names(p).into_iter().enumerate() {
+            let Some(name) = name else { continue };
+            let (profiles, sums) = series.totals.entry(name).or_default();
+            *profiles += 1;
+            for (stack_id, _, sample) in &rows {
+                let v = sample.value.get(col).copied().unwrap_or(0);
+                let e = sums.entry(*stack_id).or_insert(0);
+                *e = e.saturating_add(v);
+            }
+        }
         series.min_time = series.min_time.min(time_nanos);
         series.max_time = series.max_time.max(time_nanos);
         series.types.extend(profile_types.iter().cloned());
@@ -515,53 +858,6 @@ impl BlockBuilder {
         self.rows += rows.len() as u64;
         self.profiles += 1;
     }
-
-    fn location(&mut self, key: LocationKey) -> u32 {
-        if let Some(&id) = self.location_ids.get(&key) {
-            return id;
-        }
-        self.locations.push(Location {
-            id: 0,
-            mapping_id: u64::from(key.0),
-            address: key.1,
-            line: key
-                .2
-                .iter()
-                .map(|&(f, line)| Line {
-                    function_id: u64::from(f),
-                    line,
-                })
-                .collect(),
-            is_folded: key.3,
-        });
-        let id = self.locations.len() as u32;
-        self.location_ids.insert(key, id);
-        id
-    }
-
-    fn stack(&mut self, locations: &[u32]) -> u32 {
-        if let Some(&id) = self.stack_ids.get(locations) {
-            return id;
-        }
-        let id = self.stacks.lengths.len() as u32;
-        self.stacks.lengths.push(locations.len() as u32);
-        self.stacks.locations.extend_from_slice(locations);
-        self.stack_ids.insert(locations.to_vec(), id);
-        id
-    }
-
-    fn label_set(&mut self, labels: Vec<Label>) -> u32 {
-        if let Some(&id) = self.label_set_ids.get(&labels) {
-            return id;
-        }
-        self.label_sets.push(LabelSet {
-            labels: labels.clone(),
-        });
-        let id = self.label_sets.len() as u32;
-        self.label_set_ids.insert(labels, id);
-        id
-    }
-
     /// Writes the block atomically (temp file, fsync, rename, fsync directory) and returns its
     /// footer and size.
     pub fn write(
@@ -576,17 +872,9 @@ impl BlockBuilder {
             buf: Vec::with_capacity(1 << 20),
         };
         w.buf.extend_from_slice(BLOCK_MAGIC);
-        let symbols = w.section(
-            &Symbols {
-                strings: self.strings,
-                functions: self.functions,
-                mappings: self.mappings,
-                locations: self.locations,
-                label_sets: self.label_sets,
-            }
-            .encode_to_vec(),
-        )?;
-        let stacks = w.section(&self.stacks.encode_to_vec())?;
+        let (symbols, stacks) = self.t.into_sections();
+        let symbols = w.section(&symbols.encode_to_vec())?;
+        let stacks = w.section(&stacks.encode_to_vec())?;
         let mut series = Vec::with_capacity(self.series.len());
         for (labels, s) in self.series {
             let profiles_section = w.section(
@@ -596,6 +884,32 @@ impl BlockBuilder {
                 .encode_to_vec(),
             )?;
             let rows_section = w.section(&s.rows.encode_to_vec())?;
+            let totals = SeriesTotals {
+                types: s
+                    .totals
+                    .into_iter()
+                    .map(|(profile_type, (profiles, sums))| {
+                        let mut sums: Vec<(u32, i64)> =
+                            sums.into_iter().filter(|&(_, v)| v != 0).collect();
+                        sums.sort_unstable();
+                        let mut prev = 0;
+                        TypeTotals {
+                            profile_type,
+                            profiles,
+                            stack_deltas: sums
+                                .iter()
+                                .map(|&(id, _)| {
+                                    let d = id - prev;
+                                    prev = id;
+                                    d
+                                })
+                                .collect(),
+                            values: sums.iter().map(|&(_, v)| v).collect(),
+                        }
+                    })
+                    .collect(),
+            };
+            let totals_section = w.section(&totals.encode_to_vec())?;
             series.push(SeriesMeta {
                 labels: labels
                     .iter()
@@ -611,6 +925,7 @@ impl BlockBuilder {
                 profile_types: s.types.into_iter().collect(),
                 profiles_section: Some(profiles_section),
                 rows_section: Some(rows_section),
+                totals_section: Some(totals_section),
             });
         }
         let meta = BlockMeta {
@@ -793,30 +1108,34 @@ pub fn count_without_footer(path: &Path, limit: usize) -> LostCount {
         frames.push((at, len));
         at += len;
     }
-    let counted = (frames.len() >= 2 && frames.len() % 2 == 0)
-        .then(|| {
-            frames[2..]
-                .iter()
-                .step_by(2)
-                .try_fold(0u64, |total, &(offset, len)| {
-                    let mut z = vec![0u8; usize::try_from(len).ok()?];
-                    file.read_exact_at(&mut z, offset).ok()?;
-                    let mut raw = Vec::new();
-                    let decoder = zstd::stream::read::Decoder::new(z.as_slice()).ok()?;
-                    std::io::Read::read_to_end(
-                        &mut std::io::Read::take(decoder, limit as u64 + 1),
-                        &mut raw,
-                    )
-                    .ok()?;
-                    if raw.len() > limit {
-                        return None;
-                    }
-                    let p = SeriesProfiles::decode(raw.as_slice()).ok()?;
-                    Some(total + p.profiles.len() as u64)
-                })
-        })
-        .flatten();
-    if let Some(n) = counted {
+    // Per series: profiles, rows and (in blocks with per-stack sums) totals; older blocks have no
+    // totals. Try the newer layout first.
+    let count = |stride: usize| {
+        (frames.len() >= 2 && (frames.len() - 2) % stride == 0)
+            .then(|| {
+                frames[2..]
+                    .iter()
+                    .step_by(stride)
+                    .try_fold(0u64, |total, &(offset, len)| {
+                        let mut z = vec![0u8; usize::try_from(len).ok()?];
+                        file.read_exact_at(&mut z, offset).ok()?;
+                        let mut raw = Vec::new();
+                        let decoder = zstd::stream::read::Decoder::new(z.as_slice()).ok()?;
+                        std::io::Read::read_to_end(
+                            &mut std::io::Read::take(decoder, limit as u64 + 1),
+                            &mut raw,
+                        )
+                        .ok()?;
+                        if raw.len() > limit {
+                            return None;
+                        }
+                        let p = SeriesProfiles::decode(raw.as_slice()).ok()?;
+                        Some(total + p.profiles.len() as u64)
+                    })
+            })
+            .flatten()
+    };
+    if let Some(n) = count(3).or_else(|| count(2)) {
         return LostCount::Counted(n);
     }
     footer_without_crc(&file, size)
@@ -956,10 +1275,19 @@ pub fn verify(file: &File, path: &Path, meta: &BlockMeta, limit: usize, deep: bo
     }
     for (i, s) in meta.series.iter().enumerate() {
         let series = if deep {
-            SeriesData::load(file, path, s, limit).map(drop)
+            SeriesData::load(file, path, s, limit)
+                .and_then(|_| match s.totals_section {
+                    Some(_) => load_series_totals(file, path, s, limit).map(drop),
+                    None => Ok(()),
+                })
+                .map(drop)
         } else {
             read_verified(file, path, s.profiles_section.as_ref(), limit)
                 .and_then(|_| read_verified(file, path, s.rows_section.as_ref(), limit))
+                .and_then(|_| match &s.totals_section {
+                    Some(t) => read_verified(file, path, Some(t), limit).map(drop),
+                    None => Ok(()),
+                })
                 .map(drop)
         };
         if let Err(e) = series {
@@ -1045,17 +1373,18 @@ impl Tables {
         r.p.string_table.push(ty.to_owned());
         r.p.string_table.push(unit.to_owned());
         r.p.sample_type = vec![ValueType { r#type: 1, unit: 2 }];
-        r.p.sample
-            .reserve(stacks.iter().filter(|&&v| v != 0).count());
-        for (stack, &value) in stacks.iter().enumerate().filter(|(_, v)| **v != 0) {
-            let location_id = self
-                .stack(stack as u32)
-                .iter()
-                .map(|&l| r.location(l))
-                .collect();
+        // Root-first order: stacks sharing a prefix come together, so the tree merge
+        // ([`crate::query::merge::Tree`]) looks up only the frames after the shared prefix.
+        let mut ids: Vec<u32> = (0..stacks.len().min(self.stacks()) as u32)
+            .filter(|&i| stacks[i as usize] != 0)
+            .collect();
+        ids.sort_unstable_by(|&a, &b| self.stack(a).iter().rev().cmp(self.stack(b).iter().rev()));
+        r.p.sample.reserve(ids.len());
+        for stack in ids {
+            let location_id = self.stack(stack).iter().map(|&l| r.location(l)).collect();
             r.p.sample.push(Sample {
                 location_id,
-                value: vec![value],
+                value: vec![stacks[stack as usize]],
                 label: Vec::new(),
             });
         }
@@ -1068,6 +1397,55 @@ impl Tables {
             (Some(&a), Some(&b)) => &self.stack_locations[a..b],
             _ => &[],
         }
+    }
+}
+
+/// A series' rows summed by stack id per profile type (its [`SeriesMeta::totals_section`]).
+pub struct SeriesSums(SeriesTotals);
+
+/// The series' pre-summed rows, or `None` for a block written before blocks carried them.
+pub fn load_series_totals(
+    file: &File,
+    path: &Path,
+    series: &SeriesMeta,
+    limit: usize,
+) -> Result<Option<SeriesSums>, StoreError> {
+    let Some(r) = &series.totals_section else {
+        return Ok(None);
+    };
+    let raw = read_section(file, path, Some(r), limit)?;
+    let totals = SeriesTotals::decode(raw.as_slice())
+        .map_err(|e| block_err(path, format!("series totals: {e}")))?;
+    if totals
+        .types
+        .iter()
+        .any(|t| t.stack_deltas.len() != t.values.len())
+    {
+        return Err(block_err(path, "series totals: ids and values disagree"));
+    }
+    Ok(Some(SeriesSums(totals)))
+}
+
+impl SeriesSums {
+    /// Adds the sums of `profile_type` into `acc` (indexed by stack id, grown to the block's
+    /// stack count), as [`SeriesData::aggregate`] over all the series' profiles would; returns how
+    /// many profiles have that type.
+    pub fn add_to(&self, tables: &Tables, profile_type: &str, acc: &mut Vec<i64>) -> usize {
+        if acc.len() < tables.stacks() {
+            acc.resize(tables.stacks(), 0);
+        }
+        let Some(t) = self.0.types.iter().find(|t| t.profile_type == profile_type) else {
+            return 0;
+        };
+        let mut stack = 0u32;
+        for (&d, &v) in t.stack_deltas.iter().zip(&t.values) {
+            stack = stack.wrapping_add(d);
+            // A stack id past the table (a damaged block) is dropped, as a read drops it.
+            if let Some(e) = acc.get_mut(stack as usize) {
+                *e = e.saturating_add(v);
+            }
+        }
+        t.profiles as usize
     }
 }
 
@@ -1099,6 +1477,11 @@ impl SeriesData {
     ) -> Result<SeriesData, StoreError> {
         let profiles = load_series_profiles(file, path, series, limit)?;
         let raw = read_section(file, path, series.rows_section.as_ref(), limit)?;
+        // Its pre-summed copy is checked too (CRC only), so a damaged section of a series hides
+        // that series from every read alike, merged or not.
+        if series.totals_section.is_some() {
+            read_verified(file, path, series.totals_section.as_ref(), limit)?;
+        }
         let rows = SeriesRows::decode(raw.as_slice())
             .map_err(|e| block_err(path, format!("series rows: {e}")))?;
         let want_rows: usize = profiles.iter().map(|p| p.rows as usize).sum();

@@ -36,6 +36,7 @@ use kiln_proto::pprof::Profile;
 use prost::Message;
 
 use super::block::{self, BlockBuilder, BlockMeta, Provenance, SeriesData, SeriesMeta, Tables};
+use super::headagg::{self, Delta, HeadAgg};
 use super::segment::{self, FrameError, SEGMENT_MAGIC};
 use super::{
     Labels, MergedProfile, NewProfile, ReadRequest, Store, StoreError, StoreStats, StoredProfile,
@@ -64,6 +65,8 @@ struct Entry {
     /// The payload's CRC, checked again when it is read back.
     crc: u32,
     profile_types: Arc<[String]>,
+    /// Folded into the head's aggregate ([`headagg`]).
+    aggregated: bool,
 }
 
 struct Series {
@@ -71,7 +74,7 @@ struct Series {
     entries: Vec<Entry>,
 }
 
-/// The head's index: series → records in WAL segments.
+/// The head's index: series → records in WAL segments, plus their pre-merged sums.
 #[derive(Default)]
 struct Index {
     series: Vec<Series>,
@@ -79,14 +82,18 @@ struct Index {
     /// Interned profile-type lists: most records share one of a handful.
     type_sets: HashSet<Arc<[String]>>,
     profiles: u64,
+    agg: HeadAgg,
 }
 
 impl Index {
-    fn add(&mut self, labels: Labels, entry: Entry) {
+    /// Adds a record, folding `profile` (its decoded pprof, when there is one) into the
+    /// aggregate.
+    fn add(&mut self, labels: Labels, mut entry: Entry, profile: Option<&Profile>) {
         let labels = match self.by_labels.get_key_value(&labels) {
             Some((l, _)) => l.clone(),
             None => Arc::new(labels),
         };
+        entry.aggregated = self.agg.add(&labels, entry.time_nanos, profile);
         self.add_arc(labels, entry);
     }
 
@@ -113,8 +120,9 @@ impl Index {
         self.profiles += 1;
     }
 
-    /// The index without the records of `segments`.
-    fn without(&self, segments: &BTreeSet<u64>) -> Index {
+    /// The index without the records of `segments`, whose contribution to the aggregate is
+    /// `delta` (see [`HeadAgg::delta`]).
+    fn without(mut self, segments: &BTreeSet<u64>, delta: Delta) -> Index {
         let mut out = Index::default();
         for s in &self.series {
             for e in &s.entries {
@@ -123,6 +131,13 @@ impl Index {
                 }
             }
         }
+        let remaining = out.series.iter().flat_map(|s| {
+            s.entries
+                .iter()
+                .map(|e| (&s.labels, e.time_nanos, e.aggregated))
+        });
+        self.agg.apply(delta, remaining);
+        out.agg = self.agg;
         out
     }
 }
@@ -347,6 +362,8 @@ struct Inner {
     losses: Losses,
     /// Whether compaction and retention of blocks are this engine's job.
     role: Role,
+    /// The head aggregate's estimated size, as of the last change (read without the state lock).
+    agg_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Who compacts and expires the blocks.
@@ -549,21 +566,23 @@ impl Inner {
                 );
                 losses.wal(d);
             }
+            let file = File::open(&path).map_err(io_err(&path))?;
             for r in scan.records {
                 let labels = r.header.labels();
-                index.add(
-                    labels,
-                    Entry {
-                        time_nanos: r.header.time_nanos,
-                        segment: id,
-                        offset: r.offset,
-                        len: r.len,
-                        crc: r.crc,
-                        profile_types: r.header.profile_types.into(),
-                    },
-                );
+                let entry = Entry {
+                    time_nanos: r.header.time_nanos,
+                    segment: id,
+                    offset: r.offset,
+                    len: r.len,
+                    crc: r.crc,
+                    profile_types: r.header.profile_types.into(),
+                    aggregated: false,
+                };
+                // Folded into the aggregate as at append time (a record that does not decode is
+                // left to the exact path, which reports it).
+                let profile = read_record(&dir, max_profile_bytes, &entry, &file).ok();
+                index.add(labels, entry, profile.as_ref());
             }
-            let file = File::open(&path).map_err(io_err(&path))?;
             readers.insert(id, Arc::new(file));
             if appendable {
                 let file = OpenOptions::new()
@@ -604,6 +623,7 @@ impl Inner {
             head_profiles = index.profiles,
             "store opened"
         );
+        let agg_bytes = index.agg.bytes();
         Ok(Inner {
             dir,
             blocks_dir,
@@ -621,6 +641,7 @@ impl Inner {
             interner,
             losses,
             role,
+            agg_bytes: std::sync::atomic::AtomicUsize::new(agg_bytes),
         })
     }
 
@@ -759,24 +780,83 @@ impl Inner {
     }
 
     fn read_entry(&self, entry: &Entry, file: &File) -> Result<Profile, StoreError> {
+        read_record(&self.dir, self.max_profile_bytes, entry, file)
+    }
+}
+
+/// Reads and decodes the head record `entry` of segment `file` (in `dir`).
+fn read_record(
+    dir: &Path,
+    max_profile_bytes: usize,
+    entry: &Entry,
+    file: &File,
+) -> Result<Profile, StoreError> {
+    {
         let corrupt = |reason: String| StoreError::Corrupt {
             segment: entry.segment,
             offset: entry.offset,
             reason,
         };
         let mut payload = vec![0u8; entry.len as usize];
-        let path = segment::segment_path(&self.dir, entry.segment);
+        let path = segment::segment_path(dir, entry.segment);
         file.read_exact_at(&mut payload, entry.offset)
             .map_err(io_err(&path))?;
         let decoded = segment::verify_payload(entry.crc, &payload)
             .and_then(|()| segment::split_payload(&payload))
-            .and_then(|(_, body)| segment::decompress(body, self.max_profile_bytes));
+            .and_then(|(_, body)| segment::decompress(body, max_profile_bytes));
         let raw = match decoded {
             Ok(raw) => raw,
             Err(FrameError::Corrupt(why)) => return Err(corrupt(why)),
             Err(FrameError::Io(e)) => return Err(io_err(&path)(e)),
         };
         Profile::decode(raw.as_slice()).map_err(|e| corrupt(format!("bad pprof: {e}")))
+    }
+}
+
+impl Inner {
+    /// [`Inner::snapshot`] for a merged read of `profile_type`: the head records whose part of
+    /// the aggregate the read can use come back summed into one profile (with how many stored
+    /// profiles it stands for), the other selected records as records to read exactly.
+    #[allow(clippy::type_complexity)]
+    fn head_merged(
+        &self,
+        req: &ReadRequest<'_>,
+        profile_type: &str,
+    ) -> (Option<(Profile, usize)>, Vec<HeadRead>, Vec<Arc<Block>>) {
+        let state = read_lock(&self.state);
+        let readers = read_lock(&self.readers);
+        let agg = &state.head.agg;
+        let mut head = Vec::new();
+        let mut acc = Vec::new();
+        let mut profiles = 0;
+        for s in state
+            .head
+            .series
+            .iter()
+            .filter(|s| req.selector.matches(&s.labels))
+        {
+            let usable = agg.usable(&s.labels, req.range);
+            for &bucket in &usable {
+                profiles += agg.add_to(&s.labels, bucket, profile_type, &mut acc);
+            }
+            for e in &s.entries {
+                if !req.range.contains(e.time_nanos)
+                    || !e.profile_types.iter().any(|p| p == profile_type)
+                    || (e.aggregated && usable.contains(&headagg::bucket_of(e.time_nanos)))
+                {
+                    continue;
+                }
+                head.push(HeadRead {
+                    labels: s.labels.clone(),
+                    entry: e.clone(),
+                    file: readers.get(&e.segment).cloned(),
+                });
+            }
+        }
+        // Built under the read lock (the tables change with appends): one pass over the
+        // selection's distinct stacks.
+        let merged = (profiles > 0).then(|| (agg.merged_profile(profile_type, &acc), profiles));
+        (merged, head, state.blocks.clone())
     }
 
     /// Head records matching `keep`, with their files, plus the current blocks: one consistent
@@ -873,6 +953,8 @@ impl Inner {
         let (records, _) = self.snapshot(|_| true, |e| sealed.contains(&e.segment));
         let n_records = records.len();
         let mut builders: BTreeMap<i64, BlockBuilder> = BTreeMap::new();
+        // What these records put into the head's aggregate, taken out with them below.
+        let mut delta = Delta::default();
         for r in records {
             let profile = match &r.file {
                 Some(f) => self.read_entry(&r.entry, f),
@@ -883,10 +965,21 @@ impl Inner {
                 }),
             };
             match profile {
-                Ok(p) => builders
-                    .entry(block::partition_of(r.entry.time_nanos))
-                    .or_default()
-                    .add(&r.labels, r.entry.time_nanos, &r.entry.profile_types, &p),
+                Ok(p) => {
+                    if r.entry.aggregated {
+                        // Read-only on the aggregate: appends go on meanwhile.
+                        read_lock(&self.state).head.agg.delta(
+                            &r.labels,
+                            r.entry.time_nanos,
+                            &p,
+                            &mut delta,
+                        );
+                    }
+                    builders
+                        .entry(block::partition_of(r.entry.time_nanos))
+                        .or_default()
+                        .add(&r.labels, r.entry.time_nanos, &r.entry.profile_types, &p)
+                }
                 // It failed its CRC or does not decode: nothing a retry would fix.
                 Err(e) => {
                     tracing::error!(error = %e, "dropping unreadable WAL record at flush");
@@ -938,7 +1031,10 @@ impl Inner {
         }
         {
             let mut state = write_lock(&self.state);
-            state.head = state.head.without(sealed);
+            let head = std::mem::take(&mut state.head);
+            state.head = head.without(sealed, delta);
+            self.agg_bytes
+                .store(state.head.agg.bytes(), Ordering::Relaxed);
             state.blocks.extend(new_blocks.iter().cloned());
         }
         // Only now, with every block durable, may the WAL behind them go.
@@ -1377,6 +1473,17 @@ impl Store for LocalStore {
         }
         let inner = &self.inner;
         // Frames at offsets relative to the batch, and their lengths.
+        // Decoded for the head's aggregate before any lock is taken; not when it is full (then
+        // these records are read exactly, see [`headagg`]).
+        let decoded: Vec<Option<Profile>> =
+            if inner.agg_bytes.load(Ordering::Relaxed) < headagg::MAX_BYTES {
+                profiles
+                    .iter()
+                    .map(|p| kiln_proto::decode_profile(&p.pprof, inner.max_profile_bytes).ok())
+                    .collect()
+            } else {
+                profiles.iter().map(|_| None).collect()
+            };
         let mut buf = Vec::with_capacity(profiles.iter().map(|p| p.pprof.len() + 256).sum());
         let mut frames = Vec::with_capacity(profiles.len());
         for p in &profiles {
@@ -1404,7 +1511,7 @@ impl Store for LocalStore {
         let segment = active.id;
         // Index under the append lock, so a flush cannot seal this segment in between.
         let mut state = write_lock(&inner.state);
-        for (p, (at, frame)) in profiles.into_iter().zip(frames) {
+        for ((p, (at, frame)), decoded) in profiles.into_iter().zip(frames).zip(decoded) {
             state.head.add(
                 p.labels,
                 Entry {
@@ -1414,9 +1521,14 @@ impl Store for LocalStore {
                     len: frame.payload_len,
                     crc: frame.crc,
                     profile_types: p.profile_types.into(),
+                    aggregated: false,
                 },
+                decoded.as_ref(),
             );
         }
+        inner
+            .agg_bytes
+            .store(state.head.agg.bytes(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -1584,11 +1696,12 @@ impl Store for LocalStore {
             });
         };
         let wants_type = |types: &[String]| types.iter().any(|p| p == profile_type);
-        let (head, blocks) = self.inner.snapshot(
-            |l| req.selector.matches(l),
-            |e| req.range.contains(e.time_nanos) && wants_type(&e.profile_types),
-        );
+        let (head_merged, head, blocks) = self.inner.head_merged(&req, profile_type);
         let mut n = 0;
+        if let Some((profile, profiles)) = head_merged {
+            n += profiles;
+            visit(MergedProfile { profile, profiles });
+        }
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
             if req.stopped() {
                 return Ok(n);
@@ -1612,6 +1725,20 @@ impl Store for LocalStore {
             for (i, s) in series {
                 if req.stopped() {
                     return Ok(n);
+                }
+                // The whole series in range: its pre-summed rows, when the block has them.
+                if req.range.from <= s.min_time && s.max_time <= req.range.until {
+                    match block::load_series_totals(&b.file, &b.path, s, MAX_SECTION_BYTES) {
+                        Ok(Some(sums)) => {
+                            merged += sums.add_to(&tables, profile_type, &mut acc);
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.inner.quarantine(b, Some(i), &e.to_string());
+                            continue;
+                        }
+                    }
                 }
                 match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(data) => {

@@ -7,6 +7,13 @@
 //! [`BucketStore`] runs the same engine as a head in front of S3-compatible object storage, for
 //! several servers sharing one bucket ([`bucket`]).
 //!
+//! Merged reads ([`Store::read_merged`], what flame graphs and top tables use) read pre-merged data
+//! where it answers the query exactly: the head keeps its profiles' values summed per series,
+//! per 10 minutes and per deduplicated stack as they arrive (`headagg`), and each block carries
+//! each series' rows summed per stack (`block`'s totals section). Anything else — a range that
+//! cuts through a series' span, blocks written before totals existed, sample-label filters (which
+//! use [`Store::read`]) — is read exactly, profile by profile.
+//!
 //! Damage on disk costs only what is damaged: WAL replay skips a bad record and carries on at the
 //! next good one ([`segment`]); a block section that fails its CRC hides only the series (or, for
 //! the shared tables, the block) it holds, counted in [`StoreStats`]; [`check`] reports it all
@@ -15,6 +22,7 @@
 pub mod block;
 pub mod bucket;
 pub mod check;
+mod headagg;
 mod local;
 mod segment;
 
