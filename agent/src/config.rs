@@ -386,7 +386,12 @@ mod tests {
         let r: Runtimes = "none".parse().unwrap();
         assert!(!r.python && !r.java && !r.node);
         assert!("jvm".parse::<Runtimes>().unwrap_err().contains("`java`"));
-        assert!("node,ruby".parse::<Runtimes>().unwrap_err().contains("ruby"));
+        assert!(
+            "node,ruby"
+                .parse::<Runtimes>()
+                .unwrap_err()
+                .contains("ruby")
+        );
     }
 
     #[test]

@@ -1696,9 +1696,15 @@ impl Store for LocalStore {
             });
         };
         let wants_type = |types: &[String]| types.iter().any(|p| p == profile_type);
+        // A query abandoned before it got here (its client went away) reads nothing at all.
+        if req.stopped() {
+            return Ok(0);
+        }
         let (head_merged, head, blocks) = self.inner.head_merged(&req, profile_type);
         let mut n = 0;
-        if let Some((profile, profiles)) = head_merged {
+        if let Some((profile, profiles)) = head_merged
+            && !req.stopped()
+        {
             n += profiles;
             visit(MergedProfile { profile, profiles });
         }
