@@ -457,26 +457,9 @@ impl Walker<'_> {
         frames: &mut Vec<u64>,
         jit: &mut dyn JitFrames,
     ) -> StackEnd {
-        let end = unwind_logged(
-            self.unwinder,
-            self.rules,
-            regs,
-            stack,
-            self.reads,
-            frames,
-            Some(jit),
-            None,
-        );
-        match end {
-            StackEnd::Truncated(_) if self.incomplete => {
-                StackEnd::Truncated(Truncation::TablesLoading)
-            }
-            _ => end,
-        }
+        self.walk_unmemoized(regs, stack, frames, Some(jit), None)
     }
-}
 
-impl Walker<'_> {
     /// [`Walker::walk`] that also gives each frame's rbp in `frame_pointers` (see
     /// [`unwind_logged`]). Never memoized: the memo keeps return addresses only.
     pub fn walk_with_frame_pointers(
@@ -486,6 +469,18 @@ impl Walker<'_> {
         frames: &mut Vec<u64>,
         frame_pointers: &mut Vec<u64>,
     ) -> StackEnd {
+        self.walk_unmemoized(regs, stack, frames, None, Some(frame_pointers))
+    }
+
+    /// One walk past the memo, a cut stack blamed on tables still loading when they are.
+    fn walk_unmemoized(
+        &mut self,
+        regs: UserRegs,
+        stack: &[u8],
+        frames: &mut Vec<u64>,
+        jit: Option<&mut dyn JitFrames>,
+        frame_pointers: Option<&mut Vec<u64>>,
+    ) -> StackEnd {
         let end = unwind_logged(
             self.unwinder,
             self.rules,
@@ -493,8 +488,8 @@ impl Walker<'_> {
             stack,
             self.reads,
             frames,
-            None,
-            Some(frame_pointers),
+            jit,
+            frame_pointers,
         );
         match end {
             StackEnd::Truncated(_) if self.incomplete => {
