@@ -9,6 +9,7 @@ pub mod containers;
 pub mod cputime;
 pub mod debuginfo;
 pub mod debuglink;
+pub mod detector;
 pub mod java;
 pub mod kallsyms;
 pub mod kube;

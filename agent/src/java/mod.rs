@@ -31,13 +31,14 @@ pub mod codecache;
 pub mod mem;
 pub mod vmstructs;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use kiln_sampler_bpf::UserRegs;
 use object::read::ReadCache;
 use object::{Object, ObjectSegment, ObjectSymbol};
 
+use crate::detector::{Answer, Detector};
 use crate::procmaps::{MappingKind, Process};
 use crate::unwind::JitFrames;
 use codecache::{Blob, BlobKind, BlobKindName, Heap};
@@ -54,8 +55,6 @@ const MAX_CACHED_BLOBS: usize = 32_768;
 const MAX_SYMBOL: u64 = 1024;
 /// Largest line table read (bytes).
 const MAX_LINE_TABLE: usize = 4096;
-/// Most processes waiting for the detection thread.
-const DETECTION_QUEUE: usize = 64;
 /// Interpreted frame slots on x86-64, in words from rbp (HotSpot's `frame_x86.hpp`:
 /// `interpreter_frame_sender_sp_offset`, `…_method_offset`, `…_bcp_offset`).
 const INTERP_SENDER_SP: i64 = -1;
@@ -306,12 +305,6 @@ struct ProcState {
     detection: Detection,
 }
 
-struct Detector {
-    requests: std::sync::mpsc::SyncSender<Arc<Process>>,
-    results: std::sync::mpsc::Receiver<(u32, u64, usize, Detection)>,
-    in_flight: HashSet<u32>,
-}
-
 /// (`Method*`, bytecode index) at a compiled pc, innermost first.
 type Scopes = Arc<[(u64, i32)]>;
 
@@ -324,7 +317,7 @@ pub struct Java {
     /// compile id, pc): a blob freed and reused by another compilation has another compile id.
     scopes: HashMap<(u32, u64, u32, u64), Scopes>,
     window: u64,
-    detector: Option<Detector>,
+    detector: Option<Detector<Detection>>,
 }
 
 impl Default for Java {
@@ -348,33 +341,7 @@ impl Java {
     /// Reads JVMs' vmStructs on a worker thread (`kiln-java`): a process is unwound and named as
     /// Java once the worker has read it (its first samples carry native frames only).
     pub fn with_detector(mut self) -> Java {
-        let (requests, inbox) = std::sync::mpsc::sync_channel::<Arc<Process>>(DETECTION_QUEUE);
-        let (answers, results) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("kiln-java".into())
-            .spawn(move || {
-                for p in inbox {
-                    let d = detect(&p);
-                    if answers
-                        .send((p.pid, p.start_time, p.mappings.len(), d))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => {
-                self.detector = Some(Detector {
-                    requests,
-                    results,
-                    in_flight: HashSet::new(),
-                })
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the Java detection thread; detecting on the sampling thread")
-            }
-        }
+        self.detector = Detector::spawn("kiln-java", detect);
         self
     }
 
@@ -382,8 +349,13 @@ impl Java {
     /// not recognised: `libjvm.so` is mapped after exec).
     pub fn observe(&mut self, p: &Arc<Process>) -> Detection {
         if let Some(d) = &mut self.detector {
-            for (pid, start_time, mappings, detection) in d.results.try_iter().collect::<Vec<_>>() {
-                d.in_flight.remove(&pid);
+            for Answer {
+                pid,
+                start_time,
+                mappings,
+                detection,
+            } in d.answers()
+            {
                 match &detection {
                     Detection::Readable(_) => {
                         tracing::info!(pid, "HotSpot JVM recognised: Java frames on")
@@ -422,11 +394,7 @@ impl Java {
                         },
                     );
                 }
-                Some(d) => {
-                    if !d.in_flight.contains(&p.pid) && d.requests.try_send(p.clone()).is_ok() {
-                        d.in_flight.insert(p.pid);
-                    }
-                }
+                Some(d) => d.ask(p),
             }
         }
         match self.procs.get(&p.pid) {

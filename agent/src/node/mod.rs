@@ -34,13 +34,14 @@
 
 pub mod layout;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use object::read::ReadCache;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind};
 
 use crate::buildid::{FileId, MappedFile};
+use crate::detector::Detector;
 use crate::procmaps::{MappingKind, Process};
 use layout::Layout;
 
@@ -57,8 +58,6 @@ const SCOPE_INFO_SEARCH_SLOTS: u64 = 4;
 const MAX_CONTEXT_LOCALS: i64 = 1 << 16;
 /// Largest `node` object file parsed for its symbols.
 const MAX_NODE_BYTES: u64 = 1 << 30;
-/// Most processes waiting for the detection thread.
-const DETECTION_QUEUE: usize = 64;
 /// Most node binaries whose constants the detection thread keeps.
 const MAX_BINARIES: usize = 16;
 
@@ -500,20 +499,13 @@ struct ProcState {
     detection: Detection,
 }
 
-/// The channel to and from the `kiln-node` thread.
-struct Detector {
-    requests: std::sync::mpsc::SyncSender<Arc<Process>>,
-    results: std::sync::mpsc::Receiver<(u32, u64, usize, Detection)>,
-    in_flight: HashSet<u32>,
-}
-
 /// Per-agent Node state: which processes are Node, and the function name cache.
 pub struct Node {
     procs: HashMap<u32, ProcState>,
     functions: HashMap<FnKey, FnEntry>,
     window: u64,
     mem: Option<crate::process_memory::ProcessMemory>,
-    detector: Option<Detector>,
+    detector: Option<Detector<Detection>>,
 }
 
 impl Default for Node {
@@ -538,34 +530,10 @@ impl Node {
     /// table never happens on the sampling thread. A process is named once the worker has
     /// recognised it (its first samples carry native frames only).
     pub fn with_detector(mut self) -> Node {
-        let (requests, inbox) = std::sync::mpsc::sync_channel::<Arc<Process>>(DETECTION_QUEUE);
-        let (answers, results) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("kiln-node".into())
-            .spawn(move || {
-                let mut binaries = HashMap::new();
-                for p in inbox {
-                    let d = detect_with(&p, &mut binaries);
-                    if answers
-                        .send((p.pid, p.start_time, p.mappings.len(), d))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => {
-                self.detector = Some(Detector {
-                    requests,
-                    results,
-                    in_flight: HashSet::new(),
-                })
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the Node detection thread; detecting on the sampling thread")
-            }
-        }
+        // The worker keeps what it learnt of each `node` binary: every Node process of a
+        // container image maps the same one.
+        let mut binaries = HashMap::new();
+        self.detector = Detector::spawn("kiln-node", move |p| detect_with(p, &mut binaries));
         self
     }
 
@@ -585,11 +553,7 @@ impl Node {
                     let d = detect(p);
                     self.record(p.pid, p.start_time, p.mappings.len(), d);
                 }
-                Some(d) => {
-                    if !d.in_flight.contains(&p.pid) && d.requests.try_send(p.clone()).is_ok() {
-                        d.in_flight.insert(p.pid);
-                    }
-                }
+                Some(d) => d.ask(p),
             }
         }
         match self.procs.get(&p.pid) {
@@ -602,12 +566,8 @@ impl Node {
         let Some(d) = &mut self.detector else {
             return;
         };
-        let answers: Vec<_> = d.results.try_iter().collect();
-        for (pid, start_time, mappings, detection) in answers {
-            if let Some(d) = &mut self.detector {
-                d.in_flight.remove(&pid);
-            }
-            self.record(pid, start_time, mappings, detection);
+        for a in d.answers() {
+            self.record(a.pid, a.start_time, a.mappings, a.detection);
         }
     }
 

@@ -33,7 +33,7 @@
 pub mod layouts;
 pub mod lines;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -42,6 +42,7 @@ use object::read::ReadCache;
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 use crate::buildid::{FileId, MappedFile};
+use crate::detector::Detector;
 use crate::process_memory::ProcessMemory;
 use crate::procmaps::{MappingKind, Process};
 use layouts::Layout;
@@ -418,17 +419,7 @@ pub struct Python {
     /// by pid: each holds the process's mappings, so that reads stay off FUSE and network files.
     mem: HashMap<u32, ProcessMemory>,
     /// The detection thread, when there is one (see [`Python::with_detector`]).
-    detector: Option<Detector>,
-}
-
-/// Most processes waiting for the detection thread.
-const DETECTION_QUEUE: usize = 64;
-
-/// The channel to and from the `kiln-python` thread, and the processes it is reading.
-struct Detector {
-    requests: std::sync::mpsc::SyncSender<Arc<Process>>,
-    results: std::sync::mpsc::Receiver<(u32, u64, usize, Detection)>,
-    in_flight: HashSet<u32>,
+    detector: Option<Detector<Detection>>,
 }
 
 impl Python {
@@ -449,34 +440,7 @@ impl Python {
     /// process is named once the worker has recognised it (its first samples carry native frames
     /// only, as before registration). Without it, [`Python::observe`] detects inline (tests).
     pub fn with_detector(mut self) -> Python {
-        let (requests, inbox) = std::sync::mpsc::sync_channel::<Arc<Process>>(DETECTION_QUEUE);
-        let (answers, results) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("kiln-python".into())
-            .spawn(move || {
-                // Ends when the Python state (the sender) is dropped.
-                for p in inbox {
-                    let d = detect(&p);
-                    if answers
-                        .send((p.pid, p.start_time, p.mappings.len(), d))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => {
-                self.detector = Some(Detector {
-                    requests,
-                    results,
-                    in_flight: HashSet::new(),
-                })
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the Python detection thread; detecting on the sampling thread")
-            }
-        }
+        self.detector = Detector::spawn("kiln-python", detect);
         self
     }
 
@@ -497,12 +461,7 @@ impl Python {
                     let detection = detect(p);
                     self.record(p.pid, p.start_time, p.mappings.len(), detection);
                 }
-                Some(d) => {
-                    // Full queue: asked again at the process's next sample.
-                    if !d.in_flight.contains(&p.pid) && d.requests.try_send(p.clone()).is_ok() {
-                        d.in_flight.insert(p.pid);
-                    }
-                }
+                Some(d) => d.ask(p),
             }
         }
         match self.procs.get(&p.pid) {
@@ -516,12 +475,8 @@ impl Python {
         let Some(d) = &mut self.detector else {
             return;
         };
-        let answers: Vec<_> = d.results.try_iter().collect();
-        for (pid, start_time, mappings, detection) in answers {
-            if let Some(d) = &mut self.detector {
-                d.in_flight.remove(&pid);
-            }
-            self.record(pid, start_time, mappings, detection);
+        for a in d.answers() {
+            self.record(a.pid, a.start_time, a.mappings, a.detection);
         }
     }
 
