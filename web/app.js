@@ -54,6 +54,7 @@ const st = {
   valueCache: new Map(),
   lastRenderMs: 0,
   flameWidth: 0,     // #flame-container's width, kept by a ResizeObserver
+  graphRows: 0,      // the most rows the flame graph had since the tree or width changed
   urlQueued: false,  // a URL update waits for the next frame
 };
 
@@ -197,6 +198,7 @@ function makeMatcher(text) {
 
 /** Transforms, search marks and zoom resolution: everything between the data and the pixels. */
 function recompute() {
+  st.graphRows = 0;
   st.matcher = makeMatcher(S.search);
   if (!st.data) {
     st.tree = null;
@@ -294,7 +296,10 @@ function renderNow() {
   const width = Math.max(1, Math.floor(st.flameWidth || container.clientWidth));
   const pal = palette();
   const tree = st.tree;
-  st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient });
+  // Zooms keep the graph's height (minRows): a shorter graph would move everything below it,
+  // a relayout and repaint of the page on every click.
+  st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient, minRows: st.graphRows });
+  st.graphRows = st.layout.rows;
   drawFlame($("flamegraph"), st.layout, width, {
     style: frameStyle(pal), label: frameLabel(st.layout), hover: st.hover, outline: pal.fg,
     thinFill: st.matcher ? pal.dim : pal.thin,
@@ -1173,7 +1178,12 @@ window.kiln = {
 
 new ResizeObserver((entries) => {
   // Rounded like clientWidth (what the canvas width was taken from before).
-  for (const e of entries) st.flameWidth = Math.round(e.contentRect.width);
+  // Only a new width matters: the height changes with the graph itself (a zoom), and
+  // redrawing then would paint the graph and the chart a second time.
+  const w = Math.round(entries[entries.length - 1].contentRect.width);
+  if (w === st.flameWidth) return;
+  st.flameWidth = w;
+  st.graphRows = 0;
   render();
   chart.draw();
 }).observe($("flame-container"));

@@ -292,7 +292,7 @@ async function profileLoad(browser, page, loadOnce, file) {
   const r = await loadOnce();
   const { profile } = await cdp.send("Profiler.stop");
   await browser.stopTracing();
-  await browser.startTracing(page, { path: file.replace(/(\.json)?$/, ".zoom.json"), categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink", "cc"] });
+  await browser.startTracing(page, { path: file.replace(/(\.json)?$/, ".zoom.json"), categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink", "cc", ...(process.env.KILN_TRACE_CATS ? process.env.KILN_TRACE_CATS.split(",") : [])] });
   await cdp.send("Profiler.start");
   const z = (await zoomRuns(page, 6)).map((x) => x.work);
   const { profile: zp } = await cdp.send("Profiler.stop");
