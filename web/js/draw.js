@@ -25,25 +25,17 @@ export function rasterize(px, stride, lines, l, dpr, fillOf, thin) {
   const rowH = l.rowH;
   const gap = Math.max(1, Math.round(dpr));
   const line = new Uint32Array(stride);
-  // The sub-pixel runs by depth (layout.js lists them as x, depth, w triples).
-  const thinAt = new Map();
+  // The sub-pixel runs: x, depth, w triples, by increasing depth (layout.js).
   const runs = l.thin ?? [];
-  for (let k = 0; k < runs.length; k += 3) {
-    let a = thinAt.get(runs[k + 1]);
-    if (!a) thinAt.set(runs[k + 1], (a = []));
-    a.push(k);
-  }
+  let k = 0;
   for (let depth = 0; depth < l.rows; depth++) {
     const row = l.rowIndex[depth] ?? [];
-    const t = thinAt.get(depth);
-    if (!row.length && !t) continue;
+    if (!row.length && !(k < runs.length && runs[k + 1] === depth)) continue;
     line.fill(0);
-    if (t) {
-      for (const k of t) {
-        const x0 = Math.max(0, Math.round(runs[k] * dpr));
-        const x1 = Math.min(stride, Math.max(x0 + 1, Math.round((runs[k] + runs[k + 2]) * dpr)));
-        line.fill(thin, x0, x1);
-      }
+    for (; k < runs.length && runs[k + 1] === depth; k += 3) {
+      const x0 = Math.max(0, Math.round(runs[k] * dpr));
+      const x1 = Math.min(stride, Math.max(x0 + 1, Math.round((runs[k] + runs[k + 2]) * dpr)));
+      line.fill(thin, x0, x1);
     }
     for (const i of row) {
       const f = l.frames[i];

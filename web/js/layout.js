@@ -45,7 +45,8 @@ export function layout(root, zoomPath, width, opts = {}) {
   const marked = !!root.marked;
   // Frames of minW/2 to minW px are not laid out one by one (tens of thousands of slivers cost
   // most of a big graph's paint) but kept as coverage: per depth, the pixel columns they touch,
-  // drawn as runs (`thin`: x, depth, w triples). Narrower ones are skipped with their subtree.
+  // drawn as runs (`thin`: x, depth, w triples, by increasing depth, then x). Narrower ones are
+  // skipped with their subtree.
   const thinW = minW / 2;
   const cols = Math.ceil(width) + 1;
   const cover = []; // depth → Uint8Array over pixel columns
