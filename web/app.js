@@ -50,6 +50,7 @@ const st = {
   autoTimer: null,
   waitTimer: null,
   renderQueued: false,
+  fullRender: false,  // a render other than a hover change is queued
   labelNames: [],
   valueCache: new Map(),
   lastRenderMs: 0,
@@ -275,7 +276,13 @@ function rootLabel() {
   return `total — ${fmtValue(st.tree.total, d.unit)}${d.profiles != null ? ` in ${d.profiles} profile${d.profiles === 1 ? "" : "s"}` : ""}`;
 }
 
-function render() {
+/**
+ * Paints on the next frame. `hoverOnly`: only the hovered frame changed (the mouse moved), so the
+ * last layout and its pixels are reused and only the outline moves; any other render in the same
+ * frame makes it a full one.
+ */
+function render({ hoverOnly = false } = {}) {
+  if (!hoverOnly) st.fullRender = true;
   if (st.renderQueued) return;
   st.renderQueued = true;
   requestAnimationFrame(() => {
@@ -286,6 +293,16 @@ function render() {
 
 function renderNow() {
   const t0 = performance.now();
+  const full = st.fullRender;
+  st.fullRender = false;
+  if (!full && st.layout) {
+    const pal = palette();
+    drawFlame($("flamegraph"), st.layout, st.layout.width, {
+      style: frameStyle(pal), label: frameLabel(st.layout), hover: st.hover, outline: pal.fg,
+      thinFill: st.matcher ? pal.dim : pal.thin, reuse: true,
+    });
+    return;
+  }
   const views = $("views");
   views.dataset.view = S.view;
   document.querySelectorAll(".seg button[data-view]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.view === S.view)));
@@ -762,7 +779,7 @@ flame.addEventListener("mousemove", (e) => {
   showTooltip(st.layout.frames[i], e);
   if (i !== st.hover) {
     st.hover = i;
-    render();
+    render({ hoverOnly: true });
   }
 });
 flame.addEventListener("mouseleave", hideTooltip);
@@ -858,7 +875,7 @@ function hideTooltip() {
   $("tooltip").hidden = true;
   if (st.hover !== -1) {
     st.hover = -1;
-    render();
+    render({ hoverOnly: true });
   }
 }
 

@@ -77,9 +77,9 @@ function colorParser(ctx) {
 /**
  * Paints `l` into `canvas` (CSS width `width`). `style(frame)` → {fill, text} colours;
  * `label(frame)` → the text; `hover` is the hovered frame's index or -1; `thinFill` colours the
- * runs of sub-pixel frames.
+ * runs of sub-pixel frames. `reuse`: only the hover changed since `l` was last painted here.
  */
-export function drawFlame(canvas, l, width, { style, label, hover = -1, outline = "#000", thinFill = "#c8c8cc" }) {
+export function drawFlame(canvas, l, width, { style, label, hover = -1, outline = "#000", thinFill = "#c8c8cc", reuse = false }) {
   const height = Math.max(1, l.rows * l.rowH);
   const dpr = globalThis.devicePixelRatio || 1;
   const bw = Math.max(1, Math.round(width * dpr)), bh = Math.max(1, Math.round(height * dpr));
@@ -100,7 +100,10 @@ export function drawFlame(canvas, l, width, { style, label, hover = -1, outline 
   // One ImageData per backing-store size, reused (a new one per paint is megabytes of garbage).
   const lines = Math.min(canvas.height, bh);
   let img = canvas._img;
-  if (!img || img.width !== canvas.width || img.height !== lines) img = canvas._img = ctx.createImageData(canvas.width, lines);
+  if (!img || img.width !== canvas.width || img.height !== lines) {
+    img = canvas._img = ctx.createImageData(canvas.width, lines);
+    canvas._imgOf = null;
+  }
   const px = new Uint32Array(img.data.buffer);
   const styles = new Array(l.frames.length);
   for (let i = 0; i < l.frames.length; i++) styles[i] = style(l.frames[i]);
@@ -112,7 +115,9 @@ export function drawFlame(canvas, l, width, { style, label, hover = -1, outline 
     if (v === undefined) fills.set(s, (v = rgba(s.fill)));
     return v;
   };
-  rasterize(px, canvas.width, lines, l, dpr, fillOf, rgba(thinFill));
+  // `reuse`: the pixels of this very layout are still in `img` (a hover moved): no rasterizing.
+  if (!reuse || canvas._imgOf !== l) rasterize(px, canvas.width, lines, l, dpr, fillOf, rgba(thinFill));
+  canvas._imgOf = l;
   ctx.putImageData(img, 0, 0);
   if (canvas.height > lines) ctx.clearRect(0, lines, canvas.width, canvas.height - lines);
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);

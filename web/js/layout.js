@@ -14,14 +14,14 @@ export const ROW_H = 18;
  * `opts.minRows`: lay out at least that many rows (the flame orientation counts them from the
  * bottom).
  * @returns {{frames: Array<{node, x, y, w, depth, collapsed, parent, forced}>, rows: number,
- *   chain: object[], rowIndex: number[][]}}
+ *   chain: object[], rowIndex: number[][], thin: number[], width: number}}
  *   `parent` is the index of the caller's frame (-1 for the top frame); `chain` is
  *   [root, …, zoomed node].
  */
 export function layout(root, zoomPath, width, opts = {}) {
   const { orient = "icicle", minW = 1, matchMinW = 2, maxRows = 1600, rowH = ROW_H, minRows = 0 } = opts;
   const frames = [];
-  if (!root || root.total <= 0 || width <= 0) return { frames, rows: 0, chain: root ? [root] : [], rowIndex: [], rowH, orient, thin: [] };
+  if (!root || root.total <= 0 || width <= 0) return { frames, rows: 0, chain: root ? [root] : [], rowIndex: [], rowH, orient, thin: [], width };
   const chain = zoomChain(root, zoomPath);
   const zoomed = chain[chain.length - 1];
   let base = 0;
@@ -112,7 +112,7 @@ export function layout(root, zoomPath, width, opts = {}) {
     f.y = (orient === "flame" ? rows - 1 - f.depth : f.depth) * rowH;
     rowIndex[f.depth].push(i);
   }
-  return { frames, rows, chain, rowIndex, rowH, orient, thin };
+  return { frames, rows, chain, rowIndex, rowH, orient, thin, width };
 }
 
 /** Index of the frame at canvas point (x, y), or -1. */
