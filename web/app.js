@@ -313,9 +313,11 @@ function renderNow() {
   const width = Math.max(1, Math.floor(st.flameWidth || container.clientWidth));
   const pal = palette();
   const tree = st.tree;
-  // Zooms keep the graph's height (minRows): a shorter graph would move everything below it,
-  // a relayout and repaint of the page on every click.
-  st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient, minRows: st.graphRows });
+  // Icicle zooms keep the graph's height (minRows, empty rows at the bottom): a shorter graph
+  // would move everything below it, a relayout and repaint of the page on every click. Not in the
+  // flame orientation: its zoomed frame is at the bottom, and a shrinking graph keeps it in view.
+  const minRows = S.orient === "flame" ? 0 : st.graphRows;
+  st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient, minRows });
   st.graphRows = st.layout.rows;
   drawFlame($("flamegraph"), st.layout, width, {
     style: frameStyle(pal), label: frameLabel(st.layout), hover: st.hover, outline: pal.fg,
