@@ -107,13 +107,10 @@ export function drawFlame(canvas, l, width, { style, label, hover = -1, outline 
   const px = new Uint32Array(img.data.buffer);
   const styles = new Array(l.frames.length);
   for (let i = 0; i < l.frames.length; i++) styles[i] = style(l.frames[i]);
-  // style() hands out one object per colour: its pixel value is computed once.
-  const fills = new Map();
+  // style() hands out one object per colour: its pixel value is computed once, kept on it.
   const fillOf = (i) => {
     const s = styles[i];
-    let v = fills.get(s);
-    if (v === undefined) fills.set(s, (v = rgba(s.fill)));
-    return v;
+    return s.px ?? (s.px = rgba(s.fill));
   };
   // `reuse`: the pixels of this very layout are still in `img` (a hover moved): no rasterizing.
   if (!reuse || canvas._imgOf !== l) rasterize(px, canvas.width, lines, l, dpr, fillOf, rgba(thinFill));
