@@ -51,6 +51,7 @@ const st = {
   waitTimer: null,
   renderQueued: false,
   fullRender: false,  // a render other than a hover change is queued
+  shownView: null,   // the view mode the page last showed
   labelNames: [],
   valueCache: new Map(),
   lastRenderMs: 0,
@@ -303,10 +304,13 @@ function renderNow() {
     });
     return;
   }
-  const views = $("views");
-  views.dataset.view = S.view;
-  document.querySelectorAll(".seg button[data-view]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.view === S.view)));
-  $("sandwich-panel").hidden = S.view !== "sandwich";
+  if (st.shownView !== S.view) {
+    // Only on a change of view: a zoom's frame has no time for a selector query.
+    st.shownView = S.view;
+    $("views").dataset.view = S.view;
+    document.querySelectorAll(".seg button[data-view]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.view === S.view)));
+    $("sandwich-panel").hidden = S.view !== "sandwich";
+  }
   const container = $("flame-container");
   // The width from the ResizeObserver: reading clientWidth here would force a style and layout
   // of the whole page (the table just rebuilt) in the middle of the frame.
