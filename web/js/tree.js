@@ -77,8 +77,9 @@ export function decodeColumnar(buf, unit) {
 const FLAT = new WeakMap(); // root node → its flatOf columns
 
 /**
- * The tree as preorder columns, for layout: node i's `total`, `depth` (0 at the root), `end` (the
- * index after its last descendant: its subtree is i..end-1) and `nodes[i]` (the node object),
+ * The tree as preorder columns, for layout and search: node i's `total`, `depth` (0 at the root),
+ * `end` (the index after its last descendant: its subtree is i..end-1), `parent` (the root's is
+ * 0xffffffff) and `nodes[i]` (the node object),
  * children left to right in their order. Laying out a big graph walks these arrays in order and
  * jumps over narrow subtrees, instead of chasing 100,000 node objects scattered in memory (most
  * of a zoom's layout time). Built once per tree: the columnar decoder hands its own; a tree built
@@ -117,7 +118,7 @@ function flatColumns(nodes, total, parent) {
     if (end[i] < i + 1) end[i] = i + 1;
     if (i > 0 && end[parent[i]] < end[i]) end[parent[i]] = end[i];
   }
-  return { nodes, total, depth, end };
+  return { nodes, total, depth, end, parent };
 }
 
 /** `/api/v1/diff` answer → the same shape, each node carrying both sides. */
@@ -213,14 +214,27 @@ export class TreeBuilder {
   }
 }
 
+/** `matcher` asked once per distinct name (a big tree has 100,000 nodes but a few thousand names). */
+function memoMatcher(matcher) {
+  const memo = new Map();
+  return (name) => {
+    let m = memo.get(name);
+    if (m === undefined) memo.set(name, (m = !!matcher(name)));
+    return m;
+  };
+}
+
 /** Sum of the totals of matching nodes, a match below another match counted once. */
 export function matchedTotal(root, matcher) {
+  const { nodes, total, end } = flatOf(root);
+  const match = memoMatcher(matcher);
   let sum = 0;
-  const stack = [...root.children];
-  while (stack.length) {
-    const n = stack.pop();
-    if (matcher(n.name)) sum += n.total;
-    else for (const c of n.children) stack.push(c);
+  // Preorder: a match's subtree is skipped whole (its matches are inside it).
+  for (let i = 1; i < nodes.length;) {
+    if (match(nodes[i].name)) {
+      sum += total[i];
+      i = end[i];
+    } else i++;
   }
   return sum;
 }
@@ -231,40 +245,41 @@ export function matchedTotal(root, matcher) {
  * matches in depth-first order (for "next match").
  */
 export function markMatches(root, matcher) {
+  const { nodes, end, parent } = flatOf(root);
   // Without a search, only nodes marked by a previous one need clearing (the common case is
   // none: no walk over the whole tree).
   if (!matcher) {
     if (root.marked) {
-      const stack = [root];
-      while (stack.length) {
-        const n = stack.pop();
-        if (!n.sub && n !== root) continue;
+      for (let i = 0; i < nodes.length;) {
+        const n = nodes[i];
+        if (!n.sub && i > 0) {
+          i = end[i];
+          continue;
+        }
         n.hit = n.sub = false;
-        for (const c of n.children) stack.push(c);
+        i++;
       }
       root.marked = false;
     }
     return [];
   }
   Object.defineProperty(root, "marked", { value: true, writable: true, configurable: true, enumerable: false });
+  const match = memoMatcher(matcher);
   const paths = [];
-  const names = [];
-  const order = []; // parents before children
-  const parents = [];
-  const stack = [[root, -1, false, -1]];
-  while (stack.length) {
-    const [n, depth, hitAbove, parent] = stack.pop();
-    names.length = depth + 1;
-    if (depth >= 0) names[depth] = n.name;
-    n.hit = !!matcher && depth >= 0 && matcher(n.name);
-    n.sub = n.hit;
-    if (n.hit && !hitAbove) paths.push(names.slice());
-    const me = order.length;
-    order.push(n);
-    parents.push(parent);
-    for (let i = n.children.length - 1; i >= 0; i--) stack.push([n.children[i], depth + 1, hitAbove || n.hit, me]);
+  root.hit = root.sub = false;
+  let outerEnd = 0; // end of the outermost match being inside of
+  for (let i = 1; i < nodes.length; i++) {
+    const n = nodes[i];
+    n.hit = n.sub = match(n.name);
+    if (n.hit && i >= outerEnd) {
+      outerEnd = end[i];
+      const path = [];
+      for (let k = i; k > 0; k = parent[k]) path.push(nodes[k].name);
+      paths.push(path.reverse());
+    }
   }
-  for (let i = order.length - 1; i > 0; i--) if (order[i].sub) order[parents[i]].sub = true;
+  // Children come after their parent: a reverse pass carries `sub` up.
+  for (let i = nodes.length - 1; i > 0; i--) if (nodes[i].sub) nodes[parent[i]].sub = true;
   return paths;
 }
 
