@@ -288,24 +288,34 @@ export function markMatches(root, matcher) {
  * stack once even when it recurses (the server's rule, storage-server/src/query/top.rs).
  */
 export function topFunctions(root) {
-  const acc = new Map();
-  const stack = root.children.map((c) => [c, new Set()]);
-  while (stack.length) {
-    const [n, above] = stack.pop();
-    let e = acc.get(n.name);
-    if (!e) {
-      e = { name: n.name, self: 0, total: 0 };
-      if (n.reason) e.reason = n.reason;
-      acc.set(n.name, e);
+  const { nodes, total, end } = flatOf(root);
+  const ids = new Map(); // name → index in `entries`
+  const entries = [];
+  const onPath = []; // per name: how many of the current node's callers have it (recursion)
+  const open = [], openIds = []; // the current node's callers, from the root's child down
+  // Preorder: before node i, the callers whose subtree ended are left.
+  for (let i = 1; i < nodes.length; i++) {
+    while (open.length && end[open[open.length - 1]] <= i) {
+      open.pop();
+      onPath[openIds.pop()]--;
     }
+    const n = nodes[i];
+    let id = ids.get(n.name);
+    if (id === undefined) {
+      id = entries.length;
+      ids.set(n.name, id);
+      entries.push({ name: n.name, self: 0, total: 0 });
+      onPath.push(0);
+    }
+    const e = entries[id];
+    if (n.reason && !e.reason) e.reason = n.reason;
     e.self += n.self;
-    if (!above.has(n.name)) e.total += n.total;
-    if (n.children.length) {
-      const next = new Set(above).add(n.name);
-      for (const c of n.children) stack.push([c, next]);
-    }
+    if (!onPath[id]) e.total += total[i];
+    onPath[id]++;
+    open.push(i);
+    openIds.push(id);
   }
-  return [...acc.values()].sort((a, b) => b.self - a.self || b.total - a.total || (a.name < b.name ? -1 : 1));
+  return entries.sort((a, b) => b.self - a.self || b.total - a.total || (a.name < b.name ? -1 : 1));
 }
 
 /**
