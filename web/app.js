@@ -52,6 +52,7 @@ const st = {
   renderQueued: false,
   fullRender: false,  // a render other than a hover change is queued
   shownView: null,   // the view mode the page last showed
+  sandwichOf: null,  // {tree, fn, callers, callees}: the last sandwich built
   labelNames: [],
   valueCache: new Map(),
   lastRenderMs: 0,
@@ -344,14 +345,20 @@ function renderNow() {
 function renderSandwich(pal) {
   $("sandwich-name").textContent = S.fn;
   if (!st.tree) return;
-  const { callers, callees } = sandwich(st.tree, S.fn, !!st.data?.diff);
+  // Built once per tree and function (a big tree takes ~100 ms), not on every paint: a zoom or
+  // a theme change repaints the view from the same trees.
+  const key = st.sandwichOf;
+  if (!key || key.tree !== st.tree || key.fn !== S.fn) st.sandwichOf = { tree: st.tree, fn: S.fn, ...sandwich(st.tree, S.fn, !!st.data?.diff) };
+  const { callers, callees } = st.sandwichOf;
+  const style = frameStyle(pal);
+  const top = { fill: pal.match, text: "#fff" };
   for (const [id, tree, orient] of [["sandwich-callers", callers, "flame"], ["sandwich-callees", callees, "icicle"]]) {
     const canvas = $(id);
     const width = Math.max(1, Math.floor(canvas.parentElement.clientWidth));
     const l = layout(tree.total > 0 ? tree : null, [], width, { orient });
     canvas._layout = l;
     drawFlame(canvas, l, width, {
-      style: (f) => (f.depth === 0 ? { fill: pal.match, text: "#fff" } : frameStyle(pal)(f)),
+      style: (f) => (f.depth === 0 ? top : style(f)),
       label: (f) => f.node.name, outline: pal.fg, thinFill: pal.thin,
     });
   }
