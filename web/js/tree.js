@@ -157,14 +157,14 @@ export function zoomChain(root, path) {
  * not overflow.
  */
 export function forEachStack(root, isDiff, visit) {
+  // The preorder columns: node i's callers are the last nodes seen at each smaller depth.
+  const { nodes, depth } = flatOf(root);
   const path = [];
-  const stack = [[root, -1]];
-  while (stack.length) {
-    const [n, depth] = stack.pop();
-    path.length = depth + 1;
-    if (depth >= 0) path[depth] = n;
-    if (isDiff ? n.ls || n.rs : n.self) visit(path.slice(0, depth + 1), n);
-    for (let i = n.children.length - 1; i >= 0; i--) stack.push([n.children[i], depth + 1]);
+  if (isDiff ? root.ls || root.rs : root.self) visit([], root);
+  for (let i = 1; i < nodes.length; i++) {
+    const n = nodes[i], d = depth[i];
+    path[d - 1] = n;
+    if (isDiff ? n.ls || n.rs : n.self) visit(path.slice(0, d), n);
   }
 }
 
@@ -172,15 +172,19 @@ function newNode(name, reason, isDiff) {
   const n = { name, self: 0, total: 0, children: [] };
   if (reason) n.reason = reason;
   if (isDiff) Object.assign(n, { ls: 0, rs: 0, lt: 0, rt: 0 });
-  Object.defineProperty(n, "_kids", { value: new Map(), enumerable: false, writable: true });
   return n;
 }
+
+// A node's child by name: a scan of its children while they are few (most nodes of a big tree
+// have one or two), a map once they are many.
+const SCAN_MAX = 16;
 
 /** Builds trees by adding weighted stacks; children end up sorted by total, descending. */
 export class TreeBuilder {
   constructor(isDiff) {
     this.isDiff = isDiff;
     this.root = newNode("total", null, isDiff);
+    this.kids = new Map(); // node with many children → Map(name → child)
   }
   /** `frames`: [{name, reason?}] from the top; `w`: a node's {self} or {ls, rs}. */
   add(frames, w) {
@@ -191,11 +195,24 @@ export class TreeBuilder {
     };
     bump(n);
     for (const f of frames) {
-      let c = n._kids.get(f.name);
+      const kids = n.children;
+      let c, byName = null;
+      if (kids.length <= SCAN_MAX) {
+        for (let k = 0; k < kids.length; k++) {
+          if (kids[k].name === f.name) {
+            c = kids[k];
+            break;
+          }
+        }
+      } else {
+        byName = this.kids.get(n);
+        if (!byName) this.kids.set(n, (byName = new Map(kids.map((x) => [x.name, x]))));
+        c = byName.get(f.name);
+      }
       if (!c) {
         c = newNode(f.name, f.reason, d);
-        n._kids.set(f.name, c);
-        n.children.push(c);
+        kids.push(c);
+        byName?.set(f.name, c);
       }
       bump(c);
       n = c;
@@ -203,10 +220,10 @@ export class TreeBuilder {
     if (d) { n.ls += w.ls; n.rs += w.rs; n.self += w.ls + w.rs; } else n.self += w.self;
   }
   finish() {
+    this.kids.clear();
     const stack = [this.root];
     while (stack.length) {
       const n = stack.pop();
-      n._kids = null;
       n.children.sort((a, b) => b.total - a.total || (a.name < b.name ? -1 : 1));
       for (const c of n.children) stack.push(c);
     }
