@@ -51,12 +51,15 @@ export function rasterize(px, stride, lines, l, dpr, fillOf, thin) {
   }
 }
 
+const COLOR_CACHE_MAX = 4096; // diff colours are continuous: bound the distinct strings kept
+
 /** CSS colour → little-endian RGBA u32 (what `rasterize` writes), parsed by the canvas itself. */
 function colorParser(ctx) {
   const cache = new Map();
   return (css) => {
     let v = cache.get(css);
     if (v !== undefined) return v;
+    if (cache.size >= COLOR_CACHE_MAX) cache.clear();
     ctx.fillStyle = "#000000";
     ctx.fillStyle = css;
     const s = ctx.fillStyle; // normalised: "#rrggbb" or "rgba(r, g, b, a)"
