@@ -50,10 +50,14 @@ const st = {
   autoTimer: null,
   waitTimer: null,
   renderQueued: false,
+  fullRender: false,  // a render other than a hover change is queued
+  shownView: null,   // the view mode the page last showed
+  sandwichOf: null,  // {tree, fn, callers, callees}: the last sandwich built
   labelNames: [],
   valueCache: new Map(),
   lastRenderMs: 0,
   flameWidth: 0,     // #flame-container's width, kept by a ResizeObserver
+  graphRows: 0,      // the most rows the flame graph had since the tree or width changed
   urlQueued: false,  // a URL update waits for the next frame
 };
 
@@ -197,6 +201,7 @@ function makeMatcher(text) {
 
 /** Transforms, search marks and zoom resolution: everything between the data and the pixels. */
 function recompute() {
+  st.graphRows = 0;
   st.matcher = makeMatcher(S.search);
   if (!st.data) {
     st.tree = null;
@@ -273,7 +278,13 @@ function rootLabel() {
   return `total — ${fmtValue(st.tree.total, d.unit)}${d.profiles != null ? ` in ${d.profiles} profile${d.profiles === 1 ? "" : "s"}` : ""}`;
 }
 
-function render() {
+/**
+ * Paints on the next frame. `hoverOnly`: only the hovered frame changed (the mouse moved), so the
+ * last layout and its pixels are reused and only the outline moves; any other render in the same
+ * frame makes it a full one.
+ */
+function render({ hoverOnly = false } = {}) {
+  if (!hoverOnly) st.fullRender = true;
   if (st.renderQueued) return;
   st.renderQueued = true;
   requestAnimationFrame(() => {
@@ -284,17 +295,35 @@ function render() {
 
 function renderNow() {
   const t0 = performance.now();
-  const views = $("views");
-  views.dataset.view = S.view;
-  document.querySelectorAll(".seg button[data-view]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.view === S.view)));
-  $("sandwich-panel").hidden = S.view !== "sandwich";
+  const full = st.fullRender;
+  st.fullRender = false;
+  if (!full && st.layout) {
+    const pal = palette();
+    drawFlame($("flamegraph"), st.layout, st.layout.width, {
+      style: frameStyle(pal), label: frameLabel(st.layout), hover: st.hover, outline: pal.fg,
+      thinFill: st.matcher ? pal.dim : pal.thin, reuse: true,
+    });
+    return;
+  }
+  if (st.shownView !== S.view) {
+    // Only on a change of view: a zoom's frame has no time for a selector query.
+    st.shownView = S.view;
+    $("views").dataset.view = S.view;
+    document.querySelectorAll(".seg button[data-view]").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.view === S.view)));
+    $("sandwich-panel").hidden = S.view !== "sandwich";
+  }
   const container = $("flame-container");
   // The width from the ResizeObserver: reading clientWidth here would force a style and layout
   // of the whole page (the table just rebuilt) in the middle of the frame.
   const width = Math.max(1, Math.floor(st.flameWidth || container.clientWidth));
   const pal = palette();
   const tree = st.tree;
-  st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient });
+  // Icicle zooms keep the graph's height (minRows, empty rows at the bottom): a shorter graph
+  // would move everything below it, a relayout and repaint of the page on every click. Not in the
+  // flame orientation: its zoomed frame is at the bottom, and a shrinking graph keeps it in view.
+  const minRows = S.orient === "flame" ? 0 : st.graphRows;
+  st.layout = layout(tree && tree.total > 0 ? tree : null, S.zoom, width, { orient: S.orient, minRows });
+  st.graphRows = st.layout.rows;
   drawFlame($("flamegraph"), st.layout, width, {
     style: frameStyle(pal), label: frameLabel(st.layout), hover: st.hover, outline: pal.fg,
     thinFill: st.matcher ? pal.dim : pal.thin,
@@ -316,14 +345,20 @@ function renderNow() {
 function renderSandwich(pal) {
   $("sandwich-name").textContent = S.fn;
   if (!st.tree) return;
-  const { callers, callees } = sandwich(st.tree, S.fn, !!st.data?.diff);
+  // Built once per tree and function (a big tree takes ~100 ms), not on every paint: a zoom or
+  // a theme change repaints the view from the same trees.
+  const key = st.sandwichOf;
+  if (!key || key.tree !== st.tree || key.fn !== S.fn) st.sandwichOf = { tree: st.tree, fn: S.fn, ...sandwich(st.tree, S.fn, !!st.data?.diff) };
+  const { callers, callees } = st.sandwichOf;
+  const style = frameStyle(pal);
+  const top = { fill: pal.match, text: "#fff" };
   for (const [id, tree, orient] of [["sandwich-callers", callers, "flame"], ["sandwich-callees", callees, "icicle"]]) {
     const canvas = $(id);
     const width = Math.max(1, Math.floor(canvas.parentElement.clientWidth));
     const l = layout(tree.total > 0 ? tree : null, [], width, { orient });
     canvas._layout = l;
     drawFlame(canvas, l, width, {
-      style: (f) => (f.depth === 0 ? { fill: pal.match, text: "#fff" } : frameStyle(pal)(f)),
+      style: (f) => (f.depth === 0 ? top : style(f)),
       label: (f) => f.node.name, outline: pal.fg, thinFill: pal.thin,
     });
   }
@@ -757,7 +792,7 @@ flame.addEventListener("mousemove", (e) => {
   showTooltip(st.layout.frames[i], e);
   if (i !== st.hover) {
     st.hover = i;
-    render();
+    render({ hoverOnly: true });
   }
 });
 flame.addEventListener("mouseleave", hideTooltip);
@@ -853,7 +888,7 @@ function hideTooltip() {
   $("tooltip").hidden = true;
   if (st.hover !== -1) {
     st.hover = -1;
-    render();
+    render({ hoverOnly: true });
   }
 }
 
@@ -1173,7 +1208,12 @@ window.kiln = {
 
 new ResizeObserver((entries) => {
   // Rounded like clientWidth (what the canvas width was taken from before).
-  for (const e of entries) st.flameWidth = Math.round(e.contentRect.width);
+  // Only a new width matters: the height changes with the graph itself (a zoom), and
+  // redrawing then would paint the graph and the chart a second time.
+  const w = Math.round(entries[entries.length - 1].contentRect.width);
+  if (w === st.flameWidth) return;
+  st.flameWidth = w;
+  st.graphRows = 0;
   render();
   chart.draw();
 }).observe($("flame-container"));

@@ -292,7 +292,7 @@ async function profileLoad(browser, page, loadOnce, file) {
   const r = await loadOnce();
   const { profile } = await cdp.send("Profiler.stop");
   await browser.stopTracing();
-  await browser.startTracing(page, { path: file.replace(/(\.json)?$/, ".zoom.json"), categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink", "cc"] });
+  await browser.startTracing(page, { path: file.replace(/(\.json)?$/, ".zoom.json"), categories: ["devtools.timeline", "disabled-by-default-devtools.timeline", "v8", "blink", "cc", ...(process.env.KILN_TRACE_CATS ? process.env.KILN_TRACE_CATS.split(",") : [])] });
   await cdp.send("Profiler.start");
   const z = (await zoomRuns(page, 6)).map((x) => x.work);
   const { profile: zp } = await cdp.send("Profiler.stop");
@@ -324,7 +324,13 @@ function printSelf(title, profile) {
   for (const [n, ms] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 22)) console.error(`#   ${ms.toFixed(1).padStart(8)}  ${n}`);
 }
 
-const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"] });
+// This machine has no GPU (no /dev/dri): Chromium composites in software, as it would for a user
+// here; --disable-gpu says so up front instead of letting the GPU process fail and fall back.
+// --gpu-flags "…" replaces it (e.g. "--enable-gpu-rasterization" or "--use-angle=swiftshader")
+// to compare.
+const GPU_FLAGS = (args["gpu-flags"] ?? "--disable-gpu").split(/\s+/).filter(Boolean);
+const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--headless", "--no-sandbox", ...GPU_FLAGS, "--no-first-run"] });
+const version = browser.version();
 const results = [];
 try {
   for (const [label, dir] of pages) results.push(await measure(browser, label, dir, label === "new" ? args.trace : null));
@@ -332,7 +338,7 @@ try {
   await browser.close();
 }
 const f = (x) => x.toFixed(1).padStart(7);
-console.log(`tree ${count} nodes (${(fgBody.length / 1e6).toFixed(1)} MB JSON), ${RUNS} loads, ${ZOOMS} zooms, 1920x1080, Chromium headless`);
+console.log(`tree ${count} nodes (${(fgBody.length / 1e6).toFixed(1)} MB JSON), ${RUNS} loads, ${ZOOMS} zooms, 1920x1080, Chromium ${version} headless ${GPU_FLAGS.join(" ")}, load average ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`);
 console.log("wall-clock ms (med/max), and the page's main-thread CPU ms in the same windows (med/max):");
 console.log("page   frames   render             render CPU        paint cb          load→paint           zoom frame        zoom CPU");
 const mm = (x) => `${f(x.median)} /${f(x.max)}`;

@@ -65,10 +65,60 @@ export function decodeColumnar(buf, unit) {
     }
   }
   const root = n ? nodes[0] : { name: "total", self: 0, total: num(header.total), children: [] };
+  if (n) FLAT.set(root, flatColumns(nodes, total, parent));
   return {
     root, total: num(header.total) || root.total, unit: header.unit || unit, profiles: header.profiles ?? null,
     top: Array.isArray(header.top) ? header.top : null, truncated: num(header.truncated_nodes), diff: null,
   };
+}
+
+// ---------------------------------------------------------------- preorder columns
+
+const FLAT = new WeakMap(); // root node → its flatOf columns
+
+/**
+ * The tree as preorder columns, for layout and search: node i's `total`, `depth` (0 at the root),
+ * `end` (the index after its last descendant: its subtree is i..end-1), `parent` (the root's is
+ * 0xffffffff) and `nodes[i]` (the node object),
+ * children left to right in their order. Laying out a big graph walks these arrays in order and
+ * jumps over narrow subtrees, instead of chasing 100,000 node objects scattered in memory (most
+ * of a zoom's layout time). Built once per tree: the columnar decoder hands its own; a tree built
+ * by a transform or a sandwich is flattened on first use. Trees are never changed after they are
+ * built (transforms build new ones), so the columns stay valid.
+ */
+export function flatOf(root) {
+  let f = FLAT.get(root);
+  if (!f) {
+    const nodes = [], parents = [];
+    const stack = [root], ps = [0xffffffff];
+    while (stack.length) {
+      const n = stack.pop();
+      parents.push(ps.pop());
+      const me = nodes.length;
+      nodes.push(n);
+      for (let i = n.children.length - 1; i >= 0; i--) {
+        stack.push(n.children[i]);
+        ps.push(me);
+      }
+    }
+    const total = new Float64Array(nodes.length);
+    for (let i = 0; i < nodes.length; i++) total[i] = nodes[i].total;
+    FLAT.set(root, (f = flatColumns(nodes, total, Uint32Array.from(parents))));
+  }
+  return f;
+}
+
+/** Depth and subtree ends from parent indices (preorder: a parent comes before its children). */
+function flatColumns(nodes, total, parent) {
+  const n = nodes.length;
+  const depth = new Uint32Array(n);
+  const end = new Uint32Array(n);
+  for (let i = 1; i < n; i++) depth[i] = depth[parent[i]] + 1;
+  for (let i = n - 1; i >= 0; i--) {
+    if (end[i] < i + 1) end[i] = i + 1;
+    if (i > 0 && end[parent[i]] < end[i]) end[parent[i]] = end[i];
+  }
+  return { nodes, total, depth, end, parent };
 }
 
 /** `/api/v1/diff` answer → the same shape, each node carrying both sides. */
@@ -107,14 +157,14 @@ export function zoomChain(root, path) {
  * not overflow.
  */
 export function forEachStack(root, isDiff, visit) {
+  // The preorder columns: node i's callers are the last nodes seen at each smaller depth.
+  const { nodes, depth } = flatOf(root);
   const path = [];
-  const stack = [[root, -1]];
-  while (stack.length) {
-    const [n, depth] = stack.pop();
-    path.length = depth + 1;
-    if (depth >= 0) path[depth] = n;
-    if (isDiff ? n.ls || n.rs : n.self) visit(path.slice(0, depth + 1), n);
-    for (let i = n.children.length - 1; i >= 0; i--) stack.push([n.children[i], depth + 1]);
+  if (isDiff ? root.ls || root.rs : root.self) visit([], root);
+  for (let i = 1; i < nodes.length; i++) {
+    const n = nodes[i], d = depth[i];
+    path[d - 1] = n;
+    if (isDiff ? n.ls || n.rs : n.self) visit(path.slice(0, d), n);
   }
 }
 
@@ -122,15 +172,19 @@ function newNode(name, reason, isDiff) {
   const n = { name, self: 0, total: 0, children: [] };
   if (reason) n.reason = reason;
   if (isDiff) Object.assign(n, { ls: 0, rs: 0, lt: 0, rt: 0 });
-  Object.defineProperty(n, "_kids", { value: new Map(), enumerable: false, writable: true });
   return n;
 }
+
+// A node's child by name: a scan of its children while they are few (most nodes of a big tree
+// have one or two), a map once they are many.
+const SCAN_MAX = 16;
 
 /** Builds trees by adding weighted stacks; children end up sorted by total, descending. */
 export class TreeBuilder {
   constructor(isDiff) {
     this.isDiff = isDiff;
     this.root = newNode("total", null, isDiff);
+    this.kids = new Map(); // node with many children → Map(name → child)
   }
   /** `frames`: [{name, reason?}] from the top; `w`: a node's {self} or {ls, rs}. */
   add(frames, w) {
@@ -141,11 +195,24 @@ export class TreeBuilder {
     };
     bump(n);
     for (const f of frames) {
-      let c = n._kids.get(f.name);
+      const kids = n.children;
+      let c, byName = null;
+      if (kids.length <= SCAN_MAX) {
+        for (let k = 0; k < kids.length; k++) {
+          if (kids[k].name === f.name) {
+            c = kids[k];
+            break;
+          }
+        }
+      } else {
+        byName = this.kids.get(n);
+        if (!byName) this.kids.set(n, (byName = new Map(kids.map((x) => [x.name, x]))));
+        c = byName.get(f.name);
+      }
       if (!c) {
         c = newNode(f.name, f.reason, d);
-        n._kids.set(f.name, c);
-        n.children.push(c);
+        kids.push(c);
+        byName?.set(f.name, c);
       }
       bump(c);
       n = c;
@@ -153,10 +220,10 @@ export class TreeBuilder {
     if (d) { n.ls += w.ls; n.rs += w.rs; n.self += w.ls + w.rs; } else n.self += w.self;
   }
   finish() {
+    this.kids.clear();
     const stack = [this.root];
     while (stack.length) {
       const n = stack.pop();
-      n._kids = null;
       n.children.sort((a, b) => b.total - a.total || (a.name < b.name ? -1 : 1));
       for (const c of n.children) stack.push(c);
     }
@@ -164,14 +231,27 @@ export class TreeBuilder {
   }
 }
 
+/** `matcher` asked once per distinct name (a big tree has 100,000 nodes but a few thousand names). */
+function memoMatcher(matcher) {
+  const memo = new Map();
+  return (name) => {
+    let m = memo.get(name);
+    if (m === undefined) memo.set(name, (m = !!matcher(name)));
+    return m;
+  };
+}
+
 /** Sum of the totals of matching nodes, a match below another match counted once. */
 export function matchedTotal(root, matcher) {
+  const { nodes, total, end } = flatOf(root);
+  const match = memoMatcher(matcher);
   let sum = 0;
-  const stack = [...root.children];
-  while (stack.length) {
-    const n = stack.pop();
-    if (matcher(n.name)) sum += n.total;
-    else for (const c of n.children) stack.push(c);
+  // Preorder: a match's subtree is skipped whole (its matches are inside it).
+  for (let i = 1; i < nodes.length;) {
+    if (match(nodes[i].name)) {
+      sum += total[i];
+      i = end[i];
+    } else i++;
   }
   return sum;
 }
@@ -182,40 +262,41 @@ export function matchedTotal(root, matcher) {
  * matches in depth-first order (for "next match").
  */
 export function markMatches(root, matcher) {
+  const { nodes, end, parent } = flatOf(root);
   // Without a search, only nodes marked by a previous one need clearing (the common case is
   // none: no walk over the whole tree).
   if (!matcher) {
     if (root.marked) {
-      const stack = [root];
-      while (stack.length) {
-        const n = stack.pop();
-        if (!n.sub && n !== root) continue;
+      for (let i = 0; i < nodes.length;) {
+        const n = nodes[i];
+        if (!n.sub && i > 0) {
+          i = end[i];
+          continue;
+        }
         n.hit = n.sub = false;
-        for (const c of n.children) stack.push(c);
+        i++;
       }
       root.marked = false;
     }
     return [];
   }
   Object.defineProperty(root, "marked", { value: true, writable: true, configurable: true, enumerable: false });
+  const match = memoMatcher(matcher);
   const paths = [];
-  const names = [];
-  const order = []; // parents before children
-  const parents = [];
-  const stack = [[root, -1, false, -1]];
-  while (stack.length) {
-    const [n, depth, hitAbove, parent] = stack.pop();
-    names.length = depth + 1;
-    if (depth >= 0) names[depth] = n.name;
-    n.hit = !!matcher && depth >= 0 && matcher(n.name);
-    n.sub = n.hit;
-    if (n.hit && !hitAbove) paths.push(names.slice());
-    const me = order.length;
-    order.push(n);
-    parents.push(parent);
-    for (let i = n.children.length - 1; i >= 0; i--) stack.push([n.children[i], depth + 1, hitAbove || n.hit, me]);
+  root.hit = root.sub = false;
+  let outerEnd = 0; // end of the outermost match being inside of
+  for (let i = 1; i < nodes.length; i++) {
+    const n = nodes[i];
+    n.hit = n.sub = match(n.name);
+    if (n.hit && i >= outerEnd) {
+      outerEnd = end[i];
+      const path = [];
+      for (let k = i; k > 0; k = parent[k]) path.push(nodes[k].name);
+      paths.push(path.reverse());
+    }
   }
-  for (let i = order.length - 1; i > 0; i--) if (order[i].sub) order[parents[i]].sub = true;
+  // Children come after their parent: a reverse pass carries `sub` up.
+  for (let i = nodes.length - 1; i > 0; i--) if (nodes[i].sub) nodes[parent[i]].sub = true;
   return paths;
 }
 
@@ -224,24 +305,34 @@ export function markMatches(root, matcher) {
  * stack once even when it recurses (the server's rule, storage-server/src/query/top.rs).
  */
 export function topFunctions(root) {
-  const acc = new Map();
-  const stack = root.children.map((c) => [c, new Set()]);
-  while (stack.length) {
-    const [n, above] = stack.pop();
-    let e = acc.get(n.name);
-    if (!e) {
-      e = { name: n.name, self: 0, total: 0 };
-      if (n.reason) e.reason = n.reason;
-      acc.set(n.name, e);
+  const { nodes, total, end } = flatOf(root);
+  const ids = new Map(); // name → index in `entries`
+  const entries = [];
+  const onPath = []; // per name: how many of the current node's callers have it (recursion)
+  const open = [], openIds = []; // the current node's callers, from the root's child down
+  // Preorder: before node i, the callers whose subtree ended are left.
+  for (let i = 1; i < nodes.length; i++) {
+    while (open.length && end[open[open.length - 1]] <= i) {
+      open.pop();
+      onPath[openIds.pop()]--;
     }
+    const n = nodes[i];
+    let id = ids.get(n.name);
+    if (id === undefined) {
+      id = entries.length;
+      ids.set(n.name, id);
+      entries.push({ name: n.name, self: 0, total: 0 });
+      onPath.push(0);
+    }
+    const e = entries[id];
+    if (n.reason && !e.reason) e.reason = n.reason;
     e.self += n.self;
-    if (!above.has(n.name)) e.total += n.total;
-    if (n.children.length) {
-      const next = new Set(above).add(n.name);
-      for (const c of n.children) stack.push([c, next]);
-    }
+    if (!onPath[id]) e.total += total[i];
+    onPath[id]++;
+    open.push(i);
+    openIds.push(id);
   }
-  return [...acc.values()].sort((a, b) => b.self - a.self || b.total - a.total || (a.name < b.name ? -1 : 1));
+  return entries.sort((a, b) => b.self - a.self || b.total - a.total || (a.name < b.name ? -1 : 1));
 }
 
 /**

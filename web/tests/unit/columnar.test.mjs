@@ -2,7 +2,8 @@
 // the page draws. Run: node --test web/tests/unit
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeColumnar, normalize } from "../../js/tree.js";
+import { decodeColumnar, normalize, flatOf } from "../../js/tree.js";
+import { layout } from "../../js/layout.js";
 import { encodeColumnar } from "../columnar.mjs";
 
 const answer = () => ({
@@ -67,4 +68,22 @@ test("malformed answers are errors that say so, not broken trees", () => {
   const badName = good.slice(0);
   new Uint32Array(badName, start + 20 * n, n)[1] = 99;
   assert.throws(() => decodeColumnar(badName, ""), /names entry 99/);
+});
+
+test("the decoder's preorder columns are the ones flatOf builds from the node objects", () => {
+  const d = decodeColumnar(encodeColumnar(answer()), "x");
+  const fromDecoder = flatOf(d.root);
+  const plain = normalize(answer(), "x").root;
+  const built = flatOf(plain);
+  assert.deepEqual([...fromDecoder.total], [...built.total]);
+  assert.deepEqual([...fromDecoder.depth], [0, 1, 2, 2, 3, 1]);
+  assert.deepEqual([...built.depth], [0, 1, 2, 2, 3, 1]);
+  // Subtree ends: main's subtree is nodes 1..4, the library frame's 3..4, a leaf's only itself.
+  assert.deepEqual([...fromDecoder.end], [6, 5, 3, 5, 5, 6]);
+  assert.deepEqual([...built.end], [...fromDecoder.end]);
+  assert.deepEqual(fromDecoder.nodes.map((n) => n.name), built.nodes.map((n) => n.name));
+  assert.equal(fromDecoder.nodes[3], d.root.children[0].children[1]);
+  // Laying out either gives the same frames.
+  const strip = (l) => l.frames.map((f) => [f.node.name, f.x, f.w, f.depth, f.parent]);
+  assert.deepEqual(strip(layout(d.root, ["main"], 500)), strip(layout(plain, ["main"], 500)));
 });

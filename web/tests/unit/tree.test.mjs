@@ -5,6 +5,7 @@ import { normalize, normalizeDiff, zoomChain, markMatches, matchedTotal, topFunc
 import { applyTransforms, parseTransform, formatTransform, describe } from "../../js/transforms.js";
 import { layout, frameAt, framePath } from "../../js/layout.js";
 import { shareChange, diffColor, movers } from "../../js/diff.js";
+import { rasterize } from "../../js/draw.js";
 
 /** A tree from folded lines "a;b;c 10". */
 function fromFolded(text) {
@@ -235,6 +236,50 @@ test("layout of a deep chain does not overflow and caps rows", () => {
   b.add(names, { self: 1 });
   const l = layout(b.finish(), [], 100, { maxRows: 300 });
   assert.equal(l.rows, 300);
+});
+
+test("layout: minRows keeps the graph's height when a zoom has fewer rows", () => {
+  const t = T();
+  const full = layout(t, [], 800);
+  const zoomed = layout(t, ["main", "work"], 800, { minRows: full.rows });
+  assert.equal(zoomed.rows, full.rows);
+  assert.ok(layout(t, ["main", "work"], 800).rows < full.rows, "fewer rows without minRows");
+  // Flame orientation: the empty rows are above, the zoomed frames stay at the bottom.
+  const flame = layout(t, ["main", "work"], 800, { minRows: full.rows + 3, orient: "flame" });
+  assert.equal(flame.frames[0].y, (full.rows + 2) * 18, "the ancestors' bar on the bottom row");
+  assert.equal(frameAt(flame, 10, flame.frames[0].y + 5), 0);
+});
+
+test("layout of a transformed tree equals the layout of the same tree rebuilt from folded stacks", () => {
+  const t = fromFolded("main;a;b 5\nmain;a;c 3\nmain;d 2\nidle 1");
+  const inv = applyTransforms(t, [{ kind: "invert", arg: "" }], false);
+  const again = fromFolded("b;a;main 5\nc;a;main 3\nd;main 2\nidle 1");
+  const strip = (l) => l.frames.map((f) => [f.node.name, f.x, f.w, f.depth, f.parent]);
+  assert.deepEqual(strip(layout(inv, ["b"], 1100)), strip(layout(again, ["b"], 1100)));
+  assert.deepEqual(strip(layout(inv, [], 1100)), strip(layout(again, [], 1100)));
+});
+
+test("rasterize: frames, gaps and sub-pixel runs land on the right pixels", () => {
+  // root (10) → a (6), b (4) at 20 px: a is 12 px, b 8 px; rows 4 px high with a 1 px gap.
+  const root = { name: "total", self: 0, total: 10, children: [
+    { name: "a", self: 6, total: 6, children: [] }, { name: "b", self: 4, total: 4, children: [] }] };
+  const l = layout(root, [], 20, { rowH: 4 });
+  const px = new Uint32Array(20 * 10).fill(7);
+  const fill = { total: 1, a: 2, b: 3 };
+  rasterize(px, 20, 10, l, 1, (i) => fill[l.frames[i].node.name], 9);
+  const row = (y) => [...px.slice(y * 20, y * 20 + 20)].join("");
+  assert.equal(row(0), "1".repeat(19) + "0", "the root, 1 px gap on its right");
+  assert.equal(row(3), "0".repeat(20), "1 px gap below each row");
+  assert.equal(row(4), "2".repeat(11) + "0" + "3".repeat(7) + "0");
+  assert.equal(row(6), row(4));
+  assert.equal(row(8), "0".repeat(20), "cleared below the graph");
+  // Device pixels: twice as many at dpr 2; a sub-pixel run is drawn in its colour.
+  const l2 = { ...l, thin: [15, 2, 3], rows: 3, rowIndex: [...l.rowIndex, []] };
+  const px2 = new Uint32Array(40 * 24);
+  rasterize(px2, 40, 24, l2, 2, (i) => fill[l2.frames[i].node.name], 9);
+  assert.equal([...px2.slice(8 * 40, 9 * 40)].join(""), "2".repeat(22) + "00" + "3".repeat(14) + "00");
+  assert.equal([...px2.slice(16 * 40, 17 * 40)].join(""), "0".repeat(30) + "9".repeat(6) + "0".repeat(4));
+  assert.equal([...px2.slice(22 * 40, 23 * 40)].join(""), "0".repeat(40), "2 px gap below at dpr 2");
 });
 
 test("diff: share change, colours by palette, movers", () => {
