@@ -666,9 +666,14 @@ impl Node {
 
     fn record(&mut self, pid: u32, start_time: u64, mappings: usize, detection: Detection) {
         match &detection {
-            Detection::Readable(_) => {
-                tracing::info!(pid, "Node.js recognised: JavaScript frames on")
-            }
+            Detection::Readable(t) => match &t.layout.positions {
+                Ok(_) => tracing::info!(pid, "Node.js recognised: JavaScript frames and lines on"),
+                Err(why) => tracing::info!(
+                    pid,
+                    reason = %why,
+                    "Node.js recognised: JavaScript frames on, lines and inlined functions off"
+                ),
+            },
             Detection::Unreadable(why) => {
                 tracing::info!(pid, reason = %why, "Node.js that cannot be read")
             }
