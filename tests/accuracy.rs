@@ -1260,10 +1260,63 @@ const JS_CHAIN: [&str; 4] = ["js_main", "js_alpha", "js_beta", "js_hot"];
 /// The Node workloads run at most this long (the test stops them as soon as it has its figures).
 const JS_WORKLOAD_CAP_SECONDS: u64 = 400;
 
+/// The lines of `function NAME(` … its closing `}` in a workload (1-based, both included).
+fn js_function_lines(file: &str, name: &str) -> (i64, i64) {
+    let text = std::fs::read_to_string(workload(file)).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("function {name}(")))
+        .unwrap_or_else(|| panic!("{file} has no function {name}"));
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| *l == "}")
+            .unwrap_or_else(|| panic!("{file}: function {name} does not end"));
+    (start as i64 + 1, end as i64 + 1)
+}
+
+/// Of a pprof's samples with a `hot` frame, the value whose `hot` frame (the one nearest the
+/// leaf) has a line in `range`, and the total.
+fn js_line_tally(profile: &kiln_proto::pprof::Profile, hot: &str, range: (i64, i64)) -> (i64, i64) {
+    let name_of = |function_id: u64| {
+        profile
+            .function
+            .iter()
+            .find(|f| f.id == function_id)
+            .and_then(|f| profile.string_table.get(f.name as usize))
+            .map_or("", String::as_str)
+    };
+    let mut line_of_location = HashMap::new();
+    for loc in &profile.location {
+        // Lines of one location are innermost first.
+        if let Some(l) = loc.line.iter().find(|l| name_of(l.function_id) == hot) {
+            line_of_location.insert(loc.id, l.line);
+        }
+    }
+    let (mut in_range, mut total) = (0, 0);
+    for sample in &profile.sample {
+        let value = sample.value.last().copied().unwrap_or(0);
+        if let Some(line) = sample
+            .location_id
+            .iter()
+            .find_map(|id| line_of_location.get(id))
+        {
+            total += value;
+            if (range.0..=range.1).contains(line) {
+                in_range += value;
+            }
+        }
+    }
+    (in_range, total)
+}
+
 /// `node main → alpha → beta → hot`, run unchanged (no flags) under `kiln up`: ≥ 95 % of
 /// js_hot's samples carry the whole chain by name, in order — pure JavaScript, js_hot hashing
-/// with `crypto` (native code under it), and the pure workload under `--perf-basic-prof` (a
-/// program that writes a perf map keeps its frames named).
+/// with `crypto` (native code under it), the pure workload under `--perf-basic-prof` (a
+/// program that writes a perf map keeps its frames named), and a workload whose alpha, beta and
+/// hot TurboFan inlines into main (kiln expands main's one frame into the four functions). In
+/// the inlined cell ≥ 95 % of js_hot's samples also name a line of js_hot's body.
 #[test]
 #[ignore = "needs root"]
 fn root_node_accuracy_under_kiln_up() {
@@ -1284,18 +1337,25 @@ fn root_node_accuracy_under_kiln_up() {
     });
 
     let cap = JS_WORKLOAD_CAP_SECONDS.to_string();
-    let cells: [(&str, &[&str], &[&str]); 3] = [
-        ("javascript", &[], &[]),
-        ("javascript + crypto", &[], &["native"]),
-        ("--perf-basic-prof", &["--perf-basic-prof"], &[]),
+    let cells: [(&str, &[&str], &str, &[&str]); 4] = [
+        ("javascript", &[], "acc_chain.js", &[]),
+        ("javascript + crypto", &[], "acc_chain.js", &["native"]),
+        (
+            "--perf-basic-prof",
+            &["--perf-basic-prof"],
+            "acc_chain.js",
+            &[],
+        ),
+        ("inlined by TurboFan", &[], "acc_inline.js", &[]),
     ];
+    const INLINED: usize = 3;
     let mut children = Vec::new();
-    for (_, flags, args) in &cells {
+    for (_, flags, script, args) in &cells {
         let mut cmd = Command::new(&node);
         // `--perf-basic-prof` also writes isolate-*-v8.log into the working directory.
         cmd.current_dir(dir.path())
             .args(*flags)
-            .arg(workload("acc_chain.js"))
+            .arg(workload(script))
             .arg(&cap)
             .args(*args);
         match cmd.stdout(Stdio::null()).spawn() {
@@ -1351,6 +1411,26 @@ fn root_node_accuracy_under_kiln_up() {
         },
     );
     let results: Vec<(Tally, Vec<(String, u64)>)> = pids.iter().map(|&p| tally_of(p)).collect();
+    // Lines: js_hot's frame names a line of js_hot's body (read from the pprof download, which
+    // keeps each location's lines).
+    let line_tallies: Vec<(i64, i64)> = cells
+        .iter()
+        .zip(&pids)
+        .map(|((_, _, script, _), &pid)| {
+            let from = since.get().map_or("now-10m".to_owned(), |s| s.to_string());
+            let url = format!(
+                "{base}/api/v1/pprof?query={}&from={from}&until=now",
+                enc(&format!(r#"{{pid="{pid}"}}"#))
+            );
+            let body = reqwest::blocking::get(&url).unwrap().bytes().unwrap();
+            let profile = kiln_proto::decode_profile(&body, 1 << 30).unwrap();
+            js_line_tally(
+                &profile,
+                JS_CHAIN[3],
+                js_function_lines(script, JS_CHAIN[3]),
+            )
+        })
+        .collect();
     let perf_map_written = Path::new(&format!("/tmp/perf-{}.map", pids[2])).exists();
     drop(workloads);
     drop(kiln);
@@ -1360,21 +1440,24 @@ fn root_node_accuracy_under_kiln_up() {
 
     let pct = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.1}"));
     let mut table = format!(
-        "\n{:<24} {:<24} {:>9} {:>8}\n",
-        "cell", "node", "kiln hot", "kiln %"
+        "\n{:<24} {:<24} {:>9} {:>8} {:>8}\n",
+        "cell", "node", "kiln hot", "kiln %", "line %"
     );
-    for ((name, _, _), (tally, _)) in cells.iter().zip(&results) {
+    let line_pct = |(ok, total): (i64, i64)| (total > 0).then(|| 100.0 * ok as f64 / total as f64);
+    for (((name, _, _, _), (tally, _)), lines) in cells.iter().zip(&results).zip(&line_tallies) {
         table.push_str(&format!(
-            "{:<24} {:<24} {:>9.0} {:>8}\n",
+            "{:<24} {:<24} {:>9.0} {:>8} {:>8}\n",
             name,
             format!("{} {version}", node.display()),
             tally.hot as f64 / period_ns,
             pct(tally.percent()),
+            pct(line_pct(*lines)),
         ));
     }
     table.push_str(&format!(
-        "(hot = samples in {} and what it called; % = of those, the ones under {} -> {} -> {})\n",
-        JS_CHAIN[3], JS_CHAIN[0], JS_CHAIN[1], JS_CHAIN[2]
+        "(hot = samples in {} and what it called; % = of those, the ones under {} -> {} -> {}; \
+         line % = of those, the ones whose {} frame names a line of its body)\n",
+        JS_CHAIN[3], JS_CHAIN[0], JS_CHAIN[1], JS_CHAIN[2], JS_CHAIN[3]
     ));
     println!("{table}");
     eprintln!("{table}");
@@ -1385,7 +1468,7 @@ fn root_node_accuracy_under_kiln_up() {
         "node --perf-basic-prof wrote no /tmp/perf-PID.map"
     );
     let mut failures = Vec::new();
-    for ((name, _, _), (tally, wrong)) in cells.iter().zip(&results) {
+    for ((name, _, _, _), (tally, wrong)) in cells.iter().zip(&results) {
         let samples = (tally.hot as f64 / period_ns).round() as u64;
         if samples < MIN_SAMPLES || tally.percent().is_none_or(|p| p < MIN_PERCENT) {
             let mut msg = format!(
@@ -1397,6 +1480,15 @@ fn root_node_accuracy_under_kiln_up() {
             }
             failures.push(msg);
         }
+    }
+    if line_pct(line_tallies[INLINED]).is_none_or(|p| p < MIN_PERCENT) {
+        failures.push(format!(
+            "{}: {}% of {} samples name a line of its body {:?}",
+            cells[INLINED].0,
+            pct(line_pct(line_tallies[INLINED])),
+            JS_CHAIN[3],
+            js_function_lines(cells[INLINED].2, JS_CHAIN[3])
+        ));
     }
     assert!(
         failures.is_empty(),

@@ -33,7 +33,7 @@ use crate::buildid::{BuildId, FileId, ObjectRef};
 use crate::config::AgentConfig;
 use crate::kallsyms::Kallsyms;
 use crate::metrics::{AgentMetrics, SampleDropReason, UnwindSource, UnwindTruncation};
-use crate::node::{JsFrame, Node, NodeStack, Slot};
+use crate::node::{JsLine, Node, NodeStack, Slot};
 use crate::perfmap::{PerfMapConfig, PerfMaps};
 use crate::procmaps::{Mapping, MappingKind, Process, ProcessCache};
 use crate::python::{PyStack, Python, StackItem};
@@ -620,8 +620,10 @@ impl Aggregator {
         }
         if let Some(NodeStack::Frames(slots)) = node {
             for slot in slots {
-                if let Slot::Js(f) = slot {
-                    f.id.hash(&mut h);
+                if let Slot::Js(chain) = slot {
+                    for f in chain.iter() {
+                        (f.frame.id, f.line).hash(&mut h);
+                    }
                 }
             }
         }
@@ -673,7 +675,7 @@ impl Aggregator {
                 for (i, &a) in user.iter().enumerate() {
                     match node.slot(i) {
                         Slot::Native => items.push(UserItem::Stack(StackItem::Native(a))),
-                        Slot::Js(f) => items.push(UserItem::Js(f)),
+                        Slot::Js(chain) => items.extend(chain.iter().map(UserItem::Js)),
                         Slot::Same => {}
                     }
                 }
@@ -711,8 +713,12 @@ impl Aggregator {
                 UserItem::Js(f) => {
                     let jsmap = w.builder.mapping(0, 0, 0, JS_MAPPING, "");
                     w.builder.mark_symbolized(jsmap);
-                    let func = w.builder.function(&f.name, &f.script);
-                    locations.push(w.builder.symbolized_location(jsmap, f.id, &[(func, 0)]));
+                    let func = w.builder.function(&f.frame.name, &f.frame.script);
+                    locations.push(w.builder.symbolized_location(
+                        jsmap,
+                        f.frame.id,
+                        &[(func, i64::from(f.line))],
+                    ));
                     continue;
                 }
                 UserItem::Stack(item) => item,
@@ -931,7 +937,7 @@ impl Aggregator {
 /// One user frame of a sample in the aggregation loop: native or Python (spliced), or JavaScript.
 enum UserItem<'a> {
     Stack(StackItem<'a>),
-    Js(&'a JsFrame),
+    Js(&'a JsLine),
 }
 
 /// A named pseudo-frame (a truncation or Python marker) in [`PSEUDO_MAPPING`].

@@ -39,6 +39,12 @@ const NEEDED: &[&str] = &[
     "scopeinfo_idx_first_vars",
 ];
 
+/// Pseudo-constants carrying V8's version (`v8::internal::Version::major_` etc. in the binary):
+/// the offsets V8 does not export are derived per version (see [`Positions`]).
+pub const VERSION_MAJOR: &str = "@version_major";
+pub const VERSION_MINOR: &str = "@version_minor";
+pub const VERSION_BUILD: &str = "@version_build";
+
 /// Where ScopeInfo's indexed slots start: ScopeInfo is a plain HeapObject since V8 9 (slot 0 right
 /// after the map), a FixedArray before (slot 0 after the map and the length). The binary says
 /// which through `v8dbg_parent_ScopeInfo__<parent>`.
@@ -82,6 +88,155 @@ pub struct Layout {
     pub scope_info_slots: u64,
     pub scope_info_context_locals: u64,
     pub scope_info_first_vars: u64,
+    /// What positions (lines, inlined functions) need, or why this binary has none.
+    pub positions: Result<Positions, String>,
+}
+
+/// The layout source positions need: frames' bytecode slots, BytecodeArray, Code and its
+/// deoptimization data, Script's source. Exported constants where V8 exports them; the rest
+/// derived for the V8 versions whose headers say how (see [`Positions::from_constants`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Positions {
+    pub fp_bytecode_array: i64,
+    pub fp_bytecode_offset: i64,
+    /// Where a BytecodeArray's bytecodes start (the frame's offset slot counts from the tagged
+    /// BytecodeArray pointer to here).
+    pub bytecode_array_data: u64,
+    pub bytecode_array_positions: u64,
+    pub array_length: u64,
+    pub array_data: u64,
+    pub jsfunction_code: u64,
+    pub code_deopt_data: u64,
+    pub code_positions: u64,
+    pub code_instruction_start: u64,
+    pub code_instruction_size: u64,
+    pub code_flags: u64,
+    pub code_kind_mask: u32,
+    pub code_kind_shift: u32,
+    pub code_kind_baseline: u32,
+    pub code_kind_interpreted: u32,
+    pub deopt_literals: u64,
+    pub deopt_inlining_positions: u64,
+    pub script_source: u64,
+    pub script_line_ends: u64,
+    pub type_bytecode_array: u16,
+    pub type_code: u16,
+    pub type_byte_array: u16,
+    pub type_fixed_array: u16,
+    pub type_weak_fixed_array: u16,
+}
+
+/// The constants positions need, beyond [`NEEDED`].
+const NEEDED_FOR_POSITIONS: &[&str] = &[
+    "off_fp_bytecode_array",
+    "off_fp_bytecode_offset",
+    "class_BytecodeArray__data__uintptr_t",
+    "class_FixedArrayBase__length__SMI",
+    "class_FixedArray__data__uintptr_t",
+    "class_JSFunction__shared__SharedFunctionInfo",
+    "class_Code__deoptimization_data__FixedArray",
+    "class_Code__source_position_table__ByteArray",
+    "CodeKindFieldMask",
+    "CodeKindFieldShift",
+    "CodeKindBaseline",
+    "CodeKindInterpretedFunction",
+    "DeoptimizationDataLiteralArrayIndex",
+    "DeoptimizationDataInliningPositionsIndex",
+    "class_Script__source__Object",
+    "class_Script__line_ends__Object",
+    "type_BytecodeArray__BYTECODE_ARRAY_TYPE",
+    "type_Code__CODE_TYPE",
+    "type_ByteArray__BYTE_ARRAY_TYPE",
+    "type_FixedArray__FIXED_ARRAY_TYPE",
+    "type_WeakFixedArray__WEAK_FIXED_ARRAY_TYPE",
+    VERSION_MAJOR,
+    VERSION_MINOR,
+    VERSION_BUILD,
+];
+
+impl Positions {
+    /// V8 does not export every offset positions need. Those it does not export are derived
+    /// from V8's headers for the versions where this is known and was checked against a running
+    /// Node 20 (V8 11.3.244): from V8 11.1.204 (Code split from InstructionStream, Code holding
+    /// `instruction_start` two slots after the source position table, then the flags, then two
+    /// 16-bit fields before `instruction_size` until 11.4.59) to 11.7.368 (where JSFunction's
+    /// `code` slot moved before `shared`; until then it is the third slot after `shared`), and
+    /// the BytecodeArray's source position table in the third slot after its length. Other
+    /// versions (Node 18's V8 10.2, Node 22's 12.4) get names but no positions, and say so.
+    pub fn from_constants(get: &impl Fn(&str) -> Option<i64>) -> Result<Positions, String> {
+        let mut v = std::collections::HashMap::new();
+        for &name in NEEDED_FOR_POSITIONS {
+            v.insert(
+                name,
+                get(name).ok_or_else(|| format!("no v8dbg_{name} symbol"))?,
+            );
+        }
+        let c = |n: &str| v.get(n).copied().unwrap_or_default();
+        let version = (c(VERSION_MAJOR), c(VERSION_MINOR), c(VERSION_BUILD));
+        if !((11, 1, 204)..(11, 7, 368)).contains(&version) {
+            return Err(format!(
+                "V8 {}.{}.{}: offsets for positions known for V8 11.1.204 to 11.7.367 only",
+                version.0, version.1, version.2
+            ));
+        }
+        let off = |n: &str| -> Result<u64, String> {
+            let x = c(n);
+            (0..=4096)
+                .contains(&x)
+                .then_some(x as u64)
+                .ok_or_else(|| format!("v8dbg_{n} = {x} out of range"))
+        };
+        let small = |n: &str| -> Result<u32, String> {
+            u32::try_from(c(n)).map_err(|_| format!("v8dbg_{n} = {} out of range", c(n)))
+        };
+        let tag = |n: &str| -> Result<u16, String> {
+            u16::try_from(c(n)).map_err(|_| format!("v8dbg_{n} = {} out of range", c(n)))
+        };
+        let fp = |n: &str| -> Result<i64, String> {
+            let x = c(n);
+            (-256..=256)
+                .contains(&x)
+                .then_some(x)
+                .ok_or_else(|| format!("v8dbg_{n} = {x} out of range"))
+        };
+        let array_data = off("class_FixedArray__data__uintptr_t")?;
+        let code_positions = off("class_Code__source_position_table__ByteArray")?;
+        let code_instruction_start = code_positions + 16;
+        let code_flags = code_instruction_start + 8;
+        let code_instruction_size = if version < (11, 4, 59) {
+            code_flags + 8
+        } else {
+            code_flags + 4
+        };
+        Ok(Positions {
+            fp_bytecode_array: fp("off_fp_bytecode_array")?,
+            fp_bytecode_offset: fp("off_fp_bytecode_offset")?,
+            bytecode_array_data: off("class_BytecodeArray__data__uintptr_t")?,
+            bytecode_array_positions: off("class_FixedArrayBase__length__SMI")? + 3 * 8,
+            array_length: off("class_FixedArrayBase__length__SMI")?,
+            array_data,
+            jsfunction_code: off("class_JSFunction__shared__SharedFunctionInfo")? + 3 * 8,
+            code_deopt_data: off("class_Code__deoptimization_data__FixedArray")?,
+            code_positions,
+            code_instruction_start,
+            code_instruction_size,
+            code_flags,
+            code_kind_mask: small("CodeKindFieldMask")?,
+            code_kind_shift: small("CodeKindFieldShift")?,
+            code_kind_baseline: small("CodeKindBaseline")?,
+            code_kind_interpreted: small("CodeKindInterpretedFunction")?,
+            deopt_literals: array_data + 8 * off("DeoptimizationDataLiteralArrayIndex")?,
+            deopt_inlining_positions: array_data
+                + 8 * off("DeoptimizationDataInliningPositionsIndex")?,
+            script_source: off("class_Script__source__Object")?,
+            script_line_ends: off("class_Script__line_ends__Object")?,
+            type_bytecode_array: tag("type_BytecodeArray__BYTECODE_ARRAY_TYPE")?,
+            type_code: tag("type_Code__CODE_TYPE")?,
+            type_byte_array: tag("type_ByteArray__BYTE_ARRAY_TYPE")?,
+            type_fixed_array: tag("type_FixedArray__FIXED_ARRAY_TYPE")?,
+            type_weak_fixed_array: tag("type_WeakFixedArray__WEAK_FIXED_ARRAY_TYPE")?,
+        })
+    }
 }
 
 /// Why a binary's layout cannot be used (becomes `[node: …]`).
@@ -170,6 +325,7 @@ impl Layout {
             scope_info_slots,
             scope_info_context_locals: offset("scopeinfo_idx_ncontextlocals")?,
             scope_info_first_vars: offset("scopeinfo_idx_first_vars")?,
+            positions: Positions::from_constants(&get),
         })
     }
 
@@ -229,6 +385,29 @@ pub(crate) mod tests {
             ("scopeinfo_idx_ncontextlocals", 2),
             ("scopeinfo_idx_first_vars", 3),
             ("parent_ScopeInfo__HeapObject", 0),
+            ("off_fp_bytecode_array", -32),
+            ("off_fp_bytecode_offset", -40),
+            ("class_BytecodeArray__data__uintptr_t", 54),
+            ("class_FixedArrayBase__length__SMI", 8),
+            ("class_FixedArray__data__uintptr_t", 16),
+            ("class_Code__deoptimization_data__FixedArray", 16),
+            ("class_Code__source_position_table__ByteArray", 24),
+            ("CodeKindFieldMask", 15),
+            ("CodeKindFieldShift", 0),
+            ("CodeKindBaseline", 11),
+            ("CodeKindInterpretedFunction", 10),
+            ("DeoptimizationDataLiteralArrayIndex", 2),
+            ("DeoptimizationDataInliningPositionsIndex", 7),
+            ("class_Script__source__Object", 8),
+            ("class_Script__line_ends__Object", 56),
+            ("type_BytecodeArray__BYTECODE_ARRAY_TYPE", 191),
+            ("type_Code__CODE_TYPE", 245),
+            ("type_ByteArray__BYTE_ARRAY_TYPE", 190),
+            ("type_FixedArray__FIXED_ARRAY_TYPE", 175),
+            ("type_WeakFixedArray__WEAK_FIXED_ARRAY_TYPE", 240),
+            (VERSION_MAJOR, 11),
+            (VERSION_MINOR, 3),
+            (VERSION_BUILD, 244),
         ]
         .into_iter()
         .collect()
@@ -245,6 +424,34 @@ pub(crate) mod tests {
         assert_eq!(l.smi(0x1001), None);
         assert_eq!(l.heap_object(0x5000_1001), Some(0x5000_1000));
         assert_eq!(l.heap_object(42 << 32), None);
+        // Offsets V8 does not export, derived for 11.3 and checked against a running Node 20.
+        let p = l.positions.unwrap();
+        assert_eq!(
+            (
+                p.jsfunction_code,
+                p.code_instruction_start,
+                p.code_flags,
+                p.code_instruction_size,
+                p.bytecode_array_positions
+            ),
+            (48, 40, 48, 56, 32)
+        );
+    }
+
+    #[test]
+    fn positions_only_for_the_versions_whose_layout_is_known() {
+        let mut c = node20();
+        c.insert(VERSION_MAJOR, 12);
+        c.insert(VERSION_MINOR, 4);
+        let l = Layout::from_constants(|n| c.get(n).copied()).unwrap();
+        assert!(l.positions.unwrap_err().starts_with("V8 12.4.244"));
+        let mut c = node20();
+        c.remove("off_fp_bytecode_offset");
+        let l = Layout::from_constants(|n| c.get(n).copied()).unwrap();
+        assert_eq!(
+            l.positions.unwrap_err(),
+            "no v8dbg_off_fp_bytecode_offset symbol"
+        );
     }
 
     #[test]

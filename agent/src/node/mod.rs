@@ -24,15 +24,17 @@
 //!    name. Names are cached by (process, function address, code address: the return address,
 //!    which belongs to one code object) and re-checked against memory once per window, so an
 //!    address reused by another function is noticed within a window.
-//!
-//! Not done: line numbers (the frame's position is in the bytecode offset or the code's source
-//! position table; turning it into a line needs the script's line ends) and functions TurboFan
-//! or Maglev inlined into their caller (they appear as their caller).
+//! 4. **Place** ([`lines`]): the frame's line and, in optimized code, the functions inlined at
+//!    that point (innermost first), from V8's source position tables; cached per (process,
+//!    function, pc, bytecode slots) and recomputed once per window. A frame whose position cannot
+//!    be read keeps line 0 and the reason is counted ([`Node::unmapped_positions`]).
 //!
 //! A `node` the agent cannot read (no `v8dbg_*` constants, pointer compression) keeps its native
 //! frames and gets one frame saying why, e.g. `[node: no v8dbg_off_fp_function symbol]`.
 
 pub mod layout;
+pub mod lines;
+pub mod position;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -186,6 +188,16 @@ fn read_binary<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Binary 
             if let Some(v) = constant_value(obj, &sym) {
                 constants.insert(c.to_owned(), v);
             }
+        } else if let Some(key) = match name {
+            // v8::internal::Version::{major_,minor_,build_}: ints in .data.
+            "_ZN2v88internal7Version6major_E" => Some(layout::VERSION_MAJOR),
+            "_ZN2v88internal7Version6minor_E" => Some(layout::VERSION_MINOR),
+            "_ZN2v88internal7Version6build_E" => Some(layout::VERSION_BUILD),
+            _ => None,
+        } {
+            if let Some(v) = constant_value(obj, &sym) {
+                constants.insert(key.to_owned(), v);
+            }
         } else if name.starts_with("Builtins_") && sym.address() != 0 {
             let (s, e) = (sym.address(), sym.address() + sym.size().max(1));
             builtins = Some(builtins.map_or((s, e), |(a, b)| (a.min(s), b.max(e))));
@@ -238,6 +250,13 @@ pub struct JsFrame {
     pub script: Arc<str>,
     /// The `SharedFunctionInfo`'s address: the frame's location key.
     pub id: u64,
+}
+
+/// One function of a JavaScript frame, with its line (0 when V8 gives none: see [`lines`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsLine {
+    pub frame: Arc<JsFrame>,
+    pub line: u32,
 }
 
 /// Why a word is not a function the agent can name.
@@ -353,6 +372,15 @@ fn identity(l: &Layout, mem: &mut impl Memory, function: u64) -> Result<Identity
         .word(function + l.function_shared)
         .ok_or(NameError::Unreadable)?;
     let shared = l.heap_object(shared_word).ok_or(NameError::NotAFunction)?;
+    identity_of_shared(l, mem, shared)
+}
+
+/// Reads the words a SharedFunctionInfo's (untagged) name comes from.
+fn identity_of_shared(
+    l: &Layout,
+    mem: &mut impl Memory,
+    shared: u64,
+) -> Result<Identity, NameError> {
     if instance_type(l, mem, shared) != Some(l.type_shared) {
         return Err(NameError::NotAFunction);
     }
@@ -408,8 +436,9 @@ fn name_identity(l: &Layout, mem: &mut impl Memory, id: Identity) -> JsFrame {
 pub enum Slot {
     /// A native frame (or V8 code that is not a JavaScript frame: stubs, entry and exit frames).
     Native,
-    /// A JavaScript frame.
-    Js(Arc<JsFrame>),
+    /// A JavaScript frame: its function and, when optimized code inlined others into it at this
+    /// point, those too, innermost first (the frame's own function last).
+    Js(Arc<[JsLine]>),
     /// More code of the JavaScript frame just before (same frame pointer): left out.
     Same,
 }
@@ -478,6 +507,24 @@ pub fn frame_pointer_chain(bp: u64, sp: u64, copy: &[u8], n: usize, out: &mut Ve
     }
 }
 
+/// Cache key of a frame's functions and lines: the function, the pc and, for an interpreted
+/// frame, its BytecodeArray and offset slots (the pc is the interpreter's then).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PosKey {
+    pid: u32,
+    start_time: u64,
+    function: u64,
+    at: lines::At,
+}
+
+/// Cache key of a script's line ends: (pid, start time, Script address).
+type ScriptKey = (u32, u64, u64);
+/// A script's line ends (`None`: it has none the agent can read) and the window they were read in.
+type ScriptEntry = (Option<Arc<[u32]>>, u64);
+
+/// Most scripts whose line ends are cached (all processes).
+const MAX_CACHED_SCRIPTS: usize = 1024;
+
 /// Cache key of a function's names (see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct FnKey {
@@ -503,6 +550,9 @@ struct ProcState {
 pub struct Node {
     procs: HashMap<u32, ProcState>,
     functions: HashMap<FnKey, FnEntry>,
+    positions: HashMap<PosKey, (Arc<[JsLine]>, u64)>,
+    scripts: HashMap<ScriptKey, ScriptEntry>,
+    unmapped: HashMap<lines::Unmapped, u64>,
     window: u64,
     mem: Option<crate::process_memory::ProcessMemory>,
     detector: Option<Detector<Detection>>,
@@ -520,6 +570,9 @@ impl Node {
         Node {
             procs: HashMap::new(),
             functions: HashMap::new(),
+            positions: HashMap::new(),
+            scripts: HashMap::new(),
+            unmapped: HashMap::new(),
             window: 0,
             mem: None,
             detector: None,
@@ -573,9 +626,14 @@ impl Node {
 
     fn record(&mut self, pid: u32, start_time: u64, mappings: usize, detection: Detection) {
         match &detection {
-            Detection::Readable(_) => {
-                tracing::info!(pid, "Node.js recognised: JavaScript frames on")
-            }
+            Detection::Readable(t) => match &t.layout.positions {
+                Ok(_) => tracing::info!(pid, "Node.js recognised: JavaScript frames and lines on"),
+                Err(why) => tracing::info!(
+                    pid,
+                    reason = %why,
+                    "Node.js recognised: JavaScript frames on, lines and inlined functions off"
+                ),
+            },
             Detection::Unreadable(why) => {
                 tracing::info!(pid, reason = %why, "Node.js that cannot be read")
             }
@@ -622,6 +680,7 @@ impl Node {
         let functions = js_functions(&target.layout, frames, fps, sp, copy, is_v8_code);
         let mut slots = Vec::with_capacity(frames.len());
         let mut last_fp = None;
+        let mut budget = lines::MAX_READS_PER_SAMPLE;
         for (i, f) in functions.into_iter().enumerate() {
             let Some(function) = f else {
                 slots.push(Slot::Native);
@@ -633,9 +692,22 @@ impl Node {
                 slots.push(Slot::Same);
                 continue;
             }
-            match self.function(p, &target.layout, function, frames[i]) {
-                Ok(frame) => {
-                    slots.push(Slot::Js(frame));
+            let pc = frames[i];
+            let at = match (&target.layout.positions, fp) {
+                (Ok(pos), Some(fp)) if (b0..b1).contains(&pc) => lines::At::Bytecode {
+                    array: copy_word(copy, sp, fp.wrapping_add_signed(pos.fp_bytecode_array))
+                        .unwrap_or(0),
+                    offset: copy_word(copy, sp, fp.wrapping_add_signed(pos.fp_bytecode_offset))
+                        .unwrap_or(0),
+                },
+                _ => lines::At::Code {
+                    pc,
+                    return_address: i > 0,
+                },
+            };
+            match self.frame(p, &target.layout, function, pc, at, &mut budget) {
+                Ok(chain) => {
+                    slots.push(Slot::Js(chain));
                     last_fp = fp;
                 }
                 Err(_) => {
@@ -645,6 +717,96 @@ impl Node {
             }
         }
         Some(NodeStack::Frames(slots))
+    }
+
+    /// The functions and lines of one JavaScript frame (cached per window, see [`PosKey`]);
+    /// `budget` is what is left of the sample's reads.
+    fn frame(
+        &mut self,
+        p: &Process,
+        l: &Layout,
+        function: u64,
+        pc: u64,
+        at: lines::At,
+        budget: &mut u32,
+    ) -> Result<Arc<[JsLine]>, NameError> {
+        let key = PosKey {
+            pid: p.pid,
+            start_time: p.start_time,
+            function,
+            at,
+        };
+        let window = self.window;
+        if let Some((chain, w)) = self.positions.get(&key)
+            && *w == window
+        {
+            return Ok(chain.clone());
+        }
+        let outer = self.function(p, l, function, pc)?;
+        self.open_mem(p)?;
+        let Some(mem) = self.mem.as_mut() else {
+            return Err(NameError::Unreadable);
+        };
+        let mut mem = lines::Budget::new(mem, *budget);
+        let chain = match lines::chain(l, &mut mem, function, outer.id, at) {
+            Ok(c) => c,
+            Err(why) => {
+                *self.unmapped.entry(why).or_default() += 1;
+                vec![(outer.id, None)]
+            }
+        };
+        let mut out = Vec::with_capacity(chain.len());
+        for (shared, offset) in chain {
+            let (frame, script) = if shared == outer.id {
+                let script = identity(l, &mut mem, function).map(|id| id.script).ok();
+                (outer.clone(), script)
+            } else {
+                match identity_of_shared(l, &mut mem, shared) {
+                    Ok(id) => (Arc::new(name_identity(l, &mut mem, id)), Some(id.script)),
+                    Err(_) => continue,
+                }
+            };
+            let line = match (offset, script.and_then(|s| l.heap_object(s))) {
+                (Some(offset), Some(script)) => {
+                    let skey = (p.pid, p.start_time, script);
+                    let ends = match self.scripts.get(&skey) {
+                        Some((ends, w)) if *w == window => ends.clone(),
+                        _ => {
+                            let ends = lines::script_line_ends(l, &mut mem, script);
+                            if self.scripts.len() >= MAX_CACHED_SCRIPTS {
+                                self.scripts.clear();
+                            }
+                            self.scripts.insert(skey, (ends.clone(), window));
+                            ends
+                        }
+                    };
+                    ends.map_or(0, |e| position::line_of(&e, offset))
+                }
+                _ => 0,
+            };
+            out.push(JsLine { frame, line });
+        }
+        let exhausted = mem.exhausted();
+        *budget = mem.left();
+        let chain: Arc<[JsLine]> = out.into();
+        if exhausted {
+            // Not cached: the next sample, with reads to spare, gets the line.
+            *self.unmapped.entry(lines::Unmapped::Budget).or_default() += 1;
+            return Ok(chain);
+        }
+        if self.positions.len() >= MAX_CACHED_FUNCTIONS {
+            self.positions.clear();
+        }
+        self.positions.insert(key, (chain.clone(), window));
+        Ok(chain)
+    }
+
+    /// How many frames had no line since the agent started, per reason.
+    pub fn unmapped_positions(&self) -> Vec<(&'static str, u64)> {
+        self.unmapped
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect()
     }
 
     /// The cached names of the function at `function` (untagged) running `code`.
@@ -711,11 +873,13 @@ impl Node {
         self.window += 1;
         self.procs.retain(|pid, s| alive(*pid, s.start_time));
         let procs = &self.procs;
-        self.functions.retain(|k, _| {
-            procs
-                .get(&k.pid)
-                .is_some_and(|s| s.start_time == k.start_time)
-        });
+        let live = |pid: &u32, start: u64| procs.get(pid).is_some_and(|s| s.start_time == start);
+        self.functions.retain(|k, _| live(&k.pid, k.start_time));
+        self.positions.retain(|k, _| live(&k.pid, k.start_time));
+        self.scripts.retain(|k, _| live(&k.0, k.1));
+        if !self.unmapped.is_empty() {
+            tracing::debug!(unmapped = ?self.unmapped, "JavaScript frames without a line, by reason");
+        }
         self.mem = None;
     }
 }

@@ -270,3 +270,166 @@ fn frame_pointers_of_a_kernel_walk_follow_the_chain() {
     frame_pointer_chain(sp + 16, sp, &copy, 4, &mut out);
     assert_eq!(out, [sp + 16, sp + 64, sp + 4096, 0]);
 }
+
+/// Positions against a running node: a function TurboFan optimized with three others inlined.
+/// Every pc of its code is mapped; some must give the whole inlined chain innermost first, each
+/// function with a line inside its own body in the script, and the function's current code is
+/// the only code accepted.
+#[test]
+fn optimized_code_expands_into_its_inlined_functions_with_lines() {
+    let script = tempfile::NamedTempFile::with_suffix(".js").unwrap();
+    // Lines: hot 2-6, beta 7, alpha 8, main 9-13.
+    std::fs::write(
+        script.path(),
+        "'use strict';
+function hot(n) {
+  let x = 0;
+  for (let i = 0; i < n; i++) { x = (Math.imul(x, 1103515245) + 12345) | 0; }
+  return x;
+}
+function beta(n) { return hot(n) + 1; }
+function alpha(n) { return beta(n) + 1; }
+function main() {
+  let t = 0;
+  for (let i = 0; i < 20; i++) t = (t + alpha(100)) | 0;
+  return t;
+}
+for (let k = 0; k < 20000; k++) main();
+%DebugPrint(main);
+process.stdin.resume();
+",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("node")
+        .arg("--allow-natives-syntax")
+        .arg(script.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js 20) is installed");
+    let pid = child.id();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let function = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            panic!("node exited before printing main");
+        }
+        if let Some(rest) = line.strip_prefix("DebugPrint: 0x") {
+            let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+            break u64::from_str_radix(&hex, 16).unwrap() - 1;
+        }
+    };
+    let p = Process::load(pid, &mut crate::buildid::BuildIdCache::new(64), 4096).unwrap();
+    let Detection::Readable(target) = detect(&p) else {
+        panic!("node not readable: {:?}", detect(&p));
+    };
+    let l = &target.layout;
+    let pos = l.positions.as_ref().expect("Node 20's positions layout");
+    let mut mem = crate::process_memory::ProcessMemory::open(pid, p.start_time).unwrap();
+    let outer = name_function(l, &mut mem, function).unwrap();
+    assert_eq!(&*outer.name, "main");
+    let code = l
+        .heap_object(mem.word(function + pos.jsfunction_code).unwrap())
+        .unwrap();
+    let start = mem.word(code + pos.code_instruction_start).unwrap();
+    let mut b = [0u8; 4];
+    assert!(Memory::read(
+        &mut mem,
+        code + pos.code_instruction_size,
+        &mut b
+    ));
+    let size = u64::from(u32::from_le_bytes(b));
+    assert!((16..1 << 20).contains(&size), "code size {size}");
+    let ends = {
+        let script_word = identity(l, &mut mem, function).unwrap().script;
+        lines::script_line_ends(l, &mut mem, l.heap_object(script_word).unwrap()).unwrap()
+    };
+    assert_eq!(ends.len(), 17, "line ends of the script: {ends:?}");
+    let mut whole_chains = 0;
+    for off in 0..size {
+        let at = lines::At::Code {
+            pc: start + off,
+            return_address: false,
+        };
+        let Ok(chain) = lines::chain(l, &mut mem, function, outer.id, at) else {
+            continue;
+        };
+        let named: Vec<(String, u32)> = chain
+            .iter()
+            .map(|&(shared, offset)| {
+                let id = identity_of_shared(l, &mut mem, shared).unwrap();
+                let name = name_identity(l, &mut mem, id).name.to_string();
+                (name, offset.map_or(0, |o| position::line_of(&ends, o)))
+            })
+            .collect();
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        if names == ["hot", "beta", "alpha", "main"] {
+            whole_chains += 1;
+            let lines: Vec<u32> = named.iter().map(|n| n.1).collect();
+            assert!((2..=6).contains(&lines[0]), "hot's line {lines:?}");
+            assert_eq!(&lines[1..], [7, 8, 11], "call sites of beta, alpha, main");
+        }
+        assert_eq!(names.last(), Some(&"main"), "{names:?}");
+    }
+    assert!(
+        whole_chains > 0,
+        "no pc of main's code is in the inlined hot"
+    );
+    // A pc outside the function's current code is not mapped.
+    assert_eq!(
+        lines::chain(
+            l,
+            &mut mem,
+            function,
+            outer.id,
+            lines::At::Code {
+                pc: start + size,
+                return_address: false
+            }
+        ),
+        Err(lines::Unmapped::OtherCode)
+    );
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// An interpreted frame: its BytecodeArray and offset slots lead through the array's position
+/// table to a script offset (hand-built objects with Node 20's layout).
+#[test]
+fn an_interpreted_frame_is_placed_by_its_bytecode_offset() {
+    let mut m = FakeMemory::default();
+    let array = 0x30_0000u64;
+    let table = 0x31_0000u64;
+    m.object(array, 191);
+    m.word(array + 32, table + 1);
+    m.object(table, 190);
+    // Statement at bytecode 0 (delta 1 from -1, zig-zag 2), script offset 10 (position word
+    // (10 + 1) << 1 = 22, zig-zag 44); expression at bytecode 6 (delta 6 → -7, zig-zag 13), script
+    // offset 40 (word 82, delta 60, zig-zag 120).
+    let bytes = [0x02, 0x2c, 0x0d, 0x78];
+    m.word(table + 8, (bytes.len() as u64) << SMI);
+    m.put(table + 16, &bytes);
+    let l = layout();
+    // The frame's offset slot counts from the tagged array pointer: header 54, minus the tag.
+    let at = |bytecode: u64| lines::At::Bytecode {
+        array: array + 1,
+        offset: (53 + bytecode) << SMI,
+    };
+    let chain = |m: &mut FakeMemory, bytecode| lines::chain(&l, m, FUNCTION, SHARED, at(bytecode));
+    assert_eq!(chain(&mut m, 0), Ok(vec![(SHARED, Some(10))]));
+    assert_eq!(chain(&mut m, 5), Ok(vec![(SHARED, Some(10))]));
+    assert_eq!(chain(&mut m, 9), Ok(vec![(SHARED, Some(40))]));
+    // A table not built yet (undefined in the slot) and a slot that is not a BytecodeArray.
+    m.word(array + 32, 0x32_0001);
+    m.object(0x32_0000, 300);
+    assert_eq!(chain(&mut m, 9), Err(lines::Unmapped::NotCollected));
+    m.object(array, 190);
+    assert_eq!(chain(&mut m, 9), Err(lines::Unmapped::Unreadable));
+    // A budget of reads: the lookup fails rather than read on.
+    m.object(array, 191);
+    m.word(array + 32, table + 1);
+    let mut budget = lines::Budget::new(&mut m, 3);
+    assert!(lines::chain(&l, &mut budget, FUNCTION, SHARED, at(9)).is_err());
+    assert!(budget.exhausted());
+}
