@@ -524,6 +524,9 @@ type ScriptEntry = (Option<Arc<[u32]>>, u64);
 
 /// Most scripts whose line ends are cached (all processes).
 const MAX_CACHED_SCRIPTS: usize = 1024;
+/// Most line ends cached, all scripts together (4 bytes each: 8 MiB). A bundled application's
+/// script can have a million lines; the count limit alone would let the cache grow to gigabytes.
+const MAX_CACHED_LINE_ENDS: usize = 2 << 20;
 
 /// Cache key of a function's names (see the module docs).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -552,6 +555,8 @@ pub struct Node {
     functions: HashMap<FnKey, FnEntry>,
     positions: HashMap<PosKey, (Arc<[JsLine]>, u64)>,
     scripts: HashMap<ScriptKey, ScriptEntry>,
+    /// Line ends held by `scripts`, all entries together (bounded by [`MAX_CACHED_LINE_ENDS`]).
+    script_line_ends: usize,
     unmapped: HashMap<lines::Unmapped, u64>,
     window: u64,
     mem: Option<crate::process_memory::ProcessMemory>,
@@ -572,6 +577,7 @@ impl Node {
             functions: HashMap::new(),
             positions: HashMap::new(),
             scripts: HashMap::new(),
+            script_line_ends: 0,
             unmapped: HashMap::new(),
             window: 0,
             mem: None,
@@ -773,10 +779,21 @@ impl Node {
                         Some((ends, w)) if *w == window => ends.clone(),
                         _ => {
                             let ends = lines::script_line_ends(l, &mut mem, script);
-                            if self.scripts.len() >= MAX_CACHED_SCRIPTS {
+                            let held = ends.as_ref().map_or(0, |e| e.len());
+                            if self.scripts.len() >= MAX_CACHED_SCRIPTS
+                                || self.script_line_ends + held > MAX_CACHED_LINE_ENDS
+                            {
                                 self.scripts.clear();
+                                self.script_line_ends = 0;
                             }
-                            self.scripts.insert(skey, (ends.clone(), window));
+                            if held <= MAX_CACHED_LINE_ENDS {
+                                self.script_line_ends += held;
+                                if let Some((Some(old), _)) =
+                                    self.scripts.insert(skey, (ends.clone(), window))
+                                {
+                                    self.script_line_ends -= old.len();
+                                }
+                            }
                             ends
                         }
                     };
@@ -877,6 +894,11 @@ impl Node {
         self.functions.retain(|k, _| live(&k.pid, k.start_time));
         self.positions.retain(|k, _| live(&k.pid, k.start_time));
         self.scripts.retain(|k, _| live(&k.0, k.1));
+        self.script_line_ends = self
+            .scripts
+            .values()
+            .map(|(ends, _)| ends.as_ref().map_or(0, |e| e.len()))
+            .sum();
         if !self.unmapped.is_empty() {
             tracing::debug!(unmapped = ?self.unmapped, "JavaScript frames without a line, by reason");
         }
