@@ -82,6 +82,8 @@ struct Server {
     data: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Where its stderr (warnings) goes, if not to the test's.
+    log: Option<PathBuf>,
 }
 
 impl Server {
@@ -90,19 +92,37 @@ impl Server {
             child: Command::new("true").spawn().unwrap(),
             port: 0,
             data: data.to_owned(),
-            args: [
-                "--storage".to_owned(),
-                format!("s3://profiles/{prefix}"),
-                "--store-maintenance-interval".into(),
-                "1s".into(),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(|a| (*a).to_owned()))
-            .collect(),
+            args: server_args(prefix, extra),
             env: Vec::new(),
+            log: None,
         };
         s.restart();
         s
+    }
+
+    /// A server with extra environment (test hooks), logging its warnings to `data/server.log`.
+    fn start_with_env(data: &Path, prefix: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            child: Command::new("true").spawn().unwrap(),
+            port: 0,
+            data: data.to_owned(),
+            args: server_args(prefix, extra),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            log: Some(data.join("server.log")),
+        };
+        s.restart();
+        s
+    }
+
+    /// What it logged so far (with [`Server::start_with_env`]).
+    fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     /// Starts a server that kills itself (SIGKILL) at `point` (see `crash_point` in the bucket
@@ -124,6 +144,16 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.port = free_port();
+        let stderr = match &self.log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .unwrap(),
+            ),
+            None => Stdio::inherit(),
+        };
         self.child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["server", "--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--data-dir")
@@ -133,6 +163,7 @@ impl Server {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("kiln server starts");
         let url = self.url("/healthz");
@@ -164,6 +195,19 @@ impl Server {
                 .any(|e| e.path().extension().is_some_and(|x| x == "blk"))
         })
     }
+}
+
+/// A server's arguments on the bucket under `prefix`: maintenance every second, then `extra`.
+fn server_args(prefix: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "--storage".to_owned(),
+        format!("s3://profiles/{prefix}"),
+        "--store-maintenance-interval".into(),
+        "1s".into(),
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|a| (*a).to_owned()))
+    .collect()
 }
 
 impl Drop for Server {
@@ -552,4 +596,249 @@ fn s3_crash_while_retiring_inputs_leaves_an_orphan_that_is_collected() {
         "a retired input's block without its record",
         |(orphans, _)| !orphans.is_empty(),
     );
+}
+
+/// Every compacted record in the bucket, by key.
+fn compactions(
+    look: &Bucket,
+) -> Option<BTreeMap<String, kiln_storage_server::store::bucket::layout::BlockRecord>> {
+    use kiln_storage_server::store::bucket::layout;
+    let mut out = BTreeMap::new();
+    for m in look.list(layout::META, None).ok()? {
+        let body = match look.get(&m) {
+            Ok(b) => b,
+            // Retired since the listing.
+            Err(_) => continue,
+        };
+        let r: layout::BlockRecord = serde_json::from_slice(&body).ok()?;
+        if !r.covers.is_empty() {
+            out.insert(r.key.clone(), r);
+        }
+    }
+    Some(out)
+}
+
+/// Panics if two compactions merged the same block without one of them building on the other
+/// (the same blocks compacted twice: their profiles would be stored twice).
+fn assert_compacted_once(look: &Bucket) {
+    let all = compactions(look).expect("bucket readable");
+    for a in all.values() {
+        for b in all.values() {
+            if a.key >= b.key || a.covers.iter().all(|k| !b.covers.contains(k)) {
+                continue;
+            }
+            let nested = a.covers.contains(&b.key) || b.covers.contains(&a.key);
+            assert!(
+                nested,
+                "{} and {} both compacted {:?}",
+                a.key,
+                b.key,
+                a.covers
+                    .iter()
+                    .filter(|k| b.covers.contains(k))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// The newest epoch of a `compact-` lease: (its key, holder, expiry).
+fn compaction_lease(look: &Bucket) -> Option<(String, String, i64)> {
+    let leases = look.list("leases", None).ok()?;
+    let key = leases.iter().filter(|k| k.contains("compact-")).max()?;
+    let v: serde_json::Value = serde_json::from_slice(&look.get(key).ok()?).ok()?;
+    Some((
+        key.clone(),
+        v["holder"].as_str()?.to_owned(),
+        v["expires_nanos"].as_i64()?,
+    ))
+}
+
+fn now_nanos() -> i64 {
+    kiln_storage_server::query::time::now_nanos()
+}
+
+/// Point 3: a compaction three times longer than its lease (stretched by a test hook) keeps the
+/// lease by renewing it, commits once, and the other server does not compact the same blocks
+/// meanwhile.
+#[test]
+#[ignore = "needs KILN_TEST_S3_ENDPOINT (scripts/test.sh starts a Ceph RGW)"]
+fn s3_a_compaction_longer_than_its_lease_renews_it_and_commits_once() {
+    let _turn = take_turn();
+    let prefix = unique_prefix("renew");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let lease = Duration::from_secs(3);
+    let args = [
+        "--storage-freshness",
+        "3s",
+        "--wal-segment-bytes",
+        "1",
+        "--storage-lease",
+        "3s",
+    ];
+    // Both servers' compactions take 9 s (three leases) more than the merge itself.
+    let slow = [("KILN_BUCKET_COMPACT_DELAY_MS", "9000")];
+    let a = Server::start_with_env(da.path(), &prefix, &args, &slow);
+    let b = Server::start_with_env(db.path(), &prefix, &args, &slow);
+    let ids = [a.id(), b.id()];
+    let client = reqwest::blocking::Client::new();
+    let mut acked = Vec::new();
+    for n in 0..20u64 {
+        let to = if n % 2 == 0 { &a } else { &b };
+        assert!(push(&client, to.port, n), "push {n}");
+        acked.push(n);
+    }
+    let look = bucket(&prefix);
+    // Watch the lease from the moment one server takes it until its compaction is committed.
+    let (first_key, holder, _) =
+        wait_for(within(60), "a server to take a compaction lease", || {
+            compaction_lease(&look).filter(|(_, h, _)| ids.contains(h))
+        });
+    let taken = Instant::now();
+    let mut epochs = vec![first_key];
+    let committed = wait_for(within(60), "the long compaction to commit", || {
+        // The lease first, then the commits: a holder other than ours is a failure only if our
+        // compaction had not committed (and released the lease) before that read.
+        let lease_now = compaction_lease(&look);
+        let done = compactions(&look)?;
+        if let Some(mine) = done.values().find(|r| r.key.contains(&holder)) {
+            return Some(mine.clone());
+        }
+        if let Some((key, h, _)) = lease_now
+            && ids.contains(&h)
+        {
+            assert_eq!(h, holder, "the lease changed hands during the compaction");
+            if epochs.last() != Some(&key) {
+                epochs.push(key);
+            }
+        }
+        None
+    });
+    let held_for = taken.elapsed();
+    eprintln!(
+        "server {holder} held its compaction lease (3 s) for {:.1} s through {} epochs and committed {} ({} inputs)",
+        held_for.as_secs_f64(),
+        epochs.len(),
+        committed.key,
+        committed.covers.len()
+    );
+    assert!(
+        held_for > 2 * lease,
+        "the compaction outlived its lease ({held_for:?})"
+    );
+    assert!(epochs.len() >= 3, "the lease was renewed: {epochs:?}");
+    // No lost lease, on either server.
+    for s in [&a, &b] {
+        assert!(
+            !s.log().contains("lost the"),
+            "a lease was lost:\n{}",
+            s.log()
+        );
+    }
+    assert_compacted_once(&look);
+    wait_exact(&a, &acked, within(60), "server A");
+    wait_exact(&b, &acked, within(60), "server B");
+    assert_compacted_once(&look);
+}
+
+/// Point 3: while a long compaction runs, another holder forcibly takes a newer lease epoch; the
+/// compaction notices at its next renewal, stops and commits nothing; once the intruder's lease
+/// is over compaction resumes, and every profile is still there once.
+#[test]
+#[ignore = "needs KILN_TEST_S3_ENDPOINT (scripts/test.sh starts a Ceph RGW)"]
+fn s3_a_compaction_that_loses_its_lease_commits_nothing() {
+    let _turn = take_turn();
+    let prefix = unique_prefix("lost-lease");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = [
+        "--storage-freshness",
+        "3s",
+        "--wal-segment-bytes",
+        "1",
+        "--storage-lease",
+        "3s",
+        "--storage-grace",
+        "2s",
+    ];
+    let a = Server::start_with_env(
+        da.path(),
+        &prefix,
+        &args,
+        &[("KILN_BUCKET_COMPACT_DELAY_MS", "8000")],
+    );
+    let client = reqwest::blocking::Client::new();
+    let mut acked = Vec::new();
+    for n in 0..20u64 {
+        assert!(push(&client, a.port, n), "push {n}");
+        acked.push(n);
+    }
+    let look = bucket(&prefix);
+    let id = a.id();
+    // Another holder takes the lease over while A compacts: a newer epoch, valid for 12 s. (A
+    // renews every second: if it made the next epoch first, try the one after.)
+    let intruder_until = now_nanos() + 12_000_000_000;
+    let body = serde_json::json!({"holder": "intruder", "expires_nanos": intruder_until});
+    wait_until(within(60), "taking A's compaction lease over", || {
+        let Some((key, holder, _)) = compaction_lease(&look) else {
+            return false;
+        };
+        if holder != id {
+            return false;
+        }
+        let (dir, epoch) = key.rsplit_once('/').unwrap();
+        let next = epoch.parse::<u64>().unwrap() + 1;
+        look.create(&format!("{dir}/{next:010}"), body.to_string().into())
+            .is_ok()
+    });
+    let intruded = Instant::now();
+    wait_until(within(10), "server A to notice it lost the lease", || {
+        a.log().contains("lost the lease")
+    });
+    let noticed = intruded.elapsed();
+    eprintln!(
+        "server A noticed the takeover after {:.1} s (lease 3 s, renewed every 1 s)",
+        noticed.as_secs_f64()
+    );
+    // Promptly: well before the 8 s the stretched compaction had left.
+    assert!(
+        noticed < Duration::from_secs(5),
+        "noticed after {noticed:?}"
+    );
+    let staging = da.path().join("segments/bucket/staging");
+    wait_until(within(5), "the abandoned output to be removed", || {
+        std::fs::read_dir(&staging).unwrap().count() == 0
+    });
+    // While the intruder holds the lease nothing is committed, and A's output never reached the
+    // bucket (it stopped before its upload) nor stayed in its staging directory.
+    while now_nanos() < intruder_until - 1_000_000_000 {
+        let done = compactions(&look).expect("bucket readable");
+        assert!(done.is_empty(), "committed without the lease: {done:?}");
+        let blocks = look
+            .list(kiln_storage_server::store::bucket::layout::BLOCKS, None)
+            .unwrap();
+        assert!(
+            !blocks.iter().any(|k| k.ends_with("-c.blk")),
+            "a compaction output was uploaded without the lease: {blocks:?}"
+        );
+        let staged = std::fs::read_dir(&staging).unwrap().count();
+        assert_eq!(
+            staged, 0,
+            "no compaction output while the intruder holds the lease"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every profile is there once, on A and on a server that reads only the bucket.
+    wait_exact(&a, &acked, within(60), "server A after the lost lease");
+    let b = Server::start(db.path(), &prefix, &args);
+    wait_exact(&b, &acked, within(60), "server B");
+    // After the intruder's lease runs out, A compacts again and commits.
+    let done = wait_for(
+        within(90),
+        "a compaction after the intruder's lease",
+        || compactions(&look).filter(|c| !c.is_empty()),
+    );
+    eprintln!("then compacted: {:?}", done.keys().collect::<Vec<_>>());
+    assert_compacted_once(&look);
+    wait_exact(&a, &acked, within(60), "server A after compaction");
+    wait_exact(&b, &acked, within(60), "server B after compaction");
 }

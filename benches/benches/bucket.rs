@@ -16,6 +16,14 @@
 //! The servers' background sync is slowed to an hour so the harness drives flush/refresh at fixed
 //! points. Without KILN_TEST_S3_ENDPOINT it prints SKIPPED and returns. `cargo test --benches`
 //! (no `--bench`) runs it at a tiny size without go.
+//!
+//! Size (with `--bench`; defaults fit ~10 minutes in release on a loaded 2-core machine):
+//! `KILN_BENCH_SCALE_PROFILES` (300) profiles per scale-out run, `KILN_BENCH_FLEET_NODES` (10)
+//! nodes each pushing one profile every `KILN_BENCH_FLEET_EVERY_MINS` (60) minutes for a week.
+//! A real fleet pushes a profile per node every 10 s: 100 nodes are 10 profiles/s, 6 M a week.
+//! The ingest table says how many such nodes one server's measured rate takes; the query tables
+//! scale with profiles per range, which the fleet rows report (7 d here is 1,680 profiles; 100 real
+//! nodes make that many in under 3 minutes, which is what the 1 h row of a bigger run measures).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,15 +54,22 @@ struct Size {
     go: bool,
 }
 
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn size() -> Size {
     if std::env::args().any(|a| a == "--bench") {
         Size {
-            scale_profiles: 300,
+            scale_profiles: env_num("KILN_BENCH_SCALE_PROFILES", 300),
             queries: 30,
             ticks: 2_000,
             stacks: 20_000,
-            nodes: 10,
-            every_mins: 60,
+            nodes: env_num("KILN_BENCH_FLEET_NODES", 10),
+            every_mins: env_num("KILN_BENCH_FLEET_EVERY_MINS", 60).max(1),
             go: true,
         }
     } else {
@@ -177,6 +192,13 @@ fn flamegraph(rt: &tokio::runtime::Runtime, app: &axum::Router, from: i64, until
     v["total"].as_i64().expect("total")
 }
 
+/// `uptime`'s three load averages, to print next to the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn main() {
     let Ok(endpoint) = std::env::var("KILN_TEST_S3_ENDPOINT") else {
         println!(
@@ -197,11 +219,13 @@ fn main() {
     );
     let now = kiln_storage_server::query::time::now_nanos() / NS * NS;
     println!(
-        "bucket: S3 at {endpoint}; profiles of {} ticks over {} distinct stacks (depth {})",
+        "bucket: S3 at {endpoint}; profiles of {} ticks over {} distinct stacks (depth {}); load average {}",
         size.ticks,
         size.stacks,
-        fleet::DEPTH
+        fleet::DEPTH,
+        load_average()
     );
+    let started = Instant::now();
 
     // 1. Scale-out.
     let inputs: Vec<(usize, Vec<u8>, i64)> = (0..size.scale_profiles)
@@ -218,6 +242,7 @@ fn main() {
         "\n| servers | ingest profiles/s | ingest samples/s | requests per ingested profile | flame graphs/s (1 h, warm) | requests per query |"
     );
     println!("|---|---|---|---|---|---|");
+    let mut ingest_rates = Vec::new();
     for n in 1..=3usize {
         let prefix = format!("{run}/scale{n}");
         let servers: Vec<Server> = (0..n).map(|_| open_server(&endpoint, &prefix)).collect();
@@ -261,13 +286,24 @@ fn main() {
         let query = t.elapsed();
         let after_q = requests(&servers);
         let samples = (size.ticks * size.scale_profiles) as f64;
+        let rate = size.scale_profiles as f64 / ingest.as_secs_f64();
+        ingest_rates.push(rate);
         println!(
-            "| {n} | {:.0} | {:.2} M | {} | {:.1} | {} |",
-            size.scale_profiles as f64 / ingest.as_secs_f64(),
+            "| {n} | {rate:.0} | {:.2} M | {} | {:.1} | {} |",
             samples / ingest.as_secs_f64() / 1e6,
             per(after_ingest, before, size.scale_profiles),
             size.queries as f64 / query.as_secs_f64(),
             per(after_q, before_q, size.queries),
+        );
+    }
+
+    // A node pushes one profile every 10 s: 0.1 profiles/s.
+    if let Some(one) = ingest_rates.first() {
+        println!(
+            "\none server ingests {one:.0} profiles/s of {} samples (push + WAL + upload to the bucket): {:.0} nodes pushing every 10 s; load average {}",
+            size.ticks,
+            one * 10.0,
+            load_average()
         );
     }
 
@@ -368,6 +404,11 @@ fn main() {
             ms(warm),
         );
     }
+    println!(
+        "\nbucket bench done in {:.0} s; load average {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
 }
 
 /// `go tool pprof -proto` over `files`: its wall time; checks the merged cpu total is `want`.

@@ -1117,6 +1117,7 @@ impl Inner {
                 sources,
                 replaces: replaces.clone(),
             },
+            &|| false,
         )?
         else {
             return Ok(());
@@ -1146,11 +1147,14 @@ impl Inner {
 
     /// Writes the profiles of `inputs` into one new block in `dir`; `None` when an input turned
     /// out damaged (it is quarantined and the merge is skipped).
+    /// Merges `inputs` into a new block in `dir`; `None` if an input turned out damaged, or if
+    /// `cancelled` (polled per series: a bucket compaction that lost its lease) says stop.
     fn build_merged(
         &self,
         inputs: &[Arc<Block>],
         dir: &Path,
         provenance: Provenance,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<(BlockMeta, PathBuf, u64)>, StoreError> {
         let mut builder = BlockBuilder::new();
         for b in inputs {
@@ -1164,6 +1168,9 @@ impl Inner {
                 }
             };
             for (i, s) in b.meta.series.iter().enumerate() {
+                if cancelled() {
+                    return Ok(None);
+                }
                 let data = match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(d) => d,
                     Err(e) => {
@@ -2014,6 +2021,7 @@ impl LocalStore {
         &self,
         keys: &[String],
         dir: &Path,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<(PathBuf, u64)>, StoreError> {
         let inputs: Vec<Arc<Block>> = {
             let state = read_lock(&self.inner.state);
@@ -2046,7 +2054,7 @@ impl LocalStore {
         };
         Ok(self
             .inner
-            .build_merged(&inputs, dir, provenance)?
+            .build_merged(&inputs, dir, provenance, cancelled)?
             .map(|(_, path, size)| (path, size)))
     }
 

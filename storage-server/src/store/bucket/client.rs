@@ -93,7 +93,9 @@ impl Drop for Bucket {
 impl Bucket {
     /// `url` is `s3://bucket/prefix`; endpoint and credentials come from the standard `AWS_*`
     /// environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_REGION`, `AWS_ALLOW_HTTP` …).
+    /// `AWS_REGION`, `AWS_ALLOW_HTTP` …), or, without `AWS_ACCESS_KEY_ID`, from the shared
+    /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`; profile
+    /// `AWS_PROFILE`, else `default`) when it exists.
     pub fn from_url(url: &str) -> Result<Bucket, String> {
         Bucket::from_url_with(url, [])
     }
@@ -121,6 +123,20 @@ impl Bucket {
                 retry_timeout: Duration::from_secs(15),
                 ..object_store::RetryConfig::default()
             });
+        let overrides: Vec<(&str, &str)> = overrides.into_iter().collect();
+        let key_given = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+            || overrides
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("aws_access_key_id"));
+        if !key_given && let Some((path, creds)) = credentials_file()? {
+            tracing::info!(path = %path.display(), "object store credentials from the shared credentials file");
+            builder = builder
+                .with_access_key_id(creds.key_id)
+                .with_secret_access_key(creds.secret);
+            if let Some(token) = creds.token {
+                builder = builder.with_token(token);
+            }
+        }
         for (key, value) in overrides {
             let key = key
                 .to_ascii_lowercase()
@@ -289,5 +305,116 @@ impl Bucket {
             .into_iter()
             .filter_map(|p| p.strip_prefix(&strip).map(str::to_owned))
             .collect())
+    }
+}
+/// Keys from an AWS shared credentials file.
+#[derive(Debug, PartialEq, Eq)]
+struct FileCredentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
+}
+
+/// The shared credentials file's keys for the current profile, if the file exists. An existing
+/// file without the profile, or a profile without both keys, is an error: the operator meant to
+/// use it, and a silent fallback to other sources would hide the mistake.
+fn credentials_file() -> Result<Option<(std::path::PathBuf, FileCredentials)>, String> {
+    let path = match std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match std::env::var_os("HOME") {
+            Some(home) => std::path::Path::new(&home).join(".aws/credentials"),
+            None => return Ok(None),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    parse_credentials(&text, &profile)
+        .map(|c| Some((path.clone(), c)))
+        .ok_or_else(|| {
+            format!(
+                "{}: no profile [{profile}] with aws_access_key_id and aws_secret_access_key",
+                path.display()
+            )
+        })
+}
+
+/// The INI format of `~/.aws/credentials`: `[profile]` sections of `key = value` lines.
+fn parse_credentials(text: &str, profile: &str) -> Option<FileCredentials> {
+    let mut in_profile = false;
+    let (mut key_id, mut secret, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_profile = name.trim() == profile;
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if !in_profile {
+            continue;
+        }
+        let v = v.trim().to_owned();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "aws_access_key_id" => key_id = Some(v),
+            "aws_secret_access_key" => secret = Some(v),
+            "aws_session_token" => token = Some(v),
+            _ => {}
+        }
+    }
+    Some(FileCredentials {
+        key_id: key_id?,
+        secret: secret?,
+        token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_credentials_file_gives_the_named_profiles_keys() {
+        let text = "\
+# comment
+[default]
+aws_access_key_id = AKIDEFAULT
+aws_secret_access_key=secret/default
+
+[ceph]
+aws_access_key_id = testkey
+aws_secret_access_key = testsecret
+aws_session_token = tok
+region = us-east-1
+";
+        assert_eq!(
+            parse_credentials(text, "default"),
+            Some(FileCredentials {
+                key_id: "AKIDEFAULT".into(),
+                secret: "secret/default".into(),
+                token: None,
+            })
+        );
+        assert_eq!(
+            parse_credentials(text, "ceph"),
+            Some(FileCredentials {
+                key_id: "testkey".into(),
+                secret: "testsecret".into(),
+                token: Some("tok".into()),
+            })
+        );
+        assert_eq!(parse_credentials(text, "prod"), None, "no such profile");
+        assert_eq!(
+            parse_credentials("[default]\naws_access_key_id = x\n", "default"),
+            None,
+            "a key without its secret"
+        );
     }
 }

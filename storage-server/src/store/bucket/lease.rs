@@ -10,6 +10,15 @@
 //! committing over its successor's. Epoch numbers never go back: a release writes a `released`
 //! epoch rather than deleting the newest one, and [`renew`] also checks no newer epoch exists (old
 //! epochs are deleted, so a create alone could succeed on a reused number).
+//!
+//! Work that may outlive one lease (a merge of big blocks) runs inside [`hold`]: a thread renews
+//! the lease every third of its duration, so it stays held however long the work takes, and the
+//! work polls [`Held::lost`] to stop promptly once a renewal finds another server took over.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -101,9 +110,104 @@ pub fn renew(bucket: &Bucket, lease: &mut Lease, now_nanos: i64) -> Result<bool,
     if newest(bucket, &lease.dir)? != Some(next) {
         return Ok(false);
     }
+    // The epoch we renewed from is superseded: delete it, so a lease renewed for hours leaves
+    // one object, not one per renewal. A taker that listed it and finds it gone tries the next
+    // number, which is ours: its create fails, as it must.
+    let previous = epoch_key(&lease.dir, lease.epoch);
     lease.epoch = next;
     lease.expires_nanos = expires;
+    if let Err(err) = bucket.delete(&previous) {
+        tracing::debug!(lease = lease.dir, error = %err, "could not delete a renewed lease epoch; release deletes it");
+    }
     Ok(true)
+}
+
+/// A lease kept alive by [`hold`] while work runs.
+pub struct Held<'a> {
+    bucket: &'a Bucket,
+    lease: Mutex<&'a mut Lease>,
+    lost: AtomicBool,
+    now: fn() -> i64,
+}
+
+impl Held<'_> {
+    /// True once a renewal found the lease taken over (or expired): the work must stop and commit
+    /// nothing.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Renews the lease right now: the proof of ownership right before a commit, which also
+    /// leaves a whole lease for it. `Ok(false)` if the lease is lost.
+    pub fn renew_now(&self) -> Result<bool, BucketError> {
+        if self.lost() {
+            return Ok(false);
+        }
+        let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = renew(self.bucket, &mut lease, (self.now)())?;
+        if !held {
+            self.lost.store(true, Ordering::Release);
+        }
+        Ok(held)
+    }
+
+    /// When the lease runs out unless renewed.
+    pub fn expires_nanos(&self) -> i64 {
+        self.lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .expires_nanos
+    }
+}
+
+/// Runs `work` while a thread renews `lease` every third of its duration (so two renewals can
+/// fail to an object-store hiccup before it runs out). Once a renewal finds the lease lost, the
+/// thread stops and [`Held::lost`] turns true; `work` polls it between steps. `now` is the clock
+/// the lease's expiry is measured with.
+pub fn hold<R>(
+    bucket: &Bucket,
+    lease: &mut Lease,
+    now: fn() -> i64,
+    work: impl FnOnce(&Held<'_>) -> R,
+) -> R {
+    let every = Duration::from_nanos(u64::try_from(lease.duration_nanos / 3).unwrap_or(1).max(1));
+    let name = lease.dir.clone();
+    let held = Held {
+        bucket,
+        lease: Mutex::new(lease),
+        lost: AtomicBool::new(false),
+        now,
+    };
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let (held, name) = (&held, &name);
+        let renewer = std::thread::Builder::new()
+            .name("kiln-lease-renew".into())
+            .spawn_scoped(scope, move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    match held.renew_now() {
+                        Ok(true) => tracing::debug!(lease = name, "renewed lease"),
+                        Ok(false) => {
+                            tracing::warn!(lease = name, "lost the lease while working (another server took it over, or it ran out); the work stops uncommitted");
+                            break;
+                        }
+                        // The lease is still ours until it runs out; the next tick retries, and
+                        // `renew` reports it lost once it has.
+                        Err(err) => {
+                            tracing::warn!(lease = name, error = %err, "could not renew lease; retrying")
+                        }
+                    }
+                }
+            });
+        if let Err(err) = renewer {
+            // Without the thread the work still cannot commit unowned (it renews before any
+            // commit); it only risks losing the lease if it is long.
+            tracing::warn!(lease = name, error = %err, "could not start the lease renewal thread");
+        }
+        let result = work(held);
+        drop(stop);
+        result
+    })
 }
 
 /// Gives the lease back: writes a released epoch after ours (so the numbering keeps going up) and
@@ -194,6 +298,54 @@ mod tests {
         assert!(!renew(&b, &mut stale, 18).unwrap(), "a newer epoch exists");
         // And the lease is free for anyone.
         assert!(acquire(&b, "x", "c", 19, 10).unwrap().is_some());
+    }
+
+    fn wall_clock() -> i64 {
+        crate::query::time::now_nanos()
+    }
+
+    #[test]
+    fn a_held_lease_outlives_its_duration_and_a_takeover_is_noticed() {
+        let b = bucket();
+        // Leases of 300 ms, renewed every 100 ms, held for a second.
+        let ms = 1_000_000;
+        let start = wall_clock();
+        let mut a = acquire(&b, "x", "a", start, 300 * ms).unwrap().unwrap();
+        let first = a.epoch;
+        hold(&b, &mut a, wall_clock, |held| {
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(100));
+                assert!(!held.lost(), "renewed in time");
+                let other = acquire(&b, "x", "b", wall_clock(), 300 * ms).unwrap();
+                assert!(other.is_none(), "still held by a");
+            }
+            assert!(
+                held.expires_nanos() > start + 1_000 * ms,
+                "kept past 3 durations"
+            );
+            // Another server forces a newer epoch (an operator, or a clock far ahead).
+            let newest = newest(&b, "leases/x").unwrap().unwrap();
+            let body = serde_json::to_vec(&LeaseBody {
+                holder: "b".into(),
+                expires_nanos: i64::MAX,
+            })
+            .unwrap();
+            b.create(&epoch_key("leases/x", newest + 5), Bytes::from(body))
+                .unwrap();
+            for _ in 0..400 {
+                if held.lost() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(held.lost(), "the next renewal notices the takeover");
+            assert!(!held.renew_now().unwrap(), "and no commit check passes");
+        });
+        assert!(a.epoch > first, "renewed several times");
+        assert!(
+            b.list("leases/x", None).unwrap().len() <= 3,
+            "renewals delete the epochs they supersede"
+        );
     }
 
     #[test]

@@ -449,7 +449,7 @@ impl Inner {
     /// Compaction, then retention and garbage collection, then a new index. Caller holds `work`.
     fn maintain(&self, now: i64) -> Result<(), StoreError> {
         self.refresh()?;
-        let compacted = self.compact(now);
+        let compacted = self.compact();
         let expired = self.expire(now);
         self.apply_view(None, 0)?;
         compacted.and(expired)
@@ -459,7 +459,7 @@ impl Inner {
     /// level: uploaded blocks (level 0) as soon as there are two, compacted ones once
     /// [`FAN_IN`] of a level are there (into the next level), smallest first up to
     /// `max_block_bytes` — so a big compacted block is not rewritten for every new small one.
-    fn compact(&self, now: i64) -> Result<(), StoreError> {
+    fn compact(&self) -> Result<(), StoreError> {
         let records = lock(&self.records).clone();
         let mut groups: BTreeMap<(i64, u32), Vec<BlockRecord>> = BTreeMap::new();
         for r in layout::visible(&records) {
@@ -490,39 +490,62 @@ impl Inner {
                 &self.bucket,
                 &format!("compact-{partition}"),
                 &self.server,
-                now,
+                // Leases run on the wall clock, not on the pass's `now`: an earlier compaction of
+                // this pass may have taken longer than a whole lease.
+                time::now_nanos(),
                 lease_nanos,
             )?
             else {
                 continue;
             };
-            let result = self.compact_group(&take, &records, &mut lease);
+            // The lease is renewed while the merge runs, however long it takes; the merge stops
+            // (and commits nothing) once a renewal finds it lost.
+            let result = lease::hold(&self.bucket, &mut lease, time::now_nanos, |held| {
+                self.compact_group(&take, &records, held)
+            });
             lease::release(&self.bucket, lease);
             result?;
         }
         Ok(())
     }
 
-    /// Renews `lease` (see [`lease::renew`]); an error if it was lost, so the caller drops its
-    /// work before committing anything.
-    fn keep_lease(&self, lease: &mut lease::Lease, doing: &str) -> Result<(), StoreError> {
-        if lease::renew(&self.bucket, lease, time::now_nanos())? {
+    /// Renews `held` now (see [`lease::renew`]); an error if it was lost, so the caller drops
+    /// its work before committing anything.
+    fn keep_lease(&self, held: &lease::Held<'_>, doing: &str) -> Result<(), StoreError> {
+        if held.renew_now()? {
             return Ok(());
         }
-        tracing::warn!(
-            doing,
-            "lost the bucket lease (it expired and another server took it); dropping this work"
-        );
-        Err(StoreError::Bucket(format!(
-            "{doing}: lost the lease to another server; nothing committed"
-        )))
+        lost_lease(doing)
+    }
+
+    /// An error if the renewal thread found `held` lost: checked between the steps of long work,
+    /// so it stops within a renewal period of losing the lease.
+    fn still_held(&self, held: &lease::Held<'_>, doing: &str) -> Result<(), StoreError> {
+        if held.lost() {
+            return lost_lease(doing);
+        }
+        Ok(())
     }
 
     fn compact_group(
         &self,
         inputs: &[BlockRecord],
         records: &BTreeMap<String, BlockRecord>,
-        lease: &mut lease::Lease,
+        held: &lease::Held<'_>,
+    ) -> Result<(), StoreError> {
+        let result = self.compact_group_held(inputs, records, held);
+        // A merge stopped half-way, or an output whose lease was lost before the upload.
+        if result.is_err() {
+            let _ = clear_dir(&self.staging);
+        }
+        result
+    }
+
+    fn compact_group_held(
+        &self,
+        inputs: &[BlockRecord],
+        records: &BTreeMap<String, BlockRecord>,
+        held: &lease::Held<'_>,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         // Inputs must be readable here: fetch those the cache dropped.
@@ -530,6 +553,7 @@ impl Inner {
         for r in inputs {
             let path = self.cache_path(&r.key);
             if !path.exists() {
+                self.still_held(held, "compaction download")?;
                 self.download(r, &path)?;
             }
             want.insert(r.key.clone(), path);
@@ -541,11 +565,16 @@ impl Inner {
             all.extend(want);
             self.local.set_bucket_blocks(&all);
         }
-        let Some((staged, size)) = self.local.merge_bucket_blocks(&keys, &self.staging)? else {
+        let merged = self
+            .local
+            .merge_bucket_blocks(&keys, &self.staging, &|| held.lost())?;
+        self.still_held(held, "compaction merge")?;
+        let Some((staged, size)) = merged else {
             return Ok(());
         };
-        // Downloading and merging may have outlived the lease: check before the upload.
-        self.keep_lease(lease, "compaction")?;
+        compaction_delay_for_tests(held);
+        // The renewal thread kept the lease through the merge; prove it before the upload.
+        self.keep_lease(held, "compaction")?;
         let mut covers: BTreeSet<String> = keys.iter().cloned().collect();
         for r in inputs {
             covers.extend(
@@ -572,7 +601,7 @@ impl Inner {
         // The ownership check right before the commit: a conditional create that fails if another
         // server took the lease over while this one uploaded (its output block is then garbage,
         // collected as an orphan). Afterwards a full lease is left for the one small PUT below.
-        self.keep_lease(lease, "compaction commit")?;
+        self.keep_lease(held, "compaction commit")?;
         // The commit: from here on readers show this block instead of its inputs.
         self.bucket.create(
             &layout::meta_key(&record.key),
@@ -622,19 +651,22 @@ impl Inner {
             &self.bucket,
             "maintenance",
             &self.server,
-            now,
+            // The pass's compactions ran since `now` (retention's reference time).
+            time::now_nanos(),
             self.config.lease_nanos(),
         )?
         else {
             return Ok(());
         };
         let mut lease = lease;
-        let result = self.expire_locked(now, &mut lease);
+        let result = lease::hold(&self.bucket, &mut lease, time::now_nanos, |held| {
+            self.expire_locked(now, held)
+        });
         lease::release(&self.bucket, lease);
         result
     }
 
-    fn expire_locked(&self, now: i64, lease: &mut lease::Lease) -> Result<(), StoreError> {
+    fn expire_locked(&self, now: i64, held: &lease::Held<'_>) -> Result<(), StoreError> {
         let records = lock(&self.records).clone();
         let mut visible: Vec<&BlockRecord> = layout::visible(&records);
         visible.sort_by_key(|r| (r.max_time, r.key.clone()));
@@ -678,8 +710,11 @@ impl Inner {
         gone.extend(layout::collectable(&records, now.saturating_sub(grace)));
         // Deleting and rewriting the index must not race a successor (a stale index would list
         // records deleted since): prove the lease is still ours first.
-        self.keep_lease(lease, "retention")?;
+        self.keep_lease(held, "retention")?;
         for key in &gone {
+            // Each deletion is decided already; stopping between them (lease lost) only leaves
+            // work for the successor.
+            self.still_held(held, "retention")?;
             // Record first: once it is gone no reader looks for the block.
             self.bucket.delete(&layout::meta_key(key))?;
             crash_point("retire-after-record");
@@ -687,6 +722,8 @@ impl Inner {
             lock(&self.records).remove(key);
         }
         self.collect_orphans(grace)?;
+        // The index lists what exists now; a successor may have changed that.
+        self.keep_lease(held, "index rewrite")?;
         let index = layout::Index {
             built_nanos: now,
             records: lock(&self.records).values().cloned().collect(),
@@ -858,6 +895,36 @@ fn crash_point(name: &str) {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
         std::process::abort();
+    }
+}
+
+fn lost_lease(doing: &str) -> Result<(), StoreError> {
+    tracing::warn!(
+        doing,
+        "lost the bucket lease (it expired and another server took it); dropping this work"
+    );
+    Err(StoreError::Bucket(format!(
+        "{doing}: lost the lease to another server; nothing committed"
+    )))
+}
+
+/// Makes each compaction take `KILN_BUCKET_COMPACT_DELAY_MS` longer, after its merge and before
+/// its upload, while the lease is held and renewed: how the tests stretch one merge past its
+/// lease. Returns early once the lease is lost, as a real merge does. Unset in production.
+fn compaction_delay_for_tests(held: &lease::Held<'_>) {
+    let Some(ms) = std::env::var("KILN_BUCKET_COMPACT_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    tracing::warn!(
+        ms,
+        "KILN_BUCKET_COMPACT_DELAY_MS: stretching this compaction"
+    );
+    let until = Instant::now() + std::time::Duration::from_millis(ms);
+    while Instant::now() < until && !held.lost() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
