@@ -34,7 +34,7 @@ use kiln_storage_server::query::merge::Tree;
 use kiln_storage_server::query::selector::Selector;
 use kiln_storage_server::query::symbolize::Resolver;
 use kiln_storage_server::query::time::TimeRange;
-use kiln_storage_server::store::ReadRequest;
+use kiln_storage_server::store::{Merged, ReadRequest};
 use kiln_storage_server::{AppState, ServerConfig, StoreConfig};
 use prost::Message;
 use tower::ServiceExt;
@@ -375,8 +375,16 @@ fn main() {
                 read_time += last.elapsed();
                 let t = Instant::now();
                 merged_profiles += 1;
-                merged_rows += m.profile.sample.len();
-                tree.merge_profile(&m.profile, PROFILE_TYPE, &mut resolver);
+                match &m.data {
+                    Merged::Profile(p) => {
+                        merged_rows += p.sample.len();
+                        tree.merge_profile(p, PROFILE_TYPE, &mut resolver);
+                    }
+                    Merged::Stacks(s) => {
+                        merged_rows += s.self_values.iter().filter(|&&v| v != 0).count();
+                        tree.merge_stacks(s, &mut resolver);
+                    }
+                }
                 merge_time += t.elapsed();
                 last = Instant::now();
             },
