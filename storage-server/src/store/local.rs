@@ -1939,6 +1939,7 @@ impl Store for LocalStore {
                     .sum::<u64>(),
             profiles_lost: losses.profiles.load(Ordering::Relaxed),
             wal_damaged_bytes: losses.wal_bytes.load(Ordering::Relaxed),
+            decoded_cache_bytes: self.inner.decoded_bytes.load(Ordering::Relaxed) as u64,
             ..StoreStats::default()
         }
     }

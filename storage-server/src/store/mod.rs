@@ -211,6 +211,9 @@ pub struct StoreStats {
     pub upload_backlog_bytes: u64,
     /// Object store requests that failed since the store was opened.
     pub bucket_request_errors: u64,
+    /// Bytes of decoded block data kept for merged reads (bounded by
+    /// `local::DECODED_CACHE_BYTES`).
+    pub decoded_cache_bytes: u64,
     /// Object store requests made since the store was opened, by kind (0 on local disk).
     pub bucket_requests: bucket::client::RequestCounts,
 }
