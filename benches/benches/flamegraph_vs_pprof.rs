@@ -327,6 +327,8 @@ fn main() {
 
     // Kiln, head: every profile still in the WAL.
     let (head_kiln, head_times) = timed_flamegraphs(&rt, &app, &size, from, until, want_total);
+    // Printed as soon as measured too: the go baseline that follows takes minutes.
+    eprintln!("head: median {:.3} s, runs {head_times:?}", secs(head_kiln));
     assert_eq!(
         state.store.stats().blocks,
         0,
@@ -346,6 +348,7 @@ fn main() {
 
     // Kiln, blocks: the same query once everything is flushed and compacted.
     let (kiln, kiln_times) = timed_flamegraphs(&rt, &app, &size, from, until, want_total);
+    eprintln!("blocks: median {:.3} s, runs {kiln_times:?}", secs(kiln));
 
     // The same query's parts, for where the time goes: store read (merged per block), tree merge,
     // rendering. Same code as `query::build_tree` + `flamegraph::render`.
