@@ -34,7 +34,7 @@ use kiln_storage_server::query::merge::Tree;
 use kiln_storage_server::query::selector::Selector;
 use kiln_storage_server::query::symbolize::Resolver;
 use kiln_storage_server::query::time::TimeRange;
-use kiln_storage_server::store::ReadRequest;
+use kiln_storage_server::store::{Merged, ReadRequest};
 use kiln_storage_server::{AppState, ServerConfig, StoreConfig};
 use prost::Message;
 use tower::ServiceExt;
@@ -327,6 +327,8 @@ fn main() {
 
     // Kiln, head: every profile still in the WAL.
     let (head_kiln, head_times) = timed_flamegraphs(&rt, &app, &size, from, until, want_total);
+    // Printed as soon as measured too: the go baseline that follows takes minutes.
+    eprintln!("head: median {:.3} s, runs {head_times:?}", secs(head_kiln));
     assert_eq!(
         state.store.stats().blocks,
         0,
@@ -346,6 +348,7 @@ fn main() {
 
     // Kiln, blocks: the same query once everything is flushed and compacted.
     let (kiln, kiln_times) = timed_flamegraphs(&rt, &app, &size, from, until, want_total);
+    eprintln!("blocks: median {:.3} s, runs {kiln_times:?}", secs(kiln));
 
     // The same query's parts, for where the time goes: store read (merged per block), tree merge,
     // rendering. Same code as `query::build_tree` + `flamegraph::render`.
@@ -375,8 +378,16 @@ fn main() {
                 read_time += last.elapsed();
                 let t = Instant::now();
                 merged_profiles += 1;
-                merged_rows += m.profile.sample.len();
-                tree.merge_profile(&m.profile, PROFILE_TYPE, &mut resolver);
+                match &m.data {
+                    Merged::Profile(p) => {
+                        merged_rows += p.sample.len();
+                        tree.merge_profile(p, PROFILE_TYPE, &mut resolver);
+                    }
+                    Merged::Stacks(s) => {
+                        merged_rows += s.self_values.iter().filter(|&&v| v != 0).count();
+                        tree.merge_stacks(s, &mut resolver);
+                    }
+                }
                 merge_time += t.elapsed();
                 last = Instant::now();
             },

@@ -186,7 +186,7 @@ fn merge_store_merged(store: &LocalStore) -> i64 {
                 stop: None,
             },
             &mut |m| {
-                tree.merge_profile(&m.profile, "cpu:nanoseconds", &mut resolver);
+                tree.merge_profile(&m.to_profile(), "cpu:nanoseconds", &mut resolver);
             },
         )
         .expect("read");

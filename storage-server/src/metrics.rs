@@ -49,6 +49,7 @@ pub struct Metrics {
     store_wal_damaged_bytes: Counter,
     store_upload_backlog_blocks: Gauge,
     store_upload_backlog_bytes: Gauge,
+    store_decoded_cache_bytes: Gauge,
     store_bucket_request_errors: Counter,
     object_store_requests: Family<OpLabels, Counter>,
 }
@@ -86,6 +87,7 @@ impl Metrics {
             store_wal_damaged_bytes: Counter::default(),
             store_upload_backlog_blocks: Gauge::default(),
             store_upload_backlog_bytes: Gauge::default(),
+            store_decoded_cache_bytes: Gauge::default(),
             store_bucket_request_errors: Counter::default(),
             object_store_requests: Family::default(),
             registry: Registry::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             "store_upload_backlog_bytes",
             "With object storage: bytes of blocks not yet uploaded",
             m.store_upload_backlog_bytes.clone(),
+        );
+        registry.register(
+            "store_decoded_cache_bytes",
+            "Bytes of decoded block tables and sums kept between flame-graph queries (bounded: 512 MiB)",
+            m.store_decoded_cache_bytes.clone(),
         );
         registry.register(
             "store_bucket_request_errors",
@@ -248,6 +255,8 @@ impl Metrics {
             .set(clamp(s.upload_backlog_blocks));
         self.store_upload_backlog_bytes
             .set(clamp(s.upload_backlog_bytes));
+        self.store_decoded_cache_bytes
+            .set(clamp(s.decoded_cache_bytes));
         // The store keeps running totals; the counters catch up with them.
         for (counter, total) in [
             (&self.store_quarantined_blocks, s.quarantined_blocks),

@@ -1049,3 +1049,84 @@ async fn pprof_export_opens_in_go_tool_pprof() {
     tx.send(()).unwrap();
     handle.await.unwrap().unwrap();
 }
+
+/// A merged flame graph is the same whichever part of the store answers it: the head's merged
+/// stacks (just ingested), the blocks' per-series sums decoded on first use, and the same kept
+/// between queries. Byte for byte, for JSON with a top table and for the columnar form, whole and
+/// truncated.
+#[tokio::test]
+async fn flame_graphs_are_the_same_from_head_and_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::with_data_dir(dir.path());
+    config.store.retention_age_secs = 0;
+    let state = AppState::open(config).unwrap();
+    let app = router(state.clone());
+    let go = std::fs::read(testdata("go-runtime-pprof-cpu.pb.gz")).unwrap();
+    let node = std::fs::read(testdata("pyroscope-nodejs-0.6.4-wall.pprof.gz")).unwrap();
+    for (raw, pod) in [(&go, "a"), (&go, "b"), (&node, "c")] {
+        let req = push_request(
+            &[
+                ("__name__", "process_cpu"),
+                ("service_name", "app"),
+                ("pod", pod),
+            ],
+            std::slice::from_ref(raw),
+        );
+        let (status, v) = push_raw(&app, req.encode_to_vec(), "application/proto", None).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    let uris: Vec<String> = ["cpu:nanoseconds", "samples:count", "wall:nanoseconds"]
+        .iter()
+        .flat_map(|t| {
+            [
+                format!("/api/v1/flamegraph?{ALL_TIME}&profile_type={t}&top=50"),
+                format!("/api/v1/flamegraph?{ALL_TIME}&profile_type={t}&max_nodes=40&top=5"),
+                format!("/api/v1/flamegraph?{ALL_TIME}&profile_type={t}&format=columnar"),
+                format!(
+                    "/api/v1/flamegraph?{ALL_TIME}&profile_type={t}&max_nodes=40&format=columnar"
+                ),
+            ]
+        })
+        .collect();
+    let answers = |app: Router| {
+        let uris = uris.clone();
+        async move {
+            let mut out = Vec::new();
+            for uri in &uris {
+                let (status, body) =
+                    send(&app, Request::get(uri).body(Body::empty()).unwrap()).await;
+                assert_eq!(status, StatusCode::OK, "{uri}");
+                out.push(body);
+            }
+            out
+        }
+    };
+    let head = answers(app.clone()).await;
+    let go_p = decode_profile(&go, 1 << 26).unwrap();
+    let node_p = decode_profile(&node, 1 << 26).unwrap();
+    let fg: Value = serde_json::from_slice(&head[0]).unwrap();
+    assert_eq!(
+        fg["total"],
+        2 * sum_values(&go_p, "cpu:nanoseconds") + sum_values(&node_p, "cpu:nanoseconds")
+    );
+    assert!(fg["top"].as_array().unwrap().len() > 5, "{fg}");
+    let cut: Value = serde_json::from_slice(&head[1]).unwrap();
+    assert!(cut["truncated_nodes"].as_u64().unwrap() > 0, "{cut}");
+    assert_eq!(state.store.stats().blocks, 0);
+
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(state.store.stats().blocks > 0);
+    let cold = answers(app.clone()).await;
+    let warm = answers(app.clone()).await;
+    for (i, uri) in uris.iter().enumerate() {
+        assert!(head[i] == cold[i], "{uri}: head and blocks differ");
+        assert!(
+            cold[i] == warm[i],
+            "{uri}: first and later block reads differ"
+        );
+    }
+}

@@ -397,7 +397,7 @@ fn merged_reads_match<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S, stage:
         let n_merged = store
             .read_merged(req, &mut |m| {
                 covered += m.profiles;
-                stacks(&m.profile, &mut merged)
+                stacks(&m.to_profile(), &mut merged)
             })
             .unwrap();
         assert_eq!(merged, plain, "{q} {ty} {stage:?}");

@@ -91,7 +91,12 @@ fn assert_reads(store: &LocalStore, want: &[Key], what: &str) {
     let mut total = 0;
     let n = store
         .read_merged(request(&all, Some("samples:count")), &mut |m| {
-            total += m.profile.sample.iter().map(|s| s.value[0]).sum::<i64>();
+            total += m
+                .to_profile()
+                .sample
+                .iter()
+                .map(|s| s.value[0])
+                .sum::<i64>();
         })
         .unwrap();
     assert_eq!(n, want.len(), "{what}: profiles merged");

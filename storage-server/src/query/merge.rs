@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use kiln_proto::pprof::Profile;
 
 use super::symbolize::{Resolved, Resolver};
+use crate::store::stacks::MergedStacks;
 
 /// The hasher of the merge's integer-keyed maps: foldhash, hashbrown's own default, a few
 /// multiplies per key with every input bit reaching the bucket index.
@@ -120,6 +121,89 @@ impl Tree {
             lists[n.parent as usize].push(i as u32);
         }
         lists
+    }
+
+    /// Merges stack sums on a trie ([`MergedStacks`]) into the tree, naming frames with
+    /// `resolver`: each location of the shared symbols is named once and each trie node with
+    /// anything non-zero at or below it is walked once (parents before children), so the work
+    /// follows the distinct prefixes, not the frames of every stack. Gives the same tree as
+    /// [`Tree::merge_profile`] of [`MergedStacks::to_profile`].
+    pub fn merge_stacks(&mut self, m: &MergedStacks, resolver: &mut Resolver<'_>) {
+        let parents = m.parents();
+        let locations = m.locations();
+        let self_values = &m.self_values;
+        let n = parents.len().min(locations.len()).min(self_values.len());
+        self.profiles += 1;
+        if n == 0 {
+            return;
+        }
+        // Subtree totals, and whether any non-zero value lies at or below each node (a merge of
+        // the pprof skips zero samples only, so a subtree summing to zero is still walked).
+        let mut total = self_values[..n].to_vec();
+        let mut live: Vec<bool> = total.iter().map(|&v| v != 0).collect();
+        for i in (1..n).rev() {
+            let p = parents[i] as usize;
+            if p >= i {
+                continue;
+            }
+            total[p] = total[p].saturating_add(total[i]);
+            if live[i] {
+                live[p] = true;
+            }
+        }
+        if !live[0] {
+            return;
+        }
+        // Per location id of the symbols: its frame names as tree name ids, outermost first.
+        let symbols = &m.shape.symbols;
+        let mut names: Vec<u32> = Vec::new();
+        let mut ranges: Vec<Option<(u32, u32)>> = vec![None; symbols.location.len() + 1];
+        for (id, r) in resolver.resolve(symbols) {
+            let start = names.len() as u32;
+            match r {
+                Resolved::Frames { frames, .. } => {
+                    for f in frames.iter().rev() {
+                        names.push(self.intern(&f.display()));
+                    }
+                }
+                Resolved::Raw(name) => names.push(self.intern(&name)),
+            }
+            if let Some(slot) = usize::try_from(id).ok().and_then(|i| ranges.get_mut(i)) {
+                *slot = Some((start, names.len() as u32));
+            }
+        }
+        let unknown = self.intern("(unknown)");
+        self.children.reserve(n / 2);
+        self.nodes.reserve(n / 2);
+        let root = &mut self.nodes[ROOT as usize];
+        root.total = root.total.saturating_add(total[0]);
+        root.self_value = root.self_value.saturating_add(self_values[0]);
+        let mut tree_of = vec![ROOT; n];
+        for i in 1..n {
+            if !live[i] {
+                continue;
+            }
+            let p = parents[i] as usize;
+            let mut node = if p < i { tree_of[p] } else { ROOT };
+            let value = total[i];
+            match ranges.get(locations[i] as usize).copied().flatten() {
+                Some((a, b)) => {
+                    for k in a..b {
+                        node = self.child(node, names[k as usize]);
+                        let t = &mut self.nodes[node as usize];
+                        t.total = t.total.saturating_add(value);
+                    }
+                }
+                None => {
+                    node = self.child(node, unknown);
+                    let t = &mut self.nodes[node as usize];
+                    t.total = t.total.saturating_add(value);
+                }
+            }
+            tree_of[i] = node;
+            let t = &mut self.nodes[node as usize];
+            t.self_value = t.self_value.saturating_add(self_values[i]);
+        }
     }
 
     /// Merges the `type:unit` values of `p` into the tree, naming frames with `resolver`.

@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::{ReadRequest, StoredProfile};
+use crate::store::{Merged, ReadRequest, StoredProfile};
 use crate::tenant::Tenant;
 use admission::QueryCtx;
 use merge::Tree;
@@ -186,10 +186,17 @@ pub(crate) fn build_tree(
                 stop: Some(ctx.stop_flag()),
             },
             &mut |merged| {
-                if !ctx.admit_read(merged.profiles, merged.profile.encoded_len()) {
+                if !ctx.admit_read(merged.profiles, merged.bytes()) {
                     return;
                 }
-                if tree.merge_profile(&merged.profile, &sel.profile_type, &mut resolver) {
+                let added = match &merged.data {
+                    Merged::Profile(p) => tree.merge_profile(p, &sel.profile_type, &mut resolver),
+                    Merged::Stacks(s) => {
+                        tree.merge_stacks(s, &mut resolver);
+                        true
+                    }
+                };
+                if added {
                     // One merged profile can stand for many stored ones.
                     tree.profiles += merged.profiles.saturating_sub(1);
                 }

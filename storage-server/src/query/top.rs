@@ -32,22 +32,29 @@ pub struct TopResponse {
 /// stack once, even when it recurses: only nodes with no ancestor of the same name contribute.
 pub fn function_totals(tree: &Tree) -> HashMap<u32, (i64, i64)> {
     let mut acc: HashMap<u32, (i64, i64)> = HashMap::new();
-    for node in tree.nodes.iter().skip(1) {
+    // Depth first with a count per name of the frames on the current path, so whether a node
+    // has an ancestor of its own name is one lookup, not a walk to the root (a merged tree has
+    // hundreds of thousands of nodes, tens of frames deep).
+    let children =
+        super::flamegraph::Children::new(tree.nodes.len(), |i| tree.nodes[i as usize].parent);
+    let mut on_path = vec![0u32; tree.names.len()];
+    // (node, entered): a node is pushed once to enter and is popped again to leave.
+    let mut stack: Vec<(u32, bool)> = children.of(ROOT).iter().map(|&c| (c, false)).collect();
+    while let Some((i, entered)) = stack.pop() {
+        let node = &tree.nodes[i as usize];
+        let name = node.name as usize;
+        if entered {
+            on_path[name] -= 1;
+            continue;
+        }
         let e = acc.entry(node.name).or_default();
         e.0 = e.0.saturating_add(node.self_value);
-        let mut up = node.parent;
-        let mut recursive = false;
-        while up != ROOT {
-            let p = &tree.nodes[up as usize];
-            if p.name == node.name {
-                recursive = true;
-                break;
-            }
-            up = p.parent;
-        }
-        if !recursive {
+        if on_path[name] == 0 {
             e.1 = e.1.saturating_add(node.total);
         }
+        on_path[name] += 1;
+        stack.push((i, true));
+        stack.extend(children.of(i).iter().map(|&c| (c, false)));
     }
     acc
 }

@@ -1354,6 +1354,21 @@ impl Tables {
         self.stack_starts.len().saturating_sub(1)
     }
 
+    /// Approximate bytes held (decoded).
+    pub fn bytes(&self) -> usize {
+        let s = &self.symbols;
+        s.strings.iter().map(|x| x.len() + 24).sum::<usize>()
+            + s.functions.len() * 40
+            + s.mappings.len() * 80
+            + s.locations
+                .iter()
+                .map(|l| 56 + 16 * l.line.len())
+                .sum::<usize>()
+            + s.label_sets.len() * 64
+            + self.stack_starts.capacity() * 8
+            + self.stack_locations.capacity() * 4
+    }
+
     /// A pprof with the single sample type `profile_type` and one sample per stack with a non-zero
     /// value in `stacks` (indexed by block stack id: the summed value): what a merge of the
     /// profiles they came from would see.
@@ -1391,7 +1406,30 @@ impl Tables {
         r.p
     }
 
-    fn stack(&self, id: u32) -> &[u32] {
+    /// The table's symbols as a pprof without samples: location, function and mapping ids are
+    /// the table's own (1-based), so a stack's location ids are valid in it as they are.
+    pub fn symbols_profile(&self) -> Profile {
+        let mut p = Profile {
+            string_table: self.symbols.strings.clone(),
+            function: self.symbols.functions.clone(),
+            mapping: self.symbols.mappings.clone(),
+            location: self.symbols.locations.clone(),
+            ..Profile::default()
+        };
+        for (i, f) in p.function.iter_mut().enumerate() {
+            f.id = i as u64 + 1;
+        }
+        for (i, m) in p.mapping.iter_mut().enumerate() {
+            m.id = i as u64 + 1;
+        }
+        for (i, l) in p.location.iter_mut().enumerate() {
+            l.id = i as u64 + 1;
+        }
+        p
+    }
+
+    /// Stack `id`'s location ids, leaf first (empty for an id past the table).
+    pub fn stack(&self, id: u32) -> &[u32] {
         let i = id as usize;
         match (self.stack_starts.get(i), self.stack_starts.get(i + 1)) {
             (Some(&a), Some(&b)) => &self.stack_locations[a..b],
@@ -1427,6 +1465,15 @@ pub fn load_series_totals(
 }
 
 impl SeriesSums {
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0
+            .types
+            .iter()
+            .map(|t| t.profile_type.len() + 64 + t.stack_deltas.len() * 4 + t.values.len() * 8)
+            .sum()
+    }
+
     /// Adds the sums of `profile_type` into `acc` (indexed by stack id, grown to the block's
     /// stack count), as [`SeriesData::aggregate`] over all the series' profiles would; returns how
     /// many profiles have that type.

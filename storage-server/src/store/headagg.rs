@@ -27,12 +27,13 @@
 //! with only the live stacks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kiln_proto::pprof::Profile;
 
 use super::Labels;
 use super::block::{TableBuilder, sample_type_names};
+use super::stacks::{MergedStacks, StackShape, StackTrie};
 use crate::query::merge::FxBuild;
 use crate::query::time::TimeRange;
 
@@ -101,6 +102,13 @@ struct DeltaPart {
 #[derive(Default)]
 pub struct HeadAgg {
     tables: TableBuilder,
+    /// The trie of the tables' stacks, grown as stacks arrive so a query need not build it.
+    trie: StackTrie,
+    /// Bumped whenever `tables` are replaced (their ids change).
+    generation: u64,
+    /// The last [`StackShape`] handed to a read, as (generation, stacks): reads reuse it until
+    /// the tables change.
+    shape: Mutex<Option<(u64, usize, Arc<StackShape>)>>,
     parts: HashMap<Arc<Labels>, BTreeMap<i64, Part>>,
     /// Summed entries over all parts (for the memory estimate).
     sum_entries: usize,
@@ -109,7 +117,11 @@ pub struct HeadAgg {
 impl HeadAgg {
     /// Estimated bytes held.
     pub fn bytes(&self) -> usize {
-        self.tables.bytes() + self.sum_entries * ENTRY_BYTES
+        let shape = self
+            .shape
+            .lock()
+            .map_or(0, |s| s.as_ref().map_or(0, |s| s.2.bytes()));
+        self.tables.bytes() + self.trie.bytes() + shape + self.sum_entries * ENTRY_BYTES
     }
 
     /// Folds profile `p` of series `labels` at `time_nanos` in; `None` (it could not be decoded,
@@ -144,6 +156,7 @@ impl HeadAgg {
             .iter()
             .map(|s| self.tables.sample_stack(&ids, s, &mut scratch))
             .collect();
+        self.trie.extend(self.tables.tables());
         for (col, name) in names.into_iter().enumerate() {
             let Some(name) = name else { continue };
             let t = part.types.entry(name).or_default();
@@ -255,6 +268,8 @@ impl HeadAgg {
         if self.sum_entries == 0 {
             if self.tables.stacks() > 0 {
                 self.tables = TableBuilder::new();
+                self.trie = StackTrie::new();
+                self.generation += 1;
             }
             return;
         }
@@ -280,6 +295,9 @@ impl HeadAgg {
             }
         }
         self.tables = fresh;
+        self.trie = StackTrie::new();
+        self.trie.extend(self.tables.tables());
+        self.generation += 1;
     }
 
     /// The buckets of series `labels` whose part a read over `range` can use: complete, and
@@ -326,9 +344,27 @@ impl HeadAgg {
         t.profiles as usize
     }
 
-    /// A one-type pprof of the sums in `acc` (see [`super::block::Tables::merged_profile`]).
-    pub fn merged_profile(&self, profile_type: &str, acc: &[i64]) -> Profile {
-        self.tables.tables().merged_profile(profile_type, acc)
+    /// The sums in `acc` (by head stack id) on the head's stack trie.
+    pub fn merged_stacks(&self, profile_type: &str, acc: &[i64]) -> MergedStacks {
+        let stacks = self.trie.stacks();
+        let mut cached = self.shape.lock().unwrap_or_else(|e| e.into_inner());
+        let shape = match &*cached {
+            Some((g, n, shape)) if *g == self.generation && *n == stacks => shape.clone(),
+            _ => {
+                let trie = self.trie.frozen_copy();
+                let shape = Arc::new(StackShape::new(
+                    self.tables.tables().symbols_profile(),
+                    trie,
+                ));
+                *cached = Some((self.generation, stacks, shape.clone()));
+                shape
+            }
+        };
+        MergedStacks {
+            self_values: shape.trie.node_values(acc),
+            shape,
+            profile_type: profile_type.to_owned(),
+        }
     }
 }
 
@@ -409,7 +445,7 @@ mod tests {
         agg.delta(&labels, 20, &p2, &mut delta);
         agg.apply(delta, std::iter::empty());
         assert_eq!(sums(&agg, &labels, 0), (0, 0));
-        assert_eq!(agg.bytes(), TableBuilder::new().bytes());
+        assert_eq!(agg.bytes(), HeadAgg::default().bytes());
     }
 
     /// A profile not folded in (over the bound, or undecodable) keeps its part from being used.

@@ -38,9 +38,10 @@ use prost::Message;
 use super::block::{self, BlockBuilder, BlockMeta, Provenance, SeriesData, SeriesMeta, Tables};
 use super::headagg::{self, Delta, HeadAgg};
 use super::segment::{self, FrameError, SEGMENT_MAGIC};
+use super::stacks::{MergedStacks, StackShape, StackTrie};
 use super::{
-    Labels, MergedProfile, NewProfile, ReadRequest, Store, StoreError, StoreStats, StoredProfile,
-    io_err,
+    Labels, Merged, MergedProfile, NewProfile, ReadRequest, Store, StoreError, StoreStats,
+    StoredProfile, io_err,
 };
 use crate::config::StoreConfig;
 use crate::query::selector::Selector;
@@ -158,6 +159,47 @@ struct Block {
     /// block lives in the bucket store's outbox or cache, never in `blocks/`, and its lifecycle
     /// (compaction, retention, eviction) is the bucket store's.
     bucket_key: Option<Arc<str>>,
+    /// Its decoded tables, kept after the first merged read while the cache has room (see
+    /// [`Decoded`]); dropped with the block when compaction or retention retires it.
+    decoded: Mutex<Option<Arc<Decoded>>>,
+}
+
+/// Bytes of decoded block data ([`Decoded`]) all blocks together may keep between queries.
+pub const DECODED_CACHE_BYTES: usize = 512 << 20;
+
+/// What merged reads of a block need, decoded once: its tables, their stack trie and symbols
+/// ([`StackShape`]), and the per-series sums read so far. Charged to [`Inner::decoded_bytes`]
+/// while kept (given back on drop); past [`DECODED_CACHE_BYTES`] a read decodes for itself.
+struct Decoded {
+    tables: Tables,
+    shape: Arc<StackShape>,
+    sums: Mutex<HashMap<usize, Arc<block::SeriesSums>>>,
+    /// Bytes charged to `budget` (0 when this copy is not kept).
+    charged: AtomicU64,
+    budget: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Decoded {
+    /// Charges `bytes` to the cache when it has room; false (nothing charged) when not.
+    fn charge(&self, bytes: usize) -> bool {
+        let ok = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + bytes <= DECODED_CACHE_BYTES).then_some(used + bytes)
+            })
+            .is_ok();
+        if ok {
+            self.charged.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+impl Drop for Decoded {
+    fn drop(&mut self) {
+        let charged = *self.charged.get_mut() as usize;
+        self.budget.fetch_sub(charged, Ordering::Relaxed);
+    }
 }
 
 /// What is known about a block's sections.
@@ -236,6 +278,7 @@ impl Block {
                 ..Health::default()
             }),
             bucket_key: None,
+            decoded: Mutex::new(None),
         }
     }
 
@@ -364,6 +407,8 @@ struct Inner {
     role: Role,
     /// The head aggregate's estimated size, as of the last change (read without the state lock).
     agg_bytes: std::sync::atomic::AtomicUsize,
+    /// Bytes of decoded block data kept for merged reads (see [`Decoded`]).
+    decoded_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Who compacts and expires the blocks.
@@ -642,6 +687,7 @@ impl Inner {
             losses,
             role,
             agg_bytes: std::sync::atomic::AtomicUsize::new(agg_bytes),
+            decoded_bytes: Arc::default(),
         })
     }
 
@@ -822,7 +868,11 @@ impl Inner {
         &self,
         req: &ReadRequest<'_>,
         profile_type: &str,
-    ) -> (Option<(Profile, usize)>, Vec<HeadRead>, Vec<Arc<Block>>) {
+    ) -> (
+        Option<(MergedStacks, usize)>,
+        Vec<HeadRead>,
+        Vec<Arc<Block>>,
+    ) {
         let state = read_lock(&self.state);
         let readers = read_lock(&self.readers);
         let agg = &state.head.agg;
@@ -855,8 +905,59 @@ impl Inner {
         }
         // Built under the read lock (the tables change with appends): one pass over the
         // selection's distinct stacks.
-        let merged = (profiles > 0).then(|| (agg.merged_profile(profile_type, &acc), profiles));
+        let merged = (profiles > 0).then(|| (agg.merged_stacks(profile_type, &acc), profiles));
         (merged, head, state.blocks.clone())
+    }
+
+    /// Block `b`'s decoded tables: the kept copy, or decoded now (and kept when the cache has
+    /// room).
+    fn decoded(&self, b: &Block) -> Result<Arc<Decoded>, StoreError> {
+        if let Some(d) = lock(&b.decoded).as_ref() {
+            return Ok(d.clone());
+        }
+        // Decoded without the block's lock (a second reader may decode it too; one copy is kept).
+        let tables = Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES)?;
+        let shape = Arc::new(StackShape::new(
+            tables.symbols_profile(),
+            StackTrie::of(&tables),
+        ));
+        let d = Arc::new(Decoded {
+            shape,
+            tables,
+            sums: Mutex::new(HashMap::new()),
+            charged: AtomicU64::new(0),
+            budget: self.decoded_bytes.clone(),
+        });
+        let mut kept = lock(&b.decoded);
+        if let Some(other) = kept.as_ref() {
+            return Ok(other.clone());
+        }
+        let bytes = d.shape.bytes() + d.tables.bytes();
+        if d.charge(bytes) {
+            *kept = Some(d.clone());
+        }
+        Ok(d)
+    }
+
+    /// The pre-summed rows of series `i` (`s`) of block `b`, kept with its decoded tables `d`.
+    fn series_sums(
+        &self,
+        b: &Block,
+        d: &Decoded,
+        i: usize,
+        s: &SeriesMeta,
+    ) -> Result<Option<Arc<block::SeriesSums>>, StoreError> {
+        if let Some(sums) = lock(&d.sums).get(&i) {
+            return Ok(Some(sums.clone()));
+        }
+        let Some(sums) = block::load_series_totals(&b.file, &b.path, s, MAX_SECTION_BYTES)? else {
+            return Ok(None);
+        };
+        let sums = Arc::new(sums);
+        if d.charged.load(Ordering::Relaxed) > 0 && d.charge(sums.bytes()) {
+            lock(&d.sums).insert(i, sums.clone());
+        }
+        Ok(Some(sums))
     }
 
     /// Head records matching `keep`, with their files, plus the current blocks: one consistent
@@ -1695,12 +1796,7 @@ impl Store for LocalStore {
         visit: &mut dyn FnMut(MergedProfile),
     ) -> Result<usize, StoreError> {
         let Some(profile_type) = req.profile_type else {
-            return self.read(req, &mut |p| {
-                visit(MergedProfile {
-                    profile: p.profile,
-                    profiles: 1,
-                })
-            });
+            return self.read(req, &mut |p| visit(MergedProfile::pprof(p.profile, 1)));
         };
         let wants_type = |types: &[String]| types.iter().any(|p| p == profile_type);
         // A query abandoned before it got here (its client went away) reads nothing at all.
@@ -1709,11 +1805,14 @@ impl Store for LocalStore {
         }
         let (head_merged, head, blocks) = self.inner.head_merged(&req, profile_type);
         let mut n = 0;
-        if let Some((profile, profiles)) = head_merged
+        if let Some((stacks, profiles)) = head_merged
             && !req.stopped()
         {
             n += profiles;
-            visit(MergedProfile { profile, profiles });
+            visit(MergedProfile {
+                data: Merged::Stacks(stacks),
+                profiles,
+            });
         }
         for b in blocks.iter().filter(|b| b.overlaps(req.range)) {
             if req.stopped() {
@@ -1726,13 +1825,14 @@ impl Store for LocalStore {
             if series.is_empty() {
                 continue;
             }
-            let tables = match Tables::load(&b.file, &b.path, &b.meta, MAX_SECTION_BYTES) {
-                Ok(t) => t,
+            let decoded = match self.inner.decoded(b) {
+                Ok(d) => d,
                 Err(e) => {
                     self.inner.quarantine(b, None, &e.to_string());
                     continue;
                 }
             };
+            let tables = &decoded.tables;
             let mut acc = Vec::new();
             let mut merged = 0;
             for (i, s) in series {
@@ -1741,9 +1841,9 @@ impl Store for LocalStore {
                 }
                 // The whole series in range: its pre-summed rows, when the block has them.
                 if req.range.from <= s.min_time && s.max_time <= req.range.until {
-                    match block::load_series_totals(&b.file, &b.path, s, MAX_SECTION_BYTES) {
+                    match self.inner.series_sums(b, &decoded, i, s) {
                         Ok(Some(sums)) => {
-                            merged += sums.add_to(&tables, profile_type, &mut acc);
+                            merged += sums.add_to(tables, profile_type, &mut acc);
                             continue;
                         }
                         Ok(None) => {}
@@ -1756,7 +1856,7 @@ impl Store for LocalStore {
                 match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
                     Ok(data) => {
                         merged += data.aggregate(
-                            &tables,
+                            tables,
                             |meta| req.range.contains(meta.time_nanos),
                             profile_type,
                             &mut acc,
@@ -1768,7 +1868,11 @@ impl Store for LocalStore {
             if merged > 0 {
                 n += merged;
                 visit(MergedProfile {
-                    profile: tables.merged_profile(profile_type, &acc),
+                    data: Merged::Stacks(MergedStacks {
+                        self_values: decoded.shape.trie.node_values(&acc),
+                        shape: decoded.shape.clone(),
+                        profile_type: profile_type.to_owned(),
+                    }),
                     profiles: merged,
                 });
             }
@@ -1784,10 +1888,7 @@ impl Store for LocalStore {
             match profile {
                 Ok(profile) => {
                     n += 1;
-                    visit(MergedProfile {
-                        profile,
-                        profiles: 1,
-                    });
+                    visit(MergedProfile::pprof(profile, 1));
                 }
                 Err(e) => tracing::error!(error = %e, "skipping unreadable profile"),
             }
@@ -1845,6 +1946,7 @@ impl Store for LocalStore {
                     .sum::<u64>(),
             profiles_lost: losses.profiles.load(Ordering::Relaxed),
             wal_damaged_bytes: losses.wal_bytes.load(Ordering::Relaxed),
+            decoded_cache_bytes: self.inner.decoded_bytes.load(Ordering::Relaxed) as u64,
             ..StoreStats::default()
         }
     }
@@ -1976,6 +2078,7 @@ impl LocalStore {
                 bad_series: health.bad_series.clone(),
             }),
             bucket_key: Some(key.into()),
+            decoded: Mutex::new(lock(&old.decoded).clone()),
         });
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod check;
 mod headagg;
 mod local;
 mod segment;
+pub mod stacks;
 
 use std::sync::Arc;
 
@@ -141,12 +142,47 @@ pub struct StoredProfile {
     pub profile: Profile,
 }
 
-/// Stored profiles merged by the store for one profile type: `profile` holds (at least) that
-/// sample type and stands for `profiles` stored profiles. Merging it is equivalent to merging each.
+/// Stored profiles merged by the store for one profile type, standing for `profiles` stored
+/// profiles. Merging it is equivalent to merging each.
 #[derive(Clone, Debug)]
 pub struct MergedProfile {
-    pub profile: Profile,
+    pub data: Merged,
     pub profiles: usize,
+}
+
+/// The forms a merged read hands over.
+#[derive(Clone, Debug)]
+pub enum Merged {
+    /// A pprof holding (at least) the read's sample type.
+    Profile(Profile),
+    /// Sums over a table's stack trie (block or head): what a flame graph merges fastest.
+    Stacks(stacks::MergedStacks),
+}
+
+impl MergedProfile {
+    /// One stored (or merged) pprof standing for `profiles` profiles.
+    pub fn pprof(profile: Profile, profiles: usize) -> MergedProfile {
+        MergedProfile {
+            data: Merged::Profile(profile),
+            profiles,
+        }
+    }
+
+    /// As a pprof (rebuilt for stack sums): for callers that need one.
+    pub fn to_profile(&self) -> std::borrow::Cow<'_, Profile> {
+        match &self.data {
+            Merged::Profile(p) => std::borrow::Cow::Borrowed(p),
+            Merged::Stacks(s) => std::borrow::Cow::Owned(s.to_profile()),
+        }
+    }
+
+    /// Decoded bytes this stands for (what a query's read budget counts).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Merged::Profile(p) => prost::Message::encoded_len(p),
+            Merged::Stacks(s) => s.bytes(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -175,6 +211,9 @@ pub struct StoreStats {
     pub upload_backlog_bytes: u64,
     /// Object store requests that failed since the store was opened.
     pub bucket_request_errors: u64,
+    /// Bytes of decoded block data kept for merged reads (bounded by
+    /// `local::DECODED_CACHE_BYTES`).
+    pub decoded_cache_bytes: u64,
     /// Object store requests made since the store was opened, by kind (0 on local disk).
     pub bucket_requests: bucket::client::RequestCounts,
 }
@@ -335,12 +374,7 @@ pub trait Store: Send + Sync + 'static {
         req: ReadRequest<'_>,
         visit: &mut dyn FnMut(MergedProfile),
     ) -> Result<usize, StoreError> {
-        self.read(req, &mut |p| {
-            visit(MergedProfile {
-                profile: p.profile,
-                profiles: 1,
-            })
-        })
+        self.read(req, &mut |p| visit(MergedProfile::pprof(p.profile, 1)))
     }
     /// Moves everything appended so far out of the head into long-term storage (blocks) and
     /// truncates the WAL behind it. Implementations without a head do nothing. The engine also
