@@ -68,6 +68,22 @@ impl Tree {
         t
     }
 
+    /// Appends a resolved location's frame names to `names` as name ids, outermost first, and
+    /// returns their range in `names`: both merge paths (pprofs and stack tries) name a location
+    /// once this way, so the per-sample loops only move integers.
+    fn push_names(&mut self, r: &Resolved, names: &mut Vec<u32>) -> (u32, u32) {
+        let start = names.len() as u32;
+        match r {
+            Resolved::Frames { frames, .. } => {
+                for f in frames.iter().rev() {
+                    names.push(self.intern(&f.display()));
+                }
+            }
+            Resolved::Raw(name) => names.push(self.intern(name)),
+        }
+        (start, names.len() as u32)
+    }
+
     pub fn intern(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.name_ids.get(name) {
             return id;
@@ -159,17 +175,9 @@ impl Tree {
         let mut names: Vec<u32> = Vec::new();
         let mut ranges: Vec<Option<(u32, u32)>> = vec![None; symbols.location.len() + 1];
         for (id, r) in resolver.resolve(symbols) {
-            let start = names.len() as u32;
-            match r {
-                Resolved::Frames { frames, .. } => {
-                    for f in frames.iter().rev() {
-                        names.push(self.intern(&f.display()));
-                    }
-                }
-                Resolved::Raw(name) => names.push(self.intern(&name)),
-            }
+            let range = self.push_names(&r, &mut names);
             if let Some(slot) = usize::try_from(id).ok().and_then(|i| ranges.get_mut(i)) {
-                *slot = Some((start, names.len() as u32));
+                *slot = Some(range);
             }
         }
         let unknown = self.intern("(unknown)");
@@ -253,16 +261,8 @@ impl Tree {
         let mut loc_names: HashMap<u64, (u32, u32), FxBuild> =
             HashMap::with_capacity_and_hasher(resolved.len(), FxBuild::default());
         for (id, r) in resolved {
-            let start = names.len() as u32;
-            match r {
-                Resolved::Frames { frames, .. } => {
-                    for f in frames.iter().rev() {
-                        names.push(self.intern(&f.display()));
-                    }
-                }
-                Resolved::Raw(name) => names.push(self.intern(&name)),
-            }
-            loc_names.insert(id, (start, names.len() as u32));
+            let range = self.push_names(&r, &mut names);
+            loc_names.insert(id, range);
         }
         let unknown = self.intern("(unknown)");
         let prefix: Vec<u32> = prefix.iter().map(|n| self.intern(n)).collect();
