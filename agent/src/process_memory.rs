@@ -136,6 +136,46 @@ fn check(regions: &[Region], addr: u64, len: usize) -> Result<(), MemoryRefusal>
     }
 }
 
+/// The memory readers one runtime keeps open within a window, one per process read (at most
+/// [`Readers::MAX`], the least recently opened closed first).
+///
+/// Why several: samples of a runtime's processes arrive interleaved (two Node.js workers, a pool
+/// of Python processes), and opening a reader reads the process's maps and mountinfo, which for a
+/// Node.js process costs more than everything else done for its sample. A reader per process
+/// makes that once per process and window.
+#[derive(Debug, Default)]
+pub struct Readers {
+    open: Vec<ProcessMemory>,
+}
+
+impl Readers {
+    /// Most readers kept open (file descriptors held between two window ends).
+    pub const MAX: usize = 16;
+
+    /// The reader of process `pid` started at `start_time`, opened if it is not open yet.
+    pub fn get(&mut self, pid: u32, start_time: u64) -> Result<&mut ProcessMemory, MemoryError> {
+        let at = match self.open.iter().position(|m| m.is_of(pid, start_time)) {
+            Some(i) => i,
+            None => {
+                let reader = ProcessMemory::open(pid, start_time)?;
+                if self.open.len() >= Self::MAX {
+                    self.open.remove(0);
+                }
+                // A pid reused by a new process: its old reader goes.
+                self.open.retain(|m| m.pid != pid);
+                self.open.push(reader);
+                self.open.len() - 1
+            }
+        };
+        Ok(&mut self.open[at])
+    }
+
+    /// Closes every reader (at a window's end: the next window sees fresh mappings).
+    pub fn clear(&mut self) {
+        self.open.clear();
+    }
+}
+
 /// Reads one process's memory, only inside its anonymous and local-file mappings (see the module
 /// docs). Open it once per process and window and keep it: opening reads the process's maps.
 #[derive(Debug)]

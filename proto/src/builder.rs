@@ -2,6 +2,13 @@
 //! deduplicated, ids are assigned densely from 1, and string 0 is `""` as the format requires.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+/// The hasher of the maps keyed by integers (ids, addresses). The agent interns every frame of
+/// every sample here, and SipHash (std's default) was a tenth of its sampling thread on Node.js
+/// stacks; foldhash is a few multiplies per key, randomly seeded per map. Strings keep std's
+/// SipHash: they come from profiled programs and are interned once per window.
+type Fast = foldhash::fast::RandomState;
 
 use crate::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 
@@ -31,10 +38,14 @@ enum LocationKey {
 pub struct ProfileBuilder {
     profile: Profile,
     strings: HashMap<String, i64>,
-    functions: HashMap<(i64, i64), u64>,
-    mappings: HashMap<MappingKey, u64>,
-    locations: HashMap<LocationKey, u64>,
-    samples: HashMap<(Vec<u64>, Vec<Label>), usize>,
+    functions: HashMap<(i64, i64), u64, Fast>,
+    mappings: HashMap<MappingKey, u64, Fast>,
+    locations: HashMap<LocationKey, u64, Fast>,
+    /// Samples by stack and labels: the hash of the pair, then the indices of the samples with that
+    /// hash (almost always one). Looked up by borrowed slices, so that a sample already present
+    /// (most of them) costs no allocation.
+    samples: HashMap<u64, Vec<usize>, foldhash::fast::FixedState>,
+    sample_hasher: Fast,
 }
 
 impl ProfileBuilder {
@@ -43,10 +54,11 @@ impl ProfileBuilder {
         let mut b = ProfileBuilder {
             profile: Profile::default(),
             strings: HashMap::new(),
-            functions: HashMap::new(),
-            mappings: HashMap::new(),
-            locations: HashMap::new(),
-            samples: HashMap::new(),
+            functions: HashMap::default(),
+            mappings: HashMap::default(),
+            locations: HashMap::default(),
+            samples: HashMap::default(),
+            sample_hasher: Fast::default(),
         };
         b.string("");
         for (ty, unit) in sample_types {
@@ -214,21 +226,25 @@ impl ProfileBuilder {
                 num_unit: 0,
             })
             .collect();
-        let key = (locations.to_vec(), labels);
-        if let Some(&i) = self.samples.get(&key) {
+        let hash = self.sample_hasher.hash_one((locations, labels.as_slice()));
+        let same = self.samples.entry(hash).or_default();
+        let found = same.iter().copied().find(|&i| {
+            let s = &self.profile.sample[i];
+            s.location_id == locations && s.label == labels
+        });
+        if let Some(i) = found {
             let sample = &mut self.profile.sample[i];
             for (acc, v) in sample.value.iter_mut().zip(values) {
                 *acc += v;
             }
             return;
         }
-        let i = self.profile.sample.len();
+        same.push(self.profile.sample.len());
         self.profile.sample.push(Sample {
-            location_id: key.0.clone(),
+            location_id: locations.to_vec(),
             value: values.to_vec(),
-            label: key.1.clone(),
+            label: labels,
         });
-        self.samples.insert(key, i);
     }
 
     /// Number of distinct samples so far.

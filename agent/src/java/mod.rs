@@ -311,11 +311,11 @@ type Scopes = Arc<[(u64, i32)]>;
 /// Per-agent Java state: which processes are JVMs, and the method and code blob caches.
 pub struct Java {
     procs: HashMap<u32, ProcState>,
-    methods: HashMap<(u32, u64, u64), MethodInfo>,
+    methods: foldhash::HashMap<(u32, u64, u64), MethodInfo>,
     blobs: HashMap<(u32, u64), Option<Blob>>,
     /// The (method, bci) scopes of compiled pcs, for one window, keyed by (process, blob start,
     /// compile id, pc): a blob freed and reused by another compilation has another compile id.
-    scopes: HashMap<(u32, u64, u32, u64), Scopes>,
+    scopes: foldhash::HashMap<(u32, u64, u32, u64), Scopes>,
     window: u64,
     detector: Option<Detector<Detection>>,
 }
@@ -330,9 +330,9 @@ impl Java {
     pub fn new() -> Java {
         Java {
             procs: HashMap::new(),
-            methods: HashMap::new(),
+            methods: Default::default(),
             blobs: HashMap::new(),
-            scopes: HashMap::new(),
+            scopes: Default::default(),
             window: 0,
             detector: None,
         }

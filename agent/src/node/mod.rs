@@ -552,14 +552,14 @@ struct ProcState {
 /// Per-agent Node state: which processes are Node, and the function name cache.
 pub struct Node {
     procs: HashMap<u32, ProcState>,
-    functions: HashMap<FnKey, FnEntry>,
-    positions: HashMap<PosKey, (Arc<[JsLine]>, u64)>,
-    scripts: HashMap<ScriptKey, ScriptEntry>,
+    functions: foldhash::HashMap<FnKey, FnEntry>,
+    positions: foldhash::HashMap<PosKey, (Arc<[JsLine]>, u64)>,
+    scripts: foldhash::HashMap<ScriptKey, ScriptEntry>,
     /// Line ends held by `scripts`, all entries together (bounded by [`MAX_CACHED_LINE_ENDS`]).
     script_line_ends: usize,
     unmapped: HashMap<lines::Unmapped, u64>,
     window: u64,
-    mem: Option<crate::process_memory::ProcessMemory>,
+    mem: crate::process_memory::Readers,
     detector: Option<Detector<Detection>>,
 }
 
@@ -574,13 +574,13 @@ impl Node {
     pub fn new() -> Node {
         Node {
             procs: HashMap::new(),
-            functions: HashMap::new(),
-            positions: HashMap::new(),
-            scripts: HashMap::new(),
+            functions: Default::default(),
+            positions: Default::default(),
+            scripts: Default::default(),
             script_line_ends: 0,
             unmapped: HashMap::new(),
             window: 0,
-            mem: None,
+            mem: Default::default(),
             detector: None,
         }
     }
@@ -749,10 +749,10 @@ impl Node {
             return Ok(chain.clone());
         }
         let outer = self.function(p, l, function, pc)?;
-        self.open_mem(p)?;
-        let Some(mem) = self.mem.as_mut() else {
-            return Err(NameError::Unreadable);
-        };
+        let mem = self
+            .mem
+            .get(p.pid, p.start_time)
+            .map_err(|_| NameError::Unreadable)?;
         let mut mem = lines::Budget::new(mem, *budget);
         let chain = match lines::chain(l, &mut mem, function, outer.id, at) {
             Ok(c) => c,
@@ -846,10 +846,10 @@ impl Node {
         {
             return Ok(e.frame.clone());
         }
-        self.open_mem(p)?;
-        let Some(mem) = self.mem.as_mut() else {
-            return Err(NameError::Unreadable);
-        };
+        let mem = self
+            .mem
+            .get(p.pid, p.start_time)
+            .map_err(|_| NameError::Unreadable)?;
         let id = identity(l, &mut *mem, function)?;
         if let Some(e) = self.functions.get_mut(&key)
             && e.identity == id
@@ -873,17 +873,6 @@ impl Node {
         Ok(frame)
     }
 
-    /// Opens `/proc/PID/mem` of `p` (kept open for the last process read).
-    fn open_mem(&mut self, p: &Process) -> Result<(), NameError> {
-        let open = matches!(&self.mem, Some(m) if m.is_of(p.pid, p.start_time));
-        if !open {
-            let m = crate::process_memory::ProcessMemory::open(p.pid, p.start_time)
-                .map_err(|_| NameError::Unreadable)?;
-            self.mem = Some(m);
-        }
-        Ok(())
-    }
-
     /// Ends a window: cached names are re-checked when next used, processes that are gone are
     /// forgotten.
     pub fn end_window(&mut self, mut alive: impl FnMut(u32, u64) -> bool) {
@@ -902,7 +891,7 @@ impl Node {
         if !self.unmapped.is_empty() {
             tracing::debug!(unmapped = ?self.unmapped, "JavaScript frames without a line, by reason");
         }
-        self.mem = None;
+        self.mem.clear();
     }
 }
 

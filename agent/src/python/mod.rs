@@ -43,7 +43,6 @@ use object::{Object, ObjectSegment, ObjectSymbol};
 
 use crate::buildid::{FileId, MappedFile};
 use crate::detector::Detector;
-use crate::process_memory::ProcessMemory;
 use crate::procmaps::{MappingKind, Process};
 use layouts::Layout;
 
@@ -54,8 +53,6 @@ pub const MAX_CACHED_CODES: usize = 32_768;
 const MAX_STRING_CHARS: u64 = 1024;
 /// Largest line table read; a larger one gives frames without lines.
 const MAX_LINE_TABLE: u64 = 64 << 10;
-/// Most processes whose memory readers are kept open within a window.
-const MAX_MEMORY_READERS: usize = 16;
 /// Largest interpreter object file parsed for its symbols.
 const MAX_INTERPRETER_BYTES: u64 = 1 << 30;
 
@@ -413,11 +410,10 @@ struct ProcState {
 pub struct Python {
     procs: HashMap<u32, ProcState>,
     bpf: Option<BpfHashMap<MapData, u32, PyProc>>,
-    codes: HashMap<CodeKey, CodeInfo>,
+    codes: foldhash::HashMap<CodeKey, CodeInfo>,
     window: u64,
-    /// Memory readers of the processes read in this window (at most [`MAX_MEMORY_READERS`]),
-    /// by pid: each holds the process's mappings, so that reads stay off FUSE and network files.
-    mem: HashMap<u32, ProcessMemory>,
+    /// Memory readers of the processes read in this window: each holds the process's mappings, so that reads stay off FUSE and network files.
+    mem: crate::process_memory::Readers,
     /// The detection thread, when there is one (see [`Python::with_detector`]).
     detector: Option<Detector<Detection>>,
 }
@@ -428,9 +424,9 @@ impl Python {
         Python {
             procs: HashMap::new(),
             bpf,
-            codes: HashMap::new(),
+            codes: Default::default(),
             window: 0,
-            mem: HashMap::new(),
+            mem: Default::default(),
             detector: None,
         }
     }
@@ -729,23 +725,12 @@ impl Python {
         Ok(data.into_boxed_slice())
     }
 
-    /// Reads the process's memory through its [`ProcessMemory`] (opened once per window).
+    /// Reads the process's memory through its [`crate::process_memory::ProcessMemory`] (opened once per window).
     fn read(&mut self, p: &Process, addr: u64, buf: &mut [u8]) -> Result<(), CodeError> {
-        if !self
-            .mem
-            .get(&p.pid)
-            .is_some_and(|m| m.is_of(p.pid, p.start_time))
-        {
-            if self.mem.len() >= MAX_MEMORY_READERS {
-                self.mem.clear();
-            }
-            let m = ProcessMemory::open(p.pid, p.start_time).map_err(|e| {
-                tracing::debug!(pid = p.pid, error = %e, "cannot read a Python process's memory");
-                CodeError::Unreadable
-            })?;
-            self.mem.insert(p.pid, m);
-        }
-        let m = self.mem.get_mut(&p.pid).ok_or(CodeError::Unreadable)?;
+        let m = self.mem.get(p.pid, p.start_time).map_err(|e| {
+            tracing::debug!(pid = p.pid, error = %e, "cannot read a Python process's memory");
+            CodeError::Unreadable
+        })?;
         m.read(addr, buf).map_err(|e| {
             tracing::trace!(pid = p.pid, error = %e, "Python object unreadable");
             CodeError::Unreadable
