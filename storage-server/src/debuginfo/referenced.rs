@@ -186,6 +186,16 @@ impl Store for ReferencingStore {
         self.debuginfo.references.send(jobs, result.is_ok());
         result
     }
+    fn append_decompressed(
+        &self,
+        profiles: Vec<NewProfile>,
+        decompressed: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let jobs = self.debuginfo.references.offer(&profiles);
+        let result = self.inner.append_decompressed(profiles, decompressed);
+        self.debuginfo.references.send(jobs, result.is_ok());
+        result
+    }
     fn label_names(
         &self,
         selector: &crate::query::selector::Selector,

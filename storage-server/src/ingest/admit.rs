@@ -260,6 +260,18 @@ pub struct Source<'l> {
 pub struct Admitted {
     pub profile: NewProfile,
     pub samples: usize,
+    /// `profile.pprof` inflated, when it was sent gzipped and stored as sent: handed to the store
+    /// ([`crate::store::Store::append_decompressed`]) so it need not inflate it again. At most
+    /// the request's decompression budget in all.
+    pub decompressed: Option<Vec<u8>>,
+}
+
+/// `admitted` split for [`crate::store::Store::append_decompressed`].
+pub fn for_store(admitted: Vec<Admitted>) -> (Vec<NewProfile>, Vec<Option<Vec<u8>>>) {
+    admitted
+        .into_iter()
+        .map(|a| (a.profile, a.decompressed))
+        .unzip()
 }
 
 /// One request going through admission.
@@ -312,8 +324,12 @@ impl<'a> Admission<'a> {
         match scan::scan_profile(&raw, self.limits) {
             Ok(scanned) => {
                 // Stored as sent: a gzipped profile goes into the WAL as is (the store reads gzip
-                // back), sparing a second compression of what the client compressed.
-                drop(raw);
+                // back), sparing a second compression of what the client compressed. What it
+                // inflated to goes along for the store's head aggregate.
+                let decompressed = match raw {
+                    Cow::Owned(raw) => Some(raw),
+                    Cow::Borrowed(_) => None,
+                };
                 let time_nanos = self.time(scanned.time_nanos, src)?;
                 let labels = (src.labeler)(&scanned.type_names, &[])?;
                 self.out.push(Admitted {
@@ -324,6 +340,7 @@ impl<'a> Admission<'a> {
                         pprof: sent,
                     },
                     samples: scanned.samples,
+                    decompressed,
                 });
                 return Ok(());
             }
@@ -369,6 +386,7 @@ impl<'a> Admission<'a> {
                         pprof: sent.unwrap_or_else(|| profile.encode_to_vec()),
                     },
                     samples,
+                    decompressed: None,
                 });
             }
             // Tags sent as sample labels become series labels, as in Pyroscope.
@@ -385,6 +403,7 @@ impl<'a> Admission<'a> {
                             pprof: part.pprof,
                         },
                         samples: part.samples,
+                        decompressed: None,
                     });
                 }
             }

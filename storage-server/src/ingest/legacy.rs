@@ -295,7 +295,8 @@ pub async fn ingest(
             // An empty upload (e.g. a profiler that saw nothing) is accepted and stores nothing.
             if count > 0 {
                 rate.take(&tenant, Resource::Profiles, count as u64, rate::clock())?;
-                store.append(profiles.into_iter().map(|p| p.profile).collect())?;
+                let (profiles, decompressed) = admit::for_store(profiles);
+                store.append_decompressed(profiles, decompressed)?;
             }
             Ok::<_, IngestError>((count, samples))
         })

@@ -174,7 +174,8 @@ pub async fn push(
                 profiles.iter().map(|p| p.samples).sum::<usize>(),
             );
             rate.take(&tenant, Resource::Profiles, counts.0 as u64, rate::clock())?;
-            store.append(profiles.into_iter().map(|p| p.profile).collect())?;
+            let (profiles, decompressed) = admit::for_store(profiles);
+            store.append_decompressed(profiles, decompressed)?;
             Ok::<_, PushError>((format, counts))
         })
         .await

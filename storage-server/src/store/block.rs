@@ -307,7 +307,58 @@ pub struct TableBuilder {
 /// One profile's ids mapped into a [`TableBuilder`] (strings filled on first use).
 pub struct ProfileIds {
     strings: Vec<Option<u32>>,
-    locations: HashMap<u64, u32, FxBuild>,
+    locations: LocationIds,
+}
+
+/// A profile's location ids → table location ids. Every frame of every sample goes through it,
+/// so ids that are compact (pprof writers number locations 1, 2, 3, …) index an array; sparse
+/// ones (any `u64` is a valid id) use a map.
+enum LocationIds {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u64, u32, FxBuild>),
+}
+
+impl LocationIds {
+    /// Marks an id absent in [`LocationIds::Dense`].
+    const NONE: u32 = u32::MAX;
+
+    /// A map for the location ids of `p`.
+    fn for_profile(p: &Profile) -> LocationIds {
+        let max = p.location.iter().map(|l| l.id).max().unwrap_or(0);
+        if max <= 2 * p.location.len() as u64 + 1024 {
+            LocationIds::Dense(vec![Self::NONE; max as usize + 1])
+        } else {
+            LocationIds::Sparse(HashMap::with_capacity_and_hasher(
+                p.location.len(),
+                FxBuild::default(),
+            ))
+        }
+    }
+
+    fn insert(&mut self, id: u64, to: u32) {
+        match self {
+            LocationIds::Dense(v) => {
+                if let Some(slot) = usize::try_from(id).ok().and_then(|i| v.get_mut(i)) {
+                    *slot = to;
+                }
+            }
+            LocationIds::Sparse(m) => {
+                m.insert(id, to);
+            }
+        }
+    }
+
+    #[inline]
+    fn get(&self, id: u64) -> Option<u32> {
+        match self {
+            LocationIds::Dense(v) => usize::try_from(id)
+                .ok()
+                .and_then(|i| v.get(i))
+                .copied()
+                .filter(|&t| t != Self::NONE),
+            LocationIds::Sparse(m) => m.get(&id).copied(),
+        }
+    }
 }
 
 impl Default for TableBuilder {
@@ -362,7 +413,7 @@ impl TableBuilder {
     pub fn map_profile(&mut self, p: &Profile) -> ProfileIds {
         let mut ids = ProfileIds {
             strings: vec![None; p.string_table.len()],
-            locations: HashMap::with_capacity_and_hasher(p.location.len(), FxBuild::default()),
+            locations: LocationIds::for_profile(p),
         };
         let mut fmap: HashMap<u64, u32, FxBuild> =
             HashMap::with_capacity_and_hasher(p.function.len(), FxBuild::default());
@@ -432,10 +483,22 @@ impl TableBuilder {
         sample: &Sample,
         scratch: &mut Vec<u32>,
     ) -> u32 {
+        self.stack_of(ids, &sample.location_id, scratch)
+    }
+
+    /// The stack id of a sample with pprof location ids `location_ids` (leaf first) of the
+    /// profile `ids` maps: [`TableBuilder::sample_stack`] for samples not decoded into a
+    /// [`Sample`].
+    pub fn stack_of(
+        &mut self,
+        ids: &ProfileIds,
+        location_ids: &[u64],
+        scratch: &mut Vec<u32>,
+    ) -> u32 {
         scratch.clear();
-        for loc in &sample.location_id {
-            let id = match ids.locations.get(loc) {
-                Some(&id) => id,
+        for loc in location_ids {
+            let id = match ids.locations.get(*loc) {
+                Some(id) => id,
                 // A dangling id (ingest validates, but be total): an empty location keeps depth.
                 None => self.location((0, 0, Vec::new(), false)),
             };
@@ -449,7 +512,7 @@ impl TableBuilder {
     pub fn find_profile(&self, p: &Profile) -> ProfileIds {
         let mut ids = ProfileIds {
             strings: Vec::new(),
-            locations: HashMap::with_capacity_and_hasher(p.location.len(), FxBuild::default()),
+            locations: LocationIds::for_profile(p),
         };
         let s = |i: i64| -> Option<u32> {
             let s = usize::try_from(i)
@@ -514,8 +577,8 @@ impl TableBuilder {
     ) -> Option<u32> {
         scratch.clear();
         for loc in &sample.location_id {
-            let id = match ids.locations.get(loc) {
-                Some(&id) => id,
+            let id = match ids.locations.get(*loc) {
+                Some(id) => id,
                 None => *self.location_ids.get(&(0, 0, Vec::new(), false))?,
             };
             scratch.push(id);

@@ -29,7 +29,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use kiln_proto::pprof::Profile;
+use kiln_proto::pprof::{Function, Location, Mapping, Profile, ValueType};
+use prost::Message;
 
 use super::Labels;
 use super::block::{TableBuilder, sample_type_names};
@@ -86,6 +87,136 @@ impl Part {
     }
 }
 
+/// A pprof `Profile` without its samples: the same fields and tags, minus field 2 (`sample`),
+/// which prost then skips as unknown. What [`HeadAgg::fold`] needs to map a profile's symbols.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProfileTables {
+    #[prost(message, repeated, tag = "1")]
+    sample_type: Vec<ValueType>,
+    #[prost(message, repeated, tag = "3")]
+    mapping: Vec<Mapping>,
+    #[prost(message, repeated, tag = "4")]
+    location: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    function: Vec<Function>,
+    #[prost(string, repeated, tag = "6")]
+    string_table: Vec<String>,
+}
+
+impl ProfileTables {
+    fn into_profile(self) -> Profile {
+        Profile {
+            sample_type: self.sample_type,
+            mapping: self.mapping,
+            location: self.location,
+            function: self.function,
+            string_table: self.string_table,
+            ..Profile::default()
+        }
+    }
+}
+
+/// A pprof `Sample`'s location ids (field 1) and values (field 2), packed or not, read into
+/// reused buffers; other fields (labels) are skipped. `None` where prost would fail on those
+/// fields (wrong wire type, a varint past 64 bits, a length past the end).
+fn read_sample(mut m: &[u8], locations: &mut Vec<u64>, values: &mut Vec<i64>) -> Option<()> {
+    locations.clear();
+    values.clear();
+    while !m.is_empty() {
+        let key = varint(&mut m)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => locations.push(varint(&mut m)?),
+            (2, 0) => values.push(varint(&mut m)? as i64),
+            (1, 2) => {
+                let mut packed = delimited(&mut m)?;
+                while !packed.is_empty() {
+                    locations.push(varint(&mut packed)?);
+                }
+            }
+            (2, 2) => {
+                let mut packed = delimited(&mut m)?;
+                while !packed.is_empty() {
+                    values.push(varint(&mut packed)? as i64);
+                }
+            }
+            (1 | 2, _) => return None,
+            (_, wire_type) => skip(wire_type, &mut m)?,
+        }
+    }
+    Some(())
+}
+
+/// One profile mapped into the head's tables: per sample its stack id and its values (row-major,
+/// one per sample type).
+struct Folded {
+    names: Vec<Option<String>>,
+    stacks: Vec<u32>,
+    values: Vec<i64>,
+}
+
+/// Reads a protobuf varint as prost does: at most 10 bytes, the 10th at most 1.
+#[inline]
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let b = *buf;
+    // One byte: most ids and small values.
+    if let [b0, ..] = *b
+        && b0 < 0x80
+    {
+        *buf = &b[1..];
+        return Some(u64::from(b0));
+    }
+    let mut value = 0u64;
+    for (i, &byte) in b.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            if i == 9 && byte >= 2 {
+                return None;
+            }
+            *buf = &b[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A length-delimited field's bytes.
+fn delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(varint(buf)?).ok()?;
+    let b = *buf;
+    let field = b.get(..len)?;
+    *buf = &b[len..];
+    Some(field)
+}
+
+/// Skips a field of `wire_type` (groups, which pprof never uses, are refused).
+fn skip(wire_type: u64, buf: &mut &[u8]) -> Option<()> {
+    let n = match wire_type {
+        0 => return varint(buf).map(drop),
+        1 => 8,
+        2 => return delimited(buf).map(drop),
+        5 => 4,
+        _ => return None,
+    };
+    *buf = buf.get(n..)?;
+    Some(())
+}
+
+/// Calls `f` with the encoded bytes of every `sample` (field 2) of the encoded `Profile` `raw`,
+/// in order, skipping the other fields. `None` when the wire format is broken (or uses groups)
+/// or `f` fails.
+fn for_each_sample(raw: &[u8], mut f: impl FnMut(&[u8]) -> Option<()>) -> Option<()> {
+    let mut buf = raw;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        if key == (2 << 3) | 2 {
+            f(delimited(&mut buf)?)?;
+        } else {
+            skip(key & 7, &mut buf)?;
+        }
+    }
+    Some(())
+}
+
 /// What a flush takes out of the head, in head stack ids: per (series, bucket), per type.
 #[derive(Default)]
 pub struct Delta {
@@ -124,45 +255,45 @@ impl HeadAgg {
         self.tables.bytes() + self.trie.bytes() + shape + self.sum_entries * ENTRY_BYTES
     }
 
-    /// Folds profile `p` of series `labels` at `time_nanos` in; `None` (it could not be decoded,
-    /// or was not, being over the bound) marks its part incomplete. Returns whether it was folded.
-    pub fn add(&mut self, labels: &Arc<Labels>, time_nanos: i64, p: Option<&Profile>) -> bool {
-        let over = self.bytes() >= MAX_BYTES;
+    /// Folds the profile `raw` (an encoded, decompressed pprof) of series `labels` at
+    /// `time_nanos` in; `None` (it could not be read, or was not, being over the bound) marks its
+    /// part incomplete, as does a profile that does not parse. Returns whether it was folded.
+    pub fn add(&mut self, labels: &Arc<Labels>, time_nanos: i64, raw: Option<&[u8]>) -> bool {
+        let bucket = bucket_of(time_nanos);
+        let wanted = self.bytes() < MAX_BYTES
+            && self
+                .parts
+                .get(labels)
+                .and_then(|b| b.get(&bucket))
+                .is_none_or(|p| p.complete);
+        let folded = match raw {
+            Some(raw) if wanted => self.fold(raw),
+            _ => None,
+        };
         let part = self
             .parts
             .entry(labels.clone())
             .or_default()
-            .entry(bucket_of(time_nanos))
+            .entry(bucket)
             .or_insert_with(Part::new);
-        let p = match p {
-            Some(p) if part.complete && !over => p,
-            _ => {
-                if part.complete {
-                    part.complete = false;
-                    self.sum_entries -= part.sum_entries();
-                    part.types.clear();
-                }
-                return false;
+        let Some(folded) = folded else {
+            if part.complete {
+                part.complete = false;
+                self.sum_entries -= part.sum_entries();
+                part.types.clear();
             }
+            return false;
         };
         part.min_time = part.min_time.min(time_nanos);
         part.max_time = part.max_time.max(time_nanos);
         part.entries += 1;
-        let ids = self.tables.map_profile(p);
-        let names = sample_type_names(p);
-        let mut scratch = Vec::new();
-        let stacks: Vec<u32> = p
-            .sample
-            .iter()
-            .map(|s| self.tables.sample_stack(&ids, s, &mut scratch))
-            .collect();
-        self.trie.extend(self.tables.tables());
-        for (col, name) in names.into_iter().enumerate() {
+        let width = folded.names.len();
+        for (col, name) in folded.names.into_iter().enumerate() {
             let Some(name) = name else { continue };
             let t = part.types.entry(name).or_default();
             t.profiles += 1;
-            for (s, &stack) in p.sample.iter().zip(&stacks) {
-                let v = s.value.get(col).copied().unwrap_or(0);
+            let values = folded.values.iter().skip(col).step_by(width.max(1));
+            for (&stack, &v) in folded.stacks.iter().zip(values) {
                 let before = t.sums.len();
                 let e = t.sums.entry(stack).or_insert(0);
                 *e = e.saturating_add(v);
@@ -170,6 +301,37 @@ impl HeadAgg {
             }
         }
         true
+    }
+
+    /// Maps the encoded pprof `raw` into the tables (and the trie): its stack id and values per
+    /// sample. `None` when it does not parse (stacks interned before that stay, unused).
+    ///
+    /// The profile is not decoded into a prost `Profile`: its tables are (with the samples
+    /// skipped as an unknown field), then each sample is read in place into reused buffers
+    /// ([`read_sample`]), so a push does not allocate two `Vec`s per sample (issue 4: a push
+    /// decoded every profile a second time for this).
+    fn fold(&mut self, raw: &[u8]) -> Option<Folded> {
+        let p = ProfileTables::decode(raw).ok()?.into_profile();
+        let ids = self.tables.map_profile(&p);
+        let names = sample_type_names(&p);
+        let width = names.len();
+        let mut stacks = Vec::new();
+        let mut values = Vec::new();
+        let mut scratch = Vec::new();
+        let (mut locations, mut sample_values) = (Vec::new(), Vec::new());
+        let walked = for_each_sample(raw, |bytes| {
+            read_sample(bytes, &mut locations, &mut sample_values)?;
+            stacks.push(self.tables.stack_of(&ids, &locations, &mut scratch));
+            values.extend((0..width).map(|col| sample_values.get(col).copied().unwrap_or(0)));
+            Some(())
+        });
+        self.trie.extend(self.tables.tables());
+        walked?;
+        Some(Folded {
+            names,
+            stacks,
+            values,
+        })
     }
 
     /// Adds what profile `p` (folded in earlier by [`HeadAgg::add`]) contributed to its part into
@@ -407,8 +569,8 @@ mod tests {
         let p1 = profile(&[(&["leaf", "main"], 3), (&["main"], 1)]);
         let p2 = profile(&[(&["other", "main"], 5)]);
         let mut agg = HeadAgg::default();
-        assert!(agg.add(&labels, 10, Some(&p1)));
-        assert!(agg.add(&labels, 20, Some(&p2)));
+        assert!(agg.add(&labels, 10, Some(&p1.encode_to_vec())));
+        assert!(agg.add(&labels, 20, Some(&p2.encode_to_vec())));
         assert_eq!(sums(&agg, &labels, 0), (2, 90));
         assert_eq!(
             agg.usable(&labels, TimeRange { from: 0, until: 30 }),
@@ -448,17 +610,96 @@ mod tests {
         assert_eq!(agg.bytes(), HeadAgg::default().bytes());
     }
 
+    /// What folding the decoded `p` sample by sample gives: stack ids in `tb`, values row-major.
+    fn decoded_fold(tb: &mut TableBuilder, p: &Profile) -> (Vec<u32>, Vec<i64>) {
+        let ids = tb.map_profile(p);
+        let mut scratch = Vec::new();
+        let stacks = p
+            .sample
+            .iter()
+            .map(|s| tb.sample_stack(&ids, s, &mut scratch))
+            .collect();
+        let width = p.sample_type.len();
+        let values = p
+            .sample
+            .iter()
+            .flat_map(|s| (0..width).map(|c| s.value.get(c).copied().unwrap_or(0)))
+            .collect();
+        (stacks, values)
+    }
+
+    /// Folding a profile from its encoded bytes (samples read in place) interns the same symbols
+    /// and stacks and sums the same values as a fold of the prost-decoded profile: the fixtures
+    /// (one with sample labels), labels skipped, unpacked repeated fields, a missing value.
+    #[test]
+    fn encoded_fold_equals_decoded_fold() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/pprof");
+        let mut raws: Vec<Vec<u8>> = [
+            "go-runtime-pprof-cpu.pb.gz",
+            "pyroscope-nodejs-0.6.4-wall.pprof.gz",
+        ]
+        .iter()
+        .map(|name| {
+            let gz = std::fs::read(dir.join(name)).unwrap();
+            kiln_proto::maybe_gunzip(&gz, 1 << 30).unwrap().into_owned()
+        })
+        .collect();
+        let mut labelled = profile(&[(&["leaf", "main"], 3), (&["main"], 1), (&["x", "main"], 2)]);
+        labelled.string_table.push("span_id".into());
+        labelled.string_table.push("42".into());
+        let n = labelled.string_table.len() as i64;
+        labelled.sample[0].label.push(kiln_proto::pprof::Label {
+            key: n - 2,
+            str: n - 1,
+            ..Default::default()
+        });
+        let mut raw = labelled.encode_to_vec();
+        // One more sample, hand-encoded: unpacked location ids and values (prost reads both),
+        // one value short (it counts as 0), with an unknown field.
+        let mut sample = vec![0x08, 1, 0x08, 2, 0x10, 7, 0xf8, 0x01, 9];
+        raw.push(0x12);
+        raw.push(sample.len() as u8);
+        raw.append(&mut sample);
+        raws.push(raw);
+        for raw in &raws {
+            let p = Profile::decode(raw.as_slice()).unwrap();
+            assert!(!p.sample.is_empty());
+            let mut agg = HeadAgg::default();
+            let folded = agg.fold(raw).unwrap();
+            let mut tb = TableBuilder::new();
+            let (stacks, values) = decoded_fold(&mut tb, &p);
+            assert_eq!(folded.stacks, stacks);
+            assert_eq!(folded.values, values);
+            assert_eq!(folded.names, sample_type_names(&p));
+            assert_eq!(agg.tables.stacks(), tb.stacks());
+            for id in 0..tb.stacks() as u32 {
+                assert_eq!(agg.tables.tables().stack(id), tb.tables().stack(id));
+            }
+            assert_eq!(
+                agg.tables.tables().symbols_profile(),
+                tb.tables().symbols_profile()
+            );
+            assert_eq!(agg.trie.stacks(), tb.stacks());
+        }
+        // Broken wire format: not folded, and its part is not used.
+        let labels = Arc::new(Labels::new(vec![("pod".into(), "a".into())]));
+        let mut agg = HeadAgg::default();
+        let raw = &raws[2];
+        assert!(!agg.add(&labels, 10, Some(&raw[..raw.len() - 3])));
+        assert!(agg.usable(&labels, TimeRange::ALL).is_empty());
+    }
+
     /// A profile not folded in (over the bound, or undecodable) keeps its part from being used.
     #[test]
     fn an_unfolded_profile_makes_its_part_unusable() {
         let labels = Arc::new(Labels::new(vec![("pod".into(), "a".into())]));
         let p1 = profile(&[(&["main"], 3)]);
         let mut agg = HeadAgg::default();
-        assert!(agg.add(&labels, 10, Some(&p1)));
+        assert!(agg.add(&labels, 10, Some(&p1.encode_to_vec())));
         assert!(!agg.add(&labels, 20, None));
         assert!(agg.usable(&labels, TimeRange::ALL).is_empty());
         // Another bucket is unaffected.
-        assert!(agg.add(&labels, BUCKET_NANOS + 1, Some(&p1)));
+        assert!(agg.add(&labels, BUCKET_NANOS + 1, Some(&p1.encode_to_vec())));
         assert_eq!(agg.usable(&labels, TimeRange::ALL), vec![1]);
     }
 }

@@ -87,9 +87,9 @@ struct Index {
 }
 
 impl Index {
-    /// Adds a record, folding `profile` (its decoded pprof, when there is one) into the
-    /// aggregate.
-    fn add(&mut self, labels: Labels, mut entry: Entry, profile: Option<&Profile>) {
+    /// Adds a record, folding `profile` (its pprof, encoded and decompressed, when there is one)
+    /// into the aggregate.
+    fn add(&mut self, labels: Labels, mut entry: Entry, profile: Option<&[u8]>) {
         let labels = match self.by_labels.get_key_value(&labels) {
             Some((l, _)) => l.clone(),
             None => Arc::new(labels),
@@ -625,8 +625,8 @@ impl Inner {
                 };
                 // Folded into the aggregate as at append time (a record that does not decode is
                 // left to the exact path, which reports it).
-                let profile = read_record(&dir, max_profile_bytes, &entry, &file).ok();
-                index.add(labels, entry, profile.as_ref());
+                let profile = read_payload(&dir, max_profile_bytes, &entry, &file).ok();
+                index.add(labels, entry, profile.as_deref());
             }
             readers.insert(id, Arc::new(file));
             if appendable {
@@ -837,25 +837,38 @@ fn read_record(
     entry: &Entry,
     file: &File,
 ) -> Result<Profile, StoreError> {
-    {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            segment: entry.segment,
-            offset: entry.offset,
-            reason,
-        };
-        let mut payload = vec![0u8; entry.len as usize];
-        let path = segment::segment_path(dir, entry.segment);
-        file.read_exact_at(&mut payload, entry.offset)
-            .map_err(io_err(&path))?;
-        let decoded = segment::verify_payload(entry.crc, &payload)
-            .and_then(|()| segment::split_payload(&payload))
-            .and_then(|(_, body)| segment::decompress(body, max_profile_bytes));
-        let raw = match decoded {
-            Ok(raw) => raw,
-            Err(FrameError::Corrupt(why)) => return Err(corrupt(why)),
-            Err(FrameError::Io(e)) => return Err(io_err(&path)(e)),
-        };
-        Profile::decode(raw.as_slice()).map_err(|e| corrupt(format!("bad pprof: {e}")))
+    let raw = read_payload(dir, max_profile_bytes, entry, file)?;
+    Profile::decode(raw.as_slice()).map_err(|e| StoreError::Corrupt {
+        segment: entry.segment,
+        offset: entry.offset,
+        reason: format!("bad pprof: {e}"),
+    })
+}
+
+/// Reads the head record `entry` of segment `file` (in `dir`): its pprof, CRC-checked and
+/// decompressed, still encoded.
+fn read_payload(
+    dir: &Path,
+    max_profile_bytes: usize,
+    entry: &Entry,
+    file: &File,
+) -> Result<Vec<u8>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        segment: entry.segment,
+        offset: entry.offset,
+        reason,
+    };
+    let mut payload = vec![0u8; entry.len as usize];
+    let path = segment::segment_path(dir, entry.segment);
+    file.read_exact_at(&mut payload, entry.offset)
+        .map_err(io_err(&path))?;
+    let decoded = segment::verify_payload(entry.crc, &payload)
+        .and_then(|()| segment::split_payload(&payload))
+        .and_then(|(_, body)| segment::decompress(body, max_profile_bytes));
+    match decoded {
+        Ok(raw) => Ok(raw),
+        Err(FrameError::Corrupt(why)) => Err(corrupt(why)),
+        Err(FrameError::Io(e)) => Err(io_err(&path)(e)),
     }
 }
 
@@ -1576,28 +1589,47 @@ impl LocalStore {
 
 impl Store for LocalStore {
     fn append(&self, profiles: Vec<NewProfile>) -> Result<(), StoreError> {
+        self.append_decompressed(profiles, Vec::new())
+    }
+
+    fn append_decompressed(
+        &self,
+        profiles: Vec<NewProfile>,
+        decompressed: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
         if profiles.is_empty() {
             return Ok(());
         }
         let inner = &self.inner;
         // Frames at offsets relative to the batch, and their lengths.
-        // Decoded for the head's aggregate before any lock is taken; not when it is full (then
-        // these records are read exactly, see [`headagg`]).
-        let decoded: Vec<Option<Profile>> =
-            if inner.agg_bytes.load(Ordering::Relaxed) < headagg::MAX_BYTES {
-                profiles
-                    .iter()
-                    .map(|p| kiln_proto::decode_profile(&p.pprof, inner.max_profile_bytes).ok())
-                    .collect()
-            } else {
-                profiles.iter().map(|_| None).collect()
-            };
         let mut buf = Vec::with_capacity(profiles.iter().map(|p| p.pprof.len() + 256).sum());
         let mut frames = Vec::with_capacity(profiles.len());
         for p in &profiles {
             let at = buf.len() as u64;
             frames.push((at, segment::encode_record(p, &mut buf)?));
         }
+        // Each profile decompressed for the head's aggregate before any lock is taken (the
+        // caller's copy when it has one, else inflated here); not when the aggregate is full
+        // (then these records are read exactly, see [`headagg`]).
+        let fold = inner.agg_bytes.load(Ordering::Relaxed) < headagg::MAX_BYTES;
+        let mut decompressed = decompressed.into_iter();
+        let profiles: Vec<(NewProfile, Option<Vec<u8>>)> = profiles
+            .into_iter()
+            .map(|mut p| {
+                let given = decompressed.next().flatten();
+                let raw = match given {
+                    _ if !fold => None,
+                    Some(raw) => Some(raw),
+                    None if kiln_proto::codec::is_gzip(&p.pprof) => {
+                        kiln_proto::codec::gunzip_limited(&p.pprof, inner.max_profile_bytes).ok()
+                    }
+                    // Not compressed: the bytes themselves (the WAL has its copy in `buf`).
+                    None => Some(std::mem::take(&mut p.pprof)),
+                };
+                // As large as the flush may read back (else it could not take it out again).
+                (p, raw.filter(|r| r.len() <= inner.max_profile_bytes))
+            })
+            .collect();
         let mut active = lock(&inner.active);
         if inner.rotation_due(&active) {
             inner.rotate(&mut active)?;
@@ -1619,7 +1651,7 @@ impl Store for LocalStore {
         let segment = active.id;
         // Index under the append lock, so a flush cannot seal this segment in between.
         let mut state = write_lock(&inner.state);
-        for ((p, (at, frame)), decoded) in profiles.into_iter().zip(frames).zip(decoded) {
+        for ((p, raw), (at, frame)) in profiles.into_iter().zip(frames) {
             state.head.add(
                 p.labels,
                 Entry {
@@ -1631,7 +1663,7 @@ impl Store for LocalStore {
                     profile_types: p.profile_types.into(),
                     aggregated: false,
                 },
-                decoded.as_ref(),
+                raw.as_deref(),
             );
         }
         inner

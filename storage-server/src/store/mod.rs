@@ -270,6 +270,18 @@ impl ReadRequest<'_> {
 pub trait Store: Send + Sync + 'static {
     /// Durably appends all of `profiles` (on disk before this returns `Ok`), or none of them.
     fn append(&self, profiles: Vec<NewProfile>) -> Result<(), StoreError>;
+    /// [`Store::append`] from a caller that has already inflated the profiles:
+    /// `decompressed[i]`, when there, is `profiles[i].pprof` decompressed (missing or `None`
+    /// where it is not). An engine that reads every appended profile (the local head's
+    /// aggregate) reads that instead of inflating it a second time. The default ignores it.
+    fn append_decompressed(
+        &self,
+        profiles: Vec<NewProfile>,
+        decompressed: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let _ = decompressed;
+        self.append(profiles)
+    }
     /// Sorted label names of series with a profile in range.
     fn label_names(&self, selector: &Selector, range: TimeRange) -> Vec<String>;
     /// Sorted values of label `name` among selected series with a profile in range.

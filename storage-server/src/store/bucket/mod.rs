@@ -795,6 +795,14 @@ impl Store for BucketStore {
         self.inner.local.append(profiles)
     }
 
+    fn append_decompressed(
+        &self,
+        profiles: Vec<NewProfile>,
+        decompressed: Vec<Option<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        self.inner.local.append_decompressed(profiles, decompressed)
+    }
+
     fn label_names(&self, selector: &Selector, range: TimeRange) -> Vec<String> {
         self.ensure_logged(range);
         self.inner.local.label_names(selector, range)
