@@ -181,7 +181,10 @@ enum FrameKey {
 /// runtimes' caches hand out the same `Arc` for as long as they believe a name, so a function
 /// renamed within the window (its address reused) misses here and gets its own location.
 #[derive(Default)]
-struct NamedLocations(foldhash::HashMap<FrameKey, (u64, [Option<Arc<str>>; 2])>);
+struct NamedLocations(foldhash::HashMap<FrameKey, (u64, Names)>);
+
+/// The names a location was interned under (function, file), `None` where a kind has fewer.
+type Names = [Option<Arc<str>>; 2];
 
 impl NamedLocations {
     /// The location of `key` named `names`, interned with `intern` the first time.
@@ -192,7 +195,7 @@ impl NamedLocations {
         names: [Option<&Arc<str>>; 2],
         intern: impl FnOnce(&mut ProfileBuilder) -> u64,
     ) -> u64 {
-        let same = |held: &[Option<Arc<str>>; 2]| {
+        let same = |held: &Names| {
             held.iter().zip(names).all(|(a, b)| match (a, b) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 (None, None) => true,
@@ -1253,6 +1256,37 @@ mod tests {
     use super::*;
     use crate::procmaps::ProcessCacheConfig;
     use kiln_sampler_bpf::UserRegs;
+
+    /// A frame seen again in a window reuses its location; the same key under another name (a
+    /// function's address reused within the window) gets a location of its own.
+    #[test]
+    fn named_frames_are_interned_once_per_name() {
+        let mut b = ProfileBuilder::new(&[("samples", "count")]);
+        let mut named = NamedLocations::default();
+        let (alpha, script): (Arc<str>, Arc<str>) = ("alpha".into(), "/app/a.js".into());
+        let key = FrameKey::Js {
+            id: 0x1000,
+            line: 7,
+        };
+        let intern = |name: &Arc<str>| {
+            let name = name.clone();
+            move |b: &mut ProfileBuilder| {
+                let f = b.function(&name, "/app/a.js");
+                b.symbolized_location(0, 0x1000, &[(f, 7)])
+            }
+        };
+        let first = named.get_or_intern(&mut b, key, [Some(&alpha), Some(&script)], intern(&alpha));
+        let again = named.get_or_intern(&mut b, key, [Some(&alpha), Some(&script)], |_| {
+            panic!("a frame seen in this window is not interned again")
+        });
+        assert_eq!(first, again);
+        let beta: Arc<str> = "beta".into();
+        let renamed = named.get_or_intern(&mut b, key, [Some(&beta), Some(&script)], intern(&beta));
+        assert_ne!(first, renamed);
+        let p = b.finish();
+        let names: Vec<&str> = p.function.iter().map(|f| p.str(f.name)).collect();
+        assert_eq!(names, ["alpha", "beta"]);
+    }
 
     #[test]
     fn cache_totals_become_hit_and_miss_counters_once() {
