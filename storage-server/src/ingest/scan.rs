@@ -46,7 +46,7 @@ pub struct Scanned {
     pub samples: usize,
 }
 
-type R<T> = Result<T, Fallback>;
+pub(crate) type R<T> = Result<T, Fallback>;
 
 // Wire types.
 const VARINT: u8 = 0;
@@ -58,7 +58,7 @@ const FIXED32: u8 = 5;
 
 /// A LEB128 varint as prost reads it: at most 10 bytes, the 10th at most 1.
 #[inline]
-fn varint(buf: &mut &[u8]) -> R<u64> {
+pub(crate) fn varint(buf: &mut &[u8]) -> R<u64> {
     let b = *buf;
     // One and two bytes: ids, string indices and lengths of small messages, i.e. nearly all.
     match *b {
@@ -104,7 +104,7 @@ fn key(buf: &mut &[u8]) -> R<(u32, u8)> {
 
 /// A length-delimited payload.
 #[inline]
-fn delimited<'a>(buf: &mut &'a [u8]) -> R<&'a [u8]> {
+pub(crate) fn delimited<'a>(buf: &mut &'a [u8]) -> R<&'a [u8]> {
     let len = varint(buf)?;
     let b = *buf;
     let len = usize::try_from(len)
@@ -123,7 +123,7 @@ fn advance(buf: &mut &[u8], n: usize) -> R<()> {
 }
 
 /// Skips an unknown field.
-fn skip(wire_type: u8, buf: &mut &[u8]) -> R<()> {
+pub(crate) fn skip(wire_type: u8, buf: &mut &[u8]) -> R<()> {
     match wire_type {
         VARINT => varint(buf).map(drop),
         FIXED64 => advance(buf, 8),

@@ -35,6 +35,7 @@ use prost::Message;
 use super::Labels;
 use super::block::{TableBuilder, sample_type_names};
 use super::stacks::{MergedStacks, StackShape, StackTrie};
+use crate::ingest::scan;
 use crate::query::merge::FxBuild;
 use crate::query::time::TimeRange;
 
@@ -154,51 +155,23 @@ struct Folded {
     values: Vec<i64>,
 }
 
-/// Reads a protobuf varint as prost does: at most 10 bytes, the 10th at most 1.
+// The protobuf wire primitives are the push scanner's (ingest/scan.rs), with its checks; a
+// failure of any of them means "not folded" here.
+
+/// A protobuf varint, as prost reads it.
 #[inline]
 fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let b = *buf;
-    // One byte: most ids and small values.
-    if let [b0, ..] = *b
-        && b0 < 0x80
-    {
-        *buf = &b[1..];
-        return Some(u64::from(b0));
-    }
-    let mut value = 0u64;
-    for (i, &byte) in b.iter().take(10).enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            if i == 9 && byte >= 2 {
-                return None;
-            }
-            *buf = &b[i + 1..];
-            return Some(value);
-        }
-    }
-    None
+    scan::varint(buf).ok()
 }
 
 /// A length-delimited field's bytes.
 fn delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(varint(buf)?).ok()?;
-    let b = *buf;
-    let field = b.get(..len)?;
-    *buf = &b[len..];
-    Some(field)
+    scan::delimited(buf).ok()
 }
 
 /// Skips a field of `wire_type` (groups, which pprof never uses, are refused).
 fn skip(wire_type: u64, buf: &mut &[u8]) -> Option<()> {
-    let n = match wire_type {
-        0 => return varint(buf).map(drop),
-        1 => 8,
-        2 => return delimited(buf).map(drop),
-        5 => 4,
-        _ => return None,
-    };
-    *buf = buf.get(n..)?;
-    Some(())
+    scan::skip(u8::try_from(wire_type).ok()?, buf).ok()
 }
 
 /// Calls `f` with the encoded bytes of every `sample` (field 2) of the encoded `Profile` `raw`,
