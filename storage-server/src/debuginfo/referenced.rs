@@ -178,13 +178,11 @@ impl ReferencingStore {
     }
 }
 
-// Every method forwards to the wrapped store; only `append` also offers its profiles.
+// Every method forwards to the wrapped store; only the appends also offer their profiles (both
+// through `append_decompressed`, which the wrapped store's `append` equals with nothing given).
 impl Store for ReferencingStore {
     fn append(&self, profiles: Vec<NewProfile>) -> Result<(), StoreError> {
-        let jobs = self.debuginfo.references.offer(&profiles);
-        let result = self.inner.append(profiles);
-        self.debuginfo.references.send(jobs, result.is_ok());
-        result
+        self.append_decompressed(profiles, Vec::new())
     }
     fn append_decompressed(
         &self,
