@@ -93,15 +93,10 @@ pub fn find_debug_file(
         };
         let matches = {
             let cache = object::read::ReadCache::new(found.file());
-            object::File::parse(&cache)
+            kiln_buildid::elf_build_id(&cache)
                 .ok()
-                .and_then(|elf| {
-                    kiln_buildid::elf_build_id(&elf)
-                        .ok()
-                        .flatten()
-                        .map(|b| b == build_id.as_bytes())
-                })
-                .unwrap_or(false)
+                .flatten()
+                .is_some_and(|b| b == build_id.as_bytes())
         };
         // Parsing moved the read position; the caller streams the file from the start.
         if matches && std::io::Seek::rewind(&mut found.file()).is_ok() {

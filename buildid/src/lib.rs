@@ -10,25 +10,55 @@ mod stream;
 
 pub use stream::{MAX_PREFIX_BYTES, StreamScan, Streamed};
 
+use object::Endianness;
 use object::read::ReadRef;
-use object::{Object, ObjectSection};
+use object::read::elf::{FileHeader, SectionHeader};
 
 /// Longest build ID, in bytes, that the server accepts (128 hex digits).
 pub const MAX_BUILD_ID_BYTES: usize = 64;
 
-/// The identity of an ELF file: its GNU build ID note, else the key of its Go build ID note
-/// (`.note.go.buildid`). `Ok(None)` when it has neither; `Err` only for malformed GNU notes.
-pub fn elf_build_id<'d, R: ReadRef<'d>>(
-    obj: &object::File<'d, R>,
-) -> object::read::Result<Option<Vec<u8>>> {
-    if let Some(id) = obj.build_id()? {
-        return Ok(Some(id.to_vec()));
+/// The identity of the ELF file in `data`: its GNU build ID note, else the key of its Go build ID
+/// note (`.note.go.buildid`). `Ok(None)` when it has neither or is not ELF; `Err` for an ELF whose
+/// headers or notes are malformed.
+///
+/// Reads the ELF header, the section table with its names, and the note sections: nothing else.
+/// (`object::File::parse` would also read the whole `.symtab`, megabytes of an unstripped binary
+/// such as Debian's `node`, or of an uploaded debug file, for a note of 20 bytes.) The GNU note is
+/// the first `NT_GNU_BUILD_ID` note named `GNU` in any note section, as `object`'s `build_id` finds it.
+pub fn elf_build_id<'d, R: ReadRef<'d>>(data: R) -> object::read::Result<Option<Vec<u8>>> {
+    use object::elf::{FileHeader32, FileHeader64};
+    match object::FileKind::parse(data) {
+        Ok(object::FileKind::Elf32) => elf_notes_build_id::<FileHeader32<Endianness>, R>(data),
+        Ok(object::FileKind::Elf64) => elf_notes_build_id::<FileHeader64<Endianness>, R>(data),
+        _ => Ok(None),
     }
-    let Some(section) = obj.section_by_name(".note.go.buildid") else {
+}
+
+fn elf_notes_build_id<'d, H, R>(data: R) -> object::read::Result<Option<Vec<u8>>>
+where
+    H: FileHeader<Endian = Endianness>,
+    R: ReadRef<'d>,
+{
+    let header = H::parse(data)?;
+    let endian = header.endian()?;
+    let sections = header.sections(endian, data)?;
+    for section in sections.iter() {
+        let Some(mut notes) = section.notes(endian, data)? else {
+            continue;
+        };
+        while let Some(note) = notes.next()? {
+            if note.name() == object::elf::ELF_NOTE_GNU
+                && note.n_type(endian) == object::elf::NT_GNU_BUILD_ID
+            {
+                return Ok(Some(note.desc().to_vec()));
+            }
+        }
+    }
+    let Some((_, go)) = sections.section_by_name(endian, b".note.go.buildid") else {
         return Ok(None);
     };
-    Ok(section
-        .data()
+    Ok(go
+        .data(endian, data)
         .ok()
         .and_then(go_note_desc)
         .and_then(go_build_id_key))
@@ -193,6 +223,59 @@ mod tests {
         data
     }
 
+    /// A `Read + Seek` over a file that counts the bytes read through it.
+    struct Counting {
+        file: std::fs::File,
+        read: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl std::io::Read for Counting {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.file.read(buf)?;
+            self.read.set(self.read.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    impl std::io::Seek for Counting {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.file.seek(pos)
+        }
+    }
+
+    /// This unstripped test binary (megabytes of `.symtab` and DWARF) is identified as `object`
+    /// identifies it, from a few KiB of it: the agent reads every mapped file this way, and the
+    /// server every uploaded debug file.
+    #[test]
+    fn the_build_id_is_read_from_headers_and_notes_only() {
+        use object::Object;
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let want = object::File::parse(&*exe)
+            .unwrap()
+            .build_id()
+            .unwrap()
+            .map(<[u8]>::to_vec);
+        assert!(
+            want.is_some(),
+            "rustc links test binaries with a GNU build ID"
+        );
+        assert_eq!(elf_build_id(&*exe).unwrap(), want);
+
+        let read = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counting = Counting {
+            file: std::fs::File::open("/proc/self/exe").unwrap(),
+            read: read.clone(),
+        };
+        let cache = object::read::ReadCache::new(counting);
+        assert_eq!(elf_build_id(&cache).unwrap(), want);
+        assert!(
+            read.get() < 256 << 10,
+            "read {} of {} bytes for a build ID",
+            read.get(),
+            exe.len()
+        );
+    }
+
     /// An ELF with only a Go build ID note (as `go build` writes them) is known by the note's key;
     /// with a GNU note as well, by the GNU note; with neither, by nothing.
     #[test]
@@ -206,13 +289,17 @@ mod tests {
         let gnu = (".note.gnu.build-id", gnu_note);
 
         let go_only = elf_with_notes(std::slice::from_ref(&go));
-        let f = object::File::parse(&*go_only).unwrap();
-        assert_eq!(hex::encode(elf_build_id(&f).unwrap().unwrap()), GO_KEY_HEX);
+        assert_eq!(
+            hex::encode(elf_build_id(&*go_only).unwrap().unwrap()),
+            GO_KEY_HEX
+        );
         let both = elf_with_notes(&[go, gnu]);
-        let f = object::File::parse(&*both).unwrap();
-        assert_eq!(elf_build_id(&f).unwrap().unwrap(), [0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(
+            elf_build_id(&*both).unwrap().unwrap(),
+            [0xde, 0xad, 0xbe, 0xef]
+        );
         let none = elf_with_notes(&[]);
-        let f = object::File::parse(&*none).unwrap();
-        assert_eq!(elf_build_id(&f).unwrap(), None);
+        assert_eq!(elf_build_id(&*none).unwrap(), None);
+        assert_eq!(elf_build_id(&b"not an object file"[..]).unwrap(), None);
     }
 }

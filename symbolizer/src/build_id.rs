@@ -58,10 +58,9 @@ pub(crate) fn read_build_id_from<'data, R: ReadRef<'data>>(
         Ok(kind) => return Err(Error::NotElf(format!("object file of kind {kind:?}"))),
         Err(e) => return Err(Error::NotElf(e.to_string())),
     }
-    let file = object::File::parse(data).map_err(|e| Error::NotElf(e.to_string()))?;
     // The same reading as the agent's, so that an upload matches the build ID the agent reported.
-    let raw = kiln_buildid::elf_build_id(&file)
-        .map_err(|e| Error::NotElf(format!("malformed notes: {e}")))?;
+    let raw = kiln_buildid::elf_build_id(data)
+        .map_err(|e| Error::NotElf(format!("malformed ELF headers or notes: {e}")))?;
     match raw {
         // A zero-length or absurdly long note is no usable key: treat it as absent rather than
         // failing, so the caller reports a build ID mismatch with `actual: None`.
