@@ -408,12 +408,15 @@ impl Process {
 
     /// True if `addr` is explained by what we read: a mapping, or anonymous executable memory (JIT).
     pub fn covers(&self, addr: u64) -> bool {
-        self.find(addr).is_some() || {
-            let i = self.anonymous_exec.partition_point(|&(s, _)| s <= addr);
-            i.checked_sub(1)
-                .and_then(|i| self.anonymous_exec.get(i))
-                .is_some_and(|&(s, e)| (s..e).contains(&addr))
-        }
+        self.find(addr).is_some() || self.in_anonymous_exec(addr)
+    }
+
+    /// True if `addr` is in anonymous executable memory (JIT code) as the snapshot saw it.
+    pub fn in_anonymous_exec(&self, addr: u64) -> bool {
+        let i = self.anonymous_exec.partition_point(|&(s, _)| s <= addr);
+        i.checked_sub(1)
+            .and_then(|i| self.anonymous_exec.get(i))
+            .is_some_and(|&(s, e)| (s..e).contains(&addr))
     }
 
     /// `service_name`: the executable's file name, or the comm for kernel threads.

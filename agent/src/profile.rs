@@ -518,10 +518,12 @@ impl Aggregator {
             _ => None,
         };
         // A Node process: its frames' rbp values are needed to find its JavaScript frames.
+        // `Some(builtins)` for one the agent can read (where V8's embedded builtins are).
         let node_kind = match (&mut self.node, &process) {
             (Some(n), Some(p)) if s.user_regs.is_some() => match n.observe(p) {
                 crate::node::Detection::NotNode => None,
-                d => Some(d.is_readable()),
+                crate::node::Detection::Readable(t) => Some(Some(t.builtins)),
+                crate::node::Detection::Unreadable(_) => Some(None),
             },
             _ => None,
         };
@@ -533,15 +535,17 @@ impl Aggregator {
                 let end = match (&jvm, &mut self.java) {
                     (Some(crate::java::Detection::Readable(jvm)), Some(java)) => {
                         let mut hook = java.walk(jvm);
-                        let end = walker.walk_jit(regs, &s.stack_copy, &mut self.frames, &mut hook);
+                        let end =
+                            walker.walk_jit(regs, &s.stack_copy, &mut self.frames, &mut hook, None);
                         java_raw = hook.frames;
                         end
                     }
-                    _ if node_kind == Some(true) => walker.walk_with_frame_pointers(
+                    _ if let Some(Some(builtins)) = node_kind => walker.walk_jit(
                         regs,
                         &s.stack_copy,
                         &mut self.frames,
-                        &mut self.frame_pointers,
+                        &mut crate::node::V8Code::new(builtins, p),
+                        Some(&mut self.frame_pointers),
                     ),
                     _ => walker.walk(regs, &s.stack_copy, &mut self.frames),
                 };
@@ -555,7 +559,8 @@ impl Aggregator {
                     .record(&self.metrics, source, frames.len(), end);
                 // JavaScript frames are named now, while their functions surely still exist.
                 let node = match (&mut self.node, node_kind) {
-                    (Some(n), Some(readable)) => {
+                    (Some(n), Some(builtins)) => {
+                        let readable = builtins.is_some();
                         // The kernel's frame-pointer walk was taken: its frames' rbp values are
                         // the chain from the sampled rbp, not what the DWARF walk recorded.
                         if readable && source == unwind::Source::FramePointers {

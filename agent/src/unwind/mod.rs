@@ -183,7 +183,8 @@ impl RuleCache {
 }
 
 /// Frames of JIT code that DWARF tables do not describe but the runtime that made it does (a JVM's
-/// code cache: see [`crate::java`]). Asked before framehop at every frame of a walk that has one.
+/// code cache: see [`crate::java`]; V8's code and builtins: [`crate::node::V8Code`]). Asked before
+/// framehop at every frame of a walk that has one.
 pub trait JitFrames {
     /// Steps over the frame at `ip` (frame number `index`, leaf 0) when it is this runtime's code:
     /// `Some(Ok(caller))` with the caller's registers (`ip` the return address), `Some(Err(addr))`
@@ -448,37 +449,16 @@ impl Walker<'_> {
         end
     }
 
-    /// [`Walker::walk`] with JIT frames stepped over by `jit`. Never memoized: where a JIT's code
-    /// is, and how large its frames are, changes without any stack word changing.
+    /// [`Walker::walk`] with JIT frames stepped over by `jit`, and with `frame_pointers` each
+    /// frame's rbp (see [`unwind_logged`]; V8 finds its frames' data through them). Never
+    /// memoized: where a JIT's code is, and how large its frames are, changes without any stack
+    /// word changing (and the memo keeps return addresses only).
     pub fn walk_jit(
         &mut self,
         regs: UserRegs,
         stack: &[u8],
         frames: &mut Vec<u64>,
         jit: &mut dyn JitFrames,
-    ) -> StackEnd {
-        self.walk_unmemoized(regs, stack, frames, Some(jit), None)
-    }
-
-    /// [`Walker::walk`] that also gives each frame's rbp in `frame_pointers` (see
-    /// [`unwind_logged`]). Never memoized: the memo keeps return addresses only.
-    pub fn walk_with_frame_pointers(
-        &mut self,
-        regs: UserRegs,
-        stack: &[u8],
-        frames: &mut Vec<u64>,
-        frame_pointers: &mut Vec<u64>,
-    ) -> StackEnd {
-        self.walk_unmemoized(regs, stack, frames, None, Some(frame_pointers))
-    }
-
-    /// One walk past the memo, a cut stack blamed on tables still loading when they are.
-    fn walk_unmemoized(
-        &mut self,
-        regs: UserRegs,
-        stack: &[u8],
-        frames: &mut Vec<u64>,
-        jit: Option<&mut dyn JitFrames>,
         frame_pointers: Option<&mut Vec<u64>>,
     ) -> StackEnd {
         let end = unwind_logged(
@@ -488,7 +468,7 @@ impl Walker<'_> {
             stack,
             self.reads,
             frames,
-            jit,
+            Some(jit),
             frame_pointers,
         );
         match end {
