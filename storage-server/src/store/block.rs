@@ -1,12 +1,13 @@
 //! Immutable, time-partitioned blocks: the long-term home of profiles once they leave the WAL.
 //!
-//! A block holds the profiles of one time partition (one hour of profile time) as columns instead
-//! of pprof blobs:
+//! A block holds the profiles of one time partition (one hour of profile time, or a UTC day for a
+//! rollup that compaction made of a day's closed hours) as columns instead of pprof blobs:
 //! - a **symbol table** shared by all its series: strings, functions, mappings, locations and
 //!   sample-label sets, each stored once however many profiles use it;
 //! - a **stacks table**: stack id → location ids, each distinct stack stored once;
 //! - per series, a **profiles** section (time, sample types, period… of each profile) and a
-//!   **rows** section (stack id deltas, values column by column, label set ids).
+//!   **rows** section (stack id deltas, values column by column, label set ids), plus its rows
+//!   summed by stack (a **totals** section; in a rollup also one per hour, `hour_totals`).
 //!
 //! Every section is zstd-compressed and CRC'd on its own, so a read decompresses the symbol and
 //! stack tables plus only the series it selects. The file ends with a footer: the [`BlockMeta`]
