@@ -1,7 +1,8 @@
 //! One conformance suite for every [`Store`] implementation: [`conformance`] takes a constructor
 //! and checks the contract — append/read round-trip, selectors, time-range edges, profile types,
 //! label names and values, durability across reopen, a torn WAL tail, retention (oldest first, by
-//! age and by size) and compaction (totals preserved exactly). Each check runs with the data in
+//! age and by size) and compaction (totals preserved exactly; a day's hours rolled up into one
+//! block that merged reads answer from exactly as from the hours). Each check runs with the data in
 //! every place an implementation can hold it: the head, flushed blocks, compacted blocks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -271,6 +272,7 @@ pub fn conformance<S: Store>(make: impl Fn(&Path, &StoreConfig) -> S) {
     retention_by_age_drops_oldest(&make);
     retention_by_size_drops_oldest(&make);
     compaction_preserves_totals(&make);
+    rollups_read_like_hours(&make);
 }
 
 /// `read_scope` (Pyroscope's `AnalyzeQuery`) counts what `read` would read: the selected series,
@@ -1021,22 +1023,14 @@ fn merged_flamegraph(store: &impl Store, range: TimeRange, ty: &str) -> (String,
     (flamegraph::render(&tree, 10_000, ty, None), n, tree.total())
 }
 
-/// A day of hourly profiles of several series, read merged over ranges that cover the day whole,
-/// cut an hour in half, and start or end inside the day: the rollup compaction makes gives the
-/// same flame graphs, profile counts and totals as the hourly blocks did, and as `read` does.
-/// Then the rollup's rows are damaged on disk: a read of whole hours still answers exactly (it
-/// reads the hours' sums, never the rows), while one that cuts an hour needs the rows and loses
-/// the series.
-#[test]
-fn local_store_rollups_answer_long_ranges_exactly_from_hour_sums() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = local(dir.path(), &config());
-    // A whole UTC day, every hour long closed.
+/// A whole UTC day (two days ago, every hour long closed) of three series, two profiles per hour
+/// each, flushed into 24 hourly blocks; returns the day's start.
+fn write_day(store: &impl Store) -> i64 {
     let day = now_nanos().div_euclid(DAY) * DAY - 2 * DAY;
     for h in 0..24i64 {
         let mut batch = Vec::new();
         for (k, svc) in ["a", "b", "c"].iter().enumerate() {
-            // Two profiles per hour and series: at 10 and 40 minutes past.
+            // At 10 and 40 minutes past.
             for m in [10, 40] {
                 let time = day + h * HOUR + m * 60 * SEC + k as i64;
                 batch.push(new_profile(
@@ -1047,10 +1041,15 @@ fn local_store_rollups_answer_long_ranges_exactly_from_hour_sums() {
             }
         }
         store.append(batch).unwrap();
-        store.flush().unwrap();
     }
-    assert_eq!(store.stats().blocks, 24);
-    let ranges = [
+    // One flush writes a block per hour.
+    store.flush().unwrap();
+    day
+}
+
+/// Ranges over [`write_day`]'s day: all of it, whole hours of it, two cut hours, an open end.
+fn day_ranges(day: i64) -> [(&'static str, TimeRange); 5] {
+    [
         ("all", TimeRange::ALL),
         (
             "the day",
@@ -1080,7 +1079,42 @@ fn local_store_rollups_answer_long_ranges_exactly_from_hour_sums() {
                 until: i64::MAX,
             },
         ),
-    ];
+    ]
+}
+
+/// Maintenance rolls a day of hourly blocks up into one block; merged reads over ranges that
+/// cover the day, whole hours of it, or cut hours in half give the same flame graphs, profile
+/// counts and totals as the hourly blocks did, and as `read` does.
+fn rollups_read_like_hours<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = make(dir.path(), &config());
+    let day = write_day(&store);
+    assert_eq!(store.stats().blocks, 24);
+    let ty = "cpu:nanoseconds";
+    let ranges = day_ranges(day);
+    let hourly: Vec<(String, usize, i64)> = ranges
+        .iter()
+        .map(|(_, r)| merged_flamegraph(&store, *r, ty))
+        .collect();
+    store.maintain(now_nanos()).unwrap();
+    assert_eq!(store.stats().blocks, 1, "the day rolled up into one block");
+    for ((name, range), want) in ranges.iter().zip(&hourly) {
+        let got = merged_flamegraph(&store, *range, ty);
+        assert_eq!(&got, want, "{name}");
+        assert_eq!(got.2, total(&store, *range, ty), "{name}: read agrees");
+        assert!(got.1 > 0, "{name}");
+    }
+}
+
+/// The local engine's rollup on disk: one block of the day with 24 hours of sums per series.
+/// Its rows are then damaged in place: a read of whole hours still answers exactly (it reads the
+/// hours' sums, never the rows), while one that cuts an hour needs the rows and loses the series.
+#[test]
+fn local_store_rollups_answer_long_ranges_exactly_from_hour_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(dir.path(), &config());
+    let day = write_day(&store);
+    let ranges = day_ranges(day);
     let ty = "cpu:nanoseconds";
     let hourly: Vec<(String, usize, i64)> = ranges
         .iter()
