@@ -11,7 +11,9 @@
 //! 2. **Cold vs warm** over 1 h, 24 h and 7 d of a synthetic fleet uploaded by one server: a new
 //!    server (empty cache) answers the flame graph (cold: it downloads what the range needs), then
 //!    again (warm: from its cache); against `go tool pprof -proto` merging the same gzipped inputs
-//!    in the same run. Totals must match.
+//!    in the same run. Totals must match. Twice: over the hourly blocks as uploaded, then after a
+//!    maintenance pass as a server runs it (every 10 s by default), which rolls the closed hours of
+//!    each day up into one block with per-hour sums.
 //!
 //! The servers' background sync is slowed to an hour so the harness drives flush/refresh at fixed
 //! points. Without KILN_TEST_S3_ENDPOINT it prints SKIPPED and returns. `cargo test --benches`
@@ -341,43 +343,45 @@ fn main() {
         t.elapsed().as_secs_f64(),
         blocks
     );
-    println!(
-        "\n| range | profiles | cold (bucket) | requests (cold) | warm (cache) | go tool pprof -proto | go / warm | go / cold |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (name, span) in [
+    let ranges = [
         ("1 h", HOUR),
         ("24 h", 24 * HOUR),
         ("7 d", 7 * 24 * HOUR + HOUR),
-    ] {
+    ];
+    // Per range: (cold, requests, warm) over the hourly blocks, then over the rollups.
+    let mut hourly = Vec::new();
+    for (name, span) in ranges {
+        let from = now - span;
+        let want: i64 = files
+            .iter()
+            .filter(|f| f.0 >= from && f.0 <= now)
+            .map(|f| f.2)
+            .sum();
+        hourly.push(cold_warm(&rt, &endpoint, &prefix, name, from, now, want));
+    }
+    let t = Instant::now();
+    writer.state.store.maintain(now).expect("maintenance");
+    let maintenance = t.elapsed();
+    let reader = open_server(&endpoint, &prefix);
+    reader.state.store.flush().expect("refresh");
+    println!(
+        "\none maintenance pass (compaction: each day's closed hours rolled up into one block) took {:.1} s: {} blocks -> {} visible; load average {}",
+        maintenance.as_secs_f64(),
+        blocks,
+        reader.state.store.stats().blocks,
+        load_average()
+    );
+    drop(reader);
+    println!(
+        "\n| range | profiles | blocks | cold (bucket) | requests (cold) | warm (cache) | go tool pprof -proto | go / warm | go / cold |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for ((name, span), before) in ranges.into_iter().zip(hourly) {
         let from = now - span;
         let chosen: Vec<&(i64, PathBuf, i64)> =
             files.iter().filter(|f| f.0 >= from && f.0 <= now).collect();
         let want: i64 = chosen.iter().map(|f| f.2).sum();
-        // A new server: empty cache.
-        let reader = open_server(&endpoint, &prefix);
-        reader.state.store.flush().expect("refresh");
-        let before = requests(std::slice::from_ref(&reader));
-        let t = Instant::now();
-        assert_eq!(
-            flamegraph(&rt, &reader.app, from, now),
-            want,
-            "{name}: cold total"
-        );
-        let cold = t.elapsed();
-        let after = requests(std::slice::from_ref(&reader));
-        let mut warm = Vec::new();
-        for _ in 0..3 {
-            let t = Instant::now();
-            assert_eq!(
-                flamegraph(&rt, &reader.app, from, now),
-                want,
-                "{name}: warm total"
-            );
-            warm.push(t.elapsed());
-        }
-        warm.sort();
-        let warm = warm[1];
+        let after = cold_warm(&rt, &endpoint, &prefix, name, from, now, want);
         let go = if size.go {
             go_pprof_merge(
                 &chosen.iter().map(|f| f.1.clone()).collect::<Vec<_>>(),
@@ -388,27 +392,65 @@ fn main() {
             Err("skipped in test mode".into())
         };
         let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
-        let (go_s, r_warm, r_cold) = match &go {
-            Ok(g) => (
-                ms(*g),
-                format!("{:.1}x", g.as_secs_f64() / warm.as_secs_f64()),
-                format!("{:.1}x", g.as_secs_f64() / cold.as_secs_f64()),
-            ),
-            Err(e) => (e.clone(), "-".into(), "-".into()),
-        };
-        println!(
-            "| {name} | {} | {} | {} | {} | {go_s} | {r_warm} | {r_cold} |",
-            chosen.len(),
-            ms(cold),
-            per(after, before, 1),
-            ms(warm),
-        );
+        for (blocks, (cold, requests, warm)) in [("hourly", before), ("rolled up", after)] {
+            let (go_s, r_warm, r_cold) = match &go {
+                Ok(g) => (
+                    ms(*g),
+                    format!("{:.1}x", g.as_secs_f64() / warm.as_secs_f64()),
+                    format!("{:.1}x", g.as_secs_f64() / cold.as_secs_f64()),
+                ),
+                Err(e) => (e.clone(), "-".into(), "-".into()),
+            };
+            println!(
+                "| {name} | {} | {blocks} | {} | {requests} | {} | {go_s} | {r_warm} | {r_cold} |",
+                chosen.len(),
+                ms(cold),
+                ms(warm),
+            );
+        }
     }
     println!(
         "\nbucket bench done in {:.0} s; load average {}",
         started.elapsed().as_secs_f64(),
         load_average()
     );
+}
+
+/// A new server (empty cache) on `prefix` answers the flame graph over [from, until] cold, then
+/// three times warm: (cold time, its requests, median warm time). Checks the total is `want`.
+fn cold_warm(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    prefix: &str,
+    name: &str,
+    from: i64,
+    now: i64,
+    want: i64,
+) -> (Duration, String, Duration) {
+    // A new server: empty cache.
+    let reader = open_server(endpoint, prefix);
+    reader.state.store.flush().expect("refresh");
+    let before = requests(std::slice::from_ref(&reader));
+    let t = Instant::now();
+    assert_eq!(
+        flamegraph(rt, &reader.app, from, now),
+        want,
+        "{name}: cold total"
+    );
+    let cold = t.elapsed();
+    let after = requests(std::slice::from_ref(&reader));
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(
+            flamegraph(rt, &reader.app, from, now),
+            want,
+            "{name}: warm total"
+        );
+        warm.push(t.elapsed());
+    }
+    warm.sort();
+    (cold, per(after, before, 1), warm[1])
 }
 
 /// `go tool pprof -proto` over `files`: its wall time; checks the merged cpu total is `want`.

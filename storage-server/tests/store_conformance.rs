@@ -1,7 +1,8 @@
 //! One conformance suite for every [`Store`] implementation: [`conformance`] takes a constructor
 //! and checks the contract — append/read round-trip, selectors, time-range edges, profile types,
 //! label names and values, durability across reopen, a torn WAL tail, retention (oldest first, by
-//! age and by size) and compaction (totals preserved exactly). Each check runs with the data in
+//! age and by size) and compaction (totals preserved exactly; a day's hours rolled up into one
+//! block that merged reads answer from exactly as from the hours). Each check runs with the data in
 //! every place an implementation can hold it: the head, flushed blocks, compacted blocks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -271,6 +272,7 @@ pub fn conformance<S: Store>(make: impl Fn(&Path, &StoreConfig) -> S) {
     retention_by_age_drops_oldest(&make);
     retention_by_size_drops_oldest(&make);
     compaction_preserves_totals(&make);
+    rollups_read_like_hours(&make);
 }
 
 /// `read_scope` (Pyroscope's `AnalyzeQuery`) counts what `read` would read: the selected series,
@@ -921,10 +923,10 @@ fn s3_bucket_store_conforms() {
     conformance(bucket);
 }
 
-/// LocalStore specifics the generic suite cannot see: compaction leaves one block per hour, the WAL
-/// is gone once flushed.
+/// LocalStore specifics the generic suite cannot see: compaction rolls the closed hours of a day
+/// up into one block and merges the blocks of an open hour into one, the WAL is gone once flushed.
 #[test]
-fn local_store_compacts_to_one_block_per_hour_and_truncates_the_wal() {
+fn local_store_compacts_hours_into_days_and_truncates_the_wal() {
     let dir = tempfile::tempdir().unwrap();
     let store = local(dir.path(), &config());
     let t = base();
@@ -946,14 +948,214 @@ fn local_store_compacts_to_one_block_per_hour_and_truncates_the_wal() {
         )])
         .unwrap();
     store.flush().unwrap();
-    assert_eq!(store.stats().blocks, 5);
-    store.maintain(now_nanos()).unwrap();
+    // The current hour is still open: its blocks are merged by hour, not rolled up.
+    let now = now_nanos();
+    let open_hour = now.div_euclid(HOUR) * HOUR;
+    for i in 0..2 {
+        store
+            .append(vec![new_profile(
+                series("c"),
+                open_hour + i,
+                &cpu_profile(1, open_hour + i),
+            )])
+            .unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(store.stats().blocks, 7);
+    store.maintain(now).unwrap();
     let stats = store.stats();
-    assert_eq!(stats.blocks, 2, "one per hour");
+    // The two closed hours make one rollup; if they fall on two days, the second day's lone
+    // block has nothing to merge with and stays as it is.
+    let days = (t + HOUR).div_euclid(DAY) - t.div_euclid(DAY) + 1;
+    assert_eq!(
+        stats.blocks as i64,
+        days + 1,
+        "a rollup per day, one open hour"
+    );
+    let metas: Vec<kiln_storage_server::store::block::BlockMeta> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "blk"))
+        .map(|p| kiln_storage_server::store::block::read_meta(&p).unwrap().0)
+        .collect();
+    assert_eq!(metas.iter().filter(|m| m.is_rollup()).count(), 1);
+    assert_eq!(metas.iter().filter(|m| !m.is_rollup()).count() as i64, days);
     assert_eq!(stats.segments, 1, "only the (empty) active segment is left");
     let segs: Vec<PathBuf> = walk(dir.path())
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .collect();
     assert_eq!(segs.len(), 1, "{segs:?}");
+    assert_eq!(total(&store, TimeRange::ALL, "samples:count"), 7 * 4);
+}
+
+/// A merged read: its flame graph (rendered), the profiles it covers and the summed value.
+fn merged_flamegraph(store: &impl Store, range: TimeRange, ty: &str) -> (String, usize, i64) {
+    use kiln_storage_server::query::flamegraph;
+    use kiln_storage_server::query::merge::Tree;
+    use kiln_storage_server::query::symbolize::Resolver;
+    use kiln_storage_server::store::Merged;
+    let selector = Selector::all();
+    let mut tree = Tree::new();
+    let mut resolver = Resolver::new(None);
+    let mut covered = 0;
+    let n = store
+        .read_merged(
+            ReadRequest {
+                selector: &selector,
+                range,
+                profile_type: Some(ty),
+                stop: None,
+            },
+            &mut |m| {
+                covered += m.profiles;
+                match &m.data {
+                    Merged::Stacks(s) => tree.merge_stacks(s, &mut resolver),
+                    Merged::Profile(p) => {
+                        tree.merge_profile(p, ty, &mut resolver);
+                    }
+                }
+                // As the query does: one merge stands for `m.profiles` stored profiles.
+                tree.profiles += m.profiles.saturating_sub(1);
+            },
+        )
+        .unwrap();
+    assert_eq!(n, covered);
+    (flamegraph::render(&tree, 10_000, ty, None), n, tree.total())
+}
+
+/// A whole UTC day (two days ago, every hour long closed) of three series, two profiles per hour
+/// each, flushed into 24 hourly blocks; returns the day's start.
+fn write_day(store: &impl Store) -> i64 {
+    let day = now_nanos().div_euclid(DAY) * DAY - 2 * DAY;
+    for h in 0..24i64 {
+        let mut batch = Vec::new();
+        for (k, svc) in ["a", "b", "c"].iter().enumerate() {
+            // At 10 and 40 minutes past.
+            for m in [10, 40] {
+                let time = day + h * HOUR + m * 60 * SEC + k as i64;
+                batch.push(new_profile(
+                    series(svc),
+                    time,
+                    &cpu_profile(h * 3 + k as i64 + 1, time),
+                ));
+            }
+        }
+        store.append(batch).unwrap();
+    }
+    // One flush writes a block per hour.
+    store.flush().unwrap();
+    day
+}
+
+/// Ranges over [`write_day`]'s day: all of it, whole hours of it, two cut hours, an open end.
+fn day_ranges(day: i64) -> [(&'static str, TimeRange); 5] {
+    [
+        ("all", TimeRange::ALL),
+        (
+            "the day",
+            TimeRange {
+                from: day,
+                until: day + DAY - 1,
+            },
+        ),
+        (
+            "hours 3..=20 whole",
+            TimeRange {
+                from: day + 3 * HOUR,
+                until: day + 21 * HOUR - 1,
+            },
+        ),
+        (
+            "cuts hour 5 and hour 17 in half",
+            TimeRange {
+                from: day + 5 * HOUR + 30 * 60 * SEC,
+                until: day + 17 * HOUR + 30 * 60 * SEC,
+            },
+        ),
+        (
+            "from inside the day on",
+            TimeRange {
+                from: day + 12 * HOUR + 20 * 60 * SEC,
+                until: i64::MAX,
+            },
+        ),
+    ]
+}
+
+/// Maintenance rolls a day of hourly blocks up into one block; merged reads over ranges that
+/// cover the day, whole hours of it, or cut hours in half give the same flame graphs, profile
+/// counts and totals as the hourly blocks did, and as `read` does.
+fn rollups_read_like_hours<S: Store>(make: &impl Fn(&Path, &StoreConfig) -> S) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = make(dir.path(), &config());
+    let day = write_day(&store);
+    assert_eq!(store.stats().blocks, 24);
+    let ty = "cpu:nanoseconds";
+    let ranges = day_ranges(day);
+    let hourly: Vec<(String, usize, i64)> = ranges
+        .iter()
+        .map(|(_, r)| merged_flamegraph(&store, *r, ty))
+        .collect();
+    store.maintain(now_nanos()).unwrap();
+    assert_eq!(store.stats().blocks, 1, "the day rolled up into one block");
+    for ((name, range), want) in ranges.iter().zip(&hourly) {
+        let got = merged_flamegraph(&store, *range, ty);
+        assert_eq!(&got, want, "{name}");
+        assert_eq!(got.2, total(&store, *range, ty), "{name}: read agrees");
+        assert!(got.1 > 0, "{name}");
+    }
+}
+
+/// The local engine's rollup on disk: one block of the day with 24 hours of sums per series.
+/// Its rows are then damaged in place: a read of whole hours still answers exactly (it reads the
+/// hours' sums, never the rows), while one that cuts an hour needs the rows and loses the series.
+#[test]
+fn local_store_rollups_answer_long_ranges_exactly_from_hour_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(dir.path(), &config());
+    let day = write_day(&store);
+    let ranges = day_ranges(day);
+    let ty = "cpu:nanoseconds";
+    let hourly: Vec<(String, usize, i64)> = ranges
+        .iter()
+        .map(|(_, r)| merged_flamegraph(&store, *r, ty))
+        .collect();
+    store.maintain(now_nanos()).unwrap();
+    let metas: Vec<(PathBuf, kiln_storage_server::store::block::BlockMeta)> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "blk"))
+        .map(|p| {
+            let m = kiln_storage_server::store::block::read_meta(&p).unwrap().0;
+            (p, m)
+        })
+        .collect();
+    assert_eq!(metas.len(), 1, "the day rolled up into one block");
+    let (path, meta) = &metas[0];
+    assert!(meta.is_rollup());
+    assert_eq!(meta.partition_start, day);
+    assert!(meta.series.iter().all(|s| s.hour_totals.len() == 24));
+    for ((name, range), want) in ranges.iter().zip(&hourly) {
+        let got = merged_flamegraph(&store, *range, ty);
+        assert_eq!(&got, want, "{name}");
+        assert_eq!(got.2, total(&store, *range, ty), "{name}: read agrees");
+        assert!(got.1 > 0, "{name}");
+    }
+    // Damage every series' rows in place (the store reads through its open handle).
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        for s in &meta.series {
+            let r = s.rows_section.as_ref().unwrap();
+            f.write_all_at(&[0xff; 8], r.offset + r.len / 2).unwrap();
+        }
+    }
+    for (i, (name, range)) in ranges.iter().enumerate().take(3) {
+        assert_eq!(
+            merged_flamegraph(&store, *range, ty),
+            hourly[i],
+            "{name}: whole hours read only sums"
+        );
+    }
+    let cut = merged_flamegraph(&store, ranges[3].1, ty);
+    assert_eq!(cut.1, 0, "a cut hour needs the damaged rows: {cut:?}");
 }

@@ -1,12 +1,13 @@
 //! Immutable, time-partitioned blocks: the long-term home of profiles once they leave the WAL.
 //!
-//! A block holds the profiles of one time partition (one hour of profile time) as columns instead
-//! of pprof blobs:
+//! A block holds the profiles of one time partition (one hour of profile time, or a UTC day for a
+//! rollup that compaction made of a day's closed hours) as columns instead of pprof blobs:
 //! - a **symbol table** shared by all its series: strings, functions, mappings, locations and
 //!   sample-label sets, each stored once however many profiles use it;
 //! - a **stacks table**: stack id → location ids, each distinct stack stored once;
 //! - per series, a **profiles** section (time, sample types, period… of each profile) and a
-//!   **rows** section (stack id deltas, values column by column, label set ids).
+//!   **rows** section (stack id deltas, values column by column, label set ids), plus its rows
+//!   summed by stack (a **totals** section; in a rollup also one per hour, `hour_totals`).
 //!
 //! Every section is zstd-compressed and CRC'd on its own, so a read decompresses the symbol and
 //! stack tables plus only the series it selects. The file ends with a footer: the [`BlockMeta`]
@@ -32,8 +33,14 @@ pub const BLOCK_MAGIC: &[u8; 8] = b"KILNBLK1";
 const TRAILER_LEN: u64 = 8 + 4 + 8;
 /// Blocks are written once in the background, so a slower, tighter level pays off.
 const ZSTD_LEVEL: i32 = 9;
-/// One time partition: blocks never straddle an hour of profile time.
+/// One time partition: blocks never straddle an hour of profile time…
 pub const PARTITION_NANOS: i64 = 3600 * 1_000_000_000;
+/// …except rollups: compaction merges the closed hours of a day into blocks of that day, so a
+/// query over days opens a few blocks instead of one per hour (every block costs a fixed amount
+/// to merge: its stack trie and symbols are walked once per read). A rollup carries each series'
+/// sums per hour as well ([`SeriesMeta::hour_totals`]), so a range that cuts a day stays exact
+/// without reading the rows of the hours it covers whole.
+pub const ROLLUP_NANOS: i64 = 24 * PARTITION_NANOS;
 
 /// Where a compressed section lives in the block file.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -73,6 +80,25 @@ pub struct SeriesMeta {
     /// blocks written before it existed (format-compatible: those are merged from their rows).
     #[prost(message, optional, tag = "9")]
     pub totals_section: Option<SectionRef>,
+    /// In a rollup (a block of [`ROLLUP_NANOS`]), the series' rows summed by stack id per hour of
+    /// profile time, oldest first: what a range that covers some of the day's hours whole reads
+    /// instead of their rows. Empty in hourly blocks (their `totals_section` is that hour's).
+    #[prost(message, repeated, tag = "10")]
+    pub hour_totals: Vec<HourTotalsRef>,
+}
+
+/// One hour's sums of a series in a rollup: a [`SeriesTotals`] section, with the time span of the
+/// profiles it sums (a range covering `min_time..=max_time` covers every one of them).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HourTotalsRef {
+    #[prost(int64, tag = "1")]
+    pub min_time: i64,
+    #[prost(int64, tag = "2")]
+    pub max_time: i64,
+    #[prost(uint64, tag = "3")]
+    pub profiles: u64,
+    #[prost(message, optional, tag = "4")]
+    pub section: Option<SectionRef>,
 }
 
 impl SeriesMeta {
@@ -119,6 +145,26 @@ pub struct BlockMeta {
     pub rows: u64,
     #[prost(uint64, tag = "13")]
     pub profiles: u64,
+    /// Length of the partition starting at `partition_start`: 0 (blocks written before rollups
+    /// existed) or [`PARTITION_NANOS`] for an hour, [`ROLLUP_NANOS`] for a rollup.
+    #[prost(int64, tag = "14")]
+    pub partition_nanos: i64,
+}
+
+impl BlockMeta {
+    /// The length of the block's partition (see [`BlockMeta::partition_nanos`]).
+    pub fn partition_len(&self) -> i64 {
+        if self.partition_nanos > 0 {
+            self.partition_nanos
+        } else {
+            PARTITION_NANOS
+        }
+    }
+
+    /// Whether this is a rollup (a day's closed hours merged by compaction).
+    pub fn is_rollup(&self) -> bool {
+        self.partition_len() > PARTITION_NANOS
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -227,6 +273,11 @@ pub fn partition_of(time_nanos: i64) -> i64 {
     time_nanos.div_euclid(PARTITION_NANOS) * PARTITION_NANOS
 }
 
+/// The start of the rollup partition (UTC day) holding `time_nanos`.
+pub fn rollup_of(time_nanos: i64) -> i64 {
+    time_nanos.div_euclid(ROLLUP_NANOS) * ROLLUP_NANOS
+}
+
 pub fn block_path(dir: &Path, partition_start: i64, id: u64) -> PathBuf {
     // Partition first so a directory listing reads oldest first; the offset keeps names positive.
     let p = (partition_start / 1_000_000_000).wrapping_add(1 << 40);
@@ -282,7 +333,53 @@ struct SeriesBuild {
     max_time: i64,
     types: BTreeSet<String>,
     /// Per `type:unit` sample type: profiles having it, and its values summed by stack id.
-    totals: BTreeMap<String, (u64, HashMap<u32, i64, FxBuild>)>,
+    totals: TotalsBuild,
+    /// In a rollup, the same per hour: (min time, max time, profiles, sums) by hour start.
+    hours: BTreeMap<i64, (i64, i64, u64, TotalsBuild)>,
+}
+
+/// Per `type:unit` sample type: profiles having it, and its values summed by stack id.
+type TotalsBuild = BTreeMap<String, (u64, HashMap<u32, i64, FxBuild>)>;
+
+/// Adds one profile's rows (stack id, values by sample type column) to `totals`.
+fn add_totals(totals: &mut TotalsBuild, names: &[Option<String>], rows: &[(u32, u32, &Sample)]) {
+    for (col, name) in names.iter().enumerate() {
+        let Some(name) = name else { continue };
+        let (profiles, sums) = totals.entry(name.clone()).or_default();
+        *profiles += 1;
+        for (stack_id, _, sample) in rows {
+            let v = sample.value.get(col).copied().unwrap_or(0);
+            let e = sums.entry(*stack_id).or_insert(0);
+            *e = e.saturating_add(v);
+        }
+    }
+}
+
+/// `totals` in their stored form: stack ids ascending, delta-encoded, zero sums left out.
+fn encode_totals(totals: TotalsBuild) -> SeriesTotals {
+    SeriesTotals {
+        types: totals
+            .into_iter()
+            .map(|(profile_type, (profiles, sums))| {
+                let mut sums: Vec<(u32, i64)> = sums.into_iter().filter(|&(_, v)| v != 0).collect();
+                sums.sort_unstable();
+                let mut prev = 0;
+                TypeTotals {
+                    profile_type,
+                    profiles,
+                    stack_deltas: sums
+                        .iter()
+                        .map(|&(id, _)| {
+                            let d = id - prev;
+                            prev = id;
+                            d
+                        })
+                        .collect(),
+                    values: sums.iter().map(|&(_, v)| v).collect(),
+                }
+            })
+            .collect(),
+    }
 }
 
 type FunctionKey = (u32, u32, u32, i64);
@@ -798,6 +895,8 @@ pub struct BlockBuilder {
     max_time: i64,
     rows: u64,
     profiles: u64,
+    /// [`PARTITION_NANOS`], or [`ROLLUP_NANOS`] for a rollup ([`BlockBuilder::rollup`]).
+    partition_nanos: i64,
 }
 
 impl Default for BlockBuilder {
@@ -815,6 +914,16 @@ impl BlockBuilder {
             max_time: i64::MIN,
             rows: 0,
             profiles: 0,
+            partition_nanos: PARTITION_NANOS,
+        }
+    }
+
+    /// A builder for a rollup: the profiles of one UTC day, with each series' sums per hour too.
+    /// Every profile added must fall in the same day.
+    pub fn rollup() -> BlockBuilder {
+        BlockBuilder {
+            partition_nanos: ROLLUP_NANOS,
+            ..BlockBuilder::new()
         }
     }
 
@@ -902,15 +1011,17 @@ impl BlockBuilder {
                     .push(sample.value.get(col).copied().unwrap_or(0));
             }
         }
-        for (col, name) in sample_type_names(p).into_iter().enumerate() {
-            let Some(name) = name else { continue };
-            let (profiles, sums) = series.totals.entry(name).or_default();
+        let names = sample_type_names(p);
+        add_totals(&mut series.totals, &names, &rows);
+        if self.partition_nanos > PARTITION_NANOS {
+            let (min, max, profiles, totals) = series
+                .hours
+                .entry(partition_of(time_nanos))
+                .or_insert_with(|| (i64::MAX, i64::MIN, 0, TotalsBuild::new()));
+            *min = (*min).min(time_nanos);
+            *max = (*max).max(time_nanos);
             *profiles += 1;
-            for (stack_id, _, sample) in &rows {
-                let v = sample.value.get(col).copied().unwrap_or(0);
-                let e = sums.entry(*stack_id).or_insert(0);
-                *e = e.saturating_add(v);
-            }
+            add_totals(totals, &names, &rows);
         }
         series.min_time = series.min_time.min(time_nanos);
         series.max_time = series.max_time.max(time_nanos);
@@ -928,7 +1039,7 @@ impl BlockBuilder {
         dir: &Path,
         provenance: Provenance,
     ) -> Result<(BlockMeta, PathBuf, u64), StoreError> {
-        let partition_start = partition_of(self.min_time);
+        let partition_start = self.min_time.div_euclid(self.partition_nanos) * self.partition_nanos;
         let path = block_path(dir, partition_start, provenance.id);
         let tmp = path.with_extension("tmp");
         let mut w = SectionWriter {
@@ -947,32 +1058,16 @@ impl BlockBuilder {
                 .encode_to_vec(),
             )?;
             let rows_section = w.section(&s.rows.encode_to_vec())?;
-            let totals = SeriesTotals {
-                types: s
-                    .totals
-                    .into_iter()
-                    .map(|(profile_type, (profiles, sums))| {
-                        let mut sums: Vec<(u32, i64)> =
-                            sums.into_iter().filter(|&(_, v)| v != 0).collect();
-                        sums.sort_unstable();
-                        let mut prev = 0;
-                        TypeTotals {
-                            profile_type,
-                            profiles,
-                            stack_deltas: sums
-                                .iter()
-                                .map(|&(id, _)| {
-                                    let d = id - prev;
-                                    prev = id;
-                                    d
-                                })
-                                .collect(),
-                            values: sums.iter().map(|&(_, v)| v).collect(),
-                        }
-                    })
-                    .collect(),
-            };
-            let totals_section = w.section(&totals.encode_to_vec())?;
+            let totals_section = w.section(&encode_totals(s.totals).encode_to_vec())?;
+            let mut hour_totals = Vec::with_capacity(s.hours.len());
+            for (_, (min_time, max_time, profiles, totals)) in s.hours {
+                hour_totals.push(HourTotalsRef {
+                    min_time,
+                    max_time,
+                    profiles,
+                    section: Some(w.section(&encode_totals(totals).encode_to_vec())?),
+                });
+            }
             series.push(SeriesMeta {
                 labels: labels
                     .iter()
@@ -989,6 +1084,7 @@ impl BlockBuilder {
                 profiles_section: Some(profiles_section),
                 rows_section: Some(rows_section),
                 totals_section: Some(totals_section),
+                hour_totals,
             });
         }
         let meta = BlockMeta {
@@ -1005,6 +1101,7 @@ impl BlockBuilder {
             series,
             rows: self.rows,
             profiles: self.profiles,
+            partition_nanos: self.partition_nanos,
         };
         let meta_bytes = meta.encode_to_vec();
         w.buf.extend_from_slice(&meta_bytes);
@@ -1343,7 +1440,11 @@ pub fn verify(file: &File, path: &Path, meta: &BlockMeta, limit: usize, deep: bo
                     Some(_) => load_series_totals(file, path, s, limit).map(drop),
                     None => Ok(()),
                 })
-                .map(drop)
+                .and_then(|()| {
+                    s.hour_totals
+                        .iter()
+                        .try_for_each(|h| load_hour_totals(file, path, h, limit).map(drop))
+                })
         } else {
             read_verified(file, path, s.profiles_section.as_ref(), limit)
                 .and_then(|_| read_verified(file, path, s.rows_section.as_ref(), limit))
@@ -1351,7 +1452,11 @@ pub fn verify(file: &File, path: &Path, meta: &BlockMeta, limit: usize, deep: bo
                     Some(t) => read_verified(file, path, Some(t), limit).map(drop),
                     None => Ok(()),
                 })
-                .map(drop)
+                .and_then(|()| {
+                    s.hour_totals.iter().try_for_each(|h| {
+                        read_verified(file, path, h.section.as_ref(), limit).map(drop)
+                    })
+                })
         };
         if let Err(e) = series {
             verdict.series.push((i, e.to_string()));
@@ -1514,6 +1619,29 @@ pub fn load_series_totals(
     let Some(r) = &series.totals_section else {
         return Ok(None);
     };
+    load_totals(file, path, r, limit).map(Some)
+}
+
+/// The sums of one hour of a rollup's series (an entry of [`SeriesMeta::hour_totals`]).
+pub fn load_hour_totals(
+    file: &File,
+    path: &Path,
+    hour: &HourTotalsRef,
+    limit: usize,
+) -> Result<SeriesSums, StoreError> {
+    let r = hour
+        .section
+        .as_ref()
+        .ok_or_else(|| block_err(path, "hour totals without a section"))?;
+    load_totals(file, path, r, limit)
+}
+
+fn load_totals(
+    file: &File,
+    path: &Path,
+    r: &SectionRef,
+    limit: usize,
+) -> Result<SeriesSums, StoreError> {
     let raw = read_section(file, path, Some(r), limit)?;
     let totals = SeriesTotals::decode(raw.as_slice())
         .map_err(|e| block_err(path, format!("series totals: {e}")))?;
@@ -1524,7 +1652,7 @@ pub fn load_series_totals(
     {
         return Err(block_err(path, "series totals: ids and values disagree"));
     }
-    Ok(Some(SeriesSums(totals)))
+    Ok(SeriesSums(totals))
 }
 
 impl SeriesSums {
@@ -1591,6 +1719,9 @@ impl SeriesData {
         // that series from every read alike, merged or not.
         if series.totals_section.is_some() {
             read_verified(file, path, series.totals_section.as_ref(), limit)?;
+        }
+        for h in &series.hour_totals {
+            read_verified(file, path, h.section.as_ref(), limit)?;
         }
         let rows = SeriesRows::decode(raw.as_slice())
             .map_err(|e| block_err(path, format!("series rows: {e}")))?;

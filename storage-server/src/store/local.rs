@@ -6,9 +6,12 @@
 //!   reaches `max_segment_bytes` or `max_segment_age_secs`, and sealed segments are flushed.
 //! - **Flush.** Sealed segments are turned into one block per hour of profile time (see
 //!   [`super::block`]), each written atomically; only then are the segments deleted.
-//! - **Compaction** merges the blocks of one hour into one. **Retention** deletes blocks older than
-//!   `retention_age_secs`, then the oldest blocks while everything on disk exceeds
-//!   `retention_bytes`. A background thread runs flush, compaction and retention every
+//! - **Retention** deletes blocks older than `retention_age_secs`, then the oldest blocks while
+//!   everything on disk exceeds `retention_bytes`. **Compaction** then merges the blocks of an
+//!   hour still open into one, and rolls the blocks of a day's closed hours (half an hour after
+//!   each ends, [`ROLLUP_AFTER_NANOS`]) up into one block of the day that also carries per-hour
+//!   sums, so a query over days reads a block per day, and whole hours of it from their sums
+//!   (`Inner::add_series`). A background thread runs flush, retention and compaction every
 //!   `maintenance_interval_secs`.
 //! - **Start-up** rebuilds the head index from the segments (skipping damaged records, cutting a
 //!   torn tail), loads block footers, and finishes or undoes what a crash interrupted: blocks
@@ -173,7 +176,9 @@ pub const DECODED_CACHE_BYTES: usize = 512 << 20;
 struct Decoded {
     tables: Tables,
     shape: Arc<StackShape>,
-    sums: Mutex<HashMap<usize, Arc<block::SeriesSums>>>,
+    /// By (series index, 0 for the whole series or 1 + hour index in a rollup's
+    /// [`SeriesMeta::hour_totals`]).
+    sums: Mutex<HashMap<(usize, usize), Arc<block::SeriesSums>>>,
     /// Bytes charged to `budget` (0 when this copy is not kept).
     charged: AtomicU64,
     budget: Arc<std::sync::atomic::AtomicUsize>,
@@ -499,10 +504,11 @@ impl LocalStore {
         self.inner.flush(true)
     }
 
-    /// Compacts blocks of the same hour together.
-    pub fn compact(&self) -> Result<(), StoreError> {
+    /// Compacts blocks of the same hour together, and the closed hours of a day (as of
+    /// `now_nanos`) into rollups.
+    pub fn compact(&self, now_nanos: i64) -> Result<(), StoreError> {
         let _m = lock(&self.inner.maintenance);
-        self.inner.compact()
+        self.inner.compact(now_nanos)
     }
 
     /// Applies retention as of `now_nanos`.
@@ -952,25 +958,98 @@ impl Inner {
         Ok(d)
     }
 
-    /// The pre-summed rows of series `i` (`s`) of block `b`, kept with its decoded tables `d`.
+    /// The pre-summed rows of series `i` (`s`) of block `b`, kept with its decoded tables `d`:
+    /// the whole series' (`hour` `None`), or one hour's of a rollup (an index into
+    /// [`SeriesMeta::hour_totals`]).
     fn series_sums(
         &self,
         b: &Block,
         d: &Decoded,
         i: usize,
         s: &SeriesMeta,
+        hour: Option<usize>,
     ) -> Result<Option<Arc<block::SeriesSums>>, StoreError> {
-        if let Some(sums) = lock(&d.sums).get(&i) {
+        let key = (i, hour.map_or(0, |h| h + 1));
+        if let Some(sums) = lock(&d.sums).get(&key) {
             return Ok(Some(sums.clone()));
         }
-        let Some(sums) = block::load_series_totals(&b.file, &b.path, s, MAX_SECTION_BYTES)? else {
-            return Ok(None);
+        let sums = match hour.and_then(|h| s.hour_totals.get(h)) {
+            Some(h) => block::load_hour_totals(&b.file, &b.path, h, MAX_SECTION_BYTES)?,
+            None if hour.is_some() => return Ok(None),
+            None => match block::load_series_totals(&b.file, &b.path, s, MAX_SECTION_BYTES)? {
+                Some(sums) => sums,
+                None => return Ok(None),
+            },
         };
         let sums = Arc::new(sums);
         if d.charged.load(Ordering::Relaxed) > 0 && d.charge(sums.bytes()) {
-            lock(&d.sums).insert(i, sums.clone());
+            lock(&d.sums).insert(key, sums.clone());
         }
         Ok(Some(sums))
+    }
+
+    /// Adds series `i` (`s`) of block `b` within `range` into `acc` (by stack id) from the
+    /// coarsest pre-summed data that answers it exactly: the whole series' sums when the range
+    /// covers its span, else in a rollup the sums of each hour the range covers whole plus the
+    /// rows of the hours it cuts, else its rows. Returns how many profiles were added; on an
+    /// error nothing was added (everything is read before anything is summed).
+    #[allow(clippy::too_many_arguments)]
+    fn add_series(
+        &self,
+        b: &Block,
+        d: &Decoded,
+        i: usize,
+        s: &SeriesMeta,
+        range: TimeRange,
+        profile_type: &str,
+        acc: &mut Vec<i64>,
+    ) -> Result<usize, StoreError> {
+        let covers = |min: i64, max: i64| range.from <= min && max <= range.until;
+        if covers(s.min_time, s.max_time)
+            && let Some(sums) = self.series_sums(b, d, i, s, None)?
+        {
+            return Ok(sums.add_to(&d.tables, profile_type, acc));
+        }
+        // Hours summed whole, and hours read from their rows: those the range cuts (every one
+        // in a block without hour sums).
+        let mut whole = Vec::new();
+        let mut cut: Vec<(i64, i64)> = Vec::new();
+        for (h, hour) in s.hour_totals.iter().enumerate() {
+            if hour.max_time < range.from || range.until < hour.min_time {
+                continue;
+            }
+            if covers(hour.min_time, hour.max_time) {
+                whole.push(self.series_sums(b, d, i, s, Some(h))?);
+            } else {
+                cut.push((hour.min_time, hour.max_time));
+            }
+        }
+        let all_rows = s.hour_totals.is_empty();
+        let data = if all_rows || !cut.is_empty() {
+            Some(SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES)?)
+        } else {
+            None
+        };
+        let mut merged = 0;
+        for sums in whole.iter().flatten() {
+            merged += sums.add_to(&d.tables, profile_type, acc);
+        }
+        let Some(data) = data else {
+            return Ok(merged);
+        };
+        merged += data.aggregate(
+            &d.tables,
+            |meta| {
+                range.contains(meta.time_nanos)
+                    && (all_rows
+                        || cut
+                            .iter()
+                            .any(|&(lo, hi)| lo <= meta.time_nanos && meta.time_nanos <= hi))
+            },
+            profile_type,
+            acc,
+        );
+        Ok(merged)
     }
 
     /// Head records matching `keep`, with their files, plus the current blocks: one consistent
@@ -1006,15 +1085,17 @@ impl Inner {
         flushed.and(rest)
     }
 
-    /// Compaction, then retention (whether or not compaction succeeded), then forgetting label
+    /// Retention, then compaction (whether or not retention succeeded), then forgetting label
     /// sets of deleted blocks. Caller holds `maintenance`.
     fn compact_and_expire(&self, now_nanos: i64) -> Result<(), StoreError> {
         if self.role == Role::BucketHead {
             // The bucket store does both, once for all servers.
             return Ok(());
         }
-        let compacted = self.compact();
+        // Retention first: it works block by block, so it drops the oldest hours before they are
+        // rolled up into a day (and on a full disk it frees the space compaction's output needs).
         let expired = self.apply_retention(now_nanos);
+        let compacted = self.compact(now_nanos);
         lock(&self.interner).prune();
         compacted.and(expired)
     }
@@ -1176,11 +1257,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Merges the blocks of each hour into one, as long as the result stays under
-    /// `max_block_bytes`. Caller holds `maintenance`.
-    fn compact(&self) -> Result<(), StoreError> {
+    /// Merges the blocks of each open hour into one, and those of each day's closed hours (see
+    /// [`rollup_partition`]) into a rollup, as long as the result stays under `max_block_bytes`.
+    /// Caller holds `maintenance`.
+    fn compact(&self, now_nanos: i64) -> Result<(), StoreError> {
         let blocks = read_lock(&self.state).blocks.clone();
-        let mut by_partition: BTreeMap<i64, Vec<Arc<Block>>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<(i64, bool), Vec<Arc<Block>>> = BTreeMap::new();
         for b in blocks {
             // A damaged block is never merged: its readable part stays where it is (and retention
             // deletes it in time), and a merge would fail on it again every time.
@@ -1188,12 +1270,13 @@ impl Inner {
             if b.is_damaged() {
                 continue;
             }
-            by_partition
-                .entry(b.meta.partition_start)
-                .or_default()
-                .push(b);
+            let key = match rollup_partition(&b.meta, now_nanos) {
+                Some(day) => (day, true),
+                None => (b.meta.partition_start, false),
+            };
+            by_partition.entry(key).or_default().push(b);
         }
-        for (_, mut group) in by_partition {
+        for ((_, rollup), mut group) in by_partition {
             group.sort_by_key(|b| b.size);
             let mut take = Vec::new();
             let mut total = 0;
@@ -1205,13 +1288,13 @@ impl Inner {
                 take.push(b);
             }
             if take.len() >= 2 {
-                self.merge(&take)?;
+                self.merge(&take, rollup)?;
             }
         }
         Ok(())
     }
 
-    fn merge(&self, inputs: &[Arc<Block>]) -> Result<(), StoreError> {
+    fn merge(&self, inputs: &[Arc<Block>], rollup: bool) -> Result<(), StoreError> {
         let started = Instant::now();
         let mut sources: Vec<u64> = inputs
             .iter()
@@ -1231,6 +1314,7 @@ impl Inner {
                 sources,
                 replaces: replaces.clone(),
             },
+            rollup,
             &|| false,
         )?
         else {
@@ -1253,24 +1337,29 @@ impl Inner {
             inputs = inputs.len(),
             input_bytes = inputs.iter().map(|b| b.size).sum::<u64>(),
             output_bytes = size,
+            rollup,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compacted blocks"
         );
         Ok(())
     }
 
-    /// Writes the profiles of `inputs` into one new block in `dir`; `None` when an input turned
-    /// out damaged (it is quarantined and the merge is skipped).
-    /// Merges `inputs` into a new block in `dir`; `None` if an input turned out damaged, or if
+    /// Merges `inputs` into a new block in `dir` (a rollup of their day when `rollup`); `None` if
+    /// an input turned out damaged (it is quarantined and the merge is skipped), or if
     /// `cancelled` (polled per series: a bucket compaction that lost its lease) says stop.
     fn build_merged(
         &self,
         inputs: &[Arc<Block>],
         dir: &Path,
         provenance: Provenance,
+        rollup: bool,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<(BlockMeta, PathBuf, u64)>, StoreError> {
-        let mut builder = BlockBuilder::new();
+        let mut builder = if rollup {
+            BlockBuilder::rollup()
+        } else {
+            BlockBuilder::new()
+        };
         for b in inputs {
             // Damage found only now (it happened after verification): quarantine it and leave
             // this hour uncompacted rather than fail every maintenance run from now on.
@@ -1402,6 +1491,36 @@ impl Inner {
         }
         block::sync_dir(&self.blocks_dir)
     }
+}
+
+/// How long after an hour ends its blocks wait before being rolled up into their day: a WAL
+/// segment is flushed up to `max_segment_age_secs` (15 minutes by default) after its profiles
+/// arrived, and rolling an hour up before its last flush would only rewrite the day again.
+pub const ROLLUP_AFTER_NANOS: i64 = 30 * 60 * 1_000_000_000;
+
+/// The day (rollup partition start) a block of partition start `partition_start` and length
+/// `partition_nanos` goes into as of `now_nanos`: rollups always stay in theirs, an hourly block
+/// once its hour has been over for [`ROLLUP_AFTER_NANOS`]; `None` for an hour still open, whose
+/// blocks are merged by hour. Shared with the bucket store, so both compact alike.
+pub(crate) fn rollup_day(
+    partition_start: i64,
+    partition_nanos: i64,
+    now_nanos: i64,
+) -> Option<i64> {
+    let len = if partition_nanos > 0 {
+        partition_nanos
+    } else {
+        block::PARTITION_NANOS
+    };
+    let closed = partition_start
+        .saturating_add(len)
+        .saturating_add(ROLLUP_AFTER_NANOS)
+        <= now_nanos;
+    (len > block::PARTITION_NANOS || closed).then(|| block::rollup_of(partition_start))
+}
+
+fn rollup_partition(meta: &BlockMeta, now_nanos: i64) -> Option<i64> {
+    rollup_day(meta.partition_start, meta.partition_nanos, now_nanos)
 }
 
 /// Loads block footers from `dir`, then settles what a crash may have left half done. Segments
@@ -1864,36 +1983,17 @@ impl Store for LocalStore {
                     continue;
                 }
             };
-            let tables = &decoded.tables;
             let mut acc = Vec::new();
             let mut merged = 0;
             for (i, s) in series {
                 if req.stopped() {
                     return Ok(n);
                 }
-                // The whole series in range: its pre-summed rows, when the block has them.
-                if req.range.from <= s.min_time && s.max_time <= req.range.until {
-                    match self.inner.series_sums(b, &decoded, i, s) {
-                        Ok(Some(sums)) => {
-                            merged += sums.add_to(tables, profile_type, &mut acc);
-                            continue;
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            self.inner.quarantine(b, Some(i), &e.to_string());
-                            continue;
-                        }
-                    }
-                }
-                match SeriesData::load(&b.file, &b.path, s, MAX_SECTION_BYTES) {
-                    Ok(data) => {
-                        merged += data.aggregate(
-                            tables,
-                            |meta| req.range.contains(meta.time_nanos),
-                            profile_type,
-                            &mut acc,
-                        );
-                    }
+                match self
+                    .inner
+                    .add_series(b, &decoded, i, s, req.range, profile_type, &mut acc)
+                {
+                    Ok(k) => merged += k,
                     Err(e) => self.inner.quarantine(b, Some(i), &e.to_string()),
                 }
             }
@@ -2156,6 +2256,7 @@ impl LocalStore {
         &self,
         keys: &[String],
         dir: &Path,
+        rollup: bool,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<(PathBuf, u64)>, StoreError> {
         let inputs: Vec<Arc<Block>> = {
@@ -2189,7 +2290,7 @@ impl LocalStore {
         };
         Ok(self
             .inner
-            .build_merged(&inputs, dir, provenance, cancelled)?
+            .build_merged(&inputs, dir, provenance, rollup, cancelled)?
             .map(|(_, path, size)| (path, size)))
     }
 

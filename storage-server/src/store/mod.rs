@@ -3,16 +3,19 @@
 //! [`LocalStore`] is the embedded engine: a write-ahead log of CRC-framed segments (fsync'd before a
 //! push is acknowledged) whose sealed segments are flushed in the background into immutable,
 //! hour-partitioned, columnar blocks with deduplicated symbols and stacks ([`block`]); blocks of
-//! one hour are compacted together and deleted by age and total size (retention).
+//! an open hour are compacted together, those of a day's closed hours rolled up into one block of
+//! the day, and blocks are deleted by age and total size (retention).
 //! [`BucketStore`] runs the same engine as a head in front of S3-compatible object storage, for
 //! several servers sharing one bucket ([`bucket`]).
 //!
 //! Merged reads ([`Store::read_merged`], what flame graphs and top tables use) read pre-merged data
 //! where it answers the query exactly: the head keeps its profiles' values summed per series,
 //! per 10 minutes and per deduplicated stack as they arrive (`headagg`), and each block carries
-//! each series' rows summed per stack (`block`'s totals section). Anything else — a range that
-//! cuts through a series' span, blocks written before totals existed, sample-label filters (which
-//! use [`Store::read`]) — is read exactly, profile by profile.
+//! each series' rows summed per stack (`block`'s totals section) — a day's rollup also per hour,
+//! so a range that starts or ends inside the day reads the sums of the hours it covers whole.
+//! Anything else — the profiles of an hour a range cuts through, blocks written before totals
+//! existed, sample-label filters (which use [`Store::read`]) — is read exactly, profile by
+//! profile.
 //!
 //! Damage on disk costs only what is damaged: WAL replay skips a bad record and carries on at the
 //! next good one ([`segment`]); a block section that fails its CRC hides only the series (or, for

@@ -69,6 +69,10 @@ pub struct BlockRecord {
     /// 0 for an uploaded block, one more than its highest input for a compacted one.
     #[serde(default)]
     pub level: u32,
+    /// The block's partition length: 0 (records written before rollups existed) or an hour, a
+    /// day for a rollup (see `block::ROLLUP_NANOS`).
+    #[serde(default)]
+    pub partition_nanos: i64,
 }
 
 /// `index.json`.
@@ -162,6 +166,7 @@ mod tests {
             profiles: 1,
             covers: covers.iter().map(|s| (*s).to_owned()).collect(),
             level: 0,
+            partition_nanos: 0,
         }
     }
 

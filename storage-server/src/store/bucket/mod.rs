@@ -29,7 +29,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::local::{PendingBlock, Role};
+use super::block;
+use super::local::{self, PendingBlock, Role};
 use super::{
     LocalStore, MergedProfile, NewProfile, ReadRequest, Store, StoreError, StoreStats,
     StoredProfile, io_err,
@@ -253,6 +254,7 @@ impl Inner {
             profiles: p.profiles,
             covers: Vec::new(),
             level: 0,
+            partition_nanos: block::PARTITION_NANOS,
         };
         let block = self.outbox.join(format!("{key}.blk"));
         let sidecar = block.with_extension("json");
@@ -449,27 +451,36 @@ impl Inner {
     /// Compaction, then retention and garbage collection, then a new index. Caller holds `work`.
     fn maintain(&self, now: i64) -> Result<(), StoreError> {
         self.refresh()?;
-        let compacted = self.compact();
+        // Retention first, as in the local engine: it drops the oldest hours before they are
+        // rolled up into a day.
         let expired = self.expire(now);
+        let compacted = self.compact(now);
         self.apply_view(None, 0)?;
         compacted.and(expired)
     }
 
-    /// Merges blocks of each partition on whichever server holds the partition's lease, by
+    /// Merges blocks of each open hour on whichever server holds the partition's lease, by
     /// level: uploaded blocks (level 0) as soon as there are two, compacted ones once
     /// [`FAN_IN`] of a level are there (into the next level), smallest first up to
     /// `max_block_bytes` — so a big compacted block is not rewritten for every new small one.
-    fn compact(&self) -> Result<(), StoreError> {
+    /// The blocks of a day's closed hours (as of `now`) are rolled up into one block of the day
+    /// instead, as the local engine does (`local::rollup_day`): whatever their level, as soon as
+    /// there are two, so a query over days reads a few blocks, not one per hour.
+    fn compact(&self, now: i64) -> Result<(), StoreError> {
         let records = lock(&self.records).clone();
+        // (partition or day, level or `ROLLUP`) → records.
+        const ROLLUP: u32 = u32::MAX;
         let mut groups: BTreeMap<(i64, u32), Vec<BlockRecord>> = BTreeMap::new();
         for r in layout::visible(&records) {
-            groups
-                .entry((r.partition_start, r.level))
-                .or_default()
-                .push(r.clone());
+            let key = match local::rollup_day(r.partition_start, r.partition_nanos, now) {
+                Some(day) => (day, ROLLUP),
+                None => (r.partition_start, r.level),
+            };
+            groups.entry(key).or_default().push(r.clone());
         }
-        let mut leased: BTreeSet<i64> = BTreeSet::new();
+        let mut leased: BTreeSet<(i64, bool)> = BTreeSet::new();
         for ((partition, level), mut group) in groups {
+            let rollup = level == ROLLUP;
             group.sort_by_key(|r| r.size);
             let mut take: Vec<BlockRecord> = Vec::new();
             let mut total = 0;
@@ -480,15 +491,23 @@ impl Inner {
                 total += r.size;
                 take.push(r);
             }
-            let fan_in = if level == 0 { 2 } else { FAN_IN };
+            let fan_in = if level == 0 || rollup { 2 } else { FAN_IN };
             // One compaction per partition per pass: the next level waits for the next pass.
-            if take.len() < fan_in || !leased.insert(partition) {
+            if take.len() < fan_in || !leased.insert((partition, rollup)) {
                 continue;
             }
             let lease_nanos = self.config.lease_nanos();
+            // A day's rollup and an hour's compaction never take the same blocks as of one `now`;
+            // servers whose clocks disagree might, and then the later commit is rejected by
+            // `layout::resolve` (its inputs keep counting once).
+            let name = if rollup {
+                format!("compact-day-{partition}")
+            } else {
+                format!("compact-{partition}")
+            };
             let Some(mut lease) = lease::acquire(
                 &self.bucket,
-                &format!("compact-{partition}"),
+                &name,
                 &self.server,
                 // Leases run on the wall clock, not on the pass's `now`: an earlier compaction of
                 // this pass may have taken longer than a whole lease.
@@ -501,7 +520,7 @@ impl Inner {
             // The lease is renewed while the merge runs, however long it takes; the merge stops
             // (and commits nothing) once a renewal finds it lost.
             let result = lease::hold(&self.bucket, &mut lease, time::now_nanos, |held| {
-                self.compact_group(&take, &records, held)
+                self.compact_group(&take, &records, rollup, held)
             });
             lease::release(&self.bucket, lease);
             result?;
@@ -531,9 +550,10 @@ impl Inner {
         &self,
         inputs: &[BlockRecord],
         records: &BTreeMap<String, BlockRecord>,
+        rollup: bool,
         held: &lease::Held<'_>,
     ) -> Result<(), StoreError> {
-        let result = self.compact_group_held(inputs, records, held);
+        let result = self.compact_group_held(inputs, records, rollup, held);
         // A merge stopped half-way, or an output whose lease was lost before the upload.
         if result.is_err() {
             let _ = clear_dir(&self.staging);
@@ -545,6 +565,7 @@ impl Inner {
         &self,
         inputs: &[BlockRecord],
         records: &BTreeMap<String, BlockRecord>,
+        rollup: bool,
         held: &lease::Held<'_>,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
@@ -567,7 +588,7 @@ impl Inner {
         }
         let merged = self
             .local
-            .merge_bucket_blocks(&keys, &self.staging, &|| held.lost())?;
+            .merge_bucket_blocks(&keys, &self.staging, rollup, &|| held.lost())?;
         self.still_held(held, "compaction merge")?;
         let Some((staged, size)) = merged else {
             return Ok(());
@@ -586,13 +607,22 @@ impl Inner {
         }
         let record = BlockRecord {
             key: layout::new_key(time::now_nanos(), &self.server, "c"),
-            partition_start: inputs[0].partition_start,
+            partition_start: if rollup {
+                block::rollup_of(inputs[0].partition_start)
+            } else {
+                inputs[0].partition_start
+            },
             min_time: inputs.iter().map(|r| r.min_time).min().unwrap_or(0),
             max_time: inputs.iter().map(|r| r.max_time).max().unwrap_or(0),
             size,
             profiles: inputs.iter().map(|r| r.profiles).sum(),
             covers: covers.into_iter().collect(),
             level: inputs.iter().map(|r| r.level).max().unwrap_or(0) + 1,
+            partition_nanos: if rollup {
+                block::ROLLUP_NANOS
+            } else {
+                block::PARTITION_NANOS
+            },
         };
         let body = fs::read(&staged).map_err(io_err(&staged))?;
         self.bucket
@@ -613,6 +643,7 @@ impl Inner {
         tracing::info!(
             key = record.key,
             level = record.level,
+            rollup,
             inputs = inputs.len(),
             input_bytes = inputs.iter().map(|r| r.size).sum::<u64>(),
             output_bytes = size,
