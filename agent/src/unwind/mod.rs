@@ -30,10 +30,13 @@ use tables::{SectionBytes, TableCache};
 /// Most frames kept per stack (as many as the kernel's frame-pointer walk gives).
 pub const MAX_FRAMES: usize = kiln_sampler_bpf::MAX_STACK_DEPTH;
 /// Default budget of the unwind-table cache. glibc's tables are ~180 KiB, gcc's cc1 2.7 MiB,
-/// rustc's librustc_driver 7 MiB (the largest seen on a build machine), a Rust service's ~1 MiB:
-/// 16 MiB holds a compiler toolchain's plus dozens of ordinary binaries, within the agent's
-/// 64 MiB memory target (`--unwind-table-budget` / `AgentConfig::unwind_table_budget_bytes`).
-pub const DEFAULT_TABLE_BUDGET_BYTES: usize = 16 << 20;
+/// a Rust service's ~1 MiB; one `rustc` maps librustc_driver (7 MiB of tables) and libLLVM
+/// (8.7 MiB). 24 MiB holds a Rust toolchain's plus a few dozen ordinary binaries: at 16 MiB the
+/// cache thrashed on a machine running `cargo build` (310 reads of tables a minute; 55 at 24 MiB).
+/// Unwinders may hold evicted tables up to half the budget more ([`Unwinder::prepare`]), so
+/// tables stay within 36 MiB, inside the agent's 64 MiB memory target with its ~30 MiB of rest
+/// (`--unwind-table-budget` / `AgentConfig::unwind_table_budget_bytes`).
+pub const DEFAULT_TABLE_BUDGET_BYTES: usize = 24 << 20;
 /// Windows a process's unwinder is kept without samples. Not one: a process sampled now and then (a
 /// server between bursts of requests, the agent itself) had its unwinder rebuilt at nearly every
 /// sample, and a rebuilt unwinder draws a new framehop generation, so all its cached rules and
@@ -377,6 +380,13 @@ struct ProcessUnwinder {
     id: u64,
     process: Arc<Process>,
     unwinder: UnwinderX86_64<SectionBytes>,
+    /// The tables its modules were made of. Held here (not only as the modules' section bytes)
+    /// so that the table cache sees them in use after evicting them and hands out these same
+    /// tables instead of reading a second copy (see [`TableCache::evicted_in_use_bytes`]).
+    _tables: Vec<Arc<tables::ObjectTables>>,
+    /// [`Unwinder::prepared`] when last prepared (the least recent are dropped first when
+    /// evicted tables held by unwinders outgrow the budget).
+    last_prepared: u64,
     /// Windows ended since this process was last sampled.
     idle_windows: u32,
     /// Built while some of its objects' tables were still loading: rebuilt once more are read.
@@ -491,6 +501,8 @@ pub struct Unwinder {
     reads: Vec<Read>,
     processes: HashMap<u32, ProcessUnwinder>,
     next_id: u64,
+    /// Calls to [`Unwinder::prepare`] so far (orders unwinders by last use).
+    prepared: u64,
     /// CPU time spent building per-process unwinders (table loads included) not yet taken by
     /// [`Unwinder::take_build_time`].
     build_time: std::time::Duration,
@@ -511,6 +523,7 @@ impl Unwinder {
             reads: Vec::with_capacity(2 * MAX_FRAMES),
             processes: HashMap::new(),
             next_id: 0,
+            prepared: 0,
             build_time: std::time::Duration::ZERO,
         }
     }
@@ -521,31 +534,37 @@ impl Unwinder {
     pub fn prepare(&mut self, process: &Arc<Process>) -> Walker<'_> {
         self.tables.poll();
         let completed = self.tables.completed();
+        let current = |p: &ProcessUnwinder| {
+            Arc::ptr_eq(&p.process, process) && !(p.incomplete && p.built_at != completed)
+        };
+        if !self.processes.get(&process.pid).is_some_and(current) {
+            self.processes.remove(&process.pid);
+            self.release_evicted_tables();
+        }
         let p = match self.processes.entry(process.pid) {
-            Entry::Occupied(o)
-                if Arc::ptr_eq(&o.get().process, process)
-                    && !(o.get().incomplete && o.get().built_at != completed) =>
-            {
-                o.into_mut()
-            }
-            stale => {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
                 // CPU time: a build may read files and be preempted (see cputime.rs). Builds are
                 // per process and per object, so the system call this clock costs does not matter.
                 let started = crate::cputime::thread_cpu_time();
-                let (unwinder, incomplete) = build(&mut self.tables, &mut self.rules, process);
+                let (unwinder, held, incomplete) =
+                    build(&mut self.tables, &mut self.rules, process);
                 self.build_time += crate::cputime::thread_cpu_time().saturating_sub(started);
                 self.next_id += 1;
-                let fresh = ProcessUnwinder {
+                v.insert(ProcessUnwinder {
                     id: self.next_id,
                     process: process.clone(),
                     unwinder,
+                    _tables: held,
+                    last_prepared: 0,
                     idle_windows: 0,
                     incomplete,
                     built_at: completed,
-                };
-                stale.insert_entry(fresh).into_mut()
+                })
             }
         };
+        self.prepared += 1;
+        p.last_prepared = self.prepared;
         p.idle_windows = 0;
         Walker {
             id: p.id,
@@ -554,6 +573,38 @@ impl Unwinder {
             memo: self.memo.as_mut(),
             reads: &mut self.reads,
             incomplete: p.incomplete,
+        }
+    }
+
+    /// Drops the least recently used unwinders while the tables they hold that the cache has
+    /// evicted outgrow half the cache's budget, so that tables in memory stay within 1.5 times the
+    /// budget.
+    /// Under churn (a build machine: hundreds of short-lived compilers, each mapping its own
+    /// plugins and libraries) every exited process's unwinder kept its objects' tables for
+    /// [`UNWINDER_IDLE_WINDOWS`] windows: 400 MB of heap during a `cargo build` beside a cache at
+    /// its 16 MiB. A dropped unwinder is rebuilt if its process is sampled again.
+    fn release_evicted_tables(&mut self) {
+        let budget = self.tables.budget_bytes() / 2;
+        let mut held = self.tables.evicted_in_use_bytes();
+        if held <= budget {
+            return;
+        }
+        let mut order: Vec<(u64, u32)> = self
+            .processes
+            .iter()
+            .map(|(&pid, p)| (p.last_prepared, pid))
+            .collect();
+        order.sort_unstable();
+        // In batches (each recount walks the tables in use): an eighth of the unwinders at a time.
+        let batch = order.len().div_ceil(8).max(1);
+        for chunk in order.chunks(batch) {
+            for (_, pid) in chunk {
+                self.processes.remove(pid);
+            }
+            held = self.tables.evicted_in_use_bytes();
+            if held <= budget {
+                break;
+            }
         }
     }
 
@@ -629,8 +680,13 @@ fn build(
     tables: &mut TableCache,
     rules: &mut RuleCache,
     process: &Process,
-) -> (UnwinderX86_64<SectionBytes>, bool) {
+) -> (
+    UnwinderX86_64<SectionBytes>,
+    Vec<Arc<tables::ObjectTables>>,
+    bool,
+) {
     let mut u = UnwinderX86_64::new();
+    let mut held = Vec::new();
     let mut generations = 1;
     let mut incomplete = false;
     for m in &process.mappings {
@@ -654,9 +710,12 @@ fn build(
             u.add_module(module);
             generations += 1;
         }
+        if !held.iter().any(|h| Arc::ptr_eq(h, &t)) {
+            held.push(t);
+        }
     }
     rules.generations_used(generations);
-    (u, incomplete)
+    (u, held, incomplete)
 }
 
 #[cfg(test)]
@@ -801,6 +860,74 @@ mod tests {
             u.end_window();
         }
         assert_ne!(u.prepare(&me).id, id, "dropped after that, rebuilt");
+    }
+
+    /// Many processes, each mapping an object of its own (a build machine's compilers and their
+    /// plugins): the tables in memory stay within about twice the cache's budget however many
+    /// unwinders were built, and an evicted object still held by a live unwinder is shared with
+    /// the next process that maps it, not read again.
+    #[test]
+    fn tables_held_by_unwinders_stay_within_one_and_a_half_budgets() {
+        const TABLE: usize = 100_000;
+        let one = tables::ObjectTables::synthetic(TABLE).approx_bytes();
+        let budget = 4 * one;
+        // Every table read, weakly: what is still alive is what is in memory.
+        let read: Arc<std::sync::Mutex<Vec<std::sync::Weak<[u8]>>>> = Arc::default();
+        let mut u = Unwinder::new(budget).with_table_loader({
+            let read = read.clone();
+            Arc::new(move |_, _| {
+                let t = tables::ObjectTables::synthetic(TABLE);
+                read.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(t.eh_frame_weak());
+                Ok(t)
+            })
+        });
+        let me = Process::load(
+            std::process::id(),
+            &mut crate::buildid::BuildIdCache::new(64),
+            4096,
+        )
+        .expect("this process's /proc entry");
+        let file = me
+            .mappings
+            .iter()
+            .find(|m| matches!(m.kind, MappingKind::File { .. }))
+            .expect("this test binary is a mapped file")
+            .clone();
+        let process = |pid: u32, object: u64| {
+            let mut p = me.clone();
+            p.pid = pid;
+            let mut m = file.clone();
+            m.file.inode = (1 << 40) | object;
+            m.build_id = None;
+            p.mappings = vec![m];
+            Arc::new(p)
+        };
+        let procs: Vec<Arc<Process>> = (0..40).map(|i| process(1_000_000 + i, i.into())).collect();
+        for p in &procs {
+            u.prepare(p);
+        }
+        assert_eq!(u.table_stats().loads, 40);
+        let alive = |read: &std::sync::Mutex<Vec<std::sync::Weak<[u8]>>>| {
+            read.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|w| w.strong_count() > 0)
+                .count()
+        };
+        // The cache's four, and at most two more held by unwinders (+1: the bound is checked
+        // before each build).
+        assert!(alive(&read) <= 7, "{} tables in memory", alive(&read));
+        // Object 35: evicted from the cache (it holds 36 to 39), still held by process 35's
+        // unwinder (among the most recently used).
+        let newcomer = process(2_000_000, 35);
+        u.prepare(&newcomer);
+        assert_eq!(
+            u.table_stats().loads,
+            40,
+            "the held tables were shared, not read again"
+        );
     }
 
     #[inline(never)]

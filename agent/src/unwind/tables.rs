@@ -187,6 +187,26 @@ impl ObjectTables {
         })
     }
 
+    /// Tables of `bytes` bytes of `.eh_frame` that describe nothing (tests of the caches).
+    #[cfg(test)]
+    pub fn synthetic(bytes: usize) -> ObjectTables {
+        ObjectTables {
+            name: String::new(),
+            eh_frame: Some((0..bytes as u64, SectionBytes(Arc::from(vec![0u8; bytes])))),
+            eh_frame_hdr: None,
+            debug_frame: None,
+            text_svma: None,
+            got_svma: None,
+            segments: Vec::new(),
+        }
+    }
+
+    /// Its `.eh_frame` bytes, weakly: alive as long as anything (a module) holds them (tests).
+    #[cfg(test)]
+    pub fn eh_frame_weak(&self) -> Option<Weak<[u8]>> {
+        self.eh_frame.as_ref().map(|(_, d)| Arc::downgrade(&d.0))
+    }
+
     /// Approximate heap bytes (what the cache's budget counts).
     pub fn approx_bytes(&self) -> usize {
         let len = |s: &Option<(Range<u64>, SectionBytes)>| s.as_ref().map_or(0, |(_, d)| d.len());
@@ -614,6 +634,22 @@ impl TableCache {
         self.used_bytes
     }
 
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_bytes
+    }
+
+    /// Bytes of tables the cache evicted that some process's unwinder still holds (and forgets
+    /// those nothing holds any more).
+    pub fn evicted_in_use_bytes(&mut self) -> usize {
+        self.live.retain(|_, w| w.strong_count() > 0);
+        self.live
+            .iter()
+            .filter(|(k, _)| !self.entries.contains_key(*k))
+            .filter_map(|(_, w)| w.upgrade())
+            .map(|t| t.approx_bytes())
+            .sum()
+    }
+
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             bytes: self.used_bytes,
@@ -639,15 +675,7 @@ mod tests {
     use super::*;
 
     fn fake(bytes: usize) -> Arc<ObjectTables> {
-        Arc::new(ObjectTables {
-            name: String::new(),
-            eh_frame: Some((0..bytes as u64, SectionBytes(Arc::from(vec![0u8; bytes])))),
-            eh_frame_hdr: None,
-            debug_frame: None,
-            text_svma: None,
-            got_svma: None,
-            segments: Vec::new(),
-        })
+        Arc::new(ObjectTables::synthetic(bytes))
     }
 
     fn key(inode: u64) -> TableKey {
