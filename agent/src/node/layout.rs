@@ -39,6 +39,33 @@ const NEEDED: &[&str] = &[
     "scopeinfo_idx_first_vars",
 ];
 
+/// Constants V8 renamed: the name [`NEEDED`] uses, then the names later V8s export for the same
+/// field. V8 12 (Node 22) spells field types as `Tagged<T>` and calls SharedFunctionInfo's
+/// script slot `script` (debug info moved to a side table): same offsets, new names.
+const RENAMED: &[(&str, &[&str])] = &[
+    (
+        "class_SharedFunctionInfo__name_or_scope_info__Object",
+        &["class_SharedFunctionInfo__name_or_scope_info__Tagged_Object_"],
+    ),
+    (
+        "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
+        &[
+            "class_SharedFunctionInfo__script__Tagged_HeapObject_",
+            "class_SharedFunctionInfo__raw_script__Tagged_Object_",
+        ],
+    ),
+];
+
+/// A constant by the name [`NEEDED`] uses or, failing that, by a later V8's name for it.
+fn renamed(get: &impl Fn(&str) -> Option<i64>, name: &str) -> Option<i64> {
+    get(name).or_else(|| {
+        RENAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, later)| later.iter().find_map(|l| get(l)))
+    })
+}
+
 /// Pseudo-constants carrying V8's version (`v8::internal::Version::major_` etc. in the binary):
 /// the offsets V8 does not export are derived per version (see [`Positions`]).
 pub const VERSION_MAJOR: &str = "@version_major";
@@ -256,7 +283,7 @@ impl Layout {
     pub fn from_constants(get: impl Fn(&str) -> Option<i64>) -> Result<Layout, LayoutError> {
         let mut values = std::collections::HashMap::with_capacity(NEEDED.len());
         for &name in NEEDED {
-            values.insert(name, get(name).ok_or(LayoutError::Missing(name))?);
+            values.insert(name, renamed(&get, name).ok_or(LayoutError::Missing(name))?);
         }
         let v = |n: &'static str| values.get(n).copied().unwrap_or_default();
         let tagged = v("TaggedSize");
@@ -284,6 +311,11 @@ impl Layout {
             8
         } else if get(SCOPE_INFO_PARENT_FIXED_ARRAY).is_some() {
             16
+        } else if get(VERSION_MAJOR).is_some_and(|major| major >= 12) {
+            // V8 12 (Node 22) exports no `parent_ScopeInfo__*`; its ScopeInfo is still a
+            // HeapObject whose slots follow the map (src/objects/scope-info.tq, `extern class
+            // ScopeInfo extends HeapObject`, nodejs/node v22.x deps/v8).
+            8
         } else {
             return Err(LayoutError::Missing(SCOPE_INFO_PARENT_HEAP_OBJECT));
         };
@@ -451,6 +483,42 @@ pub(crate) mod tests {
         assert_eq!(
             l.positions.unwrap_err(),
             "no v8dbg_off_fp_bytecode_offset symbol"
+        );
+    }
+
+    /// V8 12 (Node 22.23's binary) exports SharedFunctionInfo's slots under new names and no
+    /// `parent_ScopeInfo__*`: the same layout is read.
+    #[test]
+    fn node22_names_of_renamed_constants_are_read() {
+        let mut c = node20();
+        for (old, new) in [
+            (
+                "class_SharedFunctionInfo__name_or_scope_info__Object",
+                "class_SharedFunctionInfo__name_or_scope_info__Tagged_Object_",
+            ),
+            (
+                "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
+                "class_SharedFunctionInfo__script__Tagged_HeapObject_",
+            ),
+        ] {
+            let v = c.remove(old).unwrap();
+            c.insert(new, v);
+        }
+        c.remove("parent_ScopeInfo__HeapObject");
+        assert_eq!(
+            Layout::from_constants(|n| c.get(n).copied()),
+            Err(LayoutError::Missing("parent_ScopeInfo__HeapObject")),
+            "V8 11 without the ScopeInfo parent constant is refused"
+        );
+        c.insert(VERSION_MAJOR, 12);
+        let l = Layout::from_constants(|n| c.get(n).copied()).unwrap();
+        assert_eq!(
+            (
+                l.shared_name_or_scope_info,
+                l.shared_script,
+                l.scope_info_slots
+            ),
+            (16, 32, 8)
         );
     }
 
