@@ -160,10 +160,6 @@ pub struct Positions {
     pub type_weak_fixed_array: u16,
     /// DeoptimizationData besides FixedArray: V8 12's TrustedFixedArray, ProtectedFixedArray.
     pub deopt_data_types: Vec<u16>,
-    /// Whether the deoptimization literal array's type is checked (FixedArray or
-    /// WeakFixedArray): V8 12.4 exports no type for its TrustedWeakFixedArray, and the
-    /// SharedFunctionInfos read from it are type-checked one by one.
-    pub check_literal_array_type: bool,
 }
 
 /// The constants positions need in every supported version, beyond [`NEEDED`].
@@ -220,7 +216,8 @@ impl Positions {
     ///   right before `wrapper` (then instruction_stream, instruction_start, flags,
     ///   instruction_size: Node 22 exports 24, 32 would be the stream, 40, 48, 52), so they are
     ///   at `wrapper - 16` and `wrapper - 8`. DeoptimizationData's indices are exported; it is a
-    ///   TrustedFixedArray or ProtectedFixedArray and position tables TrustedByteArrays.
+    ///   TrustedFixedArray or ProtectedFixedArray and position tables TrustedByteArrays (its
+    ///   literal array is still a WeakFixedArray: seen in the running Node 22).
     ///
     /// The BytecodeArray's source position table: in V8 10 and 11 the third tagged slot after
     /// its length (torque's `BYTECODE_ARRAY_FIELDS`: constant_pool, handler_table,
@@ -417,7 +414,6 @@ impl Positions {
             } else {
                 Vec::new()
             },
-            check_literal_array_type: !v12_4,
         })
     }
 
@@ -715,12 +711,8 @@ pub(crate) mod tests {
             (24, 8, 16, 40, false, 52, 48, 24)
         );
         assert_eq!(
-            (
-                p.type_trusted_byte_array,
-                &p.deopt_data_types[..],
-                p.check_literal_array_type
-            ),
-            (Some(212), &[213, 211][..], false)
+            (p.type_trusted_byte_array, &p.deopt_data_types[..]),
+            (Some(212), &[213, 211][..])
         );
         // A 12.4 binary without one of the constants its derivation needs is refused by name.
         c.remove("class_Code__wrapper__Tagged_CodeWrapper_");

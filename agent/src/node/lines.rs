@@ -214,9 +214,7 @@ pub fn chain(
                 .heap_object(literals_word)
                 .filter(|&o| {
                     let t = instance_type(l, mem, o);
-                    !p.check_literal_array_type
-                        || t == Some(p.type_weak_fixed_array)
-                        || t == Some(p.type_fixed_array)
+                    t == Some(p.type_weak_fixed_array) || t == Some(p.type_fixed_array)
                 })
                 .ok_or(Unmapped::Unreadable)?;
             let inlining_word = array_word(p, l, mem, deopt, index(p.deopt_inlining_positions))
