@@ -203,9 +203,9 @@ pub struct AgentArgs {
     /// Address of the agent's own /metrics and /healthz, or `off`.
     #[arg(long, env = "KILN_METRICS_LISTEN", default_value = "127.0.0.1:4041", value_parser = parse_optional_addr)]
     pub metrics_listen: OptionalAddr,
-    /// Memory for cached unwind tables (.eh_frame) of the objects sampled, e.g. 16MiB; the least
+    /// Memory for cached unwind tables (.eh_frame) of the objects sampled, e.g. 24MiB; the least
     /// recently used are evicted beyond it.
-    #[arg(long, env = "KILN_UNWIND_TABLE_BUDGET", default_value = "16MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "KILN_UNWIND_TABLE_BUDGET", default_value = "24MiB", value_parser = parse_bytes)]
     pub unwind_table_budget: u64,
     /// Object files uploaded to the server for symbolization per minute, on average (uncompressed
     /// bytes), e.g. 32MiB; `off` for no limit. Files over the budget wait for a later window.
