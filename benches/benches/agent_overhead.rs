@@ -30,6 +30,10 @@
 //!    also runs addr2line for inlined frames and can take minutes): each one's CPU from `wait4`'s
 //!    rusage (its children included), samples counted in the script's output.
 //!
+//! An interval in which the agent uploaded debuginfo (once per binary: compressing Node's 99 MB
+//! `node` costs ~0.5 s) is printed with its figure and measured again, up to four times, so the
+//! table shows the steady-state cost per sample the target is about.
+//!
 //! Printed: the agent's % of one CPU per 100 samples/s (target <= 0.3 %), its peak RSS (target
 //! <= 64 MiB), and the unwinding cost per sample, kiln's vs `perf script`'s (target: kiln >= 100x
 //! cheaper). Needs root, `perf`, `gcc` and a release build of `kiln` (`cargo build --release`).
@@ -546,6 +550,10 @@ struct AgentRun {
     frames: f64,
     memo_hits: f64,
     ring_drops: f64,
+    /// Debuginfo the agent uploaded during the interval (bytes): a one-time cost per binary (the
+    /// server keeps it by build ID), whose compression lands in the interval or not depending on
+    /// the upload budget's timing; printed so a high figure can be told apart.
+    uploaded: f64,
     mem: Memory,
 }
 
@@ -687,12 +695,37 @@ fn measure_agent(setup: &Setup, workload: Workload, freq: u64) -> Result<AgentRu
         }
     };
     std::thread::sleep(setup.warmup);
-    let m0 = http_get(&metrics_addr, "/metrics")?;
-    let (c0, t0) = (cpu(pid)?, Instant::now());
-    std::thread::sleep(setup.seconds);
-    let c1 = cpu(pid)?;
-    let elapsed = t0.elapsed().as_secs_f64();
-    let m1 = http_get(&metrics_addr, "/metrics")?;
+    // The agent uploads each binary's debuginfo once (the server keeps it by build ID), paced by
+    // its upload budget, so whether a large one (Node's 99 MB `node`: ~0.5 s of compression)
+    // lands in the interval depends on timing. What the target is about is the cost per sample
+    // in steady state: an interval with an upload is printed and measured again (at most
+    // `MAX_INTERVALS` times; the last one counts whatever it holds).
+    const MAX_INTERVALS: usize = 4;
+    let mut attempt = 0;
+    let (m0, m1, c0, c1, elapsed) = loop {
+        attempt += 1;
+        let m0 = http_get(&metrics_addr, "/metrics")?;
+        let (c0, t0) = (cpu(pid)?, Instant::now());
+        std::thread::sleep(setup.seconds);
+        let c1 = cpu(pid)?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let m1 = http_get(&metrics_addr, "/metrics")?;
+        let uploaded = metric_sum(&m1, "kiln_agent_debuginfo_upload_bytes_total")
+            - metric_sum(&m0, "kiln_agent_debuginfo_upload_bytes_total");
+        if uploaded == 0.0 || attempt == MAX_INTERVALS {
+            break (m0, m1, c0, c1, elapsed);
+        }
+        let samples = metric_sum(&m1, "kiln_agent_samples_received_total")
+            - metric_sum(&m0, "kiln_agent_samples_received_total");
+        println!(
+            "  agent {freq} Hz: interval {attempt} held {:.1} MB of one-time debuginfo upload: \
+             {:.3} s CPU for {samples:.0} samples ({:.3} % of a CPU per 100 samples/s); measuring \
+             again",
+            uploaded / 1e6,
+            c1 - c0,
+            100.0 * (c1 - c0) / elapsed / (samples / elapsed / 100.0).max(1e-9),
+        );
+    };
     let mem = memory(pid)?;
     agent.stop(Duration::from_secs(10));
     let d = |name: &str| metric_sum(&m1, name) - metric_sum(&m0, name);
@@ -708,12 +741,14 @@ fn measure_agent(setup: &Setup, workload: Workload, freq: u64) -> Result<AgentRu
         frames: d("kiln_agent_unwind_frames_total"),
         memo_hits: d("kiln_agent_unwind_memo_hits_total"),
         ring_drops: metric_sum(&m1, "kiln_agent_samples_dropped_total"),
+        uploaded: d("kiln_agent_debuginfo_upload_bytes_total"),
         mem,
     };
     println!(
         "  agent {freq} Hz: {:.3} s CPU ({}) in {:.1} s, {:.0} samples ({:.0}/s), {:.0} stacks \
          unwound ({:.1} frames/stack; {:.1} % from the stack memo; walks {:.3} s, unwinder \
-         builds {:.3} s), {:.0} samples dropped since start, RSS {} KiB (anon {} KiB, file {} KiB), peak {} KiB",
+         builds {:.3} s), {:.0} samples dropped since start, {:.1} MB of debuginfo uploaded, RSS {} KiB \
+         (anon {} KiB, file {} KiB), peak {} KiB",
         run.cpu_s,
         if cgroup.is_some() {
             "cgroup cpu.stat"
@@ -729,6 +764,7 @@ fn measure_agent(setup: &Setup, workload: Workload, freq: u64) -> Result<AgentRu
         run.unwind_s,
         run.build_s,
         run.ring_drops,
+        run.uploaded / 1e6,
         mem.rss_kib,
         mem.anon_kib,
         mem.file_kib,
