@@ -517,10 +517,29 @@ impl Inner {
             else {
                 continue;
             };
+            // Another server may have compacted these blocks between this pass's listing and
+            // this lease (it held the lease, committed, released it): re-read the records under
+            // the lease, and leave the group if any input is no longer visible. Without this, a
+            // server that listed before the other's commit compacted the same blocks again.
+            let current = match self.refresh() {
+                Ok(()) => lock(&self.records).clone(),
+                Err(e) => {
+                    lease::release(&self.bucket, lease);
+                    return Err(e);
+                }
+            };
+            let visible: BTreeSet<&str> = layout::visible(&current)
+                .into_iter()
+                .map(|r| r.key.as_str())
+                .collect();
+            if take.iter().any(|r| !visible.contains(r.key.as_str())) {
+                lease::release(&self.bucket, lease);
+                continue;
+            }
             // The lease is renewed while the merge runs, however long it takes; the merge stops
             // (and commits nothing) once a renewal finds it lost.
             let result = lease::hold(&self.bucket, &mut lease, time::now_nanos, |held| {
-                self.compact_group(&take, &records, rollup, held)
+                self.compact_group(&take, &current, rollup, held)
             });
             lease::release(&self.bucket, lease);
             result?;
