@@ -694,11 +694,6 @@ impl Node {
         );
     }
 
-    /// Whether samples of `p` need frame pointers (a readable Node), after [`Node::observe`].
-    pub fn wants_frame_pointers(&self, p: &Process) -> bool {
-        matches!(self.procs.get(&p.pid), Some(s) if s.start_time == p.start_time && s.detection.is_readable())
-    }
-
     /// The Node part of a sample of `p`: `frames` (unwound, not adjusted) with their rbp values
     /// `fps`, the stack copy `copy` taken at `sp`. `None` when `p` is not Node.
     pub fn resolve(
@@ -721,6 +716,9 @@ impl Node {
             Detection::Readable(t) => t.clone(),
         };
         let (b0, b1) = target.builtins;
+        // Wider than `V8Code`'s test (anonymous executable memory as of the snapshot): JIT code
+        // allocated since the process was last read is in no mapping yet, and the frame's
+        // function slot is checked below anyway.
         let is_v8_code = |a: u64| (b0..b1).contains(&a) || p.find(a).is_none();
         let functions = js_functions(&target.layout, frames, fps, sp, copy, is_v8_code);
         let mut slots = Vec::with_capacity(frames.len());
