@@ -29,15 +29,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, header};
+use kiln_benches::bucket_server::{self, Server, requests};
 use kiln_benches::fleet;
-use kiln_storage_server::store::BucketStore;
-use kiln_storage_server::store::bucket::client::{Bucket, RequestCounts};
-use kiln_storage_server::{AppState, BucketConfig, ServerConfig};
+use kiln_storage_server::store::bucket::client::RequestCounts;
 use tower::ServiceExt;
 
 const NS: i64 = 1_000_000_000;
@@ -85,73 +83,6 @@ fn size() -> Size {
             go: false,
         }
     }
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-struct Server {
-    state: AppState,
-    app: axum::Router,
-    _dir: tempfile::TempDir,
-}
-
-fn open_server(endpoint: &str, prefix: &str) -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!(
-        "s3://{}/{prefix}",
-        env_or("KILN_TEST_S3_BUCKET", "profiles")
-    );
-    let key = env_or("KILN_TEST_S3_KEY", "testkey");
-    let secret = env_or("KILN_TEST_S3_SECRET", "testsecret");
-    let bucket = Bucket::from_url_with(
-        &url,
-        [
-            ("aws_endpoint_url", endpoint),
-            ("aws_access_key_id", key.as_str()),
-            ("aws_secret_access_key", secret.as_str()),
-            ("aws_region", "us-east-1"),
-            ("aws_allow_http", "true"),
-        ],
-    )
-    .expect("bucket");
-    let mut config = ServerConfig::with_data_dir(dir.path());
-    let bucket_config = BucketConfig {
-        url,
-        // The harness flushes, uploads and refreshes itself.
-        freshness_secs: 3 * 3600,
-        ..BucketConfig::default()
-    };
-    config.store.maintenance_interval_secs = 3600;
-    let store = BucketStore::open(
-        config.segments_dir(),
-        bucket,
-        bucket_config.clone(),
-        config.store.clone(),
-        config.limits.max_decompressed_bytes,
-    )
-    .expect("bucket store");
-    config.bucket = Some(bucket_config);
-    let state = AppState::with_store(config, Arc::new(store));
-    let app = kiln_storage_server::router(state.clone());
-    Server {
-        state,
-        app,
-        _dir: dir,
-    }
-}
-
-fn requests(servers: &[Server]) -> RequestCounts {
-    let mut sum = RequestCounts::default();
-    for s in servers {
-        let r = s.state.store.stats().bucket_requests;
-        sum.get += r.get;
-        sum.put += r.put;
-        sum.list += r.list;
-        sum.delete += r.delete;
-    }
-    sum
 }
 
 fn per(after: RequestCounts, before: RequestCounts, n: usize) -> String {
@@ -247,7 +178,9 @@ fn main() {
     let mut ingest_rates = Vec::new();
     for n in 1..=3usize {
         let prefix = format!("{run}/scale{n}");
-        let servers: Vec<Server> = (0..n).map(|_| open_server(&endpoint, &prefix)).collect();
+        let servers: Vec<Server> = (0..n)
+            .map(|_| bucket_server::open(&endpoint, &prefix))
+            .collect();
         let before = requests(&servers);
         let t = Instant::now();
         std::thread::scope(|s| {
@@ -312,7 +245,7 @@ fn main() {
     // 2. Cold vs warm over a week of a fleet.
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("{run}/fleet");
-    let writer = open_server(&endpoint, &prefix);
+    let writer = bucket_server::open(&endpoint, &prefix);
     let every = size.every_mins * 60 * NS;
     let windows = (7 * 24 * HOUR / every) as usize;
     let mut files: Vec<(i64, PathBuf, i64)> = Vec::new();
@@ -362,7 +295,7 @@ fn main() {
     let t = Instant::now();
     writer.state.store.maintain(now).expect("maintenance");
     let maintenance = t.elapsed();
-    let reader = open_server(&endpoint, &prefix);
+    let reader = bucket_server::open(&endpoint, &prefix);
     reader.state.store.flush().expect("refresh");
     println!(
         "\none maintenance pass (compaction: each day's closed hours rolled up into one block) took {:.1} s: {} blocks -> {} visible; load average {}",
@@ -428,7 +361,7 @@ fn cold_warm(
     want: i64,
 ) -> (Duration, String, Duration) {
     // A new server: empty cache.
-    let reader = open_server(endpoint, prefix);
+    let reader = bucket_server::open(endpoint, prefix);
     reader.state.store.flush().expect("refresh");
     let before = requests(std::slice::from_ref(&reader));
     let t = Instant::now();

@@ -15,6 +15,12 @@
 //! as a child process (reading, merging and writing the merged profile). Both read from files
 //! that are in the page cache.
 //!
+//! With `KILN_FG_STORE=bucket` (and `KILN_TEST_S3_ENDPOINT`, e.g. the Ceph RGW of
+//! scripts/ceph-rgw-up.sh) the server stores on object storage instead of local disk: the same
+//! head query, then the blocks query on the writer after `flush` (upload) and `maintain`
+//! (compaction in the bucket), then a new server with an empty cache on the same prefix answers
+//! once cold (downloading the blocks) and `KILN_FG_RUNS` times warm (from its cache).
+//!
 //! A harness-less bench: `cargo bench -p kiln-benches --bench flamegraph_vs_pprof` runs the full
 //! size and prints a table; `cargo test --benches` runs it without `--bench`, at a tiny size and
 //! without go, as a smoke test.
@@ -26,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, header};
+use kiln_benches::bucket_server;
 use kiln_proto::ProfileBuilder;
 use kiln_proto::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
 use kiln_proto::{decode_profile, encode_profile_gzip};
@@ -45,11 +52,26 @@ const SERIES: usize = 10;
 const PROFILE_TYPE: &str = "cpu:nanoseconds";
 
 struct Size {
+    /// `Some(S3 endpoint)` when the server stores on object storage (`KILN_FG_STORE=bucket`).
+    bucket: Option<String>,
     profiles: usize,
     samples: usize,
     stacks: usize,
     kiln_runs: usize,
     go: bool,
+}
+
+/// The S3 endpoint when `KILN_FG_STORE=bucket`; refuses to run on local disk instead.
+fn bucket_endpoint() -> Option<String> {
+    match std::env::var("KILN_FG_STORE").as_deref() {
+        Ok("bucket") => {
+            Some(std::env::var("KILN_TEST_S3_ENDPOINT").expect(
+                "KILN_FG_STORE=bucket needs KILN_TEST_S3_ENDPOINT (scripts/ceph-rgw-up.sh)",
+            ))
+        }
+        Ok("local") | Err(_) => None,
+        Ok(other) => panic!("KILN_FG_STORE={other}: expected local or bucket"),
+    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -63,6 +85,7 @@ fn size() -> Size {
     // `cargo bench` passes `--bench`; `cargo test --benches` does not: a quick smoke run then.
     if std::env::args().any(|a| a == "--bench") {
         Size {
+            bucket: bucket_endpoint(),
             profiles: env_usize("KILN_FG_PROFILES", 1_000),
             samples: env_usize("KILN_FG_SAMPLES", 10_000),
             stacks: env_usize("KILN_FG_STACKS", 100_000),
@@ -71,6 +94,7 @@ fn size() -> Size {
         }
     } else {
         Size {
+            bucket: bucket_endpoint(),
             profiles: 20,
             samples: 200,
             stacks: 500,
@@ -284,14 +308,31 @@ fn main() {
     let generated = started.elapsed();
 
     // Ingest through the push handler, flushing into blocks as the background thread would.
-    let mut config = ServerConfig::with_data_dir(dir.path().join("kiln"));
-    config.store = StoreConfig {
-        // The harness flushes and compacts itself, at fixed points.
-        maintenance_interval_secs: 3600,
-        ..StoreConfig::default()
+    let prefix = format!("fg-{}-{now}", std::process::id());
+    let bucket_writer = size
+        .bucket
+        .as_deref()
+        .map(|endpoint| bucket_server::open(endpoint, &prefix));
+    let state = match &bucket_writer {
+        Some(server) => server.state.clone(),
+        None => {
+            let mut config = ServerConfig::with_data_dir(dir.path().join("kiln"));
+            config.store = StoreConfig {
+                // The harness flushes and compacts itself, at fixed points.
+                maintenance_interval_secs: 3600,
+                ..StoreConfig::default()
+            };
+            AppState::open(config).expect("server state")
+        }
     };
-    let state = AppState::open(config).expect("server state");
     let app = kiln_storage_server::router(state.clone());
+    eprintln!(
+        "store: {}",
+        match &size.bucket {
+            Some(endpoint) => format!("object storage, s3://profiles/{prefix} at {endpoint}"),
+            None => "local disk".to_owned(),
+        }
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -445,6 +486,31 @@ fn main() {
         secs(render_time),
         secs(parts_total)
     );
+    if let Some(endpoint) = &size.bucket {
+        // A new server on the same prefix, with an empty cache: cold, then warm.
+        let reader = bucket_server::open(endpoint, &prefix);
+        reader.state.store.flush().expect("refresh the block list");
+        let before = bucket_server::requests(std::slice::from_ref(&reader));
+        let t = Instant::now();
+        kiln_flamegraph(&rt, &reader.app, from, until);
+        let cold = t.elapsed();
+        let after = bucket_server::requests(std::slice::from_ref(&reader));
+        let (warm, warm_times) =
+            timed_flamegraphs(&rt, &reader.app, &size, from, until, want_total);
+        println!(
+            "  kiln  GET /api/v1/flamegraph, new server on the bucket: cold {:.3} s (GET {}, LIST {}); \
+             warm median {:.3} s of {} runs {:?}",
+            secs(cold),
+            after.get - before.get,
+            after.list - before.list,
+            secs(warm),
+            warm_times.len(),
+            warm_times
+                .iter()
+                .map(|d| (secs(*d) * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>(),
+        );
+    }
     if size.go {
         match go_pprof_merge(&files, dir.path()) {
             Ok((go_time, go_total)) => {

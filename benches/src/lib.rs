@@ -1,5 +1,6 @@
 //! Shared inputs for Kiln's benchmarks (the benchmarks themselves live in benches/benches/).
 
+pub mod bucket_server;
 pub mod fleet;
 
 use kiln_proto::ProfileBuilder;
