@@ -30,11 +30,11 @@ pub struct FrameInfo {
 
 impl FrameInfo {
     /// The flame-graph name: kernel frames get a ` [k]` suffix.
-    pub fn display(&self) -> String {
+    pub fn display(&self) -> std::borrow::Cow<'_, str> {
         if self.kernel {
-            format!("{} [k]", self.function)
+            format!("{} [k]", self.function).into()
         } else {
-            self.function.clone()
+            self.function.as_str().into()
         }
     }
 }
