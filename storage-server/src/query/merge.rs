@@ -86,19 +86,26 @@ impl Tree {
             profiles: 0,
         };
         let name = t.intern("total");
-        t.nodes.push(Node {
+        t.push_node(name, ROOT, NONE);
+        t
+    }
+
+    /// Appends a node with no children yet; `next_sibling` is the list it goes in front of.
+    fn push_node(&mut self, name: u32, parent: u32, next_sibling: u32) -> u32 {
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Node {
             name,
-            parent: ROOT,
+            parent,
             total: 0,
             self_value: 0,
         });
-        t.links.push(Links {
+        self.links.push(Links {
             name,
             first_child: NONE,
-            next_sibling: NONE,
+            next_sibling,
             children: 0,
         });
-        t
+        id
     }
 
     /// Appends a resolved location's frame names to `names` as name ids, outermost first, and
@@ -149,19 +156,7 @@ impl Tree {
                 c = l.next_sibling;
             }
         }
-        let child = self.nodes.len() as u32;
-        self.nodes.push(Node {
-            name,
-            parent: node,
-            total: 0,
-            self_value: 0,
-        });
-        self.links.push(Links {
-            name,
-            first_child: NONE,
-            next_sibling: links.first_child,
-            children: 0,
-        });
+        let child = self.push_node(name, node, links.first_child);
         let parent = &mut self.links[node as usize];
         parent.first_child = child;
         parent.children += 1;
