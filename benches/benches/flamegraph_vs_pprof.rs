@@ -61,7 +61,8 @@ struct Size {
     go: bool,
 }
 
-/// The S3 endpoint when `KILN_FG_STORE=bucket`; refuses to run on local disk instead.
+/// The S3 endpoint when `KILN_FG_STORE=bucket` (it panics without one rather than measure local
+/// disk under the bucket's name); `None` for `local` or unset.
 fn bucket_endpoint() -> Option<String> {
     match std::env::var("KILN_FG_STORE").as_deref() {
         Ok("bucket") => {
@@ -335,7 +336,7 @@ fn main() {
     eprintln!(
         "store: {}",
         match &size.bucket {
-            Some(endpoint) => format!("object storage, s3://profiles/{prefix} at {endpoint}"),
+            Some(endpoint) => format!("object storage, prefix {prefix} at {endpoint}"),
             None => "local disk".to_owned(),
         }
     );
